@@ -1,0 +1,72 @@
+"""The `engage` command line: one entry point for the stack, the pipeline and its tools."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from engage.settings import get_settings
+from engage.stack import manager
+from engage.stack.errors import StackError
+
+app = typer.Typer(
+    help="Real-time user-engagement scoring on Kafka and Redis.", no_args_is_help=True
+)
+stack_app = typer.Typer(
+    help="Start, inspect and stop the local Kafka and Redis.", no_args_is_help=True
+)
+app.add_typer(stack_app, name="stack")
+
+console = Console(stderr=True, soft_wrap=True)
+EXIT_SERVICES_DOWN = 3
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _print_states(states: list[manager.ServiceState], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([s.as_dict() for s in states]))
+        return
+    table = Table("service", "address", "state", "pid", "ready (s)")
+    for s in states:
+        table.add_row(s.name, s.address, s.origin, str(s.pid or "-"), str(s.ready_s or "-"))
+    Console().print(table)
+
+
+@stack_app.command("up")
+def stack_up(as_json: bool = typer.Option(False, "--json", help="Print machine-readable state.")):
+    """Reuse running Kafka/Redis or start the project's own (jars from Maven Central)."""
+    try:
+        states = manager.up(get_settings())
+    except StackError as exc:
+        raise fail(str(exc), EXIT_SERVICES_DOWN) from exc
+    _print_states(states, as_json)
+
+
+@stack_app.command("status")
+def stack_status(as_json: bool = typer.Option(False, "--json")):
+    """Show what answers where, and which processes are the project's own. Exit 3 if down."""
+    states = manager.status(get_settings())
+    _print_states(states, as_json)
+    if any(s.origin == "down" for s in states):
+        raise typer.Exit(EXIT_SERVICES_DOWN)
+
+
+@stack_app.command("down")
+def stack_down():
+    """Stop the servers this project started (never ones it merely reused)."""
+    stopped = manager.down(get_settings())
+    console.print(
+        f"stopped: {', '.join(stopped) if stopped else 'nothing (no servers of ours ran)'}"
+    )
+
+
+def main() -> None:  # pragma: no cover - `python -m engage`
+    sys.exit(app())

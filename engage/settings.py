@@ -1,0 +1,86 @@
+"""The one typed configuration of engage: every module reads its knobs from here.
+
+Values come from `ENGAGE_*` environment variables (or a `.env` file), so the same code runs
+against the project's own local stack, a Docker Compose stack, or servers somebody else runs.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "engage"
+
+
+class Settings(BaseSettings):
+    """Connection, topic, storage and tuning settings (env prefix `ENGAGE_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="ENGAGE_", env_file=".env", extra="ignore")
+
+    # Where the project's own local stack listens; the two addresses below default to these.
+    stack_kafka_port: int = 9092
+    stack_redis_port: int = 6379
+    kafka_controller_port: int = 9093
+    # Naming either address (ENGAGE_KAFKA_BOOTSTRAP_SERVERS / ENGAGE_REDIS_URL) means: use
+    # that server, never start one.
+    kafka_bootstrap_servers: str = ""
+    redis_url: str = ""
+
+    events_topic: str = "engage.events"
+    scores_topic: str = "engage.scores"
+    dead_letter_topic: str = "engage.deadletter"
+    partitions: int = Field(default=6, ge=1)
+
+    kafka_version: str = "4.3.1"
+    kafka_heap: str = "1G"
+    broker_ready_timeout_s: float = 60.0
+
+    stack_dir: Path = PROJECT_ROOT / ".stack"
+    data_dir: Path = PROJECT_ROOT / ".data"
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    movielens_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _default_addresses(self) -> Settings:
+        if not self.kafka_bootstrap_servers:
+            self.kafka_bootstrap_servers = f"127.0.0.1:{self.stack_kafka_port}"
+        if not self.redis_url:
+            self.redis_url = f"redis://127.0.0.1:{self.stack_redis_port}/0"
+        return self
+
+    @property
+    def kafka_host_port(self) -> tuple[str, int]:
+        first = self.kafka_bootstrap_servers.split(",")[0].strip()
+        host, _, port = first.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+    @property
+    def redis_host_port(self) -> tuple[str, int]:
+        parsed = urlparse(self.redis_url)
+        return parsed.hostname or "127.0.0.1", parsed.port or 6379
+
+    def with_redis_db(self, db: int) -> Settings:
+        """A copy of these settings that uses Redis logical database `db` on the same server."""
+        return self.model_copy(
+            update={"redis_url": urlparse(self.redis_url)._replace(path=f"/{db}").geturl()}
+        )
+
+    def explicitly_set(self, field: str) -> bool:
+        """True when the user named this setting in the environment (so we must not start it)."""
+        return f"ENGAGE_{field.upper()}" in os.environ
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,103 @@
+"""`engage stack up | down | status`: reuse servers that answer, start what is missing, stop ours.
+
+Decision per service, in order:
+1. the user named its address (ENGAGE_KAFKA_BOOTSTRAP_SERVERS / ENGAGE_REDIS_URL): use it,
+   never start anything (a clear error if it does not answer);
+2. our own process (pid file under the stack folder) or any server answers there: reuse it;
+3. otherwise start ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from engage.settings import Settings
+from engage.stack.errors import StackError
+from engage.stack.kafka_server import KafkaServer
+from engage.stack.probes import kafka_answers, redis_answers
+from engage.stack.redis_server import RedisServer
+
+Origin = Literal["started", "ours", "external", "down"]
+
+
+@dataclass
+class ServiceState:
+    name: str
+    address: str
+    origin: Origin
+    pid: int | None = None
+    ready_s: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _kafka_state(settings: Settings, start: bool) -> ServiceState:
+    server = KafkaServer(settings)
+    address = settings.kafka_bootstrap_servers
+    pid = server.process.pid()
+    named = settings.explicitly_set("kafka_bootstrap_servers")
+    if kafka_answers(settings, timeout_s=3.0):
+        return ServiceState("kafka", address, "ours" if pid else "external", pid)
+    if named:
+        if start:
+            raise StackError(
+                f"ENGAGE_KAFKA_BOOTSTRAP_SERVERS={address} names a broker that does "
+                "not answer; start it or unset the variable to use the local stack."
+            )
+        return ServiceState("kafka", address, "down")
+    if pid is not None and start:  # ours but not answering: restart it cleanly
+        server.process.stop(timeout_s=15)
+    if not start:
+        return ServiceState("kafka", address, "down", pid)
+    ready = server.start()
+    return ServiceState("kafka", address, "started", server.process.pid(), round(ready, 2))
+
+
+def _redis_state(settings: Settings, start: bool) -> ServiceState:
+    server = RedisServer(settings)
+    address = settings.redis_url
+    pid = server.process.pid()
+    named = settings.explicitly_set("redis_url")
+    if redis_answers(settings):
+        return ServiceState("redis", address, "ours" if pid else "external", pid)
+    if named:
+        if start:
+            raise StackError(
+                f"ENGAGE_REDIS_URL={address} names a Redis that does not answer; "
+                "start it or unset the variable to use the local stack."
+            )
+        return ServiceState("redis", address, "down")
+    if pid is not None and start:
+        server.process.stop(timeout_s=10)
+    if not start:
+        return ServiceState("redis", address, "down", pid)
+    ready = server.start()
+    return ServiceState("redis", address, "started", server.process.pid(), round(ready, 2))
+
+
+def up(settings: Settings) -> list[ServiceState]:
+    """Make Kafka and Redis answer; start only what is missing. Nothing is left half-started."""
+    redis_state = _redis_state(settings, start=True)
+    try:
+        kafka_state = _kafka_state(settings, start=True)
+    except StackError:
+        if redis_state.origin == "started":
+            RedisServer(settings).process.stop()
+        raise
+    return [kafka_state, redis_state]
+
+
+def status(settings: Settings) -> list[ServiceState]:
+    return [_kafka_state(settings, start=False), _redis_state(settings, start=False)]
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop the servers this project started (by their pid files). Returns what was stopped."""
+    stopped = []
+    if KafkaServer(settings).process.stop(timeout_s=30):
+        stopped.append("kafka")
+    if RedisServer(settings).process.stop(timeout_s=10):
+        stopped.append("redis")
+    return stopped

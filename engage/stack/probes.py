@@ -1,0 +1,49 @@
+"""Cheap "is something there, and is it what we think?" checks for Kafka and Redis."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import redis
+
+from engage.settings import Settings
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def kafka_answers(settings: Settings, timeout_s: float = 5.0) -> bool:
+    """True when a Kafka broker answers a metadata request on the configured bootstrap servers."""
+    from engage.kafka_clients import admin_client
+
+    # kafka-python logs every refused connection at ERROR; a probe expects refusals.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    try:
+        admin = admin_client(settings, timeout_s=timeout_s)
+    except Exception:
+        return False
+    try:
+        admin.describe_cluster()
+        return True
+    except Exception:
+        return False
+    finally:
+        admin.close()
+
+
+def redis_answers(settings: Settings, timeout_s: float = 1.0) -> bool:
+    """True when a Redis server answers PING at the configured URL."""
+    try:
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
