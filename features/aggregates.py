@@ -1,0 +1,149 @@
+"""The aggregate definitions: how one event changes a user's, a session's and an item's state.
+
+This is the single definition used by the streaming consumer (state held in Redis hashes) and
+by the offline module (state held in dicts). States are flat `dict[str, float | str]` so they
+map 1:1 onto Redis hash fields. All time arithmetic is in event time (epoch ms).
+
+Out-of-order events of one user: counts always apply; time-based state never goes backwards
+(`last_ts` is a running maximum, decay uses a non-negative elapsed time) and an older event
+never reopens a finished session: it joins the current one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from features.events import FUNNEL_STEP, Event, EventType
+from features.items import ItemMeta
+
+State = dict[str, float | str]
+MS_PER_MIN = 60_000.0
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """Knobs that change feature values; part of the feature-definition hash."""
+
+    session_gap_ms: int = 30 * 60_000
+    half_life_ms: float = 14 * 24 * 3_600_000.0
+
+
+@dataclass
+class Applied:
+    """What applying one event produced besides the mutated user state."""
+
+    session_id: str
+    session: State  # the current session's fields after the event
+    closed_session: tuple[str, State] | None  # the session this event closed, if any
+    item_delta: dict[str, float]  # atomic increments for the shared item hash
+    new_item: bool
+
+
+def _num(state: State, field: str) -> float:
+    value = state.get(field, 0.0)
+    return float(value) if value != "" else 0.0
+
+
+def decay_factor(anchor_ts: float, ts: float, params: FeatureParams) -> float:
+    """How much a decayed sum anchored at `anchor_ts` has faded by `ts` (1.0 if ts is older)."""
+    return 0.5 ** (max(0.0, ts - anchor_ts) / params.half_life_ms)
+
+
+def continues_session(user: State, event: Event, params: FeatureParams) -> bool:
+    """Does this event belong to the user's current session (before applying it)?"""
+    current = user.get("cs_id")
+    if not current:
+        return False
+    if event.session_id is not None:
+        return event.session_id == current
+    return event.ts - _num(user, "cs_end") <= params.session_gap_ms
+
+
+def session_fields(user: State) -> State:
+    """The current session as its own hash (what `s:{user}:<session>` holds)."""
+    n = _num(user, "cs_n")
+    return {
+        "start": _num(user, "cs_start"),
+        "end": _num(user, "cs_end"),
+        "events": n,
+        "engaged": _num(user, "cs_eng"),
+        "furthest_step": _num(user, "cs_step"),
+        "bounce": 1.0 if n == 1 else 0.0,
+    }
+
+
+def apply_event(
+    user: State, event: Event, meta: ItemMeta | None, new_item: bool, params: FeatureParams
+) -> Applied:
+    """Fold one event into `user` (in place); return the session and item effects."""
+    ts = float(event.ts)
+    engaged = 1.0 if event.engaged else 0.0
+    labelled = event.labelled
+
+    # Sessions: a new one starts on a new session_id, or after the inactivity gap.
+    closed: tuple[str, State] | None = None
+    if not continues_session(user, event, params):
+        if user.get("cs_id"):
+            closed = (str(user["cs_id"]), session_fields(user))
+            user["cl_n"] = _num(user, "cl_n") + 1
+            user["cl_bounce"] = _num(user, "cl_bounce") + (1.0 if _num(user, "cs_n") == 1 else 0.0)
+            user["cl_dur"] = _num(user, "cl_dur") + (_num(user, "cs_end") - _num(user, "cs_start"))
+        user["cs_id"] = event.session_id if event.session_id is not None else str(event.ts)
+        user["cs_start"] = ts
+        user["cs_end"] = ts
+        user["cs_n"] = 0.0
+        user["cs_eng"] = 0.0
+        user["cs_step"] = 0.0
+        user["sess"] = _num(user, "sess") + 1
+    user["cs_n"] = _num(user, "cs_n") + 1
+    user["cs_eng"] = _num(user, "cs_eng") + engaged
+    user["cs_end"] = max(_num(user, "cs_end"), ts)
+    user["cs_step"] = max(_num(user, "cs_step"), float(FUNNEL_STEP.get(event.event_type, 0)))
+
+    # Counts and rates.
+    user["n"] = _num(user, "n") + 1
+    type_field = f"n_{event.event_type.value}"
+    user[type_field] = _num(user, type_field) + 1
+    if labelled:
+        user["lab"] = _num(user, "lab") + 1
+        user["eng"] = _num(user, "eng") + engaged
+    if event.event_type is EventType.RATING and event.value is not None:
+        user["r_n"] = _num(user, "r_n") + 1
+        user["r_sum"] = _num(user, "r_sum") + event.value
+        user["r_sq"] = _num(user, "r_sq") + event.value * event.value
+
+    # Exponentially decayed engagement, anchored at dec_ts (which never moves backwards).
+    last = _num(user, "last_ts")
+    if labelled:
+        anchor = _num(user, "dec_ts")
+        factor = decay_factor(anchor, ts, params) if anchor else 1.0
+        user["dec_e"] = _num(user, "dec_e") * factor + engaged
+        user["dec_n"] = _num(user, "dec_n") * factor + 1.0
+        user["dec_ts"] = max(anchor, ts)
+    user["first_ts"] = min(_num(user, "first_ts") or ts, ts)
+    user["last_ts"] = max(last, ts)
+
+    # Taste: per-genre counts and engaged counts of labelled events.
+    if labelled and meta is not None:
+        for genre in meta.genres:
+            user[f"gc:{genre}"] = _num(user, f"gc:{genre}") + 1
+            user[f"ge:{genre}"] = _num(user, f"ge:{genre}") + engaged
+    if new_item:
+        user["items"] = _num(user, "items") + 1
+
+    item_delta: dict[str, float] = {}
+    if event.item_id is not None:
+        item_delta["n"] = 1.0
+        if labelled:
+            item_delta["lab"] = 1.0
+            item_delta["eng"] = engaged
+        if event.event_type is EventType.RATING and event.value is not None:
+            item_delta["r_n"] = 1.0
+            item_delta["r_sum"] = event.value
+    return Applied(str(user["cs_id"]), session_fields(user), closed, item_delta, new_item)
+
+
+def apply_item_delta(item: State, delta: dict[str, float]) -> None:
+    """What HINCRBYFLOAT does to the item hash, for in-memory state."""
+    for field, amount in delta.items():
+        item[field] = _num(item, field) + amount

@@ -1,0 +1,69 @@
+"""The Redis key layout. Every key that embeds an id goes through `escape_id`.
+
+    u:{<user>}                 hash   user aggregates (incl. the current session)
+    u:{<user>}:items           set    distinct items the user touched
+    u:{<user>}:score           hash   the user's current scores, label, reasons, model version
+    s:{<user>}:<session>       hash   one session's aggregates (expires once finished)
+    i:{<item>}                 hash   item aggregates (atomic increments: shared by partitions)
+    im:{<item>}                hash   item metadata (genres, year), written at replay start
+    engage:offsets:<topic>     hash   partition -> last applied offset (same transaction as state)
+    engage:lb:rule / lb:model  zset   leaderboards by rule score / model propensity
+    engage:seen:<topic>        zset   recent event ids (duplicate guard), score = offset order
+
+The `{...}` is a Redis Cluster hash tag: all of one user's keys share a slot. Escaping makes
+`:`, `{`, `}`, `%` and control characters impossible inside a tag, so no two ids collide.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+_SAFE = "!\"#$&'()*+,-./;<=>?@[\\]^_`|~"
+
+
+def escape_id(raw: str) -> str:
+    """Percent-encode everything that could break the key grammar; injective by construction."""
+    return quote(raw, safe=_SAFE)
+
+
+def user_key(user_id: str) -> str:
+    return f"u:{{{escape_id(user_id)}}}"
+
+
+def user_items_key(user_id: str) -> str:
+    return f"u:{{{escape_id(user_id)}}}:items"
+
+
+def user_score_key(user_id: str) -> str:
+    return f"u:{{{escape_id(user_id)}}}:score"
+
+
+def session_key(user_id: str, session_id: str) -> str:
+    return f"s:{{{escape_id(user_id)}}}:{escape_id(session_id)}"
+
+
+def item_key(item_id: str) -> str:
+    return f"i:{{{escape_id(item_id)}}}"
+
+
+def item_meta_key(item_id: str) -> str:
+    return f"im:{{{escape_id(item_id)}}}"
+
+
+def offsets_key(topic: str) -> str:
+    return f"engage:offsets:{topic}"
+
+
+def leaderboard_key(kind: str) -> str:
+    return f"engage:lb:{kind}"
+
+
+def scores_channel(topic: str) -> str:
+    return f"engage:scores:{topic}"
+
+
+def unescape_user(key: str) -> str:
+    """The user id inside a `u:{...}` key (for listings)."""
+    from urllib.parse import unquote
+
+    return unquote(key[key.index("{") + 1 : key.index("}")])

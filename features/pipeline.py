@@ -1,0 +1,55 @@
+"""One step of the feature pipeline over an in-memory view of the state.
+
+The consumer fills a `MemoryState` with the Redis state a batch touches, runs `step` per event
+and writes back what changed; the offline module runs the same `step` over the whole log. So
+the features a model trains on are, by construction, the features it is served.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from features.aggregates import Applied, FeatureParams, State, apply_event, apply_item_delta
+from features.events import Event
+from features.items import ItemMeta
+from features.vector import interaction_vector, propensity_vector
+
+
+@dataclass
+class Step:
+    """The point-in-time interaction features of one event, and the user's state after it."""
+
+    event: Event
+    features: list[float]  # INTERACTION_FEATURES from the state before the event
+    applied: Applied
+    user_after: State
+
+
+@dataclass
+class MemoryState:
+    """Users, their item sets, items and metadata, held in dicts."""
+
+    params: FeatureParams = field(default_factory=FeatureParams)
+    users: dict[str, State] = field(default_factory=dict)
+    user_items: dict[str, set[str]] = field(default_factory=dict)
+    items: dict[str, State] = field(default_factory=dict)
+    meta: dict[str, ItemMeta] = field(default_factory=dict)
+
+    def step(self, event: Event) -> Step:
+        """Features from the state before `event`, then fold `event` into the state."""
+        user = self.users.setdefault(event.user_id, {})
+        item_id = event.item_id
+        item = self.items.setdefault(item_id, {}) if item_id is not None else {}
+        meta = self.meta.get(item_id) if item_id is not None else None
+        seen = self.user_items.setdefault(event.user_id, set())
+        seen_item = item_id is not None and item_id in seen
+        features = interaction_vector(user, item, meta, seen_item, event, self.params)
+        applied = apply_event(user, event, meta, item_id is not None and not seen_item, self.params)
+        if item_id is not None:
+            seen.add(item_id)
+            apply_item_delta(item, applied.item_delta)
+        return Step(event, features, applied, user)
+
+    def propensity_after(self, step: Step) -> list[float]:
+        """The user's current propensity features, right after `step`'s event."""
+        return propensity_vector(step.user_after, step.event, self.params)
