@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -9,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from engage.cli_support import EXIT_SERVICES_DOWN, console, fail
 from engage.settings import get_settings
 from engage.stack import manager
 from engage.stack.errors import StackError
@@ -20,14 +22,6 @@ stack_app = typer.Typer(
     help="Start, inspect and stop the local Kafka and Redis.", no_args_is_help=True
 )
 app.add_typer(stack_app, name="stack")
-
-console = Console(stderr=True, soft_wrap=True)
-EXIT_SERVICES_DOWN = 3
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _print_states(states: list[manager.ServiceState], as_json: bool) -> None:
@@ -66,6 +60,12 @@ def stack_down():
     console.print(
         f"stopped: {', '.join(stopped) if stopped else 'nothing (no servers of ours ran)'}"
     )
+
+
+# Each package adds its own subcommands: a module with `register(app: typer.Typer) -> None`.
+COMMAND_MODULES: list[str] = []
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module).register(app)
 
 
 def main() -> None:  # pragma: no cover - `python -m engage`
