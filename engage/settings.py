@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from features.aggregates import FeatureParams
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -41,6 +43,20 @@ class Settings(BaseSettings):
     dead_letter_topic: str = "engage.deadletter"
     partitions: int = Field(default=6, ge=1)
 
+    # Features (changing these changes feature values, hence the feature hash).
+    session_gap_minutes: int = Field(default=30, ge=1)
+    decay_half_life_days: float = Field(default=14.0, gt=0)
+
+    # Consumer.
+    consumer_group: str = "engage"
+    batch_max_records: int = Field(default=2000, ge=1)
+    poll_timeout_ms: int = Field(default=200, ge=1)
+    session_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
+    model_poll_s: float = Field(default=5.0, gt=0)
+    log_features: bool = True  # put the scored feature vector on each scores message
+    metrics_port: int = 0  # Prometheus exporter of `engage consume`; 0 = off
+    rules_file: Path | None = None  # overrides the per-domain defaults in scoring/rules/
+
     kafka_version: str = "4.3.1"
     kafka_heap: str = "1G"
     broker_ready_timeout_s: float = 60.0
@@ -57,6 +73,13 @@ class Settings(BaseSettings):
         if not self.redis_url:
             self.redis_url = f"redis://127.0.0.1:{self.stack_redis_port}/0"
         return self
+
+    @property
+    def feature_params(self) -> FeatureParams:
+        return FeatureParams(
+            session_gap_ms=self.session_gap_minutes * 60_000,
+            half_life_ms=self.decay_half_life_days * 24 * 3_600_000.0,
+        )
 
     @property
     def kafka_host_port(self) -> tuple[str, int]:

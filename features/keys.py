@@ -6,7 +6,8 @@
     s:{<user>}:<session>       hash   one session's aggregates (expires once finished)
     i:{<item>}                 hash   item aggregates (atomic increments: shared by partitions)
     im:{<item>}                hash   item metadata (genres, year), written at replay start
-    engage:offsets:<topic>     hash   partition -> last applied offset (same transaction as state)
+    engage:offset:<topic>:<p>  string last applied offset of partition p (same transaction as state)
+    engage:stats:<topic>       hash   processed / dead-lettered counters (same transaction)
     engage:lb:rule / lb:model  zset   leaderboards by rule score / model propensity
     engage:seen:<topic>        zset   recent event ids (duplicate guard), score = offset order
 
@@ -50,8 +51,12 @@ def item_meta_key(item_id: str) -> str:
     return f"im:{{{escape_id(item_id)}}}"
 
 
-def offsets_key(topic: str) -> str:
-    return f"engage:offsets:{topic}"
+def offset_key(topic: str, partition: int) -> str:
+    return f"engage:offset:{topic}:{partition}"
+
+
+def stats_key(topic: str) -> str:
+    return f"engage:stats:{topic}"
 
 
 def leaderboard_key(kind: str) -> str:

@@ -1,0 +1,172 @@
+"""Turn one polled batch into state changes and scores, with no I/O.
+
+Per event, in partition order: point-in-time features from the state before it, then apply it
+(features.pipeline). Then the whole batch is scored at once: rules on the users' states after
+each event, the model (if one is registered) in one vectorised call per target.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from features.aggregates import State, session_fields
+from features.events import Event
+from features.pipeline import MemoryState, Step
+from features.vector import PROPENSITY_FEATURES
+from scoring.rules import RuleScorer, domain_of
+
+from .store import BatchWrites
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A decoded event and where it came from."""
+
+    event: Event
+    partition: int
+    offset: int
+    kafka_ts_ms: int
+
+
+@dataclass
+class ScoredBatch:
+    messages: list[tuple[bytes, bytes]]  # (key, value) for the scores topic
+    writes: BatchWrites
+    latencies_ms: list[float]
+
+
+def _model_reasons(names: list[str], contrib: np.ndarray, k: int = 3) -> list[dict[str, Any]]:
+    order = np.argsort(-np.abs(contrib), kind="stable")[:k]
+    return [{"feature": names[j], "contribution": round(float(contrib[j]), 4)} for j in order]
+
+
+class BatchScorer:
+    """Applies and scores batches; holds the rule scorers and the current model bundle."""
+
+    def __init__(self, rule_scorers: dict[str, RuleScorer], log_features: bool) -> None:
+        self.rule_scorers = rule_scorers
+        self.log_features = log_features
+        self.model: Any = None  # scoring.model.ModelBundle once one is registered
+
+    def run(
+        self, memory: MemoryState, incoming: list[Incoming], loaded: dict[str, State]
+    ) -> ScoredBatch:
+        if not incoming:
+            return ScoredBatch([], BatchWrites(), [])
+        steps: list[Step] = [memory.step(item.event) for item in incoming]
+        after = np.array([memory.propensity_after(s) for s in steps], dtype=np.float64)
+        before = np.array([s.features for s in steps], dtype=np.float64)
+        rules = self._rules(incoming, after)
+        model = self._model(before, after)
+        writes = self._writes(memory, steps, incoming, loaded)
+        now_ms = time.time() * 1000.0
+        messages: list[tuple[bytes, bytes]] = []
+        latest: dict[str, dict[str, Any]] = {}
+        for row, (item, step) in enumerate(zip(incoming, steps, strict=True)):
+            event = item.event
+            score, label, reasons = rules[row]
+            payload: dict[str, Any] = {
+                "user_id": event.user_id,
+                "event_id": event.event_id,
+                "event_ts": event.ts,
+                "item_id": event.item_id,
+                "partition": item.partition,
+                "offset": item.offset,
+                "rule": {"score": round(score, 2), "label": label, "reasons": reasons},
+                "model": model[row] if model else None,
+                "scored_at": round(now_ms, 1),
+            }
+            if self.log_features:
+                payload["features"] = step.features
+            messages.append((event.user_id.encode(), orjson.dumps(payload)))
+            latest[event.user_id] = payload
+        for user, payload in latest.items():
+            model_part = payload["model"] or {}
+            writes.scores[user] = {
+                "rule_score": payload["rule"]["score"],
+                "label": payload["rule"]["label"],
+                "reasons": orjson.dumps(payload["rule"]["reasons"]).decode(),
+                "propensity": model_part.get("propensity", ""),
+                "model_reasons": orjson.dumps(model_part.get("propensity_reasons", [])).decode(),
+                "model_version": model_part.get("version", ""),
+                "event_id": payload["event_id"],
+                "event_ts": payload["event_ts"],
+                "updated_at": payload["scored_at"],
+            }
+            writes.leaderboard.setdefault("rule", {})[user] = payload["rule"]["score"]
+            if model_part:
+                writes.leaderboard.setdefault("model", {})[user] = model_part["propensity"]
+        writes.publish = orjson.dumps(
+            [{k: v for k, v in p.items() if k != "features"} for p in latest.values()]
+        )
+        latencies = [now_ms - item.kafka_ts_ms for item in incoming]
+        return ScoredBatch(messages, writes, latencies)
+
+    def _rules(self, incoming: list[Incoming], after: np.ndarray) -> list[tuple[float, str, list]]:
+        out: list[tuple[float, str, list] | None] = [None] * len(incoming)
+        by_domain: dict[str, list[int]] = {}
+        for row, item in enumerate(incoming):
+            by_domain.setdefault(domain_of(item.event.source), []).append(row)
+        for domain, rows in by_domain.items():
+            scorer = self.rule_scorers[domain]
+            block = after[rows]
+            scored = scorer.score(block)
+            values = scorer.signal_values(block)
+            for i, row in enumerate(rows):
+                out[row] = (float(scored.score[i]), scored.labels[i], scored.reasons(i, values))
+        return out  # type: ignore[return-value]
+
+    def _model(self, before: np.ndarray, after: np.ndarray) -> list[dict[str, Any]] | None:
+        bundle = self.model
+        if bundle is None:
+            return None
+        n_prop = len(PROPENSITY_FEATURES)
+        p_int = bundle.interaction.predict_proba(before)
+        p_prop = bundle.propensity.predict_proba(after[:, :n_prop])
+        c_prop = bundle.propensity.contributions(after[:, :n_prop])
+        c_int = bundle.interaction.contributions(before)
+        names_int, names_prop = list(bundle.interaction.features), list(bundle.propensity.features)
+        return [
+            {
+                "version": bundle.version,
+                "interaction": round(float(p_int[i]), 6),
+                "propensity": round(float(p_prop[i]), 6),
+                "interaction_reasons": _model_reasons(names_int, c_int[i]),
+                "propensity_reasons": _model_reasons(names_prop, c_prop[i]),
+            }
+            for i in range(len(p_int))
+        ]
+
+    def _writes(
+        self, memory: MemoryState, steps: list[Step], incoming: list[Incoming],
+        loaded: dict[str, State],
+    ) -> BatchWrites:  # fmt: skip
+        writes = BatchWrites()
+        for user, state in loaded.items():
+            now = memory.users[user]
+            writes.user_fields[user] = {k: v for k, v in now.items() if state.get(k) != v}
+        for step in steps:
+            event, applied = step.event, step.applied
+            if applied.new_item and event.item_id is not None:
+                writes.user_new_items.setdefault(event.user_id, set()).add(event.item_id)
+            if applied.closed_session is not None:
+                sid, fields = applied.closed_session
+                writes.closed_sessions[(event.user_id, sid)] = fields
+                writes.sessions.pop((event.user_id, sid), None)
+            if event.item_id is not None:
+                delta = writes.item_deltas.setdefault(event.item_id, {})
+                for name, amount in applied.item_delta.items():
+                    delta[name] = delta.get(name, 0.0) + amount
+        for user in loaded:
+            state = memory.users[user]
+            if state.get("cs_id"):
+                writes.sessions[(user, str(state["cs_id"]))] = session_fields(state)
+        for item in incoming:
+            p = item.partition
+            writes.offsets[p] = max(writes.offsets.get(p, -1), item.offset)
+        return writes

@@ -1,0 +1,85 @@
+"""`engage consume` and `engage stats`."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from engage.cli_support import EXIT_SERVICES_DOWN, console, fail
+from engage.logs import setup_logging
+from engage.settings import get_settings
+
+
+def consume(
+    group: str = typer.Option(None, "--group", "-g", help="Consumer group (default: settings)."),
+    idle_exit: float = typer.Option(None, "--idle-exit", help="Exit after this many idle seconds."),
+    max_events: int = typer.Option(None, "--max-events", help="Exit after this many events."),
+    metrics_port: int = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+) -> None:
+    """Consume events: exactly-once aggregates in Redis, rule and model scores out."""
+    from consumer.runner import StreamConsumer
+
+    settings = get_settings()
+    setup_logging()
+    port = metrics_port if metrics_port is not None else settings.metrics_port
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr="127.0.0.1")
+    try:
+        runner = StreamConsumer(settings, group=group)
+    except (redis.ConnectionError, OSError) as exc:
+        raise fail(
+            f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
+        ) from exc
+    except Exception as exc:  # kafka-python raises NoBrokersAvailable and friends
+        raise fail(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}",
+                   EXIT_SERVICES_DOWN) from exc  # fmt: skip
+    summary = runner.run(idle_exit_s=idle_exit, max_events=max_events)
+    result = {
+        "processed": summary.processed,
+        "dead_lettered": summary.dead_lettered,
+        "batches": summary.batches,
+        "fenced": summary.fenced,
+        "seconds": round(summary.seconds, 2),
+        "events_per_s": round(summary.rate, 1),
+        "model_version": summary.model_version,
+        "errors": summary.errors,
+    }
+    if as_json:
+        print(json.dumps(result))
+    else:
+        console.print(result)
+
+
+def stats(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Processed and dead-lettered counts, and lag per partition (from Redis offsets)."""
+    from consumer.stats import collect_stats
+
+    settings = get_settings()
+    try:
+        result = collect_stats(settings)
+    except (redis.ConnectionError, OSError) as exc:
+        raise fail(
+            f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
+        ) from exc
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table("partition", "applied offset", "end offset", "lag")
+    for row in result["partitions"]:
+        table.add_row(*(str(row[k]) for k in ("partition", "applied", "end", "lag")))
+    out = Console()
+    out.print(f"topic {result['topic']}: processed {result['processed']}, "
+              f"dead-lettered {result['dead_lettered']}, users {result['users']}")  # fmt: skip
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("consume")(consume)
+    app.command("stats")(stats)

@@ -1,0 +1,245 @@
+"""The consumer loop: poll a batch, load its state, apply and score it, emit, commit atomically.
+
+Offsets live in Redis, not Kafka: on assignment every partition seeks to its stored offset + 1
+("storing offsets outside Kafka"). Per batch: scores and dead letters are produced and flushed
+*before* the Redis transaction (so they are at-least-once), then state + offsets commit in one
+MULTI/EXEC (so state is exactly-once). A crash anywhere replays at most the uncommitted batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+from kafka import ConsumerRebalanceListener, TopicPartition
+
+from consumer.batch import BatchScorer, Incoming
+from consumer.deadletter import DeadLetter
+from consumer.metrics import ConsumerMetrics
+from consumer.store import NO_OFFSET, Fenced, RedisStateStore
+from engage import kafka_clients
+from engage.settings import Settings
+from features.events import DecodeError, decode_event
+from features.pipeline import MemoryState
+from scoring.rules import load_scorers
+
+log = logging.getLogger("engage.consumer")
+
+
+@dataclass
+class RunSummary:
+    processed: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    fenced: int = 0
+    seconds: float = 0.0
+    model_version: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return (self.processed + self.dead_lettered) / self.seconds if self.seconds else 0.0
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, owner: StreamConsumer) -> None:
+        self.owner = owner
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            self.owner.positions.pop(tp.partition, None)
+        log.info("revoked partitions %s", sorted(tp.partition for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.owner.seek_to_stored(assigned)
+
+
+class StreamConsumer:
+    """One member of a consumer group over the events topic."""
+
+    def __init__(self, settings: Settings, group: str | None = None) -> None:
+        self.settings = settings
+        self.topic = settings.events_topic
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.store = RedisStateStore(self.redis, self.topic, settings.session_ttl_s)
+        self.scorer = BatchScorer(load_scorers(settings.rules_file), settings.log_features)
+        self.metrics = ConsumerMetrics()
+        self.positions: dict[int, int] = {}  # partition -> last applied offset, as in Redis
+        self.stopping = False
+        self.kafka = kafka_clients.consumer(
+            settings,
+            group_id=group or settings.consumer_group,
+            max_poll_records=settings.batch_max_records,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        self.out = kafka_clients.producer(settings, linger_ms=5)
+        kafka_clients.ensure_topic(settings, self.topic)
+        kafka_clients.ensure_topic(settings, settings.scores_topic)
+        kafka_clients.ensure_topic(settings, settings.dead_letter_topic)
+        self.kafka.subscribe([self.topic], listener=_Rebalance(self))
+        self._model_watch = _ModelWatch(settings, self.scorer)
+
+    # -- offsets -----------------------------------------------------------------------------
+    def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
+        stored = self.store.offsets(tp.partition for tp in partitions)
+        for tp in partitions:
+            offset = stored[tp.partition]
+            self.positions[tp.partition] = offset
+            if offset == NO_OFFSET:
+                self.kafka.seek_to_beginning(tp)
+            else:
+                self.kafka.seek(tp, offset + 1)
+        log.info("assigned %s, resuming at %s", sorted(stored), stored)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(
+        self,
+        idle_exit_s: float | None = None,
+        max_events: int | None = None,
+        on_batch: Callable[[RunSummary], None] | None = None,
+    ) -> RunSummary:
+        """Consume until stopped (SIGTERM/SIGINT), idle for `idle_exit_s`, or `max_events`."""
+        summary = RunSummary()
+        started = last_data = time.monotonic()
+        self._install_signals()
+        try:
+            while not self.stopping:
+                polled = self.kafka.poll(
+                    timeout_ms=self.settings.poll_timeout_ms,
+                    max_records=self.settings.batch_max_records,
+                )
+                self._model_watch.maybe_reload(summary)
+                records = [r for batch in polled.values() for r in batch]
+                if records:
+                    last_data = time.monotonic()
+                    self._handle(records, summary)
+                    if on_batch:
+                        on_batch(summary)
+                elif idle_exit_s is not None and time.monotonic() - last_data >= idle_exit_s:
+                    break
+                if (
+                    max_events is not None
+                    and summary.processed + summary.dead_lettered >= max_events
+                ):
+                    break
+        finally:
+            summary.seconds = time.monotonic() - started
+            self.close()
+        return summary
+
+    def _handle(self, records: list, summary: RunSummary) -> None:
+        t0 = time.perf_counter()
+        partitions = {r.partition for r in records}
+        # Records at or below the stored offset were already applied (a re-delivery): skip.
+        records = [r for r in records if r.offset > self.positions.get(r.partition, NO_OFFSET)]
+        incoming: list[Incoming] = []
+        dead: list[DeadLetter] = []
+        for r in records:
+            try:
+                event = decode_event(r.value)
+            except DecodeError as exc:
+                dead.append(DeadLetter(exc.reason, r.topic, r.partition, r.offset, r.key, r.value))
+                continue
+            incoming.append(Incoming(event, r.partition, r.offset, r.timestamp))
+        pipe = self.store.begin(partitions)
+        try:
+            stored = self.store.offsets(partitions)
+            if any(stored[p] != self.positions.get(p, NO_OFFSET) for p in partitions):
+                raise Fenced(f"stored offsets {stored} moved past ours {self.positions}")
+            memory = MemoryState(params=self.settings.feature_params)
+            user_items: dict[str, set[str]] = {}
+            items: set[str] = set()
+            for item in incoming:
+                wanted = user_items.setdefault(item.event.user_id, set())
+                if item.event.item_id is not None:
+                    wanted.add(item.event.item_id)
+                    items.add(item.event.item_id)
+            loaded = self.store.load(memory, user_items, items)
+            scored = self.scorer.run(memory, incoming, loaded)
+            for r in records:
+                p = r.partition
+                scored.writes.offsets[p] = max(scored.writes.offsets.get(p, NO_OFFSET), r.offset)
+            scored.writes.stats = {"processed": len(incoming), "dead_lettered": len(dead)}
+            for key, value in scored.messages:
+                self.out.send(self.settings.scores_topic, key=key, value=value)
+            for d in dead:
+                self.out.send(self.settings.dead_letter_topic, key=d.key, value=d.value,
+                              headers=d.headers())  # fmt: skip
+            self.out.flush()
+            self.store.commit(pipe, scored.writes)
+        except Fenced as exc:
+            pipe.reset()
+            summary.fenced += 1
+            log.warning("batch fenced, re-seeking: %s", exc)
+            self.seek_to_stored([TopicPartition(self.topic, p) for p in partitions])
+            return
+        self.positions.update(scored.writes.offsets)
+        summary.processed += len(incoming)
+        summary.dead_lettered += len(dead)
+        summary.batches += 1
+        self.metrics.observe_batch(
+            len(incoming), len(dead), time.perf_counter() - t0, scored.latencies_ms
+        )
+        self.metrics.observe_lag(self.kafka, self.positions, self.topic)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        def stop(signum: int, _frame: object) -> None:
+            log.info("signal %s: finishing the batch and leaving the group", signum)
+            self.stopping = True
+
+        try:
+            signal.signal(signal.SIGTERM, stop)
+            signal.signal(signal.SIGINT, stop)
+        except ValueError:  # not the main thread (tests run consumers in threads)
+            pass
+
+    def close(self) -> None:
+        try:
+            self.out.flush()
+            self.out.close()
+        finally:
+            self.kafka.close()
+            self.redis.close()
+
+
+class _ModelWatch:
+    """Polls the model registry and swaps a newly registered model in without a restart."""
+
+    def __init__(self, settings: Settings, scorer: BatchScorer) -> None:
+        self.settings = settings
+        self.scorer = scorer
+        self.next_check = 0.0
+        self.version: str | None = None
+        try:
+            from scoring.registry import ModelRegistry
+
+            self.registry = ModelRegistry(settings)
+        except ImportError:  # pragma: no cover - registry not installed
+            self.registry = None
+
+    def maybe_reload(self, summary: RunSummary) -> None:
+        now = time.monotonic()
+        if self.registry is None or now < self.next_check:
+            return
+        self.next_check = now + self.settings.model_poll_s
+        current = self.registry.current_version()
+        if current is None or current == self.version:
+            return
+        try:
+            bundle = self.registry.load(current)
+        except Exception as exc:  # a refused model keeps the old one serving
+            message = f"model {current} refused: {exc}"
+            if message not in summary.errors:
+                summary.errors.append(message)
+                log.error(message)
+            self.version = current
+            return
+        self.scorer.model = bundle
+        self.version = summary.model_version = current
+        log.info("serving model %s", current)

@@ -1,0 +1,142 @@
+"""Redis I/O of the consumer: one round trip to read a batch's state, one transaction to write it.
+
+Exactly-once: the last applied offset of each partition is written in the same MULTI/EXEC as
+the state the batch changed. The offset keys are WATCHed before the batch's state is read, so
+if any other process (a zombie after a rebalance) wrote those partitions meanwhile, EXEC fails
+and nothing of this batch lands (`Fenced`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis
+
+from features import keys
+from features.aggregates import State
+from features.items import ItemMeta
+from features.pipeline import MemoryState
+
+NO_OFFSET = -1
+
+
+class Fenced(Exception):
+    """Another writer changed a partition's stored offset: this batch must not land."""
+
+
+def decode_state(raw: dict[bytes, bytes]) -> State:
+    """Redis hash to state: floats everywhere but the current session id."""
+    return {k.decode(): (v.decode() if k == b"cs_id" else float(v)) for k, v in raw.items()}
+
+
+def stored_offsets(client: redis.Redis, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+    parts = list(partitions)
+    values = client.mget([keys.offset_key(topic, p) for p in parts]) if parts else []
+    return {p: int(v) if v is not None else NO_OFFSET for p, v in zip(parts, values, strict=True)}
+
+
+@dataclass
+class BatchWrites:
+    """Everything one batch writes, applied in one transaction."""
+
+    user_fields: dict[str, dict[str, float | str]] = field(default_factory=dict)
+    user_new_items: dict[str, set[str]] = field(default_factory=dict)
+    sessions: dict[tuple[str, str], State] = field(default_factory=dict)
+    closed_sessions: dict[tuple[str, str], State] = field(default_factory=dict)
+    item_deltas: dict[str, dict[str, float]] = field(default_factory=dict)
+    scores: dict[str, dict[str, str | float]] = field(default_factory=dict)
+    leaderboard: dict[str, dict[str, float]] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
+    publish: bytes | None = None
+
+
+class RedisStateStore:
+    def __init__(self, client: redis.Redis, topic: str, session_ttl_s: int) -> None:
+        self.client = client
+        self.topic = topic
+        self.session_ttl_s = session_ttl_s
+        self.meta_cache: dict[str, ItemMeta] = {}
+
+    def offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        return stored_offsets(self.client, self.topic, partitions)
+
+    def begin(self, partitions: Iterable[int]) -> redis.client.Pipeline:
+        """WATCH the partitions' offsets; the returned pipeline commits with `commit`."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.watch(*[keys.offset_key(self.topic, p) for p in partitions])
+        return pipe
+
+    def load(
+        self, memory: MemoryState, user_items: dict[str, set[str]], items: set[str]
+    ) -> dict[str, State]:
+        """Fill `memory` with the users, item memberships and items a batch touches, in one
+        round trip. Returns copies of the users as loaded (to write only what changed)."""
+        users = list(user_items)
+        missing_meta = [i for i in items if i not in self.meta_cache]
+        item_list = list(items)
+        pipe = self.client.pipeline(transaction=False)
+        for user in users:
+            pipe.hgetall(keys.user_key(user))
+        asked = [(u, sorted(user_items[u])) for u in users if user_items[u]]
+        for user, its in asked:
+            pipe.smismember(keys.user_items_key(user), its)
+        for item in item_list:
+            pipe.hgetall(keys.item_key(item))
+        for item in missing_meta:
+            pipe.hgetall(keys.item_meta_key(item))
+        results = iter(pipe.execute())
+        loaded: dict[str, State] = {}
+        for user in users:
+            state = decode_state(next(results))
+            memory.users[user] = state
+            loaded[user] = dict(state)
+            memory.user_items[user] = set()
+        for user, its in asked:
+            memory.user_items[user] = {i for i, hit in zip(its, next(results), strict=True) if hit}
+        for item in item_list:
+            memory.items[item] = decode_state(next(results))
+        for item in missing_meta:
+            raw = next(results)
+            self.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
+        for item in items:
+            memory.meta[item] = self.meta_cache[item]
+        return loaded
+
+    def commit(self, pipe: redis.client.Pipeline, writes: BatchWrites) -> None:
+        """Write the batch and its offsets atomically; raises Fenced if a WATCHed offset moved."""
+        pipe.multi()
+        for user, fields in writes.user_fields.items():
+            if fields:
+                pipe.hset(keys.user_key(user), mapping=fields)
+        for user, new_items in writes.user_new_items.items():
+            if new_items:
+                pipe.sadd(keys.user_items_key(user), *new_items)
+        for (user, session), fields in writes.closed_sessions.items():
+            key = keys.session_key(user, session)
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, self.session_ttl_s)
+        for (user, session), fields in writes.sessions.items():
+            pipe.hset(keys.session_key(user, session), mapping=fields)
+        for item, delta in writes.item_deltas.items():
+            item_key = keys.item_key(item)
+            for name, amount in delta.items():
+                pipe.hincrbyfloat(item_key, name, amount)
+        for user, fields in writes.scores.items():
+            pipe.hset(keys.user_score_key(user), mapping=fields)
+        for kind, members in writes.leaderboard.items():
+            if members:
+                pipe.zadd(keys.leaderboard_key(kind), members)
+        for partition, offset in writes.offsets.items():
+            pipe.set(keys.offset_key(self.topic, partition), offset)
+        for name, amount in writes.stats.items():
+            pipe.hincrby(keys.stats_key(self.topic), name, amount)
+        if writes.publish is not None:
+            pipe.publish(keys.scores_channel(self.topic), writes.publish)
+        try:
+            pipe.execute()
+        except redis.WatchError as exc:
+            raise Fenced(str(exc)) from exc
+        finally:
+            pipe.reset()

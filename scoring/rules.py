@@ -1,0 +1,130 @@
+"""The explainable rule score: 0-100 from weighted, normalised signals, with reasons.
+
+Each signal turns one user feature into 0..1; its contribution is weight x signal points, and
+the score is the sum of the contributions, so the explanation adds up to the score exactly.
+Weights and thresholds live in TOML files (scoring/rules/<domain>.toml); nothing is coded in.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, model_validator
+
+from features.vector import PROPENSITY_FEATURES
+
+RULES_DIR = Path(__file__).resolve().parent / "rules"
+DOMAIN_BY_SOURCE = {"movielens": "movielens"}  # any other source scores as a product funnel
+
+
+class Signal(BaseModel):
+    name: str
+    feature: str
+    kind: Literal["cap", "range"]
+    weight: float = Field(ge=0)
+    cap: float | None = Field(default=None, gt=0)
+    lo: float | None = None
+    hi: float | None = None
+    reason: str
+
+    @model_validator(mode="after")
+    def _check(self) -> Signal:
+        if self.feature not in PROPENSITY_FEATURES:
+            raise ValueError(f"signal {self.name}: unknown feature {self.feature!r}")
+        if self.kind == "cap" and self.cap is None:
+            raise ValueError(f"signal {self.name}: kind 'cap' needs cap")
+        if self.kind == "range" and (self.lo is None or self.hi is None or self.hi <= self.lo):
+            raise ValueError(f"signal {self.name}: kind 'range' needs lo < hi")
+        return self
+
+
+class Thresholds(BaseModel):
+    high: float
+    medium: float
+
+
+class RuleConfig(BaseModel):
+    thresholds: Thresholds
+    signals: list[Signal] = Field(min_length=1)
+
+    @classmethod
+    def load(cls, path: Path) -> RuleConfig:
+        with open(path, "rb") as handle:
+            return cls.model_validate(tomllib.load(handle))
+
+
+@dataclass
+class RuleScores:
+    """Scores of a batch: score (n,), contributions (n, signals), labels, and signal names."""
+
+    score: np.ndarray
+    contributions: np.ndarray
+    labels: list[str]
+    config: RuleConfig
+
+    def reasons(self, row: int, values: np.ndarray, k: int = 3) -> list[dict[str, object]]:
+        """The top-k contributing signals of one row, in words, with their points."""
+        order = np.argsort(-self.contributions[row], kind="stable")[:k]
+        out = []
+        for j in order:
+            points = float(self.contributions[row, j])
+            if points <= 0:
+                break
+            signal = self.config.signals[j]
+            out.append(
+                {
+                    "signal": signal.name,
+                    "points": round(points, 2),
+                    "text": signal.reason.format(value=float(values[row, j])),
+                }
+            )
+        return out
+
+
+class RuleScorer:
+    """Scores batches of PROPENSITY_FEATURES rows with one rule configuration."""
+
+    def __init__(self, config: RuleConfig) -> None:
+        self.config = config
+        self.columns = [PROPENSITY_FEATURES.index(s.feature) for s in config.signals]
+        self.weights = np.array([s.weight for s in config.signals])
+        lo, span = [], []
+        for s in config.signals:
+            if s.kind == "cap":
+                lo.append(0.0)
+                span.append(float(s.cap))  # type: ignore[arg-type]
+            else:
+                lo.append(float(s.lo))  # type: ignore[arg-type]
+                span.append(float(s.hi) - float(s.lo))  # type: ignore[arg-type]
+        self.lo, self.span = np.array(lo), np.array(span)
+
+    def signal_values(self, rows: np.ndarray) -> np.ndarray:
+        """The raw feature value behind each signal, (n, signals)."""
+        return rows[:, self.columns]
+
+    def score(self, rows: np.ndarray) -> RuleScores:
+        normalised = np.clip((self.signal_values(rows) - self.lo) / self.span, 0.0, 1.0)
+        contributions = normalised * self.weights
+        score = contributions.sum(axis=1)
+        t = self.config.thresholds
+        labels = ["high" if s >= t.high else "medium" if s >= t.medium else "low" for s in score]
+        return RuleScores(score, contributions, labels, self.config)
+
+
+def domain_of(source: str) -> str:
+    return DOMAIN_BY_SOURCE.get(source, "funnel")
+
+
+def load_scorers(override: Path | None = None) -> dict[str, RuleScorer]:
+    """One scorer per domain; an override file (settings.rules_file) serves every domain."""
+    if override is not None:
+        scorer = RuleScorer(RuleConfig.load(override))
+        return {"movielens": scorer, "funnel": scorer}
+    return {
+        domain: RuleScorer(RuleConfig.load(RULES_DIR / f"{domain}.toml"))
+        for domain in ("movielens", "funnel")
+    }
