@@ -1,0 +1,143 @@
+"""An independent reference for the consumer's Redis state, written from the spec, not the code.
+
+It recomputes every user, session and item aggregate from the raw event list with plain loops
+and closed-form formulas (e.g. the decayed sum as a direct sum of weighted terms), and reads
+the consumer's Redis state back for comparison. It deliberately imports nothing from
+features.aggregates / features.pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from urllib.parse import quote
+
+import redis
+
+FUNNEL = {"page_view": 1, "pricing_view": 2, "demo_request": 3, "signup": 4, "calendar_booking": 5}
+ENGAGED_TYPES = {"demo_request", "signup", "calendar_booking"}
+
+
+def _tag(raw: str) -> str:
+    return quote(raw, safe="!\"#$&'()*+,-./;<=>?@[\\]^_`|~")
+
+
+def engaged(e: dict) -> bool:
+    if e["event_type"] == "rating":
+        return e["value"] >= 4.0
+    return e["event_type"] in ENGAGED_TYPES
+
+
+def reference_state(
+    events: list[dict], genres: dict[str, list[str]], gap_ms: int, half_life_ms: float
+) -> dict:
+    """users/sessions/items as dicts of floats, from events given in per-user log order."""
+    by_user: dict[str, list[dict]] = defaultdict(list)
+    for e in events:
+        by_user[e["user_id"]].append(e)
+    users, sessions, items = {}, {}, defaultdict(lambda: defaultdict(float))
+    for uid, evs in by_user.items():
+        u: dict[str, float] = defaultdict(float)
+        groups: list[list[dict]] = []
+        for e in evs:
+            sid = e.get("session_id")
+            if groups:
+                prev = groups[-1]
+                same = (
+                    (sid == prev[0]["_sid"])
+                    if sid is not None
+                    else (e["ts"] - max(x["ts"] for x in prev) <= gap_ms)
+                )
+            else:
+                same = False
+            if same:
+                e["_sid"] = prev[0]["_sid"]
+                prev.append(e)
+            else:
+                e["_sid"] = sid if sid is not None else str(e["ts"])
+                groups.append([e])
+        labelled = [e for e in evs if e["event_type"] != "tag"]
+        u["n"] = len(evs)
+        for e in evs:
+            u[f"n_{e['event_type']}"] += 1
+        u["lab"] = len(labelled)
+        u["eng"] = sum(engaged(e) for e in labelled)
+        ratings = [e["value"] for e in evs if e["event_type"] == "rating"]
+        if ratings:
+            u["r_n"], u["r_sum"], u["r_sq"] = (
+                len(ratings),
+                sum(ratings),
+                sum(r * r for r in ratings),
+            )
+        u["first_ts"], u["last_ts"] = min(e["ts"] for e in evs), max(e["ts"] for e in evs)
+        if labelled:
+            anchor = max(e["ts"] for e in labelled)
+            u["dec_e"] = sum(
+                0.5 ** ((anchor - e["ts"]) / half_life_ms) for e in labelled if engaged(e)
+            )
+            u["dec_n"] = sum(0.5 ** ((anchor - e["ts"]) / half_life_ms) for e in labelled)
+        u["items"] = len({e["item_id"] for e in evs if e.get("item_id") is not None})
+        u["sess"] = len(groups)
+        for g in groups[:-1]:
+            u["cl_n"] += 1
+            u["cl_bounce"] += len(g) == 1
+            u["cl_dur"] += max(x["ts"] for x in g) - g[0]["ts"]
+        for e in labelled:
+            for genre in genres.get(e.get("item_id") or "", []):
+                u[f"gc:{genre}"] += 1
+                u[f"ge:{genre}"] += engaged(e)
+        for g in groups:
+            sessions[(uid, g[0]["_sid"])] = {
+                "start": float(g[0]["ts"]),
+                "end": float(max(x["ts"] for x in g)),
+                "events": float(len(g)),
+                "engaged": float(sum(engaged(x) for x in g)),
+                "furthest_step": float(max(FUNNEL.get(x["event_type"], 0) for x in g)),
+                "bounce": 1.0 if len(g) == 1 else 0.0,
+            }
+        users[uid] = {k: float(v) for k, v in u.items()}
+        for e in evs:
+            if e.get("item_id") is None:
+                continue
+            it = items[e["item_id"]]
+            it["n"] += 1
+            if e["event_type"] != "tag":
+                it["lab"] += 1
+                it["eng"] += engaged(e)
+            if e["event_type"] == "rating":
+                it["r_n"] += 1
+                it["r_sum"] += e["value"]
+    return {"users": users, "sessions": sessions, "items": {k: dict(v) for k, v in items.items()}}
+
+
+def _floats(raw: dict[bytes, bytes], skip: tuple[str, ...] = ()) -> dict[str, float]:
+    return {k.decode(): float(v) for k, v in raw.items() if k.decode() not in skip}
+
+
+def diff_against_redis(ref: dict, client: redis.Redis) -> list[str]:
+    """Every disagreement between the reference and Redis, as readable lines (empty = equal)."""
+    problems: list[str] = []
+
+    def compare(where: str, want: dict[str, float], got: dict[str, float]) -> None:
+        for field in sorted(set(want) | set(got)):
+            a, b = want.get(field, 0.0), got.get(field, 0.0)
+            if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9):
+                problems.append(f"{where} {field}: reference {a!r} != redis {b!r}")
+
+    for uid, want in ref["users"].items():
+        got = _floats(client.hgetall(f"u:{{{_tag(uid)}}}"), skip=("cs_id", "cs_start", "cs_end",
+                      "cs_n", "cs_eng", "cs_step", "dec_ts"))  # fmt: skip
+        compare(f"user {uid}", {k: v for k, v in want.items() if k != "items"}, {
+            k: v for k, v in got.items() if k != "items"})  # fmt: skip
+        scard = client.scard(f"u:{{{_tag(uid)}}}:items")
+        if scard != want.get("items", 0) or got.get("items", 0) != want.get("items", 0):
+            problems.append(f"user {uid} items: reference {want.get('items')} redis {scard}")
+    for (uid, sid), want in ref["sessions"].items():
+        got = _floats(client.hgetall(f"s:{{{_tag(uid)}}}:{_tag(sid)}"))
+        compare(f"session {uid}/{sid}", want, got)
+    for iid, want in ref["items"].items():
+        compare(f"item {iid}", want, _floats(client.hgetall(f"i:{{{_tag(iid)}}}")))
+    n_users = sum(1 for k in client.scan_iter(match="u:*", count=1000) if k.endswith(b"}"))
+    if n_users != len(ref["users"]):
+        problems.append(f"{n_users} user hashes in redis, reference has {len(ref['users'])}")
+    return problems
