@@ -1,0 +1,199 @@
+"""`engage replay ...`: turn MovieLens logs or the synthetic funnel into the live event stream."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis
+import typer
+from kafka.errors import KafkaError
+from rich.console import Console
+from rich.table import Table
+
+from engage.cli_support import EXIT_FAILURE, EXIT_SERVICES_DOWN, console, fail
+from engage.settings import get_settings
+from producer import movielens, synthetic
+from producer.badrows import BadRowError
+from producer.integrity import ChecksumError
+from producer.pacing import Speed, parse_speed
+from producer.replay import ReplaySummary
+
+EXIT_BAD_INPUT = 2
+
+replay_app = typer.Typer(help="Replay logs into the events topic.", no_args_is_help=True)
+
+SPEED_HELP = "max (no waiting), realtime, or N: event time runs N times faster than wall time."
+PROGRESS_HELP = "Show a progress bar (only ever drawn on a terminal)."
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(replay_app, name="replay")
+
+
+def _speed(text: str) -> Speed:
+    try:
+        return parse_speed(text)
+    except ValueError as exc:
+        raise fail(f"--speed: {exc}", EXIT_BAD_INPUT) from None
+
+
+def _time_ms(text: str | None, option: str) -> int | None:
+    """ISO date or date-time to epoch ms; a time without a zone is taken as UTC."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise fail(
+            f"{option}: not an ISO date or date-time: {text!r} (e.g. 2015-06-01T12:00:00Z)",
+            EXIT_BAD_INPUT,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _at_least(value: int | None, minimum: int, option: str) -> None:
+    if value is not None and value < minimum:
+        raise fail(f"{option} must be at least {minimum}, not {value}", EXIT_BAD_INPUT)
+
+
+def _run(send: Callable[[], ReplaySummary]) -> ReplaySummary:
+    """Run a replay, turning unreachable servers into one clear line and exit code 3."""
+    settings = get_settings()
+    try:
+        return send()
+    except KafkaError as exc:
+        raise fail(
+            f"Kafka at {settings.kafka_bootstrap_servers} is not usable: {exc!r}",
+            EXIT_SERVICES_DOWN,
+        ) from None
+    except redis.exceptions.ConnectionError as exc:
+        raise fail(
+            f"Redis at {settings.redis_url} is not reachable: {exc}", EXIT_SERVICES_DOWN
+        ) from None
+
+
+def _report(summary: ReplaySummary, as_json: bool, extra: dict[str, object]) -> None:
+    """Print the summary (table or one JSON object); exit 1 if any event was not delivered."""
+    if as_json:
+        print(json.dumps({**summary.as_dict(), **extra}))
+    else:
+        table = Table("replay", "", show_header=False)
+        for key, value in {**extra, **summary.as_dict()}.items():
+            if key in {"errors", "bad_row_examples"}:
+                continue
+            shown = f"{value:,}" if type(value) in (int, float) else str(value)
+            table.add_row(key, shown)
+        Console().print(table)
+        for row in summary.bad_row_examples:
+            console.print(f"[yellow]bad row[/] {row}", highlight=False)
+        for error in summary.errors:
+            console.print(f"[red]delivery error[/] {error}", highlight=False)
+    if not summary.ok:
+        raise fail(
+            f"{summary.failed:,} of {summary.sent + summary.failed:,} events were not delivered",
+            EXIT_FAILURE,
+        )
+
+
+@replay_app.command("movielens")
+def replay_movielens(
+    path: Path | None = typer.Option(
+        None,
+        "--path",
+        help="Folder or official zip. Default: ENGAGE_MOVIELENS_DIR, the shared copy, "
+        "else download (sha256-checked) into the cache.",
+    ),
+    speed: str = typer.Option("max", "--speed", help=SPEED_HELP),
+    limit: int | None = typer.Option(None, "--limit", help="Send at most N events."),
+    since: str | None = typer.Option(None, "--since", help="Only events at or after (ISO)."),
+    until: str | None = typer.Option(None, "--until", help="Only events before (ISO)."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad input row."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
+) -> None:
+    """Replay ml-latest-small ratings and tags in event-time order; item metadata to Redis."""
+    from producer.replay import replay
+
+    settings = get_settings()
+    pace, since_ms, until_ms = _speed(speed), _time_ms(since, "--since"), _time_ms(until, "--until")
+    _at_least(limit, 0, "--limit")
+    if since_ms is not None and until_ms is not None and since_ms >= until_ms:
+        raise fail("--since must be earlier than --until", EXIT_BAD_INPUT)
+    if path is not None and not path.exists():
+        raise fail(f"--path: {path} does not exist", EXIT_BAD_INPUT)
+    source = path if path is not None else movielens.default_path(settings)
+    try:
+        data = movielens.load(source, settings.cache_dir, strict=strict)
+    except movielens.DatasetNotFound as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    except (ChecksumError, BadRowError) as exc:
+        raise fail(str(exc)) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise fail(
+            f"cannot download {movielens.URL} ({exc}); pass --path or set ENGAGE_MOVIELENS_DIR"
+        ) from None
+    summary = _run(
+        lambda: replay(
+            data.events(since_ms, until_ms),
+            settings,
+            items=data.items,
+            limit=limit,
+            speed=pace,
+            total=data.count_between(since_ms, until_ms),
+            bad_rows=data.bad_rows.count,
+            progress=progress and not as_json,
+        )
+    )
+    summary.bad_row_examples = [str(row) for row in data.bad_rows.examples]
+    extra = {"source": str(data.folder), "verified": ",".join(data.verified) or "-"}
+    _report(summary, as_json, {**extra, "speed": str(pace)})
+
+
+@replay_app.command("synthetic")
+def replay_synthetic(
+    users: int = typer.Option(1000, "--users", help="How many simulated users."),
+    days: int = typer.Option(7, "--days", help="How many days of event time."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same events (byte for byte)."),
+    truth_file: Path | None = typer.Option(
+        None,
+        "--truth-file",
+        help="Write each user's hidden intent and outcome (.csv/.json/.jsonl).",
+    ),
+    speed: str = typer.Option("max", "--speed", help=SPEED_HELP),
+    limit: int | None = typer.Option(None, "--limit", help="Send at most N events."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
+) -> None:
+    """Replay a seeded product funnel (sessions, pricing, demos, signups, bookings, bots)."""
+    from producer.replay import replay
+
+    settings = get_settings()
+    pace = _speed(speed)
+    _at_least(users, 1, "--users")
+    _at_least(days, 1, "--days")
+    _at_least(limit, 0, "--limit")
+    config = synthetic.SyntheticConfig(users=users, days=days, seed=seed)
+    extra: dict[str, object] = {"source": f"synthetic seed={seed} users={users} days={days}"}
+    if truth_file is not None:
+        try:
+            synthetic.write_truth(config, truth_file)
+        except OSError as exc:
+            raise fail(f"--truth-file: cannot write {truth_file}: {exc}", EXIT_BAD_INPUT) from None
+        extra["truth_file"] = str(truth_file)
+    summary = _run(
+        lambda: replay(
+            synthetic.events(config),
+            settings,
+            items=synthetic.synthetic_item_meta(),
+            limit=limit,
+            speed=pace,
+            progress=progress and not as_json,
+        )
+    )
+    _report(summary, as_json, {**extra, "speed": str(pace)})

@@ -1,0 +1,87 @@
+"""Replay pacing: map event time onto wall time, N times faster (or not at all).
+
+The pacer anchors the first event to the wall clock and aims every later event at
+`anchor + (ts - first_ts) / N`, so rounding and slow sends never accumulate drift: a replay
+that fell behind simply does not sleep until it has caught up.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Monotonic seconds."""
+        ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How many times faster than real time event time runs; None = as fast as possible."""
+
+    factor: float | None
+
+    @property
+    def is_max(self) -> bool:
+        return self.factor is None
+
+    def __str__(self) -> str:
+        if self.factor is None:
+            return "max"
+        return "realtime" if self.factor == 1 else f"{self.factor:g}x"
+
+
+MAX = Speed(None)
+REALTIME = Speed(1.0)
+
+
+def parse_speed(text: str) -> Speed:
+    """`max`, `realtime` or a positive number N (event time runs N times faster than wall)."""
+    word = text.strip().lower()
+    if word == "max":
+        return MAX
+    if word == "realtime":
+        return REALTIME
+    try:
+        factor = float(word.removesuffix("x"))
+    except ValueError:
+        raise ValueError(f"speed must be 'max', 'realtime' or a number > 0, not {text!r}") from None
+    if not factor > 0 or factor == float("inf"):
+        raise ValueError(f"speed must be a number > 0, not {text!r}")
+    return Speed(factor)
+
+
+class Pacer:
+    """Sleeps before each event until its scaled event time has come."""
+
+    def __init__(self, speed: Speed, clock: Clock | None = None) -> None:
+        self.speed = speed
+        self.clock = clock or SystemClock()
+        self._anchor: tuple[float, int] | None = None
+        self.slept = 0.0
+
+    def wait(self, ts_ms: int) -> None:
+        factor = self.speed.factor
+        if factor is None:
+            return
+        if self._anchor is None:
+            self._anchor = (self.clock.now(), ts_ms)
+            return
+        wall0, ts0 = self._anchor
+        delay = wall0 + (ts_ms - ts0) / 1000.0 / factor - self.clock.now()
+        if delay > 0:
+            self.clock.sleep(delay)
+            self.slept += delay
