@@ -63,7 +63,7 @@ def stack_down():
 
 
 # Each package adds its own subcommands: a module with `register(app: typer.Typer) -> None`.
-COMMAND_MODULES: list[str] = ["consumer.commands", "producer.commands"]
+COMMAND_MODULES: list[str] = ["consumer.commands", "offline.commands", "producer.commands"]
 for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
 

@@ -1,0 +1,200 @@
+"""The offline subcommands: `engage export`, `train`, `evaluate`, `explain`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from engage.cli_support import EXIT_NOT_FOUND, EXIT_SERVICES_DOWN, console, fail
+from engage.settings import get_settings
+
+SnapshotOpt = typer.Option(None, "--snapshot", help="Read a snapshot folder (engage export).")
+TopicOpt = typer.Option(False, "--from-topic", help="Export the events topic first, then read it.")
+MovielensOpt = typer.Option(None, "--movielens", help="Read a MovieLens folder (ratings.csv...).")
+VersionOpt = typer.Option(None, "--version", help="Model version (default: current).")
+
+
+def _load(snapshot: Path | None, from_topic: bool, movielens: Path | None) -> Any:
+    from offline.sources import load_events
+
+    try:
+        with console.status("loading events"):
+            return load_events(get_settings(), snapshot, from_topic, movielens)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from exc
+    except (FileNotFoundError, LookupError) as exc:
+        raise fail(str(exc), EXIT_NOT_FOUND) from exc
+    except Exception as exc:  # Kafka unreachable and friends
+        if type(exc).__module__.startswith("kafka"):
+            raise fail(f"cannot read the events topic: {exc}", EXIT_SERVICES_DOWN) from exc
+        raise
+
+
+def _bundle(version: str | None) -> Any:
+    from scoring.registry import FeatureHashMismatch, ModelNotFound, ModelRegistry
+
+    try:
+        return ModelRegistry(get_settings()).load(version)
+    except ModelNotFound as exc:
+        raise fail(str(exc), EXIT_NOT_FOUND) from exc
+    except FeatureHashMismatch as exc:
+        raise fail(str(exc)) from exc
+
+
+def export(
+    out: Path = typer.Option(None, "--out", help="Folder (default: data_dir/snapshots/<time>)."),
+):
+    """Snapshot the events topic (start to the end offsets at start) and item metadata."""
+    from offline.export import export_topic
+
+    settings = get_settings()
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"exporting {settings.events_topic}", total=None)
+        try:
+            result = export_topic(
+                settings,
+                out,
+                lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        except LookupError as exc:
+            raise fail(str(exc), EXIT_NOT_FOUND) from exc
+    m = result.manifest
+    console.print(
+        f"exported {m['count']} events ({m['undecodable']} undecodable), {m['items']} items "
+        f"-> {result.folder}"
+    )
+
+
+def train(
+    snapshot: Path | None = SnapshotOpt,
+    from_topic: bool = TopicOpt,
+    movielens: Path | None = MovielensOpt,
+    register: bool = typer.Option(True, "--register/--no-register", help="Register the bundle."),
+    n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the AUC CI."),
+):
+    """Build point-in-time features, fit and evaluate all models, register the bundle."""
+    from offline.train import run_training
+
+    events, meta, source = _load(snapshot, from_topic, movielens)
+    if not events:
+        raise fail("no events to train on", EXIT_NOT_FOUND)
+    result = run_training(get_settings(), events, meta, source, register, n_boot=n_boot)
+    _print_results(result.results)
+    console.print(f"report: {result.run_dir / 'report.md'}  ({result.timings['total']} s)")
+    if result.version:
+        console.print(f"registered and current: [bold]{result.version}[/]")
+
+
+def _print_results(results: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table("split", "model", "learner", "n", "ROC-AUC [95% CI]", "acc", "RMSE", "logloss",
+                  "ECE", "PR-AUC")  # fmt: skip
+    for r in results:
+        m = r["metrics"]
+        table.add_row(
+            r["split"], r["model"], r["learner"], str(m["n"]),
+            f"{m['roc_auc']:.4f} [{m['roc_auc_ci_low']:.3f}, {m['roc_auc_ci_high']:.3f}]",
+            *(f"{m[k]:.4f}" for k in ("accuracy", "rmse", "log_loss", "ece", "pr_auc")),
+        )  # fmt: skip
+    Console().print(table)
+
+
+def evaluate(
+    version: str | None = VersionOpt,
+    snapshot: Path | None = SnapshotOpt,
+    from_topic: bool = TopicOpt,
+    movielens: Path | None = MovielensOpt,
+    all_rows: bool = typer.Option(
+        False, "--all", help="Also rows the model was trained on (in-sample, optimistic)."
+    ),
+):
+    """Score a registered model on data it has not seen (events after its training range)."""
+    from offline.dataset import build_dataset
+    from offline.evaluate import evaluate as metrics_of
+    from offline.evaluate import new_run_dir, plot_reliability, plot_roc, write_report
+
+    settings = get_settings()
+    bundle = _bundle(version)
+    events, meta, source = _load(snapshot, from_topic, movielens)
+    with console.status("building features"):
+        data = build_dataset(events, meta)
+    trained_until = bundle.log_range.get("max_ts") or 0
+    rows = np.arange(len(data)) if all_rows else np.flatnonzero(data.ts > trained_until)
+    if len(rows) == 0:
+        raise fail(
+            f"no labelled events after the model's training range (ts > {trained_until}); "
+            "pass --all to evaluate in-sample",
+            EXIT_NOT_FOUND,
+        )
+    y = data.y[rows]
+    curves = {
+        "interaction": (y, bundle.interaction.predict_proba(data.X[rows])),
+        "propensity": (y, bundle.propensity.predict_proba(data.propensity_X[rows])),
+    }
+    results = [
+        {"split": "all" if all_rows else "after training", "model": name,
+         "learner": getattr(bundle, name).kind, "metrics": metrics_of(yy, p)}
+        for name, (yy, p) in curves.items()
+    ]  # fmt: skip
+    run_dir = new_run_dir(settings, "evaluate")
+    plot_roc(curves, run_dir / "roc.png", f"ROC, model {bundle.version}")
+    plot_reliability(curves, run_dir / "reliability.png", f"Reliability, model {bundle.version}")
+    info = {"model version": bundle.version, "source": source.get("path") or source["source"],
+            "rows": len(rows), "in-sample rows included": all_rows}  # fmt: skip
+    write_report(run_dir, f"engage evaluate {bundle.version}", results, info,
+                 ["roc.png", "reliability.png"])  # fmt: skip
+    _print_results(results)
+    console.print(f"report: {run_dir / 'report.md'}")
+
+
+def explain(
+    version: str | None = VersionOpt,
+    snapshot: Path | None = SnapshotOpt,
+    from_topic: bool = TopicOpt,
+    movielens: Path | None = MovielensOpt,
+    repeats: int = typer.Option(3, "--repeats", help="Permutation repeats per feature."),
+):
+    """Permutation importance, SHAP summary and a feature table for the interaction model,
+    on the latest 20% of event time."""
+    from offline.dataset import build_dataset
+    from offline.evaluate import new_run_dir
+    from offline.explain import explanation_table, markdown, shap_summary_plot, write_table
+    from offline.splits import temporal_split
+
+    settings = get_settings()
+    bundle = _bundle(version)
+    events, meta, source = _load(snapshot, from_topic, movielens)
+    with console.status("building features"):
+        data = build_dataset(events, meta)
+    rows = temporal_split(data).test
+    if len(rows) == 0:
+        raise fail("no labelled events to explain on", EXIT_NOT_FOUND)
+    run_dir = new_run_dir(settings, "explain")
+    model = bundle.interaction
+    with console.status("permutation importance and contributions"):
+        table = explanation_table(model, data.X[rows], data.y[rows], repeats)
+        files = write_table(table, run_dir, "explanation")
+    with console.status("SHAP summary plot"):
+        shap_summary_plot(model, data.X[rows], run_dir / "shap_summary.png")
+    report = [
+        f"# engage explain {bundle.version}", "",
+        f"- model: {model.name} ({model.kind}), rows: {len(rows)} (latest 20% of event time)",
+        f"- source: {source.get('path') or source['source']}", "",
+        "![shap](shap_summary.png)", "", markdown(table), "",
+    ]  # fmt: skip
+    (run_dir / "report.md").write_text("\n".join(report))
+    Console().print(table.head(15).to_string(index=False))
+    console.print(f"report: {run_dir / 'report.md'} ({', '.join(files)}, shap_summary.png)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+    app.command("explain")(explain)

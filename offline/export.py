@@ -1,0 +1,148 @@
+"""`engage export`: a frozen copy of the events topic (and the item metadata) for training.
+
+The end offsets are taken once, at start: events produced while exporting belong to the next
+snapshot, so the manifest's offset ranges describe exactly the rows in the file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import redis
+from kafka import TopicPartition
+
+from engage.kafka_clients import consumer
+from engage.settings import Settings
+from features.events import DecodeError, decode_event
+from features.items import ItemMeta
+from offline.snapshot import (
+    EVENTS_FILE,
+    ITEMS_FILE,
+    LoggedEvent,
+    write_events,
+    write_items,
+    write_manifest,
+)
+
+Progress = Callable[[int, int], None]  # (records read so far, records to read)
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    manifest: dict[str, Any]
+
+
+def snapshot_dir(settings: Settings) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return settings.data_dir / "snapshots" / stamp
+
+
+def read_topic(
+    settings: Settings, topic: str, progress: Progress | None = None, idle_timeout_s: float = 30.0
+) -> tuple[list[LoggedEvent], dict[int, dict[str, int]], list[dict[str, Any]]]:
+    """All records from the beginning up to the end offsets seen at start.
+
+    Returns the decoded events, per-partition {start, end, exported} (end exclusive), and the
+    records that failed to decode (partition, offset, reason): they are counted, not fatal.
+    """
+    client = consumer(settings, group_id=None, consumer_timeout_ms=1000)
+    try:
+        partitions = client.partitions_for_topic(topic)
+        if not partitions:
+            raise LookupError(f"topic {topic!r} does not exist or has no partitions")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        client.assign(tps)
+        starts = client.beginning_offsets(tps)
+        ends = client.end_offsets(tps)
+        client.seek_to_beginning(*tps)
+        ranges = {tp.partition: {"start": starts[tp], "end": ends[tp], "exported": 0} for tp in tps}
+        total = sum(ends[tp] - starts[tp] for tp in tps)
+        pending = {tp for tp in tps if ends[tp] > starts[tp]}
+        rows: list[LoggedEvent] = []
+        bad: list[dict[str, Any]] = []
+        read = 0
+        last_progress = time.monotonic()
+        while pending:
+            batches = client.poll(timeout_ms=500, max_records=5000)
+            if batches:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > idle_timeout_s:
+                raise TimeoutError(f"no records for {idle_timeout_s}s; missing: {pending}")
+            for tp, records in batches.items():
+                if tp not in pending:
+                    continue
+                for rec in records:
+                    if rec.offset >= ends[tp]:
+                        break
+                    read += 1
+                    try:
+                        rows.append(LoggedEvent(decode_event(rec.value), tp.partition, rec.offset))
+                        ranges[tp.partition]["exported"] += 1
+                    except DecodeError as exc:
+                        bad.append(
+                            {"partition": tp.partition, "offset": rec.offset, "reason": exc.reason}
+                        )
+            # Positions also move past control records, so check every pending partition.
+            for tp in list(pending):
+                if client.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+                    client.pause(tp)
+            if progress:
+                progress(read, total)
+        return rows, ranges, bad
+    finally:
+        client.close()
+
+
+def read_item_meta(settings: Settings) -> dict[str, ItemMeta]:
+    """Every `im:{item}` hash in Redis, keyed by the unescaped item id."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        keys = list(client.scan_iter(match="im:{*}", count=1000))
+        meta: dict[str, ItemMeta] = {}
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            pipe = client.pipeline(transaction=False)
+            for key in chunk:
+                pipe.hgetall(key)
+            for key, data in zip(chunk, pipe.execute(), strict=True):
+                text = key.decode()
+                meta[unquote(text[text.index("{") + 1 : text.rindex("}")])] = ItemMeta.from_hash(
+                    data
+                )
+        return meta
+    finally:
+        client.close()
+
+
+def export_topic(
+    settings: Settings, folder: Path | None = None, progress: Progress | None = None
+) -> ExportResult:
+    """Write the events topic and the item metadata into a new snapshot folder."""
+    topic = settings.events_topic
+    folder = folder or snapshot_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, ranges, bad = read_topic(settings, topic, progress)
+    count = write_events(folder / EVENTS_FILE, rows)
+    meta = read_item_meta(settings)
+    write_items(folder / ITEMS_FILE, meta)
+    ts = [r.event.ts for r in rows]
+    manifest: dict[str, Any] = {
+        "topic": topic,
+        "created_at": datetime.now(UTC).isoformat(),
+        "count": count,
+        "undecodable": len(bad),
+        "undecodable_sample": bad[:20],
+        "partitions": {str(p): r for p, r in sorted(ranges.items())},
+        "event_time": {"min_ts": min(ts), "max_ts": max(ts)} if ts else None,
+        "items": len(meta),
+    }
+    write_manifest(folder, manifest)
+    return ExportResult(folder, manifest)

@@ -1,0 +1,157 @@
+"""The serving side of a trained model: calibrated probabilities and per-feature reasons.
+
+Everything here is plain numpy (plus an xgboost Booster), so the consumer can score a batch of
+~1000 rows, with contributions, in a few milliseconds and unpickling needs no scikit-learn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+ModelKind = Literal["xgboost", "logreg"]
+PROB_EPS = 1e-4  # served probabilities stay off exactly 0 and 1 (isotonic steps reach them)
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """Maps a model's raw margin (log-odds scale) to a calibrated probability."""
+
+    method: Literal["isotonic", "sigmoid", "none"]
+    knots_x: np.ndarray = field(default_factory=lambda: np.empty(0))  # isotonic
+    knots_y: np.ndarray = field(default_factory=lambda: np.empty(0))
+    a: float = 1.0  # sigmoid: p = 1 / (1 + exp(-(a * margin + b)))
+    b: float = 0.0
+
+    def __call__(self, margin: np.ndarray) -> np.ndarray:
+        if self.method == "isotonic":
+            p = np.interp(margin, self.knots_x, self.knots_y)
+        else:
+            p = 1.0 / (1.0 + np.exp(-(self.a * margin + self.b)))
+        return np.clip(p, PROB_EPS, 1.0 - PROB_EPS)
+
+
+class ScoringModel:
+    """One calibrated binary model over an ordered feature list."""
+
+    def __init__(
+        self,
+        name: str,
+        kind: ModelKind,
+        features: list[str],
+        calibrator: Calibrator,
+        booster: Any = None,
+        mean: np.ndarray | None = None,
+        scale: np.ndarray | None = None,
+        coef: np.ndarray | None = None,
+        intercept: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.features = list(features)
+        self.calibrator = calibrator
+        self.booster = booster  # xgboost.Booster when kind == "xgboost"
+        self.mean, self.scale, self.coef, self.intercept = mean, scale, coef, intercept
+        # Exact TreeSHAP costs ~0.1 ms/row for a few hundred depth-4 trees (5-10k rows/s on
+        # two cores); the path-attribution approximation is ~25x faster and still sums to the
+        # margin. Serving uses the fast one; offline explanations ask for exact values.
+        self.exact_contribs = False
+
+    @classmethod
+    def from_xgboost(
+        cls, name: str, booster: Any, features: list[str], calibrator: Calibrator
+    ) -> ScoringModel:
+        return cls(name, "xgboost", features, calibrator, booster=booster)
+
+    @classmethod
+    def from_logreg(
+        cls, name: str, pipeline: Any, features: list[str], calibrator: Calibrator
+    ) -> ScoringModel:
+        """From a fitted sklearn Pipeline(StandardScaler, LogisticRegression)."""
+        scaler, logreg = pipeline[0], pipeline[-1]
+        return cls(
+            name,
+            "logreg",
+            features,
+            calibrator,
+            mean=np.asarray(scaler.mean_, dtype=np.float64),
+            scale=np.asarray(scaler.scale_, dtype=np.float64),
+            coef=np.asarray(logreg.coef_[0], dtype=np.float64),
+            intercept=float(logreg.intercept_[0]),
+        )
+
+    def _check(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.features):
+            raise ValueError(
+                f"{self.name}: expected shape (n, {len(self.features)}), got {X.shape}"
+            )
+        return X
+
+    def margin(self, X: np.ndarray) -> np.ndarray:
+        """The uncalibrated log-odds (what contributions add up to)."""
+        X = self._check(X)
+        if self.kind == "xgboost":
+            return np.asarray(self.booster.inplace_predict(X, predict_type="margin"))
+        return ((X - self.mean) / self.scale) @ self.coef + self.intercept
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated P(engaged), shape (n,)."""
+        return self.calibrator(self.margin(X))
+
+    def contributions(self, X: np.ndarray, exact: bool | None = None) -> np.ndarray:
+        """Per-feature additive contributions to the margin, shape (n, n_features).
+
+        XGBoost: native `pred_contribs` without the bias column; TreeSHAP when `exact` (default:
+        `self.exact_contribs`), else XGBoost's fast path attribution (`approx_contribs`).
+        Either way a row sums to margin - bias. Logistic regression: coef * standardized x,
+        exact for a linear model.
+        """
+        X = self._check(X)
+        if self.kind == "xgboost":
+            import xgboost as xgb
+
+            exact = getattr(self, "exact_contribs", False) if exact is None else exact
+            contribs = self.booster.predict(
+                xgb.DMatrix(X), pred_contribs=True, approx_contribs=not exact
+            )
+            return np.asarray(contribs[:, :-1])
+        return ((X - self.mean) / self.scale) * self.coef
+
+    def top_reasons(self, contrib_row: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
+        """The k features that moved this score most (either way), largest |effect| first."""
+        row = np.asarray(contrib_row, dtype=np.float64)
+        k = min(k, len(row))
+        idx = np.argpartition(-np.abs(row), k - 1)[:k] if k else np.array([], dtype=int)
+        idx = idx[np.argsort(-np.abs(row[idx]), kind="stable")]
+        return [(self.features[i], float(row[i])) for i in idx]
+
+    def top_reasons_batch(self, contribs: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+        """`top_reasons` for every row of a batch, vectorized."""
+        contribs = np.asarray(contribs, dtype=np.float64)
+        k = min(k, contribs.shape[1])
+        if k == 0 or len(contribs) == 0:
+            return [[] for _ in range(len(contribs))]
+        magnitude = -np.abs(contribs)
+        idx = np.argpartition(magnitude, k - 1, axis=1)[:, :k]
+        idx = np.take_along_axis(idx, np.argsort(np.take_along_axis(magnitude, idx, 1), 1), 1)
+        values = np.take_along_axis(contribs, idx, 1)
+        names = self.features
+        return [
+            [(names[j], float(v)) for j, v in zip(row_idx, row_val, strict=True)]
+            for row_idx, row_val in zip(idx.tolist(), values.tolist(), strict=True)
+        ]
+
+
+@dataclass
+class ModelBundle:
+    """What the consumer loads: both models, trained together on one feature definition."""
+
+    version: str
+    feature_hash: str
+    interaction: ScoringModel
+    propensity: ScoringModel
+    metrics: dict[str, Any] = field(default_factory=dict)
+    log_range: dict[str, Any] = field(default_factory=dict)  # the training data's extent
