@@ -43,6 +43,6 @@ class BadRows:
             self.examples.append(row)
 
     def extend(self, rows: list[BadRow]) -> None:
-        """Add rows found together (e.g. one file): strict mode raises on the earliest line."""
-        for row in sorted(rows, key=lambda r: (r.file, r.line)):
+        """Add one file's rows in line order, so strict mode raises on the earliest line."""
+        for row in sorted(rows, key=lambda r: r.line):
             self.add(row.file, row.line, row.reason)

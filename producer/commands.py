@@ -134,10 +134,13 @@ def replay_movielens(
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     except (ChecksumError, BadRowError) as exc:
         raise fail(str(exc)) from None
-    except (urllib.error.URLError, OSError) as exc:
+    except urllib.error.URLError as exc:
         raise fail(
-            f"cannot download {movielens.URL} ({exc}); pass --path or set ENGAGE_MOVIELENS_DIR"
+            f"cannot download {movielens.URL} ({exc.reason}); "
+            "pass --path or set ENGAGE_MOVIELENS_DIR"
         ) from None
+    except OSError as exc:
+        raise fail(f"cannot read the MovieLens data: {exc}") from None
     summary = _run(
         lambda: replay(
             data.events(since_ms, until_ms),

@@ -136,6 +136,8 @@ def locate(path: Path | None, cache_dir: Path) -> tuple[Path, list[str]]:
 
 def _read_raw(path: Path, columns: tuple[str, ...]) -> tuple[pd.DataFrame, list[BadRow]]:
     """All fields as text, with each row's file line number; malformed lines become BadRows."""
+    if not path.is_file():
+        raise DatasetNotFound(f"{path}: missing")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         frame = pd.read_csv(
@@ -210,43 +212,41 @@ def _keep_valid(
     return frame[ok]
 
 
-def _ratings(folder: Path, bad: list[BadRow]) -> pd.DataFrame:
-    frame, malformed = _read_raw(folder / RATINGS, ("userId", "movieId", "rating", "timestamp"))
-    bad.extend(malformed)
+def _ratings(folder: Path) -> tuple[pd.DataFrame, list[BadRow]]:
+    frame, bad = _read_raw(folder / RATINGS, ("userId", "movieId", "rating", "timestamp"))
     value = pd.to_numeric(frame["rating"].str.strip(), errors="coerce")
     ts_ok, seconds = _seconds(frame["timestamp"])
     ok = _ids_ok(frame["userId"]) & _ids_ok(frame["movieId"]) & ts_ok
     ok &= value.between(*RATING_RANGE).fillna(False).astype(bool)
     checks = {"userId": "id", "movieId": "id", "rating": "rating", "timestamp": "seconds"}
     kept = _keep_valid(frame.assign(value=value, seconds=seconds), ok, RATINGS, checks, bad)
-    return kept.assign(kind=_RATING, tag=None)
+    return kept.assign(kind=_RATING, tag=None), bad
 
 
-def _tags(folder: Path, bad: list[BadRow]) -> pd.DataFrame:
-    frame, malformed = _read_raw(folder / TAGS, ("userId", "movieId", "tag", "timestamp"))
-    bad.extend(malformed)
+def _tags(folder: Path) -> tuple[pd.DataFrame, list[BadRow]]:
+    frame, bad = _read_raw(folder / TAGS, ("userId", "movieId", "tag", "timestamp"))
     ts_ok, seconds = _seconds(frame["timestamp"])
     text = frame["tag"]
     ok = _ids_ok(frame["userId"]) & _ids_ok(frame["movieId"]) & ts_ok
     ok &= (text.str.strip().str.len() > 0) & (text.str.len() <= MAX_TAG_CHARS)
     checks = {"userId": "id", "movieId": "id", "tag": "tag", "timestamp": "seconds"}
     kept = _keep_valid(frame.assign(seconds=seconds), ok, TAGS, checks, bad)
-    return kept.assign(kind=_TAG, value=np.nan)
+    return kept.assign(kind=_TAG, value=np.nan), bad
 
 
-def _movies(folder: Path, bad: list[BadRow]) -> dict[str, ItemMeta]:
-    frame, malformed = _read_raw(folder / MOVIES, ("movieId", "title", "genres"))
-    bad.extend(malformed)
+def _movies(folder: Path) -> tuple[dict[str, ItemMeta], list[BadRow]]:
+    frame, bad = _read_raw(folder / MOVIES, ("movieId", "title", "genres"))
     ok = _ids_ok(frame["movieId"]) & (frame["title"].str.strip().str.len() > 0)
     ok &= frame["genres"].str.strip().str.len() > 0
     checks = {"movieId": "id", "title": "text", "genres": "text"}
     kept = _keep_valid(frame, ok, MOVIES, checks, bad)
-    return {
+    items = {
         str(int(movie)): parse_movie(title, genres)
         for movie, title, genres in zip(
             kept["movieId"].tolist(), kept["title"].tolist(), kept["genres"].tolist(), strict=True
         )
     }
+    return items, bad
 
 
 def _tag_hash(text: str) -> str:
@@ -328,12 +328,13 @@ class MovieLens:
 
 def load_folder(folder: Path, strict: bool = False, verified: list[str] | None = None) -> MovieLens:
     """Parse and validate one data folder (no checksum work: see `locate`)."""
-    found: list[BadRow] = []
-    ratings = _ratings(folder, found)
-    tags = _tags(folder, found)
-    items = _movies(folder, found) if (folder / MOVIES).is_file() else {}
     bad_rows = BadRows(strict=strict)
-    bad_rows.extend(found)
+    ratings, bad = _ratings(folder)
+    bad_rows.extend(bad)  # file by file: strict mode stops at the first bad row read
+    tags, bad = _tags(folder)
+    bad_rows.extend(bad)
+    items, bad = _movies(folder) if (folder / MOVIES).is_file() else ({}, [])
+    bad_rows.extend(bad)
     columns = ["userId", "movieId", "seconds", "kind", "value", "tag", "line"]
     frame = pd.concat([ratings[columns], tags[columns]], ignore_index=True)
     frame = pd.DataFrame(

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from rich.console import Console
 
@@ -84,6 +85,22 @@ def _fewer_gc_passes(threshold: int = 200_000) -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
+
+
+def _flush(client: KafkaProducer, attempts: int = 50) -> None:
+    """Wait for every send to finish (acked or failed: the errbacks tell which).
+
+    kafka-python's flush can raise while a batch the broker refused as too large is being
+    split and re-sent; the records are still in flight then, so wait and flush again.
+    """
+    for attempt in range(attempts):
+        try:
+            client.flush()
+            return
+        except KafkaError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
 
 
 def write_items(client: redis.Redis, items: Mapping[str, ItemMeta]) -> int:
@@ -158,7 +175,7 @@ def replay(
                 sent += 1
                 if sent % PROGRESS_EVERY == 0:
                     advance(PROGRESS_EVERY)
-            client.flush()
+            _flush(client)
             advance(sent % PROGRESS_EVERY)
     finally:
         client.close()
