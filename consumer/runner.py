@@ -74,6 +74,8 @@ class StreamConsumer:
             settings,
             group_id=group or settings.consumer_group,
             max_poll_records=settings.batch_max_records,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(1000, settings.kafka_session_timeout_ms // 4),
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
@@ -115,6 +117,8 @@ class StreamConsumer:
                 )
                 self._model_watch.maybe_reload(summary)
                 records = [r for batch in polled.values() for r in batch]
+                if not self.positions:  # not yet assigned (joining the group): not idle
+                    last_data = time.monotonic()
                 if records:
                     last_data = time.monotonic()
                     self._handle(records, summary)

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
 
     # Consumer.
     consumer_group: str = "engage"
+    # How long a crashed member holds its partitions before the group moves them (broker min 6s).
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=6_000)
     batch_max_records: int = Field(default=2000, ge=1)
     poll_timeout_ms: int = Field(default=200, ge=1)
     session_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)

@@ -21,7 +21,7 @@ from engage.stack.containers import containers, docker_engine_answers
 from engage.stack.errors import StackError
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-TEST_REDIS_DB = 9
+TEST_DB_CLAIM = "engage:test-db-claim:{}"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,11 +64,25 @@ def stack_settings() -> Iterator[Settings]:
         manager.down(base)
 
 
+@pytest.fixture(scope="session")
+def test_redis_db(stack_settings: Settings) -> Iterator[int]:
+    """A Redis logical database this pytest session owns (claimed in db 0), so test sessions
+    running side by side never flush each other's data."""
+    claims = redis.Redis.from_url(stack_settings.with_redis_db(0).redis_url)
+    for db in range(1, 16):
+        if claims.set(TEST_DB_CLAIM.format(db), os.getpid(), nx=True, ex=6 * 3600):
+            break
+    else:
+        pytest.fail("all Redis test databases 1-15 are claimed by other test sessions")
+    yield db
+    claims.delete(TEST_DB_CLAIM.format(db))
+
+
 @pytest.fixture
-def settings(stack_settings: Settings) -> Settings:
-    """Per-test settings: fresh topic names and an empty test Redis database."""
+def settings(stack_settings: Settings, test_redis_db: int) -> Settings:
+    """Per-test settings: fresh topic names and an empty Redis database of this session."""
     tag = uuid.uuid4().hex[:8]
-    test_settings = stack_settings.with_redis_db(TEST_REDIS_DB).model_copy(
+    test_settings = stack_settings.with_redis_db(test_redis_db).model_copy(
         update={
             "events_topic": f"test.{tag}.events",
             "scores_topic": f"test.{tag}.scores",

@@ -1,0 +1,106 @@
+"""Crashes and rebalances: SIGKILLed consumers and a consumer leaving mid-run lose nothing and
+count nothing twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.eventlog import make_log, publish_log
+from tests.reference import diff_against_redis, reference_state
+
+pytestmark = pytest.mark.stack
+
+
+def consumer_env(settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGAGE_")}
+    env.update(
+        ENGAGE_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
+        ENGAGE_REDIS_URL=settings.redis_url,
+        ENGAGE_EVENTS_TOPIC=settings.events_topic,
+        ENGAGE_SCORES_TOPIC=settings.scores_topic,
+        ENGAGE_DEAD_LETTER_TOPIC=settings.dead_letter_topic,
+        ENGAGE_DATA_DIR=str(settings.data_dir),
+        ENGAGE_KAFKA_SESSION_TIMEOUT_MS="6000",
+        **extra,
+    )
+    return env
+
+
+def start_consumer(env: dict[str, str], group: str, idle_exit: float) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "engage", "consume", "--group", group,
+            "--idle-exit", str(idle_exit), "--json"]  # fmt: skip
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+
+
+def processed_so_far(redis_client, topic: str) -> int:
+    return int(redis_client.hget(f"engage:stats:{topic}", "processed") or 0)
+
+
+def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"consumer exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings, redis_client, tmp_path):
+    events, genres = make_log(n_users=120, events_per_user=150, seed=11)  # 18,000 events
+    publish_log(settings, events, genres)
+    env = consumer_env(settings, ENGAGE_BATCH_MAX_RECORDS="150")
+    rng = random.Random(5)
+    kills = 0
+    while kills < 4:
+        proc = start_consumer(env, f"crashy-{settings.events_topic}", idle_exit=3)
+        before = processed_so_far(redis_client, settings.events_topic)
+        wait_for(lambda b=before: processed_so_far(redis_client, settings.events_topic) > b,
+                 60, "the consumer to make progress", proc)  # fmt: skip
+        time.sleep(rng.uniform(0.0, 0.6))
+        if proc.poll() is not None:
+            break  # it finished the log before we could kill it
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills >= 3, "the log was too short to kill the consumer three times"
+    assert processed_so_far(redis_client, settings.events_topic) < len(events)
+    final = start_consumer(env, f"crashy-{settings.events_topic}", idle_exit=3)
+    out, err = final.communicate(timeout=180)
+    assert final.returncode == 0, err
+    assert processed_so_far(redis_client, settings.events_topic) == len(events)
+    p = settings.feature_params
+    ref = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
+    assert diff_against_redis(ref, redis_client) == []
+
+
+def test_second_consumer_takes_over_when_one_leaves(settings, redis_client):
+    events, genres = make_log(n_users=120, events_per_user=120, seed=12)
+    publish_log(settings, events, genres)
+    env = consumer_env(settings, ENGAGE_BATCH_MAX_RECORDS="100")
+    group = f"pair-{settings.events_topic}"
+    first = start_consumer(env, group, idle_exit=6)
+    second = start_consumer(env, group, idle_exit=6)
+    wait_for(lambda: processed_so_far(redis_client, settings.events_topic) > len(events) // 5,
+             60, "both consumers to make progress")  # fmt: skip
+    first.send_signal(signal.SIGTERM)  # clean leave: finish the batch, leave the group
+    out1, err1 = first.communicate(timeout=60)
+    assert first.returncode == 0, err1
+    out2, err2 = second.communicate(timeout=180)
+    assert second.returncode == 0, err2
+    s1, s2 = json.loads(out1.strip().splitlines()[-1]), json.loads(out2.strip().splitlines()[-1])
+    assert s1["processed"] > 0 and s2["processed"] > 0, (s1, s2)
+    assert s1["processed"] + s2["processed"] == len(events)
+    p = settings.feature_params
+    ref = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
+    assert diff_against_redis(ref, redis_client) == []
