@@ -76,7 +76,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings, redis_cli
     assert kills >= 3, "the log was too short to kill the consumer three times"
     assert processed_so_far(redis_client, settings.events_topic) < len(events)
     final = start_consumer(env, f"crashy-{settings.events_topic}", idle_exit=3)
-    out, err = final.communicate(timeout=180)
+    _out, err = final.communicate(timeout=180)
     assert final.returncode == 0, err
     assert processed_so_far(redis_client, settings.events_topic) == len(events)
     p = settings.feature_params
