@@ -1,0 +1,65 @@
+"""The rule score: contributions add up, config changes scores, labels follow thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features.vector import PROPENSITY_FEATURES
+from scoring.rules import RULES_DIR, RuleConfig, RuleScorer, load_scorers
+
+
+def rows(**values: float) -> np.ndarray:
+    row = np.zeros((1, len(PROPENSITY_FEATURES)))
+    for name, value in values.items():
+        row[0, PROPENSITY_FEATURES.index(name)] = value
+    return row
+
+
+@pytest.mark.parametrize("domain", ["funnel", "movielens"])
+def test_contributions_add_up_and_stay_in_range(domain):
+    scorer = load_scorers()[domain]
+    rng = np.random.default_rng(0)
+    batch = rng.uniform(0, 50, size=(500, len(PROPENSITY_FEATURES)))
+    scored = scorer.score(batch)
+    assert np.allclose(scored.contributions.sum(axis=1), scored.score)
+    assert scored.score.min() >= 0 and scored.score.max() <= 100
+    assert sum(s.weight for s in scorer.config.signals) == 100
+
+
+def test_labels_follow_thresholds():
+    scorer = load_scorers()["funnel"]
+    t = scorer.config.thresholds
+    hot = rows(u_n_pricing_view=5, u_n_demo_request=1, u_n_signup=1, u_n_calendar_booking=1)
+    warm = rows(u_n_pricing_view=3, u_n_demo_request=1)
+    cold = rows(u_n_pricing_view=1)
+    scored = scorer.score(np.vstack([hot, warm, cold]))
+    assert scored.score[0] >= t.high and scored.labels[0] == "high"
+    assert t.medium <= scored.score[1] < t.high and scored.labels[1] == "medium"
+    assert scored.score[2] < t.medium and scored.labels[2] == "low"
+    reasons = scored.reasons(0, scorer.signal_values(np.vstack([hot, warm, cold])))
+    assert [r["signal"] for r in reasons] == ["demo_requested", "pricing_interest", "signed_up"]
+    assert reasons[1]["text"] == "viewed the pricing page 5 times"
+
+
+def test_changing_a_weight_in_the_file_changes_the_scores(tmp_path: Path):
+    text = (RULES_DIR / "funnel.toml").read_text()
+    changed = tmp_path / "funnel.toml"
+    changed.write_text(text.replace("weight = 25", "weight = 5", 1))  # demo_requested
+    original = load_scorers()["funnel"]
+    edited = load_scorers(changed)["funnel"]
+    batch = rows(u_n_demo_request=1)
+    assert original.score(batch).score[0] == pytest.approx(25)
+    assert edited.score(batch).score[0] == pytest.approx(5)
+    tighter = tmp_path / "tight.toml"
+    tighter.write_text(text.replace("high = 70", "high = 20", 1))
+    assert load_scorers(tighter)["funnel"].score(batch).labels == ["high"]
+
+
+def test_a_bad_config_is_refused_with_the_reason(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text((RULES_DIR / "funnel.toml").read_text().replace("u_n_signup", "u_nope"))
+    with pytest.raises(ValueError, match="unknown feature 'u_nope'"):
+        RuleScorer(RuleConfig.load(bad))
