@@ -63,7 +63,12 @@ def stack_down():
 
 
 # Each package adds its own subcommands: a module with `register(app: typer.Typer) -> None`.
-COMMAND_MODULES: list[str] = ["consumer.commands", "offline.commands", "producer.commands"]
+COMMAND_MODULES: list[str] = [
+    "consumer.commands",
+    "offline.commands",
+    "producer.commands",
+    "engage.user_commands",
+]
 for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
 

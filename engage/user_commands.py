@@ -1,0 +1,208 @@
+"""`engage score`, `engage top` and `engage watch`: what people ask the system day to day."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from engage.cli_support import EXIT_NOT_FOUND, EXIT_SERVICES_DOWN, console, fail
+from engage.settings import Settings, get_settings
+from features import keys
+from scoring.lookup import UnknownUser, current_score, score_request, top_users
+
+out = Console()
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except (redis.ConnectionError, OSError) as exc:
+        raise fail(
+            f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
+        ) from exc
+    return client
+
+
+def render_score(score: dict[str, Any]) -> Table:
+    table = Table(title=f"user {score['user_id']}", show_header=False, title_justify="left")
+    table.add_row("rule score", f"{score['rule_score']:.1f}  ({score['label']})")
+    for reason in score["reasons"]:
+        table.add_row("", f"+{reason['points']:.1f}  {reason['text']}")
+    if score["propensity"] is None:
+        table.add_row("model", "no model registered: rule score only")
+    else:
+        table.add_row("model propensity", f"{score['propensity']:.3f}  ({score['model_version']})")
+        for reason in score["model_reasons"]:
+            table.add_row("", f"{reason['contribution']:+.3f}  {reason['feature']}")
+    updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(score["updated_at"] / 1000))
+    table.add_row("updated", f"{updated} (after event {score['event_id']})")
+    return table
+
+
+def score(
+    user_id: str = typer.Argument(..., help="The user id, exactly as in the events."),
+    item: str = typer.Option(None, "--item", help="Score this user-item pair at request time."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A user's current rule and model scores with reasons; --item scores a user-item pair."""
+    settings = get_settings()
+    client = _redis(settings)
+    try:
+        if item is None:
+            result: dict[str, Any] = current_score(client, user_id)
+        else:
+            from scoring.registry import ModelRegistry
+
+            registry = ModelRegistry(settings, settings.feature_params)
+            if registry.current_version() is None:
+                raise fail("no model registered: run `engage train` first", EXIT_NOT_FOUND)
+            scored = score_request(client, registry.load(), settings.feature_params, user_id, item)
+            result = scored.__dict__
+    except UnknownUser as exc:
+        raise fail(str(exc), EXIT_NOT_FOUND) from exc
+    if as_json:
+        print(json.dumps(result))
+    elif item is None:
+        out.print(render_score(result))
+    else:
+        out.print(f"P(engaged | {user_id}, {item}) = {result['probability']:.3f} "
+                  f"(model {result['model_version']})")  # fmt: skip
+        for reason in result["reasons"]:
+            out.print(f"  {reason['contribution']:+.3f}  {reason['feature']}")
+
+
+def top(
+    n: int = typer.Argument(10, min=1, max=10_000, help="How many users."),
+    label: str = typer.Option(
+        None, "--label", help="Only users with this label (high/medium/low)."
+    ),
+    by: str = typer.Option("rule", "--by", help="Rank by 'rule' score or 'model' propensity."),
+    csv_path: Path = typer.Option(None, "--csv", help="Also write the list to this CSV file."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The top N users by score, from the leaderboard."""
+    if by not in ("rule", "model"):
+        raise fail("--by must be 'rule' or 'model'", 2)
+    if label is not None and label not in ("high", "medium", "low"):
+        raise fail("--label must be high, medium or low", 2)
+    rows = top_users(_redis(get_settings()), n, by=by, label=label)
+    if csv_path is not None:
+        with open(csv_path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["rank", "user_id", "score", "rule_score",
+                                                        "label", "propensity"])  # fmt: skip
+            writer.writeheader()
+            writer.writerows(rows)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("rank", "user", "rule score", "label", "propensity", title=f"top {n} by {by}")
+    for r in rows:
+        prop = f"{r['propensity']:.3f}" if r["propensity"] is not None else "-"
+        table.add_row(str(r["rank"]), r["user_id"], f"{r['rule_score']:.1f}", r["label"], prop)
+    out.print(table)
+    if not rows:
+        console.print("no scored users yet (is the consumer running?)")
+
+
+class WatchView:
+    """The live table of `engage watch`: latest updates, rate and lag in the header."""
+
+    def __init__(self, settings: Settings, user: str | None, label: str | None, rows: int = 15):
+        self.settings, self.user, self.label = settings, user, label
+        self.recent: deque[dict[str, Any]] = deque(maxlen=rows)
+        self.previous: dict[str, float] = {}
+        self.rate, self.lag, self.seen = 0.0, 0, 0
+
+    def add(self, update: dict[str, Any]) -> None:
+        user = update["user_id"]
+        if (self.user is not None and user != self.user) or (
+            self.label is not None and update["rule"]["label"] != self.label
+        ):
+            return
+        score = update["rule"]["score"]
+        update["delta"] = score - self.previous.get(user, score)
+        self.previous[user] = score
+        self.recent.appendleft(update)
+        self.seen += 1
+
+    def render(self) -> Group:
+        header = Text(f"events/s {self.rate:,.0f}   lag {self.lag:,}   updates shown {self.seen:,}")
+        table = Table("user", "rule", "label", "model p", "change", "top reason")
+        for u in self.recent:
+            model = u.get("model") or {}
+            reasons = u["rule"]["reasons"]
+            table.add_row(
+                Text(u["user_id"]),  # Text: ids are shown as given, never as markup
+                f"{u['rule']['score']:.1f}",
+                u["rule"]["label"],
+                f"{model['propensity']:.3f}" if model else "-",
+                f"{u['delta']:+.1f}",
+                Text(reasons[0]["text"] if reasons else ""),
+            )
+        return Group(header, table)
+
+
+def watch(
+    user: str = typer.Option(None, "--user", help="Only this user."),
+    label: str = typer.Option(None, "--label", help="Only updates with this label."),
+    duration: float = typer.Option(None, "--duration", help="Stop after this many seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print updates as JSON lines instead."),
+) -> None:
+    """Follow score updates live (Redis pub/sub), with events/s and consumer lag."""
+    from consumer.stats import collect_stats
+
+    settings = get_settings()
+    client = _redis(settings)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.scores_channel(settings.events_topic))
+    view = WatchView(settings, user, label)
+    stop_at = time.monotonic() + duration if duration else float("inf")
+    last_stats, last_processed = 0.0, None
+    with Live(view.render(), console=out, refresh_per_second=4, transient=False) if not as_json \
+            else _NoLive() as live:  # fmt: skip
+        while time.monotonic() < stop_at:
+            message = pubsub.get_message(timeout=0.25)
+            if message is not None:
+                for update in orjson.loads(message["data"]):
+                    view.add(update)
+                    if as_json and view.recent and view.recent[0] is update:
+                        print(json.dumps(update), flush=True)
+            now = time.monotonic()
+            if now - last_stats >= 1.0:
+                stats = collect_stats(settings)
+                processed = stats["processed"] + stats["dead_lettered"]
+                if last_processed is not None:
+                    view.rate = (processed - last_processed) / (now - last_stats)
+                last_processed, last_stats, view.lag = processed, now, stats["total_lag"]
+            live.update(view.render())
+    pubsub.close()
+
+
+class _NoLive:
+    def __enter__(self) -> _NoLive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, _renderable: object) -> None:
+        return None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score")(score)
+    app.command("top")(top)
+    app.command("watch")(watch)

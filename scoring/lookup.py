@@ -1,0 +1,136 @@
+"""Read side of the scores: a user's current score, the leaderboard, request-time scoring.
+
+Shared by the CLI (`engage score`, `engage top`) and the HTTP API, so both answer the same.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+
+from consumer.store import decode_state
+from features import keys
+from features.events import Event, EventType
+from features.items import ItemMeta
+from features.vector import INTERACTION_FEATURES, interaction_vector
+
+
+class UnknownUser(LookupError):
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"no score for user {user_id!r}: the consumer has not seen this user")
+        self.user_id = user_id
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode() if value is not None else ""
+
+
+def current_score(client: redis.Redis, user_id: str) -> dict[str, Any]:
+    """The user's latest scores as the consumer wrote them (raises UnknownUser)."""
+    raw = client.hgetall(keys.user_score_key(user_id))
+    if not raw:
+        raise UnknownUser(user_id)
+    get = {k.decode(): v for k, v in raw.items()}
+    propensity = _text(get.get("propensity"))
+    return {
+        "user_id": user_id,
+        "rule_score": float(get["rule_score"]),
+        "label": _text(get.get("label")),
+        "reasons": orjson.loads(get.get("reasons") or b"[]"),
+        "propensity": float(propensity) if propensity else None,
+        "model_reasons": orjson.loads(get.get("model_reasons") or b"[]"),
+        "model_version": _text(get.get("model_version")) or None,
+        "event_id": _text(get.get("event_id")),
+        "event_ts": int(float(get.get("event_ts") or 0)),
+        "updated_at": float(get.get("updated_at") or 0),
+    }
+
+
+def top_users(
+    client: redis.Redis, n: int, by: str = "rule", label: str | None = None
+) -> list[dict[str, Any]]:
+    """The top n users by rule score (or model propensity), optionally of one label."""
+    board = keys.leaderboard_key(by)
+    out: list[dict[str, Any]] = []
+    start, page = 0, max(n * 2, 50)
+    while len(out) < n:
+        members = client.zrevrange(board, start, start + page - 1, withscores=True)
+        if not members:
+            break
+        pipe = client.pipeline(transaction=False)
+        for member, _ in members:
+            pipe.hmget(keys.user_score_key(member.decode()), "label", "propensity", "rule_score")
+        for (member, score), (lab, prop, rule) in zip(members, pipe.execute(), strict=True):
+            if label is not None and _text(lab) != label:
+                continue
+            out.append(
+                {
+                    "rank": len(out) + 1,
+                    "user_id": member.decode(),
+                    "score": score,
+                    "rule_score": float(rule or 0),
+                    "label": _text(lab),
+                    "propensity": float(prop) if prop else None,
+                }
+            )
+            if len(out) == n:
+                break
+        start += page
+    return out
+
+
+@dataclass
+class RequestScore:
+    user_id: str
+    item_id: str
+    probability: float
+    model_version: str
+    reasons: list[dict[str, Any]]
+
+
+def score_request(
+    client: redis.Redis,
+    bundle: Any,
+    params: Any,
+    user_id: str,
+    item_id: str,
+    context: dict[str, Any] | None = None,
+    ts_ms: int | None = None,
+) -> RequestScore:
+    """Request-time scoring of a user-item pair from the current Redis features."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(keys.user_key(user_id))
+    pipe.hgetall(keys.item_key(item_id))
+    pipe.hgetall(keys.item_meta_key(item_id))
+    pipe.sismember(keys.user_items_key(user_id), item_id)
+    user_raw, item_raw, meta_raw, seen = pipe.execute()
+    if not user_raw:
+        raise UnknownUser(user_id)
+    user = decode_state(user_raw)
+    ts = ts_ms if ts_ms is not None else int(max(time.time() * 1000, float(user["last_ts"])))
+    probe = Event(
+        event_id="request", user_id=user_id, ts=ts, event_type=EventType.PAGE_VIEW,
+        item_id=item_id, context=context, source="request",
+    )  # fmt: skip
+    meta = ItemMeta.from_hash(meta_raw) if meta_raw else None
+    row = [interaction_vector(user, decode_state(item_raw), meta, bool(seen), probe, params)]
+    import numpy as np
+
+    x = np.asarray(row, dtype=np.float64)
+    model = bundle.interaction
+    contrib = model.contributions(x)[0]
+    order = np.argsort(-np.abs(contrib))[:3]
+    return RequestScore(
+        user_id=user_id,
+        item_id=item_id,
+        probability=float(model.predict_proba(x)[0]),
+        model_version=bundle.version,
+        reasons=[
+            {"feature": INTERACTION_FEATURES[j], "contribution": round(float(contrib[j]), 4)}
+            for j in order
+        ],
+    )
