@@ -62,6 +62,21 @@ def stack_down():
     )
 
 
+@app.command("demo")
+def demo(
+    seconds: float = typer.Option(30.0, "--seconds", min=5, help="How long the live part runs."),
+    rate: float = typer.Option(800.0, "--rate", min=10, help="Events per second to replay."),
+    train: bool = typer.Option(True, "--train/--no-train", help="Train a model if none exists."),
+) -> None:
+    """The whole pipeline live: stack, replay, consumer, live view, top users, explanation."""
+    from engage.demo import run_demo
+
+    try:
+        run_demo(get_settings(), seconds=seconds, rate=rate, train=train)
+    except StackError as exc:
+        raise fail(str(exc), EXIT_SERVICES_DOWN) from exc
+
+
 # Each package adds its own subcommands: a module with `register(app: typer.Typer) -> None`.
 COMMAND_MODULES: list[str] = [
     "consumer.commands",

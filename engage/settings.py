@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     metrics_port: int = 0  # Prometheus exporter of `engage consume`; 0 = off
     rules_file: Path | None = None  # overrides the per-domain defaults in scoring/rules/
 
+    # Interfaces.
+    api_host: str = "127.0.0.1"  # loopback by default: exposing the API is a deliberate choice
+    api_port: int = 8000
+    demo_redis_db: int = Field(default=1, ge=0, le=15)
+
     kafka_version: str = "4.3.1"
     kafka_heap: str = "1G"
     broker_ready_timeout_s: float = 60.0

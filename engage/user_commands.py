@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import time
@@ -126,17 +127,19 @@ class WatchView:
         self.previous: dict[str, float] = {}
         self.rate, self.lag, self.seen = 0.0, 0, 0
 
-    def add(self, update: dict[str, Any]) -> None:
+    def add(self, update: dict[str, Any]) -> bool:
+        """Take one update; False when the filters leave it out."""
         user = update["user_id"]
         if (self.user is not None and user != self.user) or (
             self.label is not None and update["rule"]["label"] != self.label
         ):
-            return
+            return False
         score = update["rule"]["score"]
         update["delta"] = score - self.previous.get(user, score)
         self.previous[user] = score
         self.recent.appendleft(update)
         self.seen += 1
+        return True
 
     def render(self) -> Group:
         header = Text(f"events/s {self.rate:,.0f}   lag {self.lag:,}   updates shown {self.seen:,}")
@@ -155,30 +158,29 @@ class WatchView:
         return Group(header, table)
 
 
-def watch(
-    user: str = typer.Option(None, "--user", help="Only this user."),
-    label: str = typer.Option(None, "--label", help="Only updates with this label."),
-    duration: float = typer.Option(None, "--duration", help="Stop after this many seconds."),
-    as_json: bool = typer.Option(False, "--json", help="Print updates as JSON lines instead."),
+def follow(
+    settings: Settings,
+    client: redis.Redis,
+    view: WatchView,
+    seconds: float | None,
+    json_lines: bool = False,
 ) -> None:
-    """Follow score updates live (Redis pub/sub), with events/s and consumer lag."""
+    """Feed `view` from the scores channel (and stats once a second) for `seconds`."""
     from consumer.stats import collect_stats
 
-    settings = get_settings()
-    client = _redis(settings)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(keys.scores_channel(settings.events_topic))
-    view = WatchView(settings, user, label)
-    stop_at = time.monotonic() + duration if duration else float("inf")
+    stop_at = time.monotonic() + seconds if seconds else float("inf")
     last_stats, last_processed = 0.0, None
-    with Live(view.render(), console=out, refresh_per_second=4, transient=False) if not as_json \
-            else _NoLive() as live:  # fmt: skip
+    live = None if json_lines else Live(view.render(), console=out, refresh_per_second=4)
+    try:
+        if live is not None:
+            live.start()
         while time.monotonic() < stop_at:
             message = pubsub.get_message(timeout=0.25)
             if message is not None:
                 for update in orjson.loads(message["data"]):
-                    view.add(update)
-                    if as_json and view.recent and view.recent[0] is update:
+                    if view.add(update) and json_lines:
                         print(json.dumps(update), flush=True)
             now = time.monotonic()
             if now - last_stats >= 1.0:
@@ -187,19 +189,27 @@ def watch(
                 if last_processed is not None:
                     view.rate = (processed - last_processed) / (now - last_stats)
                 last_processed, last_stats, view.lag = processed, now, stats["total_lag"]
-            live.update(view.render())
-    pubsub.close()
+            if live is not None:
+                live.update(view.render())
+    finally:
+        if live is not None:
+            live.stop()
+        pubsub.close()
 
 
-class _NoLive:
-    def __enter__(self) -> _NoLive:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, _renderable: object) -> None:
-        return None
+def watch(
+    user: str = typer.Option(None, "--user", help="Only this user."),
+    label: str = typer.Option(None, "--label", help="Only updates with this label."),
+    duration: float = typer.Option(None, "--duration", help="Stop after this many seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print updates as JSON lines instead."),
+) -> None:
+    """Follow score updates live (Redis pub/sub), with events/s and consumer lag."""
+    if label is not None and label not in ("high", "medium", "low"):
+        raise fail("--label must be high, medium or low", 2)
+    settings = get_settings()
+    client = _redis(settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        follow(settings, client, WatchView(settings, user, label), duration, json_lines=as_json)
 
 
 def register(app: typer.Typer) -> None:
