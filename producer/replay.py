@@ -140,7 +140,11 @@ def replay(
     summary = ReplaySummary(topic=topic, bad_rows=bad_rows)
     summary.topic_created = ensure_topic(settings, topic, settings.partitions)
     if items:
-        summary.items_written = write_items(redis.Redis.from_url(settings.redis_url), items)
+        store = redis.Redis.from_url(settings.redis_url)
+        try:
+            summary.items_written = write_items(store, items)
+        finally:
+            store.close()
     overrides = dict(FAST_PRODUCER) if speed.is_max else {}
     client = producer(settings, partitioner=CachedKeyPartitioner(), **overrides)
     failures = _Failures()
