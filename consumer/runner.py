@@ -39,6 +39,17 @@ class RunSummary:
     seconds: float = 0.0
     model_version: str | None = None
     errors: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # only with keep_latencies
+    first_batch_at: float | None = None  # monotonic clock, for rates that exclude idle time
+    last_batch_at: float | None = None
+
+    @property
+    def busy_rate(self) -> float:
+        """Events per second between the first and the last batch (no start-up, no idling)."""
+        if self.first_batch_at is None or self.last_batch_at is None:
+            return 0.0
+        span = self.last_batch_at - self.first_batch_at
+        return (self.processed + self.dead_lettered) / span if span > 0 else 0.0
 
     @property
     def rate(self) -> float:
@@ -61,8 +72,11 @@ class _Rebalance(ConsumerRebalanceListener):
 class StreamConsumer:
     """One member of a consumer group over the events topic."""
 
-    def __init__(self, settings: Settings, group: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, group: str | None = None, keep_latencies: bool = False
+    ) -> None:
         self.settings = settings
+        self.keep_latencies = keep_latencies
         self.topic = settings.events_topic
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.store = RedisStateStore(self.redis, self.topic, settings.session_ttl_s)
@@ -138,6 +152,7 @@ class StreamConsumer:
 
     def _handle(self, records: list, summary: RunSummary) -> None:
         t0 = time.perf_counter()
+        t_start = time.monotonic()
         partitions = {r.partition for r in records}
         # Records at or below the stored offset were already applied (a re-delivery): skip.
         records = [r for r in records if r.offset > self.positions.get(r.partition, NO_OFFSET)]
@@ -183,6 +198,12 @@ class StreamConsumer:
             self.seek_to_stored([TopicPartition(self.topic, p) for p in partitions])
             return
         self.positions.update(scored.writes.offsets)
+        now = time.monotonic()
+        if summary.first_batch_at is None:
+            summary.first_batch_at = t_start
+        summary.last_batch_at = now
+        if self.keep_latencies:
+            summary.latencies_ms.extend(scored.latencies_ms)
         summary.processed += len(incoming)
         summary.dead_lettered += len(dead)
         summary.batches += 1

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import redis
 from rich.console import Console
@@ -23,18 +23,6 @@ from engage.settings import Settings
 from features.events import Event
 
 out = Console()
-
-
-def throttled(events: Iterable[Event], rate: float, stop: threading.Event) -> Iterator[Event]:
-    """Yield events at about `rate` per second (wall clock), until `stop` is set."""
-    started = time.monotonic()
-    for n, event in enumerate(events):
-        if stop.is_set():
-            return
-        ahead = started + n / rate - time.monotonic()
-        if ahead > 0:
-            time.sleep(ahead)
-        yield event
 
 
 def demo_settings(settings: Settings) -> Settings:
@@ -79,6 +67,7 @@ def run_demo(settings: Settings, seconds: float, rate: float, train: bool) -> No
     from consumer.runner import StreamConsumer
     from engage.stack import manager
     from engage.user_commands import WatchView, follow, render_score
+    from producer.pacing import throttle
     from producer.replay import replay
     from scoring.lookup import current_score, top_users
     from scoring.registry import ModelRegistry
@@ -104,7 +93,7 @@ def run_demo(settings: Settings, seconds: float, rate: float, train: bool) -> No
     consumer_thread = threading.Thread(target=consumer.run, daemon=True)
     producer_thread = threading.Thread(
         target=replay,
-        args=(throttled(events, rate, stop), demo),
+        args=(throttle(events, rate, stop), demo),
         kwargs={"items": items, "limit": limit, "progress": False},
         daemon=True,
     )

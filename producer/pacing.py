@@ -7,9 +7,13 @@ that fell behind simply does not sleep until it has caught up.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
+
+from features.events import Event
 
 
 class Clock(Protocol):
@@ -85,3 +89,17 @@ class Pacer:
         if delay > 0:
             self.clock.sleep(delay)
             self.slept += delay
+
+
+def throttle(
+    events: Iterable[Event], rate: float, stop: threading.Event | None = None
+) -> Iterator[Event]:
+    """Yield events at about `rate` per second of wall time (demos, latency benchmarks)."""
+    started = time.monotonic()
+    for n, event in enumerate(events):
+        if stop is not None and stop.is_set():
+            return
+        ahead = started + n / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+        yield event
