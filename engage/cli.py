@@ -83,6 +83,7 @@ COMMAND_MODULES: list[str] = [
     "offline.commands",
     "producer.commands",
     "engage.user_commands",
+    "engage.api.commands",
 ]
 for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)

@@ -1,0 +1,66 @@
+"""`create_app(settings)`: the FastAPI app, its Redis clients and its routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from engage.api import live, scores
+from engage.api.dashboard import DASHBOARD_HTML
+from engage.api.health import HealthChecker
+from engage.api.metrics import ApiMetrics, MetricsMiddleware
+from engage.api.model_cache import ModelCache
+from engage.api.models import Health
+from engage.settings import Settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    # One pooled sync client: handlers run in the threadpool, the pool is thread-safe, and
+    # short timeouts turn a dead Redis into a fast error instead of a hung request.
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=2, socket_connect_timeout=1, max_connections=64
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        client.close()
+
+    app = FastAPI(
+        title="engage",
+        summary="Real-time engagement scores: current scores, leaderboard, live updates.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    metrics = ApiMetrics()
+    app.state.settings = settings
+    app.state.redis = client
+    app.state.models = ModelCache(settings)
+    app.state.health = HealthChecker(settings, client)
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.include_router(scores.router)
+    app.include_router(live.router)
+
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}}, tags=["ops"])
+    async def healthz(request: Request) -> JSONResponse:
+        """200 when Kafka and Redis both answer, else 503 naming which one does not."""
+        state = await run_in_threadpool(request.app.state.health.check)
+        return JSONResponse(state, status_code=200 if all(state.values()) else 503)
+
+    @app.get("/metrics", response_class=Response, tags=["ops"])
+    def prometheus() -> Response:
+        """Request counts and latency histograms, Prometheus text format."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def dashboard() -> HTMLResponse:
+        return HTMLResponse(DASHBOARD_HTML)
+
+    return app

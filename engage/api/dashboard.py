@@ -1,0 +1,301 @@
+"""The live dashboard at `/`: one self-contained page (no CDN, no build step).
+
+Data flow: the leaderboard loads from `/users/top`, then follows `/events` (SSE): each update
+is applied at once, and a debounced re-fetch of `/users/top` keeps ranks exactly Redis's.
+Every id and reason text goes in through `textContent`, never `innerHTML`. Test hooks: rows
+`#leaderboard tr[data-user][data-score]`, `#user-score[data-score]`, `#updates[data-count]`.
+"""
+
+DASHBOARD_HTML = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>engage: live scores</title>
+<style>
+  :root { --fg:#1d2433; --muted:#6b7385; --line:#e3e6ee; --accent:#2f6fdf; --bg:#f6f7fb; }
+  * { box-sizing: border-box; }
+  body { margin:0; font:14px/1.4 system-ui, sans-serif; color:var(--fg); background:var(--bg); }
+  header { display:flex; align-items:baseline; gap:1.5rem; padding:.8rem 1.4rem;
+           background:#fff; border-bottom:1px solid var(--line); }
+  header h1 { font-size:1.15rem; margin:0; }
+  .status { color:var(--muted); font-size:.85rem; }
+  .dot { display:inline-block; width:.6rem; height:.6rem; border-radius:50%;
+         background:#c33; margin-right:.3rem; vertical-align:middle; }
+  .dot.live { background:#2a2; }
+  main { display:grid; grid-template-columns: minmax(420px, 1fr) minmax(420px, 1.2fr);
+         gap:1.2rem; padding:1.2rem 1.4rem; }
+  section { background:#fff; border:1px solid var(--line); border-radius:8px; padding:1rem; }
+  h2 { font-size:1rem; margin:0 0 .6rem; }
+  table { width:100%; border-collapse:collapse; }
+  th, td { text-align:left; padding:.28rem .45rem; border-bottom:1px solid var(--line); }
+  th { color:var(--muted); font-weight:600; font-size:.8rem; }
+  td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
+  tbody tr { cursor:pointer; }
+  tbody tr:hover { background:#eef3fd; }
+  tbody tr.selected { background:#dde8fc; }
+  td.user { max-width:16rem; overflow:hidden; text-overflow:ellipsis; white-space:nowrap;
+            font-family:ui-monospace, monospace; font-size:.85rem; }
+  .flash { animation:flash 1s ease-out; }
+  @keyframes flash { from { background:#fff1a8; } to { background:transparent; } }
+  .label { padding:.05rem .4rem; border-radius:4px; font-size:.78rem; }
+  .label.high { background:#d7f5dd; } .label.medium { background:#fdf0cc; }
+  .label.low { background:#eceef3; }
+  form { display:flex; gap:.5rem; margin-bottom:.8rem; }
+  input { flex:1; padding:.35rem .5rem; border:1px solid var(--line); border-radius:5px; }
+  button { padding:.35rem .8rem; border:0; border-radius:5px; background:var(--accent);
+           color:#fff; cursor:pointer; }
+  .big { font-size:2rem; font-weight:650; font-variant-numeric:tabular-nums; }
+  .facts { display:flex; gap:1.6rem; align-items:baseline; flex-wrap:wrap; }
+  .facts div span { display:block; color:var(--muted); font-size:.78rem; }
+  #user-id { font-family:ui-monospace, monospace; word-break:break-all; }
+  #timeline { width:100%; height:190px; display:block; margin:.6rem 0; }
+  ul { margin:.2rem 0 .6rem; padding-left:1.1rem; }
+  li .pts { font-variant-numeric:tabular-nums; color:var(--accent); margin-right:.4rem; }
+  .muted { color:var(--muted); }
+  .error { color:#b22; }
+</style>
+</head>
+<body>
+<header>
+  <h1>engage: live engagement scores</h1>
+  <span class="status"><span id="conn-dot" class="dot"></span><span id="conn">connecting</span>
+  </span>
+  <span class="status">updates <span id="updates" data-count="0">0</span></span>
+  <span class="status">last update <span id="last-update">-</span></span>
+</header>
+<main>
+  <section>
+    <h2>Leaderboard: top 20 by rule score</h2>
+    <table>
+      <thead><tr><th class="num">#</th><th>user</th><th class="num">rule score</th>
+        <th>label</th><th class="num">model p</th></tr></thead>
+      <tbody id="leaderboard"></tbody>
+    </table>
+    <p id="board-empty" class="muted">no scored users yet (is the consumer running?)</p>
+  </section>
+  <section>
+    <h2>User</h2>
+    <form id="user-form"><input id="user-input" placeholder="user id (or click a row)"
+      autocomplete="off"><button type="submit">show</button></form>
+    <div id="user-panel" hidden>
+      <div class="facts">
+        <div><span>user</span><b id="user-id"></b></div>
+        <div><span>rule score</span><b id="user-score" class="big" data-score=""></b></div>
+        <div><span>label</span><b id="user-label"></b></div>
+        <div><span>model propensity</span><b id="user-propensity"></b></div>
+      </div>
+      <svg id="timeline" data-points="0" viewBox="0 0 600 190" preserveAspectRatio="none"
+           role="img" aria-label="score timeline"></svg>
+      <div class="muted" id="timeline-note"></div>
+      <h2>Why this score</h2>
+      <ul id="reasons"></ul>
+      <h2>Model reasons</h2>
+      <ul id="model-reasons"></ul>
+    </div>
+    <p id="user-error" class="error"></p>
+  </section>
+</main>
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+const TOP_N = 20;
+let board = [];            // [{user_id, rule_score, label, propensity}], Redis order
+let selected = null;       // the chosen user id
+let timeline = [];         // [{ts, score}] of the chosen user
+let updates = 0;
+let resyncTimer = null, resyncDeadline = 0;
+
+function el(tag, text, cls) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (cls) node.className = cls;
+  return node;
+}
+const fmt = (x, d) => (x === null || x === undefined) ? "-" : Number(x).toFixed(d);
+
+function renderBoard(changed) {
+  const body = $("leaderboard");
+  const rows = board.map((u, i) => {
+    const tr = el("tr");
+    tr.dataset.user = u.user_id;
+    tr.dataset.score = String(u.rule_score);
+    tr.dataset.rank = String(i + 1);
+    if (u.user_id === selected) tr.classList.add("selected");
+    if (changed && changed.has(u.user_id)) tr.classList.add("flash");
+    tr.append(el("td", i + 1, "num rank"), el("td", u.user_id, "user"),
+              el("td", fmt(u.rule_score, 1), "num score"));
+    const lab = el("td"); lab.append(el("span", u.label, "label " + u.label)); tr.append(lab);
+    tr.append(el("td", fmt(u.propensity, 3), "num propensity"));
+    tr.title = u.user_id;
+    tr.addEventListener("click", () => select(u.user_id));
+    return tr;
+  });
+  body.replaceChildren(...rows);
+  $("board-empty").hidden = board.length > 0;
+}
+
+async function resync() {
+  resyncTimer = null; resyncDeadline = 0;
+  try {
+    const r = await fetch("/users/top?n=" + TOP_N);
+    if (!r.ok) return;
+    const rows = await r.json();
+    const before = new Map(board.map((u) => [u.user_id, u.rule_score]));
+    board = rows.map((u) => ({user_id: u.user_id, rule_score: u.rule_score, label: u.label,
+                              propensity: u.propensity}));
+    const changed = new Set(board.filter((u) => before.get(u.user_id) !== u.rule_score)
+                                 .map((u) => u.user_id));
+    renderBoard(changed);
+  } catch (e) { /* the next update or reconnect retries */ }
+}
+
+function scheduleResync() {
+  // Debounced (0.5 s after the last update) but at most 2 s late while updates keep coming.
+  const now = Date.now();
+  if (!resyncDeadline) resyncDeadline = now + 2000;
+  clearTimeout(resyncTimer);
+  resyncTimer = setTimeout(resync, Math.max(0, Math.min(500, resyncDeadline - now)));
+}
+
+function applyUpdates(list) {
+  const changed = new Set();
+  for (const u of list) {
+    const row = {user_id: u.user_id, rule_score: u.rule.score, label: u.rule.label,
+                 propensity: u.model ? u.model.propensity : null};
+    const i = board.findIndex((b) => b.user_id === u.user_id);
+    const last = board[board.length - 1];
+    if (i >= 0) board[i] = row;
+    else if (board.length < TOP_N || row.rule_score > last.rule_score) board.push(row);
+    else continue;
+    changed.add(u.user_id);
+  }
+  board.sort((a, b) => b.rule_score - a.rule_score);
+  board = board.slice(0, TOP_N);
+  if (changed.size) renderBoard(changed);
+  for (const u of list) if (u.user_id === selected) showUpdate(u);
+}
+
+function showScore(s) {
+  // s: {user_id, rule_score, label, reasons, propensity, model_reasons, model_version}
+  $("user-panel").hidden = false;
+  $("user-error").textContent = "";
+  $("user-id").textContent = s.user_id;
+  $("user-score").textContent = fmt(s.rule_score, 1);
+  $("user-score").dataset.score = String(s.rule_score);
+  $("user-label").textContent = s.label;
+  $("user-propensity").textContent = s.propensity === null ? "no model" :
+    fmt(s.propensity, 3) + " (" + s.model_version + ")";
+  $("reasons").replaceChildren(...s.reasons.map((r) => {
+    const li = el("li"); li.dataset.signal = r.signal;
+    li.append(el("span", "+" + fmt(r.points, 1), "pts"), el("span", r.text, "text"));
+    return li;
+  }));
+  if (!s.reasons.length) $("reasons").replaceChildren(el("li", "no signals yet", "muted"));
+  $("model-reasons").replaceChildren(...(s.model_reasons || []).map((r) => {
+    const li = el("li");
+    li.append(el("span", (r.contribution >= 0 ? "+" : "") + fmt(r.contribution, 3), "pts"),
+              el("span", r.feature));
+    return li;
+  }));
+  if (!(s.model_reasons || []).length)
+    $("model-reasons").replaceChildren(el("li", "no model registered", "muted"));
+}
+
+function showUpdate(u) {
+  showScore({user_id: u.user_id, rule_score: u.rule.score, label: u.rule.label,
+             reasons: u.rule.reasons, propensity: u.model ? u.model.propensity : null,
+             model_version: u.model ? u.model.version : null,
+             model_reasons: u.model ? (u.model.propensity_reasons || []) : []});
+  addPoint(u.event_ts, u.rule.score);
+}
+
+function addPoint(ts, score) {
+  const last = timeline[timeline.length - 1];
+  if (last && last.ts === ts && last.score === score) return;
+  timeline.push({ts: ts, score: score});
+  if (timeline.length > 500) timeline.shift();
+  drawTimeline();
+}
+
+function drawTimeline() {
+  const svg = $("timeline"), NS = "http://www.w3.org/2000/svg", W = 600, H = 190, P = 22;
+  svg.replaceChildren();
+  svg.dataset.points = String(timeline.length);
+  const pts = timeline.slice().sort((a, b) => a.ts - b.ts);
+  const mk = (tag, attrs, text) => {
+    const n = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+    if (text !== undefined) n.textContent = text;
+    svg.append(n); return n;
+  };
+  mk("line", {x1: P, y1: H - P, x2: W - 4, y2: H - P, stroke: "#ccd"});
+  if (!pts.length) return;
+  const t0 = pts[0].ts, t1 = pts[pts.length - 1].ts;
+  const ys = pts.map((p) => p.score);
+  const lo = Math.min(0, ...ys), hi = Math.max(...ys, lo + 1);
+  const x = (t) => P + (t1 === t0 ? (W - P - 8) / 2 : (t - t0) / (t1 - t0) * (W - P - 8));
+  const y = (s) => H - P - (s - lo) / (hi - lo) * (H - 2 * P);
+  mk("text", {x: 2, y: y(hi) + 4, "font-size": 10, fill: "#889"}, hi.toFixed(0));
+  mk("text", {x: 2, y: y(lo) + 4, "font-size": 10, fill: "#889"}, lo.toFixed(0));
+  mk("polyline", {points: pts.map((p) => x(p.ts) + "," + y(p.score)).join(" "),
+                  fill: "none", stroke: "#2f6fdf", "stroke-width": 2});
+  for (const p of pts) mk("circle", {cx: x(p.ts), cy: y(p.score), r: 2.5, fill: "#2f6fdf"});
+  const day = (t) => new Date(t).toISOString().replace("T", " ").slice(0, 16);
+  $("timeline-note").textContent = pts.length + " point(s), event time " + day(t0) +
+    (t1 !== t0 ? " to " + day(t1) : "") + " UTC (history starts when the user is selected)";
+}
+
+async function select(userId) {
+  selected = userId; timeline = [];
+  $("user-input").value = userId;
+  renderBoard(null);
+  drawTimeline();
+  const r = await fetch("/users/" + encodeURIComponent(userId) + "/score");
+  if (selected !== userId) return;
+  if (r.ok) {
+    const s = await r.json();
+    showScore(s);
+    addPoint(s.event_ts, s.rule_score);
+  } else {
+    $("user-panel").hidden = true;
+    const detail = (await r.json().catch(() => ({}))).detail;
+    $("user-error").textContent = r.status === 404 ?
+      "not scored yet; waiting for updates of this user" : String(detail || r.status);
+  }
+}
+
+$("user-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const id = $("user-input").value;
+  if (id) select(id);
+});
+
+function connect() {
+  const es = new EventSource("/events");
+  es.onopen = () => {
+    $("conn").textContent = "live"; $("conn-dot").classList.add("live");
+    resync();
+  };
+  es.onerror = () => {
+    $("conn").textContent = "reconnecting"; $("conn-dot").classList.remove("live");
+  };
+  es.addEventListener("scores", (e) => {
+    const list = JSON.parse(e.data);
+    updates += list.length;
+    $("updates").textContent = updates.toLocaleString();
+    $("updates").dataset.count = String(updates);
+    $("last-update").textContent = new Date().toLocaleTimeString();
+    applyUpdates(list);
+    scheduleResync();
+  });
+}
+
+resync();
+connect();
+const initial = new URLSearchParams(location.search).get("user");
+if (initial) select(initial);
+</script>
+</body>
+</html>
+"""

@@ -1,0 +1,93 @@
+"""Request and response bodies: the API's contract, as shown in the OpenAPI docs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from features.events import Id
+
+
+def _encodable(value: str) -> str:
+    """Ids become Redis keys as UTF-8: lone surrogates (legal in JSON) cannot be stored."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from exc
+    return value
+
+
+TextId = Annotated[Id, AfterValidator(_encodable)]
+ContextKey = Annotated[str, Field(max_length=64), AfterValidator(_encodable)]
+# As on events, but numbers bounded: the features take float() and log1p() of them.
+ContextValue = (
+    Annotated[str, Field(max_length=256)]
+    | bool
+    | Annotated[int, Field(ge=-(2**53), le=2**53)]
+    | Annotated[float, Field(allow_inf_nan=False)]
+)
+
+
+class RuleReason(BaseModel):
+    signal: str
+    points: float
+    text: str
+
+
+class ModelReason(BaseModel):
+    feature: str
+    contribution: float
+
+
+class UserScore(BaseModel):
+    """A user's current scores, exactly as the consumer last wrote them."""
+
+    user_id: str
+    rule_score: float
+    label: str
+    reasons: list[RuleReason]
+    propensity: float | None = Field(description="model propensity; null without a model")
+    model_reasons: list[ModelReason]
+    model_version: str | None
+    event_id: str = Field(description="the event that produced this score")
+    event_ts: int = Field(description="that event's time, epoch ms")
+    updated_at: float = Field(description="when the consumer wrote it, epoch ms")
+
+
+class TopUser(BaseModel):
+    rank: int
+    user_id: str
+    score: float = Field(description="the ranking value: rule score or model propensity")
+    rule_score: float
+    label: str
+    propensity: float | None
+
+
+class ScoreRequest(BaseModel):
+    """Score a user now; with `item_id`, the probability that this user engages with it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: TextId
+    item_id: TextId | None = None
+    context: dict[ContextKey, ContextValue] | None = Field(
+        default=None, max_length=32, description="request context, as on events (device, ...)"
+    )
+
+
+class ItemScore(BaseModel):
+    user_id: str
+    item_id: str
+    probability: float
+    model_version: str
+    reasons: list[ModelReason]
+
+
+class Health(BaseModel):
+    kafka: bool
+    redis: bool
+
+
+class Problem(BaseModel):
+    detail: str
