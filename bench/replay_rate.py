@@ -12,6 +12,7 @@ events: it must stay flat, because generation is lazy.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import time
@@ -28,11 +29,13 @@ BENCH_REDIS_DB = 15
 
 def _rss_mib() -> tuple[float, float]:
     """(current, peak) resident set size in MiB."""
-    current = 0.0
+    current = peak = 0.0
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             current = int(line.split()[1]) / 1024
-    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        elif line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    return current, max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def bench_kafka(runs: int, path: Path | None) -> None:
@@ -43,18 +46,24 @@ def bench_kafka(runs: int, path: Path | None) -> None:
         f"loaded {len(data):,} events ({data.n_ratings:,} ratings, {data.n_tags:,} tags) "
         f"from {data.folder} in {time.perf_counter() - started:.2f} s"
     )
-    rates, topics = [], []
+    rates, cpu_rates, topics = [], [], []
     try:
         for run in range(1, runs + 1):
             topic = f"bench.replay.{uuid.uuid4().hex[:8]}"
             topics.append(topic)
             settings = base.with_redis_db(BENCH_REDIS_DB).model_copy(update={"events_topic": topic})
+            cpu = time.process_time()
             summary = replay(data.events(), settings, items=data.items, progress=False)
+            cpu = time.process_time() - cpu
             if summary.failed or summary.sent != len(data):
                 raise SystemExit(f"run {run}: sent {summary.sent}, failed {summary.failed}")
             rates.append(summary.rate)
-            print(f"run {run}: {summary.sent:,} events in {summary.seconds:.2f} s = "
-                  f"{summary.rate:,.0f} events/s")  # fmt: skip
+            cpu_rates.append(summary.sent / cpu)
+            print(
+                f"run {run}: {summary.sent:,} events in {summary.seconds:.2f} s = "
+                f"{summary.rate:,.0f} events/s (process CPU {cpu:.2f} s, "
+                f"{cpu / summary.sent * 1e6:.1f} us/event)"
+            )
     finally:
         admin = admin_client(base)
         try:
@@ -63,8 +72,10 @@ def bench_kafka(runs: int, path: Path | None) -> None:
             admin.close()
     print(
         f"replay rate (--speed max, {runs} runs): median {statistics.median(rates):,.0f} "
-        f"events/s (min {min(rates):,.0f}, max {max(rates):,.0f})"
+        f"events/s (min {min(rates):,.0f}, max {max(rates):,.0f}); "
+        f"per producer CPU second: median {statistics.median(cpu_rates):,.0f} events"
     )
+    print(f"machine load average while measuring: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
 
 
 def bench_memory(events: int, users: int, days: int) -> None:
@@ -80,13 +91,15 @@ def bench_memory(events: int, users: int, days: int) -> None:
         if count in marks:
             current, peak = _rss_mib()
             elapsed = time.perf_counter() - started
-            print(f"{count:>11,} events: rss {current:.0f} MiB, peak {peak:.0f} MiB, "
-                  f"{elapsed:.0f} s ({count / elapsed:,.0f} events/s)")  # fmt: skip
+            print(
+                f"{count:>11,} events: rss {current:.0f} MiB, peak {peak:.0f} MiB, "
+                f"{elapsed:.0f} s ({count / elapsed:,.0f} events/s)"
+            )
             if count >= events:
                 break
     if count < events:
         print(f"the config ran out after {count:,} events: raise --users or --days")
-    print(f"{size / 1e9:.2f} GB of JSON produced; never more than one session per user held")
+    print(f"{size / 1e9:.2f} GB of JSON produced; only sessions already started are held")
 
 
 def main() -> None:
