@@ -16,6 +16,7 @@ from features.events import decode_event
 from features.items import ItemMeta
 from features.keys import item_meta_key
 from producer import movielens, synthetic
+from producer.pacing import Speed
 from producer.replay import replay
 from producer.synthetic import SyntheticConfig
 from tests.test_producer_movielens import write_fixture
@@ -115,3 +116,15 @@ def test_undeliverable_events_are_counted(settings: Settings) -> None:
     summary = replay(events, settings, progress=False)
     assert summary.failed == 20 and summary.sent == 0 and not summary.ok
     assert summary.errors and "MessageSizeTooLarge" in summary.errors[0]
+
+
+def test_paced_replay_sleeps_the_scaled_gaps(settings: Settings) -> None:
+    """--speed N through the real send loop, timed by a fake clock (no wall-clock waits)."""
+    from tests.test_producer_pacing import FakeClock
+
+    events = list(synthetic.events(SyntheticConfig(users=20, days=2, seed=9)))[:200]
+    clock = FakeClock()
+    summary = replay(events, settings, speed=Speed(500.0), clock=clock, progress=False)
+    assert summary.sent == 200 and summary.failed == 0
+    span_s = (events[-1].ts - events[0].ts) / 1000
+    assert sum(clock.sleeps) == pytest.approx(span_s / 500)
