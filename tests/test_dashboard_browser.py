@@ -1,0 +1,125 @@
+"""The dashboard in a real headless Chromium, fed live by the consumer while events stream."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from consumer.runner import StreamConsumer
+from engage.api import create_app
+from engage.settings import Settings
+from features import keys
+from tests.browser import chrome, find_chromium, serve_in_thread
+from tests.conftest import IN_CI
+from tests.eventlog import make_log, publish_log
+
+pytestmark = pytest.mark.stack
+
+XSS_USER = "<b>x</b>"
+NAMES_JS = "return [...document.querySelectorAll('#leaderboard td.user')].map(c => c.textContent)"
+BOARD_JS = """return [...document.querySelectorAll('#leaderboard tr')]
+    .map(r => [r.dataset.user, parseFloat(r.dataset.score)]);"""
+
+
+@pytest.fixture(scope="module")
+def browser_available() -> None:
+    if find_chromium() is None:
+        message = "Chromium/chromedriver missing and not installable (apt-get, as root)"
+        if IN_CI:
+            pytest.fail(f"CI must run the browser test, but: {message}", pytrace=False)
+        pytest.skip(message)
+
+
+def _log() -> tuple[list[dict], list[dict], dict]:
+    """Two phases of one log (each user's early events, then the rest); 17 users incl. one
+    whose id is HTML, so the whole population fits on the top-20 board."""
+    events, genres = make_log(n_users=16, events_per_user=24)
+    xss = [{**e, "user_id": XSS_USER, "event_id": f"x{e['event_id']}"}
+           for e in events if e["user_id"] == "user0"]  # fmt: skip
+    events += xss
+    early = [e for e in events if int(e["event_id"].rsplit(":", 1)[1]) < 8]
+    late = [e for e in events if int(e["event_id"].rsplit(":", 1)[1]) >= 8]
+    return early, late, genres
+
+
+def _processed(client: redis.Redis, settings: Settings) -> int:
+    return int(client.hget(keys.stats_key(settings.events_topic), "processed") or 0)
+
+
+def _wait(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _redis_board(client: redis.Redis) -> list[list]:
+    top = client.zrevrange(keys.leaderboard_key("rule"), 0, 19, withscores=True)
+    return [[m.decode(), s] for m, s in top]
+
+
+def test_dashboard_follows_live_scores(browser_available, settings, redis_client):
+    early, late, genres = _log()
+    publish_log(settings, early, genres)
+    consumer = StreamConsumer(settings, group="dashboard-test")
+    runner = threading.Thread(target=consumer.run, name="consumer", daemon=True)
+    runner.start()
+    try:
+        _wait(lambda: _processed(redis_client, settings) == len(early), 60, "the early events")
+        with serve_in_thread(create_app(settings)) as base, chrome() as page:
+            page.get(base + "/")
+            _wait(lambda: page.execute_script(BOARD_JS) == _redis_board(redis_client), 15,
+                  "the page to show the leaderboard")  # fmt: skip
+            first = page.execute_script(BOARD_JS)
+            assert len(first) == 17
+
+            producer = threading.Thread(target=_produce_slowly, args=(settings, late, genres))
+            producer.start()
+            seen = [first]
+            while producer.is_alive() or _processed(redis_client, settings) < len(early) + len(
+                late
+            ):
+                seen.append(page.execute_script(BOARD_JS))
+                time.sleep(0.25)
+                assert len(seen) < 400, "the consumer did not catch up"
+            producer.join()
+            _wait(lambda: page.execute_script(BOARD_JS) == _redis_board(redis_client), 15,
+                  "the page to settle on Redis's leaderboard")  # fmt: skip
+
+            final = page.execute_script(BOARD_JS)
+            assert final != first, "the leaderboard numbers never changed"
+            assert len({str(s) for s in seen}) >= 3, "expected several live states, saw too few"
+            assert int(page.find_element("id", "updates").get_attribute("data-count")) > 0
+
+            # The HTML-looking id is text, not markup, on the board and in the user panel.
+            assert (
+                page.execute_script("return document.querySelectorAll('#leaderboard b').length")
+                == 0
+            )
+            names = page.execute_script(NAMES_JS)
+            assert XSS_USER in names
+            box = page.find_element("id", "user-input")
+            box.clear()
+            box.send_keys(XSS_USER + "\n")
+            _wait(lambda: page.find_element("id", "user-id").text == XSS_USER, 10, "the user panel")
+            assert page.execute_script("return document.querySelectorAll('#user-id *').length") == 0
+            stored = float(redis_client.hget(keys.user_score_key(XSS_USER), "rule_score"))
+            shown = page.find_element("id", "user-score").get_attribute("data-score")
+            assert float(shown) == stored
+            assert page.find_elements("css selector", "#reasons li")
+    finally:
+        consumer.stopping = True
+        runner.join(timeout=30)
+        consumer.close()
+
+
+def _produce_slowly(settings: Settings, events: list[dict], genres: dict) -> None:
+    """The late events in six chunks over about three seconds: a log being produced."""
+    chunk = len(events) // 6 + 1
+    for start in range(0, len(events), chunk):
+        publish_log(settings, events[start : start + chunk], genres)
+        time.sleep(0.5)
