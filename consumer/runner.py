@@ -121,8 +121,9 @@ class StreamConsumer:
     ) -> RunSummary:
         """Consume until stopped (SIGTERM/SIGINT), idle for `idle_exit_s`, or `max_events`."""
         summary = RunSummary()
-        started = last_data = time.monotonic()
         self._install_signals()
+        self._model_watch.maybe_reload(summary)  # load a registered model before the clock runs
+        started = last_data = time.monotonic()
         try:
             while not self.stopping:
                 polled = self.kafka.poll(

@@ -20,6 +20,20 @@ from features.pipeline import MemoryState
 
 NO_OFFSET = -1
 
+# Item deltas of a whole batch in one command: KEYS = item hashes, ARGV = per key a field
+# count followed by field/amount pairs. Runs inside the batch's MULTI/EXEC like any command.
+ITEM_DELTAS_LUA = """
+local a = 1
+for i, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[a])
+  for j = 1, n do
+    redis.call('HINCRBYFLOAT', key, ARGV[a + 2 * j - 1], ARGV[a + 2 * j])
+  end
+  a = a + 1 + 2 * n
+end
+return #KEYS
+"""
+
 
 class Fenced(Exception):
     """Another writer changed a partition's stored offset: this batch must not land."""
@@ -119,10 +133,16 @@ class RedisStateStore:
             pipe.expire(key, self.session_ttl_s)
         for (user, session), fields in writes.sessions.items():
             pipe.hset(keys.session_key(user, session), mapping=fields)
-        for item, delta in writes.item_deltas.items():
-            item_key = keys.item_key(item)
-            for name, amount in delta.items():
-                pipe.hincrbyfloat(item_key, name, amount)
+        if writes.item_deltas:
+            item_keys, args = [], []
+            for item, delta in writes.item_deltas.items():
+                item_keys.append(keys.item_key(item))
+                args.append(len(delta))
+                for name, amount in delta.items():
+                    args += [name, repr(amount)]
+            # EVAL, not EVALSHA: after a Redis restart the script cache is empty, and a
+            # NOSCRIPT error inside MULTI would let the rest of the transaction apply.
+            pipe.eval(ITEM_DELTAS_LUA, len(item_keys), *item_keys, *args)
         for user, fields in writes.scores.items():
             pipe.hset(keys.user_score_key(user), mapping=fields)
         for kind, members in writes.leaderboard.items():
