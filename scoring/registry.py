@@ -58,7 +58,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class ModelRegistry:
     def __init__(self, settings: Settings, params: FeatureParams | None = None) -> None:
         self.root = settings.data_dir / "models"
-        self.code_hash = feature_hash(params or FeatureParams())
+        self.code_hash = feature_hash(params or settings.feature_params)
 
     def _new_version(self, bundle: ModelBundle) -> str:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
