@@ -26,6 +26,15 @@ class FeatureParams:
 
     session_gap_ms: int = 30 * 60_000
     half_life_ms: float = 14 * 24 * 3_600_000.0
+    mood_half_life_ms: float = 3_600_000.0  # the short-horizon ("mood") decayed rating mean
+
+
+#: Smoothing of a user's mean rating towards the global prior (pseudo-ratings).
+RATING_PRIOR_MEAN, RATING_PRIOR_WEIGHT = 3.5, 5.0
+#: Item sums of non-dyadic values are rounded to multiples of 1/1024 first, so that the
+#: HINCRBYFLOAT sums are exact whatever order the partitions' deltas arrive in.
+ITEM_SUM_QUANTUM = 1024.0
+MS_PER_DAY = 86_400_000
 
 
 @dataclass
@@ -69,7 +78,16 @@ def session_fields(user: State) -> State:
         "engaged": _num(user, "cs_eng"),
         "furthest_step": _num(user, "cs_step"),
         "bounce": 1.0 if n == 1 else 0.0,
+        "ratings": _num(user, "cs_rn"),
+        "rating_sum": _num(user, "cs_rs"),
     }
+
+
+def user_rating_mean(user: State) -> float:
+    """The user's mean rating so far, smoothed towards the global prior."""
+    return (_num(user, "r_sum") + RATING_PRIOR_MEAN * RATING_PRIOR_WEIGHT) / (
+        _num(user, "r_n") + RATING_PRIOR_WEIGHT
+    )
 
 
 def apply_event(
@@ -94,11 +112,20 @@ def apply_event(
         user["cs_n"] = 0.0
         user["cs_eng"] = 0.0
         user["cs_step"] = 0.0
+        user["cs_rn"] = 0.0
+        user["cs_rs"] = 0.0
         user["sess"] = _num(user, "sess") + 1
     user["cs_n"] = _num(user, "cs_n") + 1
     user["cs_eng"] = _num(user, "cs_eng") + engaged
     user["cs_end"] = max(_num(user, "cs_end"), ts)
     user["cs_step"] = max(_num(user, "cs_step"), float(FUNNEL_STEP.get(event.event_type, 0)))
+
+    rating = event.value if event.event_type is EventType.RATING else None
+    if rating is not None:
+        user["cs_rn"] = _num(user, "cs_rn") + 1
+        user["cs_rs"] = _num(user, "cs_rs") + rating
+    # The rater's smoothed mean *before* this rating, for the item's rater-mean sum.
+    rater_mean = user_rating_mean(user)
 
     # Counts and rates.
     user["n"] = _num(user, "n") + 1
@@ -107,10 +134,19 @@ def apply_event(
     if labelled:
         user["lab"] = _num(user, "lab") + 1
         user["eng"] = _num(user, "eng") + engaged
-    if event.event_type is EventType.RATING and event.value is not None:
+    if rating is not None:
         user["r_n"] = _num(user, "r_n") + 1
-        user["r_sum"] = _num(user, "r_sum") + event.value
-        user["r_sq"] = _num(user, "r_sq") + event.value * event.value
+        user["r_sum"] = _num(user, "r_sum") + rating
+        user["r_sq"] = _num(user, "r_sq") + rating * rating
+        # Short-horizon decayed rating sum/count ("mood"), anchored at dr_ts, the latest
+        # rating's time; r_last is the latest rating by event time (ties: later in the log).
+        anchor = _num(user, "dr_ts")
+        if ts >= anchor:
+            user["r_last"] = rating
+        factor = 0.5 ** (max(0.0, ts - anchor) / params.mood_half_life_ms) if anchor else 1.0
+        user["dr_s"] = _num(user, "dr_s") * factor + rating
+        user["dr_n"] = _num(user, "dr_n") * factor + 1.0
+        user["dr_ts"] = max(anchor, ts)
 
     # Exponentially decayed engagement, anchored at dec_ts (which never moves backwards).
     last = _num(user, "last_ts")
@@ -123,23 +159,28 @@ def apply_event(
     user["first_ts"] = min(_num(user, "first_ts") or ts, ts)
     user["last_ts"] = max(last, ts)
 
-    # Taste: per-genre counts and engaged counts of labelled events.
+    # Taste: per-genre counts and engaged counts of labelled events, rating sums of ratings.
     if labelled and meta is not None:
         for genre in meta.genres:
             user[f"gc:{genre}"] = _num(user, f"gc:{genre}") + 1
             user[f"ge:{genre}"] = _num(user, f"ge:{genre}") + engaged
+            if rating is not None:
+                user[f"gr:{genre}"] = _num(user, f"gr:{genre}") + rating
     if new_item:
         user["items"] = _num(user, "items") + 1
 
     item_delta: dict[str, float] = {}
     if event.item_id is not None:
         item_delta["n"] = 1.0
+        item_delta["ts_d"] = float(event.ts // MS_PER_DAY)  # whole days: exact sums
         if labelled:
             item_delta["lab"] = 1.0
             item_delta["eng"] = engaged
-        if event.event_type is EventType.RATING and event.value is not None:
+        if rating is not None:
             item_delta["r_n"] = 1.0
-            item_delta["r_sum"] = event.value
+            item_delta["r_sum"] = rating
+            item_delta["r_sq"] = rating * rating
+            item_delta["rater"] = round(rater_mean * ITEM_SUM_QUANTUM) / ITEM_SUM_QUANTUM
     return Applied(str(user["cs_id"]), session_fields(user), closed, item_delta, new_item)
 
 

@@ -13,14 +13,24 @@ import inspect
 import math
 
 from features import aggregates
-from features.aggregates import FeatureParams, State, continues_session, decay_factor
+from features.aggregates import (
+    RATING_PRIOR_MEAN,
+    RATING_PRIOR_WEIGHT,
+    FeatureParams,
+    State,
+    continues_session,
+    decay_factor,
+    user_rating_mean,
+)
 from features.events import Event
 from features.items import GENRES, ItemMeta
 
 MS_PER_HOUR = 3_600_000.0
 MS_PER_DAY = 24 * MS_PER_HOUR
-RATING_PRIOR_MEAN, RATING_PRIOR_WEIGHT = 3.5, 5.0
+MS_PER_YEAR = 365.2425 * MS_PER_DAY
 RATE_PRIOR_WEIGHT = 2.0  # pseudo-observations pulling a rate towards its prior
+#: Pseudo-ratings at the user's own mean that smooth the short-horizon and genre rating means.
+USER_MEAN_PRIOR_WEIGHT = 2.0
 
 USER_FEATURES: tuple[str, ...] = (
     "u_events", "u_labelled", "u_engaged", "u_engage_rate", "u_rating_count", "u_rating_mean",
@@ -28,6 +38,7 @@ USER_FEATURES: tuple[str, ...] = (
     "u_distinct_items", "u_sessions", "u_repeat_session_rate", "u_bounce_rate",
     "u_mean_session_min", "u_n_page_view", "u_n_pricing_view", "u_n_demo_request", "u_n_signup",
     "u_n_calendar_booking", "u_n_tag", "s_events", "s_engaged", "s_furthest_step", "s_minutes",
+    "u_last_rating", "u_mood_rating", "u_mood_weight", "s_ratings", "s_rating_mean",
 )  # fmt: skip
 CONTEXT_FEATURES: tuple[str, ...] = (
     "hour", "dow", "ctx_mobile", "ctx_desktop", "ctx_log_balance", "ctx_depth",
@@ -36,6 +47,8 @@ ITEM_FEATURES: tuple[str, ...] = (
     "i_count", "i_rating_mean", "i_engage_rate", "i_year", "i_n_genres",
     "ui_genre_count", "ui_genre_engaged", "ui_genre_affinity", "ui_genre_share", "ui_seen_item",
     *(f"g_{g}" for g in GENRES),
+    "i_rating_std", "i_rater_mean", "i_rating_resid", "i_age_years", "i_days_since_mean",
+    "ui_genre_rating_mean", "ui_rating_gap",
 )  # fmt: skip
 PROPENSITY_FEATURES: tuple[str, ...] = USER_FEATURES + CONTEXT_FEATURES
 INTERACTION_FEATURES: tuple[str, ...] = USER_FEATURES + CONTEXT_FEATURES + ITEM_FEATURES
@@ -55,7 +68,7 @@ def user_values(user: State, event: Event, params: FeatureParams) -> list[float]
     ts = float(event.ts)
     n, lab, eng = _n(user, "n"), _n(user, "lab"), _n(user, "eng")
     r_n, r_sum, r_sq = _n(user, "r_n"), _n(user, "r_sum"), _n(user, "r_sq")
-    mean = (r_sum + RATING_PRIOR_MEAN * RATING_PRIOR_WEIGHT) / (r_n + RATING_PRIOR_WEIGHT)
+    mean = user_rating_mean(user)
     var = r_sq / r_n - (r_sum / r_n) ** 2 if r_n > 1 else 0.0
     dec_ts = _n(user, "dec_ts")
     fade = decay_factor(dec_ts, ts, params) if dec_ts else 0.0
@@ -63,6 +76,11 @@ def user_values(user: State, event: Event, params: FeatureParams) -> list[float]
     last, first = _n(user, "last_ts"), _n(user, "first_ts")
     sessions, closed = _n(user, "sess"), _n(user, "cl_n")
     in_session = continues_session(user, event, params)
+    dr_ts = _n(user, "dr_ts")
+    mood = 0.5 ** (max(0.0, ts - dr_ts) / params.mood_half_life_ms) if dr_ts else 0.0
+    dr_s, dr_n = _n(user, "dr_s") * mood, _n(user, "dr_n") * mood
+    s_rn = _n(user, "cs_rn") if in_session else 0.0
+    s_rs = _n(user, "cs_rs") if in_session else 0.0
     return [
         n,
         lab,
@@ -90,6 +108,11 @@ def user_values(user: State, event: Event, params: FeatureParams) -> list[float]
         _n(user, "cs_eng") if in_session else 0.0,
         _n(user, "cs_step") if in_session else 0.0,
         max(0.0, ts - _n(user, "cs_start")) / aggregates.MS_PER_MIN if in_session else 0.0,
+        _n(user, "r_last") if r_n else -1.0,
+        (dr_s + mean * USER_MEAN_PRIOR_WEIGHT) / (dr_n + USER_MEAN_PRIOR_WEIGHT),
+        dr_n,
+        s_rn,
+        (s_rs + mean * USER_MEAN_PRIOR_WEIGHT) / (s_rn + USER_MEAN_PRIOR_WEIGHT),
     ]
 
 
@@ -113,16 +136,28 @@ def context_values(event: Event) -> list[float]:
 
 
 def item_values(
-    user: State, item: State, meta: ItemMeta | None, seen_item: bool, user_rate: float
+    user: State,
+    item: State,
+    meta: ItemMeta | None,
+    seen_item: bool,
+    event: Event,
+    user_rate: float,
+    user_mean: float,
 ) -> list[float]:
     """ITEM_FEATURES: the item's aggregates and metadata, and the user's taste for it."""
     meta = meta or ItemMeta()
     i_n, i_rn, i_lab = _n(item, "n"), _n(item, "r_n"), _n(item, "lab")
-    i_mean = (_n(item, "r_sum") + RATING_PRIOR_MEAN * RATING_PRIOR_WEIGHT) / (
+    i_sum = _n(item, "r_sum")
+    i_mean = (i_sum + RATING_PRIOR_MEAN * RATING_PRIOR_WEIGHT) / (i_rn + RATING_PRIOR_WEIGHT)
+    i_var = _n(item, "r_sq") / i_rn - (i_sum / i_rn) ** 2 if i_rn > 1 else 0.0
+    # The mean of the raters' own (smoothed) means: how lenient this item's audience is.
+    i_rater = (_n(item, "rater") + RATING_PRIOR_MEAN * RATING_PRIOR_WEIGHT) / (
         i_rn + RATING_PRIOR_WEIGHT
     )
+    ts = float(event.ts)
     g_count = sum(_n(user, f"gc:{g}") for g in meta.genres)
     g_eng = sum(_n(user, f"ge:{g}") for g in meta.genres)
+    g_rsum = sum(_n(user, f"gr:{g}") for g in meta.genres)
     lab = _n(user, "lab")
     genres = set(meta.genres)
     return [
@@ -137,6 +172,13 @@ def item_values(
         g_count / (lab * len(meta.genres)) if lab and meta.genres else 0.0,
         1.0 if seen_item else 0.0,
         *(1.0 if g in genres else 0.0 for g in GENRES),
+        math.sqrt(max(i_var, 0.0)),
+        i_rater,
+        i_mean - i_rater,
+        1970.0 + ts / MS_PER_YEAR - meta.year if meta.year else -1.0,
+        ts / MS_PER_DAY - _n(item, "ts_d") / i_n if i_n else -1.0,
+        (g_rsum + user_mean * USER_MEAN_PRIOR_WEIGHT) / (g_count + USER_MEAN_PRIOR_WEIGHT),
+        user_mean - i_mean,
     ]
 
 
@@ -153,7 +195,8 @@ def interaction_vector(
     params: FeatureParams,
 ) -> list[float]:
     values = user_values(user, event, params)
-    return values + context_values(event) + item_values(user, item, meta, seen_item, values[3])
+    items = item_values(user, item, meta, seen_item, event, values[3], values[5])
+    return values + context_values(event) + items
 
 
 def feature_hash(params: FeatureParams) -> str:

@@ -1,7 +1,7 @@
 """An independent reference for the consumer's Redis state, written from the spec, not the code.
 
 It recomputes every user, session and item aggregate from the raw event list with plain loops
-and closed-form formulas (e.g. the decayed sum as a direct sum of weighted terms), and reads
+and closed-form formulas (e.g. the decayed sums as direct sums of weighted terms), and reads
 the consumer's Redis state back for comparison. It deliberately imports nothing from
 features.aggregates / features.pipeline.
 """
@@ -29,7 +29,11 @@ def engaged(e: dict) -> bool:
 
 
 def reference_state(
-    events: list[dict], genres: dict[str, list[str]], gap_ms: int, half_life_ms: float
+    events: list[dict],
+    genres: dict[str, list[str]],
+    gap_ms: int,
+    half_life_ms: float,
+    mood_half_life_ms: float = 3_600_000.0,
 ) -> dict:
     """users/sessions/items as dicts of floats, from events given in per-user log order."""
     by_user: dict[str, list[dict]] = defaultdict(list)
@@ -62,13 +66,22 @@ def reference_state(
             u[f"n_{e['event_type']}"] += 1
         u["lab"] = len(labelled)
         u["eng"] = sum(engaged(e) for e in labelled)
-        ratings = [e["value"] for e in evs if e["event_type"] == "rating"]
+        rated = [e for e in evs if e["event_type"] == "rating"]
+        ratings = [e["value"] for e in rated]
         if ratings:
             u["r_n"], u["r_sum"], u["r_sq"] = (
                 len(ratings),
                 sum(ratings),
                 sum(r * r for r in ratings),
             )
+            # The latest rating by time; of equal times the one later in the log.
+            newest = max(e["ts"] for e in rated)
+            u["r_last"] = [e["value"] for e in rated if e["ts"] == newest][-1]
+            u["dr_ts"] = newest
+            u["dr_s"] = sum(
+                e["value"] * 0.5 ** ((newest - e["ts"]) / mood_half_life_ms) for e in rated
+            )
+            u["dr_n"] = sum(0.5 ** ((newest - e["ts"]) / mood_half_life_ms) for e in rated)
         u["first_ts"], u["last_ts"] = min(e["ts"] for e in evs), max(e["ts"] for e in evs)
         if labelled:
             anchor = max(e["ts"] for e in labelled)
@@ -86,6 +99,8 @@ def reference_state(
             for genre in genres.get(e.get("item_id") or "", []):
                 u[f"gc:{genre}"] += 1
                 u[f"ge:{genre}"] += engaged(e)
+                if e["event_type"] == "rating":
+                    u[f"gr:{genre}"] += e["value"]
         for g in groups:
             sessions[(uid, g[0]["_sid"])] = {
                 "start": float(g[0]["ts"]),
@@ -94,19 +109,28 @@ def reference_state(
                 "engaged": float(sum(engaged(x) for x in g)),
                 "furthest_step": float(max(FUNNEL.get(x["event_type"], 0) for x in g)),
                 "bounce": 1.0 if len(g) == 1 else 0.0,
+                "ratings": float(sum(x["event_type"] == "rating" for x in g)),
+                "rating_sum": float(sum(x["value"] for x in g if x["event_type"] == "rating")),
             }
         users[uid] = {k: float(v) for k, v in u.items()}
+        seen_ratings: list[float] = []  # this user's ratings before the current event
         for e in evs:
-            if e.get("item_id") is None:
-                continue
-            it = items[e["item_id"]]
-            it["n"] += 1
-            if e["event_type"] != "tag":
-                it["lab"] += 1
-                it["eng"] += engaged(e)
+            if e.get("item_id") is not None:
+                it = items[e["item_id"]]
+                it["n"] += 1
+                it["ts_d"] += e["ts"] // 86_400_000
+                if e["event_type"] != "tag":
+                    it["lab"] += 1
+                    it["eng"] += engaged(e)
+                if e["event_type"] == "rating":
+                    it["r_n"] += 1
+                    it["r_sum"] += e["value"]
+                    it["r_sq"] += e["value"] ** 2
+                    # The rater's mean so far with 5 pseudo-ratings of 3.5, in 1/1024 steps.
+                    prior_mean = (sum(seen_ratings) + 17.5) / (len(seen_ratings) + 5)
+                    it["rater"] += round(prior_mean * 1024) / 1024
             if e["event_type"] == "rating":
-                it["r_n"] += 1
-                it["r_sum"] += e["value"]
+                seen_ratings.append(e["value"])
     return {"users": users, "sessions": sessions, "items": {k: dict(v) for k, v in items.items()}}
 
 
@@ -126,7 +150,7 @@ def diff_against_redis(ref: dict, client: redis.Redis) -> list[str]:
 
     for uid, want in ref["users"].items():
         got = _floats(client.hgetall(f"u:{{{_tag(uid)}}}"), skip=("cs_id", "cs_start", "cs_end",
-                      "cs_n", "cs_eng", "cs_step", "dec_ts"))  # fmt: skip
+                      "cs_n", "cs_eng", "cs_step", "cs_rn", "cs_rs", "dec_ts"))  # fmt: skip
         compare(f"user {uid}", {k: v for k, v in want.items() if k != "items"}, {
             k: v for k, v in got.items() if k != "items"})  # fmt: skip
         scard = client.scard(f"u:{{{_tag(uid)}}}:items")

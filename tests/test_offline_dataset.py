@@ -65,7 +65,11 @@ def test_first_event_of_a_user_sees_an_empty_user_state():
         assert row[idx["u_engaged"]] == 0 and row[idx["u_rating_count"]] == 0
         assert row[idx["u_hours_since_last"]] == -1.0  # "never seen before"
         assert row[idx["ui_genre_count"]] == 0 and row[idx["ui_seen_item"]] == 0
-        assert np.all(row[:n_user][[idx[f] for f in USER_FEATURES if f.startswith("s_")]] == 0)
+        counts = [idx[f] for f in USER_FEATURES if f.startswith("s_") and f != "s_rating_mean"]
+        assert np.all(row[:n_user][counts] == 0)
+        # Rating means with no history fall back to the prior; "no last rating" is -1.
+        assert row[idx["s_rating_mean"]] == row[idx["u_mood_rating"]] == 3.5
+        assert row[idx["u_last_rating"]] == -1.0 and row[idx["u_mood_weight"]] == 0
 
 
 def test_builds_fast():
@@ -77,3 +81,51 @@ def test_builds_fast():
     seconds = time.perf_counter() - start
     assert len(data) == 20_000
     assert seconds < 5.0, f"{seconds:.1f}s for 20k events"
+
+
+#: Features whose value depends on past ratings (user, session, genre and item rating state).
+RATING_STATE_FEATURES = (
+    "u_rating_mean", "u_last_rating", "u_mood_rating", "s_rating_mean", "ui_genre_rating_mean",
+    "ui_rating_gap", "i_rating_mean", "i_rating_std", "i_rater_mean", "i_rating_resid",
+)  # fmt: skip
+
+
+def test_rating_state_features_see_past_ratings_but_never_their_own():
+    """Each rating-derived feature: unchanged on the flipped event's own row and every earlier
+    row, and it does react on some later row (so the check above is not vacuous for it)."""
+    events, meta = synthetic_log()
+    base = build_dataset(events, meta)
+    idx = {f: i for i, f in enumerate(INTERACTION_FEATURES)}
+    labelled = [e for e in events if e.labelled]
+    reacted = set()
+    for target in range(len(labelled) // 3, len(labelled) // 3 + 40):
+        old = labelled[target]
+        changed = [e.model_copy(update={"value": 0.5 if old.value >= 3 else 5.0})
+                   if e is old else e for e in events]  # fmt: skip
+        flipped = build_dataset(changed, meta)
+        assert np.array_equal(flipped.X[: target + 1], base.X[: target + 1])
+        for name in RATING_STATE_FEATURES:
+            col = idx[name]
+            if not np.array_equal(flipped.X[target + 1 :, col], base.X[target + 1 :, col]):
+                reacted.add(name)
+    assert reacted == set(RATING_STATE_FEATURES)
+
+
+def test_new_item_and_time_features_are_request_time_facts():
+    events, meta = synthetic_log()
+    data = build_dataset(events, meta)
+    idx = {f: i for i, f in enumerate(INTERACTION_FEATURES)}
+    labelled = [e for e in events if e.labelled]
+    for row in range(0, len(labelled), 97):
+        e = labelled[row]
+        year = meta[e.item_id].year
+        age = data.X[row, idx["i_age_years"]]
+        assert year is not None and abs(age - (1970 + e.ts / 31_556_952_000 - year)) < 1e-9
+    first_of_item: dict[str, int] = {}
+    for row, e in enumerate(labelled):
+        first_of_item.setdefault(e.item_id, row)
+    for row in first_of_item.values():  # the item's first event: no item state yet
+        assert data.X[row, idx["i_days_since_mean"]] == -1.0 or labelled[row].item_id in {
+            e.item_id for e in events[: events.index(labelled[row])] if not e.labelled
+        }
+        assert data.X[row, idx["i_rating_std"]] == 0.0
