@@ -59,7 +59,7 @@ def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | No
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings, redis_client, tmp_path):
     events, genres = make_log(n_users=120, events_per_user=150, seed=11)  # 18,000 events
     publish_log(settings, events, genres)
-    env = consumer_env(settings, ENGAGE_BATCH_MAX_RECORDS="150")
+    env = consumer_env(settings, ENGAGE_BATCH_MAX_RECORDS="40")
     rng = random.Random(5)
     kills = 0
     while kills < 4:
@@ -67,7 +67,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings, redis_cli
         before = processed_so_far(redis_client, settings.events_topic)
         wait_for(lambda b=before: processed_so_far(redis_client, settings.events_topic) > b,
                  60, "the consumer to make progress", proc)  # fmt: skip
-        time.sleep(rng.uniform(0.0, 0.6))
+        time.sleep(rng.uniform(0.0, 0.4))
         if proc.poll() is not None:
             break  # it finished the log before we could kill it
         proc.send_signal(signal.SIGKILL)
@@ -85,14 +85,15 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings, redis_cli
 
 
 def test_second_consumer_takes_over_when_one_leaves(settings, redis_client):
-    events, genres = make_log(n_users=120, events_per_user=120, seed=12)
+    events, genres = make_log(n_users=160, events_per_user=120, seed=12)
     publish_log(settings, events, genres)
-    env = consumer_env(settings, ENGAGE_BATCH_MAX_RECORDS="100")
+    env = consumer_env(settings, ENGAGE_BATCH_MAX_RECORDS="40")
     group = f"pair-{settings.events_topic}"
     first = start_consumer(env, group, idle_exit=6)
     second = start_consumer(env, group, idle_exit=6)
     wait_for(lambda: processed_so_far(redis_client, settings.events_topic) > len(events) // 5,
              60, "both consumers to make progress")  # fmt: skip
+    assert processed_so_far(redis_client, settings.events_topic) < len(events)  # midway
     first.send_signal(signal.SIGTERM)  # clean leave: finish the batch, leave the group
     out1, err1 = first.communicate(timeout=60)
     assert first.returncode == 0, err1
