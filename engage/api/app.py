@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import redis
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -45,6 +46,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.health = HealthChecker(settings, client)
     app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_input(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 naming the fields; the offending input is not echoed (it may be NaN, which
+        JSON cannot carry, or something large or secret)."""
+        detail = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
     app.include_router(scores.router)
     app.include_router(live.router)
 
