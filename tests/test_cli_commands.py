@@ -1,0 +1,107 @@
+"""The day-to-day subcommands, as a user runs them, against the real stack: happy path and
+the main error path of each (unknown user, services down, bad arguments)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from consumer.runner import StreamConsumer
+from tests.eventlog import make_log, publish_log
+
+pytestmark = pytest.mark.stack
+
+
+def engage(settings, *args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGAGE_")}
+    env.update(
+        ENGAGE_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
+        ENGAGE_REDIS_URL=settings.redis_url,
+        ENGAGE_EVENTS_TOPIC=settings.events_topic,
+        ENGAGE_SCORES_TOPIC=settings.scores_topic,
+        ENGAGE_DEAD_LETTER_TOPIC=settings.dead_letter_topic,
+        ENGAGE_DATA_DIR=str(settings.data_dir),
+    )
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-m", "engage", *args], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+
+
+@pytest.fixture
+def scored(settings, tmp_path):
+    settings = settings.model_copy(update={"data_dir": tmp_path})
+    events, genres = make_log(n_users=12, events_per_user=15)
+    publish_log(settings, events, genres)
+    StreamConsumer(settings, group=f"{settings.events_topic}.cli").run(idle_exit_s=3)
+    return settings
+
+
+def dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_score_top_stats(scored, redis_client, tmp_path):
+    result = engage(scored, "score", "weird:1", "--json")
+    assert result.returncode == 0, result.stderr
+    score = json.loads(result.stdout)
+    stored = redis_client.hget("u:{weird%3A1}:score", "rule_score")
+    assert score["rule_score"] == float(stored) and score["reasons"]
+    assert "weird:1" in engage(scored, "score", "weird:1").stdout
+
+    unknown = engage(scored, "score", "nobody-here")
+    assert unknown.returncode == 4 and "no score for user 'nobody-here'" in unknown.stderr
+
+    out_csv = tmp_path / "top.csv"
+    top = engage(scored, "top", "5", "--json", "--csv", str(out_csv))
+    assert top.returncode == 0, top.stderr
+    rows = json.loads(top.stdout)
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["rule_score"] for r in rows] == sorted((r["rule_score"] for r in rows), reverse=True)
+    with open(out_csv) as handle:
+        assert [r["user_id"] for r in csv.DictReader(handle)] == [r["user_id"] for r in rows]
+    assert engage(scored, "top", "5", "--label", "lukewarm").returncode == 2
+    assert engage(scored, "top", "0").returncode == 2
+
+    stats = json.loads(engage(scored, "stats", "--json").stdout)
+    assert stats["processed"] == 180 and stats["dead_lettered"] == 0 and stats["total_lag"] == 0
+
+
+def test_score_with_item_needs_a_model(scored):
+    result = engage(scored, "score", "user0", "--item", "page1")
+    assert result.returncode == 4 and "no model registered" in result.stderr
+
+
+def test_watch_prints_live_updates_as_json_lines(scored):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engage", "watch", "--json", "--duration", "12"],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("ENGAGE_")},
+             "ENGAGE_REDIS_URL": scored.redis_url, "ENGAGE_EVENTS_TOPIC": scored.events_topic,
+             "ENGAGE_KAFKA_BOOTSTRAP_SERVERS": scored.kafka_bootstrap_servers},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    import time
+
+    time.sleep(4)  # let it subscribe
+    more, genres = make_log(n_users=3, events_per_user=5, seed=99)
+    publish_log(scored, more, genres)
+    StreamConsumer(scored, group=f"{scored.events_topic}.cli").run(idle_exit_s=3)
+    out, err = proc.communicate(timeout=30)
+    updates = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert updates, err
+    assert {u["event_id"][:5] for u in updates} == {"t:99:"}
+
+
+def test_services_down_is_exit_3(settings):
+    down = f"redis://127.0.0.1:{dead_port()}/0"
+    for args in (("score", "u1"), ("top", "3"), ("stats",), ("watch", "--duration", "1")):
+        result = engage(settings, *args, ENGAGE_REDIS_URL=down)
+        assert result.returncode == 3, (args, result.stderr)
+        assert "cannot reach Redis" in result.stderr
