@@ -10,8 +10,8 @@ from engage.settings import Settings
 from features.events import Event
 from features.items import ItemMeta
 from offline.export import export_topic
-from offline.movielens import load_movielens
 from offline.snapshot import load_snapshot
+from producer import movielens as movielens_source
 
 Loaded = tuple[list[Event], dict[str, ItemMeta], dict[str, Any]]
 
@@ -34,8 +34,9 @@ def load_events(
         else:
             movielens = settings.movielens_dir
     if movielens is not None:
-        events, meta = load_movielens(Path(movielens))
-        return events, meta, {"source": "movielens", "path": str(movielens)}
+        # The producer's loader: the same events, ids and order a replay would send.
+        data = movielens_source.load(Path(movielens), settings.cache_dir)
+        return list(data.events()), data.items, {"source": "movielens", "path": str(movielens)}
     if from_topic:
         with tempfile.TemporaryDirectory(prefix="engage-export-") as tmp:
             result = export_topic(settings, Path(tmp))
