@@ -6,6 +6,7 @@ Made here, deterministic for a seed, so tests need no external data. Includes id
 
 from __future__ import annotations
 
+import os
 import random
 
 import redis
@@ -62,6 +63,21 @@ def make_log(
                      "source": "movielens"}  # fmt: skip
             events.append(e)
     return events, genres
+
+
+def engage_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment for an `engage` subprocess that should use exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGAGE_")}
+    env.update(
+        ENGAGE_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
+        ENGAGE_REDIS_URL=settings.redis_url,
+        ENGAGE_EVENTS_TOPIC=settings.events_topic,
+        ENGAGE_SCORES_TOPIC=settings.scores_topic,
+        ENGAGE_DEAD_LETTER_TOPIC=settings.dead_letter_topic,
+        ENGAGE_DATA_DIR=str(settings.data_dir),
+    )
+    env.update(extra)
+    return env
 
 
 def publish_log(

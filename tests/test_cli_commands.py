@@ -13,23 +13,14 @@ import sys
 import pytest
 
 from consumer.runner import StreamConsumer
-from tests.eventlog import make_log, publish_log
+from tests.eventlog import engage_env, make_log, publish_log
 
 pytestmark = pytest.mark.stack
 
 
 def engage(settings, *args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGAGE_")}
-    env.update(
-        ENGAGE_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        ENGAGE_REDIS_URL=settings.redis_url,
-        ENGAGE_EVENTS_TOPIC=settings.events_topic,
-        ENGAGE_SCORES_TOPIC=settings.scores_topic,
-        ENGAGE_DEAD_LETTER_TOPIC=settings.dead_letter_topic,
-        ENGAGE_DATA_DIR=str(settings.data_dir),
-    )
-    env.update(env_extra)
-    return subprocess.run([sys.executable, "-m", "engage", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "engage", *args],
+                          env=engage_env(settings, **env_extra), capture_output=True,
                           text=True, timeout=120, check=False)  # fmt: skip
 
 

@@ -4,7 +4,6 @@ count nothing twice."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -13,25 +12,14 @@ import time
 
 import pytest
 
-from tests.eventlog import make_log, publish_log
+from tests.eventlog import engage_env, make_log, publish_log
 from tests.reference import diff_against_redis, reference_state
 
 pytestmark = pytest.mark.stack
 
 
 def consumer_env(settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGAGE_")}
-    env.update(
-        ENGAGE_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        ENGAGE_REDIS_URL=settings.redis_url,
-        ENGAGE_EVENTS_TOPIC=settings.events_topic,
-        ENGAGE_SCORES_TOPIC=settings.scores_topic,
-        ENGAGE_DEAD_LETTER_TOPIC=settings.dead_letter_topic,
-        ENGAGE_DATA_DIR=str(settings.data_dir),
-        ENGAGE_KAFKA_SESSION_TIMEOUT_MS="6000",
-        **extra,
-    )
-    return env
+    return engage_env(settings, ENGAGE_KAFKA_SESSION_TIMEOUT_MS="6000", **extra)
 
 
 def start_consumer(env: dict[str, str], group: str, idle_exit: float) -> subprocess.Popen:
