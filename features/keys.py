@@ -27,28 +27,33 @@ def escape_id(raw: str) -> str:
     return quote(raw, safe=_SAFE)
 
 
+def _tagged(prefix: str, raw_id: str, suffix: str = "") -> str:
+    """`prefix:{escaped id}suffix`: the braces make the id the Redis Cluster hash tag."""
+    return f"{prefix}:{{{escape_id(raw_id)}}}{suffix}"
+
+
 def user_key(user_id: str) -> str:
-    return f"u:{{{escape_id(user_id)}}}"
+    return _tagged("u", user_id)
 
 
 def user_items_key(user_id: str) -> str:
-    return f"u:{{{escape_id(user_id)}}}:items"
+    return _tagged("u", user_id, ":items")
 
 
 def user_score_key(user_id: str) -> str:
-    return f"u:{{{escape_id(user_id)}}}:score"
+    return _tagged("u", user_id, ":score")
 
 
 def session_key(user_id: str, session_id: str) -> str:
-    return f"s:{{{escape_id(user_id)}}}:{escape_id(session_id)}"
+    return _tagged("s", user_id, f":{escape_id(session_id)}")
 
 
 def item_key(item_id: str) -> str:
-    return f"i:{{{escape_id(item_id)}}}"
+    return _tagged("i", item_id)
 
 
 def item_meta_key(item_id: str) -> str:
-    return f"im:{{{escape_id(item_id)}}}"
+    return _tagged("im", item_id)
 
 
 def offset_key(topic: str, partition: int) -> str:

@@ -78,19 +78,25 @@ def test_redis_db(stack_settings: Settings) -> Iterator[int]:
     claims.delete(TEST_DB_CLAIM.format(db))
 
 
-@pytest.fixture
-def settings(stack_settings: Settings, test_redis_db: int) -> Settings:
-    """Per-test settings: fresh topic names and an empty Redis database of this session."""
+def fresh_settings(stack_settings: Settings, db: int, **update: object) -> Settings:
+    """Settings with fresh topic names on Redis database `db` (emptied)."""
     tag = uuid.uuid4().hex[:8]
-    test_settings = stack_settings.with_redis_db(test_redis_db).model_copy(
+    fresh = stack_settings.with_redis_db(db).model_copy(
         update={
             "events_topic": f"test.{tag}.events",
             "scores_topic": f"test.{tag}.scores",
             "dead_letter_topic": f"test.{tag}.deadletter",
+            **update,
         }
     )
-    redis.Redis.from_url(test_settings.redis_url).flushdb()
-    return test_settings
+    redis.Redis.from_url(fresh.redis_url).flushdb()
+    return fresh
+
+
+@pytest.fixture
+def settings(stack_settings: Settings, test_redis_db: int) -> Settings:
+    """Per-test settings: fresh topic names and an empty Redis database of this session."""
+    return fresh_settings(stack_settings, test_redis_db)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import uuid
 from pathlib import Path
 from urllib.parse import quote
 
@@ -25,6 +24,7 @@ from offline.learners import fit_logreg
 from offline.splits import temporal_split
 from scoring.model import ModelBundle
 from scoring.registry import ModelRegistry
+from tests.conftest import fresh_settings
 from tests.eventlog import make_log, publish_log
 from tests.offline_synth import synthetic_log
 
@@ -53,20 +53,13 @@ def _register_model(settings: Settings) -> str:
 @pytest.fixture(scope="module")
 def api_settings(stack_settings: Settings, test_redis_db: int, tmp_path_factory) -> Settings:
     """One seeded state for the module: a model, then the consumer over `make_log` events."""
-    tag = uuid.uuid4().hex[:8]
-    settings = stack_settings.with_redis_db(test_redis_db).model_copy(
-        update={
-            "events_topic": f"test.{tag}.events",
-            "scores_topic": f"test.{tag}.scores",
-            "dead_letter_topic": f"test.{tag}.deadletter",
-            "data_dir": tmp_path_factory.mktemp("data"),
-        }
+    settings = fresh_settings(
+        stack_settings, test_redis_db, data_dir=tmp_path_factory.mktemp("data")
     )
-    redis.Redis.from_url(settings.redis_url).flushdb()
     _register_model(settings)
     events, genres = make_log(n_users=24, events_per_user=20)
     publish_log(settings, events, genres)
-    consumer = StreamConsumer(settings, group=f"api-{tag}")
+    consumer = StreamConsumer(settings, group=f"api-{settings.events_topic}")
     try:
         summary = consumer.run(idle_exit_s=3)
     finally:
