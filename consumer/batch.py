@@ -59,7 +59,7 @@ class BatchScorer:
         if not incoming:
             return ScoredBatch([], BatchWrites(), [])
         steps: list[Step] = [memory.step(item.event) for item in incoming]
-        after = np.array([memory.propensity_after(s) for s in steps], dtype=np.float64)
+        after = np.array([s.after for s in steps], dtype=np.float64)
         before = np.array([s.features for s in steps], dtype=np.float64)
         rules = self._rules(incoming, after)
         model = self._model(before, after)

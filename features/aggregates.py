@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from features.events import FUNNEL_STEP, Event, EventType
 from features.items import ItemMeta
 
+#: A state hash. Every value is a float except the current session id `cs_id` (a string), so
+#: readers use `state.get(field, 0.0)` directly: this is the consumer's hottest code.
 State = dict[str, float | str]
 MS_PER_MIN = 60_000.0
 
@@ -42,15 +44,9 @@ class Applied:
     """What applying one event produced besides the mutated user state."""
 
     session_id: str
-    session: State  # the current session's fields after the event
     closed_session: tuple[str, State] | None  # the session this event closed, if any
     item_delta: dict[str, float]  # atomic increments for the shared item hash
     new_item: bool
-
-
-def _num(state: State, field: str) -> float:
-    value = state.get(field, 0.0)
-    return float(value) if value != "" else 0.0
 
 
 def decay_factor(anchor_ts: float, ts: float, params: FeatureParams) -> float:
@@ -65,28 +61,31 @@ def continues_session(user: State, event: Event, params: FeatureParams) -> bool:
         return False
     if event.session_id is not None:
         return event.session_id == current
-    return event.ts - _num(user, "cs_end") <= params.session_gap_ms
+    g = user.get
+    return event.ts - g("cs_end", 0.0) <= params.session_gap_ms
 
 
 def session_fields(user: State) -> State:
     """The current session as its own hash (what `s:{user}:<session>` holds)."""
-    n = _num(user, "cs_n")
+    g = user.get
+    n = g("cs_n", 0.0)
     return {
-        "start": _num(user, "cs_start"),
-        "end": _num(user, "cs_end"),
+        "start": g("cs_start", 0.0),
+        "end": g("cs_end", 0.0),
         "events": n,
-        "engaged": _num(user, "cs_eng"),
-        "furthest_step": _num(user, "cs_step"),
+        "engaged": g("cs_eng", 0.0),
+        "furthest_step": g("cs_step", 0.0),
         "bounce": 1.0 if n == 1 else 0.0,
-        "ratings": _num(user, "cs_rn"),
-        "rating_sum": _num(user, "cs_rs"),
+        "ratings": g("cs_rn", 0.0),
+        "rating_sum": g("cs_rs", 0.0),
     }
 
 
 def user_rating_mean(user: State) -> float:
     """The user's mean rating so far, smoothed towards the global prior."""
-    return (_num(user, "r_sum") + RATING_PRIOR_MEAN * RATING_PRIOR_WEIGHT) / (
-        _num(user, "r_n") + RATING_PRIOR_WEIGHT
+    g = user.get
+    return (g("r_sum", 0.0) + RATING_PRIOR_MEAN * RATING_PRIOR_WEIGHT) / (
+        g("r_n", 0.0) + RATING_PRIOR_WEIGHT
     )
 
 
@@ -94,6 +93,7 @@ def apply_event(
     user: State, event: Event, meta: ItemMeta | None, new_item: bool, params: FeatureParams
 ) -> Applied:
     """Fold one event into `user` (in place); return the session and item effects."""
+    g = user.get
     ts = float(event.ts)
     engaged = 1.0 if event.engaged else 0.0
     labelled = event.labelled
@@ -103,9 +103,9 @@ def apply_event(
     if not continues_session(user, event, params):
         if user.get("cs_id"):
             closed = (str(user["cs_id"]), session_fields(user))
-            user["cl_n"] = _num(user, "cl_n") + 1
-            user["cl_bounce"] = _num(user, "cl_bounce") + (1.0 if _num(user, "cs_n") == 1 else 0.0)
-            user["cl_dur"] = _num(user, "cl_dur") + (_num(user, "cs_end") - _num(user, "cs_start"))
+            user["cl_n"] = g("cl_n", 0.0) + 1
+            user["cl_bounce"] = g("cl_bounce", 0.0) + (1.0 if g("cs_n", 0.0) == 1 else 0.0)
+            user["cl_dur"] = g("cl_dur", 0.0) + (g("cs_end", 0.0) - g("cs_start", 0.0))
         user["cs_id"] = event.session_id if event.session_id is not None else str(event.ts)
         user["cs_start"] = ts
         user["cs_end"] = ts
@@ -114,60 +114,60 @@ def apply_event(
         user["cs_step"] = 0.0
         user["cs_rn"] = 0.0
         user["cs_rs"] = 0.0
-        user["sess"] = _num(user, "sess") + 1
-    user["cs_n"] = _num(user, "cs_n") + 1
-    user["cs_eng"] = _num(user, "cs_eng") + engaged
-    user["cs_end"] = max(_num(user, "cs_end"), ts)
-    user["cs_step"] = max(_num(user, "cs_step"), float(FUNNEL_STEP.get(event.event_type, 0)))
+        user["sess"] = g("sess", 0.0) + 1
+    user["cs_n"] = g("cs_n", 0.0) + 1
+    user["cs_eng"] = g("cs_eng", 0.0) + engaged
+    user["cs_end"] = max(g("cs_end", 0.0), ts)
+    user["cs_step"] = max(g("cs_step", 0.0), float(FUNNEL_STEP.get(event.event_type, 0)))
 
     rating = event.value if event.event_type is EventType.RATING else None
     if rating is not None:
-        user["cs_rn"] = _num(user, "cs_rn") + 1
-        user["cs_rs"] = _num(user, "cs_rs") + rating
+        user["cs_rn"] = g("cs_rn", 0.0) + 1
+        user["cs_rs"] = g("cs_rs", 0.0) + rating
     # The rater's smoothed mean *before* this rating, for the item's rater-mean sum.
     rater_mean = user_rating_mean(user)
 
     # Counts and rates.
-    user["n"] = _num(user, "n") + 1
+    user["n"] = g("n", 0.0) + 1
     type_field = f"n_{event.event_type.value}"
-    user[type_field] = _num(user, type_field) + 1
+    user[type_field] = g(type_field, 0.0) + 1
     if labelled:
-        user["lab"] = _num(user, "lab") + 1
-        user["eng"] = _num(user, "eng") + engaged
+        user["lab"] = g("lab", 0.0) + 1
+        user["eng"] = g("eng", 0.0) + engaged
     if rating is not None:
-        user["r_n"] = _num(user, "r_n") + 1
-        user["r_sum"] = _num(user, "r_sum") + rating
-        user["r_sq"] = _num(user, "r_sq") + rating * rating
+        user["r_n"] = g("r_n", 0.0) + 1
+        user["r_sum"] = g("r_sum", 0.0) + rating
+        user["r_sq"] = g("r_sq", 0.0) + rating * rating
         # Short-horizon decayed rating sum/count ("mood"), anchored at dr_ts, the latest
         # rating's time; r_last is the latest rating by event time (ties: later in the log).
-        anchor = _num(user, "dr_ts")
+        anchor = g("dr_ts", 0.0)
         if ts >= anchor:
             user["r_last"] = rating
         factor = 0.5 ** (max(0.0, ts - anchor) / params.mood_half_life_ms) if anchor else 1.0
-        user["dr_s"] = _num(user, "dr_s") * factor + rating
-        user["dr_n"] = _num(user, "dr_n") * factor + 1.0
+        user["dr_s"] = g("dr_s", 0.0) * factor + rating
+        user["dr_n"] = g("dr_n", 0.0) * factor + 1.0
         user["dr_ts"] = max(anchor, ts)
 
     # Exponentially decayed engagement, anchored at dec_ts (which never moves backwards).
-    last = _num(user, "last_ts")
+    last = g("last_ts", 0.0)
     if labelled:
-        anchor = _num(user, "dec_ts")
+        anchor = g("dec_ts", 0.0)
         factor = decay_factor(anchor, ts, params) if anchor else 1.0
-        user["dec_e"] = _num(user, "dec_e") * factor + engaged
-        user["dec_n"] = _num(user, "dec_n") * factor + 1.0
+        user["dec_e"] = g("dec_e", 0.0) * factor + engaged
+        user["dec_n"] = g("dec_n", 0.0) * factor + 1.0
         user["dec_ts"] = max(anchor, ts)
-    user["first_ts"] = min(_num(user, "first_ts") or ts, ts)
+    user["first_ts"] = min(g("first_ts", 0.0) or ts, ts)
     user["last_ts"] = max(last, ts)
 
     # Taste: per-genre counts and engaged counts of labelled events, rating sums of ratings.
     if labelled and meta is not None:
         for genre in meta.genres:
-            user[f"gc:{genre}"] = _num(user, f"gc:{genre}") + 1
-            user[f"ge:{genre}"] = _num(user, f"ge:{genre}") + engaged
+            user[f"gc:{genre}"] = g(f"gc:{genre}", 0.0) + 1
+            user[f"ge:{genre}"] = g(f"ge:{genre}", 0.0) + engaged
             if rating is not None:
-                user[f"gr:{genre}"] = _num(user, f"gr:{genre}") + rating
+                user[f"gr:{genre}"] = g(f"gr:{genre}", 0.0) + rating
     if new_item:
-        user["items"] = _num(user, "items") + 1
+        user["items"] = g("items", 0.0) + 1
 
     item_delta: dict[str, float] = {}
     if event.item_id is not None:
@@ -181,10 +181,10 @@ def apply_event(
             item_delta["r_sum"] = rating
             item_delta["r_sq"] = rating * rating
             item_delta["rater"] = round(rater_mean * ITEM_SUM_QUANTUM) / ITEM_SUM_QUANTUM
-    return Applied(str(user["cs_id"]), session_fields(user), closed, item_delta, new_item)
+    return Applied(str(user["cs_id"]), closed, item_delta, new_item)
 
 
 def apply_item_delta(item: State, delta: dict[str, float]) -> None:
     """What HINCRBYFLOAT does to the item hash, for in-memory state."""
     for field, amount in delta.items():
-        item[field] = _num(item, field) + amount
+        item[field] = item.get(field, 0.0) + amount

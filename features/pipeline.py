@@ -17,12 +17,12 @@ from features.vector import interaction_vector, propensity_vector
 
 @dataclass
 class Step:
-    """The point-in-time interaction features of one event, and the user's state after it."""
+    """The point-in-time interaction features of one event, and the user's features after it."""
 
     event: Event
     features: list[float]  # INTERACTION_FEATURES from the state before the event
     applied: Applied
-    user_after: State
+    after: list[float]  # PROPENSITY_FEATURES right after the event: the user's current score
 
 
 @dataclass
@@ -48,8 +48,6 @@ class MemoryState:
         if item_id is not None:
             seen.add(item_id)
             apply_item_delta(item, applied.item_delta)
-        return Step(event, features, applied, user)
-
-    def propensity_after(self, step: Step) -> list[float]:
-        """The user's current propensity features, right after `step`'s event."""
-        return propensity_vector(step.user_after, step.event, self.params)
+        # Taken now, not at the end of the batch: later events of the user mutate `user`.
+        after = propensity_vector(user, event, self.params)
+        return Step(event, features, applied, after)

@@ -54,11 +54,6 @@ PROPENSITY_FEATURES: tuple[str, ...] = USER_FEATURES + CONTEXT_FEATURES
 INTERACTION_FEATURES: tuple[str, ...] = USER_FEATURES + CONTEXT_FEATURES + ITEM_FEATURES
 
 
-def _n(state: State, field: str) -> float:
-    value = state.get(field, 0.0)
-    return float(value) if value != "" else 0.0
-
-
 def _rate(hits: float, trials: float, prior: float) -> float:
     return (hits + prior * RATE_PRIOR_WEIGHT) / (trials + RATE_PRIOR_WEIGHT)
 
@@ -66,21 +61,22 @@ def _rate(hits: float, trials: float, prior: float) -> float:
 def user_values(user: State, event: Event, params: FeatureParams) -> list[float]:
     """USER_FEATURES for `user` as of the moment `event` arrives."""
     ts = float(event.ts)
-    n, lab, eng = _n(user, "n"), _n(user, "lab"), _n(user, "eng")
-    r_n, r_sum, r_sq = _n(user, "r_n"), _n(user, "r_sum"), _n(user, "r_sq")
+    g = user.get  # states hold floats (only cs_id is a string); a local lookup is the hot path
+    n, lab, eng = g("n", 0.0), g("lab", 0.0), g("eng", 0.0)
+    r_n, r_sum, r_sq = g("r_n", 0.0), g("r_sum", 0.0), g("r_sq", 0.0)
     mean = user_rating_mean(user)
     var = r_sq / r_n - (r_sum / r_n) ** 2 if r_n > 1 else 0.0
-    dec_ts = _n(user, "dec_ts")
+    dec_ts = g("dec_ts", 0.0)
     fade = decay_factor(dec_ts, ts, params) if dec_ts else 0.0
-    dec_e, dec_n = _n(user, "dec_e") * fade, _n(user, "dec_n") * fade
-    last, first = _n(user, "last_ts"), _n(user, "first_ts")
-    sessions, closed = _n(user, "sess"), _n(user, "cl_n")
+    dec_e, dec_n = g("dec_e", 0.0) * fade, g("dec_n", 0.0) * fade
+    last, first = g("last_ts", 0.0), g("first_ts", 0.0)
+    sessions, closed = g("sess", 0.0), g("cl_n", 0.0)
     in_session = continues_session(user, event, params)
-    dr_ts = _n(user, "dr_ts")
+    dr_ts = g("dr_ts", 0.0)
     mood = 0.5 ** (max(0.0, ts - dr_ts) / params.mood_half_life_ms) if dr_ts else 0.0
-    dr_s, dr_n = _n(user, "dr_s") * mood, _n(user, "dr_n") * mood
-    s_rn = _n(user, "cs_rn") if in_session else 0.0
-    s_rs = _n(user, "cs_rs") if in_session else 0.0
+    dr_s, dr_n = g("dr_s", 0.0) * mood, g("dr_n", 0.0) * mood
+    s_rn = g("cs_rn", 0.0) if in_session else 0.0
+    s_rs = g("cs_rs", 0.0) if in_session else 0.0
     return [
         n,
         lab,
@@ -93,22 +89,22 @@ def user_values(user: State, event: Event, params: FeatureParams) -> list[float]
         _rate(dec_e, dec_n, 0.5),
         (ts - first) / MS_PER_DAY if first else 0.0,
         max(0.0, ts - last) / MS_PER_HOUR if last else -1.0,
-        _n(user, "items"),
+        g("items", 0.0),
         sessions,
         (sessions - 1) / sessions if sessions else 0.0,
-        _n(user, "cl_bounce") / closed if closed else 0.0,
-        _n(user, "cl_dur") / closed / aggregates.MS_PER_MIN if closed else 0.0,
-        _n(user, "n_page_view"),
-        _n(user, "n_pricing_view"),
-        _n(user, "n_demo_request"),
-        _n(user, "n_signup"),
-        _n(user, "n_calendar_booking"),
-        _n(user, "n_tag"),
-        _n(user, "cs_n") if in_session else 0.0,
-        _n(user, "cs_eng") if in_session else 0.0,
-        _n(user, "cs_step") if in_session else 0.0,
-        max(0.0, ts - _n(user, "cs_start")) / aggregates.MS_PER_MIN if in_session else 0.0,
-        _n(user, "r_last") if r_n else -1.0,
+        g("cl_bounce", 0.0) / closed if closed else 0.0,
+        g("cl_dur", 0.0) / closed / aggregates.MS_PER_MIN if closed else 0.0,
+        g("n_page_view", 0.0),
+        g("n_pricing_view", 0.0),
+        g("n_demo_request", 0.0),
+        g("n_signup", 0.0),
+        g("n_calendar_booking", 0.0),
+        g("n_tag", 0.0),
+        g("cs_n", 0.0) if in_session else 0.0,
+        g("cs_eng", 0.0) if in_session else 0.0,
+        g("cs_step", 0.0) if in_session else 0.0,
+        max(0.0, ts - g("cs_start", 0.0)) / aggregates.MS_PER_MIN if in_session else 0.0,
+        g("r_last", 0.0) if r_n else -1.0,
         (dr_s + mean * USER_MEAN_PRIOR_WEIGHT) / (dr_n + USER_MEAN_PRIOR_WEIGHT),
         dr_n,
         s_rn,
@@ -146,24 +142,25 @@ def item_values(
 ) -> list[float]:
     """ITEM_FEATURES: the item's aggregates and metadata, and the user's taste for it."""
     meta = meta or ItemMeta()
-    i_n, i_rn, i_lab = _n(item, "n"), _n(item, "r_n"), _n(item, "lab")
-    i_sum = _n(item, "r_sum")
+    gi, gu = item.get, user.get
+    i_n, i_rn, i_lab = gi("n", 0.0), gi("r_n", 0.0), gi("lab", 0.0)
+    i_sum = gi("r_sum", 0.0)
     i_mean = (i_sum + RATING_PRIOR_MEAN * RATING_PRIOR_WEIGHT) / (i_rn + RATING_PRIOR_WEIGHT)
-    i_var = _n(item, "r_sq") / i_rn - (i_sum / i_rn) ** 2 if i_rn > 1 else 0.0
+    i_var = gi("r_sq", 0.0) / i_rn - (i_sum / i_rn) ** 2 if i_rn > 1 else 0.0
     # The mean of the raters' own (smoothed) means: how lenient this item's audience is.
-    i_rater = (_n(item, "rater") + RATING_PRIOR_MEAN * RATING_PRIOR_WEIGHT) / (
+    i_rater = (gi("rater", 0.0) + RATING_PRIOR_MEAN * RATING_PRIOR_WEIGHT) / (
         i_rn + RATING_PRIOR_WEIGHT
     )
     ts = float(event.ts)
-    g_count = sum(_n(user, f"gc:{g}") for g in meta.genres)
-    g_eng = sum(_n(user, f"ge:{g}") for g in meta.genres)
-    g_rsum = sum(_n(user, f"gr:{g}") for g in meta.genres)
-    lab = _n(user, "lab")
+    g_count = sum(gu(f"gc:{g}", 0.0) for g in meta.genres)
+    g_eng = sum(gu(f"ge:{g}", 0.0) for g in meta.genres)
+    g_rsum = sum(gu(f"gr:{g}", 0.0) for g in meta.genres)
+    lab = gu("lab", 0.0)
     genres = set(meta.genres)
     return [
         i_n,
         i_mean,
-        _rate(_n(item, "eng"), i_lab, 0.5),
+        _rate(gi("eng", 0.0), i_lab, 0.5),
         float(meta.year or 0),
         float(len(meta.genres)),
         g_count,
@@ -176,7 +173,7 @@ def item_values(
         i_rater,
         i_mean - i_rater,
         1970.0 + ts / MS_PER_YEAR - meta.year if meta.year else -1.0,
-        ts / MS_PER_DAY - _n(item, "ts_d") / i_n if i_n else -1.0,
+        ts / MS_PER_DAY - gi("ts_d", 0.0) / i_n if i_n else -1.0,
         (g_rsum + user_mean * USER_MEAN_PRIOR_WEIGHT) / (g_count + USER_MEAN_PRIOR_WEIGHT),
         user_mean - i_mean,
     ]
