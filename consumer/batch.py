@@ -40,9 +40,12 @@ class ScoredBatch:
     latencies_ms: list[float]
 
 
-def _model_reasons(names: list[str], contrib: np.ndarray, k: int = 3) -> list[dict[str, Any]]:
-    order = np.argsort(-np.abs(contrib), kind="stable")[:k]
-    return [{"feature": names[j], "contribution": round(float(contrib[j]), 4)} for j in order]
+def _reasons(model: Any, contribs: np.ndarray) -> list[list[dict[str, Any]]]:
+    """The top three contributions of every row, as the scores message carries them."""
+    return [
+        [{"feature": name, "contribution": round(value, 4)} for name, value in row]
+        for row in model.top_reasons_batch(contribs)
+    ]
 
 
 class BatchScorer:
@@ -116,9 +119,9 @@ class BatchScorer:
             scorer = self.rule_scorers[domain]
             block = after[rows]
             scored = scorer.score(block)
-            values = scorer.signal_values(block)
+            reasons = scored.reasons(scorer.signal_values(block))
             for i, row in enumerate(rows):
-                out[row] = (float(scored.score[i]), scored.labels[i], scored.reasons(i, values))
+                out[row] = (scored.score[i].item(), scored.labels[i], reasons[i])
         return out  # type: ignore[return-value]
 
     def _model(self, before: np.ndarray, after: np.ndarray) -> list[dict[str, Any]] | None:
@@ -128,18 +131,19 @@ class BatchScorer:
         n_prop = len(PROPENSITY_FEATURES)
         p_int = bundle.interaction.predict_proba(before)
         p_prop = bundle.propensity.predict_proba(after[:, :n_prop])
-        c_prop = bundle.propensity.contributions(after[:, :n_prop])
-        c_int = bundle.interaction.contributions(before)
-        names_int, names_prop = list(bundle.interaction.features), list(bundle.propensity.features)
+        r_prop = _reasons(bundle.propensity, bundle.propensity.contributions(after[:, :n_prop]))
+        r_int = _reasons(bundle.interaction, bundle.interaction.contributions(before))
         return [
             {
                 "version": bundle.version,
-                "interaction": round(float(p_int[i]), 6),
-                "propensity": round(float(p_prop[i]), 6),
-                "interaction_reasons": _model_reasons(names_int, c_int[i]),
-                "propensity_reasons": _model_reasons(names_prop, c_prop[i]),
+                "interaction": round(p_i, 6),
+                "propensity": round(p_p, 6),
+                "interaction_reasons": reasons_i,
+                "propensity_reasons": reasons_p,
             }
-            for i in range(len(p_int))
+            for p_i, p_p, reasons_i, reasons_p in zip(
+                p_int.tolist(), p_prop.tolist(), r_int, r_prop, strict=True
+            )
         ]
 
     def _writes(

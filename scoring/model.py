@@ -136,7 +136,9 @@ class ScoringModel:
             return [[] for _ in range(len(contribs))]
         magnitude = -np.abs(contribs)
         idx = np.argpartition(magnitude, k - 1, axis=1)[:, :k]
-        idx = np.take_along_axis(idx, np.argsort(np.take_along_axis(magnitude, idx, 1), 1), 1)
+        idx = np.take_along_axis(
+            idx, np.argsort(np.take_along_axis(magnitude, idx, 1), 1, kind="stable"), 1
+        )
         values = np.take_along_axis(contribs, idx, 1)
         names = self.features
         return [

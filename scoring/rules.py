@@ -66,22 +66,27 @@ class RuleScores:
     labels: list[str]
     config: RuleConfig
 
-    def reasons(self, row: int, values: np.ndarray, k: int = 3) -> list[dict[str, object]]:
-        """The top-k contributing signals of one row, in words, with their points."""
-        order = np.argsort(-self.contributions[row], kind="stable")[:k]
+    def reasons(self, values: np.ndarray, k: int = 3) -> list[list[dict[str, object]]]:
+        """The top-k contributing signals of every row, in words, with their points."""
+        order = np.argsort(-self.contributions, axis=1, kind="stable")[:, :k]
+        points = np.take_along_axis(self.contributions, order, 1).tolist()
+        shown = np.take_along_axis(values, order, 1).tolist()
+        signals = self.config.signals
         out = []
-        for j in order:
-            points = float(self.contributions[row, j])
-            if points <= 0:
-                break
-            signal = self.config.signals[j]
-            out.append(
-                {
-                    "signal": signal.name,
-                    "points": round(points, 2),
-                    "text": signal.reason.format(value=float(values[row, j])),
-                }
-            )
+        for row_order, row_points, row_values in zip(order.tolist(), points, shown, strict=True):
+            row = []
+            for j, p, v in zip(row_order, row_points, row_values, strict=True):
+                if p <= 0:
+                    break
+                signal = signals[j]
+                row.append(
+                    {
+                        "signal": signal.name,
+                        "points": round(p, 2),
+                        "text": signal.reason.format(value=float(v)),
+                    }
+                )
+            out.append(row)
         return out
 
 

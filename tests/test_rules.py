@@ -39,7 +39,7 @@ def test_labels_follow_thresholds():
     assert scored.score[0] >= t.high and scored.labels[0] == "high"
     assert t.medium <= scored.score[1] < t.high and scored.labels[1] == "medium"
     assert scored.score[2] < t.medium and scored.labels[2] == "low"
-    reasons = scored.reasons(0, scorer.signal_values(np.vstack([hot, warm, cold])))
+    reasons = scored.reasons(scorer.signal_values(np.vstack([hot, warm, cold])))[0]
     assert [r["signal"] for r in reasons] == ["demo_requested", "pricing_interest", "signed_up"]
     assert reasons[1]["text"] == "viewed the pricing page 5 times"
 
