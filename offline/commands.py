@@ -1,4 +1,4 @@
-"""The offline subcommands: `engage export`, `train`, `evaluate`, `explain`."""
+"""The offline subcommands: `engage export`, `train`, `evaluate`, `explain`, `parity`."""
 
 from __future__ import annotations
 
@@ -25,8 +25,6 @@ def _load(snapshot: Path | None, from_topic: bool, movielens: Path | None) -> An
     try:
         with console.status("loading events"):
             return load_events(get_settings(), snapshot, from_topic, movielens)
-    except ValueError as exc:
-        raise fail(str(exc), 2) from exc
     except (FileNotFoundError, LookupError) as exc:
         raise fail(str(exc), EXIT_NOT_FOUND) from exc
     except Exception as exc:  # Kafka unreachable and friends
@@ -193,8 +191,144 @@ def explain(
     console.print(f"report: {run_dir / 'report.md'} ({', '.join(files)}, shap_summary.png)")
 
 
+def _time_ms(text: str | None, option: str) -> int | None:
+    """ISO date or date-time to epoch ms; without a zone it is UTC."""
+    from datetime import UTC, datetime
+
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise fail(f"{option}: not an ISO date or date-time: {text!r}", 2) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def parity(
+    scores_topic: str = typer.Option(None, "--scores-topic", help="Default: settings."),
+    events_topic: str = typer.Option(None, "--events-topic", help="Default: settings."),
+    snapshot: Path | None = typer.Option(
+        None, "--snapshot", help="Read the events from a snapshot folder (engage export)."
+    ),
+    tolerance: float = typer.Option(
+        1e-9, "--tolerance", min=0.0, help="Largest absolute difference that still agrees."
+    ),
+    since: str = typer.Option(None, "--since", help="Only scores produced from this ISO time."),
+    until: str = typer.Option(None, "--until", help="Only scores produced before this ISO time."),
+    order: str = typer.Option(
+        "training", "--order", help="Offline order: training (default) or scored (diagnostic)."
+    ),
+    show: int = typer.Option(20, "--show", min=0, help="Features listed (worst first)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+):
+    """Online/offline parity: the features and scores the consumer logged against the ones
+    the offline code computes from the same events. Exit 1 names a feature that must agree
+    and does not (user, session, context; on one partition everything)."""
+    import json
+
+    import redis
+
+    from offline.parity import ORDERS, ParityError, run_parity
+
+    if order not in ORDERS:
+        raise fail(f"--order must be one of {', '.join(ORDERS)}, not {order!r}", 2)
+    settings = get_settings()
+    since_ms, until_ms = _time_ms(since, "--since"), _time_ms(until, "--until")
+    try:
+        with console.status("reading scores and events, computing offline features"):
+            report = run_parity(settings, scores_topic, events_topic, snapshot, tolerance,
+                                since_ms, until_ms, order)  # fmt: skip
+    except (FileNotFoundError, LookupError) as exc:
+        raise fail(str(exc), EXIT_NOT_FOUND) from exc
+    except ParityError as exc:
+        raise fail(str(exc)) from exc
+    except (redis.ConnectionError, OSError) as exc:
+        raise fail(
+            f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
+        ) from exc
+    except Exception as exc:  # kafka-python: NoBrokersAvailable, KafkaTimeoutError, ...
+        if type(exc).__module__.startswith("kafka"):
+            raise fail(f"cannot read from Kafka at {settings.kafka_bootstrap_servers}: {exc}",
+                       EXIT_SERVICES_DOWN) from exc  # fmt: skip
+        raise
+    if as_json:
+        print(json.dumps(report, allow_nan=False))
+    else:
+        _print_parity(report, show)
+    if not report["ok"]:
+        for f in report["failures"]:
+            if f["kind"] == "offline_self_check":
+                console.print(f"[bold red]offline self-check:[/] {f['mismatched']} training rows "
+                              "differ from a plain MemoryState pass")  # fmt: skip
+                continue
+            console.print(
+                f"[bold red]mismatch:[/] {f['group']} {f['kind']} [bold]{f['name']}[/] differs on "
+                f"{f['mismatched']} events, e.g. {f['event_id']}: online {f['online']!r}, "
+                f"offline {f['offline']!r}",
+                highlight=False,
+            )
+        raise typer.Exit(1)
+
+
+def _print_parity(report: dict[str, Any], show: int) -> None:
+    from rich.table import Table
+
+    out = Console()
+    s, e, m = report["scores_messages"], report["events"], report["missing"]
+    out.print(
+        f"scores {report['scores_topic']}: {s['read']} messages, {s['unique_events']} events, "
+        f"{s['duplicates']} duplicates ({s['duplicates_differing']} differing); events "
+        f"{report['events_source'].get('path') or report['events_source'].get('topic')}: "
+        f"{e['decoded']} decoded, {e['undecodable_excluded']} undecodable (excluded); "
+        f"{report['partitions']} partition(s); joined {report['joined']}; missing online "
+        f"{m['online_gap']['count']} (+{m['online_not_yet_scored']['count']} not yet scored), "
+        f"missing offline {m['offline']['count']}; tolerance {report['tolerance']:g}",
+        highlight=False,
+    )
+    if e["log_truncated_at"]:
+        out.print(f"[yellow]events topic starts after offset 0 {e['log_truncated_at']}: "
+                  "offline state misses the deleted history[/]")  # fmt: skip
+
+    def num(x: float | None, fmt: str = ".3g") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    groups = Table("group", "features", "events", "events mismatched", "rate", "max |diff|",
+                   "must agree", title="features by group")  # fmt: skip
+    for name, g in report["groups"].items():
+        exact = "yes" if g["exact"] else "no (shared items)"
+        groups.add_row(name, str(g["features"]), str(g["events_compared"]),
+                       str(g["events_mismatched"]), num(g["mismatch_rate"], ".4f"),
+                       num(g["max_abs_diff"]), exact)  # fmt: skip
+    out.print(groups)
+    worst = sorted((f for f in report["features"] if f["mismatched"]),
+                   key=lambda f: (-f["mismatched"], f["name"]))[:show]  # fmt: skip
+    if worst:
+        table = Table("feature", "group", "compared", "mismatched", "rate", "max |diff|",
+                      "worst event", title="features that differ")  # fmt: skip
+        for f in worst:
+            table.add_row(f["name"], f["group"], str(f["compared"]), str(f["mismatched"]),
+                          num(f["mismatch_rate"], ".4f"), num(f["max_abs_diff"]),
+                          str(f["worst_event"]))  # fmt: skip
+        out.print(table)
+    scores = Table("score", "compared", "not computable", "mismatched", "rate", "max |diff|",
+                   "must agree", title="scores")  # fmt: skip
+    for name, sc in report["scores"].items():
+        scores.add_row(name, str(sc["compared"]), str(sc["not_computable"]), str(sc["mismatched"]),
+                       num(sc["mismatch_rate"], ".4f"), num(sc["max_abs_diff"]),
+                       "yes" if sc["exact"] else "no (item features)")  # fmt: skip
+    out.print(scores)
+    for version, status in report["models"].items():
+        if not status["loaded"]:
+            out.print(f"[yellow]model {version} ({status['events']} events) not compared: "
+                      f"{status['error']}[/]")  # fmt: skip
+    out.print("[bold green]parity: ok[/]" if report["ok"] else "[bold red]parity: MISMATCH[/]")
+
+
 def register(app: typer.Typer) -> None:
     app.command("export")(export)
     app.command("train")(train)
     app.command("evaluate")(evaluate)
     app.command("explain")(explain)
+    app.command("parity")(parity)

@@ -1,0 +1,635 @@
+"""`engage parity`: do the features and scores the consumer served equal what offline computes?
+
+Online side: the scores topic. Every message names its event and, with `log_features`, carries
+the interaction vector the consumer scored with, plus the rule score and (with a model) the
+model's interaction and propensity probabilities and its version. Messages are at-least-once
+(a crash re-emits the uncommitted batch), so they are deduplicated by event id, keeping the
+last one (per partition by offset; across partitions by record time).
+
+Offline side: the events (the events topic, or a snapshot of it) decoded with the consumer's
+own `decode_event`, so undecodable, dead-lettered messages are skipped on both sides. The
+feature rows come from `offline.dataset.build_dataset`, the function training uses, run in
+`offline.snapshot.consumer_order` (each partition in offset order, partitions merged by event
+time at their heads). Tags are not training rows, and the propensity and rule scores read the
+user's state *after* an event, so one more pass of `MemoryState.step` gives those; on labelled
+events it must reproduce the training rows bit for bit (`offline_self_check`).
+
+What must agree exactly: user, session and context features (one partition owns a user, so
+per-user order is partition order), and the propensity and rule scores (user + context only).
+Item features read `i:{item}`, which all partitions increment: with more than one partition
+their online value depends on how the consumer happened to interleave partitions, which no
+log records, so they (and the interaction score) are exact only on a single partition.
+Elsewhere their mismatch rate is reported, not judged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from kafka import TopicPartition
+
+from engage import kafka_clients
+from engage.settings import Settings
+from features.events import Event
+from features.items import ItemMeta
+from features.pipeline import MemoryState
+from features.vector import (
+    CONTEXT_FEATURES,
+    INTERACTION_FEATURES,
+    ITEM_FEATURES,
+    PROPENSITY_FEATURES,
+    USER_FEATURES,
+)
+from offline.dataset import build_dataset
+from offline.snapshot import (
+    EVENTS_FILE,
+    ITEMS_FILE,
+    LoggedEvent,
+    consumer_order,
+    read_events,
+    read_items,
+    read_manifest,
+)
+
+DEFAULT_TOLERANCE = 1e-9
+GROUPS: tuple[str, ...] = ("user", "session", "context", "item")
+SCORES: tuple[str, ...] = ("rule", "propensity", "interaction")
+#: Decimals the consumer rounds each score to on the wire (consumer/batch.py).
+WIRE_DECIMALS = {"rule": 2, "propensity": 6, "interaction": 6}
+#: The offline processing orders. `training` is what `engage train` uses, so its item-feature
+#: mismatch rate is the real train/serve skew. `scored` follows the consumer's batches as its
+#: scores record them: a diagnostic that tells interleaving apart from a bug in item code.
+ORDERS: dict[str, str] = {
+    "training": "each partition in offset order; partitions merged by event time at their "
+    "heads (offline.snapshot.consumer_order, the order training uses)",
+    "scored": "the consumer's batches as its scores record them (scored_at), within a batch "
+    "by partition and offset; unscored events last (a diagnostic, not training's order)",
+}
+SAMPLE = 10  # event ids listed per kind of problem
+
+
+def feature_group(name: str) -> str:
+    """The report group of a feature: vector.py's blocks, with the session part of the user
+    block (`s_*`) on its own because sessions are what the consumer keeps in `s:{user}:*`."""
+    if name in USER_FEATURES:
+        return "session" if name.startswith("s_") else "user"
+    if name in CONTEXT_FEATURES:
+        return "context"
+    if name in ITEM_FEATURES:
+        return "item"
+    raise KeyError(name)
+
+
+class ParityError(RuntimeError):
+    """The comparison cannot be made (nothing logged, a different feature definition...)."""
+
+
+# -- the online side -------------------------------------------------------------------------
+
+
+@dataclass
+class OnlineScores:
+    """The deduplicated scores messages, one row per event id."""
+
+    index: dict[str, int]  # event_id -> row
+    features: np.ndarray  # (n, F); NaN row when the message carried none
+    has_features: np.ndarray  # (n,) bool
+    scores: dict[str, np.ndarray]  # SCORES -> (n,), NaN where absent
+    versions: list[str | None]  # model version per row
+    positions: list[tuple[int, int]]  # (events partition, offset) per row
+    scored_at: list[float]  # wall-clock ms of the batch that scored the kept copy
+    messages: int = 0
+    duplicates: int = 0  # messages whose event id was already seen (re-emissions, forgeries)
+    duplicates_differing: int = 0  # ... whose features or scores differ from the earlier one
+    duplicate_sample: list[str] = field(default_factory=list)
+    unreadable: int = 0  # not JSON or without an event_id
+    ranges: dict[int, dict[str, int]] = field(default_factory=dict)
+
+
+def _offsets_for_time(client: Any, tps: list[TopicPartition], ms: int, default: dict) -> dict:
+    found = client.offsets_for_times(dict.fromkeys(tps, ms))
+    return {tp: (found[tp].offset if found.get(tp) is not None else default[tp]) for tp in tps}
+
+
+def topic_records(
+    settings: Settings,
+    topic: str,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    idle_timeout_s: float = 30.0,
+) -> tuple[Iterator[Any], dict[int, dict[str, int]]]:
+    """The records of `topic` from the beginning (or `since_ms`) to its end offsets *now* (or
+    `until_ms`), per partition in offset order. Fails fast (3 s) when Kafka does not answer."""
+    client = kafka_clients.consumer(
+        settings, group_id=None, consumer_timeout_ms=1000, bootstrap_timeout_ms=3000
+    )
+    partitions = client.partitions_for_topic(topic)
+    if not partitions:
+        client.close()
+        raise LookupError(f"topic {topic!r} does not exist or has no partitions")
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    client.assign(tps)
+    starts, ends = client.beginning_offsets(tps), client.end_offsets(tps)
+    if since_ms is not None:
+        starts = _offsets_for_time(client, tps, since_ms, ends)
+    if until_ms is not None:
+        ends = _offsets_for_time(client, tps, until_ms, ends)
+    ranges = {tp.partition: {"start": starts[tp], "end": ends[tp]} for tp in tps}
+
+    def records() -> Iterator[Any]:
+        try:
+            pending = set()
+            for tp in tps:
+                if ends[tp] > starts[tp]:
+                    client.seek(tp, starts[tp])
+                    pending.add(tp)
+                else:
+                    client.pause(tp)
+            last = time.monotonic()
+            while pending:
+                polled = client.poll(timeout_ms=500, max_records=5000)
+                if polled:
+                    last = time.monotonic()
+                elif time.monotonic() - last > idle_timeout_s:
+                    raise TimeoutError(f"{topic}: no records for {idle_timeout_s}s: {pending}")
+                for tp, batch in polled.items():
+                    if tp in pending:
+                        yield from (r for r in batch if r.offset < ends[tp])
+                for tp in list(pending):  # positions also move past control records
+                    if client.position(tp) >= ends[tp]:
+                        pending.discard(tp)
+                        client.pause(tp)
+        finally:
+            client.close()
+
+    return records(), ranges
+
+
+def _vector(values: list[Any] | None, width: int) -> np.ndarray:
+    """A logged feature list to float64; JSON null (orjson writes NaN as null) becomes NaN."""
+    if values is None:
+        return np.full(width, np.nan)
+    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def read_online(
+    settings: Settings,
+    topic: str | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> OnlineScores:
+    """Read and deduplicate the scores topic."""
+    width = len(INTERACTION_FEATURES)
+    records, ranges = topic_records(settings, topic or settings.scores_topic, since_ms, until_ms)
+    index: dict[str, int] = {}
+    where: list[tuple[int, int]] = []  # (scores partition, record timestamp) of the kept copy
+    rows: list[np.ndarray] = []
+    has: list[bool] = []
+    scores: dict[str, list[float]] = {s: [] for s in SCORES}
+    versions: list[str | None] = []
+    positions: list[tuple[int, int]] = []
+    scored_at: list[float] = []
+    out = OnlineScores({}, np.empty((0, width)), np.empty(0, bool), {}, [], [], [], ranges=ranges)
+    for rec in records:
+        out.messages += 1
+        try:
+            msg = orjson.loads(rec.value)
+            event_id = str(msg["event_id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            out.unreadable += 1
+            continue
+        logged = msg.get("features")
+        if logged is not None and len(logged) != width:
+            raise ParityError(
+                f"{topic or settings.scores_topic}: event {event_id} carries {len(logged)} "
+                f"features, this code computes {width}: the scores were made by other feature "
+                "code (compare a range it made: --since)"
+            )
+        model = msg.get("model") or {}
+        values = {
+            "rule": (msg.get("rule") or {}).get("score"),
+            "propensity": model.get("propensity"),
+            "interaction": model.get("interaction"),
+        }
+        vector = _vector(logged, width)
+        row = index.get(event_id)
+        if row is not None:
+            out.duplicates += 1
+            same = (
+                has[row] == (logged is not None)
+                and np.array_equal(rows[row], vector, equal_nan=True)
+                and all(_same(scores[s][row], values[s]) for s in SCORES)
+                and versions[row] == model.get("version")
+            )
+            if not same:
+                out.duplicates_differing += 1
+                if len(out.duplicate_sample) < SAMPLE:
+                    out.duplicate_sample.append(event_id)
+            # Keep the last: later in the same partition, else the later record time.
+            kept_partition, kept_ts = where[row]
+            if kept_partition != rec.partition and rec.timestamp < kept_ts:
+                continue
+        else:
+            row = index[event_id] = len(rows)
+            rows.append(vector)
+            has.append(False)
+            where.append((0, 0))
+            versions.append(None)
+            positions.append((-1, -1))
+            scored_at.append(math.nan)
+            for s in SCORES:
+                scores[s].append(math.nan)
+        rows[row], has[row], where[row] = vector, logged is not None, (rec.partition, rec.timestamp)
+        versions[row] = model.get("version")
+        positions[row] = (int(msg.get("partition", -1)), int(msg.get("offset", -1)))
+        scored_at[row] = float(msg.get("scored_at") or math.nan)
+        for s in SCORES:
+            scores[s][row] = math.nan if values[s] is None else float(values[s])
+    out.index = index
+    out.features = np.vstack(rows) if rows else np.empty((0, width))
+    out.has_features = np.array(has, dtype=bool)
+    out.scores = {s: np.array(v, dtype=np.float64) for s, v in scores.items()}
+    out.versions = versions
+    out.positions = positions
+    out.scored_at = scored_at
+    return out
+
+
+def _same(a: float, b: Any) -> bool:
+    if b is None:
+        return math.isnan(a)
+    return a == float(b)
+
+
+# -- the offline side ------------------------------------------------------------------------
+
+
+@dataclass
+class OfflineEvents:
+    """The decodable events in consumer order, where each sat in the log, and item metadata."""
+
+    events: list[Event]
+    positions: list[tuple[int, int]]  # (partition, offset) per event, same order
+    meta: dict[str, ItemMeta]
+    partitions: int
+    undecodable: int
+    source: dict[str, Any]
+    truncated: dict[int, int] = field(default_factory=dict)  # partition -> first offset > 0
+
+
+def _ordered(rows: list[LoggedEvent]) -> tuple[list[Event], list[tuple[int, int]]]:
+    where = {id(r.event): (r.partition, r.offset) for r in rows}
+    events = consumer_order(rows)
+    return events, [where[id(e)] for e in events]
+
+
+def read_offline_topic(settings: Settings, topic: str | None = None) -> OfflineEvents:
+    """The events topic (start to its end offsets now) and the item metadata in Redis."""
+    from offline.export import read_item_meta, read_topic
+
+    topic = topic or settings.events_topic
+    rows, ranges, bad = read_topic(settings, topic)
+    events, positions = _ordered(rows)
+    return OfflineEvents(
+        events,
+        positions,
+        read_item_meta(settings),
+        partitions=len(ranges),
+        undecodable=len(bad),
+        source={"kind": "topic", "topic": topic},
+        truncated={p: r["start"] for p, r in ranges.items() if r["start"] > 0},
+    )
+
+
+def read_offline_snapshot(folder: Path) -> OfflineEvents:
+    """A snapshot written by `engage export` (it skipped undecodable records the same way)."""
+    if not (folder / EVENTS_FILE).exists():
+        raise FileNotFoundError(f"{folder} is not a snapshot (no {EVENTS_FILE})")
+    manifest = read_manifest(folder)
+    events, positions = _ordered(read_events(folder / EVENTS_FILE))
+    ranges = manifest.get("partitions") or {}
+    return OfflineEvents(
+        events,
+        positions,
+        read_items(folder / ITEMS_FILE),
+        partitions=len(ranges) or len({p for p, _ in positions}),
+        undecodable=int(manifest.get("undecodable", 0)),
+        source={"kind": "snapshot", "path": str(folder), "topic": manifest.get("topic")},
+        truncated={int(p): r["start"] for p, r in ranges.items() if r["start"] > 0},
+    )
+
+
+def as_scored(offline: OfflineEvents, online: OnlineScores) -> OfflineEvents:
+    """The events re-ordered the way the consumer processed them (`ORDERS["scored"]`).
+
+    Per partition this is still offset order (batches run one after the other). What it cannot
+    recover is the order of partitions inside one batch, nor concurrent consumers: their
+    batches each read the item hash at their start and do not see each other's deltas.
+    """
+
+    def key(i: int) -> tuple:
+        row = online.index.get(offline.events[i].event_id)
+        if row is None or math.isnan(online.scored_at[row]):
+            return (1, 0.0, 0, i)
+        partition, offset = offline.positions[i]
+        return (0, online.scored_at[row], partition, offset)
+
+    order = sorted(range(len(offline.events)), key=key)
+    return OfflineEvents(
+        [offline.events[i] for i in order],
+        [offline.positions[i] for i in order],
+        offline.meta,
+        offline.partitions,
+        offline.undecodable,
+        offline.source,
+        offline.truncated,
+    )
+
+
+@dataclass
+class OfflineRows:
+    features: np.ndarray  # (n, F) point-in-time features; the training rows where labelled
+    after: np.ndarray  # (n, len(PROPENSITY_FEATURES)) user + context right after each event
+    self_check_mismatches: int  # labelled rows where the extra pass differs from training's
+
+
+def offline_rows(events: list[Event], meta: dict[str, ItemMeta], settings: Settings) -> OfflineRows:
+    """Training's `build_dataset` rows, plus one pass for tags and after-event state."""
+    params = settings.feature_params
+    data = build_dataset(events, meta, params)
+    n, width = len(events), len(INTERACTION_FEATURES)
+    before = np.empty((n, width))
+    after = np.empty((n, len(PROPENSITY_FEATURES)))
+    state = MemoryState(params=params, meta=dict(meta))
+    for i, event in enumerate(events):
+        step = state.step(event)
+        before[i] = step.features
+        after[i] = step.after
+    labelled = np.array([e.labelled for e in events], dtype=bool)
+    training = before[labelled]
+    differs = ~((training == data.X) | (np.isnan(training) & np.isnan(data.X)))
+    before[labelled] = data.X
+    return OfflineRows(before, after, int(differs.any(axis=1).sum()))
+
+
+def _wire(values: np.ndarray, score: str) -> np.ndarray:
+    """Python's `round`, as the consumer applies it (numpy's rounding differs on some ties)."""
+    return np.array([round(float(v), WIRE_DECIMALS[score]) for v in values], dtype=np.float64)
+
+
+def offline_scores(
+    settings: Settings,
+    events: list[Event],
+    rows: OfflineRows,
+    versions: dict[str, list[int]],
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """The rule score for every event and, per model version the consumer used, that
+    version's probabilities, rounded as on the wire. Returns scores and per-version status."""
+    from scoring.registry import ModelRegistry
+    from scoring.rules import domain_of, load_scorers
+
+    n = len(events)
+    out = {s: np.full(n, np.nan) for s in SCORES}
+    by_domain: dict[str, list[int]] = {}
+    for i, event in enumerate(events):
+        by_domain.setdefault(domain_of(event.source), []).append(i)
+    scorers = load_scorers(settings.rules_file)
+    for domain, idx in by_domain.items():
+        out["rule"][idx] = _wire(scorers[domain].score(rows.after[idx]).score, "rule")
+    registry = ModelRegistry(settings, settings.feature_params)
+    status: dict[str, dict[str, Any]] = {}
+    for version, idx in versions.items():
+        status[version] = {"events": len(idx), "loaded": False, "error": None}
+        try:
+            bundle = registry.load(version)
+        except Exception as exc:  # not found, other feature code, unreadable
+            status[version]["error"] = str(exc)
+            continue
+        status[version]["loaded"] = True
+        n_prop = len(PROPENSITY_FEATURES)
+        p_int = bundle.interaction.predict_proba(rows.features[idx])
+        p_prop = bundle.propensity.predict_proba(rows.after[idx][:, :n_prop])
+        out["interaction"][idx] = _wire(p_int, "interaction")
+        out["propensity"][idx] = _wire(p_prop, "propensity")
+    return out, status
+
+
+# -- the comparison --------------------------------------------------------------------------
+
+
+def _differences(online: np.ndarray, offline: np.ndarray, tol: float) -> tuple[np.ndarray, ...]:
+    """|diff| (inf where exactly one side is NaN, 0 where both are) and the mismatch mask."""
+    both_nan = np.isnan(online) & np.isnan(offline)
+    diff = np.abs(online - offline)
+    diff = np.where(both_nan, 0.0, np.where(np.isnan(diff), np.inf, diff))
+    return diff, diff > tol
+
+
+def _before(position: tuple[int, int], scored_upto: dict[int, int]) -> bool:
+    partition, offset = position
+    return offset <= scored_upto.get(partition, -1)
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _number(x: float) -> float | None:
+    """A float for the JSON report; None when not finite (one side had no value: strict JSON)."""
+    return x if math.isfinite(x) else None
+
+
+def compare(
+    online: OnlineScores,
+    offline: OfflineEvents,
+    rows: OfflineRows,
+    scores: dict[str, np.ndarray],
+    models: dict[str, dict[str, Any]],
+    tolerance: float = DEFAULT_TOLERANCE,
+    order: str = "training",
+) -> dict[str, Any]:
+    """The report: per feature and group, per score, what is missing where, and the verdict."""
+    ids = [e.event_id for e in offline.events]
+    off_index: dict[str, int] = {}
+    for i, event_id in enumerate(ids):
+        off_index[event_id] = i  # keep the last, as online does
+    reused = len(ids) - len(off_index)
+    joined = [(row, off_index[e]) for e, row in online.index.items() if e in off_index]
+    on_rows = np.array([a for a, _ in joined], dtype=np.int64)
+    off_rows = np.array([b for _, b in joined], dtype=np.int64)
+    joined_ids = [ids[b] for b in off_rows]
+
+    # Events without a score: inside the scored offset range of their partition they are a
+    # gap (scores lost); after it, the consumer simply has not got there yet (lag).
+    scored_upto: dict[int, int] = {}
+    for p, o in online.positions:
+        scored_upto[p] = max(scored_upto.get(p, -1), o)
+    unscored = [e for e in off_index if e not in online.index]
+    gaps = [e for e in unscored if _before(offline.positions[off_index[e]], scored_upto)]
+    missing_offline = [e for e in online.index if e not in off_index]
+
+    single = offline.partitions == 1
+    exact_groups = {"user", "session", "context"} | ({"item"} if single else set())
+    exact_scores = {"rule", "propensity"} | ({"interaction"} if single else set())
+
+    with_features = on_rows[online.has_features[on_rows]] if len(on_rows) else on_rows
+    feature_off = off_rows[online.has_features[on_rows]] if len(on_rows) else off_rows
+    feature_ids = [ids[b] for b in feature_off]
+    on_x, off_x = online.features[with_features], rows.features[feature_off]
+    diff, bad = _differences(on_x, off_x, tolerance)
+    features: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    for j, name in enumerate(INTERACTION_FEATURES):
+        col, wrong = diff[:, j], bad[:, j]
+        worst = int(np.argmax(col)) if len(col) else None
+        entry = {
+            "name": name,
+            "group": feature_group(name),
+            "compared": len(col),
+            "mismatched": int(wrong.sum()),
+            "mismatch_rate": _rate(int(wrong.sum()), len(col)),
+            "max_abs_diff": _number(float(col.max())) if len(col) else None,
+            "worst_event": feature_ids[worst] if worst is not None and col[worst] > 0 else None,
+        }
+        features.append(entry)
+        if entry["mismatched"] and entry["group"] in exact_groups:
+            first = int(np.flatnonzero(wrong)[0])
+            failures.append({
+                "kind": "feature", "name": name, "group": entry["group"],
+                "mismatched": entry["mismatched"], "event_id": feature_ids[first],
+                "online": _number(float(on_x[first, j])),
+                "offline": _number(float(off_x[first, j])),
+            })  # fmt: skip
+    groups: dict[str, dict[str, Any]] = {}
+    for group in GROUPS:
+        cols = [j for j, f in enumerate(INTERACTION_FEATURES) if feature_group(f) == group]
+        events_bad = int(bad[:, cols].any(axis=1).sum())
+        groups[group] = {
+            "features": len(cols),
+            "events_compared": len(on_x),
+            "events_mismatched": events_bad,
+            "mismatch_rate": _rate(events_bad, len(on_x)),
+            "values_mismatched": int(bad[:, cols].sum()),
+            "max_abs_diff": _number(float(diff[:, cols].max())) if len(on_x) else None,
+            "exact": group in exact_groups,
+        }
+
+    score_report: dict[str, dict[str, Any]] = {}
+    for name in SCORES:
+        on_s, off_s = online.scores[name][on_rows], scores[name][off_rows]
+        usable = ~np.isnan(on_s) & ~np.isnan(off_s)  # logged online and computable offline
+        d, wrong = _differences(on_s[usable], off_s[usable], tolerance)
+        usable_ids = [joined_ids[k] for k in np.flatnonzero(usable)]
+        worst = int(np.argmax(d)) if len(d) else None
+        entry = {
+            "compared": int(usable.sum()),
+            "not_computable": int((~np.isnan(on_s) & np.isnan(off_s)).sum()),
+            "mismatched": int(wrong.sum()),
+            "mismatch_rate": _rate(int(wrong.sum()), int(usable.sum())),
+            "max_abs_diff": _number(float(d.max())) if len(d) else None,
+            "worst_event": usable_ids[worst] if worst is not None and d[worst] > 0 else None,
+            "exact": name in exact_scores,
+        }
+        score_report[name] = entry
+        if entry["mismatched"] and entry["exact"]:
+            first = int(np.flatnonzero(wrong)[0])
+            failures.append({
+                "kind": "score", "name": name, "group": "score", "mismatched": entry["mismatched"],
+                "event_id": usable_ids[first], "online": float(on_s[usable][first]),
+                "offline": float(off_s[usable][first]),
+            })  # fmt: skip
+    if rows.self_check_mismatches:
+        failures.append({"kind": "offline_self_check", "name": "build_dataset",
+                         "group": "offline", "mismatched": rows.self_check_mismatches})  # fmt: skip
+    return {
+        "tolerance": tolerance,
+        "partitions": offline.partitions,
+        "order": order,
+        "offline_order": ORDERS[order],
+        "events_source": offline.source,
+        "scores_messages": {
+            "read": online.messages,
+            "unique_events": len(online.index),
+            "duplicates": online.duplicates,
+            "duplicates_differing": online.duplicates_differing,
+            "duplicate_sample": online.duplicate_sample,
+            "unreadable": online.unreadable,
+            "without_features": int((~online.has_features).sum()),
+            "ranges": {str(p): r for p, r in sorted(online.ranges.items())},
+        },
+        "events": {
+            "decoded": len(offline.events),
+            "undecodable_excluded": offline.undecodable,
+            "event_ids_reused": reused,
+            "log_truncated_at": {str(p): o for p, o in sorted(offline.truncated.items())},
+        },
+        "joined": len(joined),
+        "missing": {
+            "online_gap": {"count": len(gaps), "sample": gaps[:SAMPLE]},
+            "online_not_yet_scored": {"count": len(unscored) - len(gaps)},
+            "offline": {"count": len(missing_offline), "sample": missing_offline[:SAMPLE]},
+        },
+        "groups": groups,
+        "features": features,
+        "scores": score_report,
+        "models": models,
+        "offline_self_check_mismatches": rows.self_check_mismatches,
+        "failures": failures,
+        "ok": not failures,
+    }
+
+
+def run_parity(
+    settings: Settings,
+    scores_topic: str | None = None,
+    events_topic: str | None = None,
+    snapshot: Path | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    order: str = "training",
+) -> dict[str, Any]:
+    """Read both sides, compute offline, compare. The scores are read first, so the events
+    (read up to their end offsets afterwards) cover every event a score can name."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    online = read_online(settings, scores_topic, since_ms, until_ms)
+    timings["read_scores"] = time.perf_counter() - t0
+    if not online.index:
+        raise LookupError(f"no scores on {scores_topic or settings.scores_topic} in that range")
+    t = time.perf_counter()
+    if snapshot is not None:
+        offline = read_offline_snapshot(Path(snapshot))
+    else:
+        offline = read_offline_topic(settings, events_topic)
+    if order == "scored":
+        offline = as_scored(offline, online)
+    timings["read_events"] = time.perf_counter() - t
+    t = time.perf_counter()
+    rows = offline_rows(offline.events, offline.meta, settings)
+    timings["offline_features"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ids = {e.event_id: i for i, e in enumerate(offline.events)}
+    versions: dict[str, list[int]] = {}
+    for event_id, row in online.index.items():
+        version = online.versions[row]
+        if version is not None and event_id in ids:
+            versions.setdefault(version, []).append(ids[event_id])
+    scores, models = offline_scores(settings, offline.events, rows, versions)
+    timings["offline_scores"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report = compare(online, offline, rows, scores, models, tolerance, order)
+    timings["compare"] = time.perf_counter() - t
+    report["scores_topic"] = scores_topic or settings.scores_topic
+    report["seconds"] = {k: round(v, 3) for k, v in timings.items()}
+    report["seconds"]["total"] = round(time.perf_counter() - t0, 3)
+    return report

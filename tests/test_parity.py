@@ -1,0 +1,217 @@
+"""`engage parity` against the real stack: replays through Kafka and the real consumer, then
+the features and scores it logged are checked against the offline code's.
+
+Two replays share this module's Redis database (each with its own topics, ids and items, so
+their states never meet): one partition with a registered model, where everything must agree
+to 1e-9, and six partitions, where user, session and context features and the user-only
+scores must still agree and the item features' mismatch rate is only reported.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from consumer.runner import StreamConsumer
+from engage import kafka_clients
+from engage.settings import Settings
+from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES, feature_hash
+from offline.dataset import build_dataset
+from offline.export import export_topic
+from offline.learners import fit_logreg, fit_xgboost
+from offline.parity import feature_group, run_parity
+from offline.splits import temporal_split
+from scoring.model import ModelBundle
+from scoring.registry import ModelRegistry
+from tests.conftest import fresh_settings
+from tests.eventlog import engage_env, make_log, publish_log
+from tests.offline_synth import synthetic_log
+from tests.test_cli_commands import dead_port
+
+pytestmark = pytest.mark.stack
+
+BAD = [(b"u1", b"not json at all"), (b"user3", b'{"event_id":"x","user_id":"user3"}')]
+
+
+def small_bundle(settings: Settings) -> ModelBundle:
+    """XGBoost for interaction, logistic regression for propensity: both serving paths."""
+    events, meta = synthetic_log(n_users=30, per_user=20)
+    data = build_dataset(events, meta, settings.feature_params)
+    s, n = temporal_split(data), len(PROPENSITY_FEATURES)
+    interaction, _ = fit_xgboost("i", INTERACTION_FEATURES, data.X[s.train], data.y[s.train],
+                                 data.X[s.val], data.y[s.val])  # fmt: skip
+    propensity, _ = fit_logreg("p", PROPENSITY_FEATURES, data.X[s.train, :n], data.y[s.train],
+                               data.X[s.val, :n], data.y[s.val])  # fmt: skip
+    return ModelBundle(version="", feature_hash=feature_hash(settings.feature_params),
+                       interaction=interaction, propensity=propensity)  # fmt: skip
+
+
+def prefixed_log(prefix: str, **kwargs: int) -> tuple[list[dict], dict]:
+    """make_log with its own user, item and event ids, so two replays share one database."""
+    events, genres = make_log(**kwargs)
+    renamed = [
+        {**e, "event_id": prefix + e["event_id"], "user_id": prefix + e["user_id"],
+         "item_id": prefix + e["item_id"]}
+        for e in events
+    ]  # fmt: skip
+    return renamed, {prefix + item: gs for item, gs in genres.items()}
+
+
+def replay(settings: Settings, prefix: str) -> int:
+    events, genres = prefixed_log(prefix, n_users=40, events_per_user=40)
+    kafka_clients.ensure_topic(settings, settings.events_topic, settings.partitions)
+    publish_log(settings, events, genres, extra=BAD)
+    summary = StreamConsumer(settings, group=f"{settings.events_topic}.parity").run(idle_exit_s=2)
+    assert summary.processed == len(events) and summary.dead_lettered == len(BAD)
+    assert summary.batches >= 8  # small batches: state goes through Redis many times
+    return len(events)
+
+
+@pytest.fixture(scope="module")
+def base(stack_settings, test_redis_db, tmp_path_factory) -> Settings:
+    data_dir = tmp_path_factory.mktemp("parity")
+    settings = fresh_settings(
+        stack_settings, test_redis_db, data_dir=data_dir, batch_max_records=150
+    )
+    ModelRegistry(settings, settings.feature_params).register(small_bundle(settings))
+    return settings
+
+
+def renamed(settings: Settings, **update: object) -> Settings:
+    tag = settings.events_topic.removesuffix(".events")
+    return settings.model_copy(update={
+        "events_topic": f"{tag}.{update['partitions']}p.events",
+        "scores_topic": f"{tag}.{update['partitions']}p.scores",
+        "dead_letter_topic": f"{tag}.{update['partitions']}p.deadletter", **update,
+    })  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_partition(base) -> tuple[Settings, int]:
+    settings = renamed(base, partitions=1)
+    return settings, replay(settings, "one/")
+
+
+@pytest.fixture(scope="module")
+def six_partitions(base) -> tuple[Settings, int]:
+    settings = renamed(base, partitions=6)
+    return settings, replay(settings, "six/")
+
+
+def engage(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "engage", *args],
+                          env=engage_env(settings, **env), capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+
+
+def test_one_partition_every_feature_and_score_agrees(one_partition, tmp_path):
+    settings, n = one_partition
+    report = run_parity(settings)
+    assert report["ok"], report["failures"]
+    assert report["partitions"] == 1 and report["joined"] == n
+    assert report["events"]["undecodable_excluded"] == len(BAD)  # dead-lettered: on no side
+    assert report["missing"]["online_gap"]["count"] == 0
+    assert report["missing"]["offline"]["count"] == 0
+    assert report["scores_messages"]["duplicates"] == 0
+    for feature in report["features"]:
+        assert feature["compared"] == n and feature["mismatched"] == 0, feature
+        assert feature["max_abs_diff"] <= 1e-9, feature
+    assert all(g["exact"] and g["events_mismatched"] == 0 for g in report["groups"].values())
+    (_version, status), *others = report["models"].items()
+    assert not others and status == {"events": n, "loaded": True, "error": None}
+    for score in ("interaction", "propensity", "rule"):
+        entry = report["scores"][score]
+        assert entry["compared"] == n and entry["mismatched"] == 0, (score, entry)
+        assert entry["max_abs_diff"] <= 1e-9 and entry["exact"]
+
+    # The same from a Parquet snapshot of the events topic.
+    export_topic(settings, tmp_path / "snap")
+    from_snapshot = run_parity(settings, snapshot=tmp_path / "snap")
+    assert from_snapshot["ok"] and from_snapshot["joined"] == n
+    assert from_snapshot["events_source"]["kind"] == "snapshot"
+
+
+def first_score(settings: Settings, event_id: str) -> tuple[bytes, dict]:
+    reader = kafka_clients.consumer(settings, settings.scores_topic, consumer_timeout_ms=5000)
+    try:
+        for message in reader:
+            payload = orjson.loads(message.value)
+            if payload["event_id"] == event_id:
+                return message.key, payload
+    finally:
+        reader.close()
+    raise AssertionError(f"no score for {event_id}")
+
+
+def test_a_forged_feature_is_named_and_the_last_copy_wins(one_partition):
+    settings, _ = one_partition
+    event_id, feature = "one/t:7:6:20", "s_events"
+    key, payload = first_score(settings, event_id)
+    j = INTERACTION_FEATURES.index(feature)
+    forged = {**payload, "features": list(payload["features"])}
+    forged["features"][j] += 0.5
+    producer = kafka_clients.producer(settings)
+    producer.send(settings.scores_topic, key=key, value=orjson.dumps(forged))
+    producer.flush()
+
+    report = run_parity(settings)
+    assert not report["ok"]
+    assert report["scores_messages"]["duplicates"] == 1
+    assert report["scores_messages"]["duplicates_differing"] == 1
+    [failure] = report["failures"]
+    assert failure["name"] == feature and failure["group"] == "session"
+    assert failure["event_id"] == event_id and failure["mismatched"] == 1
+    assert failure["online"] - failure["offline"] == 0.5
+    cli = engage(settings, "parity")
+    assert cli.returncode == 1, cli.stderr
+    assert feature in cli.stderr and event_id in cli.stderr
+
+    # A later re-emission of the true message (what a crashed batch does) wins again.
+    producer.send(settings.scores_topic, key=key, value=orjson.dumps(payload))
+    producer.flush()
+    producer.close()
+    again = run_parity(settings)
+    assert again["ok"] and again["scores_messages"]["duplicates"] == 2
+
+
+def test_six_partitions_user_and_session_exact_items_reported(six_partitions):
+    settings, n = six_partitions
+    cli = engage(settings, "parity", "--json")
+    assert cli.returncode == 0, cli.stderr
+    report = json.loads(cli.stdout)
+    assert report["partitions"] == 6 and report["joined"] == n and report["ok"]
+    for group in ("user", "session", "context"):
+        g = report["groups"][group]
+        assert g["exact"] and g["events_compared"] == n and g["events_mismatched"] == 0, g
+    for feature in report["features"]:
+        if feature_group(feature["name"]) != "item":
+            assert feature["mismatched"] == 0 and feature["max_abs_diff"] == 0.0, feature
+    item = report["groups"]["item"]
+    assert not item["exact"] and isinstance(item["mismatch_rate"], float)
+    assert 0.0 <= item["mismatch_rate"] <= 1.0
+    # The user-only scores agree; the interaction score reads item features: reported only.
+    assert report["scores"]["propensity"]["mismatched"] == 0
+    assert report["scores"]["rule"]["mismatched"] == 0
+    assert not report["scores"]["interaction"]["exact"]
+    print(f"\nitem-feature mismatch rate, 6 partitions: {item['mismatch_rate']:.4f}")
+
+
+def test_services_down_is_exit_3(one_partition):
+    settings, _ = one_partition
+    kafka_down = engage(
+        settings, "parity", ENGAGE_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{dead_port()}"
+    )
+    assert kafka_down.returncode == 3 and "cannot read from Kafka" in kafka_down.stderr
+    redis_down = engage(settings, "parity", ENGAGE_REDIS_URL=f"redis://127.0.0.1:{dead_port()}/0")
+    assert redis_down.returncode == 3 and "cannot reach Redis" in redis_down.stderr
+
+
+def test_nothing_scored_in_range_is_exit_4(one_partition, tmp_path: Path):
+    settings, _ = one_partition
+    result = engage(settings, "parity", "--since", "2099-01-01")
+    assert result.returncode == 4 and "no scores" in result.stderr
