@@ -25,7 +25,10 @@ MAX_TS_MS = 4_102_444_800_000  # 2100-01-01
 MAX_MESSAGE_BYTES = 64 * 1024
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-ContextValue = Annotated[str, StringConstraints(max_length=256)] | float | int | bool
+# Integers are bounded to 64 bits: a 400-digit number would decode, then break `float()` in
+# the features and `orjson.dumps` on re-encoding (a poison pill for the consumer).
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+ContextValue = Annotated[str, StringConstraints(max_length=256)] | float | Int64 | bool
 
 
 class EventType(StrEnum):
@@ -114,7 +117,9 @@ def decode_event(raw: bytes | None) -> Event:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise DecodeError(f"oversized message: {len(raw)} bytes > {MAX_MESSAGE_BYTES}")
     try:
-        return Event.model_validate_json(raw)
+        # strict: JSON types are not coerced ("value": true is not a 1.0 rating, "ts": "17…"
+        # not a timestamp); a producer that sends the wrong type gets a dead letter saying so.
+        return Event.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         raise DecodeError(describe_validation_error(exc)) from None
 
