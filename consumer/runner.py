@@ -269,3 +269,5 @@ class _ModelWatch:
         self.scorer.model = bundle
         self.version = summary.model_version = current
         log.info("serving model %s", current)
+        for model in (bundle.interaction, bundle.propensity):
+            model.set_threads(self.settings.model_threads)

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     poll_timeout_ms: int = Field(default=200, ge=1)
     session_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
     model_poll_s: float = Field(default=5.0, gt=0)
+    #: XGBoost threads when serving a batch (1: OpenMP spinning costs more than it gives here).
+    model_threads: int = Field(default=1, ge=1)
     log_features: bool = True  # put the scored feature vector on each scores message
     metrics_port: int = 0  # Prometheus exporter of `engage consume`; 0 = off
     rules_file: Path | None = None  # overrides the per-domain defaults in scoring/rules/

@@ -82,6 +82,13 @@ class ScoringModel:
             intercept=float(logreg.intercept_[0]),
         )
 
+    def set_threads(self, threads: int) -> None:
+        """XGBoost's OpenMP threads for this model. Serving uses 1: batches are small, and
+        spinning OpenMP workers compete with Kafka, Redis and the client's own threads."""
+        self.threads = threads
+        if self.booster is not None:
+            self.booster.set_param({"nthread": threads})
+
     def _check(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(self.features):
@@ -114,8 +121,9 @@ class ScoringModel:
             import xgboost as xgb
 
             exact = getattr(self, "exact_contribs", False) if exact is None else exact
+            threads = getattr(self, "threads", None)  # bundles pickled before it existed
             contribs = self.booster.predict(
-                xgb.DMatrix(X), pred_contribs=True, approx_contribs=not exact
+                xgb.DMatrix(X, nthread=threads), pred_contribs=True, approx_contribs=not exact
             )
             return np.asarray(contribs[:, :-1])
         return ((X - self.mean) / self.scale) * self.coef
