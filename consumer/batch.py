@@ -25,12 +25,14 @@ from .store import BatchWrites
 
 @dataclass(frozen=True)
 class Incoming:
-    """A decoded event and where it came from."""
+    """A decoded event and where it came from (the raw record, in case it is refused)."""
 
     event: Event
     partition: int
     offset: int
     kafka_ts_ms: int
+    key: bytes | None = None
+    value: bytes = b""
 
 
 @dataclass
@@ -38,6 +40,7 @@ class ScoredBatch:
     messages: list[tuple[bytes, bytes]]  # (key, value) for the scores topic
     writes: BatchWrites
     latencies_ms: list[float]
+    refused: list[tuple[Incoming, str]]  # duplicates and late events, with the reason
 
 
 def _reasons(model: Any, contribs: np.ndarray) -> list[list[dict[str, Any]]]:
@@ -59,14 +62,25 @@ class BatchScorer:
     def run(
         self, memory: MemoryState, incoming: list[Incoming], loaded: dict[str, State]
     ) -> ScoredBatch:
-        if not incoming:
-            return ScoredBatch([], BatchWrites(), [])
-        steps: list[Step] = [memory.step(item.event) for item in incoming]
+        refused: list[tuple[Incoming, str]] = []
+        admitted: list[Incoming] = []
+        steps: list[Step] = []
+        for item in incoming:  # admit each event against the state its predecessors left
+            reason = memory.admit(item.event)
+            if reason is None:
+                admitted.append(item)
+                steps.append(memory.step(item.event))
+            else:
+                refused.append((item, reason))
+        writes = BatchWrites(user_recent_ids={u: memory.recent[u] for u in loaded})
+        if not admitted:
+            return ScoredBatch([], writes, [], refused)
+        incoming = admitted
         after = np.array([s.after for s in steps], dtype=np.float64)
         before = np.array([s.features for s in steps], dtype=np.float64)
         rules = self._rules(incoming, after)
         model = self._model(before, after)
-        writes = self._writes(memory, steps, incoming, loaded)
+        self._writes(writes, memory, steps, incoming, loaded)
         now_ms = time.time() * 1000.0
         messages: list[tuple[bytes, bytes]] = []
         latest: dict[str, dict[str, Any]] = {}
@@ -108,7 +122,7 @@ class BatchScorer:
             [{k: v for k, v in p.items() if k != "features"} for p in latest.values()]
         )
         latencies = [now_ms - item.kafka_ts_ms for item in incoming]
-        return ScoredBatch(messages, writes, latencies)
+        return ScoredBatch(messages, writes, latencies, refused)
 
     def _rules(self, incoming: list[Incoming], after: np.ndarray) -> list[tuple[float, str, list]]:
         out: list[tuple[float, str, list] | None] = [None] * len(incoming)
@@ -147,10 +161,9 @@ class BatchScorer:
         ]
 
     def _writes(
-        self, memory: MemoryState, steps: list[Step], incoming: list[Incoming],
-        loaded: dict[str, State],
-    ) -> BatchWrites:  # fmt: skip
-        writes = BatchWrites()
+        self, writes: BatchWrites, memory: MemoryState, steps: list[Step],
+        incoming: list[Incoming], loaded: dict[str, State],
+    ) -> None:  # fmt: skip
         for user, state in loaded.items():
             now = memory.users[user]
             writes.user_fields[user] = {k: v for k, v in now.items() if state.get(k) != v}
@@ -173,4 +186,3 @@ class BatchScorer:
         for item in incoming:
             p = item.partition
             writes.offsets[p] = max(writes.offsets.get(p, -1), item.offset)
-        return writes

@@ -165,13 +165,15 @@ class StreamConsumer:
             except DecodeError as exc:
                 dead.append(DeadLetter(exc.reason, r.topic, r.partition, r.offset, r.key, r.value))
                 continue
-            incoming.append(Incoming(event, r.partition, r.offset, r.timestamp))
+            incoming.append(Incoming(event, r.partition, r.offset, r.timestamp, r.key, r.value))
         pipe = self.store.begin(partitions)
         try:
             stored = self.store.offsets(partitions)
             if any(stored[p] != self.positions.get(p, NO_OFFSET) for p in partitions):
                 raise Fenced(f"stored offsets {stored} moved past ours {self.positions}")
-            memory = MemoryState(params=self.settings.feature_params)
+            memory = MemoryState(
+                params=self.settings.feature_params, admission=self.settings.admission_policy
+            )
             user_items: dict[str, set[str]] = {}
             items: set[str] = set()
             for item in incoming:
@@ -181,10 +183,13 @@ class StreamConsumer:
                     items.add(item.event.item_id)
             loaded = self.store.load(memory, user_items, items)
             scored = self.scorer.run(memory, incoming, loaded)
+            dead += [DeadLetter(reason, self.topic, i.partition, i.offset, i.key, i.value)
+                     for i, reason in scored.refused]  # fmt: skip
+            applied = len(incoming) - len(scored.refused)
             for r in records:
                 p = r.partition
                 scored.writes.offsets[p] = max(scored.writes.offsets.get(p, NO_OFFSET), r.offset)
-            scored.writes.stats = {"processed": len(incoming), "dead_lettered": len(dead)}
+            scored.writes.stats = {"processed": applied, "dead_lettered": len(dead)}
             for key, value in scored.messages:
                 self.out.send(self.settings.scores_topic, key=key, value=value)
             for d in dead:
@@ -205,11 +210,11 @@ class StreamConsumer:
         summary.last_batch_at = now
         if self.keep_latencies:
             summary.latencies_ms.extend(scored.latencies_ms)
-        summary.processed += len(incoming)
+        summary.processed += applied
         summary.dead_lettered += len(dead)
         summary.batches += 1
         self.metrics.observe_batch(
-            len(incoming), len(dead), time.perf_counter() - t0, scored.latencies_ms
+            applied, len(dead), time.perf_counter() - t0, scored.latencies_ms
         )
         self.metrics.observe_lag(self.kafka, self.positions, self.topic)
 

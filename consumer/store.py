@@ -56,6 +56,7 @@ class BatchWrites:
 
     user_fields: dict[str, dict[str, float | str]] = field(default_factory=dict)
     user_new_items: dict[str, set[str]] = field(default_factory=dict)
+    user_recent_ids: dict[str, dict[str, float]] = field(default_factory=dict)  # replaces
     sessions: dict[tuple[str, str], State] = field(default_factory=dict)
     closed_sessions: dict[tuple[str, str], State] = field(default_factory=dict)
     item_deltas: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -96,6 +97,8 @@ class RedisStateStore:
         asked = [(u, sorted(user_items[u])) for u in users if user_items[u]]
         for user, its in asked:
             pipe.smismember(keys.user_items_key(user), its)
+        for user in users:
+            pipe.zrange(keys.user_recent_ids_key(user), 0, -1, withscores=True)
         for item in item_list:
             pipe.hgetall(keys.item_key(item))
         for item in missing_meta:
@@ -109,6 +112,8 @@ class RedisStateStore:
             memory.user_items[user] = set()
         for user, its in asked:
             memory.user_items[user] = {i for i, hit in zip(its, next(results), strict=True) if hit}
+        for user in users:
+            memory.recent[user] = {member.decode(): ts for member, ts in next(results)}
         for item in item_list:
             memory.items[item] = decode_state(next(results))
         for item in missing_meta:
@@ -127,6 +132,11 @@ class RedisStateStore:
         for user, new_items in writes.user_new_items.items():
             if new_items:
                 pipe.sadd(keys.user_items_key(user), *new_items)
+        for user, recent in writes.user_recent_ids.items():
+            key = keys.user_recent_ids_key(user)
+            pipe.delete(key)
+            if recent:
+                pipe.zadd(key, recent)
         for (user, session), fields in writes.closed_sessions.items():
             key = keys.session_key(user, session)
             pipe.hset(key, mapping=fields)

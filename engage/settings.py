@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,10 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(default=2000, ge=1)
     poll_timeout_ms: int = Field(default=200, ge=1)
     session_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
+    #: Duplicate guard: the ids of at least this many of a user's latest events are kept.
+    dedupe_recent_ids: int = Field(default=32, ge=1)
+    #: Events this much older than the user's latest event are dead-lettered as late (0: never).
+    max_lateness_s: float = Field(default=24 * 3600.0, ge=0)
     model_poll_s: float = Field(default=5.0, gt=0)
     #: XGBoost threads when serving a batch (1: OpenMP spinning costs more than it gives here).
     model_threads: int = Field(default=1, ge=1)
@@ -82,6 +87,13 @@ class Settings(BaseSettings):
         if not self.redis_url:
             self.redis_url = f"redis://127.0.0.1:{self.stack_redis_port}/0"
         return self
+
+    @property
+    def admission_policy(self) -> AdmissionPolicy:
+        return AdmissionPolicy(
+            recent_ids=self.dedupe_recent_ids,
+            max_lateness_ms=self.max_lateness_s * 1000.0 if self.max_lateness_s else None,
+        )
 
     @property
     def feature_params(self) -> FeatureParams:

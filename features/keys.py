@@ -3,13 +3,13 @@
     u:{<user>}                 hash   user aggregates (incl. the current session)
     u:{<user>}:items           set    distinct items the user touched
     u:{<user>}:score           hash   the user's current scores, label, reasons, model version
+    u:{<user>}:seen            zset   the user's recent event ids, score = event time (dedupe)
     s:{<user>}:<session>       hash   one session's aggregates (expires once finished)
     i:{<item>}                 hash   item aggregates (atomic increments: shared by partitions)
     im:{<item>}                hash   item metadata (genres, year), written at replay start
     engage:offset:<topic>:<p>  string last applied offset of partition p (same transaction as state)
     engage:stats:<topic>       hash   processed / dead-lettered counters (same transaction)
     engage:lb:rule / lb:model  zset   leaderboards by rule score / model propensity
-    engage:seen:<topic>        zset   recent event ids (duplicate guard), score = offset order
 
 The `{...}` is a Redis Cluster hash tag: all of one user's keys share a slot. Escaping makes
 `:`, `{`, `}`, `%` and control characters impossible inside a tag, so no two ids collide.
@@ -42,6 +42,10 @@ def user_items_key(user_id: str) -> str:
 
 def user_score_key(user_id: str) -> str:
     return _tagged("u", user_id, ":score")
+
+
+def user_recent_ids_key(user_id: str) -> str:
+    return _tagged("u", user_id, ":seen")
 
 
 def session_key(user_id: str, session_id: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from features.admission import AdmissionPolicy, RecentIds
 from features.aggregates import Applied, FeatureParams, State, apply_event, apply_item_delta
 from features.events import Event
 from features.items import ItemMeta
@@ -34,6 +35,16 @@ class MemoryState:
     user_items: dict[str, set[str]] = field(default_factory=dict)
     items: dict[str, State] = field(default_factory=dict)
     meta: dict[str, ItemMeta] = field(default_factory=dict)
+    admission: AdmissionPolicy = field(default_factory=AdmissionPolicy)
+    recent: dict[str, RecentIds] = field(default_factory=dict)  # user -> recent event ids
+
+    def admit(self, event: Event) -> str | None:
+        """None if `event` is to be applied (and remember its id), else why it is refused."""
+        recent = self.recent.setdefault(event.user_id, {})
+        reason = self.admission.refusal(self.users.get(event.user_id, {}), recent, event)
+        if reason is None:
+            self.admission.remember(recent, event)
+        return reason
 
     def step(self, event: Event) -> Step:
         """Features from the state before `event`, then fold `event` into the state."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams
 from features.events import Event
 from features.items import ItemMeta
@@ -63,9 +64,13 @@ def build_dataset(
     meta: dict[str, ItemMeta],
     params: FeatureParams | None = None,
     progress: Callable[[int], None] | None = None,
+    admission: AdmissionPolicy | None = None,
 ) -> Dataset:
-    """Run `events` (already in consumer order) through the pipeline; keep labelled rows."""
-    state = MemoryState(params=params or FeatureParams(), meta=dict(meta))
+    """Run `events` (already in consumer order) through the pipeline; keep labelled rows.
+    Duplicates and late events are refused as the consumer refuses them."""
+    state = MemoryState(
+        params=params or FeatureParams(), meta=dict(meta), admission=admission or AdmissionPolicy()
+    )
     rows: list[list[float]] = []
     labels: list[int] = []
     users: list[str] = []
@@ -73,6 +78,8 @@ def build_dataset(
     times: list[int] = []
     n = 0
     for n, event in enumerate(events, start=1):
+        if state.admit(event) is not None:
+            continue
         step = state.step(event)
         if event.labelled:
             rows.append(step.features)

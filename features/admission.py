@@ -1,0 +1,51 @@
+"""Which events get applied: the duplicate guard and the lateness policy.
+
+One definition for the consumer (the recent ids live in Redis, `u:{user}:seen`) and the offline
+module (in memory), so both refuse exactly the same events.
+
+- Duplicates: an event whose `event_id` is among the user's recent ids is refused. "Recent" is
+  bounded by count, not time: the ids of at least the user's last `recent_ids` applied events
+  are kept (at most twice that many are stored; trimming keeps the newest by event time, ties by
+  id, so the outcome does not depend on how the log was cut into batches).
+- Lateness: an event more than `max_lateness_ms` older (in event time) than the user's latest
+  applied event is refused as late. A less late event is applied: counts, sums and item
+  aggregates take it in; time-based state never goes backwards (see features.aggregates).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from features.aggregates import State
+from features.events import Event
+
+#: A user's recent event ids and their event times.
+RecentIds = dict[str, float]
+
+
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    recent_ids: int = 32
+    max_lateness_ms: float | None = 24 * 3_600_000.0
+
+    def refusal(self, user: State, recent: RecentIds, event: Event) -> str | None:
+        """Why `event` must not be applied to `user`, or None to apply it."""
+        if event.event_id in recent:
+            return "duplicate: this event_id was already applied for this user"
+        latest = user.get("last_ts", 0.0)
+        if self.max_lateness_ms is not None and latest:
+            behind = float(latest) - event.ts
+            if behind > self.max_lateness_ms:
+                return (
+                    f"late: {behind / 1000:.0f} s behind the user's latest event "
+                    f"(max lateness {self.max_lateness_ms / 1000:.0f} s)"
+                )
+        return None
+
+    def remember(self, recent: RecentIds, event: Event) -> None:
+        """Add an applied event's id; past 2x the bound, keep the newest `recent_ids`."""
+        recent[event.event_id] = float(event.ts)
+        if len(recent) > 2 * self.recent_ids:
+            newest = sorted(recent.items(), key=lambda kv: (kv[1], kv[0]))[-self.recent_ids :]
+            recent.clear()
+            recent.update(newest)
