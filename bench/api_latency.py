@@ -14,51 +14,53 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
-import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 from urllib.parse import quote
 
 import redis
 
+from bench.common import engage_env, open_context
 from consumer.runner import StreamConsumer
 from engage import kafka_clients
-from engage.settings import Settings, get_settings
+from engage.settings import Settings
 from features import keys
 from producer.synthetic import SyntheticConfig, events
 
-CLAIM = "engage:test-db-claim:{}"  # the same claims tests/conftest.py makes
 MAX_CONNECTIONS = 32
-
-
-def claim_db(settings: Settings) -> int:
-    claims = redis.Redis.from_url(settings.with_redis_db(0).redis_url)
-    for db in range(14, 0, -1):
-        if claims.set(CLAIM.format(db), os.getpid(), nx=True, ex=3600):
-            return db
-    raise SystemExit("every Redis database 1-14 is claimed")
 
 
 def seed(settings: Settings, users: int) -> list[str]:
     """Synthetic events into a fresh topic, scored by the real consumer; the scored ids."""
     kafka_clients.ensure_topic(settings, settings.events_topic)
     producer = kafka_clients.producer(settings)
+    sent = 0
     for e in events(SyntheticConfig(users=users, days=2, seed=11)):
         producer.send(settings.events_topic, key=e.user_id.encode(), value=e.to_json())
+        sent += 1
     producer.flush()
     producer.close()
-    consumer = StreamConsumer(settings, group="bench-api")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    consumer = StreamConsumer(settings, group=f"{settings.events_topic}.api")
     try:
-        consumer.run(idle_exit_s=3)
+        consumer.run(idle_exit_s=10, max_events=sent)
     finally:
         consumer.close()
+        for sig, handler in handlers.items():  # run() installed its own
+            signal.signal(sig, handler)
     client = redis.Redis.from_url(settings.redis_url)
-    return [m.decode() for m in client.zrange(keys.leaderboard_key("rule"), 0, -1)]
+    try:
+        return [m.decode() for m in client.zrange(keys.leaderboard_key("rule"), 0, -1)]
+    finally:
+        client.close()
 
 
 def free_port() -> int:
@@ -123,68 +125,83 @@ def load_process(port: int, paths: list[str], rate: float, seconds: float, out) 
         raise
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--users", type=int, default=300)
-    args = parser.parse_args()
-
-    base = get_settings()
-    db = claim_db(base)
-    tag = uuid.uuid4().hex[:8]
-    topics = {"events_topic": f"bench.{tag}.events", "scores_topic": f"bench.{tag}.scores",
-              "dead_letter_topic": f"bench.{tag}.dlq"}  # fmt: skip
-    settings = base.with_redis_db(db).model_copy(update=topics)
-    client = redis.Redis.from_url(settings.redis_url)
-    client.flushdb()
-    server = None
+@contextmanager
+def serving(settings: Settings) -> Iterator[int]:
+    """`engage serve` (one uvicorn worker) on a free loopback port until the block ends."""
+    port = free_port()
+    command = [sys.executable, "-m", "engage", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(command, env=engage_env(settings), stderr=subprocess.DEVNULL)
     try:
-        users = seed(settings, args.users)
-        print(f"scored users: {len(users)} (redis db {db})")
-        port = free_port()
-        env = {**os.environ, "ENGAGE_REDIS_URL": settings.redis_url,
-               "ENGAGE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-               "ENGAGE_EVENTS_TOPIC": settings.events_topic}  # fmt: skip
-        server = subprocess.Popen(
-            [sys.executable, "-m", "engage", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-        )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the API did not start") from None
+                    raise RuntimeError("the API did not start") from None
                 time.sleep(0.1)
-        paths = [f"/users/{quote(u, safe='')}/score" for u in users]
-        random.Random(0).shuffle(paths)
-        ctx = multiprocessing.get_context("spawn")
-        mine, theirs = ctx.Pipe()
-        loader = ctx.Process(target=load_process, args=(port, paths, args.rate, args.seconds,
-                                                        theirs))  # fmt: skip
-        loader.start()
-        if not mine.poll(args.seconds + 60):
-            raise SystemExit("the load process did not report")
-        result = mine.recv()
-        loader.join()
-        if "error" in result:
-            raise SystemExit(f"the load process failed: {result['error']}")
+        yield port
     finally:
-        if server is not None:
-            server.terminate()
+        server.terminate()
+        try:
             server.wait(timeout=10)
-        client.flushdb()
-        redis.Redis.from_url(base.with_redis_db(0).redis_url).delete(CLAIM.format(db))
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def measure(port: int, users: list[str], rate: float, seconds: float) -> dict[str, Any]:
+    """Open-loop GETs of /users/{id}/score at `rate` for `seconds` from a separate process:
+    latency percentiles in ms, achieved request rate, non-200 answers, requests sent late."""
+    paths = [f"/users/{quote(u, safe='')}/score" for u in users]
+    random.Random(0).shuffle(paths)
+    ctx = multiprocessing.get_context("spawn")
+    mine, theirs = ctx.Pipe()
+    loader = ctx.Process(target=load_process, args=(port, paths, rate, seconds, theirs))
+    loader.start()
+    try:
+        if not mine.poll(seconds + 60):
+            raise RuntimeError("the load process did not report")
+        result = mine.recv()
+    finally:
+        loader.join(timeout=10)
+        if loader.is_alive():
+            loader.kill()
+    if "error" in result:
+        raise RuntimeError(f"the load process failed: {result['error']}")
     ms = sorted(x * 1000 for x in result["latencies"])
     q = statistics.quantiles(ms, n=100, method="inclusive")
-    bad = sum(1 for s in result["statuses"] if s != 200)
-    print(f"GET /users/{{id}}/score: {len(ms)} requests at {args.rate:g} req/s for "
-          f"{result['wall']:.1f} s ({len(ms) / result['wall']:.0f} req/s achieved), "
-          f"non-200: {bad}, sent >1 ms late: {result['late']}")  # fmt: skip
-    print(f"latency ms: p50 {q[49]:.2f}  p95 {q[94]:.2f}  p99 {q[98]:.2f}  max {ms[-1]:.2f}")
+    return {
+        "requests": len(ms),
+        "rate": rate,
+        "achieved_per_s": len(ms) / result["wall"],
+        "non_200": sum(1 for s in result["statuses"] if s != 200),
+        "late": result["late"],
+        "p50_ms": q[49],
+        "p95_ms": q[94],
+        "p99_ms": q[98],
+        "max_ms": ms[-1],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--users", type=int, default=300)
+    args = parser.parse_args()
+    with open_context(prefix="bench.api") as ctx:
+        settings = ctx.fresh("api")
+        users = seed(settings, args.users)
+        print(f"scored users: {len(users)} (redis db {ctx.db})")
+        with serving(settings) as port:
+            r = measure(port, users, args.rate, args.seconds)
+    print(f"GET /users/{{id}}/score: {r['requests']} requests at {args.rate:g} req/s "
+          f"({r['achieved_per_s']:.0f} req/s achieved), non-200: {r['non_200']}, "
+          f"sent >1 ms late: {r['late']}")  # fmt: skip
+    print(f"latency ms: p50 {r['p50_ms']:.2f}  p95 {r['p95_ms']:.2f}  p99 {r['p99_ms']:.2f}  "
+          f"max {r['max_ms']:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

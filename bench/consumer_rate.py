@@ -2,12 +2,15 @@
 
     .venv/bin/python -m bench.consumer_rate [--runs 3] [--rate 2000] [--seconds 20]
 
-1. Throughput: the full ml-latest-small is replayed into a fresh topic first, then one consumer
-   (rules and, if registered, the model on; scores topic on) reads it from the beginning.
-   The rate counts from its first batch to its last (start-up and the idle exit excluded).
-2. Latency: a consumer runs while events are replayed at a steady `--rate` for `--seconds`;
-   latency = score emitted minus the Kafka record timestamp (the producer's send time).
-Each run uses its own topic and Redis database 14 (emptied first). Prints JSON.
+1. Throughput: the full ml-latest-small is replayed into a topic once; then, per run, one
+   consumer process (bench/consumer_worker.py: the real StreamConsumer with rules, the
+   registered model if any, and the scores topic) reads it from the beginning on an emptied
+   Redis database. The rate counts from its first batch to its last (start-up, group join and
+   idling excluded).
+2. Latency: a consumer process runs while events are replayed at a steady `--rate` for
+   `--seconds`; latency = score emitted minus the Kafka record timestamp (the producer's send
+   time). The first second (or first 10%, whichever is fewer) is dropped as warm-up.
+Uses fresh topics and a claimed Redis database. Prints JSON.
 """
 
 from __future__ import annotations
@@ -15,68 +18,96 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import threading
-import time
 from typing import Any
 
-import numpy as np
-import redis
-
-from consumer.runner import StreamConsumer
-from engage.settings import Settings, get_settings
-from producer import movielens
+from bench import sources
+from bench.common import Context, open_context
+from bench.consumer_worker import run_consumers
 from producer.pacing import throttle
 from producer.replay import replay
 
-BENCH_DB = 14
+
+def throughput_run(
+    ctx: Context,
+    source: str,
+    events: int | None = None,
+    processes: int = 1,
+    memory: bool = False,
+) -> dict[str, Any]:
+    """One consumer run over the `movielens` or `synthetic` topic (`events` of them).
+
+    With `memory`, Redis memory per user and session is measured before the state goes."""
+    if source == "movielens":
+        topic, count = sources.movielens_topic(ctx)
+        items = sources.movielens_data(ctx).items
+    else:
+        assert events is not None
+        topic, count = sources.synthetic_topic(ctx, events)
+        items = None
+    ctx.reset_state(items)
+    settings = ctx.with_output(topic, f"consume{processes}")
+    try:
+        result = run_consumers(ctx, settings, count, processes=processes)
+        if memory:
+            from bench.growth import redis_memory
+
+            result["redis"] = redis_memory(ctx)
+    finally:
+        ctx.delete(settings.scores_topic, settings.dead_letter_topic)
+    if result["events"] != count:
+        raise RuntimeError(f"consumed {result['events']} events of {count}")
+    return result
 
 
-def fresh_settings(tag: str) -> Settings:
-    base = get_settings().with_redis_db(BENCH_DB)
-    redis.Redis.from_url(base.redis_url).flushdb()
-    run = f"bench.{tag}.{time.time_ns()}"
-    return base.model_copy(
-        update={
-            "events_topic": f"{run}.events",
-            "scores_topic": f"{run}.scores",
-            "dead_letter_topic": f"{run}.dlq",
-        }
-    )
+def remembered_run(
+    ctx: Context,
+    source: str,
+    run: int,
+    events: int | None = None,
+    processes: int = 1,
+    memory: bool = False,
+) -> dict[str, Any]:
+    """`throughput_run`, measured once per (source, size, processes, run) and remembered, so
+    the consumer, scaling and growth benchmarks share runs over the same topic."""
+    key = f"runs:{source}:{events}:{processes}"
+    done = ctx.cache.setdefault(key, [])
+    if run < len(done) and (not memory or "redis" in done[run]):
+        return done[run]
+    result = throughput_run(ctx, source, events, processes, memory)
+    if run < len(done):
+        done[run] = result
+    else:
+        done.append(result)
+    return result
 
 
-def throughput_run(data: movielens.MovieLens) -> dict[str, Any]:
-    settings = fresh_settings("rate")
-    sent = replay(data.events(), settings, items=data.items, progress=False)
-    consumer = StreamConsumer(settings, group=f"{settings.events_topic}.g")
-    summary = consumer.run(idle_exit_s=3.0)
-    assert summary.processed == sent.sent, (summary.processed, sent.sent)
-    return {
-        "events": summary.processed,
-        "events_per_s": round(summary.busy_rate, 1),
-        "model_version": summary.model_version,
-        "replay_events_per_s": sent.rate,
-    }
+def latency_run(ctx: Context, rate: float, seconds: float) -> dict[str, Any]:
+    """Event-to-score latency while MovieLens events arrive at a steady `rate` (or as fast as
+    the producer can, if lower); also the offered and the consumed rate."""
+    data = sources.movielens_data(ctx)
+    limit = min(int(rate * seconds), sources.movielens_count(ctx))
+    settings = ctx.fresh(f"latency{int(rate)}")
+    ctx.reset_state(data.items)
+    offered: dict[str, float] = {}
 
+    def produce() -> int:
+        summary = replay(
+            throttle(sources.movielens_events(ctx), rate), settings, limit=limit, progress=False
+        )
+        offered["rate"] = summary.rate
+        return summary.sent
 
-def latency_run(data: movielens.MovieLens, rate: float, seconds: float) -> dict[str, Any]:
-    settings = fresh_settings("latency")
-    consumer = StreamConsumer(settings, group=f"{settings.events_topic}.g", keep_latencies=True)
-    result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.update(s=consumer.run(idle_exit_s=3.0)))
-    thread.start()
-    time.sleep(2.0)  # let it join the group before the clock starts
-    stop = threading.Event()
-    limit = int(rate * seconds)
-    replay(throttle(data.events(), rate, stop), settings, items=data.items, limit=limit,
-           progress=False)  # fmt: skip
-    thread.join()
-    lat = np.array(result["s"].latencies_ms[int(rate) :])  # drop the first second (warm-up)
+    try:
+        drop = min(int(rate), limit // 10)
+        result = run_consumers(ctx, settings, None, latencies=True, drop=drop, during=produce)
+    finally:
+        ctx.delete_topics(settings)
     return {
         "rate": rate,
-        "events": len(result["s"].latencies_ms),
-        "p50_ms": round(float(np.percentile(lat, 50)), 1),
-        "p95_ms": round(float(np.percentile(lat, 95)), 1),
-        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "events": result["events"],
+        "offered_events_per_s": offered["rate"],
+        "consumed_events_per_s": result["events_per_s"],
+        **{k: result[k] for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")},
     }
 
 
@@ -86,19 +117,19 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
-    settings = get_settings()
-    data = movielens.load(movielens.default_path(settings), settings.cache_dir)
-    runs = [throughput_run(data) for _ in range(args.runs)]
+    with open_context(prefix="bench.consumer") as ctx:
+        runs = [throughput_run(ctx, "movielens") for _ in range(args.runs)]
+        latency = latency_run(ctx, args.rate, args.seconds)
     rates = [r["events_per_s"] for r in runs]
-    latency = latency_run(data, args.rate, args.seconds)
     print(
         json.dumps(
             {
                 "throughput": {
-                    "median_events_per_s": statistics.median(rates),
-                    "min": min(rates),
-                    "max": max(rates),
-                    "runs": runs,
+                    "median_events_per_s": round(statistics.median(rates), 1),
+                    "min": round(min(rates), 1),
+                    "max": round(max(rates), 1),
+                    "model_version": runs[0]["model_version"],
+                    "peak_rss_mib": [r["peak_rss_mib"] for r in runs],
                 },
                 "latency": latency,
             },

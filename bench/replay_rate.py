@@ -13,63 +13,58 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import time
-import uuid
 from pathlib import Path
+from typing import Any
 
-from engage.kafka_clients import admin_client
+from bench import sources
+from bench.common import Context, open_context, rss_mib
 from engage.settings import get_settings
-from producer import movielens, synthetic
-from producer.replay import replay
-
-BENCH_REDIS_DB = 15
+from producer import synthetic
 
 
-def _rss_mib() -> tuple[float, float]:
-    """(current, peak) resident set size in MiB."""
-    current = peak = 0.0
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            current = int(line.split()[1]) / 1024
-        elif line.startswith("VmHWM:"):
-            peak = int(line.split()[1]) / 1024
-    return current, max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+def replay_run(ctx: Context) -> dict[str, Any]:
+    """Replay the MovieLens events into a fresh topic at --speed max: events/s and CPU.
+
+    The first topic made this way is kept as the harness's MovieLens topic; later ones go."""
+    data, count = sources.movielens_data(ctx), sources.movielens_count(ctx)
+    settings = ctx.fresh("replay")
+    cpu = time.process_time()
+    summary = sources.produce(settings, sources.movielens_events(ctx), count, items=data.items)
+    cpu = time.process_time() - cpu
+    if "topic:movielens" not in ctx.cache:
+        ctx.cache["topic:movielens"] = (settings, count)
+    else:
+        ctx.delete_topics(settings)
+    return {
+        "events": summary.sent,
+        "seconds": summary.seconds,
+        "events_per_s": summary.rate,
+        "cpu_events_per_s": summary.sent / cpu if cpu else 0.0,
+    }
 
 
 def bench_kafka(runs: int, path: Path | None) -> None:
-    base = get_settings()
-    started = time.perf_counter()
-    data = movielens.load(path or movielens.default_path(base), base.cache_dir)
-    print(
-        f"loaded {len(data):,} events ({data.n_ratings:,} ratings, {data.n_tags:,} tags) "
-        f"from {data.folder} in {time.perf_counter() - started:.2f} s"
-    )
-    rates, cpu_rates, topics = [], [], []
-    try:
+    settings = get_settings()
+    if path is not None:
+        settings = settings.model_copy(update={"movielens_dir": path})
+    with open_context(settings, prefix="bench.replay") as ctx:
+        data = sources.movielens_data(ctx)
+        print(
+            f"loaded {len(data):,} events ({data.n_ratings:,} ratings, "
+            f"{data.n_tags:,} tags) from {data.folder}"
+        )
+        rates, cpu_rates = [], []
         for run in range(1, runs + 1):
-            topic = f"bench.replay.{uuid.uuid4().hex[:8]}"
-            topics.append(topic)
-            settings = base.with_redis_db(BENCH_REDIS_DB).model_copy(update={"events_topic": topic})
-            cpu = time.process_time()
-            summary = replay(data.events(), settings, items=data.items, progress=False)
-            cpu = time.process_time() - cpu
-            if summary.failed or summary.sent != len(data):
-                raise SystemExit(f"run {run}: sent {summary.sent}, failed {summary.failed}")
-            rates.append(summary.rate)
-            cpu_rates.append(summary.sent / cpu)
+            result = replay_run(ctx)
+            rates.append(result["events_per_s"])
+            cpu_rates.append(result["cpu_events_per_s"])
             print(
-                f"run {run}: {summary.sent:,} events in {summary.seconds:.2f} s = "
-                f"{summary.rate:,.0f} events/s (process CPU {cpu:.2f} s, "
-                f"{cpu / summary.sent * 1e6:.1f} us/event)"
+                f"run {run}: {result['events']:,} events in {result['seconds']:.2f} s = "
+                f"{result['events_per_s']:,.0f} events/s "
+                f"({result['cpu_events_per_s']:,.0f} per producer CPU second)"
             )
-    finally:
-        admin = admin_client(base)
-        try:
-            admin.delete_topics(topics)
-        finally:
-            admin.close()
     print(
         f"replay rate (--speed max, {runs} runs): median {statistics.median(rates):,.0f} "
         f"events/s (min {min(rates):,.0f}, max {max(rates):,.0f}); "
@@ -81,7 +76,7 @@ def bench_kafka(runs: int, path: Path | None) -> None:
 def bench_memory(events: int, users: int, days: int) -> None:
     config = synthetic.SyntheticConfig(users=users, days=days, seed=0)
     marks = {1_000_000, 5_000_000, 10_000_000, events}
-    current, peak = _rss_mib()
+    current, peak = rss_mib()
     print(f"before generating: rss {current:.0f} MiB, peak {peak:.0f} MiB")
     started = time.perf_counter()
     count, size = 0, 0
@@ -89,7 +84,7 @@ def bench_memory(events: int, users: int, days: int) -> None:
         size += len(event.to_json())
         count += 1
         if count in marks:
-            current, peak = _rss_mib()
+            current, peak = rss_mib()
             elapsed = time.perf_counter() - started
             print(
                 f"{count:>11,} events: rss {current:.0f} MiB, peak {peak:.0f} MiB, "

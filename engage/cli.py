@@ -84,6 +84,7 @@ COMMAND_MODULES: list[str] = [
     "producer.commands",
     "engage.user_commands",
     "engage.api.commands",
+    "bench.commands",
 ]
 for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)

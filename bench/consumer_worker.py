@@ -1,0 +1,310 @@
+"""The consumer as a measured subprocess, and the harness side that starts and stops it.
+
+    python -m bench.consumer_worker     (then one JSON job line on stdin)
+
+The worker imports everything, then reads its job: ENGAGE_* variables (as for `engage
+consume`), the group, a `go` file path, whether to keep latencies and how many to drop as
+warm-up. (So a spare worker can be started ahead of time.) It runs the real `StreamConsumer`
+(rules, the registered model if any, scores topic), holding its partitions paused until the
+`go` file exists, so several workers can all join the group before any starts (no rebalance
+inside the measured span), and runs until SIGTERM. On stdout it writes JSON lines:
+`{"assigned": [...]}` at every assignment, then one summary with its batch span (on the
+system-wide monotonic clock, so spans of several processes can be merged), its peak RSS
+(VmHWM) and, if asked, event-to-score percentiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kafka import TopicPartition
+
+from bench.common import Context, engage_env, rss_mib
+from consumer.runner import StreamConsumer
+from engage.settings import Settings, get_settings
+
+JOIN_TIMEOUT_S = 90.0
+
+
+def _emit(record: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+class GatedConsumer(StreamConsumer):
+    """A StreamConsumer whose partitions stay paused until the `go` file exists."""
+
+    def __init__(self, settings: Settings, group: str, go: Path, keep_latencies: bool) -> None:
+        self.go = go
+        self.released = False
+        super().__init__(settings, group=group, keep_latencies=keep_latencies)
+        poll = self.kafka.poll
+
+        def gated_poll(*args: Any, **kwargs: Any) -> Any:
+            if not self.released and self.go.exists():
+                self.released = True
+                self.kafka.resume(*self.kafka.paused())
+            return poll(*args, **kwargs)
+
+        self.kafka.poll = gated_poll  # type: ignore[method-assign]
+
+    def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
+        super().seek_to_stored(partitions)
+        if not self.released:
+            self.kafka.pause(*partitions)
+        _emit({"assigned": sorted(tp.partition for tp in partitions)})
+
+
+def _watch_parent(consumer: StreamConsumer) -> None:
+    """Stop if the harness dies (the worker must never outlive it)."""
+    parent = os.getppid()
+    while not consumer.stopping:
+        if os.getppid() != parent:
+            consumer.stopping = True
+        time.sleep(1.0)
+
+
+def worker_main() -> None:
+    line = sys.stdin.readline()
+    if not line:  # a spare worker that was never needed
+        return
+    job = json.loads(line)
+    for name in [n for n in os.environ if n.startswith("ENGAGE_")]:
+        del os.environ[name]
+    os.environ.update(job["env"])
+    get_settings.cache_clear()
+    latencies, drop = job["latencies"], job["drop"]
+    consumer = GatedConsumer(get_settings(), job["group"], Path(job["go"]), latencies)
+    threading.Thread(target=_watch_parent, args=(consumer,), daemon=True).start()
+    summary = consumer.run()
+    _, peak = rss_mib()
+    result: dict[str, Any] = {
+        "processed": summary.processed,
+        "dead_lettered": summary.dead_lettered,
+        "batches": summary.batches,
+        "fenced": summary.fenced,
+        "first_batch_at": summary.first_batch_at,
+        "last_batch_at": summary.last_batch_at,
+        "busy_rate": summary.busy_rate,
+        "peak_rss_mib": round(peak, 1),
+        "model_version": summary.model_version,
+        "errors": summary.errors,
+    }
+    if latencies:
+        lat = np.asarray(summary.latencies_ms[drop:] or summary.latencies_ms, dtype=float)
+        if len(lat):
+            p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+            result.update(
+                latency_n=len(lat),
+                p50_ms=float(p50),
+                p95_ms=float(p95),
+                p99_ms=float(p99),
+                max_ms=float(lat.max()),
+            )
+    _emit({"summary": result})
+
+
+# --------------------------------------------------------------------------- harness side
+
+
+@dataclass
+class WorkerProcess:
+    """One worker subprocess; a thread reads its JSON lines."""
+
+    proc: subprocess.Popen
+    stderr: Any
+    assigned: list[int] | None = None
+    summary: dict[str, Any] | None = None
+
+    @classmethod
+    def spawn(cls) -> WorkerProcess:
+        """A worker importing its modules, waiting for its job on stdin."""
+        stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by stop()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.consumer_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        worker = cls(proc, stderr)
+        threading.Thread(target=worker._read, daemon=True).start()
+        return worker
+
+    def assign(self, settings: Settings, group: str, go: Path, latencies: bool, drop: int) -> None:
+        job = {
+            "env": {k: v for k, v in engage_env(settings).items() if k.startswith("ENGAGE_")},
+            "group": group,
+            "go": str(go),
+            "latencies": latencies,
+            "drop": drop,
+        }
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.close()
+
+    def discard(self) -> None:
+        """End a worker that has no job (it exits when its stdin closes)."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.stderr.close()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if "assigned" in record:
+                self.assigned = record["assigned"]
+            elif "summary" in record:
+                self.summary = record["summary"]
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None and self.summary is None:
+            raise RuntimeError(
+                f"consumer worker exited with {self.proc.returncode}: {self.stderr_tail()}"
+            )
+
+    def stderr_tail(self, chars: int = 1500) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-chars:]
+
+    def signal_stop(self) -> None:
+        """SIGTERM: the consumer finishes its batch, leaves the group and reports."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 60.0) -> dict[str, Any]:
+        self.signal_stop()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        deadline = time.monotonic() + 5
+        while self.summary is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        try:
+            if self.summary is None:
+                raise RuntimeError(f"consumer worker gave no summary: {self.stderr_tail()}")
+            return self.summary
+        finally:
+            self.stderr.close()
+
+
+class WorkerPool:
+    """Hands out workers; with `spare`, one more is always already started (the quick smoke:
+    its start-up then overlaps the run before; a full run starts each worker in turn)."""
+
+    def __init__(self, spare: bool) -> None:
+        self.spare = spare
+        self.ready: list[WorkerProcess] = []
+        if spare:
+            self.ready.append(WorkerProcess.spawn())
+
+    def take(self) -> WorkerProcess:
+        worker = self.ready.pop() if self.ready else WorkerProcess.spawn()
+        if self.spare and not self.ready:
+            self.ready.append(WorkerProcess.spawn())
+        return worker
+
+    def close(self) -> None:
+        while self.ready:
+            self.ready.pop().discard()
+
+
+def run_consumers(
+    ctx: Context,
+    settings: Settings,
+    expected: int | None,
+    processes: int = 1,
+    latencies: bool = False,
+    drop: int = 0,
+    during: Callable[[], int] | None = None,
+) -> dict[str, Any]:
+    """Start `processes` workers in one fresh group on `settings`' topic, release them together,
+    wait until `expected` events (or what `during()` returns: it produces while they run) are
+    applied, stop them. Rate = events / (last batch of any worker - first batch of any)."""
+    group = f"{settings.events_topic}.g{time.time_ns()}"
+    with tempfile.TemporaryDirectory(prefix="engage-bench-") as tmp:
+        go = Path(tmp) / "go"
+        pool = ctx.cache.get("workers") or WorkerPool(spare=False)
+        workers = [pool.take() for _ in range(processes)]
+        for w in workers:
+            w.assign(settings, group, go, latencies, drop)
+        try:
+            deadline = time.monotonic() + JOIN_TIMEOUT_S
+            while True:
+                for w in workers:
+                    w.check_alive()
+                held = [w.assigned for w in workers]
+                if all(held) and sorted(p for h in held for p in h or []) == list(
+                    range(settings.partitions)
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"consumers did not share the partitions: {held}")
+                time.sleep(0.05)
+            go.touch()
+            if during is not None:
+                expected = during()
+            assert expected is not None
+            deadline = time.monotonic() + 600 + expected / 1000  # at least 1,000 events/s
+            while ctx.processed(settings.events_topic) < expected:
+                for w in workers:
+                    w.check_alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"consumers did not finish {expected} events in time")
+                time.sleep(0.1)
+            for w in workers:
+                w.signal_stop()
+            summaries = [w.stop() for w in workers]
+        finally:
+            for w in workers:
+                if w.proc.poll() is None:
+                    w.proc.kill()
+                    w.proc.wait()
+    first = min(s["first_batch_at"] for s in summaries if s["first_batch_at"] is not None)
+    last = max(s["last_batch_at"] for s in summaries if s["last_batch_at"] is not None)
+    events = sum(s["processed"] + s["dead_lettered"] for s in summaries)
+    result: dict[str, Any] = {
+        "events": events,
+        "expected": expected,
+        "events_per_s": events / (last - first) if last > first else 0.0,
+        "peak_rss_mib": max(s["peak_rss_mib"] for s in summaries),
+        "model_version": summaries[0]["model_version"],
+        "errors": sorted({e for s in summaries for e in s["errors"]}),
+        "processes": summaries,
+    }
+    if latencies:
+        result.update(
+            {
+                k: summaries[0][k]
+                for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms", "latency_n")
+                if k in summaries[0]
+            }
+        )
+    return result
+
+
+if __name__ == "__main__":
+    worker_main()

@@ -1,0 +1,69 @@
+"""The benchmark harness end to end at --quick sizes against the real stack: every figure is
+measured once and written to JSON, Markdown and the growth plot; nothing is left behind."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+
+from bench.common import QUICK
+from bench.harness import SCHEMA, label, main
+from engage.kafka_clients import admin_client
+from engage.settings import Settings
+
+pytestmark = pytest.mark.stack
+
+
+def expected_figures() -> set[str]:
+    names = {
+        "produce_only", "consume_only_movielens", "consume_only_synthetic", "redis_pipeline",
+        "redis_benchmark_hset", "redis_benchmark_incr", "replay_movielens",
+        "consumer_movielens", "consumer_synthetic", "consumer_2proc_synthetic",
+        "consumer_2proc_speedup", "api_score_p50", "api_score_p95", "api_score_p99",
+        "api_score_achieved", "redis_bytes_per_user", "redis_bytes_per_session",
+        "train_movielens",
+    }  # fmt: skip
+    for rate in QUICK.latency_rates:
+        names |= {f"latency_{label(rate)}_{k}" for k in ("p50", "p95", "p99", "offered",
+                                                         "consumed")}  # fmt: skip
+    for n in QUICK.growth_events:
+        names |= {f"growth_{label(n)}_rate", f"growth_{label(n)}_rss"}
+    return names
+
+
+@pytest.mark.timeout(300)  # about 20 s on an idle 2-CPU machine
+def test_quick_run_writes_every_figure(settings: Settings, tmp_path) -> None:
+    assert main(["--quick", "--runs", "1", "--out", str(tmp_path)], settings=settings) == 0
+
+    [json_path] = tmp_path.glob("*.json")
+    result = json.loads(json_path.read_text())
+    assert result["schema"] == SCHEMA and result["quick"] and result["errors"] == {}
+    figures = result["figures"]
+    assert set(figures) == expected_figures()
+    no_redis_benchmark = shutil.which("redis-benchmark") is None
+    for name, f in figures.items():
+        if no_redis_benchmark and name.startswith("redis_benchmark_"):
+            assert f["skipped"] and f["median"] is None
+            continue
+        values = (f["median"], f["min"], f["max"])
+        assert all(isinstance(v, int | float) and math.isfinite(v) for v in values), (name, f)
+        assert f["min"] <= f["median"] <= f["max"] and f["runs"] == 1, (name, f)
+        assert f["unit"] and f["description"], name
+    for name in ("replay_movielens", "consumer_movielens", "consumer_synthetic"):
+        assert figures[name]["ratio_to_ceiling"] > 0, name
+    assert figures["consumer_movielens"]["details"][0]["events"] == QUICK.movielens_events
+
+    markdown = json_path.with_suffix(".md").read_text()
+    assert "| figure | median | min | max | unit | runs | ratio to ceiling |" in markdown
+    assert all(f"| {name} |" in markdown for name in figures)
+    assert (tmp_path / result["growth_plot"]).stat().st_size > 0
+
+    prefix = settings.events_topic.removesuffix(".events")
+    admin = admin_client(settings)
+    try:
+        assert not [t for t in admin.list_topics() if t.startswith(prefix)]
+    finally:
+        admin.close()
