@@ -4,10 +4,13 @@ Offsets live in Redis, not Kafka: on assignment every partition seeks to its sto
 ("storing offsets outside Kafka"). Per batch: scores and dead letters are produced and flushed
 *before* the Redis transaction (so they are at-least-once), then state + offsets commit in one
 MULTI/EXEC (so state is exactly-once). A crash anywhere replays at most the uncommitted batch.
+A Redis outage does not end the loop: it waits, then resumes from the offsets stored in Redis
+(see `StreamConsumer._wait_for_redis`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -16,11 +19,13 @@ from dataclasses import dataclass, field
 
 import redis
 from kafka import ConsumerRebalanceListener, TopicPartition
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from consumer.batch import BatchScorer, Incoming
 from consumer.deadletter import DeadLetter
 from consumer.metrics import ConsumerMetrics
-from consumer.store import NO_OFFSET, Fenced, RedisStateStore
+from consumer.store import NO_OFFSET, REDIS_DOWN, Fenced, RedisStateStore
 from engage import kafka_clients
 from engage.settings import Settings
 from features.events import DecodeError, decode_event
@@ -56,6 +61,14 @@ class RunSummary:
         return (self.processed + self.dead_lettered) / self.seconds if self.seconds else 0.0
 
 
+class RedisUnavailable(redis.ConnectionError):
+    """Redis stayed unreachable longer than `redis_retry_give_up_s`."""
+
+
+class OutputFailed(Exception):
+    """A score or dead letter of the batch was not acknowledged: the batch must not commit."""
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, owner: StreamConsumer) -> None:
         self.owner = owner
@@ -66,7 +79,15 @@ class _Rebalance(ConsumerRebalanceListener):
         log.info("revoked partitions %s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.owner.seek_to_stored(assigned)
+        try:
+            self.owner.seek_to_stored(assigned)
+        except REDIS_DOWN as exc:
+            # This runs on kafka-python's I/O loop: never wait here (it would block
+            # heartbeats). Park the partitions; run() waits for Redis and seeks them.
+            self.owner.kafka.pause(*assigned)
+            self.owner.resync_needed = True
+            log.warning("Redis unavailable at assignment of %s, partitions paused: %s",
+                        sorted(tp.partition for tp in assigned), exc)  # fmt: skip
 
 
 class StreamConsumer:
@@ -78,17 +99,27 @@ class StreamConsumer:
         self.settings = settings
         self.keep_latencies = keep_latencies
         self.topic = settings.events_topic
-        self.redis = redis.Redis.from_url(settings.redis_url)
+        # One immediate retry covers a stale pooled connection; longer outages are the loop's
+        # (it knows to resync offsets afterwards), so redis-py must not sleep in a retry itself.
+        self.redis = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_socket_timeout_s,
+            # Short: an assignment callback may connect, and it runs where heartbeats do.
+            socket_connect_timeout=min(settings.redis_socket_timeout_s, 2.0),
+            retry=Retry(NoBackoff(), 1),
+        )
         self.store = RedisStateStore(self.redis, self.topic, settings.session_ttl_s)
         self.scorer = BatchScorer(load_scorers(settings.rules_file), settings.log_features)
         self.metrics = ConsumerMetrics()
         self.positions: dict[int, int] = {}  # partition -> last applied offset, as in Redis
+        self.resync_needed = False  # positions unknown (Redis outage): seek from Redis first
         self.stopping = False
         self.kafka = kafka_clients.consumer(
             settings,
             group_id=group or settings.consumer_group,
             max_poll_records=settings.batch_max_records,
             session_timeout_ms=settings.kafka_session_timeout_ms,
+            max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
             heartbeat_interval_ms=max(1000, settings.kafka_session_timeout_ms // 4),
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
@@ -112,6 +143,68 @@ class StreamConsumer:
                 self.kafka.seek(tp, offset + 1)
         log.info("assigned %s, resuming at %s", sorted(stored), stored)
 
+    def _resync(self) -> None:
+        """Positions of every assigned partition from Redis, and seek there (stored + 1)."""
+        assigned = list(self.kafka.assignment())
+        self.redis.ping()  # also when nothing is assigned: proves Redis answers
+        self.seek_to_stored(assigned)
+        for p in set(self.positions) - {tp.partition for tp in assigned}:
+            del self.positions[p]
+
+    def _wait_for_redis(self) -> None:
+        """Wait until Redis answers, then resync positions from it; back-off doubles up to a cap.
+
+        Never re-apply blindly: a connection lost during EXEC leaves the outcome unknown, so
+        every assigned partition is re-seeked to its *stored* offset + 1 and polled again. An
+        applied batch is then skipped, an unapplied one redone (scores may repeat: they are
+        at-least-once anyway).
+
+        Group membership: the partitions stay paused and poll() keeps being called while
+        waiting, so heartbeats go on and max_poll_interval_ms is never exceeded: a Redis outage
+        costs no rebalance, however long. If the group rebalances anyway (a member joins, the
+        broker restarts), the listener parks the newly assigned partitions and they are
+        seeked here like the others.
+        """
+        s = self.settings
+        host, port = s.redis_host_port
+        delay = s.redis_retry_initial_s
+        started = time.monotonic()
+        next_log = started
+        attempts = 0
+        while not self.stopping:
+            self.kafka.pause(*self.kafka.assignment())
+            try:
+                self._resync()
+            except REDIS_DOWN as exc:
+                attempts += 1
+                down_s = time.monotonic() - started
+                if s.redis_retry_give_up_s is not None and down_s >= s.redis_retry_give_up_s:
+                    raise RedisUnavailable(
+                        f"Redis at {host}:{port} unreachable for {down_s:.0f}s "
+                        f"(redis_retry_give_up_s={s.redis_retry_give_up_s:g}): {exc}"
+                    ) from exc
+                if time.monotonic() >= next_log:
+                    log.warning("Redis at %s:%s unreachable for %.1fs (attempt %d), next try in "
+                                "%.1fs: %s", host, port, down_s, attempts, delay, exc)  # fmt: skip
+                    next_log = time.monotonic() + s.redis_retry_log_every_s
+                self._poll_paused(delay)
+                delay = min(delay * 2, s.redis_retry_max_s)
+                continue
+            self.resync_needed = False
+            self.kafka.resume(*self.kafka.paused())
+            log.warning("resynced from Redis after %.1fs (%d failed attempts); resuming at "
+                        "stored offsets %s", time.monotonic() - started, attempts,
+                        self.positions)  # fmt: skip
+            return
+
+    def _poll_paused(self, seconds: float) -> None:
+        """Keep the group membership alive for `seconds` without taking any records."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            self.kafka.pause(*self.kafka.assignment())  # also partitions assigned meanwhile
+            # Any records returned are dropped: _resync seeks every partition before use.
+            self.kafka.poll(timeout_ms=max(1, int(min(left, 1.0) * 1000)))
+
     # -- the loop ----------------------------------------------------------------------------
     def run(
         self,
@@ -126,17 +219,31 @@ class StreamConsumer:
         started = last_data = time.monotonic()
         try:
             while not self.stopping:
+                if self.resync_needed:
+                    self._wait_for_redis()
+                    last_data = time.monotonic()  # waiting for Redis is not idling
+                    continue
                 polled = self.kafka.poll(
                     timeout_ms=self.settings.poll_timeout_ms,
                     max_records=self.settings.batch_max_records,
                 )
                 self._model_watch.maybe_reload(summary)
+                if self.resync_needed:  # an assignment in this poll could not read Redis
+                    continue  # records dropped: the resync seeks back to them
                 records = [r for batch in polled.values() for r in batch]
                 if not self.positions:  # not yet assigned (joining the group): not idle
                     last_data = time.monotonic()
                 if records:
                     last_data = time.monotonic()
-                    self._handle(records, summary)
+                    try:
+                        self._handle(records, summary)
+                    except (*REDIS_DOWN, OutputFailed) as exc:
+                        # The batch did not commit, or we cannot know: nothing after it may
+                        # be applied until the positions are re-read from Redis.
+                        log.warning("batch interrupted (%s: %s); re-reading offsets from Redis",
+                                    type(exc).__name__, exc)  # fmt: skip
+                        self.resync_needed = True
+                        continue
                     if on_batch:
                         on_batch(summary)
                 elif idle_exit_s is not None and time.monotonic() - last_data >= idle_exit_s:
@@ -190,13 +297,20 @@ class StreamConsumer:
                 p = r.partition
                 scored.writes.offsets[p] = max(scored.writes.offsets.get(p, NO_OFFSET), r.offset)
             scored.writes.stats = {"processed": applied, "dead_lettered": len(dead)}
-            for key, value in scored.messages:
-                self.out.send(self.settings.scores_topic, key=key, value=value)
+            sent = [self.out.send(self.settings.scores_topic, key=key, value=value)
+                    for key, value in scored.messages]  # fmt: skip
             for d in dead:
-                self.out.send(self.settings.dead_letter_topic, key=d.key, value=d.value,
-                              headers=d.headers())  # fmt: skip
+                sent.append(self.out.send(self.settings.dead_letter_topic, key=d.key,
+                                          value=d.value, headers=d.headers()))  # fmt: skip
             self.out.flush()
+            failed = [f for f in sent if f.failed()]
+            if failed:  # e.g. the broker stayed down past kafka_delivery_timeout_ms
+                raise OutputFailed(f"{len(failed)} of {len(sent)} outputs: {failed[0].exception}")
             self.store.commit(pipe, scored.writes)
+        except (*REDIS_DOWN, OutputFailed):
+            with contextlib.suppress(*REDIS_DOWN):
+                pipe.reset()
+            raise
         except Fenced as exc:
             pipe.reset()
             summary.fenced += 1

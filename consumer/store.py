@@ -8,6 +8,7 @@ and nothing of this batch lands (`Fenced`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -19,6 +20,8 @@ from features.items import ItemMeta
 from features.pipeline import MemoryState
 
 NO_OFFSET = -1
+#: What a Redis outage looks like to redis-py callers (refused, reset, timed out, loading).
+REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 
 # Item deltas of a whole batch in one command: KEYS = item hashes, ARGV = per key a field
 # count followed by field/amount pairs. Runs inside the batch's MULTI/EXEC like any command.
@@ -37,6 +40,14 @@ return #KEYS
 
 class Fenced(Exception):
     """Another writer changed a partition's stored offset: this batch must not land."""
+
+
+class OutcomeUnknown(redis.ConnectionError):
+    """Redis failed during EXEC: the batch may or may not have been applied."""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> OutcomeUnknown:
+        return cls(f"EXEC outcome unknown after {type(exc).__name__}: {exc}")
 
 
 def decode_state(raw: dict[bytes, bytes]) -> State:
@@ -80,7 +91,12 @@ class RedisStateStore:
     def begin(self, partitions: Iterable[int]) -> redis.client.Pipeline:
         """WATCH the partitions' offsets; the returned pipeline commits with `commit`."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.watch(*[keys.offset_key(self.topic, p) for p in partitions])
+        try:
+            pipe.watch(*[keys.offset_key(self.topic, p) for p in partitions])
+        except REDIS_DOWN:
+            with contextlib.suppress(*REDIS_DOWN):
+                pipe.reset()  # give the connection back to the pool
+            raise
         return pipe
 
     def load(
@@ -167,6 +183,13 @@ class RedisStateStore:
         try:
             pipe.execute()
         except redis.WatchError as exc:
+            if isinstance(exc.__context__, REDIS_DOWN):
+                # redis-py reports a connection lost while WATCHing as a WatchError. That is an
+                # outage with an unknown outcome, not a fence.
+                raise OutcomeUnknown.of(exc.__context__) from exc
             raise Fenced(str(exc)) from exc
+        except REDIS_DOWN as exc:  # e.g. a timeout: Redis may still run the EXEC after it
+            raise OutcomeUnknown.of(exc) from exc
         finally:
-            pipe.reset()
+            with contextlib.suppress(*REDIS_DOWN):  # UNWATCH on a dead connection
+                pipe.reset()

@@ -36,6 +36,12 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "compression_type": "lz4",
         "max_in_flight_requests_per_connection": 5,
         "retries": 2_147_483_647,
+        # Surviving a broker restart: retries are bounded by time, not count; a full buffer
+        # blocks send() for as long as a record may wait, so an outage is not a lost record;
+        # idempotence makes the resends that cross the restart land once.
+        "delivery_timeout_ms": settings.kafka_delivery_timeout_ms,
+        "max_block_ms": settings.kafka_delivery_timeout_ms,
+        "reconnect_backoff_max_ms": settings.kafka_reconnect_backoff_max_ms,
     }
     options.update(security_kwargs(settings))
     options.update(overrides)
@@ -47,6 +53,7 @@ def consumer(settings: Settings, *topics: str, **overrides: Any) -> KafkaConsume
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
+        "reconnect_backoff_max_ms": settings.kafka_reconnect_backoff_max_ms,
     }
     options.update(security_kwargs(settings))
     options.update(overrides)

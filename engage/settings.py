@@ -66,6 +66,23 @@ class Settings(BaseSettings):
     metrics_port: int = 0  # Prometheus exporter of `engage consume`; 0 = off
     rules_file: Path | None = None  # overrides the per-domain defaults in scoring/rules/
 
+    # Outages. Redis: the consumer waits with capped exponential back-off, then resumes from
+    # the offsets stored in Redis; it gives up only when redis_retry_give_up_s is set.
+    redis_retry_initial_s: float = Field(default=0.2, gt=0)
+    redis_retry_max_s: float = Field(default=5.0, gt=0)
+    redis_retry_give_up_s: float | None = Field(default=None, gt=0)  # None: wait for ever
+    redis_retry_log_every_s: float = Field(default=5.0, gt=0)  # one "still down" line per this
+    # A hung (not refusing) Redis surfaces as a TimeoutError after this, instead of a hang.
+    redis_socket_timeout_s: float = Field(default=10.0, gt=0)
+    # Kafka: how long a produced record may wait out a broker outage before it counts as failed
+    # (delivery timeout, and how long send() may block on a full buffer meanwhile).
+    kafka_delivery_timeout_ms: int = Field(default=120_000, ge=31_000)  # > request timeout
+    # kafka-python's default (30 s) can leave clients idle long after a broker is back.
+    kafka_reconnect_backoff_max_ms: int = Field(default=1_000, ge=50)
+    # A consumer that does not poll for this long leaves the group (it keeps polling, paused,
+    # while it waits for Redis, so an outage does not cost a rebalance).
+    kafka_max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
+
     # Interfaces.
     api_host: str = "127.0.0.1"  # loopback by default: exposing the API is a deliberate choice
     api_port: int = 8000
