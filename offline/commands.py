@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import typer
+from kafka.errors import KafkaError
 from rich.console import Console
 from rich.progress import Progress
 
@@ -61,6 +62,8 @@ def export(
             )
         except LookupError as exc:
             raise fail(str(exc), EXIT_NOT_FOUND) from exc
+        except KafkaError as exc:
+            raise fail(f"cannot read the events topic: {exc}", EXIT_SERVICES_DOWN) from exc
     m = result.manifest
     console.print(
         f"exported {m['count']} events ({m['undecodable']} undecodable), {m['items']} items "

@@ -1,0 +1,75 @@
+"""The offline subcommands and `engage demo`, as a user runs them, against the real stack:
+the happy path of each and its main error paths (missing input, unknown model, Kafka down)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.eventlog import engage_env, publish_log
+from tests.offline_synth import synthetic_log
+
+pytestmark = pytest.mark.stack
+
+DEAD_KAFKA = "127.0.0.1:9"  # the discard port: nothing listens there
+
+
+def engage(settings, *args: str, timeout: float = 240, **env_extra: str):
+    return subprocess.run([sys.executable, "-m", "engage", *args],
+                          env=engage_env(settings, **env_extra), capture_output=True,
+                          text=True, timeout=timeout, check=False)  # fmt: skip
+
+
+@pytest.fixture
+def logged(settings, tmp_path):
+    """A small synthetic rating log on this test's events topic, and an empty model registry."""
+    settings = settings.model_copy(update={"data_dir": tmp_path})
+    events, meta = synthetic_log(n_users=40, per_user=30)
+    rows = [e.model_dump(mode="json", exclude_none=True) for e in events]
+    publish_log(settings, rows, {item: list(m.genres) for item, m in meta.items()})
+    return settings
+
+
+def test_train_evaluate_explain_from_the_topic(logged, tmp_path):
+    trained = engage(logged, "train", "--from-topic", "--bootstrap", "50")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "registered and current" in trained.stdout + trained.stderr
+    evaluated = engage(logged, "evaluate", "--from-topic", "--all")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "report:" in evaluated.stdout + evaluated.stderr
+    explained = engage(logged, "explain", "--from-topic", "--repeats", "1")
+    assert explained.returncode == 0, explained.stderr[-2000:]
+    assert list(tmp_path.glob("runs/*explain*/shap_summary.png"))
+
+
+def test_offline_error_paths(logged, tmp_path):
+    missing = engage(logged, "train", "--movielens", str(tmp_path / "no-such-folder"))
+    assert missing.returncode == 4, missing.stdout + missing.stderr
+    assert "no-such-folder" in missing.stdout + missing.stderr
+    for command in ("evaluate", "explain"):
+        unknown = engage(logged, command, "--version", "v-does-not-exist", "--from-topic")
+        assert unknown.returncode == 4, (command, unknown.stdout + unknown.stderr)
+        assert "v-does-not-exist" in unknown.stdout + unknown.stderr
+    for args in (("train", "--from-topic"), ("export",)):
+        down = engage(logged, *args, timeout=120, ENGAGE_KAFKA_BOOTSTRAP_SERVERS=DEAD_KAFKA)
+        assert down.returncode == 3, (args, down.stdout + down.stderr)
+    bad = engage(logged, "train", "--bootstrap", "many")
+    assert bad.returncode == 2 and "--bootstrap" in bad.stderr
+
+
+def test_demo_shows_live_view_top_users_and_an_explained_score(settings, tmp_path):
+    """The README's main command, shortened: on the running stack, rule scores only."""
+    demo_db = settings.redis_url.rsplit("/", 1)[1]  # this test session's own database
+    result = engage(
+        settings.model_copy(update={"data_dir": tmp_path}),
+        "demo", "--seconds", "6", "--rate", "300", "--no-train",
+        ENGAGE_DEMO_REDIS_DB=demo_db,
+    )  # fmt: skip
+    text = result.stdout
+    assert result.returncode == 0, text[-3000:] + result.stderr[-3000:]
+    assert "replaying 1,800 events" in text
+    assert "events/s" in text and "lag" in text  # the live view's header
+    assert "top users" in text and "one user's score, explained" in text
+    assert "engage serve" in text
