@@ -1,0 +1,119 @@
+"""The long fault and load runs (issue 8): `pytest --soak tests/test_soak.py -s`.
+
+- Crash chaos: 200,000 events, the consumer SIGKILLed at least 10 times at random moments and
+  restarted; the final Redis state equals the independent reference.
+- Load: synthetic funnel events replayed at a steady 5,000 events/s for 5 minutes into a
+  running `engage consume`; consumer lag stays bounded and its memory flat.
+
+Each prints a JSON line of what it measured; the last results are quoted in the README.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from producer import synthetic
+from producer.pacing import throttle
+from producer.replay import replay
+from tests.eventlog import make_log, publish_log
+from tests.reference import diff_against_redis, reference_state
+from tests.test_consumer_faults import (
+    consumer_env,
+    processed_so_far,
+    start_consumer,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.stack, pytest.mark.soak]
+
+SOAK_RATE = 5_000.0
+SOAK_SECONDS = 300.0
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_sigkill_ten_times_during_200k_events(settings, redis_client):
+    events, genres = make_log(n_users=2000, events_per_user=100, seed=21)
+    publish_log(settings, events, genres)
+    env = consumer_env(settings, ENGAGE_BATCH_MAX_RECORDS="500")
+    group = f"chaos-{settings.events_topic}"
+    rng = random.Random(8)
+    kills, started = 0, time.monotonic()
+    while kills < 12:
+        proc = start_consumer(env, group, idle_exit=5)
+        before = processed_so_far(redis_client, settings.events_topic)
+        wait_for(lambda b=before: processed_so_far(redis_client, settings.events_topic) > b,
+                 120, "the consumer to make progress", proc)  # fmt: skip
+        time.sleep(rng.uniform(0.0, 2.0))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills >= 10, f"only {kills} kills before the log ran out"
+    final = start_consumer(env, group, idle_exit=5)
+    _out, err = final.communicate(timeout=900)
+    assert final.returncode == 0, err[-3000:]
+    assert processed_so_far(redis_client, settings.events_topic) == len(events)
+    p = settings.feature_params
+    ref = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
+    assert diff_against_redis(ref, redis_client) == []
+    print(json.dumps({"soak": "chaos", "events": len(events), "kills": kills,
+                      "seconds": round(time.monotonic() - started, 1)}))  # fmt: skip
+
+
+def test_steady_5000_per_second_for_5_minutes(settings, redis_client, tmp_path):
+    settings = settings.model_copy(update={"data_dir": tmp_path})  # rules only: no model
+    env = consumer_env(settings)
+    proc = start_consumer(env, f"soak-{settings.events_topic}", idle_exit=15)
+    config = synthetic.SyntheticConfig(users=200_000, days=30, seed=4)
+    total = int(SOAK_RATE * SOAK_SECONDS)
+    stop = threading.Event()
+    sent: dict[str, object] = {}
+    producer = threading.Thread(
+        target=lambda: sent.update(r=replay(
+            throttle(synthetic.events(config), SOAK_RATE, stop), settings,
+            items=synthetic.synthetic_item_meta(), limit=total, progress=False))
+    )  # fmt: skip
+    t0 = time.monotonic()
+    producer.start()
+    samples: list[dict[str, float]] = []
+    while producer.is_alive():
+        time.sleep(5.0)
+        elapsed = time.monotonic() - t0
+        processed = processed_so_far(redis_client, settings.events_topic)
+        expected = min(total, SOAK_RATE * elapsed)  # what the producer has sent by now
+        samples.append({"t": round(elapsed, 1), "lag": round(expected - processed),
+                        "rss_mib": round(rss_mib(proc.pid), 1)})  # fmt: skip
+        print(json.dumps(samples[-1]), flush=True)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+    producer.join()
+    wait_for(lambda: processed_so_far(redis_client, settings.events_topic) >= total, 120,
+             "the consumer to catch up", proc)  # fmt: skip
+    caught_up_s = time.monotonic() - t0 - SOAK_SECONDS
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+
+    steady = [s for s in samples if s["t"] >= 60]  # after the first minute's warm-up
+    max_lag = max(s["lag"] for s in steady)
+    first_rss = sum(s["rss_mib"] for s in steady[:6]) / len(steady[:6])
+    last_rss = sum(s["rss_mib"] for s in steady[-6:]) / len(steady[-6:])
+    result = {"soak": "load", "rate": SOAK_RATE, "seconds": SOAK_SECONDS, "events": total,
+              "max_lag_events": max_lag, "caught_up_after_s": round(caught_up_s, 1),
+              "rss_mib_minute_1": round(first_rss, 1),
+              "rss_mib_last_30s": round(last_rss, 1)}  # fmt: skip
+    print(json.dumps(result))
+    assert max_lag < 5 * SOAK_RATE, "lag grew past 5 seconds of input"
+    assert last_rss < first_rss * 1.2 + 20, "consumer memory grew"
