@@ -284,7 +284,8 @@ def _print_parity(report: dict[str, Any], show: int) -> None:
         f"scores {report['scores_topic']}: {s['read']} messages, {s['unique_events']} events, "
         f"{s['duplicates']} duplicates ({s['duplicates_differing']} differing); events "
         f"{report['events_source'].get('path') or report['events_source'].get('topic')}: "
-        f"{e['decoded']} decoded, {e['undecodable_excluded']} undecodable (excluded); "
+        f"{e['decoded']} decoded, {e['undecodable_excluded']} undecodable and "
+        f"{e['refused_excluded']['count']} duplicate or late (excluded); "
         f"{report['partitions']} partition(s); joined {report['joined']}; missing online "
         f"{m['online_gap']['count']} (+{m['online_not_yet_scored']['count']} not yet scored), "
         f"missing offline {m['offline']['count']}; tolerance {report['tolerance']:g}",

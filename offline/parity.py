@@ -7,7 +7,8 @@ model's interaction and propensity probabilities and its version. Messages are a
 last one (per partition by offset; across partitions by record time).
 
 Offline side: the events (the events topic, or a snapshot of it) decoded with the consumer's
-own `decode_event`, so undecodable, dead-lettered messages are skipped on both sides. The
+own `decode_event` and admitted by its own policy (duplicate guard, lateness), so whatever the
+consumer dead-lettered (undecodable, duplicate, late) is left out on both sides. The
 feature rows come from `offline.dataset.build_dataset`, the function training uses, run in
 `offline.snapshot.consumer_order` (each partition in offset order, partitions merged by event
 time at their heads). Tags are not training rows, and the propensity and rule scores read the
@@ -355,28 +356,66 @@ def as_scored(offline: OfflineEvents, online: OnlineScores) -> OfflineEvents:
 
 @dataclass
 class OfflineRows:
+    """The offline side of every event the consumer would apply (admitted), in order."""
+
+    events: list[Event]  # admitted events
+    positions: list[tuple[int, int]]  # their (partition, offset)
     features: np.ndarray  # (n, F) point-in-time features; the training rows where labelled
     after: np.ndarray  # (n, len(PROPENSITY_FEATURES)) user + context right after each event
     self_check_mismatches: int  # labelled rows where the extra pass differs from training's
+    refused: dict[str, int] = field(default_factory=dict)  # "duplicate"/"late" -> count
+    refused_sample: list[str] = field(default_factory=list)
 
 
-def offline_rows(events: list[Event], meta: dict[str, ItemMeta], settings: Settings) -> OfflineRows:
-    """Training's `build_dataset` rows, plus one pass for tags and after-event state."""
-    params = settings.feature_params
-    data = build_dataset(events, meta, params)
-    n, width = len(events), len(INTERACTION_FEATURES)
-    before = np.empty((n, width))
-    after = np.empty((n, len(PROPENSITY_FEATURES)))
-    state = MemoryState(params=params, meta=dict(meta))
-    for i, event in enumerate(events):
+def offline_rows(offline: OfflineEvents, settings: Settings) -> OfflineRows:
+    """Training's `build_dataset` rows, plus one pass for tags and after-event state.
+
+    Both run the consumer's admission policy (duplicate guard, lateness), so the events the
+    consumer dead-lettered as duplicates or late are refused here as well and left out.
+    """
+    params, policy = settings.feature_params, settings.admission_policy
+    data = build_dataset(offline.events, offline.meta, params, admission=policy)
+    state = MemoryState(params=params, meta=dict(offline.meta), admission=policy)
+    admitted: list[int] = []
+    before: list[list[float]] = []
+    after: list[list[float]] = []
+    refused: dict[str, int] = {}
+    sample: list[str] = []
+    for i, event in enumerate(offline.events):
+        reason = state.admit(event)
+        if reason is not None:
+            kind = reason.split(":", 1)[0]
+            refused[kind] = refused.get(kind, 0) + 1
+            if len(sample) < SAMPLE:
+                sample.append(event.event_id)
+            continue
         step = state.step(event)
-        before[i] = step.features
-        after[i] = step.after
+        admitted.append(i)
+        before.append(step.features)
+        after.append(step.after)
+    events = [offline.events[i] for i in admitted]
+    width = len(INTERACTION_FEATURES)
+    features = np.array(before, dtype=np.float64) if before else np.empty((0, width))
+    after_x = (
+        np.array(after, dtype=np.float64) if after else np.empty((0, len(PROPENSITY_FEATURES)))
+    )
     labelled = np.array([e.labelled for e in events], dtype=bool)
-    training = before[labelled]
-    differs = ~((training == data.X) | (np.isnan(training) & np.isnan(data.X)))
-    before[labelled] = data.X
-    return OfflineRows(before, after, int(differs.any(axis=1).sum()))
+    training = features[labelled]
+    if training.shape != data.X.shape:  # training kept other rows: every row is suspect
+        self_check = max(len(training), len(data.X))
+    else:
+        same = (training == data.X) | (np.isnan(training) & np.isnan(data.X))
+        self_check = int((~same).any(axis=1).sum())
+        features[labelled] = data.X
+    return OfflineRows(
+        events,
+        [offline.positions[i] for i in admitted],
+        features,
+        after_x,
+        self_check,
+        refused,
+        sample,
+    )
 
 
 def _wire(values: np.ndarray, score: str) -> np.ndarray:
@@ -456,7 +495,7 @@ def compare(
     order: str = "training",
 ) -> dict[str, Any]:
     """The report: per feature and group, per score, what is missing where, and the verdict."""
-    ids = [e.event_id for e in offline.events]
+    ids = [e.event_id for e in rows.events]
     off_index: dict[str, int] = {}
     for i, event_id in enumerate(ids):
         off_index[event_id] = i  # keep the last, as online does
@@ -472,7 +511,7 @@ def compare(
     for p, o in online.positions:
         scored_upto[p] = max(scored_upto.get(p, -1), o)
     unscored = [e for e in off_index if e not in online.index]
-    gaps = [e for e in unscored if _before(offline.positions[off_index[e]], scored_upto)]
+    gaps = [e for e in unscored if _before(rows.positions[off_index[e]], scored_upto)]
     missing_offline = [e for e in online.index if e not in off_index]
 
     single = offline.partitions == 1
@@ -566,6 +605,11 @@ def compare(
         },
         "events": {
             "decoded": len(offline.events),
+            "refused_excluded": {
+                "count": sum(rows.refused.values()),
+                "by_reason": rows.refused,
+                "sample": rows.refused_sample,
+            },
             "undecodable_excluded": offline.undecodable,
             "event_ids_reused": reused,
             "log_truncated_at": {str(p): o for p, o in sorted(offline.truncated.items())},
@@ -615,16 +659,16 @@ def run_parity(
         offline = as_scored(offline, online)
     timings["read_events"] = time.perf_counter() - t
     t = time.perf_counter()
-    rows = offline_rows(offline.events, offline.meta, settings)
+    rows = offline_rows(offline, settings)
     timings["offline_features"] = time.perf_counter() - t
     t = time.perf_counter()
-    ids = {e.event_id: i for i, e in enumerate(offline.events)}
+    ids = {e.event_id: i for i, e in enumerate(rows.events)}
     versions: dict[str, list[int]] = {}
     for event_id, row in online.index.items():
         version = online.versions[row]
         if version is not None and event_id in ids:
             versions.setdefault(version, []).append(ids[event_id])
-    scores, models = offline_scores(settings, offline.events, rows, versions)
+    scores, models = offline_scores(settings, rows.events, rows, versions)
     timings["offline_scores"] = time.perf_counter() - t
     t = time.perf_counter()
     report = compare(online, offline, rows, scores, models, tolerance, order)

@@ -20,6 +20,7 @@ import pytest
 from consumer.runner import StreamConsumer
 from engage import kafka_clients
 from engage.settings import Settings
+from features.events import Event
 from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES, feature_hash
 from offline.dataset import build_dataset
 from offline.export import export_topic
@@ -62,12 +63,20 @@ def prefixed_log(prefix: str, **kwargs: int) -> tuple[list[dict], dict]:
     return renamed, {prefix + item: gs for item, gs in genres.items()}
 
 
+def refused_extras(events: list[dict]) -> list[tuple[bytes, bytes]]:
+    """Two re-sent events (duplicates) and one a week behind its user's latest (late): the
+    consumer dead-letters them, and offline must refuse the same ones."""
+    last = events[-1]
+    late = {**last, "event_id": last["event_id"] + ":late", "ts": last["ts"] - 7 * 86_400_000}
+    return [(e["user_id"].encode(), Event(**e).to_json()) for e in (events[-1], events[-2], late)]
+
+
 def replay(settings: Settings, prefix: str) -> int:
     events, genres = prefixed_log(prefix, n_users=40, events_per_user=40)
     kafka_clients.ensure_topic(settings, settings.events_topic, settings.partitions)
-    publish_log(settings, events, genres, extra=BAD)
+    publish_log(settings, events, genres, extra=BAD + refused_extras(events))
     summary = StreamConsumer(settings, group=f"{settings.events_topic}.parity").run(idle_exit_s=2)
-    assert summary.processed == len(events) and summary.dead_lettered == len(BAD)
+    assert summary.processed == len(events) and summary.dead_lettered == len(BAD) + 3
     assert summary.batches >= 8  # small batches: state goes through Redis many times
     return len(events)
 
@@ -114,7 +123,10 @@ def test_one_partition_every_feature_and_score_agrees(one_partition, tmp_path):
     report = run_parity(settings)
     assert report["ok"], report["failures"]
     assert report["partitions"] == 1 and report["joined"] == n
-    assert report["events"]["undecodable_excluded"] == len(BAD)  # dead-lettered: on no side
+    # Dead-lettered (undecodable, duplicate, late): on neither side.
+    assert report["events"]["undecodable_excluded"] == len(BAD)
+    refused = report["events"]["refused_excluded"]
+    assert refused["count"] == 3 and refused["by_reason"] == {"duplicate": 2, "late": 1}
     assert report["missing"]["online_gap"]["count"] == 0
     assert report["missing"]["offline"]["count"] == 0
     assert report["scores_messages"]["duplicates"] == 0
@@ -185,6 +197,7 @@ def test_six_partitions_user_and_session_exact_items_reported(six_partitions):
     assert cli.returncode == 0, cli.stderr
     report = json.loads(cli.stdout)
     assert report["partitions"] == 6 and report["joined"] == n and report["ok"]
+    assert report["events"]["refused_excluded"]["count"] == 3
     for group in ("user", "session", "context"):
         g = report["groups"][group]
         assert g["exact"] and g["events_compared"] == n and g["events_mismatched"] == 0, g
