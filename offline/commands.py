@@ -124,7 +124,9 @@ def evaluate(
     bundle = _bundle(version)
     events, meta, source = _load(snapshot, from_topic, movielens)
     with console.status("building features"):
-        data = build_dataset(events, meta)
+        data = build_dataset(
+            events, meta, settings.feature_params, admission=settings.admission_policy
+        )
     trained_until = bundle.log_range.get("max_ts") or 0
     rows = np.arange(len(data)) if all_rows else np.flatnonzero(data.ts > trained_until)
     if len(rows) == 0:
@@ -172,7 +174,9 @@ def explain(
     bundle = _bundle(version)
     events, meta, source = _load(snapshot, from_topic, movielens)
     with console.status("building features"):
-        data = build_dataset(events, meta)
+        data = build_dataset(
+            events, meta, settings.feature_params, admission=settings.admission_policy
+        )
     rows = temporal_split(data).test
     if len(rows) == 0:
         raise fail("no labelled events to explain on", EXIT_NOT_FOUND)

@@ -122,7 +122,7 @@ def run_training(
     n_boot: int = 1000,
     console: Console | None = None,
 ) -> TrainResult:
-    params = params or FeatureParams()
+    params = params or settings.feature_params  # what the consumer serves with
     console = console or Console(stderr=True)
     fits = [(s, f, lrn) for s in ("per_user", "temporal") for f in FEATURE_SETS for lrn in LEARNERS]
     steps = _Steps(console, total=1 + len(fits) + 4)
@@ -132,7 +132,11 @@ def run_training(
         feature_task = steps.progress.add_task("feature pass (events)", total=len(events))
         with steps.step("features"):
             data = build_dataset(
-                events, meta, params, lambda n: steps.progress.update(feature_task, completed=n)
+                events,
+                meta,
+                params,
+                lambda n: steps.progress.update(feature_task, completed=n),
+                admission=settings.admission_policy,
             )
             steps.progress.update(feature_task, completed=len(events))
         splits = {"per_user": per_user_split(data), "temporal": temporal_split(data)}
