@@ -108,6 +108,8 @@ def latency_run(ctx: Context, rate: float, seconds: float) -> dict[str, Any]:
         "offered_events_per_s": offered["rate"],
         "consumed_events_per_s": result["events_per_s"],
         **{k: result[k] for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")},
+        "model_version": result["model_version"],
+        "errors": result["errors"],
     }
 
 

@@ -38,6 +38,7 @@ from engage.settings import PROJECT_ROOT, Settings, get_settings
 
 SCHEMA = 1
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
+MODEL_NONE = {True: "none registered (rules only)", False: "off, --no-model (rules only)"}
 QUICK_NOTE = " (quick smoke: tiny sizes, the numbers mean nothing)"
 
 
@@ -307,7 +308,7 @@ def markdown(result: dict[str, Any], plot: str | None) -> str:
         f"{m['cpus']} CPUs, load average {m['load_average'][0]:.2f} at the start and "
         f"{result['load_average_end'][0]:.2f} at the end; {m['platform']}, Python {m['python']}; "
         f"Kafka {m['kafka']}, Redis {m['redis']}; commit {m['git_commit']}; "
-        f"model {result['model_version'] or 'none (rules only)'}.",
+        f"model: {result['model_version'] or MODEL_NONE[result['model_requested']]}.",
         "",
         "| group | figure | median | min | max | unit | runs | ratio to ceiling |",
         "|---|---|---:|---:|---:|---|---:|---|",
@@ -462,6 +463,7 @@ def run(args: argparse.Namespace, settings: Settings | None = None) -> dict[str,
         "machine": info,
         "load_average_end": list(os.getloadavg()),
         "model_version": next((m for m in models if m), None),
+        "model_requested": args.model,
         "sizes": {k: getattr(sizes, k) for k in sizes.__dataclass_fields__},
         "figures": figures,
         "errors": errors,
