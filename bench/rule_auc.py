@@ -19,11 +19,11 @@ import json
 import time
 
 import numpy as np
-import redis
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from consumer.runner import StreamConsumer
+from engage.redis_client import connect
 from engage.settings import Settings, get_settings
 from features import keys
 from producer import synthetic
@@ -42,7 +42,7 @@ def scores_after(config: synthetic.SyntheticConfig, until_ms: int | None, tag: s
             "dead_letter_topic": f"{run}.dlq",
         }
     )
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings)
     client.flushdb()
     replay(synthetic.events(config), settings, until_ms=until_ms, progress=False)
     StreamConsumer(settings, group=f"{run}.g").run(idle_exit_s=3.0)

@@ -23,6 +23,7 @@ def consume(
 ) -> None:
     """Consume events: exactly-once aggregates in Redis, rule and model scores out."""
     from consumer.runner import StreamConsumer
+    from engage.redis_client import refused
 
     settings = get_settings()
     setup_logging()
@@ -31,6 +32,9 @@ def consume(
         from prometheus_client import start_http_server
 
         start_http_server(port, addr="127.0.0.1")
+    refusal = refused(settings)  # a wrong password is not an outage to wait out
+    if refusal is not None:
+        raise fail(f"Redis at {settings.redis_url} refused us: {refusal}", EXIT_SERVICES_DOWN)
     try:
         runner = StreamConsumer(settings, group=group)
     except (redis.ConnectionError, OSError) as exc:

@@ -26,7 +26,7 @@ from consumer.batch import BatchScorer, Incoming
 from consumer.deadletter import DeadLetter
 from consumer.metrics import ConsumerMetrics
 from consumer.store import NO_OFFSET, REDIS_DOWN, Fenced, RedisStateStore
-from engage import kafka_clients
+from engage import kafka_clients, redis_client
 from engage.settings import Settings
 from features.events import DecodeError, decode_event
 from features.pipeline import MemoryState
@@ -101,8 +101,8 @@ class StreamConsumer:
         self.topic = settings.events_topic
         # One immediate retry covers a stale pooled connection; longer outages are the loop's
         # (it knows to resync offsets afterwards), so redis-py must not sleep in a retry itself.
-        self.redis = redis.Redis.from_url(
-            settings.redis_url,
+        self.redis = redis_client.connect(
+            settings,
             socket_timeout=settings.redis_socket_timeout_s,
             # Short: an assignment callback may connect, and it runs where heartbeats do.
             socket_connect_timeout=min(settings.redis_socket_timeout_s, 2.0),

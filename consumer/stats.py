@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
 from kafka import TopicPartition
 
 from consumer.store import stored_offsets
 from engage import kafka_clients
+from engage.redis_client import connect
 from engage.settings import Settings
 from features import keys
 
 
 def collect_stats(settings: Settings) -> dict[str, Any]:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings)
     counters = {
         k.decode(): int(v) for k, v in client.hgetall(keys.stats_key(settings.events_topic)).items()
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from engage.redact import redact_text
+
 #: Exit codes: 0 ok, 1 failure, 2 bad arguments (typer's own), 3 services down, 4 not found.
 EXIT_FAILURE = 1
 EXIT_SERVICES_DOWN = 3
@@ -14,6 +16,19 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
-    """Print one clear error line and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print one clear error line and return the Exit to raise. Passwords are masked: the
+    line often names a server URL, and error output ends up in terminals, logs and CI."""
+    console.print(f"[bold red]error:[/] {redact_text(message, _secrets())}", highlight=False)
     return typer.Exit(code)
+
+
+def _secrets() -> list[str]:
+    """The configured passwords, to mask wherever an error message might repeat them."""
+    from engage.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except Exception:  # invalid settings are themselves being reported
+        return []
+    secrets = (settings.redis_password, settings.kafka_sasl_password)
+    return [s.get_secret_value() for s in secrets if s is not None]

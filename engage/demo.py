@@ -16,9 +16,10 @@ import threading
 import time
 from collections.abc import Iterable
 
-import redis
 from rich.console import Console
 
+from engage.redact import redact_url
+from engage.redis_client import connect
 from engage.settings import Settings
 from features.events import Event
 
@@ -82,7 +83,7 @@ def run_demo(settings: Settings, seconds: float, rate: float, train: bool) -> No
     out.print(f"model: {version or 'none (rule scores only)'}")
 
     demo = demo_settings(settings)
-    client = redis.Redis.from_url(demo.redis_url)
+    client = connect(demo)
     client.flushdb()
     limit = int(seconds * rate)
     name, events, items = pick_source(demo, limit)
@@ -116,6 +117,6 @@ def run_demo(settings: Settings, seconds: float, rate: float, train: bool) -> No
         out.rule("one user's score, explained")
         out.print(render_score(current_score(client, leaders[0]["user_id"])))
     out.rule("next")
-    env = f"ENGAGE_REDIS_URL={demo.redis_url} ENGAGE_EVENTS_TOPIC={demo.events_topic}"
+    env = f"ENGAGE_REDIS_URL={redact_url(demo.redis_url)} ENGAGE_EVENTS_TOPIC={demo.events_topic}"
     out.print(f"Ask it yourself:   {env} engage top 10 --label high")
     out.print(f"Dashboard and API: {env} engage serve   -> http://127.0.0.1:{settings.api_port}/")

@@ -12,8 +12,25 @@ from engage.settings import Settings
 
 
 def security_kwargs(settings: Settings) -> dict[str, Any]:
-    """Client arguments for secured clusters; empty for the plaintext local stack."""
-    return {}
+    """Client arguments for secured clusters (TLS, SASL); empty for the plaintext local stack.
+    Every client (admin, producer, consumer) takes them, so all connect the same way."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        password = settings.kafka_sasl_password
+        options["sasl_plain_password"] = password.get_secret_value() if password else None
+    for option, path in (
+        ("ssl_cafile", settings.kafka_ssl_cafile),
+        ("ssl_certfile", settings.kafka_ssl_certfile),
+        ("ssl_keyfile", settings.kafka_ssl_keyfile),
+    ):
+        if path is not None:
+            options[option] = str(path)
+    return options
 
 
 def admin_client(settings: Settings, timeout_s: float = 10.0) -> KafkaAdminClient:

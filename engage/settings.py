@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engage.redact import redact_url
 from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams
 
@@ -28,7 +30,10 @@ def _default_cache_dir() -> Path:
 class Settings(BaseSettings):
     """Connection, topic, storage and tuning settings (env prefix `ENGAGE_`)."""
 
-    model_config = SettingsConfigDict(env_prefix="ENGAGE_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a validation error must not echo the environment (it holds secrets).
+    model_config = SettingsConfigDict(
+        env_prefix="ENGAGE_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     # Where the project's own local stack listens; the two addresses below default to these.
     stack_kafka_port: int = 9092
@@ -37,7 +42,23 @@ class Settings(BaseSettings):
     # Naming either address (ENGAGE_KAFKA_BOOTSTRAP_SERVERS / ENGAGE_REDIS_URL) means: use
     # that server, never start one.
     kafka_bootstrap_servers: str = ""
-    redis_url: str = ""
+    redis_url: str = ""  # may carry user:password@ and rediss:// (TLS); shown only redacted
+
+    # Security (docs/security.md). Redis: credentials in the URL or here (not both); TLS is
+    # chosen by the rediss:// scheme, these files verify the server and identify the client.
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
+    # Kafka: kafka-python's security options, one setting each.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
 
     events_topic: str = "engage.events"
     scores_topic: str = "engage.scores"
@@ -104,6 +125,35 @@ class Settings(BaseSettings):
         if not self.redis_url:
             self.redis_url = f"redis://127.0.0.1:{self.stack_redis_port}/0"
         return self
+
+    @model_validator(mode="after")
+    def _consistent_security(self) -> Settings:
+        """Half-configured security fails at start-up, naming settings, never their values."""
+        url = urlparse(self.redis_url)
+        if url.password and self.redis_password is not None:
+            raise ValueError("the Redis password is in both redis_url and redis_password")
+        if url.username and self.redis_username:
+            raise ValueError("the Redis user is in both redis_url and redis_username")
+        tls_files = (self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
+        if any(tls_files) and url.scheme != "rediss":
+            raise ValueError("redis_tls_* files are set but redis_url is not rediss:// (TLS)")
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(
+                f"kafka_security_protocol={self.kafka_security_protocol} needs "
+                "kafka_sasl_username and kafka_sasl_password"
+            )
+        if not sasl and (self.kafka_sasl_username or self.kafka_sasl_password):
+            raise ValueError("kafka_sasl_* is set but kafka_security_protocol is not SASL_*")
+        ssl_files = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        if any(ssl_files) and not self.kafka_security_protocol.endswith("SSL"):
+            raise ValueError("kafka_ssl_* files are set but kafka_security_protocol has no SSL")
+        return self
+
+    def __repr_args__(self) -> Any:
+        """The repr (and str) with the Redis URL's password masked; SecretStr masks itself."""
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "redis_url" and value else value
 
     @property
     def admission_policy(self) -> AdmissionPolicy:

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from engage.cli_support import EXIT_NOT_FOUND, EXIT_SERVICES_DOWN, console, fail
+from engage.redis_client import connect
 from engage.settings import Settings, get_settings
 from features import keys
 from scoring.lookup import UnknownUser, current_score, score_request, top_users
@@ -27,7 +28,7 @@ out = Console()
 
 
 def _redis(settings: Settings) -> redis.Redis:
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client = connect(settings, socket_connect_timeout=2)
     try:
         client.ping()
     except (redis.ConnectionError, OSError) as exc:

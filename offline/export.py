@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import redis
 from kafka import TopicPartition
 
 from engage.kafka_clients import consumer
+from engage.redis_client import connect
 from engage.settings import Settings
 from features.events import DecodeError, decode_event
 from features.items import ItemMeta
@@ -103,7 +103,7 @@ def read_topic(
 
 def read_item_meta(settings: Settings) -> dict[str, ItemMeta]:
     """Every `im:{item}` hash in Redis, keyed by the unescaped item id."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings)
     try:
         keys = list(client.scan_iter(match="im:{*}", count=1000))
         meta: dict[str, ItemMeta] = {}

@@ -20,6 +20,7 @@ from kafka.errors import KafkaError
 from rich.console import Console
 
 from engage.kafka_clients import ensure_topic, producer
+from engage.redis_client import connect
 from engage.settings import Settings
 from features.events import Event
 from features.items import ItemMeta
@@ -140,7 +141,7 @@ def replay(
     summary = ReplaySummary(topic=topic, bad_rows=bad_rows)
     summary.topic_created = ensure_topic(settings, topic, settings.partitions)
     if items:
-        store = redis.Redis.from_url(settings.redis_url)
+        store = connect(settings)
         try:
             summary.items_written = write_items(store, items)
         finally:

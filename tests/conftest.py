@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from engage.redis_client import connect
 from engage.settings import Settings, get_settings
 from engage.stack import manager
 from engage.stack.containers import containers, docker_engine_answers
@@ -68,7 +69,7 @@ def stack_settings() -> Iterator[Settings]:
 def test_redis_db(stack_settings: Settings) -> Iterator[int]:
     """A Redis logical database this pytest session owns (claimed in db 0), so test sessions
     running side by side never flush each other's data."""
-    claims = redis.Redis.from_url(stack_settings.with_redis_db(0).redis_url)
+    claims = connect(stack_settings.with_redis_db(0))
     for db in range(1, 16):
         if claims.set(TEST_DB_CLAIM.format(db), os.getpid(), nx=True, ex=6 * 3600):
             break
@@ -89,7 +90,7 @@ def fresh_settings(stack_settings: Settings, db: int, **update: object) -> Setti
             **update,
         }
     )
-    redis.Redis.from_url(fresh.redis_url).flushdb()
+    connect(fresh).flushdb()
     return fresh
 
 
@@ -101,4 +102,4 @@ def settings(stack_settings: Settings, test_redis_db: int) -> Settings:
 
 @pytest.fixture
 def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url)
+    return connect(settings)

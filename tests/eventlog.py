@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import random
 
-import redis
-
 from engage import kafka_clients
+from engage.redis_client import connect
 from engage.settings import Settings
 from features import keys
 from features.events import Event
@@ -84,7 +83,7 @@ def publish_log(
     settings: Settings, events: list[dict], genres: dict, extra: list[tuple] = ()
 ) -> int:
     """Item metadata to Redis, events (and any extra raw (key, value) messages) to Kafka."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings)
     for item, gs in genres.items():
         client.hset(keys.item_meta_key(item), mapping=ItemMeta(tuple(gs)).to_hash())
     kafka_clients.ensure_topic(settings, settings.events_topic)

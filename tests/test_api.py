@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from consumer.runner import StreamConsumer
 from engage.api import create_app
+from engage.redis_client import connect
 from engage.settings import Settings
 from features import keys
 from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES, feature_hash
@@ -76,7 +77,7 @@ def client(api_settings: Settings):
 
 @pytest.fixture(scope="module")
 def rdb(api_settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(api_settings.redis_url)
+    return connect(api_settings)
 
 
 def _url(user: str) -> str:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import redis
 
 from consumer.deadletter import reason_of
 from consumer.runner import StreamConsumer
 from engage import kafka_clients
+from engage.redis_client import connect
 from tests.eventlog import make_log, publish_log
 from tests.reference import diff_against_redis, reference_state
 
@@ -88,4 +88,4 @@ def test_bad_messages_are_dead_lettered_with_reason(settings, redis_client):
         assert int(meta["source_offset"]) >= 0 and meta["source_partition"].isdigit()
     p = settings.feature_params
     ref = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
-    assert diff_against_redis(ref, redis.Redis.from_url(settings.redis_url)) == []
+    assert diff_against_redis(ref, connect(settings)) == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -18,15 +17,14 @@ from engage.api.health import HealthChecker
 from engage.api.metrics import ApiMetrics, MetricsMiddleware
 from engage.api.model_cache import ModelCache
 from engage.api.models import Health
+from engage.redis_client import connect
 from engage.settings import Settings
 
 
 def create_app(settings: Settings) -> FastAPI:
     # One pooled sync client: handlers run in the threadpool, the pool is thread-safe, and
     # short timeouts turn a dead Redis into a fast error instead of a hung request.
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=2, socket_connect_timeout=1, max_connections=64
-    )
+    client = connect(settings, socket_timeout=2, socket_connect_timeout=1, max_connections=64)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
+from engage.redis_client import connect_async
 from engage.settings import Settings
 from features import keys
 
@@ -27,7 +28,7 @@ def _only(data: bytes, user: str | None) -> bytes | None:
 
 
 async def score_stream(settings: Settings, user: str | None) -> AsyncIterator[bytes]:
-    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    client = connect_async(settings, socket_connect_timeout=2)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
         await pubsub.subscribe(keys.scores_channel(settings.events_topic))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from engage.redact import redact_url
 from engage.settings import Settings
 from engage.stack.errors import StackError
 from engage.stack.kafka_server import KafkaServer
@@ -57,7 +58,7 @@ def _kafka_state(settings: Settings, start: bool) -> ServiceState:
 
 def _redis_state(settings: Settings, start: bool) -> ServiceState:
     server = RedisServer(settings)
-    address = settings.redis_url
+    address = redact_url(settings.redis_url)  # shown in status and errors: no password
     pid = server.process.pid()
     named = settings.explicitly_set("redis_url")
     if redis_answers(settings):

@@ -7,6 +7,7 @@ import socket
 
 import redis
 
+from engage.redis_client import connect
 from engage.settings import Settings
 
 
@@ -41,9 +42,7 @@ def kafka_answers(settings: Settings, timeout_s: float = 5.0) -> bool:
 def redis_answers(settings: Settings, timeout_s: float = 1.0) -> bool:
     """True when a Redis server answers PING at the configured URL."""
     try:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        client = connect(settings, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         return bool(client.ping())
     except (redis.RedisError, OSError):
         return False
