@@ -62,8 +62,17 @@ def _require_java() -> str:
 class KafkaServer:
     """The local broker: write config, format storage, start, wait, stop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        extra_properties: dict[str, str] | None = None,
+        format_args: tuple[str, ...] = (),
+    ) -> None:
+        """`extra_properties` override server.properties (e.g. SASL listeners and JAAS from
+        `engage.stack.secure`); `format_args` go to the storage format (e.g. SCRAM users)."""
         self.settings = settings
+        self.extra_properties = extra_properties or {}
+        self.format_args = format_args
         self.home = settings.stack_dir / "kafka"
         self.process = ManagedProcess(
             name="kafka",
@@ -100,9 +109,11 @@ class KafkaServer:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
             "log.retention.hours": "-1",
+            **self.extra_properties,
         }
         self.home.mkdir(parents=True, exist_ok=True)
         self.properties_file.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+        self.properties_file.chmod(0o600)  # JAAS lines hold passwords
 
     def _java(self, lib: Path, main: str, *args: str, heap: str | None = None) -> list[str]:
         argv = [_require_java()]
@@ -123,7 +134,7 @@ class KafkaServer:
         cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         argv = self._java(
             lib, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-            "-c", str(self.properties_file), "--ignore-formatted",
+            "-c", str(self.properties_file), "--ignore-formatted", *self.format_args,
         )  # fmt: skip
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
         if result.returncode != 0:

@@ -33,8 +33,11 @@ def find_redis_server() -> str:
 
 
 class RedisServer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, extra_config: str = "") -> None:
+        """`extra_config`: redis.conf lines appended last (so they win), e.g. the ACL users or
+        TLS ports from `engage.stack.secure` for a private, secured server."""
         self.settings = settings
+        self.extra_config = extra_config
         self.home = settings.stack_dir / "redis"
         self.process = ManagedProcess(
             name="redis",
@@ -56,8 +59,9 @@ class RedisServer:
         config.write_text(
             f"bind {host}\nport {port}\ndir {self.home / 'data'}\n"
             'appendonly yes\nappendfsync everysec\nsave ""\ndaemonize no\n'
-            'proc-title-template "{title} {listen-addr} {config-file}"\n'
+            'proc-title-template "{title} {listen-addr} {config-file}"\n' + self.extra_config
         )
+        config.chmod(0o600)  # it may hold passwords
         argv = [binary, str(config)]
         started = time.monotonic()
         pid = self.process.start(argv)
