@@ -26,11 +26,10 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
-import redis
-
 from bench.common import engage_env, open_context
 from consumer.runner import StreamConsumer
 from engage import kafka_clients
+from engage.redis_client import connect
 from engage.settings import Settings
 from features import keys
 from producer.synthetic import SyntheticConfig, events
@@ -56,7 +55,7 @@ def seed(settings: Settings, users: int) -> list[str]:
         consumer.close()
         for sig, handler in handlers.items():  # run() installed its own
             signal.signal(sig, handler)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings)
     try:
         return [m.decode() for m in client.zrange(keys.leaderboard_key("rule"), 0, -1)]
     finally:

@@ -21,6 +21,7 @@ from kafka import TopicPartition
 from bench import sources
 from bench.common import Context
 from engage.kafka_clients import consumer, ensure_topic, producer
+from engage.redis_client import connection_options
 from engage.settings import Settings
 from features.events import DecodeError, decode_event
 from producer.partitioning import CachedKeyPartitioner
@@ -131,10 +132,17 @@ def parse_redis_benchmark(output: str) -> dict[str, float]:
     return {name.lower(): float(rps) for name, rps in _RESULT.findall(output.replace("\r", "\n"))}
 
 
+def redis_benchmark_usable(settings: Settings) -> bool:
+    """Installed, and Redis needs no credentials or TLS (no password on a command line)."""
+    secured = bool(connection_options(settings)) or "@" in settings.redis_url
+    return shutil.which("redis-benchmark") is not None and not secured
+
+
 def redis_benchmark(ctx: Context, requests: int) -> dict[str, float] | None:
-    """`redis-benchmark -q -t hset,incr -P 16` on the private database; None if not installed."""
+    """`redis-benchmark -q -t hset,incr -P 16` on the private database; None if it is not
+    installed or Redis needs credentials or TLS."""
     binary = shutil.which("redis-benchmark")
-    if binary is None:
+    if binary is None or not redis_benchmark_usable(ctx.settings):
         return None
     host, port = ctx.settings.redis_host_port
     command = [

@@ -21,6 +21,7 @@ import redis
 from kafka.errors import KafkaError
 
 from engage.kafka_clients import admin_client
+from engage.redis_client import connect
 from engage.settings import Settings, get_settings
 from features import keys
 from features.items import ItemMeta
@@ -45,7 +46,7 @@ class Progress:
 
 def claim_db(settings: Settings) -> int:
     """Claim a Redis database 14..1 for this process (claims expire after CLAIM_TTL_S)."""
-    claims = redis.Redis.from_url(settings.with_redis_db(0).redis_url)
+    claims = connect(settings.with_redis_db(0))
     try:
         for db in range(14, 0, -1):
             if claims.set(CLAIM.format(db), os.getpid(), nx=True, ex=CLAIM_TTL_S):
@@ -56,7 +57,7 @@ def claim_db(settings: Settings) -> int:
 
 
 def release_db(settings: Settings, db: int) -> None:
-    claims = redis.Redis.from_url(settings.with_redis_db(0).redis_url)
+    claims = connect(settings.with_redis_db(0))
     try:
         if claims.get(CLAIM.format(db)) == str(os.getpid()).encode():
             claims.delete(CLAIM.format(db))
@@ -151,7 +152,7 @@ class Context:
         return redis_db(self.settings)
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url)
+        return connect(self.settings)
 
     def fresh(self, name: str) -> Settings:
         """Settings with new events/scores/dead-letter topic names (recorded for clean-up)."""

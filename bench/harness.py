@@ -87,7 +87,7 @@ def bench_ceilings(ctx: Context, runs: int) -> Runs:
                 f"{ceilings.PIPELINE_COMMANDS:,} at a time")  # fmt: skip
         out.append(M("redis_pipeline", r["ops_per_s"], "ops/s", what, detail=r))
         b = ceilings.redis_benchmark(ctx, n_requests)
-        skipped = {} if b else {"skipped": "redis-benchmark is not installed"}
+        skipped = {} if b else {"skipped": "redis-benchmark not installed, or Redis secured"}
         for test in ("hset", "incr"):
             what = f"redis-benchmark -q -t {test} -P 16 -n {n_requests:,}, for reference"
             value = b[test] if b else None

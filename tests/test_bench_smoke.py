@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import pytest
 
+from bench.ceilings import redis_benchmark_usable
 from bench.common import QUICK
 from bench.harness import SCHEMA, label, main
 from engage.kafka_clients import admin_client
@@ -43,7 +43,7 @@ def test_quick_run_writes_every_figure(settings: Settings, tmp_path) -> None:
     assert result["schema"] == SCHEMA and result["quick"] and result["errors"] == {}
     figures = result["figures"]
     assert set(figures) == expected_figures()
-    no_redis_benchmark = shutil.which("redis-benchmark") is None
+    no_redis_benchmark = not redis_benchmark_usable(settings)
     for name, f in figures.items():
         if no_redis_benchmark and name.startswith("redis_benchmark_"):
             assert f["skipped"] and f["median"] is None
