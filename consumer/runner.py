@@ -25,7 +25,7 @@ from redis.retry import Retry
 from consumer.batch import BatchScorer, Incoming
 from consumer.deadletter import DeadLetter
 from consumer.metrics import ConsumerMetrics
-from consumer.store import NO_OFFSET, REDIS_DOWN, Fenced, RedisStateStore
+from consumer.store import NO_OFFSET, REDIS_DOWN, Fenced, RedisStateStore, waitable
 from engage import kafka_clients, redis_client
 from engage.settings import Settings
 from features.events import DecodeError, decode_event
@@ -82,6 +82,8 @@ class _Rebalance(ConsumerRebalanceListener):
         try:
             self.owner.seek_to_stored(assigned)
         except REDIS_DOWN as exc:
+            if not waitable(exc):
+                raise
             # This runs on kafka-python's I/O loop: never wait here (it would block
             # heartbeats). Park the partitions; run() waits for Redis and seeks them.
             self.owner.kafka.pause(*assigned)
@@ -176,6 +178,8 @@ class StreamConsumer:
             try:
                 self._resync()
             except REDIS_DOWN as exc:
+                if not waitable(exc):
+                    raise
                 attempts += 1
                 down_s = time.monotonic() - started
                 if s.redis_retry_give_up_s is not None and down_s >= s.redis_retry_give_up_s:
@@ -238,6 +242,8 @@ class StreamConsumer:
                     try:
                         self._handle(records, summary)
                     except (*REDIS_DOWN, OutputFailed) as exc:
+                        if not waitable(exc):
+                            raise
                         # The batch did not commit, or we cannot know: nothing after it may
                         # be applied until the positions are re-read from Redis.
                         log.warning("batch interrupted (%s: %s); re-reading offsets from Redis",

@@ -23,6 +23,12 @@ NO_OFFSET = -1
 #: What a Redis outage looks like to redis-py callers (refused, reset, timed out, loading).
 REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 
+
+def waitable(exc: BaseException) -> bool:
+    """An outage to wait out; refused credentials (a ConnectionError too) need a person."""
+    return not isinstance(exc, redis.AuthenticationError)
+
+
 # Item deltas of a whole batch in one command: KEYS = item hashes, ARGV = per key a field
 # count followed by field/amount pairs. Runs inside the batch's MULTI/EXEC like any command.
 ITEM_DELTAS_LUA = """
