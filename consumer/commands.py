@@ -44,7 +44,10 @@ def consume(
     except Exception as exc:  # kafka-python raises NoBrokersAvailable and friends
         raise fail(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}",
                    EXIT_SERVICES_DOWN) from exc  # fmt: skip
-    summary = runner.run(idle_exit_s=idle_exit, max_events=max_events)
+    try:
+        summary = runner.run(idle_exit_s=idle_exit, max_events=max_events)
+    except redis.ConnectionError as exc:  # gave up waiting (redis_retry_give_up_s), or refused
+        raise fail(f"Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN) from exc
     result = {
         "processed": summary.processed,
         "dead_lettered": summary.dead_lettered,

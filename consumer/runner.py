@@ -391,8 +391,8 @@ class _ModelWatch:
                 log.error(message)
             self.version = current
             return
+        for model in (bundle.interaction, bundle.propensity):
+            model.set_threads(self.settings.model_threads)
         self.scorer.model = bundle
         self.version = summary.model_version = current
         log.info("serving model %s", current)
-        for model in (bundle.interaction, bundle.propensity):
-            model.set_threads(self.settings.model_threads)
