@@ -96,3 +96,46 @@ def test_services_down_is_exit_3(settings):
         result = engage(settings, *args, ENGAGE_REDIS_URL=down)
         assert result.returncode == 3, (args, result.stderr)
         assert "cannot reach Redis" in result.stderr
+
+
+def test_consume_with_services_down_is_exit_3(settings):
+    # A consumer waits for Redis (an outage is not an error) unless told when to give up.
+    redis_down = engage(settings, "consume", "--idle-exit", "1",
+                        ENGAGE_REDIS_URL=f"redis://127.0.0.1:{dead_port()}/0",
+                        ENGAGE_REDIS_RETRY_GIVE_UP_S="2")  # fmt: skip
+    assert redis_down.returncode == 3, redis_down.stderr[-2000:]
+    assert "Traceback" not in redis_down.stderr
+    kafka_down = engage(settings, "consume", "--idle-exit", "1",
+                        ENGAGE_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{dead_port()}")  # fmt: skip
+    assert kafka_down.returncode == 3, kafka_down.stderr[-2000:]
+    assert "cannot reach Kafka" in kafka_down.stderr
+
+
+def test_serve_answers_then_a_taken_port_is_an_error(scored):
+    import time
+    import urllib.request
+
+    port = dead_port()
+    argv = [sys.executable, "-m", "engage", "serve", "--port", str(port)]
+    server = subprocess.Popen(argv, env=engage_env(scored), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/users/top?n=3") as r:
+                    top = json.loads(r.read())
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-2000:]
+                assert time.monotonic() < deadline, "engage serve never answered"
+                time.sleep(0.2)
+        assert len(top) == 3
+        second = engage(scored, "serve", "--port", str(port))  # the port is taken now
+        assert second.returncode != 0
+        assert "address already in use" in second.stderr.lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    bad = engage(scored, "serve", "--port", "70000")
+    assert bad.returncode == 2 and "--port" in bad.stderr

@@ -3,6 +3,7 @@ the happy path of each and its main error paths (missing input, unknown model, K
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -42,6 +43,10 @@ def test_train_evaluate_explain_from_the_topic(logged, tmp_path):
     explained = engage(logged, "explain", "--from-topic", "--repeats", "1")
     assert explained.returncode == 0, explained.stderr[-2000:]
     assert list(tmp_path.glob("runs/*explain*/shap_summary.png"))
+    exported = engage(logged, "export", "--out", str(tmp_path / "snap"))
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    manifest = json.loads((tmp_path / "snap" / "manifest.json").read_text())
+    assert manifest["count"] == 40 * 30
 
 
 def test_offline_error_paths(logged, tmp_path):
