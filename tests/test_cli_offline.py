@@ -46,7 +46,7 @@ def test_train_evaluate_explain_from_the_topic(logged, tmp_path):
     exported = engage(logged, "export", "--out", str(tmp_path / "snap"))
     assert exported.returncode == 0, exported.stderr[-2000:]
     manifest = json.loads((tmp_path / "snap" / "manifest.json").read_text())
-    assert manifest["count"] == 40 * 30
+    assert manifest["count"] == len(synthetic_log(n_users=40, per_user=30)[0])
 
 
 def test_offline_error_paths(logged, tmp_path):
