@@ -507,8 +507,9 @@ def test_wrong_kafka_password_is_a_clear_error_without_it(acl_settings, sasl_kaf
     env["ENGAGE_REDIS_URL"] = acl_settings.redis_url
     result = run_engage(["consume", "--idle-exit", "1"], env, timeout=90)
     assert result.returncode == 3, (result.stdout, result.stderr)
+    # kafka-python retries a failed SASL handshake until its bootstrap times out; the log
+    # often (not always: the broker may close first) names SaslAuthenticationFailedError.
     assert f"cannot reach Kafka at {sasl_kafka.kafka_bootstrap_servers}" in result.stderr
-    assert "SaslAuthenticationFailedError" in result.stderr  # kafka-python's log says why
 
 
 # -- everything secured at once: nothing leaks --------------------------------------------------
