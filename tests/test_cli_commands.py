@@ -82,6 +82,8 @@ def test_watch_prints_live_updates_as_json_lines(scored):
 
     time.sleep(4)  # let it subscribe
     more, genres = make_log(n_users=3, events_per_user=5, seed=99)
+    for e in more:  # after the users' earlier events: not late (max_lateness_s)
+        e["ts"] += 60 * 86_400_000
     publish_log(scored, more, genres)
     StreamConsumer(scored, group=f"{scored.events_topic}.cli").run(idle_exit_s=3)
     out, err = proc.communicate(timeout=30)
