@@ -78,3 +78,5 @@ def test_demo_shows_live_view_top_users_and_an_explained_score(settings, tmp_pat
     assert "events/s" in text and "lag" in text  # the live view's header
     assert "top users" in text and "one user's score, explained" in text
     assert "engage serve" in text
+    too_short = engage(settings, "demo", "--seconds", "1")
+    assert too_short.returncode == 2 and "--seconds" in too_short.stderr
