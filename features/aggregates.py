@@ -29,6 +29,7 @@ class FeatureParams:
     session_gap_ms: int = 30 * 60_000
     half_life_ms: float = 14 * 24 * 3_600_000.0
     mood_half_life_ms: float = 3_600_000.0  # the short-horizon ("mood") decayed rating mean
+    day_half_life_ms: float = 86_400_000.0  # the decayed event count ("events today")
 
 
 #: Smoothing of a user's mean rating towards the global prior (pseudo-ratings).
@@ -37,6 +38,14 @@ RATING_PRIOR_MEAN, RATING_PRIOR_WEIGHT = 3.5, 5.0
 #: HINCRBYFLOAT sums are exact whatever order the partitions' deltas arrive in.
 ITEM_SUM_QUANTUM = 1024.0
 MS_PER_DAY = 86_400_000
+#: Per-event exponential moving averages, in the user's log order (not decayed by time: a
+#: MovieLens user rates dozens of films within the same minute, and what they rated just before
+#: still says how they rate now). (state field, weight of the newest event): of the label over
+#: labelled events, and of the rating over ratings.
+ENGAGED_EMAS: tuple[tuple[str, float], ...] = (("ee05", 0.05), ("ee10", 0.1), ("ee20", 0.2))
+RATING_EMAS: tuple[tuple[str, float], ...] = (("er20", 0.2),)
+#: Release years enter the user's rating-on-year regression sums centred on this year.
+YEAR_CENTER = 2000
 
 
 @dataclass
@@ -134,10 +143,27 @@ def apply_event(
     if labelled:
         user["lab"] = g("lab", 0.0) + 1
         user["eng"] = g("eng", 0.0) + engaged
+        for name, alpha in ENGAGED_EMAS:
+            user[name] = g(name, 0.0) * (1.0 - alpha) + alpha * engaged
     if rating is not None:
         user["r_n"] = g("r_n", 0.0) + 1
         user["r_sum"] = g("r_sum", 0.0) + rating
         user["r_sq"] = g("r_sq", 0.0) + rating * rating
+        for name, alpha in RATING_EMAS:
+            user[name] = g(name, 0.0) * (1.0 - alpha) + alpha * rating
+        # How the user uses the scale: ratings between whole stars, ratings at 5 or more.
+        if rating % 1.0:
+            user["r_half"] = g("r_half", 0.0) + 1
+        if rating >= 5.0:
+            user["r_top"] = g("r_top", 0.0) + 1
+        # Sums for the user's least-squares line of rating on the film's release year.
+        if meta is not None and meta.year:
+            year = float(meta.year - YEAR_CENTER)
+            user["y_n"] = g("y_n", 0.0) + 1
+            user["y_s"] = g("y_s", 0.0) + year
+            user["y_ss"] = g("y_ss", 0.0) + year * year
+            user["y_r"] = g("y_r", 0.0) + year * rating
+            user["y_rs"] = g("y_rs", 0.0) + rating
         # Short-horizon decayed rating sum/count ("mood"), anchored at dr_ts, the latest
         # rating's time; r_last is the latest rating by event time (ties: later in the log).
         anchor = g("dr_ts", 0.0)
@@ -156,6 +182,9 @@ def apply_event(
         user["dec_e"] = g("dec_e", 0.0) * factor + engaged
         user["dec_n"] = g("dec_n", 0.0) * factor + 1.0
         user["dec_ts"] = max(anchor, ts)
+    # Events "today": a count decayed with a one-day half-life, anchored at last_ts.
+    day_fade = 0.5 ** (max(0.0, ts - last) / params.day_half_life_ms) if last else 1.0
+    user["dd_n"] = g("dd_n", 0.0) * day_fade + 1.0
     user["first_ts"] = min(g("first_ts", 0.0) or ts, ts)
     user["last_ts"] = max(last, ts)
 

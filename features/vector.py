@@ -14,8 +14,11 @@ import math
 
 from features import aggregates
 from features.aggregates import (
+    ENGAGED_EMAS,
+    RATING_EMAS,
     RATING_PRIOR_MEAN,
     RATING_PRIOR_WEIGHT,
+    YEAR_CENTER,
     FeatureParams,
     State,
     continues_session,
@@ -31,6 +34,11 @@ MS_PER_YEAR = 365.2425 * MS_PER_DAY
 RATE_PRIOR_WEIGHT = 2.0  # pseudo-observations pulling a rate towards its prior
 #: Pseudo-ratings at the user's own mean that smooth the short-horizon and genre rating means.
 USER_MEAN_PRIOR_WEIGHT = 2.0
+#: The moving averages, unpacked once (the hot path spells each out).
+(_EE_A, _A_A), (_EE_B, _A_B), (_EE_C, _A_C) = ENGAGED_EMAS
+((_ER_A, _R_A),) = RATING_EMAS
+#: Ridge on the release-year variance (years^2) of the user's rating-on-year slope.
+YEAR_VAR_PRIOR = 25.0
 
 USER_FEATURES: tuple[str, ...] = (
     "u_events", "u_labelled", "u_engaged", "u_engage_rate", "u_rating_count", "u_rating_mean",
@@ -39,6 +47,9 @@ USER_FEATURES: tuple[str, ...] = (
     "u_mean_session_min", "u_n_page_view", "u_n_pricing_view", "u_n_demo_request", "u_n_signup",
     "u_n_calendar_booking", "u_n_tag", "s_events", "s_engaged", "s_furthest_step", "s_minutes",
     "u_last_rating", "u_mood_rating", "u_mood_weight", "s_ratings", "s_rating_mean",
+    *(f"u_ema_engaged_{name[2:]}" for name, _ in ENGAGED_EMAS),
+    *(f"u_ema_rating_{name[2:]}" for name, _ in RATING_EMAS),
+    "u_half_star_share", "u_top_share", "u_day_events", "u_year_slope",
 )  # fmt: skip
 CONTEXT_FEATURES: tuple[str, ...] = (
     "hour", "dow", "ctx_mobile", "ctx_desktop", "ctx_log_balance", "ctx_depth",
@@ -48,7 +59,7 @@ ITEM_FEATURES: tuple[str, ...] = (
     "ui_genre_count", "ui_genre_engaged", "ui_genre_affinity", "ui_genre_share", "ui_seen_item",
     *(f"g_{g}" for g in GENRES),
     "i_rating_std", "i_rater_mean", "i_rating_resid", "i_age_years", "i_days_since_mean",
-    "ui_genre_rating_mean", "ui_rating_gap",
+    "ui_genre_rating_mean", "ui_rating_gap", "ui_year_rating",
 )  # fmt: skip
 PROPENSITY_FEATURES: tuple[str, ...] = USER_FEATURES + CONTEXT_FEATURES
 INTERACTION_FEATURES: tuple[str, ...] = USER_FEATURES + CONTEXT_FEATURES + ITEM_FEATURES
@@ -58,8 +69,24 @@ def _rate(hits: float, trials: float, prior: float) -> float:
     return (hits + prior * RATE_PRIOR_WEIGHT) / (trials + RATE_PRIOR_WEIGHT)
 
 
-def user_values(user: State, event: Event, params: FeatureParams) -> list[float]:
-    """USER_FEATURES for `user` as of the moment `event` arrives."""
+def year_line(user: State) -> tuple[float, float]:
+    """The user's rating-on-release-year slope (ridge-shrunk towards flat) and mean year
+    (centred on YEAR_CENTER); (0, 0) with fewer than two rated films of known year."""
+    g = user.get
+    n = g("y_n", 0.0)
+    if n < 2:
+        return 0.0, 0.0
+    mean_year = g("y_s", 0.0) / n
+    var = g("y_ss", 0.0) / n - mean_year * mean_year
+    cov = g("y_r", 0.0) / n - mean_year * g("y_rs", 0.0) / n
+    return cov / (max(var, 0.0) + YEAR_VAR_PRIOR), mean_year
+
+
+def user_values(
+    user: State, event: Event, params: FeatureParams, year_fit: tuple[float, float] | None = None
+) -> list[float]:
+    """USER_FEATURES for `user` as of the moment `event` arrives (`year_fit`: `year_line`
+    of `user`, if the caller has it already)."""
     ts = float(event.ts)
     g = user.get  # states hold floats (only cs_id is a string); a local lookup is the hot path
     n, lab, eng = g("n", 0.0), g("lab", 0.0), g("eng", 0.0)
@@ -77,11 +104,13 @@ def user_values(user: State, event: Event, params: FeatureParams) -> list[float]
     dr_s, dr_n = g("dr_s", 0.0) * mood, g("dr_n", 0.0) * mood
     s_rn = g("cs_rn", 0.0) if in_session else 0.0
     s_rs = g("cs_rs", 0.0) if in_session else 0.0
+    rate = _rate(eng, lab, 0.5)
+    last_fade = 0.5 ** (max(0.0, ts - last) / params.day_half_life_ms) if last else 0.0
     return [
         n,
         lab,
         eng,
-        _rate(eng, lab, 0.5),
+        rate,
         r_n,
         mean,
         math.sqrt(max(var, 0.0)),
@@ -109,6 +138,15 @@ def user_values(user: State, event: Event, params: FeatureParams) -> list[float]
         dr_n,
         s_rn,
         (s_rs + mean * USER_MEAN_PRIOR_WEIGHT) / (s_rn + USER_MEAN_PRIOR_WEIGHT),
+        # Moving averages, the weight not yet filled by events put on the user's rate/mean.
+        g(_EE_A, 0.0) + (1.0 - _A_A) ** lab * rate,
+        g(_EE_B, 0.0) + (1.0 - _A_B) ** lab * rate,
+        g(_EE_C, 0.0) + (1.0 - _A_C) ** lab * rate,
+        g(_ER_A, 0.0) + (1.0 - _R_A) ** r_n * mean,
+        g("r_half", 0.0) / r_n if r_n else -1.0,
+        g("r_top", 0.0) / r_n if r_n else -1.0,
+        g("dd_n", 0.0) * last_fade,
+        (year_fit or year_line(user))[0],
     ]
 
 
@@ -139,6 +177,7 @@ def item_values(
     event: Event,
     user_rate: float,
     user_mean: float,
+    year_fit: tuple[float, float],
 ) -> list[float]:
     """ITEM_FEATURES: the item's aggregates and metadata, and the user's taste for it."""
     meta = meta or ItemMeta()
@@ -157,6 +196,7 @@ def item_values(
     g_rsum = sum(gu(f"gr:{g}", 0.0) for g in meta.genres)
     lab = gu("lab", 0.0)
     genres = set(meta.genres)
+    slope, mean_year = year_fit
     return [
         i_n,
         i_mean,
@@ -176,6 +216,7 @@ def item_values(
         ts / MS_PER_DAY - gi("ts_d", 0.0) / i_n if i_n else -1.0,
         (g_rsum + user_mean * USER_MEAN_PRIOR_WEIGHT) / (g_count + USER_MEAN_PRIOR_WEIGHT),
         user_mean - i_mean,
+        user_mean + slope * (meta.year - YEAR_CENTER - mean_year) if meta.year else user_mean,
     ]
 
 
@@ -191,8 +232,9 @@ def interaction_vector(
     event: Event,
     params: FeatureParams,
 ) -> list[float]:
-    values = user_values(user, event, params)
-    items = item_values(user, item, meta, seen_item, event, values[3], values[5])
+    year_fit = year_line(user)
+    values = user_values(user, event, params, year_fit)
+    items = item_values(user, item, meta, seen_item, event, values[3], values[5], year_fit)
     return values + context_values(event) + items
 
 

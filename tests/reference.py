@@ -34,8 +34,12 @@ def reference_state(
     gap_ms: int,
     half_life_ms: float,
     mood_half_life_ms: float = 3_600_000.0,
+    years: dict[str, int] | None = None,
+    day_half_life_ms: float = 86_400_000.0,
 ) -> dict:
-    """users/sessions/items as dicts of floats, from events given in per-user log order."""
+    """users/sessions/items as dicts of floats, from events given in per-user log order.
+    `years`: items' release years (items without one add nothing to the year sums)."""
+    years = years or {}
     by_user: dict[str, list[dict]] = defaultdict(list)
     for e in events:
         by_user[e["user_id"]].append(e)
@@ -82,13 +86,34 @@ def reference_state(
                 e["value"] * 0.5 ** ((newest - e["ts"]) / mood_half_life_ms) for e in rated
             )
             u["dr_n"] = sum(0.5 ** ((newest - e["ts"]) / mood_half_life_ms) for e in rated)
+            # Moving average with weight 0.2 on the newest rating, as a closed-form sum.
+            k = len(ratings)
+            u["er20"] = sum(0.2 * 0.8 ** (k - 1 - i) * r for i, r in enumerate(ratings))
+            u["r_half"] = sum(1 for r in ratings if r != math.floor(r))
+            u["r_top"] = sum(1 for r in ratings if r >= 5.0)
+            dated = [(years[e["item_id"]] - 2000, e["value"]) for e in rated
+                     if years.get(e.get("item_id") or "")]  # fmt: skip
+            if dated:
+                u["y_n"] = len(dated)
+                u["y_s"] = sum(y for y, _ in dated)
+                u["y_ss"] = sum(y * y for y, _ in dated)
+                u["y_r"] = sum(y * r for y, r in dated)
+                u["y_rs"] = sum(r for _, r in dated)
         u["first_ts"], u["last_ts"] = min(e["ts"] for e in evs), max(e["ts"] for e in evs)
+        # All events, decayed with a one-day half-life to the latest one.
+        u["dd_n"] = sum(0.5 ** ((u["last_ts"] - e["ts"]) / day_half_life_ms) for e in evs)
         if labelled:
             anchor = max(e["ts"] for e in labelled)
             u["dec_e"] = sum(
                 0.5 ** ((anchor - e["ts"]) / half_life_ms) for e in labelled if engaged(e)
             )
             u["dec_n"] = sum(0.5 ** ((anchor - e["ts"]) / half_life_ms) for e in labelled)
+            # Moving averages of the label with weight a on the newest labelled event.
+            k = len(labelled)
+            for name, a in (("ee05", 0.05), ("ee10", 0.1), ("ee20", 0.2)):
+                u[name] = sum(
+                    a * (1 - a) ** (k - 1 - i) for i, e in enumerate(labelled) if engaged(e)
+                )
         u["items"] = len({e["item_id"] for e in evs if e.get("item_id") is not None})
         u["sess"] = len(groups)
         for g in groups[:-1]:

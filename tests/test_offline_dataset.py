@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from features.events import EventType
+from features.pipeline import MemoryState
 from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES, USER_FEATURES
 from offline.dataset import BASELINE_FEATURES, N_PROPENSITY, build_dataset
 from tests.offline_synth import synthetic_log
+from tests.reference import reference_state
 
 
 def test_one_row_per_labelled_event_in_order():
@@ -87,6 +91,8 @@ def test_builds_fast():
 RATING_STATE_FEATURES = (
     "u_rating_mean", "u_last_rating", "u_mood_rating", "s_rating_mean", "ui_genre_rating_mean",
     "ui_rating_gap", "i_rating_mean", "i_rating_std", "i_rater_mean", "i_rating_resid",
+    "u_ema_engaged_05", "u_ema_engaged_10", "u_ema_engaged_20", "u_ema_rating_20",
+    "u_half_star_share", "u_top_share", "u_year_slope", "ui_year_rating",
 )  # fmt: skip
 
 
@@ -129,3 +135,29 @@ def test_new_item_and_time_features_are_request_time_facts():
             e.item_id for e in events[: events.index(labelled[row])] if not e.labelled
         }
         assert data.X[row, idx["i_rating_std"]] == 0.0
+
+
+def test_memory_state_equals_the_independent_reference():
+    """The offline state (what `build_dataset` runs) against tests/reference.py, with release
+    years, which the consumer tests' items lack (so the year sums are checked here)."""
+    events, meta = synthetic_log()
+    state = MemoryState(meta=dict(meta))
+    for event in events:
+        state.step(event)
+    dicts = [e.model_dump(mode="json", exclude_none=True) for e in events]
+    genres = {item: list(m.genres) for item, m in meta.items()}
+    years = {item: m.year for item, m in meta.items() if m.year}
+    p = state.params
+    ref = reference_state(dicts, genres, p.session_gap_ms, p.half_life_ms, years=years)
+    skip = {"cs_id", "cs_start", "cs_end", "cs_n", "cs_eng", "cs_step", "cs_rn", "cs_rs", "dec_ts"}
+    assert {f for u in state.users.values() for f in u} >= {"ee10", "er20", "y_r", "dd_n"}
+    for uid, want in ref["users"].items():
+        got = {k: v for k, v in state.users[uid].items() if k not in skip}
+        for field in set(got) | set(want):  # absent = 0, as in a Redis hash
+            a, b = got.get(field, 0.0), want.get(field, 0.0)
+            assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (uid, field, a, b)
+    for iid, want in ref["items"].items():
+        got = state.items[iid]
+        for field in set(got) | set(want):
+            a, b = got.get(field, 0.0), want.get(field, 0.0)
+            assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (iid, field, a, b)
