@@ -9,6 +9,7 @@ from engage.redact import redact_text
 
 #: Exit codes: 0 ok, 1 failure, 2 bad arguments (typer's own), 3 services down, 4 not found.
 EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
 EXIT_SERVICES_DOWN = 3
 EXIT_NOT_FOUND = 4
 
@@ -32,3 +33,21 @@ def _secrets() -> list[str]:
         return []
     secrets = (settings.redis_password, settings.kafka_sasl_password)
     return [s.get_secret_value() for s in secrets if s is not None]
+
+
+def time_ms(text: str | None, option: str) -> int | None:
+    """An ISO date or date-time option to epoch ms (a time without a zone is taken as UTC)."""
+    from datetime import UTC, datetime
+
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise fail(
+            f"{option}: not an ISO date or date-time: {text!r} (e.g. 2015-06-01T12:00:00Z)",
+            EXIT_BAD_INPUT,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)

@@ -11,7 +11,7 @@ from kafka.errors import KafkaError
 from rich.console import Console
 from rich.progress import Progress
 
-from engage.cli_support import EXIT_NOT_FOUND, EXIT_SERVICES_DOWN, console, fail
+from engage.cli_support import EXIT_NOT_FOUND, EXIT_SERVICES_DOWN, console, fail, time_ms
 from engage.settings import get_settings
 
 SnapshotOpt = typer.Option(None, "--snapshot", help="Read a snapshot folder (engage export).")
@@ -198,21 +198,6 @@ def explain(
     console.print(f"report: {run_dir / 'report.md'} ({', '.join(files)}, shap_summary.png)")
 
 
-def _time_ms(text: str | None, option: str) -> int | None:
-    """ISO date or date-time to epoch ms; without a zone it is UTC."""
-    from datetime import UTC, datetime
-
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise fail(f"{option}: not an ISO date or date-time: {text!r}", 2) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
 def parity(
     scores_topic: str = typer.Option(None, "--scores-topic", help="Default: settings."),
     events_topic: str = typer.Option(None, "--events-topic", help="Default: settings."),
@@ -242,7 +227,7 @@ def parity(
     if order not in ORDERS:
         raise fail(f"--order must be one of {', '.join(ORDERS)}, not {order!r}", 2)
     settings = get_settings()
-    since_ms, until_ms = _time_ms(since, "--since"), _time_ms(until, "--until")
+    since_ms, until_ms = time_ms(since, "--since"), time_ms(until, "--until")
     try:
         with console.status("reading scores and events, computing offline features"):
             report = run_parity(settings, scores_topic, events_topic, snapshot, tolerance,

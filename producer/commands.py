@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import urllib.error
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
@@ -14,15 +13,20 @@ from kafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
-from engage.cli_support import EXIT_FAILURE, EXIT_SERVICES_DOWN, console, fail
+from engage.cli_support import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_SERVICES_DOWN,
+    console,
+    fail,
+    time_ms,
+)
 from engage.settings import get_settings
 from producer import movielens, synthetic
 from producer.badrows import BadRowError
 from producer.integrity import ChecksumError
 from producer.pacing import Speed, parse_speed
 from producer.replay import ReplaySummary
-
-EXIT_BAD_INPUT = 2
 
 replay_app = typer.Typer(help="Replay logs into the events topic.", no_args_is_help=True)
 
@@ -39,22 +43,6 @@ def _speed(text: str) -> Speed:
         return parse_speed(text)
     except ValueError as exc:
         raise fail(f"--speed: {exc}", EXIT_BAD_INPUT) from None
-
-
-def _time_ms(text: str | None, option: str) -> int | None:
-    """ISO date or date-time to epoch ms; a time without a zone is taken as UTC."""
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise fail(
-            f"{option}: not an ISO date or date-time: {text!r} (e.g. 2015-06-01T12:00:00Z)",
-            EXIT_BAD_INPUT,
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 def _at_least(value: int | None, minimum: int, option: str) -> None:
@@ -121,7 +109,7 @@ def replay_movielens(
     from producer.replay import replay
 
     settings = get_settings()
-    pace, since_ms, until_ms = _speed(speed), _time_ms(since, "--since"), _time_ms(until, "--until")
+    pace, since_ms, until_ms = _speed(speed), time_ms(since, "--since"), time_ms(until, "--until")
     _at_least(limit, 0, "--limit")
     if since_ms is not None and until_ms is not None and since_ms >= until_ms:
         raise fail("--since must be earlier than --until", EXIT_BAD_INPUT)
