@@ -65,11 +65,14 @@ def test_new_model_is_served_without_restart_and_a_wrong_hash_is_refused(setting
     good = registry.register(tiny_bundle(settings))
     time.sleep(1.0)
     second, _ = make_log(n_users=10, events_per_user=10, seed=2)
+    third, _ = make_log(n_users=10, events_per_user=10, seed=3)
+    for shift, log in ((30, second), (60, third)):  # each log after the users' earlier events,
+        for e in log:  # so none is dead-lettered as late (max_lateness_s)
+            e["ts"] += shift * 86_400_000
     publish_log(settings, second, genres)
     time.sleep(2.0)
     bad = registry.register(tiny_bundle(settings, feature_hash_="0" * 16))
     time.sleep(1.0)
-    third, _ = make_log(n_users=10, events_per_user=10, seed=3)
     publish_log(settings, third, genres)
     thread.join(timeout=60)
 
