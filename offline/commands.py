@@ -34,6 +34,19 @@ def _load(snapshot: Path | None, from_topic: bool, movielens: Path | None) -> An
         raise
 
 
+def _features(snapshot: Path | None, from_topic: bool, movielens: Path | None) -> Any:
+    """The point-in-time dataset of the chosen events, built as the consumer serves them."""
+    from offline.dataset import build_dataset
+
+    settings = get_settings()
+    events, meta, source = _load(snapshot, from_topic, movielens)
+    with console.status("building features"):
+        data = build_dataset(
+            events, meta, settings.feature_params, admission=settings.admission_policy
+        )
+    return data, source
+
+
 def _bundle(version: str | None) -> Any:
     from scoring.registry import FeatureHashMismatch, ModelNotFound, ModelRegistry
 
@@ -116,17 +129,12 @@ def evaluate(
     ),
 ):
     """Score a registered model on data it has not seen (events after its training range)."""
-    from offline.dataset import build_dataset
     from offline.evaluate import evaluate as metrics_of
     from offline.evaluate import new_run_dir, plot_reliability, plot_roc, write_report
 
     settings = get_settings()
     bundle = _bundle(version)
-    events, meta, source = _load(snapshot, from_topic, movielens)
-    with console.status("building features"):
-        data = build_dataset(
-            events, meta, settings.feature_params, admission=settings.admission_policy
-        )
+    data, source = _features(snapshot, from_topic, movielens)
     trained_until = bundle.log_range.get("max_ts") or 0
     rows = np.arange(len(data)) if all_rows else np.flatnonzero(data.ts > trained_until)
     if len(rows) == 0:
@@ -165,18 +173,13 @@ def explain(
 ):
     """Permutation importance, SHAP summary and a feature table for the interaction model,
     on the latest 20% of event time."""
-    from offline.dataset import build_dataset
     from offline.evaluate import new_run_dir
     from offline.explain import explanation_table, markdown, shap_summary_plot, write_table
     from offline.splits import temporal_split
 
     settings = get_settings()
     bundle = _bundle(version)
-    events, meta, source = _load(snapshot, from_topic, movielens)
-    with console.status("building features"):
-        data = build_dataset(
-            events, meta, settings.feature_params, admission=settings.admission_policy
-        )
+    data, source = _features(snapshot, from_topic, movielens)
     rows = temporal_split(data).test
     if len(rows) == 0:
         raise fail("no labelled events to explain on", EXIT_NOT_FOUND)
