@@ -83,6 +83,14 @@ class Settings(BaseSettings):
     model_poll_s: float = Field(default=5.0, gt=0)
     #: XGBoost threads when serving a batch (1: OpenMP spinning costs more than it gives here).
     model_threads: int = Field(default=1, ge=1)
+    #: Python's generation-0 GC threshold in the consumer (CPython's 700 makes the collector
+    #: rescan the batch's many short-lived objects thousands of times a second; 0 = leave it).
+    gc_gen0_threshold: int = Field(default=50_000, ge=0)
+    #: The consumer's output producer batches up to this many bytes per partition: a batch of
+    #: scores then fits one producer batch, and kafka-python wakes its sender thread (a socket
+    #: write) on every record appended while a partition holds more than one. Kept under the
+    #: broker's 1 MB message.max.bytes even uncompressed.
+    output_batch_bytes: int = Field(default=900_000, ge=16_384, le=1_000_000)
     log_features: bool = True  # put the scored feature vector on each scores message
     metrics_port: int = 0  # Prometheus exporter of `engage consume`; 0 = off
     rules_file: Path | None = None  # overrides the per-domain defaults in scoring/rules/
