@@ -107,6 +107,8 @@ class Sizes:
     movielens_events: int | None = None  # None: all of ml-latest-small
     synthetic_events: int = 1_000_000
     latency_rates: tuple[int, ...] = (1_000, 5_000, 20_000)
+    #: (rate, processes) measured again with several consumer processes in one group.
+    latency_scaled: tuple[tuple[int, int], ...] = ((5_000, 2),)
     latency_seconds: float = 20.0
     growth_events: tuple[int, ...] = (100_000, 1_000_000, 5_000_000)
     api_users: int = 300

@@ -121,12 +121,15 @@ def bench_consumer(ctx: Context, runs: int) -> Runs:
 
 
 def bench_latency(ctx: Context, runs: int) -> Runs:
+    cases = [(rate, 1) for rate in ctx.sizes.latency_rates] + list(ctx.sizes.latency_scaled)
     for _ in range(runs):
         out = []
-        for rate in ctx.sizes.latency_rates:
-            r = consumer_rate.latency_run(ctx, rate, ctx.sizes.latency_seconds)
-            name = f"latency_{label(rate)}"
+        for rate, processes in cases:
+            r = consumer_rate.latency_run(ctx, rate, ctx.sizes.latency_seconds, processes)
+            name = f"latency_{label(rate)}" + (f"_{processes}proc" if processes > 1 else "")
             what = f"input at {rate:,} events/s ({r['events']:,} MovieLens events)"
+            if processes > 1:
+                what += f", {processes} consumer processes in one group"
             for p in PERCENTILES:
                 detail = r if p == "p50" else {}
                 out.append(M(f"{name}_{p}", r[f"{p}_ms"], "ms", f"event to score {p}, {what}",
