@@ -15,10 +15,18 @@ from bench.common import Context
 SCAN_COUNT = 2_000
 
 
+def _user_key_kind(key: bytes) -> str:
+    """u:{<user>} is the aggregate hash; u:{<user>}:items|:seen|:score the rest."""
+    return "hash" if key.endswith(b"}") else key.rsplit(b":", 1)[1].decode()
+
+
 def redis_memory(ctx: Context) -> dict[str, Any]:
-    """Users, sessions and their mean bytes in the private database."""
+    """Users, sessions and their mean bytes in the private database, per user key kind too:
+    `aggregate` (the hash + the distinct-item set) is what the per-user goal is about; the
+    duplicate guard's recent ids and the served score are reported beside it."""
     client = ctx.redis()
-    totals = {"user": 0, "user_keys": 0, "session": 0}
+    totals = {"session": 0}
+    by_kind: dict[str, int] = {}
     counts = {"user": 0, "session": 0}
     try:
         batch: list[bytes] = []
@@ -33,10 +41,10 @@ def redis_memory(ctx: Context) -> dict[str, Any]:
                 if key.startswith(b"s:"):
                     totals["session"] += size
                     counts["session"] += 1
-                else:
-                    totals["user_keys"] += size
-                    if key.endswith(b"}"):  # u:{<user>} itself, not :items or :score
-                        counts["user"] += 1
+                    continue
+                kind = _user_key_kind(key)
+                by_kind[kind] = by_kind.get(kind, 0) + size
+                counts["user"] += kind == "hash"
             batch.clear()
 
         for pattern in ("u:*", "s:*"):
@@ -50,12 +58,16 @@ def redis_memory(ctx: Context) -> dict[str, Any]:
     finally:
         client.close()
     users, sessions = counts["user"], counts["session"]
+    per_user = {k: v / users if users else 0.0 for k, v in by_kind.items()}
+    aggregate = per_user.get("hash", 0.0) + per_user.get("items", 0.0)
     return {
         "users": users,
         "sessions": sessions,
-        "user_bytes": totals["user_keys"],
+        "user_bytes": sum(by_kind.values()),
         "session_bytes": totals["session"],
-        "bytes_per_user": totals["user_keys"] / users if users else 0.0,
+        "bytes_per_user": sum(per_user.values()),
+        "aggregate_bytes_per_user": aggregate,
+        "bytes_per_user_by_key": {k: round(v, 1) for k, v in sorted(per_user.items())},
         "bytes_per_session": totals["session"] / sessions if sessions else 0.0,
         "server_used_memory": used,
     }

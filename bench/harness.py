@@ -112,11 +112,21 @@ def bench_consumer(ctx: Context, runs: int) -> Runs:
         out = []
         for source in ("movielens", "synthetic"):
             events = ctx.sizes.synthetic_events if source == "synthetic" else None
-            r = consumer_rate.remembered_run(ctx, source, run, events=events)
+            memory = source == "movielens"
+            r = consumer_rate.remembered_run(ctx, source, run, events=events, memory=memory)
             what = (f"one consumer process end to end over {r['events']:,} {source} events: "
                     "Redis state, rules, model if registered, scores topic")  # fmt: skip
             out.append(M(f"consumer_{source}", r["events_per_s"], EPS, what,
                          f"consume_only_{source}", _consumer_detail(r)))  # fmt: skip
+            if memory:
+                m = r["redis"]
+                out.append(M("redis_aggregate_bytes_per_user_movielens",
+                             m["aggregate_bytes_per_user"], "bytes",
+                             f"MEMORY USAGE of u:{{user}} + u:{{user}}:items / {m['users']:,} "
+                             f"users after ml-latest-small", detail=m))  # fmt: skip
+                out.append(M("redis_bytes_per_user_movielens", m["bytes_per_user"], "bytes",
+                             "all u:{user}* keys (with the duplicate guard's :seen and the "
+                             "served :score) per user after ml-latest-small"))  # fmt: skip
         yield out
 
 

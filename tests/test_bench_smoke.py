@@ -24,11 +24,14 @@ def expected_figures() -> set[str]:
         "consumer_movielens", "consumer_synthetic", "consumer_2proc_synthetic",
         "consumer_2proc_speedup", "api_score_p50", "api_score_p95", "api_score_p99",
         "api_score_achieved", "redis_bytes_per_user", "redis_bytes_per_session",
+        "redis_aggregate_bytes_per_user_movielens", "redis_bytes_per_user_movielens",
         "train_movielens",
     }  # fmt: skip
-    for rate in QUICK.latency_rates:
-        names |= {f"latency_{label(rate)}_{k}" for k in ("p50", "p95", "p99", "offered",
-                                                         "consumed")}  # fmt: skip
+    cases = [(label(rate), 1) for rate in QUICK.latency_rates]
+    cases += [(label(rate), n) for rate, n in QUICK.latency_scaled]
+    for rate, n in cases:
+        name = f"latency_{rate}" + (f"_{n}proc" if n > 1 else "")
+        names |= {f"{name}_{k}" for k in ("p50", "p95", "p99", "offered", "consumed")}
     for n in QUICK.growth_events:
         names |= {f"growth_{label(n)}_rate", f"growth_{label(n)}_rss"}
     return names

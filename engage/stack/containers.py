@@ -28,7 +28,10 @@ def containers(settings: Settings) -> Iterator[dict[str, str]]:
     from testcontainers.redis import RedisContainer
 
     kafka = KafkaContainer(f"apache/kafka:{settings.kafka_version}").with_kraft()
-    redis = RedisContainer("redis:7")
+    # As the project's own stack: compact distinct-item sets (see engage/stack/redis_server.py).
+    redis = RedisContainer("redis:7").with_command(
+        "redis-server --appendonly yes --set-max-intset-entries 8192"
+    )
     with kafka, redis:
         host = redis.get_container_host_ip()
         port = redis.get_exposed_port(6379)
