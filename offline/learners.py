@@ -1,7 +1,9 @@
 """The two learners, each returned as a calibrated serving `ScoringModel`.
 
 Logistic regression (StandardScaler + LogisticRegression) is the seed project's baseline
-learner; XGBoost (hist) is the main model. Both stop/calibrate on the validation rows only.
+learner; XGBoost (hist) is the main model. Both stop/calibrate on the validation rows only;
+given `val_groups` (the user of each validation row) the calibration weighs every user the same
+(`offline.calibration.fit_calibrator`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def fit_xgboost(
     y_train: np.ndarray,
     X_val: np.ndarray,
     y_val: np.ndarray,
+    val_groups: np.ndarray | None = None,
 ) -> tuple[ScoringModel, dict[str, object]]:
     """Boost until validation log loss stops improving, then calibrate on validation."""
     dtrain = xgb.QuantileDMatrix(X_train, label=y_train, max_bin=XGB_PARAMS["max_bin"])
@@ -57,7 +60,7 @@ def fit_xgboost(
     # Keep only the trees up to the best round: serving and contributions then agree.
     booster = booster[: booster.best_iteration + 1]
     margin = np.asarray(booster.inplace_predict(X_val, predict_type="margin"))
-    calibrator, cal_scores = fit_calibrator(margin, y_val)
+    calibrator, cal_scores = fit_calibrator(margin, y_val, val_groups)
     model = ScoringModel.from_xgboost(name, booster, list(features), calibrator)
     info = {"trees": booster.num_boosted_rounds(), "calibration": calibrator.method,
             "calibration_cv_log_loss": cal_scores}  # fmt: skip
@@ -71,11 +74,12 @@ def fit_logreg(
     y_train: np.ndarray,
     X_val: np.ndarray,
     y_val: np.ndarray,
+    val_groups: np.ndarray | None = None,
 ) -> tuple[ScoringModel, dict[str, object]]:
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
     pipeline.fit(X_train, y_train)
     model = ScoringModel.from_logreg(name, pipeline, list(features), calibrator=None)  # type: ignore[arg-type]
-    calibrator, cal_scores = fit_calibrator(model.margin(X_val), y_val)
+    calibrator, cal_scores = fit_calibrator(model.margin(X_val), y_val, val_groups)
     model.calibrator = calibrator
     return model, {"calibration": calibrator.method, "calibration_cv_log_loss": cal_scores}
 

@@ -1,9 +1,10 @@
 """`engage train`: features, both evaluation splits, all learners, report, SHAP, register.
 
 Per split and feature set (interaction, propensity, and the seed's baseline set) both learners
-are fit on train, early-stopped/calibrated on validation and measured on test. The bundle that
-gets registered is the XGBoost recipe refit on the latest data (`splits.serving_split`); the
-metrics it carries are that recipe's held-out numbers from the evaluation splits.
+are fit on train, early-stopped/calibrated on validation (every validation user weighing the
+same in the calibration) and measured on test. The bundle that gets registered is the XGBoost
+recipe refit on the latest data (`splits.serving_split`); the metrics it carries are that
+recipe's held-out numbers from the evaluation splits.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def fit_one(
         y[split.train],
         X[split.val],
         y[split.val],
+        val_groups=data.user_ids[split.val],  # calibration: every user weighs the same
     )
 
 
