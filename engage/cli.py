@@ -7,10 +7,11 @@ import json
 import sys
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from engage.cli_support import EXIT_SERVICES_DOWN, console, fail
+from engage.cli_support import EXIT_BAD_INPUT, EXIT_SERVICES_DOWN, console, fail
 from engage.settings import get_settings
 from engage.stack import manager
 from engage.stack.errors import StackError
@@ -22,6 +23,18 @@ stack_app = typer.Typer(
     help="Start, inspect and stop the local Kafka and Redis.", no_args_is_help=True
 )
 app.add_typer(stack_app, name="stack")
+
+
+@app.callback()
+def _check_settings() -> None:
+    # Before any command: a bad ENGAGE_* value is one line naming the variable (exit 2), not
+    # a traceback. The values are not echoed: they may be passwords.
+    try:
+        get_settings()
+    except ValidationError as exc:
+        problems = [f"ENGAGE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                    for e in exc.errors(include_url=False, include_input=False)]  # fmt: skip
+        raise fail("invalid settings: " + "; ".join(problems), EXIT_BAD_INPUT) from None
 
 
 def _print_states(states: list[manager.ServiceState], as_json: bool) -> None:

@@ -141,3 +141,14 @@ def test_serve_answers_then_a_taken_port_is_an_error(scored):
         server.wait(timeout=30)
     bad = engage(scored, "serve", "--port", "70000")
     assert bad.returncode == 2 and "--port" in bad.stderr
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(settings):
+    """A typo in an ENGAGE_* variable: exit 2 and the variable's name, no traceback, and the
+    (possibly secret) values are not echoed."""
+    result = engage(settings, "stats", ENGAGE_BATCH_MAX_RECORDS="hunter2-not-a-number",
+                    ENGAGE_MAX_LATENESS_S="-5")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    output = result.stdout + result.stderr
+    assert "ENGAGE_BATCH_MAX_RECORDS" in output and "ENGAGE_MAX_LATENESS_S" in output
+    assert "Traceback" not in output and "hunter2" not in output
