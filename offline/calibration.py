@@ -9,7 +9,8 @@ period), and with row weights its base rate is set by the few heaviest raters (t
 have a third of the rows), whose deviation from the model does not carry over to the next
 period. In a forward-chaining backtest over the training and validation periods only
 (`offline.calibration_backtest`, which never reads the test period) per-user weights lowered the
-next period's ECE and log loss at every weighting tried; see docs/offline.md.
+interaction XGBoost's next-period mean ECE (0.026 -> 0.023) and log loss; on MovieLens' test
+period they did not help (0.0341 -> 0.0344). See docs/offline.md.
 """
 
 from __future__ import annotations
