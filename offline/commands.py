@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +22,24 @@ MovielensOpt = typer.Option(None, "--movielens", help="Read a MovieLens folder (
 VersionOpt = typer.Option(None, "--version", help="Model version (default: current).")
 
 
-def _load(snapshot: Path | None, from_topic: bool, movielens: Path | None) -> Any:
-    from offline.sources import load_events
-
+@contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """Missing input is exit 4, Kafka not answering exit 3, each one line naming `what`."""
     try:
-        with console.status("loading events"):
-            return load_events(get_settings(), snapshot, from_topic, movielens)
+        yield
     except (FileNotFoundError, LookupError) as exc:
         raise fail(str(exc), EXIT_NOT_FOUND) from exc
     except Exception as exc:  # Kafka unreachable and friends
         if type(exc).__module__.startswith("kafka"):
-            raise fail(f"cannot read the events topic: {exc}", EXIT_SERVICES_DOWN) from exc
+            raise fail(f"cannot read {what}: {exc}", EXIT_SERVICES_DOWN) from exc
         raise
+
+
+def _load(snapshot: Path | None, from_topic: bool, movielens: Path | None) -> Any:
+    from offline.sources import load_events
+
+    with _reading("the events topic"), console.status("loading events"):
+        return load_events(get_settings(), snapshot, from_topic, movielens)
 
 
 def _features(snapshot: Path | None, from_topic: bool, movielens: Path | None) -> Any:
@@ -90,6 +98,12 @@ def train(
     movielens: Path | None = MovielensOpt,
     register: bool = typer.Option(True, "--register/--no-register", help="Register the bundle."),
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the AUC CI."),
+    logged_features: bool = typer.Option(
+        False,
+        "--logged-features",
+        help="Train on the feature vectors the consumer logged on the scores topic (what it "
+        "really served, item interleaving included) instead of replaying the events.",
+    ),
 ):
     """Build point-in-time features, fit and evaluate all models, register the bundle."""
     from offline.train import run_training
@@ -97,11 +111,36 @@ def train(
     events, meta, source = _load(snapshot, from_topic, movielens)
     if not events:
         raise fail("no events to train on", EXIT_NOT_FOUND)
-    result = run_training(get_settings(), events, meta, source, register, n_boot=n_boot)
+    dataset = _logged(events, source) if logged_features else None
+    result = run_training(
+        get_settings(), events, meta, source, register, n_boot=n_boot, dataset=dataset
+    )
     _print_results(result.results)
     console.print(f"report: {result.run_dir / 'report.md'}  ({result.timings['total']} s)")
     if result.version:
         console.print(f"registered and current: [bold]{result.version}[/]")
+
+
+def _logged(events: list[Any], source: dict[str, Any]) -> Any:
+    """The consumer's logged vectors for `events` (source notes what was used and missed)."""
+    from offline.logged import logged_dataset
+    from offline.parity import ParityError, read_online
+
+    settings = get_settings()
+    with _reading("the scores topic"):
+        try:
+            with console.status(f"reading logged features from {settings.scores_topic}"):
+                online = read_online(settings)
+        except ParityError as exc:  # vectors of another feature definition
+            raise fail(str(exc)) from exc
+        data, coverage = logged_dataset(events, online)
+    source["features"] = f"logged on {settings.scores_topic}"
+    source["logged"] = coverage.as_dict()
+    console.print(
+        f"logged features: {coverage.used:,} of {coverage.labelled:,} labelled events "
+        f"({coverage.missing:,} without a logged vector left out)"
+    )
+    return data
 
 
 def _print_results(results: list[dict[str, Any]]) -> None:

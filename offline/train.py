@@ -88,6 +88,7 @@ def log_range(data: Dataset, split: Split, source: dict[str, Any]) -> dict[str, 
         "train_rows": len(split.train),
         "calibration_rows": len(split.val),
         "calibration_from_ts": int(data.ts[split.val].min()) if len(split.val) else None,
+        "features": source.get("features", "replayed"),
     }
 
 
@@ -123,7 +124,10 @@ def run_training(
     params: FeatureParams | None = None,
     n_boot: int = 1000,
     console: Console | None = None,
+    dataset: Dataset | None = None,
 ) -> TrainResult:
+    """Everything `engage train` does. `dataset`: training rows made already (the consumer's
+    logged vectors, `offline.logged`); by default they are built from `events`."""
     params = params or settings.feature_params  # what the consumer serves with
     console = console or Console(stderr=True)
     fits = [(s, f, lrn) for s in ("per_user", "temporal") for f in FEATURE_SETS for lrn in LEARNERS]
@@ -133,7 +137,7 @@ def run_training(
     with steps.progress:
         feature_task = steps.progress.add_task("feature pass (events)", total=len(events))
         with steps.step("features"):
-            data = build_dataset(
+            data = dataset or build_dataset(
                 events,
                 meta,
                 params,
@@ -199,6 +203,7 @@ def run_training(
         "source": source.get("path") or source.get("source"),
         "events": data.n_events,
         "labelled rows": len(data),
+        "features": source.get("features", "replayed"),
         "positive rate": round(float(data.y.mean()), 4) if len(data) else None,
         "splits": {k: v.sizes() for k, v in splits.items()},
         "feature hash": bundle.feature_hash,

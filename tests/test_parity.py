@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -25,7 +26,8 @@ from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES, feature_h
 from offline.dataset import build_dataset
 from offline.export import export_topic
 from offline.learners import fit_logreg, fit_xgboost
-from offline.parity import feature_group, run_parity
+from offline.logged import logged_dataset
+from offline.parity import feature_group, read_offline_topic, read_online, run_parity
 from offline.splits import temporal_split
 from scoring.model import ModelBundle
 from scoring.registry import ModelRegistry
@@ -228,3 +230,38 @@ def test_nothing_scored_in_range_is_exit_4(one_partition, tmp_path: Path):
     settings, _ = one_partition
     result = engage(settings, "parity", "--since", "2099-01-01")
     assert result.returncode == 4 and "no scores" in result.stderr
+
+
+@pytest.mark.parametrize("replayed", ["one_partition", "six_partitions"])
+def test_training_rows_from_the_logged_vectors(replayed, request):
+    """`engage train --logged-features`: the rows are what the consumer served, one per
+    applied labelled event, in the order training replays; on one partition they equal the
+    replayed rows exactly, on six the user and context columns do."""
+    settings, _ = request.getfixturevalue(replayed)
+    offline = read_offline_topic(settings)
+    online = read_online(settings)
+    data, coverage = logged_dataset(offline.events, online)
+    replayed_rows = build_dataset(offline.events, offline.meta, settings.feature_params,
+                                  admission=settings.admission_policy)  # fmt: skip
+    assert coverage.used == len(data) == len(replayed_rows) > 0
+    assert list(data.user_ids) == list(replayed_rows.user_ids)
+    assert (data.y == replayed_rows.y).all() and (data.ts == replayed_rows.ts).all()
+    n_user_context = len(PROPENSITY_FEATURES)
+    if offline.partitions == 1:
+        assert abs(data.X - replayed_rows.X).max() <= 1e-9
+    else:
+        assert (data.X[:, :n_user_context] == replayed_rows.X[:, :n_user_context]).all()
+    served = list(dict.fromkeys(e.event_id for e in offline.events
+                                if e.labelled and e.event_id in online.index))  # fmt: skip
+    assert np.array_equal(data.X, online.features[[online.index[i] for i in served]])
+
+
+def test_train_on_logged_vectors_from_the_cli(six_partitions):
+    settings, _ = six_partitions
+    done = engage(settings, "train", "--from-topic", "--logged-features", "--no-register",
+                  "--bootstrap", "20")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "logged features:" in done.stdout + done.stderr
+    no_scores = engage(settings, "train", "--from-topic", "--logged-features", "--no-register",
+                       ENGAGE_SCORES_TOPIC=f"{settings.scores_topic}.none")  # fmt: skip
+    assert no_scores.returncode == 4, no_scores.stderr[-2000:]
