@@ -371,8 +371,8 @@ def _tune_gc(gen0_threshold: int) -> None:
         return
     gc.collect()
     gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(max(gen0_threshold, gc.get_threshold()[0]), gen1, gen2)
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0_threshold, gen0), gen1, gen2)
 
 
 class _ModelWatch:

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from features.aggregates import FeatureParams
 from features.events import Event, EventType
 from features.items import GENRES, ItemMeta
+from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES, feature_hash
+from offline.dataset import Dataset
+from offline.learners import fit_logreg, fit_xgboost
+from offline.splits import temporal_split
+from scoring.model import ModelBundle
+
+LEARNERS = {"xgboost": fit_xgboost, "logreg": fit_logreg}
 
 T0 = 1_500_000_000_000  # 2017-07-14, epoch ms
 
@@ -45,3 +53,23 @@ def synthetic_log(
                 )
     events.sort(key=lambda e: (e.ts, e.user_id, e.item_id or ""))
     return events, meta
+
+
+def fitted_bundle(
+    data: Dataset,
+    params: FeatureParams,
+    interaction: str = "xgboost",
+    propensity: str = "logreg",
+    feature_hash_: str | None = None,
+) -> ModelBundle:
+    """Both targets fit on `data`'s temporal split with the chosen learners, as a bundle the
+    registry accepts (or refuses, given another `feature_hash_`)."""
+    split, n = temporal_split(data), len(PROPENSITY_FEATURES)
+    train, val = split.train, split.val
+    X, y = data.X, data.y
+    i_model, _ = LEARNERS[interaction]("interaction", INTERACTION_FEATURES, X[train], y[train],
+                                       X[val], y[val])  # fmt: skip
+    p_model, _ = LEARNERS[propensity]("propensity", PROPENSITY_FEATURES, X[train, :n],
+                                      y[train], X[val, :n], y[val])  # fmt: skip
+    return ModelBundle(version="", feature_hash=feature_hash_ or feature_hash(params),
+                       interaction=i_model, propensity=p_model)  # fmt: skip

@@ -11,14 +11,11 @@ import pytest
 
 from consumer.runner import StreamConsumer
 from engage import kafka_clients
-from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES, feature_hash
 from offline.dataset import build_dataset
-from offline.learners import fit_logreg
-from offline.splits import temporal_split
 from scoring.model import ModelBundle
 from scoring.registry import ModelRegistry
 from tests.eventlog import make_log, publish_log
-from tests.offline_synth import synthetic_log
+from tests.offline_synth import fitted_bundle, synthetic_log
 
 pytestmark = pytest.mark.stack
 
@@ -26,16 +23,7 @@ pytestmark = pytest.mark.stack
 def tiny_bundle(settings, feature_hash_: str | None = None) -> ModelBundle:
     events, meta = synthetic_log(n_users=30, per_user=20)
     data = build_dataset(events, meta, settings.feature_params)
-    s = temporal_split(data)
-    n = len(PROPENSITY_FEATURES)
-    interaction, _ = fit_logreg("i", INTERACTION_FEATURES, data.X[s.train], data.y[s.train],
-                                data.X[s.val], data.y[s.val])  # fmt: skip
-    propensity, _ = fit_logreg("p", PROPENSITY_FEATURES, data.X[s.train, :n], data.y[s.train],
-                               data.X[s.val, :n], data.y[s.val])  # fmt: skip
-    return ModelBundle(
-        version="", feature_hash=feature_hash_ or feature_hash(settings.feature_params),
-        interaction=interaction, propensity=propensity, metrics={}, log_range={},
-    )  # fmt: skip
+    return fitted_bundle(data, settings.feature_params, "logreg", "logreg", feature_hash_)
 
 
 def versions_on_scores_topic(settings, expected: int) -> dict[str, str | None]:

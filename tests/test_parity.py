@@ -22,18 +22,16 @@ from consumer.runner import StreamConsumer
 from engage import kafka_clients
 from engage.settings import Settings
 from features.events import Event
-from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES, feature_hash
+from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES
 from offline.dataset import build_dataset
 from offline.export import export_topic
-from offline.learners import fit_logreg, fit_xgboost
 from offline.logged import logged_dataset
 from offline.parity import feature_group, read_offline_topic, read_online, run_parity
-from offline.splits import temporal_split
 from scoring.model import ModelBundle
 from scoring.registry import ModelRegistry
 from tests.conftest import fresh_settings
 from tests.eventlog import engage_env, make_log, publish_log
-from tests.offline_synth import synthetic_log
+from tests.offline_synth import fitted_bundle, synthetic_log
 from tests.test_cli_commands import dead_port
 
 pytestmark = pytest.mark.stack
@@ -45,13 +43,7 @@ def small_bundle(settings: Settings) -> ModelBundle:
     """XGBoost for interaction, logistic regression for propensity: both serving paths."""
     events, meta = synthetic_log(n_users=30, per_user=20)
     data = build_dataset(events, meta, settings.feature_params)
-    s, n = temporal_split(data), len(PROPENSITY_FEATURES)
-    interaction, _ = fit_xgboost("i", INTERACTION_FEATURES, data.X[s.train], data.y[s.train],
-                                 data.X[s.val], data.y[s.val])  # fmt: skip
-    propensity, _ = fit_logreg("p", PROPENSITY_FEATURES, data.X[s.train, :n], data.y[s.train],
-                               data.X[s.val, :n], data.y[s.val])  # fmt: skip
-    return ModelBundle(version="", feature_hash=feature_hash(settings.feature_params),
-                       interaction=interaction, propensity=propensity)  # fmt: skip
+    return fitted_bundle(data, settings.feature_params, "xgboost", "logreg")
 
 
 def prefixed_log(prefix: str, **kwargs: int) -> tuple[list[dict], dict]:

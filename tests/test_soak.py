@@ -22,16 +22,13 @@ import pytest
 from kafka import TopicPartition
 
 from engage import kafka_clients
-from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES, feature_hash
 from offline.dataset import build_dataset
-from offline.learners import fit_xgboost
-from offline.splits import temporal_split
 from producer import synthetic
 from producer.pacing import throttle
 from producer.replay import replay
-from scoring.model import ModelBundle
 from scoring.registry import ModelRegistry
 from tests.eventlog import make_log, publish_log
+from tests.offline_synth import fitted_bundle
 from tests.reference import diff_against_redis, reference_state
 from tests.test_consumer_faults import (
     consumer_env,
@@ -94,16 +91,7 @@ def register_funnel_model(settings) -> str:
     config = synthetic.SyntheticConfig(users=2_000, days=14, seed=9)
     data = build_dataset(synthetic.events(config), synthetic.synthetic_item_meta(),
                          settings.feature_params)  # fmt: skip
-    split = temporal_split(data)
-    train, val = split.train, split.val
-    n = len(PROPENSITY_FEATURES)
-    X, y = data.X, data.y
-    interaction, _ = fit_xgboost("interaction", INTERACTION_FEATURES, X[train], y[train],
-                                 X[val], y[val])  # fmt: skip
-    propensity, _ = fit_xgboost("propensity", PROPENSITY_FEATURES, X[train, :n], y[train],
-                                X[val, :n], y[val])  # fmt: skip
-    bundle = ModelBundle(version="", feature_hash=feature_hash(settings.feature_params),
-                         interaction=interaction, propensity=propensity)  # fmt: skip
+    bundle = fitted_bundle(data, settings.feature_params, "xgboost", "xgboost")
     return ModelRegistry(settings).register(bundle)
 
 
