@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from engage.cli_support import EXIT_SERVICES_DOWN, console, fail
+from engage.cli_support import EXIT_BAD_INPUT, EXIT_SERVICES_DOWN, console, fail
 from engage.logs import setup_logging
 from engage.settings import get_settings
 
@@ -20,12 +20,22 @@ def consume(
     max_events: int = typer.Option(None, "--max-events", help="Exit after this many events."),
     metrics_port: int = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+    order: str = typer.Option(
+        None,
+        "--order",
+        help="arrival | event-time: merge partitions by event time, as training "
+        "does (default: settings.consume_order).",
+    ),
 ) -> None:
     """Consume events: exactly-once aggregates in Redis, rule and model scores out."""
     from consumer.runner import StreamConsumer
     from engage.redis_client import refused
 
     settings = get_settings()
+    if order is not None:
+        if order not in ("arrival", "event-time"):
+            raise fail(f"--order must be arrival or event-time, not {order!r}", EXIT_BAD_INPUT)
+        settings = settings.model_copy(update={"consume_order": order.replace("-", "_")})
     setup_logging()
     port = metrics_port if metrics_port is not None else settings.metrics_port
     if port:

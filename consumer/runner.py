@@ -26,10 +26,11 @@ from redis.retry import Retry
 from consumer.batch import BatchScorer, Incoming
 from consumer.deadletter import DeadLetter
 from consumer.metrics import ConsumerMetrics
+from consumer.ordering import Decoded, EventTimeMerger, decode_records
 from consumer.store import NO_OFFSET, REDIS_DOWN, Fenced, RedisStateStore, waitable
 from engage import kafka_clients, redis_client
 from engage.settings import Settings
-from features.events import DecodeError, decode_event
+from features.events import DecodeError
 from features.pipeline import MemoryState
 from scoring.rules import load_scorers
 
@@ -77,6 +78,8 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
             self.owner.positions.pop(tp.partition, None)
+        if self.owner.merger is not None:
+            self.owner.merger.drop(tp.partition for tp in revoked)
         log.info("revoked partitions %s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -117,6 +120,9 @@ class StreamConsumer:
         self.positions: dict[int, int] = {}  # partition -> last applied offset, as in Redis
         self.resync_needed = False  # positions unknown (Redis outage): seek from Redis first
         self.stopping = False
+        self.merger: EventTimeMerger | None = None
+        if settings.consume_order == "event_time":
+            self.merger = EventTimeMerger(max_buffered=5 * settings.batch_max_records)
         self.kafka = kafka_clients.consumer(
             settings,
             group_id=group or settings.consumer_group,
@@ -139,6 +145,8 @@ class StreamConsumer:
     # -- offsets -----------------------------------------------------------------------------
     def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
         stored = self.store.offsets(tp.partition for tp in partitions)
+        if self.merger is not None:  # buffered records lie after the old position
+            self.merger.drop(tp.partition for tp in partitions)
         for tp in partitions:
             offset = stored[tp.partition]
             self.positions[tp.partition] = offset
@@ -238,8 +246,9 @@ class StreamConsumer:
                 self._model_watch.maybe_reload(summary)
                 if self.resync_needed:  # an assignment in this poll could not read Redis
                     continue  # records dropped: the resync seeks back to them
-                records = [r for batch in polled.values() for r in batch]
-                if not self.positions:  # not yet assigned (joining the group): not idle
+                records = self._ordered([r for batch in polled.values() for r in batch])
+                held = self.merger is not None and len(self.merger) > 0
+                if not self.positions or held:  # joining the group, or records held back
                     last_data = time.monotonic()
                 if records:
                     last_data = time.monotonic()
@@ -268,19 +277,45 @@ class StreamConsumer:
             self.close()
         return summary
 
-    def _handle(self, records: list, summary: RunSummary) -> None:
+    def _ordered(self, records: list) -> list[Decoded]:
+        """The records to apply now, decoded: all of them in arrival order, or with
+        `consume_order = "event_time"` the merged prefix the merger can release."""
+        if self.merger is None:
+            return decode_records(records)
+        self.merger.add(records)
+        assigned = {tp.partition: tp for tp in self.kafka.assignment()}
+        released = self.merger.release(
+            self.settings.batch_max_records, assigned, lambda p: self._at_end(assigned[p])
+        )
+        for p, offset in self.merger.trim().items():
+            if p in assigned:
+                self.kafka.seek(assigned[p], offset)
+        return released
+
+    def _at_end(self, tp: TopicPartition) -> bool:
+        """Fetched up to the high watermark of the last fetch (unknown counts as not)."""
+        highwater = self.kafka.highwater(tp)
+        if highwater is None:
+            return False
+        position = self.kafka.position(tp, timeout_ms=1000)
+        return position is not None and position >= highwater
+
+    def _handle(self, decoded: list[Decoded], summary: RunSummary) -> None:
         t0 = time.perf_counter()
         t_start = time.monotonic()
-        partitions = {r.partition for r in records}
+        partitions = {r.partition for r, _ in decoded}
         # Records at or below the stored offset were already applied (a re-delivery): skip.
-        records = [r for r in records if r.offset > self.positions.get(r.partition, NO_OFFSET)]
+        decoded = [
+            d for d in decoded if d[0].offset > self.positions.get(d[0].partition, NO_OFFSET)
+        ]
+        records = [r for r, _ in decoded]
         incoming: list[Incoming] = []
         dead: list[DeadLetter] = []
-        for r in records:
-            try:
-                event = decode_event(r.value)
-            except DecodeError as exc:
-                dead.append(DeadLetter(exc.reason, r.topic, r.partition, r.offset, r.key, r.value))
+        for r, event in decoded:
+            if isinstance(event, DecodeError):
+                dead.append(
+                    DeadLetter(event.reason, r.topic, r.partition, r.offset, r.key, r.value)
+                )
                 continue
             incoming.append(Incoming(event, r.partition, r.offset, r.timestamp, r.key, r.value))
         pipe = self.store.begin(partitions)

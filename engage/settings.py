@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     # How long a crashed member holds its partitions before the group moves them (broker min 6s).
     kafka_session_timeout_ms: int = Field(default=10_000, ge=6_000)
     batch_max_records: int = Field(default=2000, ge=1)
+    #: "arrival": each polled batch as kafka-python returns it. "event_time": partitions merged
+    #: by event time at their heads, as training orders the log (consumer/ordering.py), so a
+    #: single consumer's item features equal the offline ones even on a drained backlog.
+    consume_order: Literal["arrival", "event_time"] = "arrival"
     poll_timeout_ms: int = Field(default=200, ge=1)
     session_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
     #: Duplicate guard: the ids of at least this many of a user's latest events are kept.

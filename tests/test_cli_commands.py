@@ -152,3 +152,10 @@ def test_a_bad_setting_is_one_line_naming_the_variable(settings):
     output = result.stdout + result.stderr
     assert "ENGAGE_BATCH_MAX_RECORDS" in output and "ENGAGE_MAX_LATENESS_S" in output
     assert "Traceback" not in output and "hunter2" not in output
+
+
+def test_consume_order_must_be_known(settings):
+    result = engage(settings, "consume", "--idle-exit", "1", "--order", "sideways")
+    assert result.returncode == 2, result.stderr
+    assert "--order must be arrival or event-time" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
