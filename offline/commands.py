@@ -358,6 +358,11 @@ def _print_parity(report: dict[str, Any], show: int) -> None:
         if not status["loaded"]:
             out.print(f"[yellow]model {version} ({status['events']} events) not compared: "
                       f"{status['error']}[/]")  # fmt: skip
+    item = report["groups"].get("item") or {}
+    if not item.get("exact", True) and item.get("events_mismatched"):
+        out.print("[yellow]item features differ: a consumer applying its partitions in "
+                  "training's order (`engage consume --order event-time`) serves them equal; "
+                  "or train on what was served (`engage train --logged-features`)[/]")  # fmt: skip
     out.print("[bold green]parity: ok[/]" if report["ok"] else "[bold red]parity: MISMATCH[/]")
 
 
