@@ -44,10 +44,12 @@ def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | No
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings, redis_client, tmp_path):
+@pytest.mark.parametrize("order", ["arrival", "event_time"])
+def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings, redis_client, order):
+    """Also with the event-time merge, whose buffered records lie beyond the stored offsets."""
     events, genres = make_log(n_users=120, events_per_user=150, seed=11)  # 18,000 events
     publish_log(settings, events, genres)
-    env = consumer_env(settings, ENGAGE_BATCH_MAX_RECORDS="40")
+    env = consumer_env(settings, ENGAGE_BATCH_MAX_RECORDS="40", ENGAGE_CONSUME_ORDER=order)
     rng = random.Random(5)
     kills = 0
     while kills < 4:
