@@ -67,7 +67,8 @@ class EventTimeMerger:
             self.lanes.setdefault(item[0].partition, deque()).append(item)
 
     def drop(self, partitions: Iterable[int]) -> None:
-        """Forget buffered records (the partition was seeked, revoked or fenced)."""
+        """Forget buffered records (the partition was seeked: assigned, resynced or fenced).
+        Revoked partitions go at the next `release`, which keeps only assigned ones."""
         for p in partitions:
             self.lanes.pop(p, None)
 
@@ -103,8 +104,6 @@ class EventTimeMerger:
         seek back to (the first dropped record)."""
         seek_to: dict[int, int] = {}
         for p, lane in self.lanes.items():
-            if len(lane) > self.max_buffered:
-                while len(lane) > self.max_buffered:
-                    first_dropped = lane.pop()[0].offset
-                seek_to[p] = first_dropped
+            while len(lane) > self.max_buffered:  # from the tail: the last one set is the first
+                seek_to[p] = lane.pop()[0].offset
         return seek_to

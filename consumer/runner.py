@@ -78,8 +78,6 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
             self.owner.positions.pop(tp.partition, None)
-        if self.owner.merger is not None:
-            self.owner.merger.drop(tp.partition for tp in revoked)
         log.info("revoked partitions %s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
