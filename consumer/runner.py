@@ -32,6 +32,7 @@ from engage import kafka_clients, redis_client
 from engage.settings import Settings
 from features.events import DecodeError
 from features.pipeline import MemoryState
+from producer.partitioning import CachedKeyPartitioner
 from scoring.rules import load_scorers
 
 log = logging.getLogger("engage.consumer")
@@ -131,8 +132,13 @@ class StreamConsumer:
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
+        # Scores are keyed by user: remember each user's partition instead of hashing every
+        # message in pure Python (same mapping as the default partitioner).
         self.out = kafka_clients.producer(
-            settings, linger_ms=5, batch_size=settings.output_batch_bytes
+            settings,
+            linger_ms=5,
+            batch_size=settings.output_batch_bytes,
+            partitioner=CachedKeyPartitioner(),
         )
         kafka_clients.ensure_topic(settings, self.topic)
         kafka_clients.ensure_topic(settings, settings.scores_topic)
