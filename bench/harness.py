@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import ceilings, consumer_rate, growth
+from bench import budget, ceilings, consumer_rate, growth
 from bench.api_latency import measure, seed, serving
 from bench.common import FULL, QUICK, Context, Progress, open_context
 from bench.consumer_worker import WorkerPool
@@ -127,6 +127,28 @@ def bench_consumer(ctx: Context, runs: int) -> Runs:
                 out.append(M("redis_bytes_per_user_movielens", m["bytes_per_user"], "bytes",
                              "all u:{user}* keys (with the duplicate guard's :seen and the "
                              "served :score) per user after ml-latest-small"))  # fmt: skip
+        yield out
+
+
+def bench_budget(ctx: Context, runs: int) -> Runs:
+    us = "us/event"
+    consume = lambda: consumer_rate.throughput_run(ctx, "movielens")  # noqa: E731
+    for r in budget.measure(ctx, runs, consume):
+        n = r["rules"]["events"]
+        out = [M("budget_compute_rules", r["rules"]["us_per_event"], us,
+                 f"BatchScorer.run over {n:,} MovieLens events, state in memory, rules only "
+                 "(no Kafka, no Redis)", detail=r["rules"])]  # fmt: skip
+        model = r["model"]
+        out.append(M("budget_compute_model", model and model["us_per_event"], us,
+                     "the same with the registered model (both targets, reasons)",
+                     detail=model or {"skipped": "no model registered"}))  # fmt: skip
+        servers = r["servers"]
+        for name in ("kafka", "redis"):
+            what = (f"CPU of the stack's own {name} per event during one consumer run over "
+                    "MovieLens (empty if this project did not start it)")  # fmt: skip
+            value = servers[f"{name}_us_per_event"]
+            why = {} if value is not None else {"skipped": f"{name} not started by this project"}
+            out.append(M(f"budget_{name}_server_cpu", value, us, what, detail=servers | why))
         yield out
 
 
@@ -229,6 +251,7 @@ BENCHES: dict[str, Bench] = {
     "ceilings": Bench(bench_ceilings),
     "replay": Bench(bench_replay),
     "consumer": Bench(bench_consumer),
+    "budget": Bench(bench_budget),
     "latency": Bench(bench_latency),
     "scaling": Bench(bench_scaling),
     "api": Bench(bench_api),

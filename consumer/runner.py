@@ -235,7 +235,7 @@ class StreamConsumer:
         summary = RunSummary()
         self._install_signals()
         self._model_watch.maybe_reload(summary)  # load a registered model before the clock runs
-        _tune_gc(self.settings.gc_gen0_threshold)
+        tune_gc(self.settings.gc_gen0_threshold)
         started = last_data = time.monotonic()
         try:
             while not self.stopping:
@@ -402,7 +402,7 @@ class StreamConsumer:
             self.redis.close()
 
 
-def _tune_gc(gen0_threshold: int) -> None:
+def tune_gc(gen0_threshold: int) -> None:
     """Fewer, later collections: a batch allocates ~100 objects per event, nearly all freed by
     reference counting, so CPython's default threshold (700) mostly rescans live state. The
     start-up objects (model, rules, clients) are frozen out of every later collection."""

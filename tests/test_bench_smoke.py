@@ -25,7 +25,8 @@ def expected_figures() -> set[str]:
         "consumer_2proc_speedup", "api_score_p50", "api_score_p95", "api_score_p99",
         "api_score_achieved", "redis_bytes_per_user", "redis_bytes_per_session",
         "redis_aggregate_bytes_per_user_movielens", "redis_bytes_per_user_movielens",
-        "train_movielens",
+        "train_movielens", "budget_compute_rules", "budget_compute_model",
+        "budget_kafka_server_cpu", "budget_redis_server_cpu",
     }  # fmt: skip
     cases = [(label(rate), 1) for rate in QUICK.latency_rates]
     cases += [(label(rate), n) for rate, n in QUICK.latency_scaled]
@@ -51,6 +52,12 @@ def test_quick_run_writes_every_figure(settings: Settings, tmp_path) -> None:
         if no_redis_benchmark and name.startswith("redis_benchmark_"):
             assert f["skipped"] and f["median"] is None
             continue
+        if name == "budget_compute_model":  # --quick serves no model
+            assert f["skipped"] == "no model registered" and f["median"] is None
+            continue
+        if name.endswith("_server_cpu") and f["median"] is None:  # servers someone else runs
+            assert "not started by this project" in f["skipped"], f
+            continue
         values = (f["median"], f["min"], f["max"])
         assert all(isinstance(v, int | float) and math.isfinite(v) for v in values), (name, f)
         assert f["min"] <= f["median"] <= f["max"] and f["runs"] == 1, (name, f)
@@ -58,6 +65,7 @@ def test_quick_run_writes_every_figure(settings: Settings, tmp_path) -> None:
     for name in ("replay_movielens", "consumer_movielens", "consumer_synthetic"):
         assert figures[name]["ratio_to_ceiling"] > 0, name
     assert figures["consumer_movielens"]["details"][0]["events"] == QUICK.movielens_events
+    assert figures["budget_compute_rules"]["details"][0]["events"] == QUICK.movielens_events
 
     markdown = json_path.with_suffix(".md").read_text()
     assert "| figure | median | min | max | unit | runs | ratio to ceiling |" in markdown

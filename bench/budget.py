@@ -1,0 +1,124 @@
+"""Where one event's time goes: the consumer's budget, measured piece by piece.
+
+The consumer goal of issue 4 is 20,000 events/s on this 2-core machine, i.e. 50 us of wall time
+per event in one process, or 100 us of CPU per event over both cores (Kafka, Redis and every
+consumer process included). These figures show how much of that the parts take on their own:
+
+- compute: `consumer.batch.BatchScorer.run` (admission, the features before and after every
+  event, rules, the model with its top reasons, the score messages) over the MovieLens log in
+  consumer-sized batches, the state in memory, garbage collection tuned as in the consumer:
+  everything the consumer does except Kafka and Redis. With the rules only, and with the
+  registered model. The most one process could reach if Kafka and Redis cost nothing is
+  1e6 / this.
+- servers: the CPU the stack's own Kafka broker and Redis (when this project started them;
+  pids from their pid files) spend per event while one consumer process reads the MovieLens
+  topic end to end.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from bench import sources
+from bench.common import Context
+from consumer.batch import BatchScorer, Incoming
+from consumer.runner import tune_gc
+from engage.settings import Settings
+from engage.stack.kafka_server import KafkaServer
+from engage.stack.redis_server import RedisServer
+from features.pipeline import MemoryState
+from scoring.rules import load_scorers
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def registered_model(settings: Settings) -> Any:
+    """The current model bundle, served as the consumer serves it (one thread), or None."""
+    from scoring.registry import ModelRegistry
+
+    registry = ModelRegistry(settings)
+    version = registry.current_version()
+    if version is None:
+        return None
+    bundle = registry.load(version)
+    for model in (bundle.interaction, bundle.propensity):
+        model.set_threads(settings.model_threads)
+    return bundle
+
+
+def compute_floor(ctx: Context, model: Any) -> dict[str, Any]:
+    """us/event of `BatchScorer.run` over the MovieLens events, state in memory."""
+    settings = ctx.settings
+    data = sources.movielens_data(ctx)
+    incoming = [Incoming(e, 0, i, 0) for i, e in enumerate(sources.movielens_events(ctx))]
+    scorer = BatchScorer(load_scorers(settings.rules_file), settings.log_features)
+    scorer.model = model
+    memory = MemoryState(params=settings.feature_params, admission=settings.admission_policy)
+    memory.meta.update(data.items)
+    batch = settings.batch_max_records
+    thresholds = gc.get_threshold()
+    tune_gc(settings.gc_gen0_threshold)  # as the consumer runs
+    try:
+        started = time.perf_counter()
+        for first in range(0, len(incoming), batch):
+            chunk = incoming[first : first + batch]
+            loaded = {i.event.user_id: dict(memory.users.get(i.event.user_id, {})) for i in chunk}
+            scorer.run(memory, chunk, loaded)
+        seconds = time.perf_counter() - started
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+    return {
+        "events": len(incoming),
+        "batch": batch,
+        "seconds": seconds,
+        "us_per_event": seconds / len(incoming) * 1e6,
+        "model_version": getattr(model, "version", None),
+    }
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU of a live process, from /proc (None if unknown)."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime, stime
+
+
+def server_cpu(ctx: Context, consume: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """CPU us/event of our own Kafka and Redis servers while `consume` runs (None if the
+    servers are not this project's)."""
+    pids = {
+        "kafka": KafkaServer(ctx.settings).process.pid(),
+        "redis": RedisServer(ctx.settings).process.pid(),
+    }
+    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    result = consume()
+    out: dict[str, Any] = {"events": result["events"], "consumer_per_s": result["events_per_s"]}
+    for name, pid in pids.items():
+        after = _cpu_seconds(pid)
+        start = before[name]
+        used = None if after is None or start is None else after - start
+        out[f"{name}_cpu_s"] = used
+        out[f"{name}_us_per_event"] = None if used is None else used / result["events"] * 1e6
+    return out
+
+
+def measure(ctx: Context, runs: int, consume: Callable[[], dict[str, Any]]) -> Iterator[dict]:
+    """Per run: the compute floor without and with the model, and the servers' CPU."""
+    model = registered_model(ctx.settings)
+    for _ in range(runs):
+        yield {
+            "rules": compute_floor(ctx, None),
+            "model": compute_floor(ctx, model) if model is not None else None,
+            "servers": server_cpu(ctx, consume),
+        }
