@@ -111,3 +111,22 @@ def test_a_user_weighted_calibration_round_trips_through_the_registry(tmp_path, 
     X = data.X[s.test]
     assert loaded.interaction.calibrator.method == model.calibrator.method
     assert np.array_equal(loaded.interaction.predict_proba(X), model.predict_proba(X))
+
+
+def test_test_period_diagnostic_scores_the_rule_training_serves(data: Dataset):
+    """`offline.calibration_on_test` fits the model `engage train` fits on the temporal split:
+    its row for the rule in use is that model's test ECE, and every rule gets a row."""
+    from offline.calibration_on_test import scores_on_test_period
+    from offline.metrics import expected_calibration_error
+
+    scores, rates = scores_on_test_period(data)
+    assert [s.rule for s in scores] == list(RULES)
+    split = temporal_split(data)
+    model, _ = fit_one(data, split, "interaction", "xgboost")
+    y_test = data.y[split.test].astype(int)
+    p = model.predict_proba(data.X[split.test])
+    [served] = [s for s in scores if s.rule == "users: chosen by CV (new rule)"]
+    assert served.ece == pytest.approx(expected_calibration_error(y_test, p))
+    assert served.mean_p == pytest.approx(p.mean())
+    assert rates["test"] == pytest.approx(y_test.mean())
+    assert all(0.0 <= s.ece <= 1.0 for s in scores)
