@@ -15,6 +15,7 @@ ends at or before the test cut, and rows from the test period are dropped before
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,30 @@ def backtest(
     return scores
 
 
+DAY_MS = 86_400_000
+RATE_PRIOR = (20.0, 0.5)  # (weight, rate) the stream's recent rate is smoothed towards
+
+
+def with_stream_rate(data: Dataset, days: int) -> Dataset:
+    """`data` plus two columns: the positive rate of *all* labelled rows over the `days` whole
+    days of event time before each row's day (smoothed), and log1p of their count.
+
+    A candidate that lets the booster follow the stream's base rate itself. Whole earlier days
+    only, so online it would be exact under any partition interleaving once a day is complete."""
+    day = data.ts // DAY_MS
+    first = int(day.min())
+    slot = (day - first).astype(np.int64)
+    n_days = int(slot.max()) + 1
+    counts = np.concatenate([[0.0], np.cumsum(np.bincount(slot, minlength=n_days))])
+    hits = np.concatenate([[0.0], np.cumsum(np.bincount(slot, data.y, minlength=n_days))])
+    start = np.maximum(slot - days, 0)
+    n, e = counts[slot] - counts[start], hits[slot] - hits[start]
+    weight, rate = RATE_PRIOR
+    extra = np.column_stack([(e + weight * rate) / (n + weight), np.log1p(n)])
+    names = (f"g_rate_{days}d", f"g_count_{days}d")
+    return dataclasses.replace(data, X=np.hstack([data.X, extra]), features=data.features + names)
+
+
 def summary(scores: list[Score], rules: Sequence[str] | None = None) -> str:
     """Per horizon and rule: mean and worst ECE and mean log loss over the origins that every
     one of `rules` (default: all) was scored at, so the rows of a horizon compare."""
@@ -175,10 +200,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--movielens", type=Path, help="MovieLens folder (else: as engage train)")
     parser.add_argument("--snapshot", type=Path, help="snapshot folder (engage export)")
+    parser.add_argument(
+        "--stream-rate-days",
+        type=lambda v: [int(d) for d in v.split(",")],
+        help="instead: the served rule with and without the stream's recent positive rate "
+        "over these whole days as two extra features, e.g. 7,30,90",
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
     events, meta, _ = load_events(settings, args.snapshot, False, args.movielens)
     data = build_dataset(events, meta, settings.feature_params, admission=settings.admission_policy)
+    if args.stream_rate_days:
+        served = "users: chosen by CV (new rule)"
+        rules = {served: RULES[served]}
+        for days in [0, *args.stream_rate_days]:
+            extended = with_stream_rate(data, days) if days else data
+            scores = backtest(extended, rules, pooled=(), features=extended.features)
+            print(f"stream rate over {days} days" if days else "without the stream rate")
+            print(summary(scores))
+        return
     scores = backtest(data)
     print(summary(scores, list(RULES)))
     print()

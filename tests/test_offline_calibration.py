@@ -130,3 +130,25 @@ def test_test_period_diagnostic_scores_the_rule_training_serves(data: Dataset):
     assert served.mean_p == pytest.approx(p.mean())
     assert rates["test"] == pytest.approx(y_test.mean())
     assert all(0.0 <= s.ece <= 1.0 for s in scores)
+
+
+def test_stream_rate_reads_only_whole_earlier_days(data: Dataset):
+    """The backtested stream-rate candidate: flipping one day's labels changes no row of that
+    day or before, and changes the rows of the days after it (within the window)."""
+    from offline.calibration_backtest import DAY_MS, with_stream_rate
+
+    day = data.ts // DAY_MS
+    days = np.unique(day)
+    assert len(days) > 4
+    flipped_day = days[len(days) // 2]
+    y = data.y.copy()
+    y[day == flipped_day] = 1 - y[day == flipped_day]
+    before = with_stream_rate(data, 7)
+    after = with_stream_rate(dataclasses.replace(data, y=y), 7)
+    assert before.features[-2:] == ("g_rate_7d", "g_count_7d")
+    cols = before.X[:, -2:], after.X[:, -2:]
+    upto = day <= flipped_day
+    assert np.array_equal(cols[0][upto], cols[1][upto])
+    window = (day > flipped_day) & (day <= flipped_day + 7)
+    assert not np.array_equal(cols[0][window, 0], cols[1][window, 0])
+    assert np.array_equal(cols[0][:, 1], cols[1][:, 1])  # counts do not depend on labels
