@@ -345,6 +345,16 @@ def markdown(result: dict[str, Any], plot: str | None) -> str:
         f"{result['load_average_end'][0]:.2f} at the end; {m['platform']}, Python {m['python']}; "
         f"Kafka {m['kafka']}, Redis {m['redis']}; commit {m['git_commit']}; "
         f"model: {result['model_version'] or MODEL_NONE[result['model_requested']]}.",
+    ]
+    history = result.get("history", [])
+    if len(history) > 1:
+        lines += ["", "The figures come from these runs (the file merges a day's runs):", ""]
+        lines += [
+            f"- {', '.join(h['groups'])}: `{h['command']}`, {h['seconds']:.0f} s, load average "
+            f"{h['load_average'][0]:.2f} -> {h['load_average'][1]:.2f}, commit {h['commit']}"
+            for h in history
+        ]
+    lines += [
         "",
         "| group | figure | median | min | max | unit | runs | ratio to ceiling |",
         "|---|---|---:|---:|---:|---|---:|---|",
@@ -512,10 +522,33 @@ def run(args: argparse.Namespace, settings: Settings | None = None) -> dict[str,
     return result
 
 
+def _history_entry(result: dict[str, Any]) -> dict[str, Any]:
+    """Which run measured which groups: a day's file merges several --only runs."""
+    return {
+        "command": result["command"],
+        "groups": sorted({f["group"] for f in result["figures"].values()}),
+        "seconds": result["seconds"],
+        "load_average": [result["machine"]["load_average"][0], result["load_average_end"][0]],
+        "commit": result["machine"]["git_commit"],
+    }
+
+
+def _still_shown(history: list[dict[str, Any]], replaced: list[str]) -> list[dict[str, Any]]:
+    """Earlier runs, each with only the groups this run did not measure again."""
+    kept = []
+    for entry in history:
+        groups = [g for g in entry["groups"] if g not in replaced]
+        if groups:
+            kept.append(entry | {"groups": groups})
+    return kept
+
+
 def write(result: dict[str, Any], out: Path, sizes: Any) -> None:
     """Merge into the same day's results (an --only run replaces just its figures), write."""
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{result['date']}.json"
+    this_run = _history_entry(result)  # before the merge adds earlier runs' figures
+    result["history"] = [this_run]
     if json_path.is_file():
         try:
             old = json.loads(json_path.read_text())
@@ -529,6 +562,8 @@ def write(result: dict[str, Any], out: Path, sizes: Any) -> None:
             result["figures"] = merged
             kept = {g: e for g, e in old.get("errors", {}).items() if g not in result["only"]}
             result["errors"] = {**kept, **result["errors"]}
+            result["history"] = _still_shown(old.get("history", []), result["only"])
+            result["history"].append(this_run)
     order = {name: i for i, name in enumerate(BENCHES)}
     result["figures"] = dict(
         sorted(result["figures"].items(), key=lambda kv: order.get(kv[1]["group"], 99))
