@@ -46,8 +46,7 @@ def registered_model(settings: Settings) -> Any:
     if version is None:
         return None
     bundle = registry.load(version)
-    for model in (bundle.interaction, bundle.propensity):
-        model.set_threads(settings.model_threads)
+    bundle.set_threads(settings.model_threads)
     return bundle
 
 

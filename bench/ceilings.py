@@ -24,7 +24,6 @@ from engage.kafka_clients import consumer, ensure_topic, producer
 from engage.redis_client import connection_options
 from engage.settings import Settings
 from features.events import DecodeError, decode_event
-from producer.partitioning import CachedKeyPartitioner
 from producer.replay import FAST_PRODUCER, _fewer_gc_passes
 
 PIPELINE_COMMANDS = 2_000
@@ -37,7 +36,7 @@ def produce_only(ctx: Context) -> dict[str, Any]:
     settings = ctx.fresh("produce-only")
     topic = settings.events_topic
     ensure_topic(settings, topic, settings.partitions)
-    client = producer(settings, partitioner=CachedKeyPartitioner(), **FAST_PRODUCER)
+    client = producer(settings, **FAST_PRODUCER)
     failed: list[BaseException] = []
     try:
         with _fewer_gc_passes():

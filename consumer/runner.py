@@ -32,7 +32,6 @@ from engage import kafka_clients, redis_client
 from engage.settings import Settings
 from features.events import DecodeError
 from features.pipeline import MemoryState
-from producer.partitioning import CachedKeyPartitioner
 from scoring.rules import load_scorers
 
 log = logging.getLogger("engage.consumer")
@@ -132,13 +131,8 @@ class StreamConsumer:
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
-        # Scores are keyed by user: remember each user's partition instead of hashing every
-        # message in pure Python (same mapping as the default partitioner).
         self.out = kafka_clients.producer(
-            settings,
-            linger_ms=5,
-            batch_size=settings.output_batch_bytes,
-            partitioner=CachedKeyPartitioner(),
+            settings, linger_ms=5, batch_size=settings.output_batch_bytes
         )
         kafka_clients.ensure_topic(settings, self.topic)
         kafka_clients.ensure_topic(settings, settings.scores_topic)
@@ -446,8 +440,7 @@ class _ModelWatch:
                 log.error(message)
             self.version = current
             return
-        for model in (bundle.interaction, bundle.propensity):
-            model.set_threads(self.settings.model_threads)
+        bundle.set_threads(self.settings.model_threads)
         self.scorer.model = bundle
         self.version = summary.model_version = current
         log.info("serving model %s", current)

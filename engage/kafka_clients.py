@@ -8,6 +8,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from engage.partitioning import CachedKeyPartitioner
 from engage.settings import Settings
 
 
@@ -43,9 +44,11 @@ def admin_client(settings: Settings, timeout_s: float = 10.0) -> KafkaAdminClien
 
 
 def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
-    """An idempotent, acks=all, batching and compressing producer."""
+    """An idempotent, acks=all, batching and compressing producer; keys go to the default
+    partitioner's partitions, remembered per key."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "partitioner": CachedKeyPartitioner(),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 20,

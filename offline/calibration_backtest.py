@@ -192,14 +192,27 @@ def summary(scores: list[Score], rules: Sequence[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def source_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of these diagnostics: where the log comes from, as `engage train`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--movielens", type=Path, help="MovieLens folder (else: as engage train)")
+    parser.add_argument("--snapshot", type=Path, help="snapshot folder (engage export)")
+    return parser
+
+
+def dataset_from(args: argparse.Namespace) -> Dataset:
+    """The point-in-time dataset `engage train` would build from the chosen log."""
     from engage.settings import get_settings
     from offline.dataset import build_dataset
     from offline.sources import load_events
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--movielens", type=Path, help="MovieLens folder (else: as engage train)")
-    parser.add_argument("--snapshot", type=Path, help="snapshot folder (engage export)")
+    settings = get_settings()
+    events, meta, _ = load_events(settings, args.snapshot, False, args.movielens)
+    return build_dataset(events, meta, settings.feature_params, admission=settings.admission_policy)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = source_parser(__doc__)
     parser.add_argument(
         "--stream-rate-days",
         type=lambda v: [int(d) for d in v.split(",")],
@@ -207,9 +220,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "over these whole days as two extra features, e.g. 7,30,90",
     )
     args = parser.parse_args(argv)
-    settings = get_settings()
-    events, meta, _ = load_events(settings, args.snapshot, False, args.movielens)
-    data = build_dataset(events, meta, settings.feature_params, admission=settings.admission_policy)
+    data = dataset_from(args)
     if args.stream_rate_days:
         served = "users: chosen by CV (new rule)"
         rules = {served: RULES[served]}

@@ -13,12 +13,10 @@ output to choose anything; choosing by it would be tuning on the test set.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from offline.calibration_backtest import RULES, Rule
+from offline.calibration_backtest import RULES, Rule, dataset_from, source_parser
 from offline.dataset import Dataset
 from offline.metrics import expected_calibration_error
 from offline.splits import temporal_split
@@ -51,17 +49,7 @@ def scores_on_test_period(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from engage.settings import get_settings
-    from offline.dataset import build_dataset
-    from offline.sources import load_events
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--movielens", type=Path, help="MovieLens folder (else: as engage train)")
-    parser.add_argument("--snapshot", type=Path, help="snapshot folder (engage export)")
-    args = parser.parse_args(argv)
-    settings = get_settings()
-    events, meta, _ = load_events(settings, args.snapshot, False, args.movielens)
-    data = build_dataset(events, meta, settings.feature_params, admission=settings.admission_policy)
+    data = dataset_from(source_parser(__doc__).parse_args(argv))
     scores, rates = scores_on_test_period(data)
     print("positive rate: " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
     print("| rule (fit on the validation period) | test ECE | mean probability |")

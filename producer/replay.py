@@ -26,7 +26,6 @@ from features.events import Event
 from features.items import ItemMeta
 from features.keys import item_meta_key
 from producer.pacing import MAX, Clock, Pacer, Speed
-from producer.partitioning import CachedKeyPartitioner
 from producer.progress import progress_bar
 
 #: Producer overrides for throughput: bigger, later batches (measured with bench/replay_rate).
@@ -147,7 +146,7 @@ def replay(
         finally:
             store.close()
     overrides = dict(FAST_PRODUCER) if speed.is_max else {}
-    client = producer(settings, partitioner=CachedKeyPartitioner(), **overrides)
+    client = producer(settings, **overrides)
     failures = _Failures()
     pacer = Pacer(speed, clock)
     cap = limit if limit is not None else -1

@@ -165,3 +165,8 @@ class ModelBundle:
     propensity: ScoringModel
     metrics: dict[str, Any] = field(default_factory=dict)
     log_range: dict[str, Any] = field(default_factory=dict)  # the training data's extent
+
+    def set_threads(self, threads: int) -> None:
+        """XGBoost threads of both models (serving uses 1, see ScoringModel.set_threads)."""
+        for model in (self.interaction, self.propensity):
+            model.set_threads(threads)
