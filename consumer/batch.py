@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 from features.aggregates import State, session_fields
+from features.digest import vector_digests
 from features.events import Event
 from features.pipeline import MemoryState, Step
 from features.vector import PROPENSITY_FEATURES
@@ -79,12 +80,15 @@ class BatchScorer:
         after = np.array([s.after for s in steps], dtype=np.float64)
         before = np.array([s.features for s in steps], dtype=np.float64)
         rules = self._rules(incoming, after)
-        model = self._model(before, after)
+        latest_rows = self._latest_rows(incoming)
+        model = self._model(before, after, latest_rows)
         self._writes(writes, memory, steps, incoming, loaded)
-        now_ms = time.time() * 1000.0
+        digests = vector_digests(before)
+        now_ms = round(time.time() * 1000.0, 1)
         messages: list[tuple[bytes, bytes]] = []
-        latest: dict[str, dict[str, Any]] = {}
-        for row, (item, step) in enumerate(zip(incoming, steps, strict=True)):
+        shown = set(latest_rows.values())
+        latest_payloads: dict[int, dict[str, Any]] = {}
+        for row, item in enumerate(incoming):
             event = item.event
             score, label, reasons = rules[row]
             payload: dict[str, Any] = {
@@ -96,33 +100,48 @@ class BatchScorer:
                 "offset": item.offset,
                 "rule": {"score": round(score, 2), "label": label, "reasons": reasons},
                 "model": model[row] if model else None,
-                "scored_at": round(now_ms, 1),
+                "scored_at": now_ms,
+                "fd": digests[row],
             }
             if self.log_features:
-                payload["features"] = step.features
+                payload["features"] = steps[row].features
             messages.append((event.user_id.encode(), orjson.dumps(payload)))
-            latest[event.user_id] = payload
-        for user, payload in latest.items():
-            model_part = payload["model"] or {}
-            writes.scores[user] = {
-                "rule_score": payload["rule"]["score"],
-                "label": payload["rule"]["label"],
-                "reasons": orjson.dumps(payload["rule"]["reasons"]).decode(),
-                "propensity": model_part.get("propensity", ""),
-                "model_reasons": orjson.dumps(model_part.get("propensity_reasons", [])).decode(),
-                "model_version": model_part.get("version", ""),
-                "event_id": payload["event_id"],
-                "event_ts": payload["event_ts"],
-                "updated_at": payload["scored_at"],
-            }
-            writes.leaderboard.setdefault("rule", {})[user] = payload["rule"]["score"]
-            if model_part:
-                writes.leaderboard.setdefault("model", {})[user] = model_part["propensity"]
-        writes.publish = orjson.dumps(
-            [{k: v for k, v in p.items() if k != "features"} for p in latest.values()]
-        )
+            if row in shown:
+                payload.pop("features", None)
+                latest_payloads[row] = payload
+        latest = [latest_payloads[row] for row in latest_rows.values()]
+        for payload in latest:
+            self._score_hash(writes, payload)
+        writes.publish = orjson.dumps(latest)
         latencies = [now_ms - item.kafka_ts_ms for item in incoming]
         return ScoredBatch(messages, writes, latencies, refused)
+
+    @staticmethod
+    def _latest_rows(incoming: list[Incoming]) -> dict[str, int]:
+        """Each user's last row in the batch: what the score hash, the leaderboard and the live
+        view show, so the only rows whose model reasons are worth computing."""
+        return {item.event.user_id: row for row, item in enumerate(incoming)}
+
+    @staticmethod
+    def _score_hash(writes: BatchWrites, payload: dict[str, Any]) -> None:
+        """The user's served score (`u:{user}:score`) and leaderboard entries from the
+        latest score message of the batch."""
+        user = payload["user_id"]
+        model_part = payload["model"] or {}
+        writes.scores[user] = {
+            "rule_score": payload["rule"]["score"],
+            "label": payload["rule"]["label"],
+            "reasons": orjson.dumps(payload["rule"]["reasons"]).decode(),
+            "propensity": model_part.get("propensity", ""),
+            "model_reasons": orjson.dumps(model_part.get("propensity_reasons", [])).decode(),
+            "model_version": model_part.get("version", ""),
+            "event_id": payload["event_id"],
+            "event_ts": payload["event_ts"],
+            "updated_at": payload["scored_at"],
+        }
+        writes.leaderboard.setdefault("rule", {})[user] = payload["rule"]["score"]
+        if model_part:
+            writes.leaderboard.setdefault("model", {})[user] = model_part["propensity"]
 
     def _rules(self, incoming: list[Incoming], after: np.ndarray) -> list[tuple[float, str, list]]:
         out: list[tuple[float, str, list] | None] = [None] * len(incoming)
@@ -138,27 +157,29 @@ class BatchScorer:
                 out[row] = (scored.score[i].item(), scored.labels[i], reasons[i])
         return out  # type: ignore[return-value]
 
-    def _model(self, before: np.ndarray, after: np.ndarray) -> list[dict[str, Any]] | None:
+    def _model(
+        self, before: np.ndarray, after: np.ndarray, latest_rows: dict[str, int]
+    ) -> list[dict[str, Any]] | None:
+        """Probabilities of every row in one vectorised call per target; per-feature reasons
+        (path contributions, the costly part) only for each user's latest row."""
         bundle = self.model
         if bundle is None:
             return None
         n_prop = len(PROPENSITY_FEATURES)
-        p_int = bundle.interaction.predict_proba(before)
-        p_prop = bundle.propensity.predict_proba(after[:, :n_prop])
-        r_prop = _reasons(bundle.propensity, bundle.propensity.contributions(after[:, :n_prop]))
-        r_int = _reasons(bundle.interaction, bundle.interaction.contributions(before))
-        return [
-            {
-                "version": bundle.version,
-                "interaction": round(p_i, 6),
-                "propensity": round(p_p, 6),
-                "interaction_reasons": reasons_i,
-                "propensity_reasons": reasons_p,
-            }
-            for p_i, p_p, reasons_i, reasons_p in zip(
-                p_int.tolist(), p_prop.tolist(), r_int, r_prop, strict=True
-            )
+        p_int = bundle.interaction.predict_proba(before).tolist()
+        p_prop = bundle.propensity.predict_proba(after[:, :n_prop]).tolist()
+        out = [
+            {"version": bundle.version, "interaction": round(p_i, 6), "propensity": round(p_p, 6)}
+            for p_i, p_p in zip(p_int, p_prop, strict=True)
         ]
+        shown = sorted(latest_rows.values())
+        prop_x = after[shown, :n_prop]
+        r_prop = _reasons(bundle.propensity, bundle.propensity.contributions(prop_x))
+        r_int = _reasons(bundle.interaction, bundle.interaction.contributions(before[shown]))
+        for row, reasons_i, reasons_p in zip(shown, r_int, r_prop, strict=True):
+            out[row]["interaction_reasons"] = reasons_i
+            out[row]["propensity_reasons"] = reasons_p
+        return out
 
     def _writes(
         self, writes: BatchWrites, memory: MemoryState, steps: list[Step],

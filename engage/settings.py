@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     #: write) on every record appended while a partition holds more than one. Kept under the
     #: broker's 1 MB message.max.bytes even uncompressed.
     output_batch_bytes: int = Field(default=900_000, ge=16_384, le=1_000_000)
-    log_features: bool = True  # put the scored feature vector on each scores message
+    log_features: bool = False  # the whole feature vector on each score message (else a digest)
     metrics_port: int = 0  # Prometheus exporter of `engage consume`; 0 = off
     rules_file: Path | None = None  # overrides the per-domain defaults in scoring/rules/
 

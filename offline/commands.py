@@ -297,6 +297,11 @@ def parity(
                 console.print(f"[bold red]offline self-check:[/] {f['mismatched']} training rows "
                               "differ from a plain MemoryState pass")  # fmt: skip
                 continue
+            if f["kind"] == "digest":
+                console.print(f"[bold red]mismatch:[/] the {f['name']} feature digest differs on "
+                              f"{f['mismatched']} events, e.g. {f['event_id']}: {f['hint']}",
+                              highlight=False)  # fmt: skip
+                continue
             console.print(
                 f"[bold red]mismatch:[/] {f['group']} {f['kind']} [bold]{f['name']}[/] differs on "
                 f"{f['mismatched']} events, e.g. {f['event_id']}: online {f['online']!r}, "
@@ -337,6 +342,11 @@ def _print_parity(report: dict[str, Any], show: int) -> None:
                        str(g["events_mismatched"]), num(g["mismatch_rate"], ".4f"),
                        num(g["max_abs_diff"]), exact)  # fmt: skip
     out.print(groups)
+    d = report["digests"]
+    out.print(f"feature digests: {d['compared']} compared, user+context differ on "
+              f"{d['user_context_mismatched']}, item on {d['item_mismatched']}"
+              + ("" if d["item_exact"] else " (item: reported, not judged)"),
+              highlight=False)  # fmt: skip
     worst = sorted((f for f in report["features"] if f["mismatched"]),
                    key=lambda f: (-f["mismatched"], f["name"]))[:show]  # fmt: skip
     if worst:

@@ -38,6 +38,7 @@ from kafka import TopicPartition
 
 from engage import kafka_clients
 from engage.settings import Settings
+from features.digest import vector_digests
 from features.events import Event
 from features.items import ItemMeta
 from features.pipeline import MemoryState
@@ -106,6 +107,7 @@ class OnlineScores:
     versions: list[str | None]  # model version per row
     positions: list[tuple[int, int]]  # (events partition, offset) per row
     scored_at: list[float]  # wall-clock ms of the batch that scored the kept copy
+    digests: list[str | None] = field(default_factory=list)  # features.digest, per row
     messages: int = 0
     duplicates: int = 0  # messages whose event id was already seen (re-emissions, forgeries)
     duplicates_differing: int = 0  # ... whose features or scores differ from the earlier one
@@ -197,6 +199,7 @@ def read_online(
     versions: list[str | None] = []
     positions: list[tuple[int, int]] = []
     scored_at: list[float] = []
+    digests: list[str | None] = []
     out = OnlineScores({}, np.empty((0, width)), np.empty(0, bool), {}, [], [], [], ranges=ranges)
     for rec in records:
         out.messages += 1
@@ -228,6 +231,7 @@ def read_online(
                 and np.array_equal(rows[row], vector, equal_nan=True)
                 and all(_same(scores[s][row], values[s]) for s in SCORES)
                 and versions[row] == model.get("version")
+                and digests[row] == msg.get("fd")
             )
             if not same:
                 out.duplicates_differing += 1
@@ -245,12 +249,14 @@ def read_online(
             versions.append(None)
             positions.append((-1, -1))
             scored_at.append(math.nan)
+            digests.append(None)
             for s in SCORES:
                 scores[s].append(math.nan)
         rows[row], has[row], where[row] = vector, logged is not None, (rec.partition, rec.timestamp)
         versions[row] = model.get("version")
         positions[row] = (int(msg.get("partition", -1)), int(msg.get("offset", -1)))
         scored_at[row] = float(msg.get("scored_at") or math.nan)
+        digests[row] = msg.get("fd")
         for s in SCORES:
             scores[s][row] = math.nan if values[s] is None else float(values[s])
     out.index = index
@@ -260,6 +266,7 @@ def read_online(
     out.versions = versions
     out.positions = positions
     out.scored_at = scored_at
+    out.digests = digests
     return out
 
 
@@ -485,6 +492,48 @@ def _number(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _compare_digests(
+    online: OnlineScores,
+    rows: OfflineRows,
+    on_rows: np.ndarray,
+    off_rows: np.ndarray,
+    single: bool,
+    failures: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Every message's feature digests against the offline vectors' (bit-identical or not).
+
+    The user + context half must always agree; the item half only on one partition (as for
+    the features themselves). Vectors are needed to say *which* feature differs: a consumer
+    run with `log_features` logs them."""
+    carried = [k for k, row in enumerate(on_rows.tolist()) if online.digests[row] is not None]
+    offline_digests = vector_digests(rows.features[off_rows[carried]]) if carried else []
+    head_bad: list[str] = []
+    tail_bad: list[str] = []
+    for k, digest in zip(carried, offline_digests, strict=True):
+        online_digest = online.digests[int(on_rows[k])]
+        assert online_digest is not None
+        head, _, tail = online_digest.partition(":")
+        event_id = rows.events[int(off_rows[k])].event_id
+        if head != digest[:16]:
+            head_bad.append(event_id)
+        if tail != digest[17:]:
+            tail_bad.append(event_id)
+    for half, bad, exact in (("user+context", head_bad, True), ("item", tail_bad, single)):
+        if bad and exact:
+            failures.append({
+                "kind": "digest", "name": half, "group": "digest", "mismatched": len(bad),
+                "event_id": bad[0], "online": None, "offline": None,
+                "hint": "run the consumer with --log-features to see which features differ",
+            })  # fmt: skip
+    return {
+        "compared": len(carried),
+        "user_context_mismatched": len(head_bad),
+        "item_mismatched": len(tail_bad),
+        "item_exact": single,
+        "sample": (head_bad or tail_bad)[:SAMPLE],
+    }
+
+
 def compare(
     online: OnlineScores,
     offline: OfflineEvents,
@@ -560,6 +609,8 @@ def compare(
             "exact": group in exact_groups,
         }
 
+    digest_report = _compare_digests(online, rows, on_rows, off_rows, single, failures)
+
     score_report: dict[str, dict[str, Any]] = {}
     for name in SCORES:
         on_s, off_s = online.scores[name][on_rows], scores[name][off_rows]
@@ -622,6 +673,7 @@ def compare(
         },
         "groups": groups,
         "features": features,
+        "digests": digest_report,
         "scores": score_report,
         "models": models,
         "offline_self_check_mismatches": rows.self_check_mismatches,

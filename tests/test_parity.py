@@ -79,7 +79,8 @@ def replay(settings: Settings, prefix: str) -> int:
 def base(stack_settings, test_redis_db, tmp_path_factory) -> Settings:
     data_dir = tmp_path_factory.mktemp("parity")
     settings = fresh_settings(
-        stack_settings, test_redis_db, data_dir=data_dir, batch_max_records=150
+        stack_settings, test_redis_db, data_dir=data_dir, batch_max_records=150,
+        log_features=True,
     )
     ModelRegistry(settings, settings.feature_params).register(small_bundle(settings))
     return settings
@@ -134,6 +135,45 @@ def test_one_partition_every_feature_and_score_agrees(one_partition, tmp_path):
     assert from_snapshot["events_source"]["kind"] == "snapshot"
 
 
+@pytest.fixture(scope="module")
+def one_partition_lean(base) -> tuple[Settings, int]:
+    """One partition, score messages as served by default: digests, no vectors."""
+    settings = renamed(base, partitions=1, log_features=False)
+    settings = settings.model_copy(update={
+        name: getattr(settings, name).replace(".1p.", ".1p-lean.")
+        for name in ("events_topic", "scores_topic", "dead_letter_topic")
+    })  # fmt: skip
+    return settings, replay(settings, "lean/")
+
+
+def test_lean_messages_are_checked_by_their_digests(one_partition_lean):
+    """Without logged vectors every message's feature digests are compared; a message whose
+    digest was changed fails parity and names its event."""
+    settings, n = one_partition_lean
+    report = run_parity(settings)
+    assert report["ok"], report["failures"]
+    assert report["scores_messages"]["without_features"] == n
+    assert report["digests"] == {"compared": n, "user_context_mismatched": 0,
+                                 "item_mismatched": 0, "item_exact": True, "sample": []}
+    assert all(f["compared"] == 0 for f in report["features"])
+
+    event_id = "lean/t:7:6:20"
+    key, payload = first_score(settings, event_id)
+    assert "features" not in payload and len(payload["fd"]) == 33
+    head, tail = payload["fd"].split(":")
+    forged = {**payload, "fd": f"{head}:{int(tail, 16) ^ 1:016x}"}
+    producer = kafka_clients.producer(settings)
+    producer.send(settings.scores_topic, key=key, value=orjson.dumps(forged))
+    producer.flush()
+    producer.close()
+    report = run_parity(settings)
+    [failure] = report["failures"]
+    assert failure["kind"] == "digest" and failure["name"] == "item"
+    assert failure["event_id"] == event_id and failure["mismatched"] == 1
+    cli = engage(settings, "parity")
+    assert cli.returncode == 1 and "--log-features" in cli.stderr, cli.stderr
+
+
 def test_six_partitions_merged_by_event_time_agree_exactly(six_partitions_event_time):
     """The same six-partition replay that leaves item features apart in arrival order
     (`test_six_partitions_user_and_session_exact_items_reported`) agrees on every feature and
@@ -156,6 +196,9 @@ def assert_everything_agrees(report: dict, n: int, partitions: int) -> None:
         assert feature["compared"] == n and feature["mismatched"] == 0, feature
         assert feature["max_abs_diff"] <= 1e-9, feature
     assert all(g["events_mismatched"] == 0 for g in report["groups"].values())
+    digests = report["digests"]
+    assert digests["compared"] == n and digests["user_context_mismatched"] == 0
+    assert digests["item_mismatched"] == 0
     # "exact" is what parity demands (items only on one partition), not the outcome.
     assert all(g["exact"] for g in report["groups"].values()) == (partitions == 1)
     (_version, status), *others = report["models"].items()
