@@ -28,14 +28,21 @@ def consume(
     ),
 ) -> None:
     """Consume events: exactly-once aggregates in Redis, rule and model scores out."""
+    from kafka.errors import KafkaError
+
     from consumer.runner import StreamConsumer
     from engage.redis_client import refused
+    from scoring.rules import RulesError, load_scorers
 
     settings = get_settings()
     if order is not None:
         if order not in ("arrival", "event-time"):
             raise fail(f"--order must be arrival or event-time, not {order!r}", EXIT_BAD_INPUT)
         settings = settings.model_copy(update={"consume_order": order.replace("-", "_")})
+    try:  # a bad rules file is bad input, found before any connection is tried
+        load_scorers(settings.rules_file)
+    except RulesError as exc:
+        raise fail(f"{exc} (ENGAGE_RULES_FILE)", EXIT_BAD_INPUT) from None
     setup_logging()
     port = metrics_port if metrics_port is not None else settings.metrics_port
     if port:
@@ -51,7 +58,7 @@ def consume(
         raise fail(
             f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
         ) from exc
-    except Exception as exc:  # kafka-python raises NoBrokersAvailable and friends
+    except KafkaError as exc:  # NoBrokersAvailable, KafkaTimeoutError (cannot bootstrap), ...
         raise fail(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}",
                    EXIT_SERVICES_DOWN) from exc  # fmt: skip
     try:
@@ -77,14 +84,18 @@ def consume(
 def stats(as_json: bool = typer.Option(False, "--json")) -> None:
     """Processed and dead-lettered counts, and lag per partition (from Redis offsets)."""
     from consumer.stats import collect_stats
+    from engage.cli_support import require_kafka
 
     settings = get_settings()
+    require_kafka(settings)  # else the lag reads 0 after kafka-python's 30 s bootstrap timeout
     try:
         result = collect_stats(settings)
     except (redis.ConnectionError, OSError) as exc:
         raise fail(
             f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
         ) from exc
+    if not result["partitions"]:  # no topic yet, or Kafka gone since: never read that as lag 0
+        require_kafka(settings)
     if as_json:
         print(json.dumps(result))
         return

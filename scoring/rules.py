@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from features.vector import PROPENSITY_FEATURES
 
@@ -39,6 +39,12 @@ class Signal(BaseModel):
             raise ValueError(f"signal {self.name}: kind 'cap' needs cap")
         if self.kind == "range" and (self.lo is None or self.hi is None or self.hi <= self.lo):
             raise ValueError(f"signal {self.name}: kind 'range' needs lo < hi")
+        try:  # checked here, not when the first event is scored
+            self.reason.format(value=1.0)
+        except (ValueError, KeyError, IndexError, AttributeError) as exc:
+            raise ValueError(
+                f"signal {self.name}: reason is not a format string of {{value}}: {exc!r}"
+            ) from None
         return self
 
 
@@ -47,14 +53,59 @@ class Thresholds(BaseModel):
     medium: float
 
 
+class RulesError(ValueError):
+    """A rules file that cannot be used: the message names the file and the line or field."""
+
+
+def _where(loc: tuple[int | str, ...], data: object) -> str:
+    """A validation error's location as a TOML path, e.g. `signals[2] (pricing).weight`."""
+    text, node = "", data
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            text += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            named = isinstance(node, dict) and isinstance(node.get("name"), str)
+            if named and i < len(loc) - 1:  # a whole-signal message names it already
+                text += f" ({node['name']})"
+        else:
+            text += f".{part}" if text else part
+            node = node.get(part) if isinstance(node, dict) else None
+    return text or "the file"
+
+
 class RuleConfig(BaseModel):
     thresholds: Thresholds
     signals: list[Signal] = Field(min_length=1)
 
     @classmethod
     def load(cls, path: Path) -> RuleConfig:
-        with open(path, "rb") as handle:
-            return cls.model_validate(tomllib.load(handle))
+        """Read and validate a rules file; any problem is a RulesError naming the file and
+        the line (TOML syntax) or the field (schema)."""
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise RulesError(f"rules file {path}: no such file") from None
+        except IsADirectoryError:
+            raise RulesError(f"rules file {path}: is a directory, not a TOML file") from None
+        except OSError as exc:
+            raise RulesError(f"rules file {path}: cannot read it: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:  # its message ends "(at line L, column C)"
+            raise RulesError(f"rules file {path}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raw = path.read_bytes()
+            line = raw[: exc.start].count(b"\n") + 1
+            raise RulesError(
+                f"rules file {path}: line {line}: not UTF-8 text (byte {raw[exc.start]:#04x})"
+            ) from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = [
+                f"{_where(e['loc'], data)}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
+            raise RulesError(f"rules file {path}: " + "; ".join(problems)) from None
 
 
 @dataclass
