@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
 
 from engage.redact import redact_text
+
+if TYPE_CHECKING:
+    from engage.settings import Settings
 
 #: Exit codes: 0 ok, 1 failure, 2 bad arguments (typer's own), 3 services down, 4 not found.
 EXIT_FAILURE = 1
@@ -14,6 +19,10 @@ EXIT_SERVICES_DOWN = 3
 EXIT_NOT_FOUND = 4
 
 console = Console(stderr=True, soft_wrap=True)
+
+#: How long a command waits for Kafka to answer a metadata request before calling it down
+#: (kafka-python's own bootstrap timeout is 30 s, and some callers then carry on as if empty).
+KAFKA_PROBE_S = 3.0
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
@@ -51,3 +60,38 @@ def time_ms(text: str | None, option: str) -> int | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
+
+
+def kafka_down_message(settings: Settings) -> str:
+    return (
+        f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: no broker answered "
+        f"(waited up to {KAFKA_PROBE_S:g} s for metadata)"
+    )
+
+
+def _bootstrap_addresses(servers: str) -> list[tuple[str, int]]:
+    out = []
+    for server in filter(None, (s.strip() for s in servers.split(","))):
+        host, _, port = server.rpartition(":")
+        if port.isdigit():
+            out.append((host.strip("[]") or "127.0.0.1", int(port)))
+    return out
+
+
+def kafka_reachable(settings: Settings) -> bool:
+    """Does a broker answer a metadata request within KAFKA_PROBE_S? When no bootstrap server
+    even accepts a TCP connection, the answer is known at once, without that wait."""
+    from engage.stack.probes import kafka_answers, port_open
+
+    addresses = _bootstrap_addresses(settings.kafka_bootstrap_servers)
+    if addresses and not any(
+        port_open(host, port, timeout_s=KAFKA_PROBE_S) for host, port in addresses
+    ):
+        return False
+    return kafka_answers(settings, timeout_s=KAFKA_PROBE_S)
+
+
+def require_kafka(settings: Settings) -> None:
+    """Exit 3 with one line naming Kafka unless a broker answers within KAFKA_PROBE_S."""
+    if not kafka_reachable(settings):
+        raise fail(kafka_down_message(settings), EXIT_SERVICES_DOWN)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -18,7 +19,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from engage.cli_support import EXIT_NOT_FOUND, EXIT_SERVICES_DOWN, console, fail
+from engage.cli_support import (
+    EXIT_NOT_FOUND,
+    EXIT_SERVICES_DOWN,
+    console,
+    fail,
+    kafka_down_message,
+    kafka_reachable,
+)
 from engage.redis_client import connect
 from engage.settings import Settings, get_settings
 from features import keys
@@ -126,7 +134,11 @@ class WatchView:
         self.settings, self.user, self.label = settings, user, label
         self.recent: deque[dict[str, Any]] = deque(maxlen=rows)
         self.previous: dict[str, float] = {}
-        self.rate, self.lag, self.seen = 0.0, 0, 0
+        self.seen = 0
+        # Set by StatsPoller. None: not measured (yet, or Kafka is down): shown as "-", never 0.
+        self.rate: float | None = None
+        self.lag: int | None = None
+        self.kafka_up: bool | None = None  # None until the first check
 
     def add(self, update: dict[str, Any]) -> bool:
         """Take one update; False when the filters leave it out."""
@@ -142,8 +154,19 @@ class WatchView:
         self.seen += 1
         return True
 
+    def header(self) -> Text:
+        rate = "-" if self.rate is None else f"{self.rate:,.0f}"
+        lag = "-" if self.lag is None else f"{self.lag:,}"
+        header = Text(f"events/s {rate}   lag {lag}   updates shown {self.seen:,}")
+        if self.kafka_up is False:
+            kafka = self.settings.kafka_bootstrap_servers
+            header.append(f"   Kafka DOWN at {kafka}: lag unknown", style="bold red")
+        elif self.kafka_up is None:
+            header.append("   (checking Kafka)", style="dim")
+        return header
+
     def render(self) -> Group:
-        header = Text(f"events/s {self.rate:,.0f}   lag {self.lag:,}   updates shown {self.seen:,}")
+        header = self.header()
         table = Table("user", "rule", "label", "model p", "change", "top reason")
         for u in self.recent:
             model = u.get("model") or {}
@@ -159,6 +182,66 @@ class WatchView:
         return Group(header, table)
 
 
+class StatsPoller:
+    """Rate and lag for the view, measured once a second in a thread: when Kafka does not
+    answer, each check waits up to KAFKA_PROBE_S, and the live view must not freeze meanwhile.
+    Kafka down is shown as down, never as a lag of 0."""
+
+    def __init__(self, settings: Settings, view: WatchView, every_s: float = 1.0,
+                 report: bool = False) -> None:  # fmt: skip
+        self.settings, self.view, self.every_s, self.report = settings, view, every_s, report
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="watch-stats", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _measure(self) -> dict[str, Any] | None:
+        """collect_stats, or None when Kafka does not answer (or stops answering midway:
+        collect_stats then reports no partitions, which must not read as lag 0)."""
+        from consumer.stats import collect_stats
+
+        if not kafka_reachable(self.settings):
+            return None
+        stats = collect_stats(self.settings)
+        if not stats["partitions"] and not kafka_reachable(self.settings):
+            return None
+        return stats
+
+    def _run(self) -> None:
+        view, last = self.view, None
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                stats = self._measure()
+            except (redis.RedisError, OSError):  # Redis hiccup: keep the last figures
+                stats = None if view.kafka_up is False else {}
+            if stats is None:
+                self._kafka(False)
+                view.rate = view.lag = last = None
+            elif stats:
+                self._kafka(True)
+                processed = stats["processed"] + stats["dead_lettered"]
+                now = time.monotonic()
+                if last is not None:
+                    view.rate = (processed - last[1]) / max(now - last[0], 1e-3)
+                last, view.lag = (now, processed), stats["total_lag"]
+            self.stopping.wait(max(0.0, self.every_s - (time.monotonic() - started)))
+
+    def _kafka(self, up: bool) -> None:
+        was, self.view.kafka_up = self.view.kafka_up, up
+        if self.report and was is not up and (was is not None or not up):
+            servers = self.settings.kafka_bootstrap_servers
+            if up:
+                console.print(f"Kafka at {servers} answers again", highlight=False)
+            else:
+                console.print(f"[bold red]warning:[/] {kafka_down_message(self.settings)}: "
+                              "lag unknown", highlight=False)  # fmt: skip
+
+
 def follow(
     settings: Settings,
     client: redis.Redis,
@@ -166,15 +249,14 @@ def follow(
     seconds: float | None,
     json_lines: bool = False,
 ) -> None:
-    """Feed `view` from the scores channel (and stats once a second) for `seconds`."""
-    from consumer.stats import collect_stats
-
+    """Feed `view` from the scores channel (and rate and lag, StatsPoller) for `seconds`."""
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(keys.scores_channel(settings.events_topic))
     stop_at = time.monotonic() + seconds if seconds else float("inf")
-    last_stats, last_processed = 0.0, None
+    poller = StatsPoller(settings, view, report=json_lines)
     live = None if json_lines else Live(view.render(), console=out, refresh_per_second=4)
     try:
+        poller.start()
         if live is not None:
             live.start()
         while time.monotonic() < stop_at:
@@ -183,16 +265,10 @@ def follow(
                 for update in orjson.loads(message["data"]):
                     if view.add(update) and json_lines:
                         print(json.dumps(update), flush=True)
-            now = time.monotonic()
-            if now - last_stats >= 1.0:
-                stats = collect_stats(settings)
-                processed = stats["processed"] + stats["dead_lettered"]
-                if last_processed is not None:
-                    view.rate = (processed - last_processed) / (now - last_stats)
-                last_processed, last_stats, view.lag = processed, now, stats["total_lag"]
             if live is not None:
                 live.update(view.render())
     finally:
+        poller.stop()
         if live is not None:
             live.stop()
         pubsub.close()

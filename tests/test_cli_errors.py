@@ -1,0 +1,122 @@
+"""Errors that say what is wrong: one line naming the thing at fault, and the README's exit
+codes (2 bad input, 3 services down, 4 not found), never a traceback or a wrong all-clear."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engage.settings import Settings
+from scoring.rules import RULES_DIR, RulesError, load_scorers
+from tests.eventlog import engage_env
+
+CLOSED_KAFKA = "127.0.0.1:1"  # nothing listens on port 1: every connection is refused
+
+
+def engage(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "engage", *args],
+                          env=engage_env(settings, **env), capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+
+
+def dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single `error:` line of a failed command (and no traceback)."""
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+# -- 5. a bad rules file is bad input (exit 2), reported before any connection ----------------
+
+VALID_RULES = (RULES_DIR / "funnel.toml").read_text()
+
+
+def _rules_cases(tmp: Path) -> list[tuple[Path, list[str]]]:
+    """(rules file, what its error must say) for each kind of damage."""
+    syntax = tmp / "syntax.toml"
+    syntax.write_text("[thresholds]\nhigh = 70\nmedium 40\n")
+    schema = tmp / "schema.toml"
+    schema.write_text(VALID_RULES.replace("high = 70", "high = 'very'", 1))
+    unknown = tmp / "unknown.toml"
+    unknown.write_text(VALID_RULES.replace('"u_n_demo_request"', '"u_n_nope"', 1))
+    reason = tmp / "reason.toml"
+    reason.write_text(VALID_RULES.replace('"requested a demo"', '"{value:.0q} demos"', 1))
+    binary = tmp / "binary.toml"
+    binary.write_bytes(VALID_RULES.encode().replace(b"medium = 40", b"medium = '\xff'", 1))
+    return [
+        (syntax, ["syntax.toml", "not valid TOML", "line 3"]),
+        (schema, ["schema.toml", "thresholds.high", "valid number"]),
+        (unknown, ["unknown.toml", "signals[1]", "unknown feature 'u_n_nope'"]),
+        (reason, ["reason.toml", "signal demo_requested: reason"]),
+        (binary, ["binary.toml", "line 10", "not UTF-8"]),
+        (tmp / "missing.toml", ["missing.toml", "no such file"]),
+        (tmp, [str(tmp), "is a directory"]),
+    ]
+
+
+def test_rules_errors_name_the_file_and_the_line_or_field(tmp_path: Path) -> None:
+    for path, says in _rules_cases(tmp_path):
+        with pytest.raises(RulesError) as caught:
+            load_scorers(path)
+        message = str(caught.value)
+        assert message.startswith(f"rules file {path}"), message
+        assert all(part in message for part in says), (says, message)
+        assert "\n" not in message
+    assert set(load_scorers()) == {"movielens", "funnel"}  # the shipped rules still load
+
+
+def test_consume_with_a_bad_rules_file_is_exit_2_before_connecting(tmp_path: Path) -> None:
+    # Both servers down: were the rules checked after connecting, this would be exit 3.
+    down = Settings(kafka_bootstrap_servers=CLOSED_KAFKA,
+                    redis_url=f"redis://127.0.0.1:{dead_port()}/0")  # fmt: skip
+    for path, says in _rules_cases(tmp_path):
+        result = engage(down, "consume", "--idle-exit", "1", ENGAGE_RULES_FILE=str(path))
+        assert result.returncode == 2, (path, result.stderr[-2000:])
+        line = one_error_line(result)
+        assert all(part in line for part in says) and "ENGAGE_RULES_FILE" in line, line
+        assert "cannot reach" not in line
+
+
+# -- 1. Kafka down: stats is exit 3 within seconds, never an all-clear lag of 0 ---------------
+
+
+@pytest.mark.stack
+def test_stats_with_kafka_down_is_exit_3_and_quick(settings: Settings) -> None:
+    started = time.monotonic()
+    result = engage(settings, "stats", "--json", ENGAGE_KAFKA_BOOTSTRAP_SERVERS=CLOSED_KAFKA)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stdout + result.stderr[-2000:]
+    line = one_error_line(result)
+    assert f"cannot reach Kafka at {CLOSED_KAFKA}" in line
+    assert result.stdout == ""  # no {"total_lag": 0}
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+    up = engage(settings, "stats", "--json")
+    assert up.returncode == 0, up.stderr[-2000:]
+    assert json.loads(up.stdout)["total_lag"] == 0
+
+
+@pytest.mark.stack
+def test_watch_with_kafka_down_shows_kafka_down_not_lag_0(settings: Settings) -> None:
+    live = engage(settings, "watch", "--duration", "5", ENGAGE_KAFKA_BOOTSTRAP_SERVERS=CLOSED_KAFKA)
+    assert live.returncode == 0, live.stderr[-2000:]
+    header = live.stdout.splitlines()[0]  # the last frame (no terminal: drawn once, at the end)
+    assert f"Kafka DOWN at {CLOSED_KAFKA}" in header and "lag -" in header, live.stdout
+    assert "lag 0" not in live.stdout
+    lines = engage(settings, "watch", "--json", "--duration", "3",
+                   ENGAGE_KAFKA_BOOTSTRAP_SERVERS=CLOSED_KAFKA)  # fmt: skip
+    assert lines.returncode == 0 and lines.stdout == "", lines.stderr[-2000:]
+    assert f"warning: cannot reach Kafka at {CLOSED_KAFKA}" in lines.stderr
+    assert "Traceback" not in lines.stderr
