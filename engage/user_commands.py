@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from engage.cli_support import (
+    EXIT_BAD_INPUT,
     EXIT_NOT_FOUND,
     EXIT_SERVICES_DOWN,
     console,
@@ -33,6 +34,7 @@ from features import keys
 from scoring.lookup import UnknownUser, current_score, score_request, top_users
 
 out = Console()
+CSV_FIELDS = ["rank", "user_id", "score", "rule_score", "label", "propensity"]
 
 
 def _redis(settings: Settings) -> redis.Redis:
@@ -108,13 +110,17 @@ def top(
         raise fail("--by must be 'rule' or 'model'", 2)
     if label is not None and label not in ("high", "medium", "low"):
         raise fail("--label must be high, medium or low", 2)
+    if csv_path is not None and not csv_path.parent.is_dir():  # before asking Redis anything
+        raise fail(f"--csv: cannot write {csv_path}: no folder {csv_path.parent}", EXIT_BAD_INPUT)
     rows = top_users(_redis(get_settings()), n, by=by, label=label)
     if csv_path is not None:
-        with open(csv_path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["rank", "user_id", "score", "rule_score",
-                                                        "label", "propensity"])  # fmt: skip
-            writer.writeheader()
-            writer.writerows(rows)
+        try:
+            with open(csv_path, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+                writer.writeheader()
+                writer.writerows(rows)
+        except OSError as exc:  # a directory, no permission, disk full
+            raise fail(f"--csv: cannot write {csv_path}: {exc.strerror}", EXIT_BAD_INPUT) from None
     if as_json:
         print(json.dumps(rows))
         return

@@ -13,7 +13,14 @@ from kafka.errors import KafkaError
 from rich.console import Console
 from rich.progress import Progress
 
-from engage.cli_support import EXIT_NOT_FOUND, EXIT_SERVICES_DOWN, console, fail, time_ms
+from engage.cli_support import (
+    EXIT_BAD_INPUT,
+    EXIT_NOT_FOUND,
+    EXIT_SERVICES_DOWN,
+    console,
+    fail,
+    time_ms,
+)
 from engage.settings import get_settings
 
 SnapshotOpt = typer.Option(None, "--snapshot", help="Read a snapshot folder (engage export).")
@@ -32,6 +39,10 @@ def _reading(what: str) -> Iterator[None]:
     except Exception as exc:  # Kafka unreachable and friends
         if type(exc).__module__.startswith("kafka"):
             raise fail(f"cannot read {what}: {exc}", EXIT_SERVICES_DOWN) from exc
+        from producer.movielens import DatasetError
+
+        if isinstance(exc, DatasetError):  # a damaged MovieLens file, named with its problem
+            raise fail(str(exc), EXIT_BAD_INPUT) from None
         raise
 
 

@@ -22,7 +22,6 @@ from engage.cli_support import (
     time_ms,
 )
 from engage.settings import get_settings
-from producer import movielens, synthetic
 from producer.badrows import BadRowError
 from producer.integrity import ChecksumError
 from producer.pacing import Speed, parse_speed
@@ -106,6 +105,7 @@ def replay_movielens(
     progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
     """Replay ml-latest-small ratings and tags in event-time order; item metadata to Redis."""
+    from producer import movielens  # pandas: imported by the commands that need it
     from producer.replay import replay
 
     settings = get_settings()
@@ -118,7 +118,7 @@ def replay_movielens(
     source = path if path is not None else movielens.default_path(settings)
     try:
         data = movielens.load(source, settings.cache_dir, strict=strict)
-    except movielens.DatasetNotFound as exc:
+    except (movielens.DatasetNotFound, movielens.DatasetError) as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     except (ChecksumError, BadRowError) as exc:
         raise fail(str(exc)) from None
@@ -162,6 +162,7 @@ def replay_synthetic(
     progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
     """Replay a seeded product funnel (sessions, pricing, demos, signups, bookings, bots)."""
+    from producer import synthetic
     from producer.replay import replay
 
     settings = get_settings()

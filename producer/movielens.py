@@ -53,6 +53,11 @@ class DatasetNotFound(FileNotFoundError):
     """No ratings.csv where the dataset was expected."""
 
 
+class DatasetError(ValueError):
+    """A damaged file (empty, wrong header, not UTF-8, not CSV): the message names the file
+    and what is wrong with it, in one line."""
+
+
 # --------------------------------------------------------------------------- locating
 
 
@@ -140,17 +145,30 @@ def _read_raw(path: Path, columns: tuple[str, ...]) -> tuple[pd.DataFrame, list[
         raise DatasetNotFound(f"{path}: missing")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        frame = pd.read_csv(
-            path,
-            dtype=str,
-            keep_default_na=False,
-            skip_blank_lines=False,
-            on_bad_lines="warn",
-            engine="c",
-        )
+        try:
+            frame = pd.read_csv(
+                path,
+                dtype=str,
+                keep_default_na=False,
+                skip_blank_lines=False,
+                on_bad_lines="warn",
+                engine="c",
+            )
+        except pd.errors.EmptyDataError:
+            raise DatasetError(
+                f"{path}: empty (expected a header line: {','.join(columns)})"
+            ) from None
+        except UnicodeDecodeError:
+            raise DatasetError(f"{path}: {_first_non_utf8(path)}") from None
+        except pd.errors.ParserError as exc:
+            raise DatasetError(f"{path}: not readable as CSV: {exc}".strip()) from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} in the header")
+        found = ",".join(str(c) for c in frame.columns)[:120]
+        raise DatasetError(
+            f"{path}: line 1: missing column(s) {', '.join(missing)} in the header "
+            f"(found {found!r}; expected {','.join(columns)})"
+        )
     bad: list[BadRow] = []
     skipped: list[int] = []
     for warning in caught:
@@ -166,6 +184,17 @@ def _read_raw(path: Path, columns: tuple[str, ...]) -> tuple[pd.DataFrame, list[
     frame = frame[list(columns)].copy()
     frame["line"] = lines
     return frame, bad
+
+
+def _first_non_utf8(path: Path) -> str:
+    """Where a file stops being UTF-8: its line number and the offending byte."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode()
+            except UnicodeDecodeError as exc:
+                return f"line {number}: not UTF-8 text (byte {raw[exc.start]:#04x})"
+    return "not UTF-8 text"
 
 
 def _ids_ok(col: pd.Series) -> pd.Series:

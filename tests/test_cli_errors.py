@@ -120,3 +120,34 @@ def test_watch_with_kafka_down_shows_kafka_down_not_lag_0(settings: Settings) ->
     assert lines.returncode == 0 and lines.stdout == "", lines.stderr[-2000:]
     assert f"warning: cannot reach Kafka at {CLOSED_KAFKA}" in lines.stderr
     assert "Traceback" not in lines.stderr
+
+
+# -- 3. damaged MovieLens folders and unwritable outputs: exit 2, one line naming the file -----
+
+
+def test_replay_and_train_on_a_damaged_movielens_folder_is_exit_2(tmp_path: Path) -> None:
+    from tests.test_producer_movielens import damaged_folders
+
+    # Nothing is sent or read from the servers: the folder is rejected first.
+    down = Settings(kafka_bootstrap_servers=CLOSED_KAFKA,
+                    redis_url=f"redis://127.0.0.1:{dead_port()}/0", data_dir=tmp_path / "data",
+                    cache_dir=tmp_path / "cache")  # fmt: skip
+    env = {"ENGAGE_CACHE_DIR": str(tmp_path / "cache")}
+    for folder, says in damaged_folders(tmp_path).values():
+        for args in (("replay", "movielens", "--path", str(folder), "--no-progress"),
+                     ("train", "--movielens", str(folder))):  # fmt: skip
+            result = engage(down, *args, **env)
+            assert result.returncode == 2, (args, result.stderr[-2000:])
+            line = one_error_line(result)
+            assert str(folder) in line and all(part in line for part in says), line
+
+
+@pytest.mark.stack
+def test_top_csv_into_a_missing_folder_is_exit_2(settings: Settings, tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "top.csv"
+    result = engage(settings, "top", "3", "--csv", str(missing))
+    assert result.returncode == 2
+    assert f"--csv: cannot write {missing}: no folder" in one_error_line(result)
+    result = engage(settings, "top", "3", "--csv", str(tmp_path))  # a directory
+    assert result.returncode == 2
+    assert f"--csv: cannot write {tmp_path}: Is a directory" in one_error_line(result)

@@ -229,3 +229,32 @@ def test_shared_copy_has_the_published_counts(tmp_path: Path) -> None:
     assert {"ratings.csv", "tags.csv", "movies.csv"} <= set(data.verified)
     ts = data.frame["ts"]
     assert ts.is_monotonic_increasing
+
+
+def damaged_folders(root: Path) -> dict[str, tuple[Path, list[str]]]:
+    """Copies of the fixture, each damaged one way: (folder, what its error must say)."""
+    cases = {
+        "empty": ("ratings.csv", b"", ["ratings.csv: empty", "userId,movieId,rating,timestamp"]),
+        "header": ("ratings.csv", b"user,movie,rating,ts\n1,10,4.0,964982703\n",
+                   ["ratings.csv: line 1: missing column(s) userId, movieId, timestamp",
+                    "found 'user,movie,rating,ts'"]),
+        "non-utf8": ("movies.csv", MOVIES.encode().replace(b"Heat", b"H\xe9at"),
+                     ["movies.csv: line 3: not UTF-8 text (byte 0xe9)"]),
+        "tags-header-only-wrong": ("tags.csv", b"userId;movieId;tag;timestamp\n",
+                                   ["tags.csv: line 1: missing column(s)"]),
+    }  # fmt: skip
+    out = {}
+    for name, (file, content, says) in cases.items():
+        folder = write_fixture(root / name)
+        (folder / file).write_bytes(content)
+        out[name] = (folder, says)
+    return out
+
+
+def test_damaged_files_are_one_line_naming_file_and_problem(tmp_path: Path) -> None:
+    for folder, says in damaged_folders(tmp_path).values():
+        with pytest.raises(movielens.DatasetError) as caught:
+            movielens.load(folder, tmp_path / "cache")
+        message = str(caught.value)
+        assert message.startswith(str(folder)) and "\n" not in message, message
+        assert all(part in message for part in says), (says, message)
