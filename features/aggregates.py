@@ -7,6 +7,10 @@ map 1:1 onto Redis hash fields. All time arithmetic is in event time (epoch ms).
 Out-of-order events of one user: counts always apply; time-based state never goes backwards
 (`last_ts` is a running maximum, decay uses a non-negative elapsed time) and an older event
 never reopens a finished session: it joins the current one.
+
+Every state field written here is declared, with its type and meaning, in features/spec.py
+(USER_STATE, SESSION_STATE, ITEM_STATE); tests/test_feature_spec.py checks that nothing
+undeclared is written. A change to an update rule here needs a FEATURE_VERSION bump there.
 """
 
 from __future__ import annotations
@@ -59,7 +63,16 @@ class Applied:
 
 
 def decay_factor(anchor_ts: float, ts: float, params: FeatureParams) -> float:
-    """How much a decayed sum anchored at `anchor_ts` has faded by `ts` (1.0 if ts is older)."""
+    """How much a decayed sum anchored at `anchor_ts` has faded by `ts` (1.0 if ts is older).
+
+    >>> params = FeatureParams(half_life_ms=1000.0)
+    >>> decay_factor(5000.0, 6000.0, params)  # one half-life later
+    0.5
+    >>> decay_factor(5000.0, 7000.0, params)  # two
+    0.25
+    >>> decay_factor(5000.0, 4000.0, params)  # an older event does not rewind the decay
+    1.0
+    """
     return 0.5 ** (max(0.0, ts - anchor_ts) / params.half_life_ms)
 
 

@@ -1,15 +1,23 @@
-"""The Redis key layout. Every key that embeds an id goes through `escape_id`.
+"""The Redis key layout, documented here once (the README points here). Every key that embeds
+an id goes through `escape_id`.
 
-    u:{<user>}                 hash   user aggregates (incl. the current session)
+    u:{<user>}                 hash   user aggregates, incl. the current session: the fields of
+                                      features.spec.USER_STATE (counts by type, engaged, ratings,
+                                      first/last time, decayed sums, sessions, per-genre counts)
     u:{<user>}:items           set    distinct items the user touched
-    u:{<user>}:score           hash   the user's current scores, label, reasons, model version
+    u:{<user>}:score           hash   the user's current scores: rule score, label, reasons,
+                                      model propensity and reasons, model version, the event
+                                      scored (id, time) and the update time
     u:{<user>}:seen            zset   the user's recent event ids, score = event time (dedupe)
-    s:{<user>}:<session>       hash   one session's aggregates (expires once finished)
-    i:{<item>}                 hash   item aggregates (atomic increments: shared by partitions)
+    s:{<user>}:<session>       hash   one session's aggregates, features.spec.SESSION_STATE
+                                      (expires `session_ttl_s` after it is closed)
+    i:{<item>}                 hash   item aggregates, features.spec.ITEM_STATE (atomic
+                                      increments: shared by partitions)
     im:{<item>}                hash   item metadata (genres, year), written at replay start
     engage:offset:<topic>:<p>  string last applied offset of partition p (same transaction as state)
     engage:stats:<topic>       hash   processed / dead-lettered counters (same transaction)
     engage:lb:rule / lb:model  zset   leaderboards by rule score / model propensity
+    engage:scores:<topic>      pubsub channel of score updates (published with the transaction)
 
 The `{...}` is a Redis Cluster hash tag: all of one user's keys share a slot. Escaping makes
 `:`, `{`, `}`, `%` and control characters impossible inside a tag, so no two ids collide.
@@ -23,7 +31,15 @@ _SAFE = "!\"#$&'()*+,-./;<=>?@[\\]^_`|~"
 
 
 def escape_id(raw: str) -> str:
-    """Percent-encode everything that could break the key grammar; injective by construction."""
+    """Percent-encode everything that could break the key grammar; injective by construction.
+
+    >>> escape_id("alice")
+    'alice'
+    >>> escape_id("a:b{c}%")  # separators, hash-tag braces and the escape character itself
+    'a%3Ab%7Bc%7D%25'
+    >>> user_key("a}b"), session_key("u", "s:1")
+    ('u:{a%7Db}', 's:{u}:s%3A1')
+    """
     return quote(raw, safe=_SAFE)
 
 

@@ -4,15 +4,20 @@ Point in time: the interaction vector of an event is built from the state *befor
 (plus what is known at request time: the event's time, item and context), never from the
 event's own outcome. The propensity vector is the user part alone; the consumer serves it on
 the state *after* an event as the user's current score.
+
+The contract is declared in features/spec.py: each function returns its block's values in the
+order of the names declared there (USER_FEATURES, CONTEXT_FEATURES, ITEM_FEATURES, re-exported
+here), with the declared dtypes; tests/test_feature_spec.py checks every function against it.
+Changing a formula here means bumping spec.FEATURE_VERSION (see docs/features.md).
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
+import json
 import math
 
-from features import aggregates
+from features import aggregates, events, spec
 from features.aggregates import (
     ENGAGED_EMAS,
     RATING_EMAS,
@@ -28,6 +33,13 @@ from features.aggregates import (
 from features.events import Event
 from features.items import GENRES, ItemMeta
 
+# The declared names (features/spec.py), re-exported: `from features.vector import ...` works.
+from features.spec import CONTEXT_FEATURES as CONTEXT_FEATURES
+from features.spec import INTERACTION_FEATURES as INTERACTION_FEATURES
+from features.spec import ITEM_FEATURES as ITEM_FEATURES
+from features.spec import PROPENSITY_FEATURES as PROPENSITY_FEATURES
+from features.spec import USER_FEATURES as USER_FEATURES
+
 MS_PER_HOUR = 3_600_000.0
 MS_PER_DAY = 24 * MS_PER_HOUR
 MS_PER_YEAR = 365.2425 * MS_PER_DAY
@@ -40,29 +52,10 @@ USER_MEAN_PRIOR_WEIGHT = 2.0
 #: Ridge on the release-year variance (years^2) of the user's rating-on-year slope.
 YEAR_VAR_PRIOR = 25.0
 
-USER_FEATURES: tuple[str, ...] = (
-    "u_events", "u_labelled", "u_engaged", "u_engage_rate", "u_rating_count", "u_rating_mean",
-    "u_rating_std", "u_decayed_engaged", "u_decayed_rate", "u_days_active", "u_hours_since_last",
-    "u_distinct_items", "u_sessions", "u_repeat_session_rate", "u_bounce_rate",
-    "u_mean_session_min", "u_n_page_view", "u_n_pricing_view", "u_n_demo_request", "u_n_signup",
-    "u_n_calendar_booking", "u_n_tag", "s_events", "s_engaged", "s_furthest_step", "s_minutes",
-    "u_last_rating", "u_mood_rating", "u_mood_weight", "s_ratings", "s_rating_mean",
-    *(f"u_ema_engaged_{name[2:]}" for name, _ in ENGAGED_EMAS),
-    *(f"u_ema_rating_{name[2:]}" for name, _ in RATING_EMAS),
-    "u_half_star_share", "u_top_share", "u_day_events", "u_year_slope",
-)  # fmt: skip
-CONTEXT_FEATURES: tuple[str, ...] = (
-    "hour", "dow", "ctx_mobile", "ctx_desktop", "ctx_log_balance", "ctx_depth",
-)  # fmt: skip
-ITEM_FEATURES: tuple[str, ...] = (
-    "i_count", "i_rating_mean", "i_engage_rate", "i_year", "i_n_genres",
-    "ui_genre_count", "ui_genre_engaged", "ui_genre_affinity", "ui_genre_share", "ui_seen_item",
-    *(f"g_{g}" for g in GENRES),
-    "i_rating_std", "i_rater_mean", "i_rating_resid", "i_age_years", "i_days_since_mean",
-    "ui_genre_rating_mean", "ui_rating_gap", "ui_year_rating",
-)  # fmt: skip
-PROPENSITY_FEATURES: tuple[str, ...] = USER_FEATURES + CONTEXT_FEATURES
-INTERACTION_FEATURES: tuple[str, ...] = USER_FEATURES + CONTEXT_FEATURES + ITEM_FEATURES
+#: Where interaction_vector finds the user's rate and mean in the user block (by name, not by
+#: a hand-counted position).
+_U_RATE = USER_FEATURES.index("u_engage_rate")
+_U_MEAN = USER_FEATURES.index("u_rating_mean")
 
 
 def _rate(hits: float, trials: float, prior: float) -> float:
@@ -234,14 +227,42 @@ def interaction_vector(
 ) -> list[float]:
     year_fit = year_line(user)
     values = user_values(user, event, params, year_fit)
-    items = item_values(user, item, meta, seen_item, event, values[3], values[5], year_fit)
+    items = item_values(
+        user, item, meta, seen_item, event, values[_U_RATE], values[_U_MEAN], year_fit
+    )
     return values + context_values(event) + items
 
 
+def definition_constants() -> dict[str, object]:
+    """The numeric constants of the definitions (aggregates and vectors), hashed with the spec:
+    changing one changes the values, so it changes the hash without a FEATURE_VERSION bump."""
+    return {
+        "RATING_PRIOR_MEAN": RATING_PRIOR_MEAN,
+        "RATING_PRIOR_WEIGHT": RATING_PRIOR_WEIGHT,
+        "ITEM_SUM_QUANTUM": aggregates.ITEM_SUM_QUANTUM,
+        "ENGAGED_EMAS": [list(e) for e in ENGAGED_EMAS],
+        "RATING_EMAS": [list(e) for e in RATING_EMAS],
+        "YEAR_CENTER": YEAR_CENTER,
+        "RATE_PRIOR_WEIGHT": RATE_PRIOR_WEIGHT,
+        "USER_MEAN_PRIOR_WEIGHT": USER_MEAN_PRIOR_WEIGHT,
+        "YEAR_VAR_PRIOR": YEAR_VAR_PRIOR,
+        "ENGAGED_RATING": events.ENGAGED_RATING,
+        "ENGAGED_FUNNEL_TYPES": sorted(t.value for t in events.ENGAGED_FUNNEL_TYPES),
+        "FUNNEL_STEP": {t.value: step for t, step in events.FUNNEL_STEP.items()},
+        "GENRES": list(GENRES),
+    }
+
+
 def feature_hash(params: FeatureParams) -> str:
-    """A fingerprint of the feature definitions: a model trained on other code is refused."""
+    """A fingerprint of the feature definitions: a model trained on other ones is refused.
+
+    SHA-256 over the declared contract (`features.spec.canonical_spec`: the tables' names,
+    dtypes and groups and FEATURE_VERSION), `definition_constants()` and `repr(params)`; the
+    first 16 hex digits. No source text: comments and formatting do not change it; a changed
+    formula changes it through the FEATURE_VERSION bump that tests/test_feature_spec.py demands.
+    """
     digest = hashlib.sha256()
-    for module in (aggregates, inspect.getmodule(feature_hash)):
-        digest.update(inspect.getsource(module).encode())  # type: ignore[arg-type]
+    digest.update(spec.canonical_spec())
+    digest.update(json.dumps(definition_constants(), sort_keys=True).encode())
     digest.update(repr(params).encode())
     return digest.hexdigest()[:16]
