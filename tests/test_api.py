@@ -182,6 +182,28 @@ def test_healthz_redis_down_is_503(api_settings):
         assert r.status_code == 503 and r.json() == {"kafka": True, "redis": False}
 
 
+def test_reads_with_redis_down_are_503_naming_redis(api_settings, caplog):
+    """An outage is not a server bug: 503 with a JSON body naming Redis (as /healthz says),
+    one warning line in the log, no traceback (a 500 would raise out of the TestClient)."""
+    down = api_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{_closed_port()}/0"})
+    caplog.set_level("WARNING", logger="engage.api")
+    with TestClient(create_app(down)) as c:
+        answers = [
+            c.get(_url("user0")),
+            c.get("/users/top", params={"n": 3}),
+            c.post("/score", json={"user_id": "user0"}),
+            c.post("/score", json={"user_id": "user0", "item_id": "m3"}),  # model loads, Redis not
+        ]
+        for r in answers:
+            assert r.status_code == 503, (r.request.url, r.text)
+            assert "Redis is unavailable" in r.json()["detail"]
+            assert r.headers["retry-after"]
+        assert c.get("/healthz").json()["redis"] is False
+    warnings = [r for r in caplog.records if r.name == "engage.api"]
+    assert len(warnings) == 1 and "Redis at redis://127.0.0.1:" in warnings[0].getMessage()
+    assert warnings[0].exc_info is None
+
+
 def test_metrics_count_requests_by_route(client):
     client.get(_url("user0"))
     text = client.get("/metrics").text

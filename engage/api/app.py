@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -17,8 +20,13 @@ from engage.api.health import HealthChecker
 from engage.api.metrics import ApiMetrics, MetricsMiddleware
 from engage.api.model_cache import ModelCache
 from engage.api.models import Health
+from engage.redact import redact_url
 from engage.redis_client import connect
 from engage.settings import Settings
+
+log = logging.getLogger("engage.api")
+REDIS_DOWN_LOG_EVERY_S = 10.0  # one log line per outage stretch, not one per request
+REDIS_RETRY_AFTER_S = 2
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -51,6 +59,24 @@ def create_app(settings: Settings) -> FastAPI:
         JSON cannot carry, or something large or secret)."""
         detail = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
+
+    redis_down_logged = [0.0]  # monotonic time of the last "Redis down" log line
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def redis_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        """503 naming Redis (as /healthz does), one log line and no traceback: an outage is
+        not a bug. The client is not told the address: the log has it."""
+        now = time.monotonic()
+        if now - redis_down_logged[0] >= REDIS_DOWN_LOG_EVERY_S:
+            redis_down_logged[0] = now
+            log.warning("Redis at %s unavailable: %s: answering 503",
+                        redact_url(settings.redis_url), exc)  # fmt: skip
+        return JSONResponse(
+            {"detail": "Redis is unavailable: scores cannot be read now; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": str(REDIS_RETRY_AFTER_S)},
+        )
 
     app.include_router(scores.router)
     app.include_router(live.router)

@@ -13,9 +13,10 @@ from scoring.lookup import UnknownUser, current_score, score_request, top_users
 
 router = APIRouter(tags=["scores"])
 NOT_FOUND = {404: {"model": Problem, "description": "the consumer has not scored this user"}}
+REDIS_DOWN = {503: {"model": Problem, "description": "Redis is unavailable (see /healthz)"}}
 
 
-@router.get("/users/top", response_model=list[TopUser])
+@router.get("/users/top", response_model=list[TopUser], responses=REDIS_DOWN)
 def get_top(
     request: Request,
     n: Annotated[int, Query(ge=1, le=1000, description="how many users")] = 10,
@@ -27,7 +28,9 @@ def get_top(
 
 
 # `:path` so ids containing "/" (sent as %2F) reach the handler instead of a routing 404.
-@router.get("/users/{user_id:path}/score", response_model=UserScore, responses=NOT_FOUND)
+@router.get(
+    "/users/{user_id:path}/score", response_model=UserScore, responses={**NOT_FOUND, **REDIS_DOWN}
+)
 async def get_score(user_id: str, request: Request) -> dict[str, Any]:
     """The user's current scores and reasons: one HGETALL, nothing else on this hot path.
 
@@ -45,7 +48,10 @@ async def get_score(user_id: str, request: Request) -> dict[str, Any]:
 @router.post(
     "/score",
     response_model=ItemScore | UserScore,
-    responses={**NOT_FOUND, 503: {"model": Problem, "description": "no model to score items"}},
+    responses={
+        **NOT_FOUND,
+        503: {"model": Problem, "description": "no model to score items, or Redis unavailable"},
+    },
 )
 async def post_score(body: ScoreRequest, request: Request) -> dict[str, Any]:
     """With `item_id`: P(user engages with the item) now, with the top model reasons.
