@@ -94,6 +94,8 @@ def score(
                   f"(model {result['model_version']})")  # fmt: skip
         for reason in result["reasons"]:
             out.print(f"  {reason['contribution']:+.3f}  {reason['feature']}")
+        for warning in result["warnings"]:
+            console.print(f"[yellow]note:[/] {warning}", highlight=False)
 
 
 def top(

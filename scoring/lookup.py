@@ -6,7 +6,7 @@ Shared by the CLI (`engage score`, `engage top`) and the HTTP API, so both answe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -90,6 +90,15 @@ class RequestScore:
     probability: float
     model_version: str
     reasons: list[dict[str, Any]]
+    #: What makes the probability less than it seems, e.g. an item nobody has seen.
+    warnings: list[str] = field(default_factory=list)
+
+
+def unknown_item_warning(item_id: str) -> str:
+    return (
+        f"unknown item {item_id!r}: no events and no metadata, so its item features are at "
+        "their prior (as for any item's first event)"
+    )
 
 
 def score_request(
@@ -101,7 +110,12 @@ def score_request(
     context: dict[str, Any] | None = None,
     ts_ms: int | None = None,
 ) -> RequestScore:
-    """Request-time scoring of a user-item pair from the current Redis features."""
+    """Request-time scoring of a user-item pair from the current Redis features.
+
+    An item with no aggregates (no i:{item}) and no metadata (no im:{item}) is scored from an
+    empty item state: every item feature at its prior, exactly as the consumer and training
+    see an item's first event. The probability is then the user's prior for a new item, and
+    the answer carries a warning saying so."""
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.user_key(user_id))
     pipe.hgetall(keys.item_key(item_id))
@@ -133,4 +147,5 @@ def score_request(
             {"feature": INTERACTION_FEATURES[j], "contribution": round(float(contrib[j]), 4)}
             for j in order
         ],
+        warnings=[] if item_raw or meta_raw else [unknown_item_warning(item_id)],
     )

@@ -146,6 +146,28 @@ def test_post_score_with_item_uses_the_model(client):
     assert len(body["reasons"]) == 3 and body["reasons"][0]["feature"] in INTERACTION_FEATURES
 
 
+def test_post_score_for_an_unknown_item_warns(client, rdb):
+    """No i:{item} and no im:{item}: scored from an empty item state (every item feature at
+    its prior, as for an item's first event), and the answer says so."""
+    known = client.post("/score", json={"user_id": "user0", "item_id": "m3"}).json()
+    assert known["warnings"] == []
+    assert not rdb.exists(keys.item_key("never-seen")) and not rdb.exists(
+        keys.item_meta_key("never-seen")
+    )
+    answers = [
+        client.post("/score", json={"user_id": "user0", "item_id": item}).json()
+        for item in ("never-seen", "nor-this-one")
+    ]
+    for body, item in zip(answers, ("never-seen", "nor-this-one"), strict=True):
+        assert body["warnings"] == [
+            f"unknown item {item!r}: no events and no metadata, so its item features are at "
+            "their prior (as for any item's first event)"
+        ]
+        assert 0.0 < body["probability"] < 1.0
+    # Both at the same prior: the item's id itself plays no part.
+    assert answers[0]["probability"] == answers[1]["probability"]
+
+
 def test_post_score_errors(client):
     assert client.post("/score", json={"user_id": "ghost", "item_id": "m1"}).status_code == 404
     assert client.post("/score", json={"user_id": "ghost"}).status_code == 404

@@ -70,6 +70,24 @@ def test_score_with_item_needs_a_model(scored):
     assert result.returncode == 4 and "no model registered" in result.stderr
 
 
+def test_score_with_an_unknown_item_warns(scored):
+    from tests.test_api import _register_model
+
+    _register_model(scored)
+    known = engage(scored, "score", "user0", "--item", "m3", "--json")
+    assert known.returncode == 0, known.stderr
+    assert json.loads(known.stdout)["warnings"] == []
+    unknown = engage(scored, "score", "user0", "--item", "never-seen", "--json")
+    assert unknown.returncode == 0, unknown.stderr
+    body = json.loads(unknown.stdout)
+    assert 0.0 < body["probability"] < 1.0
+    assert body["warnings"] and body["warnings"][0].startswith("unknown item 'never-seen'")
+    shown = engage(scored, "score", "user0", "--item", "never-seen")
+    assert shown.returncode == 0 and "P(engaged | user0, never-seen)" in shown.stdout
+    assert "note: unknown item 'never-seen'" in shown.stderr
+    assert "item features are at their prior" in shown.stderr
+
+
 def test_watch_prints_live_updates_as_json_lines(scored):
     proc = subprocess.Popen(
         [sys.executable, "-m", "engage", "watch", "--json", "--duration", "12"],

@@ -82,6 +82,11 @@ class ItemScore(BaseModel):
     probability: float
     model_version: str
     reasons: list[ModelReason]
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what makes the probability less than it seems: e.g. an unknown item "
+        "(no events, no metadata) is scored with its item features at their prior",
+    )
 
 
 class Health(BaseModel):
