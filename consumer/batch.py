@@ -18,6 +18,7 @@ from features.aggregates import State, session_fields
 from features.digest import vector_digests
 from features.events import Event
 from features.pipeline import MemoryState, Step
+from features.state_codec import encode_user
 from features.vector import PROPENSITY_FEATURES
 from scoring.rules import RuleScorer, domain_of
 
@@ -187,7 +188,8 @@ class BatchScorer:
     ) -> None:  # fmt: skip
         for user, state in loaded.items():
             now = memory.users[user]
-            writes.user_fields[user] = {k: v for k, v in now.items() if state.get(k) != v}
+            if now != state:
+                writes.user_states[user] = encode_user(now)
         for step in steps:
             event, applied = step.event, step.applied
             if applied.new_item and event.item_id is not None:

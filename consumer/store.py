@@ -18,6 +18,7 @@ from features import keys
 from features.aggregates import State
 from features.items import ItemMeta
 from features.pipeline import MemoryState
+from features.state_codec import decode_floats, decode_user
 
 NO_OFFSET = -1
 #: What a Redis outage looks like to redis-py callers (refused, reset, timed out, loading).
@@ -56,11 +57,6 @@ class OutcomeUnknown(redis.ConnectionError):
         return cls(f"EXEC outcome unknown after {type(exc).__name__}: {exc}")
 
 
-def decode_state(raw: dict[bytes, bytes]) -> State:
-    """Redis hash to state: floats everywhere but the current session id."""
-    return {k.decode(): (v.decode() if k == b"cs_id" else float(v)) for k, v in raw.items()}
-
-
 def stored_offsets(client: redis.Redis, topic: str, partitions: Iterable[int]) -> dict[int, int]:
     parts = list(partitions)
     values = client.mget([keys.offset_key(topic, p) for p in parts]) if parts else []
@@ -71,7 +67,7 @@ def stored_offsets(client: redis.Redis, topic: str, partitions: Iterable[int]) -
 class BatchWrites:
     """Everything one batch writes, applied in one transaction."""
 
-    user_fields: dict[str, dict[str, float | str]] = field(default_factory=dict)
+    user_states: dict[str, dict[str, bytes | str]] = field(default_factory=dict)  # packed
     user_new_items: dict[str, set[str]] = field(default_factory=dict)
     user_recent_ids: dict[str, dict[str, float]] = field(default_factory=dict)  # replaces
     sessions: dict[tuple[str, str], State] = field(default_factory=dict)
@@ -128,7 +124,7 @@ class RedisStateStore:
         results = iter(pipe.execute())
         loaded: dict[str, State] = {}
         for user in users:
-            state = decode_state(next(results))
+            state = decode_user(next(results))
             memory.users[user] = state
             loaded[user] = dict(state)
             memory.user_items[user] = set()
@@ -137,7 +133,7 @@ class RedisStateStore:
         for user in users:
             memory.recent[user] = {member.decode(): ts for member, ts in next(results)}
         for item in item_list:
-            memory.items[item] = decode_state(next(results))
+            memory.items[item] = decode_floats(next(results))
         for item in missing_meta:
             raw = next(results)
             self.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
@@ -148,9 +144,8 @@ class RedisStateStore:
     def commit(self, pipe: redis.client.Pipeline, writes: BatchWrites) -> None:
         """Write the batch and its offsets atomically; raises Fenced if a WATCHed offset moved."""
         pipe.multi()
-        for user, fields in writes.user_fields.items():
-            if fields:
-                pipe.hset(keys.user_key(user), mapping=fields)
+        for user, fields in writes.user_states.items():
+            pipe.hset(keys.user_key(user), mapping=fields)
         for user, new_items in writes.user_new_items.items():
             if new_items:
                 pipe.sadd(keys.user_items_key(user), *new_items)

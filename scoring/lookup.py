@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 import redis
 
-from consumer.store import decode_state
 from features import keys
 from features.events import Event, EventType
 from features.items import ItemMeta
+from features.state_codec import decode_floats, decode_user
 from features.vector import INTERACTION_FEATURES, interaction_vector
 
 
@@ -124,14 +124,14 @@ def score_request(
     user_raw, item_raw, meta_raw, seen = pipe.execute()
     if not user_raw:
         raise UnknownUser(user_id)
-    user = decode_state(user_raw)
+    user = decode_user(user_raw)
     ts = ts_ms if ts_ms is not None else int(max(time.time() * 1000, float(user["last_ts"])))
     probe = Event(
         event_id="request", user_id=user_id, ts=ts, event_type=EventType.PAGE_VIEW,
         item_id=item_id, context=context, source="request",
     )  # fmt: skip
     meta = ItemMeta.from_hash(meta_raw) if meta_raw else None
-    row = [interaction_vector(user, decode_state(item_raw), meta, bool(seen), probe, params)]
+    row = [interaction_vector(user, decode_floats(item_raw), meta, bool(seen), probe, params)]
     import numpy as np
 
     x = np.asarray(row, dtype=np.float64)

@@ -3,7 +3,7 @@
 It recomputes every user, session and item aggregate from the raw event list with plain loops
 and closed-form formulas (e.g. the decayed sums as direct sums of weighted terms), and reads
 the consumer's Redis state back for comparison. It deliberately imports nothing from
-features.aggregates / features.pipeline.
+features.aggregates / features.pipeline (only the storage decoder, features.state_codec).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections import defaultdict
 from urllib.parse import quote
 
 import redis
+
+from features.state_codec import decode_user
 
 FUNNEL = {"page_view": 1, "pricing_view": 2, "demo_request": 3, "signup": 4, "calendar_booking": 5}
 ENGAGED_TYPES = {"demo_request", "signup", "calendar_booking"}
@@ -159,6 +161,10 @@ def reference_state(
     return {"users": users, "sessions": sessions, "items": {k: dict(v) for k, v in items.items()}}
 
 
+#: User fields the reference does not model (the current session lives in s:{user}:<id>).
+USER_SKIP = ("cs_id", "cs_start", "cs_end", "cs_n", "cs_eng", "cs_step", "cs_rn", "cs_rs", "dec_ts")
+
+
 def _floats(raw: dict[bytes, bytes], skip: tuple[str, ...] = ()) -> dict[str, float]:
     return {k.decode(): float(v) for k, v in raw.items() if k.decode() not in skip}
 
@@ -174,8 +180,9 @@ def diff_against_redis(ref: dict, client: redis.Redis) -> list[str]:
                 problems.append(f"{where} {field}: reference {a!r} != redis {b!r}")
 
     for uid, want in ref["users"].items():
-        got = _floats(client.hgetall(f"u:{{{_tag(uid)}}}"), skip=("cs_id", "cs_start", "cs_end",
-                      "cs_n", "cs_eng", "cs_step", "cs_rn", "cs_rs", "dec_ts"))  # fmt: skip
+        # The stored state is packed (features.state_codec): the one decoder this oracle uses.
+        stored = decode_user(client.hgetall(f"u:{{{_tag(uid)}}}"))
+        got = {k: float(v) for k, v in stored.items() if k not in USER_SKIP}
         compare(f"user {uid}", {k: v for k, v in want.items() if k != "items"}, {
             k: v for k, v in got.items() if k != "items"})  # fmt: skip
         scard = client.scard(f"u:{{{_tag(uid)}}}:items")

@@ -8,6 +8,7 @@ from consumer.deadletter import reason_of
 from consumer.runner import StreamConsumer
 from engage import kafka_clients
 from engage.redis_client import connect
+from features.state_codec import decode_user, encode_user
 from tests.eventlog import make_log, publish_log
 from tests.reference import diff_against_redis, reference_state
 
@@ -38,7 +39,9 @@ def test_reference_comparison_catches_a_wrong_count(settings, redis_client):
     run_consumer(settings)
     p = settings.feature_params
     ref = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
-    redis_client.hincrbyfloat("u:{user0}", "n", 1)
+    state = decode_user(redis_client.hgetall("u:{user0}"))
+    state["n"] = float(state["n"]) + 1
+    redis_client.hset("u:{user0}", mapping=encode_user(state))
     assert any("user user0 n" in line for line in diff_against_redis(ref, redis_client))
 
 
