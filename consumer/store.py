@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import orjson
 import redis
 
 from features import keys
@@ -55,6 +56,16 @@ class OutcomeUnknown(redis.ConnectionError):
     @classmethod
     def of(cls, exc: BaseException) -> OutcomeUnknown:
         return cls(f"EXEC outcome unknown after {type(exc).__name__}: {exc}")
+
+
+def encode_recent_ids(recent: dict[str, float]) -> bytes:
+    """The duplicate guard's ids as one JSON string value: one SET per user and batch, where a
+    sorted set cost a DEL and a ZADD of up to 2 x recent_ids members."""
+    return orjson.dumps(list(recent.items()))
+
+
+def decode_recent_ids(raw: bytes | None) -> dict[str, float]:
+    return {event_id: float(ts) for event_id, ts in orjson.loads(raw)} if raw else {}
 
 
 def stored_offsets(client: redis.Redis, topic: str, partitions: Iterable[int]) -> dict[int, int]:
@@ -116,7 +127,7 @@ class RedisStateStore:
         for user, its in asked:
             pipe.smismember(keys.user_items_key(user), its)
         for user in users:
-            pipe.zrange(keys.user_recent_ids_key(user), 0, -1, withscores=True)
+            pipe.get(keys.user_recent_ids_key(user))
         for item in item_list:
             pipe.hgetall(keys.item_key(item))
         for item in missing_meta:
@@ -131,7 +142,7 @@ class RedisStateStore:
         for user, its in asked:
             memory.user_items[user] = {i for i, hit in zip(its, next(results), strict=True) if hit}
         for user in users:
-            memory.recent[user] = {member.decode(): ts for member, ts in next(results)}
+            memory.recent[user] = decode_recent_ids(next(results))
         for item in item_list:
             memory.items[item] = decode_floats(next(results))
         for item in missing_meta:
@@ -151,9 +162,10 @@ class RedisStateStore:
                 pipe.sadd(keys.user_items_key(user), *new_items)
         for user, recent in writes.user_recent_ids.items():
             key = keys.user_recent_ids_key(user)
-            pipe.delete(key)
             if recent:
-                pipe.zadd(key, recent)
+                pipe.set(key, encode_recent_ids(recent))
+            else:
+                pipe.delete(key)
         for (user, session), fields in writes.closed_sessions.items():
             key = keys.session_key(user, session)
             pipe.hset(key, mapping=fields)

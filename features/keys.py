@@ -1,14 +1,15 @@
 """The Redis key layout, documented here once (the README points here). Every key that embeds
 an id goes through `escape_id`.
 
-    u:{<user>}                 hash   user aggregates, incl. the current session: the fields of
-                                      features.spec.USER_STATE (counts by type, engaged, ratings,
+    u:{<user>}                 hash   user aggregates, incl. the current session: `cs_id` and
+                                      `st`, the fields of features.spec.USER_STATE packed by
+                                      features.state_codec (counts by type, engaged, ratings,
                                       first/last time, decayed sums, sessions, per-genre counts)
     u:{<user>}:items           set    distinct items the user touched
     u:{<user>}:score           hash   the user's current scores: rule score, label, reasons,
                                       model propensity and reasons, model version, the event
                                       scored (id, time) and the update time
-    u:{<user>}:seen            zset   the user's recent event ids, score = event time (dedupe)
+    u:{<user>}:seen            string the user's recent event ids and their times, JSON (dedupe)
     s:{<user>}:<session>       hash   one session's aggregates, features.spec.SESSION_STATE
                                       (expires `session_ttl_s` after it is closed)
     i:{<item>}                 hash   item aggregates, features.spec.ITEM_STATE (atomic
