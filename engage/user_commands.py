@@ -28,6 +28,7 @@ from engage.cli_support import (
     kafka_down_message,
     kafka_reachable,
 )
+from engage.limits import TOP_N_MAX, TOP_N_MIN, id_problem
 from engage.redis_client import connect
 from engage.settings import Settings, get_settings
 from features import keys
@@ -46,6 +47,13 @@ def _redis(settings: Settings) -> redis.Redis:
             f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
         ) from exc
     return client
+
+
+def check_id(value: str, what: str) -> None:
+    """Exit 2 for an id the API would refuse too (engage/limits.py: the same limits)."""
+    problem = id_problem(value)
+    if problem is not None:
+        raise fail(f"{what}: {problem}", EXIT_BAD_INPUT)
 
 
 def render_score(score: dict[str, Any]) -> Table:
@@ -70,6 +78,9 @@ def score(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """A user's current rule and model scores with reasons; --item scores a user-item pair."""
+    check_id(user_id, "user id")
+    if item is not None:
+        check_id(item, "--item")
     settings = get_settings()
     client = _redis(settings)
     try:
@@ -99,7 +110,7 @@ def score(
 
 
 def top(
-    n: int = typer.Argument(10, min=1, max=10_000, help="How many users."),
+    n: int = typer.Argument(10, min=TOP_N_MIN, max=TOP_N_MAX, help="How many users."),
     label: str = typer.Option(
         None, "--label", help="Only users with this label (high/medium/low)."
     ),
@@ -291,6 +302,8 @@ def watch(
     """Follow score updates live (Redis pub/sub), with events/s and consumer lag."""
     if label is not None and label not in ("high", "medium", "low"):
         raise fail("--label must be high, medium or low", 2)
+    if user is not None:
+        check_id(user, "--user")
     settings = get_settings()
     client = _redis(settings)
     with contextlib.suppress(KeyboardInterrupt):

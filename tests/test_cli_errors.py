@@ -151,3 +151,32 @@ def test_top_csv_into_a_missing_folder_is_exit_2(settings: Settings, tmp_path: P
     result = engage(settings, "top", "3", "--csv", str(tmp_path))  # a directory
     assert result.returncode == 2
     assert f"--csv: cannot write {tmp_path}: Is a directory" in one_error_line(result)
+
+
+# -- 6. the CLI and the API accept the same ids and the same top n (engage/limits.py) ----------
+
+
+@pytest.mark.stack
+def test_cli_and_api_share_the_id_and_top_limits(settings: Settings) -> None:
+    from urllib.parse import quote
+
+    from fastapi.testclient import TestClient
+
+    from engage.api import create_app
+    from engage.limits import MAX_ID_CHARS, TOP_N_MAX
+
+    longest, too_long = "u" * MAX_ID_CHARS, "u" * (MAX_ID_CHARS + 1)
+    with TestClient(create_app(settings)) as api:
+        assert api.get(f"/users/{quote(longest)}/score").status_code == 404
+        assert api.get(f"/users/{quote(too_long)}/score").status_code == 422
+        assert api.post("/score", json={"user_id": too_long}).status_code == 422
+        assert api.get("/users/top", params={"n": TOP_N_MAX}).status_code == 200
+        assert api.get("/users/top", params={"n": TOP_N_MAX + 1}).status_code == 422
+    assert engage(settings, "score", longest).returncode == 4  # valid, just never scored
+    for args in (("score", too_long), ("score", "u1", "--item", too_long),
+                 ("watch", "--user", too_long, "--duration", "1")):  # fmt: skip
+        result = engage(settings, *args)
+        assert result.returncode == 2, (args[:1], result.stderr[-2000:])
+        assert f"longer than {MAX_ID_CHARS} characters" in one_error_line(result)
+    assert engage(settings, "top", str(TOP_N_MAX), "--json").returncode == 0
+    assert engage(settings, "top", str(TOP_N_MAX + 1)).returncode == 2

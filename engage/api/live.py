@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
+from engage.limits import MAX_ID_CHARS
 from engage.redis_client import connect_async
 from engage.settings import Settings
 from features import keys
@@ -58,7 +59,9 @@ async def _close(pubsub: aioredis.client.PubSub, client: aioredis.Redis) -> None
 @router.get("/events", response_class=StreamingResponse)
 async def events(
     request: Request,
-    user: Annotated[str | None, Query(max_length=256, description="only this user")] = None,
+    user: Annotated[
+        str | None, Query(max_length=MAX_ID_CHARS, description="only this user")
+    ] = None,
 ) -> StreamingResponse:
     """Each `scores` event's data is a JSON list of updates {user_id, event_id, event_ts,
     rule: {score, label, reasons}, model, scored_at}, as the consumer published them."""

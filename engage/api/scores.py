@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from engage.api.model_cache import NoModel
 from engage.api.models import ItemScore, Problem, ScoreRequest, TopUser, UserScore
+from engage.limits import MAX_ID_CHARS, MIN_ID_CHARS, TOP_N_MAX, TOP_N_MIN
 from scoring.lookup import UnknownUser, current_score, score_request, top_users
 
 router = APIRouter(tags=["scores"])
@@ -19,7 +20,7 @@ REDIS_DOWN = {503: {"model": Problem, "description": "Redis is unavailable (see 
 @router.get("/users/top", response_model=list[TopUser], responses=REDIS_DOWN)
 def get_top(
     request: Request,
-    n: Annotated[int, Query(ge=1, le=1000, description="how many users")] = 10,
+    n: Annotated[int, Query(ge=TOP_N_MIN, le=TOP_N_MAX, description="how many users")] = 10,
     by: Annotated[Literal["rule", "model"], Query(description="rank by")] = "rule",
     label: Annotated[Literal["high", "medium", "low"] | None, Query()] = None,
 ) -> list[dict[str, Any]]:
@@ -31,7 +32,10 @@ def get_top(
 @router.get(
     "/users/{user_id:path}/score", response_model=UserScore, responses={**NOT_FOUND, **REDIS_DOWN}
 )
-async def get_score(user_id: str, request: Request) -> dict[str, Any]:
+async def get_score(
+    user_id: Annotated[str, Path(min_length=MIN_ID_CHARS, max_length=MAX_ID_CHARS)],
+    request: Request,
+) -> dict[str, Any]:
     """The user's current scores and reasons: one HGETALL, nothing else on this hot path.
 
     Deliberately inline on the event loop (no threadpool hop): a loopback HGETALL takes
