@@ -100,6 +100,20 @@ def rss_mib(pid: int | str = "self") -> tuple[float, float]:
     return current, peak
 
 
+def engage_consumer_options(settings: Settings, group: str) -> dict[str, Any]:
+    """The KafkaConsumer options consumer/runner.py gives engage's consumer (poll size, group
+    timers, fetch limits), for a bench consumer that must read the topic the same way."""
+    return {
+        "group_id": group,
+        "max_poll_records": settings.batch_max_records,
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "max_poll_interval_ms": settings.kafka_max_poll_interval_ms,
+        "heartbeat_interval_ms": max(1000, settings.kafka_session_timeout_ms // 4),
+        "fetch_max_bytes": 64 * 1024 * 1024,
+        "max_partition_fetch_bytes": 8 * 1024 * 1024,
+    }
+
+
 @dataclass(frozen=True)
 class Sizes:
     """How much each benchmark does; QUICK is the CI smoke."""
@@ -147,6 +161,8 @@ class Context:
     topics: list[str] = field(default_factory=list)
     cache: dict[str, Any] = field(default_factory=dict)
     defer_deletes: bool = False  # the quick smoke: one deletion at the end (small topics)
+    #: The harness groups this invocation measures (the consumer runs the floor's runs too).
+    groups: tuple[str, ...] = ()
     _n: int = 0
 
     @property

@@ -33,8 +33,10 @@ def throughput_run(
     events: int | None = None,
     processes: int = 1,
     memory: bool = False,
+    kind: str = "engage",
 ) -> dict[str, Any]:
-    """One consumer run over the `movielens` or `synthetic` topic (`events` of them).
+    """One consumer run over the `movielens` or `synthetic` topic (`events` of them); `kind`
+    "floor" runs the job floor (bench/floor.py) instead of engage's consumer.
 
     With `memory`, Redis memory per user and session is measured before the state goes."""
     if source == "movielens":
@@ -45,9 +47,9 @@ def throughput_run(
         topic, count = sources.synthetic_topic(ctx, events)
         items = None
     ctx.reset_state(items)
-    settings = ctx.with_output(topic, f"consume{processes}")
+    settings = ctx.with_output(topic, f"{kind}{processes}")
     try:
-        result = run_consumers(ctx, settings, count, processes=processes)
+        result = run_consumers(ctx, settings, count, processes=processes, kind=kind)
         if memory:
             from bench.growth import redis_memory
 
@@ -66,14 +68,15 @@ def remembered_run(
     events: int | None = None,
     processes: int = 1,
     memory: bool = False,
+    kind: str = "engage",
 ) -> dict[str, Any]:
-    """`throughput_run`, measured once per (source, size, processes, run) and remembered, so
-    the consumer, scaling and growth benchmarks share runs over the same topic."""
-    key = f"runs:{source}:{events}:{processes}"
+    """`throughput_run`, measured once per (consumer, source, size, processes, run) and
+    remembered, so the consumer, floor, scaling and growth benchmarks share runs."""
+    key = f"runs:{kind}:{source}:{events}:{processes}"
     done = ctx.cache.setdefault(key, [])
     if run < len(done) and (not memory or "redis" in done[run]):
         return done[run]
-    result = throughput_run(ctx, source, events, processes, memory)
+    result = throughput_run(ctx, source, events, processes, memory, kind)
     if run < len(done):
         done[run] = result
     else:

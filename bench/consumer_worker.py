@@ -2,15 +2,16 @@
 
     python -m bench.consumer_worker     (then one JSON job line on stdin)
 
-The worker imports everything, then reads its job: ENGAGE_* variables (as for `engage
-consume`), the group, a `go` file path, whether to keep latencies and how many to drop as
-warm-up. (So a spare worker can be started ahead of time.) It runs the real `StreamConsumer`
-(rules, the registered model if any, scores topic), holding its partitions paused until the
-`go` file exists, so several workers can all join the group before any starts (no rebalance
-inside the measured span), and runs until SIGTERM. On stdout it writes JSON lines:
-`{"assigned": [...]}` at every assignment, then one summary with its batch span (on the
-system-wide monotonic clock, so spans of several processes can be merged), its peak RSS
-(VmHWM) and, if asked, event-to-score percentiles.
+The worker imports everything, then reads its job: which consumer (`kind`), ENGAGE_*
+variables (as for `engage consume`), the group, a `go` file path, whether to keep latencies
+and how many to drop as warm-up. (So a spare worker can be started ahead of time.) It runs the
+real `StreamConsumer` (rules, the registered model if any, scores topic), or with kind "floor"
+the job floor of bench/floor.py, holding its partitions paused until the `go` file exists, so
+several workers can all join the group before any starts (no rebalance inside the measured
+span), and runs until SIGTERM. On stdout it writes JSON lines: `{"assigned": [...]}` at every
+assignment, then one summary with its batch span (on the system-wide monotonic clock, so spans
+of several processes can be merged), its CPU time over that span (user + system, all threads),
+its peak RSS (VmHWM) and, if asked, event-to-score percentiles.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-from kafka import TopicPartition
 
 from bench.common import Context, engage_env, rss_mib
-from consumer.runner import StreamConsumer
+from bench.floor import FloorConsumer
+from consumer.runner import RunSummary, StreamConsumer
 from engage.settings import Settings, get_settings
 
 JOIN_TIMEOUT_S = 90.0
@@ -43,31 +44,64 @@ def _emit(record: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-class GatedConsumer(StreamConsumer):
-    """A StreamConsumer whose partitions stay paused until the `go` file exists."""
+class Measured(Protocol):
+    """What the worker runs: engage's `StreamConsumer`, or the job floor (bench/floor.py).
 
-    def __init__(self, settings: Settings, group: str, go: Path, keep_latencies: bool) -> None:
+    `kafka` is a kafka-python KafkaConsumer or an engage transport consumer; partitions are
+    TopicPartitions or partition numbers accordingly (the gate takes either)."""
+
+    kafka: Any
+    stopping: bool
+
+    def seek_to_stored(self, partitions: list[Any]) -> None: ...
+
+
+class Gate:
+    """Holds a consumer's partitions paused until the `go` file exists, and reads its CPU time
+    over the busy span: from the first poll that returns records to the end of the last batch.
+
+    It wraps the instance's `kafka.poll` and `seek_to_stored` (every assignment seeks), so
+    both consumers are gated and measured by the same code."""
+
+    def __init__(self, consumer: Measured, go: Path) -> None:
+        self.kafka = consumer.kafka
         self.go = go
         self.released = False
-        super().__init__(settings, group=group, keep_latencies=keep_latencies)
-        poll = self.kafka.poll
+        self.cpu_first: float | None = None
+        self.cpu_last: float | None = None
+        self._poll = self.kafka.poll
+        self._seek = consumer.seek_to_stored
+        self.kafka.poll = self.poll  # type: ignore[method-assign]
+        consumer.seek_to_stored = self.seek_to_stored  # type: ignore[method-assign]
 
-        def gated_poll(*args: Any, **kwargs: Any) -> Any:
-            if not self.released and self.go.exists():
-                self.released = True
-                self.kafka.resume(*self.kafka.paused())
-            return poll(*args, **kwargs)
+    def poll(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.released and self.go.exists():
+            self.released = True
+            self.kafka.resume(*self.kafka.paused())
+        polled = self._poll(*args, **kwargs)
+        if polled and self.cpu_first is None:
+            self.cpu_first = time.process_time()
+        return polled
 
-        self.kafka.poll = gated_poll  # type: ignore[method-assign]
-
-    def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
-        super().seek_to_stored(partitions)
+    def seek_to_stored(self, partitions: list[Any]) -> None:
+        self._seek(partitions)
         if not self.released:
             self.kafka.pause(*partitions)
-        _emit({"assigned": sorted(tp.partition for tp in partitions)})
+        _emit({"assigned": sorted(getattr(p, "partition", p) for p in partitions)})
+
+    def batch_done(self, _summary: RunSummary) -> None:
+        self.cpu_last = time.process_time()
+
+    @property
+    def cpu_s(self) -> float | None:
+        """User + system CPU of the whole process (every thread: the clients' I/O threads
+        too) over the busy span."""
+        if self.cpu_first is None or self.cpu_last is None:
+            return None
+        return self.cpu_last - self.cpu_first
 
 
-def _watch_parent(consumer: StreamConsumer) -> None:
+def _watch_parent(consumer: Measured) -> None:
     """Stop if the harness dies (the worker must never outlive it)."""
     parent = os.getppid()
     while not consumer.stopping:
@@ -86,9 +120,14 @@ def worker_main() -> None:
     os.environ.update(job["env"])
     get_settings.cache_clear()
     latencies, drop = job["latencies"], job["drop"]
-    consumer = GatedConsumer(get_settings(), job["group"], Path(job["go"]), latencies)
+    consumer: StreamConsumer | FloorConsumer
+    if job["kind"] == "floor":
+        consumer = FloorConsumer(get_settings(), job["group"])
+    else:
+        consumer = StreamConsumer(get_settings(), group=job["group"], keep_latencies=latencies)
+    gate = Gate(consumer, Path(job["go"]))
     threading.Thread(target=_watch_parent, args=(consumer,), daemon=True).start()
-    summary = consumer.run()
+    summary = consumer.run(on_batch=gate.batch_done)
     _, peak = rss_mib()
     result: dict[str, Any] = {
         "processed": summary.processed,
@@ -98,6 +137,7 @@ def worker_main() -> None:
         "first_batch_at": summary.first_batch_at,
         "last_batch_at": summary.last_batch_at,
         "busy_rate": summary.busy_rate,
+        "cpu_s": gate.cpu_s,
         "peak_rss_mib": round(peak, 1),
         "model_version": summary.model_version,
         "errors": summary.errors,
@@ -143,8 +183,11 @@ class WorkerProcess:
         threading.Thread(target=worker._read, daemon=True).start()
         return worker
 
-    def assign(self, settings: Settings, group: str, go: Path, latencies: bool, drop: int) -> None:
+    def assign(
+        self, settings: Settings, group: str, go: Path, latencies: bool, drop: int, kind: str
+    ) -> None:
         job = {
+            "kind": kind,
             "env": {k: v for k, v in engage_env(settings).items() if k.startswith("ENGAGE_")},
             "group": group,
             "go": str(go),
@@ -152,8 +195,15 @@ class WorkerProcess:
             "drop": drop,
         }
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(job) + "\n")
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.write(json.dumps(job) + "\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:  # it died before its job, e.g. an import failed
+            self.proc.wait()
+            raise RuntimeError(
+                f"consumer worker exited with {self.proc.returncode} before its job: "
+                f"{self.stderr_tail()}"
+            ) from None
 
     def discard(self) -> None:
         """End a worker that has no job (it exits when its stdin closes)."""
@@ -240,17 +290,20 @@ def run_consumers(
     latencies: bool = False,
     drop: int = 0,
     during: Callable[[], int] | None = None,
+    kind: str = "engage",
 ) -> dict[str, Any]:
-    """Start `processes` workers in one fresh group on `settings`' topic, release them together,
-    wait until `expected` events (or what `during()` returns: it produces while they run) are
-    applied, stop them. Rate = events / (last batch of any worker - first batch of any)."""
+    """Start `processes` workers (`kind` "engage": the real consumer; "floor": bench/floor.py)
+    in one fresh group on `settings`' topic, release them together, wait until `expected`
+    events (or what `during()` returns: it produces while they run) are applied, stop them.
+    Rate = events / (last batch of any worker - first batch of any); CPU = the workers' CPU
+    over their busy spans, summed."""
     group = f"{settings.events_topic}.g{time.time_ns()}"
     with tempfile.TemporaryDirectory(prefix="engage-bench-") as tmp:
         go = Path(tmp) / "go"
         pool = ctx.cache.get("workers") or WorkerPool(spare=False)
         workers = [pool.take() for _ in range(processes)]
         for w in workers:
-            w.assign(settings, group, go, latencies, drop)
+            w.assign(settings, group, go, latencies, drop, kind)
         try:
             deadline = time.monotonic() + JOIN_TIMEOUT_S
             while True:
@@ -286,10 +339,14 @@ def run_consumers(
     first = min(s["first_batch_at"] for s in summaries if s["first_batch_at"] is not None)
     last = max(s["last_batch_at"] for s in summaries if s["last_batch_at"] is not None)
     events = sum(s["processed"] + s["dead_lettered"] for s in summaries)
+    cpu = [s["cpu_s"] for s in summaries]
+    cpu_s = sum(cpu) if None not in cpu else None
     result: dict[str, Any] = {
         "events": events,
         "expected": expected,
         "events_per_s": events / (last - first) if last > first else 0.0,
+        "cpu_s": cpu_s,
+        "cpu_us_per_event": cpu_s / events * 1e6 if cpu_s is not None and events else None,
         "peak_rss_mib": max(s["peak_rss_mib"] for s in summaries),
         "model_version": summaries[0]["model_version"],
         "errors": sorted({e for s in summaries for e in s["errors"]}),

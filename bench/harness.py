@@ -32,6 +32,7 @@ from bench import budget, ceilings, consumer_rate, growth
 from bench.api_latency import measure, seed, serving
 from bench.common import FULL, QUICK, Context, Progress, open_context
 from bench.consumer_worker import WorkerPool
+from bench.floor import TRANSPORT as FLOOR_TRANSPORT
 from bench.replay_rate import replay_run
 from bench.train_time import TrainRun
 from engage.settings import PROJECT_ROOT, Settings, get_settings
@@ -69,6 +70,7 @@ def label(n: int) -> str:
 
 
 EPS = "events/s"
+US = "us/event"
 PERCENTILES = ("p50", "p95", "p99")
 
 
@@ -103,13 +105,52 @@ def bench_replay(ctx: Context, runs: int) -> Runs:
 
 
 def _consumer_detail(r: dict[str, Any]) -> dict[str, Any]:
-    keep = ("events", "events_per_s", "peak_rss_mib", "model_version", "errors", "redis")
+    keep = ("events", "events_per_s", "cpu_s", "cpu_us_per_event", "peak_rss_mib",
+            "model_version", "errors", "redis")  # fmt: skip
     return {k: r[k] for k in keep if k in r}
+
+
+def transport(ctx: Context) -> str:
+    """The Kafka client library engage's consumer uses (its `kafka_client` setting)."""
+    return getattr(ctx.settings, "kafka_client", "kafka-python")
+
+
+def floor_run(ctx: Context, run: int) -> dict[str, Any]:
+    """The job floor's run `run` over the MovieLens topic (bench/floor.py), remembered."""
+    return consumer_rate.remembered_run(ctx, "movielens", run, kind="floor")
+
+
+def _paired_floor(ctx: Context, run: int) -> dict[str, Any] | None:
+    """With the floor group chosen too: its run `run`, measured just before the consumer's
+    (the machine's speed drifts; a ratio within one run cancels it). None if it failed: the
+    floor group then measures it again and reports the failure itself."""
+    if "floor" not in ctx.groups:
+        return None
+    try:
+        return floor_run(ctx, run)
+    except Exception as exc:
+        ctx.log(f"consumer: the floor run before run {run + 1} failed ({exc}); no ratio")
+        return None
+
+
+def floor_ratio(ctx: Context, consumer: dict[str, Any], floor: dict[str, Any]) -> M:
+    """consumer_movielens / floor_movielens of one run."""
+    detail = {
+        "transport": transport(ctx),
+        "floor_transport": FLOOR_TRANSPORT,
+        "model_version": consumer["model_version"],
+        "consumer_events_per_s": consumer["events_per_s"],
+        "floor_events_per_s": floor["events_per_s"],
+    }
+    return M("consumer_movielens_floor_ratio", consumer["events_per_s"] / floor["events_per_s"],
+             "x", "consumer_movielens / floor_movielens, run by run (each floor run just "
+             "before its consumer run)", detail=detail)  # fmt: skip
 
 
 def bench_consumer(ctx: Context, runs: int) -> Runs:
     for run in range(runs):
         out = []
+        floor = _paired_floor(ctx, run)
         for source in ("movielens", "synthetic"):
             events = ctx.sizes.synthetic_events if source == "synthetic" else None
             memory = source == "movielens"
@@ -119,6 +160,11 @@ def bench_consumer(ctx: Context, runs: int) -> Runs:
             out.append(M(f"consumer_{source}", r["events_per_s"], EPS, what,
                          f"consume_only_{source}", _consumer_detail(r)))  # fmt: skip
             if memory:
+                out.append(M("consumer_movielens_cpu_us", r["cpu_us_per_event"], US,
+                             "the consumer process's CPU (user + system, all threads) per "
+                             "event over consumer_movielens's busy span"))  # fmt: skip
+                if floor is not None:
+                    out.append(floor_ratio(ctx, r, floor))
                 m = r["redis"]
                 out.append(M("redis_aggregate_bytes_per_user_movielens",
                              m["aggregate_bytes_per_user"], "bytes",
@@ -130,16 +176,30 @@ def bench_consumer(ctx: Context, runs: int) -> Runs:
         yield out
 
 
+def bench_floor(ctx: Context, runs: int) -> Runs:
+    for run in range(runs):
+        r = floor_run(ctx, run)
+        what = (f"the job floor (bench/floor.py) over the {r['events']:,} MovieLens events: "
+                f"{FLOOR_TRANSPORT} poll, orjson, counters in a dict, a score message each, "
+                "one MULTI/EXEC per batch")  # fmt: skip
+        detail = _consumer_detail(r) | {"transport": FLOOR_TRANSPORT}
+        yield [
+            M("floor_movielens", r["events_per_s"], EPS, what, "consume_only_movielens", detail),
+            M("floor_movielens_cpu_us", r["cpu_us_per_event"], US,
+              "the floor process's CPU (user + system, all threads) per event over its busy "
+              "span"),
+        ]  # fmt: skip
+
+
 def bench_budget(ctx: Context, runs: int) -> Runs:
-    us = "us/event"
     consume = lambda: consumer_rate.throughput_run(ctx, "movielens")  # noqa: E731
     for r in budget.measure(ctx, runs, consume):
         n = r["rules"]["events"]
-        out = [M("budget_compute_rules", r["rules"]["us_per_event"], us,
+        out = [M("budget_compute_rules", r["rules"]["us_per_event"], US,
                  f"BatchScorer.run over {n:,} MovieLens events, state in memory, rules only "
                  "(no Kafka, no Redis)", detail=r["rules"])]  # fmt: skip
         model = r["model"]
-        out.append(M("budget_compute_model", model and model["us_per_event"], us,
+        out.append(M("budget_compute_model", model and model["us_per_event"], US,
                      "the same with the registered model (both targets, reasons)",
                      detail=model or {"skipped": "no model registered"}))  # fmt: skip
         servers = r["servers"]
@@ -148,7 +208,7 @@ def bench_budget(ctx: Context, runs: int) -> Runs:
                     "MovieLens (empty if this project did not start it)")  # fmt: skip
             value = servers[f"{name}_us_per_event"]
             why = {} if value is not None else {"skipped": f"{name} not started by this project"}
-            out.append(M(f"budget_{name}_server_cpu", value, us, what, detail=servers | why))
+            out.append(M(f"budget_{name}_server_cpu", value, US, what, detail=servers | why))
         yield out
 
 
@@ -245,12 +305,16 @@ def bench_train(ctx: Context, runs: int) -> Runs:
 class Bench:
     run: Callable[[Context, int], Runs]
     once: bool = False
+    #: The group whose runs measure this one's too when both are chosen (run by run, so the
+    #: two interleave); this group then runs after it and reports the remembered runs.
+    within: str | None = None
 
 
 BENCHES: dict[str, Bench] = {
     "ceilings": Bench(bench_ceilings),
     "replay": Bench(bench_replay),
     "consumer": Bench(bench_consumer),
+    "floor": Bench(bench_floor, within="consumer"),
     "budget": Bench(bench_budget),
     "latency": Bench(bench_latency),
     "scaling": Bench(bench_scaling),
@@ -443,6 +507,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def run_order(only: list[str]) -> list[str]:
+    """The chosen groups as given, except that one measured within another chosen group's
+    runs comes after that group."""
+    return sorted(only, key=lambda name: BENCHES[name].within in only)
+
+
 def run(args: argparse.Namespace, settings: Settings | None = None) -> dict[str, Any]:
     """Run the chosen benchmarks, write the JSON, Markdown and plot; the result (as written).
 
@@ -473,12 +543,13 @@ def run(args: argparse.Namespace, settings: Settings | None = None) -> dict[str,
             f"load average {info['load_average'][0]:.2f}"
         )
         ctx.defer_deletes = args.quick
+        ctx.groups = tuple(args.only)
         ctx.cache["workers"] = WorkerPool(spare=args.quick)
         stack.callback(ctx.cache["workers"].close)
         if args.quick and "train" in args.only:
             ctx.cache["train"] = TrainRun(ctx, background=True)  # overlaps the rest
         try:
-            for name in args.only:
+            for name in run_order(args.only):
                 bench = BENCHES[name]
                 total = 1 if bench.once else args.runs
                 log(f"{name}: start ({total} run{'s' if total > 1 else ''})")

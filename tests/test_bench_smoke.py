@@ -26,7 +26,8 @@ def expected_figures() -> set[str]:
         "api_score_achieved", "redis_bytes_per_user", "redis_bytes_per_session",
         "redis_aggregate_bytes_per_user_movielens", "redis_bytes_per_user_movielens",
         "train_movielens", "budget_compute_rules", "budget_compute_model",
-        "budget_kafka_server_cpu", "budget_redis_server_cpu",
+        "budget_kafka_server_cpu", "budget_redis_server_cpu", "consumer_movielens_cpu_us",
+        "floor_movielens", "floor_movielens_cpu_us", "consumer_movielens_floor_ratio",
     }  # fmt: skip
     cases = [(label(rate), 1) for rate in QUICK.latency_rates]
     cases += [(label(rate), n) for rate, n in QUICK.latency_scaled]
@@ -62,9 +63,15 @@ def test_quick_run_writes_every_figure(settings: Settings, tmp_path) -> None:
         assert all(isinstance(v, int | float) and math.isfinite(v) for v in values), (name, f)
         assert f["min"] <= f["median"] <= f["max"] and f["runs"] == 1, (name, f)
         assert f["unit"] and f["description"], name
-    for name in ("replay_movielens", "consumer_movielens", "consumer_synthetic"):
+    for name in ("replay_movielens", "consumer_movielens", "consumer_synthetic", "floor_movielens"):
         assert figures[name]["ratio_to_ceiling"] > 0, name
     assert figures["consumer_movielens"]["details"][0]["events"] == QUICK.movielens_events
+    assert figures["floor_movielens"]["details"][0]["events"] == QUICK.movielens_events
+    for name in ("consumer_movielens_cpu_us", "floor_movielens_cpu_us"):
+        assert figures[name]["median"] > 0, name
+    [ratio] = figures["consumer_movielens_floor_ratio"]["details"]
+    assert ratio["transport"] == getattr(settings, "kafka_client", "kafka-python")
+    assert "model_version" in ratio
     assert figures["budget_compute_rules"]["details"][0]["events"] == QUICK.movielens_events
 
     markdown = json_path.with_suffix(".md").read_text()
