@@ -16,7 +16,9 @@ partition is seeked back to the first of them, so they are fetched again once th
 up (wasted fetches only when partitions' event times drift far apart). Not `pause()`: in
 kafka-python 3.0.12 a partition paused with fetched records buffered can stay parked after
 `resume()` (its parked records are restored only while no drained record set sits in line), and
-the merge then waits for it forever.
+the merge then waits for it forever. (librdkafka, `ENGAGE_KAFKA_CLIENT=confluent`, drops a
+paused partition's prefetched records and fetches them again on resume; the seek-back serves
+both clients.)
 
 Undecodable records sort first (they change no state, and are dead-lettered as usual).
 Live traffic cannot be waited for forever: a caught-up partition does not block, so there the
@@ -28,15 +30,16 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
 
+from engage.transport.base import Record
 from features.events import DecodeError, Event, decode_event
 
 #: A polled record and its decoded event (or why it could not be decoded).
-Decoded = tuple[Any, Event | DecodeError]
+Decoded = tuple[Record, Event | DecodeError]
 
 
-def decode_records(records: Iterable[Any]) -> list[Decoded]:
+def decode_records(records: Iterable[Record]) -> list[Decoded]:
+    """Reads `value` (and the caller `partition`, `offset`, ...) of each transport record."""
     out: list[Decoded] = []
     for record in records:
         try:
@@ -62,7 +65,7 @@ class EventTimeMerger:
     def __len__(self) -> int:
         return sum(len(lane) for lane in self.lanes.values())
 
-    def add(self, records: Iterable[Any]) -> None:
+    def add(self, records: Iterable[Record]) -> None:
         for item in decode_records(records):
             self.lanes.setdefault(item[0].partition, deque()).append(item)
 

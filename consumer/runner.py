@@ -6,6 +6,9 @@ Offsets live in Redis, not Kafka: on assignment every partition seeks to its sto
 MULTI/EXEC (so state is exactly-once). A crash anywhere replays at most the uncommitted batch.
 A Redis outage does not end the loop: it waits, then resumes from the offsets stored in Redis
 (see `StreamConsumer._wait_for_redis`).
+
+Kafka is reached through engage/transport (kafka-python by default, librdkafka with
+`ENGAGE_KAFKA_CLIENT=confluent`): partitions are numbers of the events topic.
 """
 
 from __future__ import annotations
@@ -15,11 +18,10 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis
-from kafka import ConsumerRebalanceListener, TopicPartition
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -28,7 +30,7 @@ from consumer.deadletter import DeadLetter
 from consumer.metrics import ConsumerMetrics
 from consumer.ordering import Decoded, EventTimeMerger, decode_records
 from consumer.store import NO_OFFSET, REDIS_DOWN, Fenced, RedisStateStore, waitable
-from engage import kafka_clients, redis_client
+from engage import kafka_clients, redis_client, transport
 from engage.settings import Settings
 from features.events import DecodeError
 from features.pipeline import MemoryState
@@ -71,27 +73,14 @@ class OutputFailed(Exception):
     """A score or dead letter of the batch was not acknowledged: the batch must not commit."""
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, owner: StreamConsumer) -> None:
-        self.owner = owner
+class _Highwaters:
+    """consumer/metrics.py asks `highwater(TopicPartition)`; the transport takes partitions."""
 
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        for tp in revoked:
-            self.owner.positions.pop(tp.partition, None)
-        log.info("revoked partitions %s", sorted(tp.partition for tp in revoked))
+    def __init__(self, kafka: transport.Consumer) -> None:
+        self.kafka = kafka
 
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        try:
-            self.owner.seek_to_stored(assigned)
-        except REDIS_DOWN as exc:
-            if not waitable(exc):
-                raise
-            # This runs on kafka-python's I/O loop: never wait here (it would block
-            # heartbeats). Park the partitions; run() waits for Redis and seeks them.
-            self.owner.kafka.pause(*assigned)
-            self.owner.resync_needed = True
-            log.warning("Redis unavailable at assignment of %s, partitions paused: %s",
-                        sorted(tp.partition for tp in assigned), exc)  # fmt: skip
+    def highwater(self, tp: object) -> int | None:
+        return self.kafka.highwater(tp.partition)  # type: ignore[attr-defined]
 
 
 class StreamConsumer:
@@ -121,45 +110,57 @@ class StreamConsumer:
         self.merger: EventTimeMerger | None = None
         if settings.consume_order == "event_time":
             self.merger = EventTimeMerger(max_buffered=5 * settings.batch_max_records)
-        self.kafka = kafka_clients.consumer(
-            settings,
-            group_id=group or settings.consumer_group,
-            max_poll_records=settings.batch_max_records,
-            session_timeout_ms=settings.kafka_session_timeout_ms,
-            max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
-            heartbeat_interval_ms=max(1000, settings.kafka_session_timeout_ms // 4),
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-        )
-        self.out = kafka_clients.producer(
-            settings, linger_ms=5, batch_size=settings.output_batch_bytes
+        self.kafka = transport.consumer(settings, group or settings.consumer_group)
+        self.out = transport.producer(
+            settings, linger_ms=5, batch_bytes=settings.output_batch_bytes
         )
         kafka_clients.ensure_topic(settings, self.topic)
         kafka_clients.ensure_topic(settings, settings.scores_topic)
         kafka_clients.ensure_topic(settings, settings.dead_letter_topic)
-        self.kafka.subscribe([self.topic], listener=_Rebalance(self))
+        self.kafka.subscribe(self.topic, on_assign=self._assigned, on_revoke=self._revoked)
+        self._highwaters = _Highwaters(self.kafka)
         self._model_watch = _ModelWatch(settings, self.scorer)
 
     # -- offsets -----------------------------------------------------------------------------
-    def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
-        stored = self.store.offsets(tp.partition for tp in partitions)
+    def _revoked(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self.positions.pop(p, None)
+        log.info("revoked partitions %s", sorted(partitions))
+
+    def _assigned(self, partitions: list[int]) -> None:
+        """The transport calls this inside poll(), before it returns any assigned record."""
+        try:
+            self.seek_to_stored(partitions)
+        except REDIS_DOWN as exc:
+            if not waitable(exc):
+                raise
+            # kafka-python runs this on its I/O loop: never wait here (it would block
+            # heartbeats). Park the partitions; run() waits for Redis and seeks them.
+            self.kafka.pause(*partitions)
+            self.resync_needed = True
+            log.warning("Redis unavailable at assignment of %s, partitions paused: %s",
+                        sorted(partitions), exc)  # fmt: skip
+
+    def seek_to_stored(self, partitions: Iterable[int]) -> None:
+        partitions = list(partitions)
+        stored = self.store.offsets(partitions)
         if self.merger is not None:  # buffered records lie after the old position
-            self.merger.drop(tp.partition for tp in partitions)
-        for tp in partitions:
-            offset = stored[tp.partition]
-            self.positions[tp.partition] = offset
+            self.merger.drop(partitions)
+        for p in partitions:
+            offset = stored[p]
+            self.positions[p] = offset
             if offset == NO_OFFSET:
-                self.kafka.seek_to_beginning(tp)
+                self.kafka.seek_to_beginning(p)
             else:
-                self.kafka.seek(tp, offset + 1)
+                self.kafka.seek(p, offset + 1)
         log.info("assigned %s, resuming at %s", sorted(stored), stored)
 
     def _resync(self) -> None:
         """Positions of every assigned partition from Redis, and seek there (stored + 1)."""
-        assigned = list(self.kafka.assignment())
+        assigned = self.kafka.assignment()
         self.redis.ping()  # also when nothing is assigned: proves Redis answers
-        self.seek_to_stored(assigned)
-        for p in set(self.positions) - {tp.partition for tp in assigned}:
+        self.seek_to_stored(sorted(assigned))
+        for p in set(self.positions) - assigned:
             del self.positions[p]
 
     def _wait_for_redis(self) -> None:
@@ -244,7 +245,7 @@ class StreamConsumer:
                 self._model_watch.maybe_reload(summary)
                 if self.resync_needed:  # an assignment in this poll could not read Redis
                     continue  # records dropped: the resync seeks back to them
-                records = self._ordered([r for batch in polled.values() for r in batch])
+                records = self._ordered(polled)
                 held = self.merger is not None and len(self.merger) > 0
                 if not self.positions or held:  # joining the group, or records held back
                     last_data = time.monotonic()
@@ -275,27 +276,25 @@ class StreamConsumer:
             self.close()
         return summary
 
-    def _ordered(self, records: list) -> list[Decoded]:
+    def _ordered(self, records: list[transport.Record]) -> list[Decoded]:
         """The records to apply now, decoded: all of them in arrival order, or with
         `consume_order = "event_time"` the merged prefix the merger can release."""
         if self.merger is None:
             return decode_records(records)
         self.merger.add(records)
-        assigned = {tp.partition: tp for tp in self.kafka.assignment()}
-        released = self.merger.release(
-            self.settings.batch_max_records, assigned, lambda p: self._at_end(assigned[p])
-        )
+        assigned = self.kafka.assignment()
+        released = self.merger.release(self.settings.batch_max_records, assigned, self._at_end)
         for p, offset in self.merger.trim().items():
             if p in assigned:
-                self.kafka.seek(assigned[p], offset)
+                self.kafka.seek(p, offset)
         return released
 
-    def _at_end(self, tp: TopicPartition) -> bool:
+    def _at_end(self, partition: int) -> bool:
         """Fetched up to the high watermark of the last fetch (unknown counts as not)."""
-        highwater = self.kafka.highwater(tp)
+        highwater = self.kafka.highwater(partition)
         if highwater is None:
             return False
-        position = self.kafka.position(tp, timeout_ms=1000)
+        position = self.kafka.position(partition, timeout_ms=1000)
         return position is not None and position >= highwater
 
     def _handle(self, decoded: list[Decoded], summary: RunSummary) -> None:
@@ -340,15 +339,15 @@ class StreamConsumer:
                 p = r.partition
                 scored.writes.offsets[p] = max(scored.writes.offsets.get(p, NO_OFFSET), r.offset)
             scored.writes.stats = {"processed": applied, "dead_lettered": len(dead)}
-            sent = [self.out.send(self.settings.scores_topic, key=key, value=value)
-                    for key, value in scored.messages]  # fmt: skip
+            send = self.out.send
+            for key, value in scored.messages:
+                send(self.settings.scores_topic, value, key)
             for d in dead:
-                sent.append(self.out.send(self.settings.dead_letter_topic, key=d.key,
-                                          value=d.value, headers=d.headers()))  # fmt: skip
-            self.out.flush()
-            failed = [f for f in sent if f.failed()]
+                send(self.settings.dead_letter_topic, d.value, d.key, d.headers())
+            failed = self.out.flush()  # every output acknowledged (acks=all) or failed
             if failed:  # e.g. the broker stayed down past kafka_delivery_timeout_ms
-                raise OutputFailed(f"{len(failed)} of {len(sent)} outputs: {failed[0].exception}")
+                sent = len(scored.messages) + len(dead)
+                raise OutputFailed(f"{len(failed)} of {sent} outputs: {failed[0]}")
             self.store.commit(pipe, scored.writes)
         except (*REDIS_DOWN, OutputFailed):
             with contextlib.suppress(*REDIS_DOWN):
@@ -358,7 +357,7 @@ class StreamConsumer:
             pipe.reset()
             summary.fenced += 1
             log.warning("batch fenced, re-seeking: %s", exc)
-            self.seek_to_stored([TopicPartition(self.topic, p) for p in partitions])
+            self.seek_to_stored(partitions)
             return
         self.positions.update(scored.writes.offsets)
         now = time.monotonic()
@@ -373,7 +372,7 @@ class StreamConsumer:
         self.metrics.observe_batch(
             applied, len(dead), time.perf_counter() - t0, scored.latencies_ms
         )
-        self.metrics.observe_lag(self.kafka, self.positions, self.topic)
+        self.metrics.observe_lag(self._highwaters, self.positions, self.topic)  # type: ignore[arg-type]
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -389,8 +388,7 @@ class StreamConsumer:
 
     def close(self) -> None:
         try:
-            self.out.flush()
-            self.out.close()
+            self.out.close()  # sends what is still pending first
         finally:
             self.kafka.close()
             self.redis.close()

@@ -34,6 +34,34 @@ def security_kwargs(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def librdkafka_security(settings: Settings) -> dict[str, Any]:
+    """The same security settings as librdkafka configuration (kafka_client = "confluent").
+
+    Every setting has its librdkafka name; the defaults agree too: both clients verify the
+    broker's certificate and host name (kafka-python's ssl_check_hostname, librdkafka's
+    ssl.endpoint.identification.algorithm=https) and, without a CA file, the system's CAs
+    (the confluent-kafka wheels' librdkafka probes the standard paths).
+    What librdkafka needs beyond this (a password-protected key, Kerberos, OAUTHBEARER) has
+    no engage setting for either client."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security.protocol": protocol}
+    if protocol.startswith("SASL_"):
+        options["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl.username"] = settings.kafka_sasl_username
+        password = settings.kafka_sasl_password
+        options["sasl.password"] = password.get_secret_value() if password else None
+    for option, path in (
+        ("ssl.ca.location", settings.kafka_ssl_cafile),
+        ("ssl.certificate.location", settings.kafka_ssl_certfile),
+        ("ssl.key.location", settings.kafka_ssl_keyfile),
+    ):
+        if path is not None:
+            options[option] = str(path)
+    return options
+
+
 def admin_client(settings: Settings, timeout_s: float = 10.0) -> KafkaAdminClient:
     return KafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap_servers,

@@ -6,13 +6,14 @@ against the project's own local stack, a Docker Compose stack, or servers somebo
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engage.redact import redact_url
@@ -51,7 +52,11 @@ class Settings(BaseSettings):
     redis_tls_ca_file: Path | None = None
     redis_tls_cert_file: Path | None = None
     redis_tls_key_file: Path | None = None
-    # Kafka: kafka-python's security options, one setting each.
+    #: The consumer's Kafka client (engage/transport): "kafka-python" (always installed) or
+    #: "confluent" (librdkafka, `pip install 'engage[fast]'`). Same settings, same semantics.
+    kafka_client: Literal["kafka-python", "confluent"] = "kafka-python"
+    # Kafka: kafka-python's security options, one setting each (librdkafka's equivalents with
+    # kafka_client = "confluent": engage.kafka_clients.librdkafka_security).
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     kafka_sasl_username: str | None = None
@@ -161,6 +166,13 @@ class Settings(BaseSettings):
         if any(ssl_files) and not self.kafka_security_protocol.endswith("SSL"):
             raise ValueError("kafka_ssl_* files are set but kafka_security_protocol has no SSL")
         return self
+
+    @field_validator("kafka_client")
+    @classmethod
+    def _client_installed(cls, value: str) -> str:
+        if value == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
+            raise ValueError("confluent-kafka is not installed: pip install 'engage[fast]'")
+        return value
 
     def __repr_args__(self) -> Any:
         """The repr (and str) with the Redis URL's password masked; SecretStr masks itself."""

@@ -1,0 +1,104 @@
+"""The Kafka seam of the consumer: what `consumer/runner.py` needs from a client, no more.
+
+Partitions are plain numbers of the one topic a consumer subscribes to. Offsets are never
+committed to Kafka (they live in Redis, next to the state they describe): a consumer only
+polls, seeks, pauses and reports where it is; a producer sends and, at `flush()`, says which
+sends failed. Two implementations: `kafka_python.py` (the default, always installed) and
+`confluent.py` (librdkafka, `pip install 'engage[fast]'`, `ENGAGE_KAFKA_CLIENT=confluent`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+#: Called with the partition numbers assigned to / revoked from this member. Runs inside
+#: `Consumer.poll()`. In `on_assign` the consumer may `seek`, `seek_to_beginning` and `pause`
+#: the partitions it is given; it must not block for long (heartbeats may wait on it).
+PartitionsCallback = Callable[[list[int]], None]
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class Record(Protocol):
+    """A consumed record (kafka-python's ConsumerRecord has exactly these attributes)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...  # milliseconds since the epoch (producer's CreateTime)
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Headers | None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class PlainRecord:
+    """A `Record` for clients whose messages do not already have these attributes."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers | None
+
+
+class Consumer(Protocol):
+    """A group member over one topic, positioned by the application (no Kafka commits)."""
+
+    def subscribe(
+        self, topic: str, on_assign: PartitionsCallback, on_revoke: PartitionsCallback
+    ) -> None: ...
+
+    def poll(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
+        """Records available now (waits up to `timeout_ms` for the first), in partition
+        order per partition; rebalance callbacks run inside."""
+        ...
+
+    def assignment(self) -> set[int]: ...
+    def seek(self, partition: int, offset: int) -> None: ...
+    def seek_to_beginning(self, partition: int) -> None: ...
+    def pause(self, *partitions: int) -> None: ...
+    def resume(self, *partitions: int) -> None: ...
+    def paused(self) -> set[int]: ...
+
+    def position(self, partition: int, timeout_ms: int = 1000) -> int | None:
+        """The offset of the next record poll() will return for `partition` (None: unknown)."""
+        ...
+
+    def highwater(self, partition: int) -> int | None:
+        """The high watermark the last fetch of `partition` saw, no request (None: unknown)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Producer(Protocol):
+    """Sends records; `flush()` is the delivery confirmation."""
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        """Queue one record. Delivery problems never raise here: they come back from flush()."""
+        ...
+
+    def flush(self) -> list[Exception]:
+        """Wait until every record sent since the last flush is acknowledged (acks=all) or has
+        failed (after `kafka_delivery_timeout_ms` at most); return the failures."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,134 @@
+"""The seam over kafka-python (the default client): thin, its ConsumerRecords pass through.
+
+kafka-python 3.0.12 quirk kept in mind by the callers: a partition paused while it holds
+fetched records can stay parked after `resume()`, so the event-time merge bounds its buffers
+by seeking back, never by pausing (consumer/ordering.py); the runner pauses only to wait for
+Redis, and re-seeks every partition before it takes records again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import KafkaError
+
+from engage import kafka_clients
+from engage.settings import Settings
+from engage.transport.base import Headers, PartitionsCallback, Record
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, on_assign: PartitionsCallback, on_revoke: PartitionsCallback) -> None:
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.on_revoke([tp.partition for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.on_assign([tp.partition for tp in assigned])
+
+
+class KafkaPythonConsumer:
+    def __init__(self, settings: Settings, group: str) -> None:
+        self.topic = ""
+        self._tps: dict[int, TopicPartition] = {}
+        self.client = kafka_clients.consumer(
+            settings,
+            group_id=group,
+            max_poll_records=settings.batch_max_records,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+            heartbeat_interval_ms=max(1000, settings.kafka_session_timeout_ms // 4),
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+
+    def _tp(self, partition: int) -> TopicPartition:
+        tp = self._tps.get(partition)
+        if tp is None:
+            tp = self._tps[partition] = TopicPartition(self.topic, partition)
+        return tp
+
+    def subscribe(
+        self, topic: str, on_assign: PartitionsCallback, on_revoke: PartitionsCallback
+    ) -> None:
+        self.topic = topic
+        self._tps.clear()
+        # The topic's partitions known before the first join: else kafka-python joins with
+        # none when the topic is new to it (an empty assignment, then a rebalance) and, about
+        # one start in ten here, stays on that empty assignment until its next metadata refresh.
+        self.client.partitions_for_topic(topic)
+        self.client.subscribe([topic], listener=_Listener(on_assign, on_revoke))
+
+    def poll(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
+        polled = self.client.poll(timeout_ms=timeout_ms, max_records=max_records)
+        return [r for batch in polled.values() for r in batch]
+
+    def assignment(self) -> set[int]:
+        return {tp.partition for tp in self.client.assignment()}
+
+    def seek(self, partition: int, offset: int) -> None:
+        self.client.seek(self._tp(partition), offset)
+
+    def seek_to_beginning(self, partition: int) -> None:
+        self.client.seek_to_beginning(self._tp(partition))  # (no argument would mean: all)
+
+    def pause(self, *partitions: int) -> None:
+        self.client.pause(*map(self._tp, partitions))
+
+    def resume(self, *partitions: int) -> None:
+        self.client.resume(*map(self._tp, partitions))
+
+    def paused(self) -> set[int]:
+        return {tp.partition for tp in self.client.paused()}
+
+    def position(self, partition: int, timeout_ms: int = 1000) -> int | None:
+        return self.client.position(self._tp(partition), timeout_ms=timeout_ms)
+
+    def highwater(self, partition: int) -> int | None:
+        return self.client.highwater(self._tp(partition))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class KafkaPythonProducer:
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
+        self.client = kafka_clients.producer(settings, **overrides)
+        self._pending: list[Any] = []  # futures since the last flush
+        self._failures: list[Exception] = []  # sends refused before any future existed
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        try:
+            future = self.client.send(
+                topic, value=value, key=key, headers=None if headers is None else list(headers)
+            )
+        except KafkaError as exc:  # e.g. KafkaTimeoutError: the buffer stayed full too long
+            self._failures.append(exc)
+            return
+        self._pending.append(future)
+
+    def flush(self) -> list[Exception]:
+        pending, self._pending = self._pending, []
+        failures, self._failures = self._failures, []
+        try:
+            self.client.flush()
+        except KafkaError as exc:  # e.g. UnknownError('Future not done'): kafka-python 3.0.12
+            failures.append(exc)  # raises it when a batch was split after MESSAGE_TOO_LARGE
+        for future in pending:
+            if future.failed():
+                failures.append(future.exception)
+            elif not future.is_done:  # (only when flush failed)
+                failures.append(TimeoutError("a record is still unacknowledged after flush"))
+        return failures
+
+    def close(self) -> None:
+        self.client.close()  # sends what is still pending first
