@@ -1,7 +1,8 @@
 # The two commands of the quick start. Both set everything up themselves:
 #   make demo   - virtualenv, install, local Kafka + Redis, then the live demo
 #   make test   - virtualenv, install, lint, then the whole test suite (its fixtures start
-#                 Kafka + Redis when nothing answers, and stop what they started)
+#                 Kafka + Redis when nothing answers, and stop what they started), then the
+#                 consumer's tests again with the librdkafka client
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,10 +19,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/engage demo
 
+# The consumer reaches Kafka through engage/transport, kafka-python by default or librdkafka
+# with ENGAGE_KAFKA_CLIENT=confluent (confluent-kafka: .[dev] pulls in .[fast]). `make test`
+# runs the whole suite with the default, then the tests that run the consumer pipeline again
+# with librdkafka (tests/test_transport_contract.py covers both clients in the first run).
+# `make test CONFLUENT_TESTS=` skips that second run.
+CONFLUENT_TESTS ?= tests/test_consumer_state.py tests/test_consumer_admission.py \
+	tests/test_consumer_faults.py tests/test_reliability_restarts.py tests/test_model_hot_swap.py \
+	tests/test_fuzz_decoder.py::test_consumer_survives_hostile_messages_end_to_end \
+	tests/test_cli_commands.py::test_consume_with_services_down_is_exit_3 \
+	--deselect 'tests/test_consumer_faults.py::test_sigkill_at_random_moments_loses_and_doubles_nothing[arrival]'
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest $(PYTEST_ARGS)
+	$(if $(strip $(CONFLUENT_TESTS)),ENGAGE_KAFKA_CLIENT=confluent $(BIN)/pytest $(PYTEST_ARGS) $(CONFLUENT_TESTS))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
