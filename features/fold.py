@@ -99,43 +99,57 @@ class FoldState:
     def item_row(self, item_id: str) -> int:
         """The item's row, allocated (empty state, metadata from `meta`) on first sight."""
         row = self.item_index.get(item_id)
-        if row is None:
-            row = len(self.item_ids)
-            if row == len(self.items):
-                self.items = _grow(self.items)
-                self.item_set = _grow(self.item_set)
-                self.item_year = _grow(self.item_year)
-                self.item_n_genres = _grow(self.item_n_genres)
-                self.item_genres = _grow(self.item_genres, fill=-1)
-                self.item_genre_mask = _grow(self.item_genre_mask)
-            self.item_index[item_id] = row
-            self.item_ids.append(item_id)
-            self._item_meta.append(None)
-            self._set_meta_row(row, self.meta.get(item_id))
-        return row
+        return self.item_rows([item_id])[0] if row is None else row
 
-    def _set_meta_row(self, row: int, meta: ItemMeta | None) -> None:
-        self._item_meta[row] = meta
-        genres = meta.genres if meta is not None else ()
+    def item_rows(self, item_ids: Sequence[str]) -> list[int]:
+        """The rows of distinct `item_ids`: new ones allocated, and every one's metadata row
+        refreshed from `meta` if that changed (one numpy update for all of them)."""
+        index, filled_from = self.item_index, self._item_meta
+        rows = list(map(index.get, item_ids))
+        if None in rows:
+            for k, item in enumerate(item_ids):
+                if rows[k] is None:
+                    rows[k] = index[item] = len(self.item_ids)
+                    self.item_ids.append(item)
+                    filled_from.append(None)
+        metas = list(map(self.meta.get, item_ids))
+        stale = [k for k, row in enumerate(rows) if metas[k] is not filled_from[row]]
+        if len(self.item_ids) > len(self.items):
+            size = len(self.items)
+            while size < len(self.item_ids):
+                size = max(2 * size, 16)
+            self.items = _grow(self.items, size)
+            self.item_set = _grow(self.item_set, size)
+            self.item_year = _grow(self.item_year, size)
+            self.item_n_genres = _grow(self.item_n_genres, size)
+            self.item_genres = _grow(self.item_genres, size, fill=-1)
+            self.item_genre_mask = _grow(self.item_genre_mask, size)
+        if stale:
+            self._set_meta_rows([rows[k] for k in stale], [metas[k] for k in stale])
+        return rows  # type: ignore[return-value]
+
+    def _set_meta_rows(self, rows: list[int], metas: list[ItemMeta | None]) -> None:
         try:
-            codes = [L.GENRE_CODE[g] for g in genres]
+            codes = [[L.GENRE_CODE[g] for g in m.genres] if m is not None else [] for m in metas]
         except KeyError as exc:
             raise ValueError(f"features.fold: genre {exc.args[0]!r} is not in GENRES") from None
-        if len(codes) > self.item_genres.shape[1]:
-            wider = np.full((len(self.item_genres), len(codes)), -1, dtype=np.int64)
+        width = max(map(len, codes), default=0)
+        if width > self.item_genres.shape[1]:
+            wider = np.full((len(self.item_genres), width), -1, dtype=np.int64)
             wider[:, : self.item_genres.shape[1]] = self.item_genres
             self.item_genres = wider
-        self.item_year[row] = float(meta.year or 0) if meta is not None else 0.0
-        self.item_n_genres[row] = len(codes)
-        self.item_genres[row] = -1
-        self.item_genres[row, : len(codes)] = codes
-        self.item_genre_mask[row] = 0.0
-        self.item_genre_mask[row, codes] = 1.0
-
-    def _refresh_meta(self, row: int, item_id: str) -> None:
-        meta = self.meta.get(item_id)
-        if meta is not self._item_meta[row]:
-            self._set_meta_row(row, meta)
+        at = np.array(rows, dtype=np.int64)
+        self.item_year[at] = [float(m.year or 0) if m is not None else 0.0 for m in metas]
+        self.item_n_genres[at] = [len(c) for c in codes]
+        self.item_genres[at] = -1
+        self.item_genre_mask[at] = 0.0
+        flat_rows = [row for row, c in zip(rows, codes, strict=True) for _ in c]
+        flat_codes = [g for c in codes for g in c]
+        positions = [k for c in codes for k in range(len(c))]
+        self.item_genres[flat_rows, positions] = flat_codes
+        self.item_genre_mask[flat_rows, flat_codes] = 1.0
+        for row, meta in zip(rows, metas, strict=True):
+            self._item_meta[row] = meta
 
     def set_meta(self, item_id: str, meta: ItemMeta | None) -> None:
         if meta is None:
@@ -143,7 +157,7 @@ class FoldState:
         else:
             self.meta[item_id] = meta
         if item_id in self.item_index:
-            self._set_meta_row(self.item_index[item_id], meta)
+            self._set_meta_rows([self.item_index[item_id]], [meta])
 
     # -- dict form
 
@@ -213,8 +227,8 @@ class FoldState:
         return state
 
 
-def _grow(table: np.ndarray, fill: int = 0) -> np.ndarray:
-    shape = (max(2 * len(table), 16), *table.shape[1:])
+def _grow(table: np.ndarray, size: int | None = None, fill: int = 0) -> np.ndarray:
+    shape = (size or max(2 * len(table), 16), *table.shape[1:])
     out = np.full(shape, fill, dtype=table.dtype)
     out[: len(table)] = table
     return out
@@ -399,15 +413,7 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
 
     item_ids = list(dict.fromkeys(i for i in item_col if i is not None))
     item_loc_of = {item: k for k, item in enumerate(item_ids)}
-    index, metas, filled_from = state.item_index, state.meta, state._item_meta
-    item_rows = []
-    for item in item_ids:
-        row = index.get(item)
-        if row is None:
-            row = state.item_row(item)  # allocates; reads meta
-        elif metas.get(item) is not filled_from[row]:
-            state._set_meta_row(row, metas.get(item))
-        item_rows.append(row)
+    item_rows = state.item_rows(item_ids)  # allocates; refreshes metadata
     item_loc = [-1 if i is None else item_loc_of[i] for i in item_col]
     seen = [False] * n
     for e, (k, item) in enumerate(zip(loc, item_col, strict=True)):
