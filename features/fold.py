@@ -58,13 +58,14 @@ class FoldState:
     current session id (None: no such key). Items likewise (`items`, `item_set`), with their
     metadata as rows (`item_year`, 0 if unknown; `item_genres`, the genre codes in the
     metadata's order, -1 padded; `item_n_genres`; `item_genre_mask` over GENRES). `meta` is the
-    item_id -> ItemMeta source (as `MemoryState.meta`); a touched item's metadata row is
-    refreshed from it at every `fold` call.
+    item_id -> ItemMeta source (as `MemoryState.meta`, held, not copied); a touched item's
+    metadata row is refreshed from it at every `fold` call. Tables grow by doubling; a row is
+    never freed. `fold` mutates the tables in place, event by event.
     """
 
     def __init__(self, meta: dict[str, ItemMeta] | None = None, capacity: int = 1024) -> None:
         capacity = max(int(capacity), 1)
-        self.meta: dict[str, ItemMeta] = dict(meta or {})
+        self.meta: dict[str, ItemMeta] = meta if meta is not None else {}  # not copied
         self.user_index: dict[str, int] = {}
         self.user_ids: list[str] = []
         self.users = np.zeros((capacity, len(L.USER_FIELDS)), dtype=np.float64)
