@@ -31,7 +31,9 @@ from consumer.runner import tune_gc
 from engage.settings import Settings
 from engage.stack.kafka_server import KafkaServer
 from engage.stack.redis_server import RedisServer
-from features.pipeline import MemoryState
+from features.fold import FoldState
+from features.state_codec import STATE_FIELD, packed_user
+from features.stream import StreamState
 from scoring.rules import load_scorers
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -57,17 +59,32 @@ def compute_floor(ctx: Context, model: Any) -> dict[str, Any]:
     incoming = [Incoming(e, 0, i, 0) for i, e in enumerate(sources.movielens_events(ctx))]
     scorer = BatchScorer(load_scorers(settings.rules_file), settings.log_features)
     scorer.model = model
-    memory = MemoryState(params=settings.feature_params, admission=settings.admission_policy)
-    memory.meta.update(data.items)
     batch = settings.batch_max_records
+
+    def fresh() -> StreamState:
+        tables = FoldState(meta=data.items)
+        return StreamState(settings.feature_params, settings.admission_policy, tables)
+
+    def loaded_of(state: StreamState, chunk: list[Incoming]) -> dict[str, bytes]:
+        """What the store hands the scorer: each user's packed state as read."""
+        known = state.tables.user_index
+        return {
+            i.event.user_id: packed_user(state.tables, i.event.user_id)[STATE_FIELD]
+            if i.event.user_id in known
+            else b""
+            for i in chunk
+        }
+
+    warm = fresh()  # the compiled fold loads from numba's cache on first use: not measured
+    scorer.run(warm, incoming[:batch], loaded_of(warm, incoming[:batch]))
+    state = fresh()
     thresholds = gc.get_threshold()
     tune_gc(settings.gc_gen0_threshold)  # as the consumer runs
     try:
         started = time.perf_counter()
         for first in range(0, len(incoming), batch):
             chunk = incoming[first : first + batch]
-            loaded = {i.event.user_id: dict(memory.users.get(i.event.user_id, {})) for i in chunk}
-            scorer.run(memory, chunk, loaded)
+            scorer.run(state, chunk, loaded_of(state, chunk))
         seconds = time.perf_counter() - started
     finally:
         gc.unfreeze()

@@ -1,8 +1,9 @@
 """Turn one polled batch into state changes and scores, with no I/O.
 
-Per event, in partition order: point-in-time features from the state before it, then apply it
-(features.pipeline). Then the whole batch is scored at once: rules on the users' states after
-each event, the model (if one is registered) in one vectorised call per target.
+The batch is admitted and folded into the state in one compiled call (features.stream: the
+point-in-time features before each event and the user's features after it), then scored at
+once: rules on the users' states after each event, the model (if one is registered) in one
+vectorised call per target, its reasons only for each user's latest event.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from features.aggregates import State, session_fields
 from features.digest import vector_digests
 from features.events import Event
-from features.pipeline import MemoryState, Step
-from features.state_codec import encode_user
+from features.fold import FoldOutput
+from features.fold_layout import ITEM_FIELDS
+from features.state_codec import STATE_FIELD, packed_user
+from features.stream import StreamState
 from features.vector import PROPENSITY_FEATURES
 from scoring.rules import RuleScorer, domain_of
 
@@ -53,6 +55,17 @@ def _reasons(model: Any, contribs: np.ndarray) -> list[list[dict[str, Any]]]:
     ]
 
 
+def item_deltas(out: FoldOutput) -> dict[str, dict[str, float]]:
+    """The batch's summed increments per item, as the store applies them (HINCRBYFLOAT)."""
+    names = ITEM_FIELDS
+    return {
+        item: {names[c]: v for c, (v, m) in enumerate(zip(values, mask, strict=True)) if m}
+        for item, values, mask in zip(
+            out.item_ids, out.item_deltas.tolist(), out.item_deltas_set.tolist(), strict=True
+        )
+    }
+
+
 class BatchScorer:
     """Applies and scores batches; holds the rule scorers and the current model bundle."""
 
@@ -62,36 +75,31 @@ class BatchScorer:
         self.model: Any = None  # scoring.model.ModelBundle once one is registered
 
     def run(
-        self, memory: MemoryState, incoming: list[Incoming], loaded: dict[str, State]
+        self, state: StreamState, incoming: list[Incoming], loaded: dict[str, bytes]
     ) -> ScoredBatch:
-        refused: list[tuple[Incoming, str]] = []
-        admitted: list[Incoming] = []
-        steps: list[Step] = []
-        for item in incoming:  # admit each event against the state its predecessors left
-            reason = memory.admit(item.event)
-            if reason is None:
-                admitted.append(item)
-                steps.append(memory.step(item.event))
-            else:
-                refused.append((item, reason))
-        writes = BatchWrites(user_recent_ids={u: memory.recent[u] for u in loaded})
-        if not admitted:
+        """Admit and fold the batch over `state` (filled by the store with what the batch
+        touches; `loaded`: each user's packed state as read, to write back only what changed),
+        then score it."""
+        folded = state.apply([item.event for item in incoming])
+        refused = [(incoming[i], reason) for i, reason in folded.refused]
+        writes = BatchWrites(user_recent_ids={u: state.recent[u] for u in loaded})
+        if not folded.admitted:
             return ScoredBatch([], writes, [], refused)
-        incoming = admitted
-        after = np.array([s.after for s in steps], dtype=np.float64)
-        before = np.array([s.features for s in steps], dtype=np.float64)
-        rules = self._rules(incoming, after)
+        incoming = [incoming[i] for i in folded.admitted]
+        out = folded.out
+        after, before = out.after, out.before
         latest_rows = self._latest_rows(incoming)
+        shown = set(latest_rows.values())
+        rules, rule_texts = self._rules(incoming, after, shown)
         model = self._model(before, after, latest_rows)
-        self._writes(writes, memory, steps, incoming, loaded)
+        self._writes(writes, state, out, incoming, loaded)
         digests = vector_digests(before)
         now_ms = round(time.time() * 1000.0, 1)
         messages: list[tuple[bytes, bytes]] = []
-        shown = set(latest_rows.values())
         latest_payloads: dict[int, dict[str, Any]] = {}
         for row, item in enumerate(incoming):
             event = item.event
-            score, label, reasons = rules[row]
+            score, label, signals = rules[row]
             payload: dict[str, Any] = {
                 "user_id": event.user_id,
                 "event_id": event.event_id,
@@ -99,17 +107,18 @@ class BatchScorer:
                 "item_id": event.item_id,
                 "partition": item.partition,
                 "offset": item.offset,
-                "rule": {"score": round(score, 2), "label": label, "reasons": reasons},
+                "rule": {"score": round(score, 2), "label": label, "reasons": signals},
                 "model": model[row] if model else None,
                 "scored_at": now_ms,
                 "fd": digests[row],
             }
             if self.log_features:
-                payload["features"] = steps[row].features
+                payload["features"] = before[row].tolist()
             messages.append((event.user_id.encode(), orjson.dumps(payload)))
-            if row in shown:
-                payload.pop("features", None)
-                latest_payloads[row] = payload
+            if row in shown:  # the live view and the score hash show the reasons in words
+                rule = {**payload["rule"], "reasons": rule_texts[row]}
+                latest_payloads[row] = {**payload, "rule": rule}
+                latest_payloads[row].pop("features", None)
         latest = [latest_payloads[row] for row in latest_rows.values()]
         for payload in latest:
             self._score_hash(writes, payload)
@@ -144,8 +153,13 @@ class BatchScorer:
         if model_part:
             writes.leaderboard.setdefault("model", {})[user] = model_part["propensity"]
 
-    def _rules(self, incoming: list[Incoming], after: np.ndarray) -> list[tuple[float, str, list]]:
+    def _rules(
+        self, incoming: list[Incoming], after: np.ndarray, shown: set[int]
+    ) -> tuple[list[tuple[float, str, list]], dict[int, list]]:
+        """Every row's rule score, label and top signals with their points; the reasons in
+        words only for the `shown` rows (each user's latest: the score hash and live view)."""
         out: list[tuple[float, str, list] | None] = [None] * len(incoming)
+        texts: dict[int, list] = {}
         by_domain: dict[str, list[int]] = {}
         for row, item in enumerate(incoming):
             by_domain.setdefault(domain_of(item.event.source), []).append(row)
@@ -153,10 +167,15 @@ class BatchScorer:
             scorer = self.rule_scorers[domain]
             block = after[rows]
             scored = scorer.score(block)
-            reasons = scored.reasons(scorer.signal_values(block))
-            for i, row in enumerate(rows):
-                out[row] = (scored.score[i].item(), scored.labels[i], reasons[i])
-        return out  # type: ignore[return-value]
+            signals = scored.top_signals()
+            for i, (row, score) in enumerate(zip(rows, scored.score.tolist(), strict=True)):
+                out[row] = (score, scored.labels[i], signals[i])
+            picked = [i for i, row in enumerate(rows) if row in shown]
+            if picked:
+                values = scorer.signal_values(block[picked])
+                for i, reasons in zip(picked, scored.reasons(values, rows=picked), strict=True):
+                    texts[rows[i]] = reasons
+        return out, texts  # type: ignore[return-value]
 
     def _model(
         self, before: np.ndarray, after: np.ndarray, latest_rows: dict[str, int]
@@ -183,29 +202,25 @@ class BatchScorer:
         return out
 
     def _writes(
-        self, writes: BatchWrites, memory: MemoryState, steps: list[Step],
-        incoming: list[Incoming], loaded: dict[str, State],
+        self, writes: BatchWrites, state: StreamState, out: FoldOutput,
+        incoming: list[Incoming], loaded: dict[str, bytes],
     ) -> None:  # fmt: skip
-        for user, state in loaded.items():
-            now = memory.users[user]
-            if now != state:
-                writes.user_states[user] = encode_user(now)
-        for step in steps:
-            event, applied = step.event, step.applied
-            if applied.new_item and event.item_id is not None:
+        tables = state.tables
+        for user, before in loaded.items():
+            fields = packed_user(tables, user)
+            if fields[STATE_FIELD] != before:
+                writes.user_states[user] = fields
+        for row, item in enumerate(incoming):
+            event = item.event
+            if out.new_item[row] and event.item_id is not None:
                 writes.user_new_items.setdefault(event.user_id, set()).add(event.item_id)
-            if applied.closed_session is not None:
-                sid, fields = applied.closed_session
+            closed = out.closed_session(row)
+            if closed is not None:
+                sid, fields = closed
                 writes.closed_sessions[(event.user_id, sid)] = fields
                 writes.sessions.pop((event.user_id, sid), None)
-            if event.item_id is not None:
-                delta = writes.item_deltas.setdefault(event.item_id, {})
-                for name, amount in applied.item_delta.items():
-                    delta[name] = delta.get(name, 0.0) + amount
-        for user in loaded:
-            state = memory.users[user]
-            if state.get("cs_id"):
-                writes.sessions[(user, str(state["cs_id"]))] = session_fields(state)
+        writes.item_deltas = item_deltas(out)
+        writes.sessions.update(out.sessions_dict())
         for item in incoming:
             p = item.partition
             writes.offsets[p] = max(writes.offsets.get(p, -1), item.offset)

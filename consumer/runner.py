@@ -33,7 +33,7 @@ from consumer.store import NO_OFFSET, REDIS_DOWN, Fenced, RedisStateStore, waita
 from engage import kafka_clients, redis_client, transport
 from engage.settings import Settings
 from features.events import DecodeError
-from features.pipeline import MemoryState
+from features.stream import StreamState, warm_up
 from scoring.rules import load_scorers
 
 log = logging.getLogger("engage.consumer")
@@ -230,6 +230,7 @@ class StreamConsumer:
         summary = RunSummary()
         self._install_signals()
         self._model_watch.maybe_reload(summary)  # load a registered model before the clock runs
+        warm_up(self.settings.feature_params)  # and the compiled feature fold
         tune_gc(self.settings.gc_gen0_threshold)
         started = last_data = time.monotonic()
         try:
@@ -320,7 +321,7 @@ class StreamConsumer:
             stored = self.store.offsets(partitions)
             if any(stored[p] != self.positions.get(p, NO_OFFSET) for p in partitions):
                 raise Fenced(f"stored offsets {stored} moved past ours {self.positions}")
-            memory = MemoryState(
+            state = StreamState(
                 params=self.settings.feature_params, admission=self.settings.admission_policy
             )
             user_items: dict[str, set[str]] = {}
@@ -330,8 +331,8 @@ class StreamConsumer:
                 if item.event.item_id is not None:
                     wanted.add(item.event.item_id)
                     items.add(item.event.item_id)
-            loaded = self.store.load(memory, user_items, items)
-            scored = self.scorer.run(memory, incoming, loaded)
+            loaded = self.store.load(state, user_items, items)
+            scored = self.scorer.run(state, incoming, loaded)
             dead += [DeadLetter(reason, self.topic, i.partition, i.offset, i.key, i.value)
                      for i, reason in scored.refused]  # fmt: skip
             applied = len(incoming) - len(scored.refused)

@@ -18,8 +18,8 @@ import redis
 from features import keys
 from features.aggregates import State
 from features.items import ItemMeta
-from features.pipeline import MemoryState
-from features.state_codec import decode_floats, decode_user
+from features.state_codec import decode_floats, load_packed_user
+from features.stream import StreamState
 
 NO_OFFSET = -1
 #: What a Redis outage looks like to redis-py callers (refused, reset, timed out, loading).
@@ -113,10 +113,10 @@ class RedisStateStore:
         return pipe
 
     def load(
-        self, memory: MemoryState, user_items: dict[str, set[str]], items: set[str]
-    ) -> dict[str, State]:
-        """Fill `memory` with the users, item memberships and items a batch touches, in one
-        round trip. Returns copies of the users as loaded (to write only what changed)."""
+        self, state: StreamState, user_items: dict[str, set[str]], items: set[str]
+    ) -> dict[str, bytes]:
+        """Fill `state` with the users, item memberships and items a batch touches, in one
+        round trip. Returns each user's packed state as read (to write only what changed)."""
         users = list(user_items)
         missing_meta = [i for i in items if i not in self.meta_cache]
         item_list = list(items)
@@ -133,23 +133,21 @@ class RedisStateStore:
         for item in missing_meta:
             pipe.hgetall(keys.item_meta_key(item))
         results = iter(pipe.execute())
-        loaded: dict[str, State] = {}
+        tables = state.tables
+        loaded = {user: load_packed_user(tables, user, next(results)) for user in users}
         for user in users:
-            state = decode_user(next(results))
-            memory.users[user] = state
-            loaded[user] = dict(state)
-            memory.user_items[user] = set()
+            tables.user_items[user] = set()
         for user, its in asked:
-            memory.user_items[user] = {i for i, hit in zip(its, next(results), strict=True) if hit}
+            tables.user_items[user] = {i for i, hit in zip(its, next(results), strict=True) if hit}
         for user in users:
-            memory.recent[user] = decode_recent_ids(next(results))
+            state.recent[user] = decode_recent_ids(next(results))
         for item in item_list:
-            memory.items[item] = decode_floats(next(results))
+            tables.load_item(item, decode_floats(next(results)))
         for item in missing_meta:
             raw = next(results)
             self.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
         for item in items:
-            memory.meta[item] = self.meta_cache[item]
+            tables.set_meta(item, self.meta_cache[item])
         return loaded
 
     def commit(self, pipe: redis.client.Pipeline, writes: BatchWrites) -> None:

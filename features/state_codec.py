@@ -19,11 +19,15 @@ another layout fails loudly instead of mis-assigning values.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from features.aggregates import State
 from features.spec import USER_STATE_FLOAT_FIELDS
+
+if TYPE_CHECKING:
+    from features.fold import FoldState
 
 CODEC_VERSION = 1
 STATE_FIELD = "st"
@@ -34,6 +38,12 @@ COLUMN: dict[str, int] = {name: i for i, name in enumerate(FIELDS)}
 FINGERPRINT: bytes = hashlib.sha256("\n".join(FIELDS).encode()).digest()[:4]
 HEADER: bytes = bytes([CODEC_VERSION]) + FINGERPRINT
 _MASK_BYTES = (len(FIELDS) + 7) // 8
+
+
+_PER_FIELD_HASH = (
+    "user hash without a packed state (written by an engage before the packed codec): "
+    "replay the log into an empty database"
+)
 
 
 class StateFormatError(ValueError):
@@ -93,10 +103,7 @@ def decode_user(raw: dict[bytes, bytes]) -> State:
         return {}
     blob = raw.get(STATE_FIELD.encode())
     if blob is None:
-        raise StateFormatError(
-            "user hash without a packed state (written by an engage before the packed "
-            "codec): replay the log into an empty database"
-        )
+        raise StateFormatError(_PER_FIELD_HASH)
     values, present = unpack_row(blob)
     out: State = {}
     session = raw.get(SESSION_ID_FIELD.encode())
@@ -111,3 +118,32 @@ def decode_user(raw: dict[bytes, bytes]) -> State:
 def decode_floats(raw: dict[bytes, bytes]) -> State:
     """A hash of float fields (an item's aggregates, a session) to its dict form."""
     return {k.decode(): float(v) for k, v in raw.items()}
+
+
+def packed_user(tables: FoldState, user_id: str) -> dict[str, bytes | str]:
+    """The `u:{user}` hash fields of a user held in a fold's tables."""
+    row = tables.user_index[user_id]
+    fields: dict[str, bytes | str] = {
+        STATE_FIELD: pack_row(tables.users[row], tables.user_set[row])
+    }
+    session = tables.cs_id[row]
+    if session is not None:
+        fields[SESSION_ID_FIELD] = session
+    return fields
+
+
+def load_packed_user(tables: FoldState, user_id: str, raw: dict[bytes, bytes]) -> bytes:
+    """Put a `u:{user}` hash (as redis-py returns it) into the fold's tables; returns the packed
+    state as read (b"" for a new user), to tell later whether the user changed."""
+    row = tables.user_row(user_id)
+    if not raw:
+        tables.users[row], tables.user_set[row], tables.cs_id[row] = 0.0, 0, None
+        return b""
+    blob = raw.get(STATE_FIELD.encode())
+    if blob is None:
+        raise StateFormatError(_PER_FIELD_HASH)
+    values, present = unpack_row(blob)
+    tables.users[row], tables.user_set[row] = values, present
+    session = raw.get(SESSION_ID_FIELD.encode())
+    tables.cs_id[row] = session.decode() if session is not None else None
+    return blob

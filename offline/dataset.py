@@ -1,4 +1,4 @@
-"""Point-in-time training rows: the consumer's own `MemoryState.step` run over the whole log.
+"""Point-in-time training rows: the consumer's own batch step run over the whole log.
 
 Order matters and is the consumer's: each partition in offset order (see
 `snapshot.consumer_order`); a single logical log such as a MovieLens replay is simply event-time
@@ -10,7 +10,7 @@ cannot leak into it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +18,9 @@ import numpy as np
 from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams
 from features.events import Event
+from features.fold import FoldState
 from features.items import ItemMeta
-from features.pipeline import MemoryState
+from features.stream import StreamState
 from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES
 
 # The propensity model reads the leading columns of the interaction matrix; that only works
@@ -28,6 +29,8 @@ N_PROPENSITY = len(PROPENSITY_FEATURES)
 if tuple(INTERACTION_FEATURES[:N_PROPENSITY]) != tuple(PROPENSITY_FEATURES):
     raise RuntimeError("PROPENSITY_FEATURES must be the leading columns of INTERACTION_FEATURES")
 
+#: Events per fold call: bounds the memory of the before/after matrices on long logs.
+CHUNK = 50_000
 #: The seed project's feature set, as a subset of our columns (all point-in-time already).
 BASELINE_FEATURES: tuple[str, ...] = (
     "u_labelled", "u_rating_mean", "u_engage_rate", "i_count", "i_rating_mean",
@@ -66,31 +69,34 @@ def build_dataset(
     progress: Callable[[int], None] | None = None,
     admission: AdmissionPolicy | None = None,
 ) -> Dataset:
-    """Run `events` (already in consumer order) through the pipeline; keep labelled rows.
-    Duplicates and late events are refused as the consumer refuses them."""
-    state = MemoryState(
-        params=params or FeatureParams(), meta=dict(meta), admission=admission or AdmissionPolicy()
+    """Run `events` (already in consumer order) through the consumer's batch step (admission
+    and the compiled fold, `features.stream`); keep labelled rows. Duplicates and late events
+    are refused as the consumer refuses them."""
+    state = StreamState(
+        params or FeatureParams(), admission or AdmissionPolicy(), FoldState(meta=dict(meta))
     )
-    rows: list[list[float]] = []
+    width = len(INTERACTION_FEATURES)
+    blocks: list[np.ndarray] = []
     labels: list[int] = []
     users: list[str] = []
     items: list[str | None] = []
     times: list[int] = []
     n = 0
-    for n, event in enumerate(events, start=1):
-        if state.admit(event) is not None:
-            continue
-        step = state.step(event)
-        if event.labelled:
-            rows.append(step.features)
-            labels.append(1 if event.engaged else 0)
-            users.append(event.user_id)
-            items.append(event.item_id)
-            times.append(event.ts)
-        if progress is not None and n % 10_000 == 0:
+    for chunk in _chunks(events, CHUNK):
+        folded = state.apply(chunk)
+        applied = [chunk[i] for i in folded.admitted]
+        keep = np.array([e.labelled for e in applied], dtype=bool)
+        blocks.append(folded.out.before[keep] if len(applied) else np.empty((0, width)))
+        for event in applied:
+            if event.labelled:
+                labels.append(1 if event.engaged else 0)
+                users.append(event.user_id)
+                items.append(event.item_id)
+                times.append(event.ts)
+        n += len(chunk)
+        if progress is not None:
             progress(n)
-    width = len(INTERACTION_FEATURES)
-    X = np.array(rows, dtype=np.float64) if rows else np.empty((0, width))
+    X = np.vstack(blocks) if blocks else np.empty((0, width))
     if X.shape[1] != width:
         raise RuntimeError(f"pipeline returned {X.shape[1]} features, expected {width}")
     return Dataset(
@@ -101,3 +107,15 @@ def build_dataset(
         ts=np.array(times, dtype=np.int64),
         n_events=n,
     )
+
+
+def _chunks(events: Iterable[Event], size: int) -> Iterator[list[Event]]:
+    """The log in pieces: one fold call each, so memory stays bounded on long logs."""
+    chunk: list[Event] = []
+    for event in events:
+        chunk.append(event)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -13,7 +13,9 @@ feature rows come from `offline.dataset.build_dataset`, the function training us
 `offline.snapshot.consumer_order` (each partition in offset order, partitions merged by event
 time at their heads). Tags are not training rows, and the propensity and rule scores read the
 user's state *after* an event, so one more pass of `MemoryState.step` gives those; on labelled
-events it must reproduce the training rows bit for bit (`offline_self_check`).
+events it must reproduce the training rows bit for bit (`offline_self_check`). Training builds
+its rows with the compiled fold the consumer serves with (`features.stream`) and this pass runs
+the plain, one-event-at-a-time definition, so the self-check also holds the two together.
 
 What must agree exactly: user, session and context features (one partition owns a user, so
 per-user order is partition order), and the propensity and rule scores (user + context only).

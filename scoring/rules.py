@@ -117,10 +117,25 @@ class RuleScores:
     labels: list[str]
     config: RuleConfig
 
-    def reasons(self, values: np.ndarray, k: int = 3) -> list[list[dict[str, object]]]:
-        """The top-k contributing signals of every row, in words, with their points."""
+    def top_signals(self, k: int = 3) -> list[list[list[object]]]:
+        """The top-k contributing signals of every row as [signal, points] pairs: what a
+        score message carries (the words are rendered only where someone reads them)."""
         order = np.argsort(-self.contributions, axis=1, kind="stable")[:, :k]
         points = np.take_along_axis(self.contributions, order, 1).tolist()
+        names = [s.name for s in self.config.signals]
+        return [
+            [[names[j], round(p, 2)] for j, p in zip(row_order, row_points, strict=True) if p > 0]
+            for row_order, row_points in zip(order.tolist(), points, strict=True)
+        ]
+
+    def reasons(
+        self, values: np.ndarray, k: int = 3, rows: list[int] | None = None
+    ) -> list[list[dict[str, object]]]:
+        """The top-k contributing signals of every row (or of `rows`), in words, with their
+        points. `values`: the signal values of the same rows."""
+        contributions = self.contributions if rows is None else self.contributions[rows]
+        order = np.argsort(-contributions, axis=1, kind="stable")[:, :k]
+        points = np.take_along_axis(contributions, order, 1).tolist()
         shown = np.take_along_axis(values, order, 1).tolist()
         signals = self.config.signals
         out = []

@@ -79,7 +79,10 @@ def replay(settings: Settings, prefix: str) -> int:
 def base(stack_settings, test_redis_db, tmp_path_factory) -> Settings:
     data_dir = tmp_path_factory.mktemp("parity")
     settings = fresh_settings(
-        stack_settings, test_redis_db, data_dir=data_dir, batch_max_records=150,
+        stack_settings,
+        test_redis_db,
+        data_dir=data_dir,
+        batch_max_records=150,
         log_features=True,
     )
     ModelRegistry(settings, settings.feature_params).register(small_bundle(settings))
@@ -153,8 +156,13 @@ def test_lean_messages_are_checked_by_their_digests(one_partition_lean):
     report = run_parity(settings)
     assert report["ok"], report["failures"]
     assert report["scores_messages"]["without_features"] == n
-    assert report["digests"] == {"compared": n, "user_context_mismatched": 0,
-                                 "item_mismatched": 0, "item_exact": True, "sample": []}
+    assert report["digests"] == {
+        "compared": n,
+        "user_context_mismatched": 0,
+        "item_mismatched": 0,
+        "item_exact": True,
+        "sample": [],
+    }
     assert all(f["compared"] == 0 for f in report["features"])
 
     event_id = "lean/t:7:6:20"
