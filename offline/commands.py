@@ -220,9 +220,27 @@ def explain(
     from_topic: bool = TopicOpt,
     movielens: Path | None = MovielensOpt,
     repeats: int = typer.Option(3, "--repeats", help="Permutation repeats per feature."),
+    event: str | None = typer.Option(
+        None, "--event", help="Explain one event: its model and rule reasons, recomputed."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="With --event: model version (default: the one that scored it)."
+    ),
+    top: int = typer.Option(5, "--top", min=1, help="With --event: reasons shown per target."),
+    as_json: bool = typer.Option(False, "--json", help="With --event: print JSON."),
 ):
     """Permutation importance, SHAP summary and a feature table for the interaction model,
-    on the latest 20% of event time."""
+    on the latest 20% of event time. With --event ID: one event's probabilities, exact
+    per-feature reasons and rule reasons, recomputed from the events log."""
+    if event is not None:
+        if from_topic or movielens is not None:
+            raise fail("--event reads the events topic, or a --snapshot", EXIT_BAD_INPUT)
+        if version is not None and model is not None and version != model:
+            raise fail("--version and --model name different models", EXIT_BAD_INPUT)
+        _explain_event(event, snapshot, model or version, top, as_json)
+        return
+    if model is not None or as_json or top != 5:
+        raise fail("--model, --top and --json go with --event", EXIT_BAD_INPUT)
     from offline.evaluate import new_run_dir
     from offline.explain import explanation_table, markdown, shap_summary_plot, write_table
     from offline.splits import temporal_split
@@ -249,6 +267,47 @@ def explain(
     (run_dir / "report.md").write_text("\n".join(report))
     Console().print(table.head(15).to_string(index=False))
     console.print(f"report: {run_dir / 'report.md'} ({', '.join(files)}, shap_summary.png)")
+
+
+def _explain_event(
+    event_id: str, snapshot: Path | None, model: str | None, top: int, as_json: bool
+) -> None:
+    """`engage explain --event`: exit 4 for an unknown event or model version, 3 when Kafka or
+    Redis does not answer, 2 for bad arguments."""
+    import json
+
+    import redis
+
+    from engage.cli_support import require_kafka
+    from engage.limits import id_problem
+    from offline.explain_event import explain_event, print_report
+    from scoring.registry import FeatureHashMismatch
+
+    problem = id_problem(event_id)
+    if problem is not None:
+        raise fail(f"--event: {problem}", EXIT_BAD_INPUT)
+    settings = get_settings()
+    require_kafka(settings)  # both topics are read (the scores one even with --snapshot)
+    try:
+        with console.status(f"folding the events log up to {event_id}"):
+            report = explain_event(settings, event_id, snapshot, model, top)
+    except (FileNotFoundError, LookupError) as exc:  # no such event, snapshot, topic or model
+        raise fail(str(exc), EXIT_NOT_FOUND) from exc
+    except FeatureHashMismatch as exc:
+        raise fail(str(exc)) from exc
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise fail(
+            f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
+        ) from exc
+    except Exception as exc:  # kafka-python: NoBrokersAvailable, KafkaTimeoutError, ...
+        if type(exc).__module__.startswith("kafka") or isinstance(exc, TimeoutError):
+            raise fail(f"cannot read from Kafka at {settings.kafka_bootstrap_servers}: {exc}",
+                       EXIT_SERVICES_DOWN) from exc  # fmt: skip
+        raise
+    if as_json:
+        print(json.dumps(report, allow_nan=False))
+    else:
+        print_report(report)
 
 
 def parity(
