@@ -121,12 +121,16 @@ class RuleScores:
         """The top-k contributing signals of every row as [signal, points] pairs: what a
         score message carries (the words are rendered only where someone reads them)."""
         order = np.argsort(-self.contributions, axis=1, kind="stable")[:, :k]
-        points = np.take_along_axis(self.contributions, order, 1).tolist()
+        points = np.take_along_axis(self.contributions, order, 1)
+        rounded = np.round(points, 2).tolist()  # numpy's rounding: display only, never compared
         names = [s.name for s in self.config.signals]
         return [
-            [[names[j], round(p, 2)] for j, p in zip(row_order, row_points, strict=True) if p > 0]
-            for row_order, row_points in zip(order.tolist(), points, strict=True)
-        ]
+            [[names[j], r] for j, p, r in zip(row_order, row_points, row_rounded, strict=True)
+             if p > 0]
+            for row_order, row_points, row_rounded in zip(
+                order.tolist(), points.tolist(), rounded, strict=True
+            )
+        ]  # fmt: skip
 
     def reasons(
         self, values: np.ndarray, k: int = 3, rows: list[int] | None = None
