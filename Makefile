@@ -58,3 +58,9 @@ bench: $(STAMP)
 
 clean: stack-down
 	rm -rf .stack .data
+
+# The README's data-flow diagram: docs/dataflow.png rendered from its text source
+# docs/dataflow.dot (needs Graphviz: apt-get install graphviz).
+.PHONY: docs
+docs:
+	dot -Tpng -Gdpi=100 docs/dataflow.dot -o docs/dataflow.png
