@@ -18,7 +18,7 @@ import redis
 from features import keys
 from features.aggregates import State
 from features.items import ItemMeta
-from features.state_codec import decode_floats, load_packed_user
+from features.state_codec import load_packed_user
 from features.stream import StreamState
 
 NO_OFFSET = -1
@@ -141,13 +141,12 @@ class RedisStateStore:
             tables.user_items[user] = {i for i, hit in zip(its, next(results), strict=True) if hit}
         for user in users:
             state.recent[user] = decode_recent_ids(next(results))
-        for item in item_list:
-            tables.load_item(item, decode_floats(next(results)))
+        item_hashes = [next(results) for _ in item_list]
         for item in missing_meta:
             raw = next(results)
             self.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
-        for item in items:
-            tables.set_meta(item, self.meta_cache[item])
+        tables.meta = self.meta_cache  # item rows read their metadata from it, once per item
+        tables.load_item_hashes(item_list, item_hashes)
         return loaded
 
     def commit(self, pipe: redis.client.Pipeline, writes: BatchWrites) -> None:

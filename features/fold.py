@@ -45,6 +45,7 @@ NEUMAIER_SUM = sys.version_info >= (3, 12)
 _N_ITEM = len(L.ITEM_FIELDS)
 _N_SESSION = len(L.SESSION_FIELDS)
 _N_GENRES = len(L.GENRE_CODE)
+_ITEM_COLUMN_BYTES = {name.encode(): col for name, col in L.ITEM_COLUMN.items()}
 
 
 # --------------------------------------------------------------------------- state
@@ -191,6 +192,25 @@ class FoldState:
         for col in np.flatnonzero(present).tolist():
             out[L.USER_FIELDS[col]] = values[col]
         return out
+
+    def load_item_hashes(self, item_ids: Sequence[str], raws: Sequence[dict[bytes, bytes]]) -> None:
+        """Replace the states of distinct `item_ids` with their Redis hashes (float fields, as
+        redis-py returns them), in one numpy update: the consumer loads ~1,000 items a batch."""
+        rows = self.item_rows(item_ids)
+        at, cols, values = [], [], []
+        column = _ITEM_COLUMN_BYTES
+        for row, raw in zip(rows, raws, strict=True):
+            for key, value in raw.items():
+                col = column.get(key)
+                if col is None:
+                    raise ValueError(f"features.fold: item field {key!r} is not in the layout")
+                at.append(row)
+                cols.append(col)
+                values.append(float(value))
+        self.items[rows] = 0.0
+        self.item_set[rows] = 0
+        self.items[at, cols] = values
+        self.item_set[at, cols] = 1
 
     def load_item(self, item_id: str, state: State) -> None:
         row = self.item_row(item_id)
