@@ -18,7 +18,6 @@ import orjson
 from features.digest import vector_digests
 from features.events import Event
 from features.fold import FoldOutput
-from features.fold_layout import ITEM_FIELDS
 from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
 from features.vector import PROPENSITY_FEATURES
@@ -55,11 +54,11 @@ def _reasons(model: Any, contribs: np.ndarray) -> list[list[dict[str, Any]]]:
     ]
 
 
-def item_deltas(out: FoldOutput) -> dict[str, dict[str, float]]:
-    """The batch's summed increments per item, as the store applies them (HINCRBYFLOAT)."""
-    names = ITEM_FIELDS
+def item_deltas(out: FoldOutput) -> dict[str, str]:
+    """The batch's summed increments per item, as the store's script takes them: the amounts
+    in `features.spec.ITEM_STATE_FIELDS` order, comma-separated, empty where there is none."""
     return {
-        item: {names[c]: v for c, (v, m) in enumerate(zip(values, mask, strict=True)) if m}
+        item: ",".join([repr(v) if m else "" for v, m in zip(values, mask, strict=True)])
         for item, values, mask in zip(
             out.item_ids, out.item_deltas.tolist(), out.item_deltas_set.tolist(), strict=True
         )

@@ -18,6 +18,7 @@ import redis
 from features import keys
 from features.aggregates import State
 from features.items import ItemMeta
+from features.spec import ITEM_STATE_FIELDS
 from features.state_codec import load_packed_user
 from features.stream import StreamState
 
@@ -31,19 +32,23 @@ def waitable(exc: BaseException) -> bool:
     return not isinstance(exc, redis.AuthenticationError)
 
 
-# Item deltas of a whole batch in one command: KEYS = item hashes, ARGV = per key a field
-# count followed by field/amount pairs. Runs inside the batch's MULTI/EXEC like any command.
+# Item deltas of a whole batch in one command: KEYS = item hashes; ARGV[1] = the item fields,
+# comma-separated; ARGV[1 + i] = KEYS[i]'s amounts in that order, comma-separated, empty where
+# the batch has none (one argument per item: redis-py packs and Redis parses ~8x fewer). Runs
+# inside the batch's MULTI/EXEC like any command.
 ITEM_DELTAS_LUA = """
-local a = 1
+local names = {}
+for name in string.gmatch(ARGV[1], '[^,]+') do names[#names + 1] = name end
 for i, key in ipairs(KEYS) do
-  local n = tonumber(ARGV[a])
-  for j = 1, n do
-    redis.call('HINCRBYFLOAT', key, ARGV[a + 2 * j - 1], ARGV[a + 2 * j])
+  local j = 1
+  for amount in string.gmatch(ARGV[i + 1] .. ',', '([^,]*),') do
+    if amount ~= '' then redis.call('HINCRBYFLOAT', key, names[j], amount) end
+    j = j + 1
   end
-  a = a + 1 + 2 * n
 end
 return #KEYS
 """
+ITEM_FIELD_LIST = ",".join(ITEM_STATE_FIELDS)
 
 
 class Fenced(Exception):
@@ -83,7 +88,7 @@ class BatchWrites:
     user_recent_ids: dict[str, dict[str, float]] = field(default_factory=dict)  # replaces
     sessions: dict[tuple[str, str], State] = field(default_factory=dict)
     closed_sessions: dict[tuple[str, str], State] = field(default_factory=dict)
-    item_deltas: dict[str, dict[str, float]] = field(default_factory=dict)
+    item_deltas: dict[str, str] = field(default_factory=dict)  # ITEM_DELTAS_LUA's amounts
     scores: dict[str, dict[str, str | float]] = field(default_factory=dict)
     leaderboard: dict[str, dict[str, float]] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)
@@ -170,15 +175,11 @@ class RedisStateStore:
         for (user, session), fields in writes.sessions.items():
             pipe.hset(keys.session_key(user, session), mapping=fields)
         if writes.item_deltas:
-            item_keys, args = [], []
-            for item, delta in writes.item_deltas.items():
-                item_keys.append(keys.item_key(item))
-                args.append(len(delta))
-                for name, amount in delta.items():
-                    args += [name, repr(amount)]
+            item_keys = [keys.item_key(item) for item in writes.item_deltas]
             # EVAL, not EVALSHA: after a Redis restart the script cache is empty, and a
             # NOSCRIPT error inside MULTI would let the rest of the transaction apply.
-            pipe.eval(ITEM_DELTAS_LUA, len(item_keys), *item_keys, *args)
+            pipe.eval(ITEM_DELTAS_LUA, len(item_keys), *item_keys, ITEM_FIELD_LIST,
+                      *writes.item_deltas.values())  # fmt: skip
         for user, fields in writes.scores.items():
             pipe.hset(keys.user_score_key(user), mapping=fields)
         for kind, members in writes.leaderboard.items():
