@@ -1,7 +1,8 @@
 """The Kafka seam (engage/transport) keeps one contract over both clients, on the real broker:
 records come back with their attributes, assignment callbacks position partitions, seeks and
-pauses do what the runner relies on, keys land where kafka-python puts them, and a failed
-delivery comes back from flush() (and stops a consumer's batch from committing).
+pauses do what the runner relies on, keys land where kafka-python puts them, a failed
+delivery comes back from flush() (and stops a consumer's batch from committing), and the
+security settings reach both clients (a SASL/SCRAM broker).
 
 Every test runs once per client; the confluent runs need `pip install 'engage[fast]'` (a skip
 outside CI, a failure in CI, where `.[dev]` installs it).
@@ -27,6 +28,7 @@ from consumer.runner import StreamConsumer
 from engage import kafka_clients, transport
 from engage.settings import Settings
 from features import keys
+from tests import test_security
 from tests.conftest import IN_CI
 from tests.eventlog import make_log, publish_log
 
@@ -255,6 +257,26 @@ def test_a_failed_score_delivery_never_commits_the_batch(
     client = redis.Redis.from_url(own.redis_url)
     assert client.hgetall(keys.stats_key(own.events_topic)) == {}
     assert not client.keys(keys.offset_key(own.events_topic, 0).removesuffix("0") + "*")
+
+
+# The private broker whose only listener is SASL_PLAINTEXT (SCRAM-SHA-512), as test_security's.
+sasl_kafka = test_security.sasl_kafka
+
+
+@pytest.mark.stack
+def test_sasl_round_trip_through_the_seam(client: str, sasl_kafka: Settings) -> None:
+    """The security settings reach either client (librdkafka's names for confluent)."""
+    own = sasl_kafka.model_copy(
+        update={"kafka_client": client, "events_topic": f"sasl.seam.{client}"}
+    )
+    kafka_clients.ensure_topic(own, own.events_topic, partitions=PARTITIONS)
+    counts = produce(own, n=30)
+    member = Member(own)
+    try:
+        member.poll_until(lambda: len(member.applied) >= 30)
+        assert member.offsets() == {p: list(range(counts[p])) for p in range(PARTITIONS)}
+    finally:
+        member.kafka.close()
 
 
 # -- without a broker ---------------------------------------------------------------------------
