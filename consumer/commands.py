@@ -26,6 +26,13 @@ def consume(
         help="arrival | event-time: merge partitions by event time, as training "
         "does (default: settings.consume_order).",
     ),
+    log_features: bool = typer.Option(
+        False,
+        "--log-features",
+        help="Put each event's whole feature vector on its score message (default: a digest; "
+        "parity then names the features that differ, and `train --logged-features` can use "
+        "them). Same as ENGAGE_LOG_FEATURES=true.",
+    ),
 ) -> None:
     """Consume events: exactly-once aggregates in Redis, rule and model scores out."""
     from kafka.errors import KafkaError
@@ -39,6 +46,8 @@ def consume(
         if order not in ("arrival", "event-time"):
             raise fail(f"--order must be arrival or event-time, not {order!r}", EXIT_BAD_INPUT)
         settings = settings.model_copy(update={"consume_order": order.replace("-", "_")})
+    if log_features:
+        settings = settings.model_copy(update={"log_features": True})
     try:  # a bad rules file is bad input, found before any connection is tried
         load_scorers(settings.rules_file)
     except RulesError as exc:
