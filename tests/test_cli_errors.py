@@ -102,7 +102,9 @@ def test_stats_with_kafka_down_is_exit_3_and_quick(settings: Settings) -> None:
     line = one_error_line(result)
     assert f"cannot reach Kafka at {CLOSED_KAFKA}" in line
     assert result.stdout == ""  # no {"total_lag": 0}
-    assert elapsed < 10, f"took {elapsed:.1f} s"
+    # Before: 32 s (kafka-python's bootstrap timeout) and lag 0. Interpreter start-up alone
+    # takes several seconds on a busy 2-core machine, so the bound leaves room for it.
+    assert elapsed < 20, f"took {elapsed:.1f} s"
     up = engage(settings, "stats", "--json")
     assert up.returncode == 0, up.stderr[-2000:]
     assert json.loads(up.stdout)["total_lag"] == 0
