@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     #: write) on every record appended while a partition holds more than one. Kept under the
     #: broker's 1 MB message.max.bytes even uncompressed.
     output_batch_bytes: int = Field(default=900_000, ge=16_384, le=1_000_000)
+    #: A dead letter's key + value + headers stay within this many bytes, so the output
+    #: producer always accepts it (kafka-python's max_request_size is 1,048,576, librdkafka's
+    #: message.max.bytes 1,000,000, a broker's default max.message.bytes 1,048,588; the rest
+    #: is room for the record's framing): a larger original goes out as a prefix with its
+    #: length and SHA-256 (consumer/deadletter.py). Lower it for a dead-letter topic with a
+    #: smaller max.message.bytes.
+    dead_letter_max_bytes: int = Field(default=900_000, ge=16_384, le=1_000_000)
     log_features: bool = False  # the whole feature vector on each score message (else a digest)
     metrics_port: int = 0  # Prometheus exporter of `engage consume`; 0 = off
     rules_file: Path | None = None  # overrides the per-domain defaults in scoring/rules/
