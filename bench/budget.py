@@ -28,6 +28,7 @@ from bench import sources
 from bench.common import Context
 from consumer.batch import BatchScorer, Incoming
 from consumer.runner import tune_gc
+from consumer.store import Loaded
 from engage.settings import Settings
 from engage.stack.kafka_server import KafkaServer
 from engage.stack.redis_server import RedisServer
@@ -65,15 +66,18 @@ def compute_floor(ctx: Context, model: Any) -> dict[str, Any]:
         tables = FoldState(meta=data.items)
         return StreamState(settings.feature_params, settings.admission_policy, tables)
 
-    def loaded_of(state: StreamState, chunk: list[Incoming]) -> dict[str, bytes]:
-        """What the store hands the scorer: each user's packed state as read."""
+    def loaded_of(state: StreamState, chunk: list[Incoming]) -> Loaded:
+        """What the store hands the scorer: each user's packed state as read (the items'
+        shards are empty: in memory they stay in the tables, as in one long batch)."""
         known = state.tables.user_index
-        return {
-            i.event.user_id: packed_user(state.tables, i.event.user_id)[STATE_FIELD]
-            if i.event.user_id in known
-            else b""
-            for i in chunk
-        }
+        return Loaded(
+            {
+                i.event.user_id: packed_user(state.tables, i.event.user_id)[STATE_FIELD]
+                if i.event.user_id in known
+                else b""
+                for i in chunk
+            }
+        )
 
     warm = fresh()  # the compiled fold loads from numba's cache on first use: not measured
     scorer.run(warm, incoming[:batch], loaded_of(warm, incoming[:batch]))

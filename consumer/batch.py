@@ -23,7 +23,7 @@ from features.stream import StreamState
 from features.vector import PROPENSITY_FEATURES
 from scoring.rules import RuleScorer, domain_of
 
-from .store import BatchWrites
+from .store import BatchWrites, Loaded
 
 
 @dataclass(frozen=True)
@@ -54,17 +54,6 @@ def _reasons(model: Any, contribs: np.ndarray) -> list[list[dict[str, Any]]]:
     ]
 
 
-def item_deltas(out: FoldOutput) -> dict[str, str]:
-    """The batch's summed increments per item, as the store's script takes them: the amounts
-    in `features.spec.ITEM_STATE_FIELDS` order, comma-separated, empty where there is none."""
-    return {
-        item: ",".join([repr(v) if m else "" for v, m in zip(values, mask, strict=True)])
-        for item, values, mask in zip(
-            out.item_ids, out.item_deltas.tolist(), out.item_deltas_set.tolist(), strict=True
-        )
-    }
-
-
 class BatchScorer:
     """Applies and scores batches; holds the rule scorers and the current model bundle."""
 
@@ -73,15 +62,12 @@ class BatchScorer:
         self.log_features = log_features
         self.model: Any = None  # scoring.model.ModelBundle once one is registered
 
-    def run(
-        self, state: StreamState, incoming: list[Incoming], loaded: dict[str, bytes]
-    ) -> ScoredBatch:
+    def run(self, state: StreamState, incoming: list[Incoming], loaded: Loaded) -> ScoredBatch:
         """Admit and fold the batch over `state` (filled by the store with what the batch
-        touches; `loaded`: each user's packed state as read, to write back only what changed),
-        then score it."""
+        touches; `loaded`: what it read, to write back only what changed), then score it."""
         folded = state.apply([item.event for item in incoming])
         refused = [(incoming[i], reason) for i, reason in folded.refused]
-        writes = BatchWrites(user_recent_ids={u: state.recent[u] for u in loaded})
+        writes = BatchWrites(user_recent_ids={u: state.recent[u] for u in loaded.users})
         if not folded.admitted:
             return ScoredBatch([], writes, [], refused)
         incoming = [incoming[i] for i in folded.admitted]
@@ -202,10 +188,10 @@ class BatchScorer:
 
     def _writes(
         self, writes: BatchWrites, state: StreamState, out: FoldOutput,
-        incoming: list[Incoming], loaded: dict[str, bytes],
+        incoming: list[Incoming], loaded: Loaded,
     ) -> None:  # fmt: skip
         tables = state.tables
-        for user, before in loaded.items():
+        for user, before in loaded.users.items():
             fields = packed_user(tables, user)
             if fields[STATE_FIELD] != before:
                 writes.user_states[user] = fields
@@ -218,7 +204,12 @@ class BatchScorer:
                 sid, fields = closed
                 writes.closed_sessions[(event.user_id, sid)] = fields
                 writes.sessions.pop((event.user_id, sid), None)
-        writes.item_deltas = item_deltas(out)
+        writes.item_shards = loaded.items.updated(
+            out.item_ids, out.item_loc,
+            np.array([item.partition for item in incoming], dtype=np.int64),
+            np.array([item.offset for item in incoming], dtype=np.int64),
+            out.item_delta, out.item_delta_set,
+        )  # fmt: skip
         writes.sessions.update(out.sessions_dict())
         for item in incoming:
             p = item.partition

@@ -17,8 +17,8 @@ import redis
 
 from features import keys
 from features.aggregates import State
+from features.item_shards import LoadedItems
 from features.items import ItemMeta
-from features.spec import ITEM_STATE_FIELDS
 from features.state_codec import load_packed_user
 from features.stream import StreamState
 
@@ -30,25 +30,6 @@ REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutE
 def waitable(exc: BaseException) -> bool:
     """An outage to wait out; refused credentials (a ConnectionError too) need a person."""
     return not isinstance(exc, redis.AuthenticationError)
-
-
-# Item deltas of a whole batch in one command: KEYS = item hashes; ARGV[1] = the item fields,
-# comma-separated; ARGV[1 + i] = KEYS[i]'s amounts in that order, comma-separated, empty where
-# the batch has none (one argument per item: redis-py packs and Redis parses ~8x fewer). Runs
-# inside the batch's MULTI/EXEC like any command.
-ITEM_DELTAS_LUA = """
-local names = {}
-for name in string.gmatch(ARGV[1], '[^,]+') do names[#names + 1] = name end
-for i, key in ipairs(KEYS) do
-  local j = 1
-  for amount in string.gmatch(ARGV[i + 1] .. ',', '([^,]*),') do
-    if amount ~= '' then redis.call('HINCRBYFLOAT', key, names[j], amount) end
-    j = j + 1
-  end
-end
-return #KEYS
-"""
-ITEM_FIELD_LIST = ",".join(ITEM_STATE_FIELDS)
 
 
 class Fenced(Exception):
@@ -80,6 +61,15 @@ def stored_offsets(client: redis.Redis, topic: str, partitions: Iterable[int]) -
 
 
 @dataclass
+class Loaded:
+    """What a batch read besides the fold's tables: each user's packed state (to write back
+    only what changed) and the items' shards (the batch's increments are added to them)."""
+
+    users: dict[str, bytes] = field(default_factory=dict)
+    items: LoadedItems = field(default_factory=LoadedItems.empty)
+
+
+@dataclass
 class BatchWrites:
     """Everything one batch writes, applied in one transaction."""
 
@@ -88,7 +78,7 @@ class BatchWrites:
     user_recent_ids: dict[str, dict[str, float]] = field(default_factory=dict)  # replaces
     sessions: dict[tuple[str, str], State] = field(default_factory=dict)
     closed_sessions: dict[tuple[str, str], State] = field(default_factory=dict)
-    item_deltas: dict[str, str] = field(default_factory=dict)  # ITEM_DELTAS_LUA's amounts
+    item_shards: dict[str, dict[str, bytes]] = field(default_factory=dict)  # item -> its shards
     scores: dict[str, dict[str, str | float]] = field(default_factory=dict)
     leaderboard: dict[str, dict[str, float]] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)
@@ -117,11 +107,9 @@ class RedisStateStore:
             raise
         return pipe
 
-    def load(
-        self, state: StreamState, user_items: dict[str, set[str]], items: set[str]
-    ) -> dict[str, bytes]:
+    def load(self, state: StreamState, user_items: dict[str, set[str]], items: set[str]) -> Loaded:
         """Fill `state` with the users, item memberships and items a batch touches, in one
-        round trip. Returns each user's packed state as read (to write only what changed)."""
+        round trip."""
         users = list(user_items)
         missing_meta = [i for i in items if i not in self.meta_cache]
         item_list = list(items)
@@ -151,8 +139,9 @@ class RedisStateStore:
             raw = next(results)
             self.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
         tables.meta = self.meta_cache  # item rows read their metadata from it, once per item
-        tables.load_item_hashes(item_list, item_hashes)
-        return loaded
+        shards = LoadedItems(item_list, item_hashes)
+        tables.set_item_states(item_list, shards.totals, shards.total_present)
+        return Loaded(loaded, shards)
 
     def commit(self, pipe: redis.client.Pipeline, writes: BatchWrites) -> None:
         """Write the batch and its offsets atomically; raises Fenced if a WATCHed offset moved."""
@@ -174,12 +163,8 @@ class RedisStateStore:
             pipe.expire(key, self.session_ttl_s)
         for (user, session), fields in writes.sessions.items():
             pipe.hset(keys.session_key(user, session), mapping=fields)
-        if writes.item_deltas:
-            item_keys = [keys.item_key(item) for item in writes.item_deltas]
-            # EVAL, not EVALSHA: after a Redis restart the script cache is empty, and a
-            # NOSCRIPT error inside MULTI would let the rest of the transaction apply.
-            pipe.eval(ITEM_DELTAS_LUA, len(item_keys), *item_keys, ITEM_FIELD_LIST,
-                      *writes.item_deltas.values())  # fmt: skip
+        for item, shards in writes.item_shards.items():
+            pipe.hset(keys.item_key(item), mapping=shards)
         for user, fields in writes.scores.items():
             pipe.hset(keys.user_score_key(user), mapping=fields)
         for kind, members in writes.leaderboard.items():

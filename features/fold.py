@@ -45,7 +45,6 @@ NEUMAIER_SUM = sys.version_info >= (3, 12)
 _N_ITEM = len(L.ITEM_FIELDS)
 _N_SESSION = len(L.SESSION_FIELDS)
 _N_GENRES = len(L.GENRE_CODE)
-_ITEM_COLUMN_BYTES = {name.encode(): col for name, col in L.ITEM_COLUMN.items()}
 
 
 # --------------------------------------------------------------------------- state
@@ -193,24 +192,14 @@ class FoldState:
             out[L.USER_FIELDS[col]] = values[col]
         return out
 
-    def load_item_hashes(self, item_ids: Sequence[str], raws: Sequence[dict[bytes, bytes]]) -> None:
-        """Replace the states of distinct `item_ids` with their Redis hashes (float fields, as
-        redis-py returns them), in one numpy update: the consumer loads ~1,000 items a batch."""
+    def set_item_states(
+        self, item_ids: Sequence[str], values: np.ndarray, present: np.ndarray
+    ) -> None:
+        """Replace the states of distinct `item_ids` (values and presence flags in layout
+        order, as `features.item_shards.LoadedItems` sums them) in one numpy update."""
         rows = self.item_rows(item_ids)
-        at, cols, values = [], [], []
-        column = _ITEM_COLUMN_BYTES
-        for row, raw in zip(rows, raws, strict=True):
-            for key, value in raw.items():
-                col = column.get(key)
-                if col is None:
-                    raise ValueError(f"features.fold: item field {key!r} is not in the layout")
-                at.append(row)
-                cols.append(col)
-                values.append(float(value))
-        self.items[rows] = 0.0
-        self.item_set[rows] = 0
-        self.items[at, cols] = values
-        self.item_set[at, cols] = 1
+        self.items[rows] = values
+        self.item_set[rows] = present
 
     def load_item(self, item_id: str, state: State) -> None:
         row = self.item_row(item_id)
@@ -278,6 +267,7 @@ class FoldOutput:
     closed_fields: np.ndarray  # float64 (n, len(SESSION_FIELDS)): its session_fields
     item_delta: np.ndarray  # float64 (n, len(ITEM_FIELDS))
     item_delta_set: np.ndarray  # bool (n, len(ITEM_FIELDS))
+    item_loc: np.ndarray  # int64 (n,): the event's item in `item_ids` (-1: none)
     new_item: np.ndarray  # bool (n,)
     user_ids: list[str]  # the call's users, in order of first appearance
     session_ids: list[str]  # each one's current session id at the end
@@ -375,6 +365,7 @@ def fold(
         closed_fields=closed_fields,
         item_delta=delta,
         item_delta_set=delta_set,
+        item_loc=cols.item_loc,
         new_item=new_item,
         user_ids=cols.user_ids,
         session_ids=session_ids,

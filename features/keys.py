@@ -12,8 +12,9 @@ an id goes through `escape_id`.
     u:{<user>}:seen            string the user's recent event ids and their times, JSON (dedupe)
     s:{<user>}:<session>       hash   one session's aggregates, features.spec.SESSION_STATE
                                       (expires `session_ttl_s` after it is closed)
-    i:{<item>}                 hash   item aggregates, features.spec.ITEM_STATE (atomic
-                                      increments: shared by partitions)
+    i:{<item>}                 hash   item aggregates, features.spec.ITEM_STATE: one field
+                                      `p<partition>` per partition that touched the item, its
+                                      sums packed by features.item_shards (the item = their sum)
     im:{<item>}                hash   item metadata (genres, year), written at replay start
     engage:offset:<topic>:<p>  string last applied offset of partition p (same transaction as state)
     engage:stats:<topic>       hash   processed / dead-lettered counters (same transaction)

@@ -9,7 +9,8 @@ Four tables, each an ordered tuple of frozen records:
   `cs_id`, the current session's id, **the only string field** (`USER_STATE_STRING_FIELDS`);
   `USER_STATE_FLOAT_FIELDS` is the order without it, the layout of a packed float64 state.
 - `SESSION_STATE`: the fields of a session hash `s:{user}:<session>` (`session_fields`).
-- `ITEM_STATE`: the fields of an item hash `i:{item}` (the increments of `Applied.item_delta`).
+- `ITEM_STATE`: the fields of an item's aggregates (`Applied.item_delta` increments), kept in
+  `i:{item}` as one packed shard per partition (`features.item_shards`).
 - `FEATURES` (`Feature`): every model/rule input, in vector order, grouped `user`, `context`,
   `item`. `USER_FEATURES`, `CONTEXT_FEATURES`, `ITEM_FEATURES` and their concatenations
   `PROPENSITY_FEATURES` (user + context) and `INTERACTION_FEATURES` (all three) are the names,

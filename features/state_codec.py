@@ -115,11 +115,6 @@ def decode_user(raw: dict[bytes, bytes]) -> State:
     return out
 
 
-def decode_floats(raw: dict[bytes, bytes]) -> State:
-    """A hash of float fields (an item's aggregates, a session) to its dict form."""
-    return {k.decode(): float(v) for k, v in raw.items()}
-
-
 def packed_user(tables: FoldState, user_id: str) -> dict[str, bytes | str]:
     """The `u:{user}` hash fields of a user held in a fold's tables."""
     row = tables.user_index[user_id]

@@ -19,7 +19,7 @@ the plain, one-event-at-a-time definition, so the self-check also holds the two 
 
 What must agree exactly: user, session and context features (one partition owns a user, so
 per-user order is partition order), and the propensity and rule scores (user + context only).
-Item features read `i:{item}`, which all partitions increment: with more than one partition
+Item features read `i:{item}`, summed over all partitions' shards: with more than one partition
 their online value depends on how the consumer happened to interleave partitions, which no
 log records, so they (and the interaction score) are exact only on a single partition.
 Elsewhere their mismatch rate is reported, not judged.

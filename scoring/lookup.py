@@ -14,8 +14,9 @@ import redis
 
 from features import keys
 from features.events import Event, EventType
+from features.item_shards import decode_item
 from features.items import ItemMeta
-from features.state_codec import decode_floats, decode_user
+from features.state_codec import decode_user
 from features.vector import INTERACTION_FEATURES, interaction_vector
 
 
@@ -131,7 +132,7 @@ def score_request(
         item_id=item_id, context=context, source="request",
     )  # fmt: skip
     meta = ItemMeta.from_hash(meta_raw) if meta_raw else None
-    row = [interaction_vector(user, decode_floats(item_raw), meta, bool(seen), probe, params)]
+    row = [interaction_vector(user, decode_item(item_raw), meta, bool(seen), probe, params)]
     import numpy as np
 
     x = np.asarray(row, dtype=np.float64)

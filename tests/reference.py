@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import redis
 
+from features.item_shards import decode_item
 from features.state_codec import decode_user
 
 FUNNEL = {"page_view": 1, "pricing_view": 2, "demo_request": 3, "signup": 4, "calendar_booking": 5}
@@ -192,7 +193,8 @@ def diff_against_redis(ref: dict, client: redis.Redis) -> list[str]:
         got = _floats(client.hgetall(f"s:{{{_tag(uid)}}}:{_tag(sid)}"))
         compare(f"session {uid}/{sid}", want, got)
     for iid, want in ref["items"].items():
-        compare(f"item {iid}", want, _floats(client.hgetall(f"i:{{{_tag(iid)}}}")))
+        # Item aggregates are per-partition shards (features.item_shards): summed by its decoder.
+        compare(f"item {iid}", want, decode_item(client.hgetall(f"i:{{{_tag(iid)}}}")))
     n_users = sum(1 for k in client.scan_iter(match="u:*", count=1000) if k.endswith(b"}"))
     if n_users != len(ref["users"]):
         problems.append(f"{n_users} user hashes in redis, reference has {len(ref['users'])}")

@@ -1,0 +1,96 @@
+"""Item aggregates as per-partition shards (features.item_shards): the codec round-trips, a
+batch's shards equal the sums of their partitions' increments, and an item's state is the sum
+of its shards whichever partitions and batches its events came in (no servers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from features.item_shards import (
+    FIELDS,
+    N_FIELDS,
+    SHARD_BYTES,
+    ItemFormatError,
+    LoadedItems,
+    decode_item,
+    pack_shards,
+    shard_field,
+    unpack_shards,
+)
+
+
+def _delta(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Increments as the fold makes them: integers and multiples of 1/1024, some absent."""
+    values = rng.integers(0, 5 * 1024, size=(n, N_FIELDS)) / 1024.0
+    present = rng.random((n, N_FIELDS)) < 0.7
+    return np.where(present, values, 0.0), present
+
+
+def test_pack_unpack_round_trip() -> None:
+    rng = np.random.default_rng(1)
+    values, present = _delta(rng, 5)
+    offsets = np.array([0, 7, 2**40, 3, 9], dtype=np.int64)
+    blobs = pack_shards(values, present, offsets)
+    assert all(len(b) == SHARD_BYTES for b in blobs)
+    got_values, got_present, got_offsets = unpack_shards(blobs)
+    assert (got_values == values).all() and (got_present == present).all()
+    assert (got_offsets == offsets).all()
+
+
+def test_refuses_other_formats() -> None:
+    with pytest.raises(ItemFormatError, match="replay the log"):
+        decode_item({b"n": b"3", b"r_sum": b"7.5"})  # per-field increments of older versions
+    blob = pack_shards(np.zeros((1, N_FIELDS)), np.zeros((1, N_FIELDS), bool), np.zeros(1))[0]
+    with pytest.raises(ItemFormatError, match="damaged"):
+        decode_item({b"p0": blob[:-1]})
+    with pytest.raises(ItemFormatError, match="layout"):
+        decode_item({b"p0": blob[:1] + b"\0\0\0\0" + blob[5:]})
+
+
+def test_batches_over_partitions_sum_to_the_sequential_state() -> None:
+    """Three batches, events of three partitions and four items interleaved: after writing
+    each batch's shards (as the store does) and reading them back, every item's decoded state
+    equals the plain running sum of its events' increments, and each shard holds its
+    partition's largest offset."""
+    rng = np.random.default_rng(7)
+    items = ["a", "b", "c", "d"]
+    redis: dict[str, dict[bytes, bytes]] = {}  # i:{item} hashes
+    want = {item: np.zeros(N_FIELDS) for item in items}
+    want_set = {item: np.zeros(N_FIELDS, bool) for item in items}
+    last = {}
+    next_offset = {0: 0, 1: 0, 5: 0}
+    for _batch in range(3):
+        n = 40
+        item_of = rng.choice([*items, None], size=n).tolist()
+        batch_items = list(dict.fromkeys(i for i in item_of if i is not None))
+        loc = np.array([-1 if i is None else batch_items.index(i) for i in item_of])
+        parts = rng.choice([0, 1, 5], size=n)
+        offsets = np.zeros(n, dtype=np.int64)
+        for e, p in enumerate(parts.tolist()):
+            offsets[e], next_offset[p] = next_offset[p], next_offset[p] + 1
+        delta, present = _delta(rng, n)
+        loaded = LoadedItems(batch_items, [redis.get(i, {}) for i in batch_items])
+        for item, fields in loaded.updated(
+            batch_items, loc, parts, offsets, delta, present
+        ).items():
+            redis.setdefault(item, {}).update({k.encode(): v for k, v in fields.items()})
+        for e, item in enumerate(item_of):
+            if item is not None:
+                want[item] += delta[e]
+                want_set[item] |= present[e]
+                last[(item, int(parts[e]))] = int(offsets[e])
+    for item in items:
+        expected = {FIELDS[c]: want[item][c] for c in np.flatnonzero(want_set[item])}
+        assert decode_item(redis.get(item, {})) == expected
+    for (item, p), offset in last.items():
+        shard = redis[item][shard_field(p).encode()]
+        assert unpack_shards([shard])[2][0] == offset
+
+
+def test_an_item_absent_from_the_batch_is_not_written() -> None:
+    loaded = LoadedItems.empty()
+    delta, present = np.ones((2, N_FIELDS)), np.ones((2, N_FIELDS), bool)
+    out = loaded.updated(["x"], np.array([-1, -1]), np.array([0, 0]), np.array([1, 2]),
+                         delta, present)  # fmt: skip
+    assert out == {}
