@@ -32,6 +32,7 @@ from consumer.runner import RunSummary, tune_gc
 from consumer.store import NO_OFFSET, stored_offsets
 from engage import kafka_clients, redis_client
 from engage.settings import Settings
+from engage.transport.kafka_python import KafkaPythonProducer
 from features import keys
 
 #: The floor's Kafka client, whatever engage's consumer uses (its `kafka_client` setting).
@@ -61,7 +62,9 @@ class FloorConsumer:
         self.counters: dict[str, Counters] = {}
         self.redis = redis_client.connect(settings)
         self.kafka = kafka_clients.consumer(settings, **engage_consumer_options(settings, group))
-        self.out = kafka_clients.producer(
+        # engage's own scores producer (engage/transport, the kafka-python seam with its
+        # direct append): the floor sends exactly as the consumer does.
+        self.out = KafkaPythonProducer(
             settings, linger_ms=5, batch_size=settings.output_batch_bytes
         )
         kafka_clients.ensure_topic(settings, settings.scores_topic)
@@ -124,7 +127,6 @@ class FloorConsumer:
         send, scores_topic = self.out.send, self.settings.scores_topic
         touched: dict[str, Counters] = {}
         offsets: dict[int, int] = {}
-        sent = []
         bad = 0
         for r in records:
             offsets[r.partition] = r.offset  # a partition's records come in offset order
@@ -140,11 +142,10 @@ class FloorConsumer:
                 "events": events,
                 "mean_rating": total / ratings if ratings else None,
             }
-            sent.append(send(scores_topic, key=r.key, value=orjson.dumps(score)))
-        self.out.flush()
-        failed = [f for f in sent if f.failed()]
+            send(scores_topic, orjson.dumps(score), r.key)
+        failed = self.out.flush()
         if failed:
-            raise RuntimeError(f"{len(failed)} of {len(sent)} scores: {failed[0].exception}")
+            raise RuntimeError(f"{len(failed)} of {len(records) - bad} scores: {failed[0]}")
         self._commit(touched, offsets, len(records) - bad, bad)
         if summary.first_batch_at is None:
             summary.first_batch_at = began
