@@ -23,6 +23,7 @@ from bench.common import Context
 from engage.kafka_clients import consumer, ensure_topic, producer
 from engage.redis_client import connection_options
 from engage.settings import Settings
+from engage.transport.kafka_python import PARTITION_FETCH_BYTES
 from features.events import DecodeError, decode_event
 from producer.replay import FAST_PRODUCER, _fewer_gc_passes
 
@@ -63,7 +64,7 @@ def consume_only(settings: Settings, expected: int) -> dict[str, Any]:
         group_id=None,
         max_poll_records=settings.batch_max_records,
         fetch_max_bytes=64 * 1024 * 1024,  # the consumer's own fetch settings
-        max_partition_fetch_bytes=8 * 1024 * 1024,
+        max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
     )
     try:
         partitions = [

@@ -23,6 +23,7 @@ from kafka.errors import KafkaError
 from engage.kafka_clients import admin_client
 from engage.redis_client import connect
 from engage.settings import Settings, get_settings
+from engage.transport.kafka_python import consumer_options
 from features import keys
 from features.items import ItemMeta
 from producer.replay import write_items
@@ -103,15 +104,7 @@ def rss_mib(pid: int | str = "self") -> tuple[float, float]:
 def engage_consumer_options(settings: Settings, group: str) -> dict[str, Any]:
     """The KafkaConsumer options consumer/runner.py gives engage's consumer (poll size, group
     timers, fetch limits), for a bench consumer that must read the topic the same way."""
-    return {
-        "group_id": group,
-        "max_poll_records": settings.batch_max_records,
-        "session_timeout_ms": settings.kafka_session_timeout_ms,
-        "max_poll_interval_ms": settings.kafka_max_poll_interval_ms,
-        "heartbeat_interval_ms": max(1000, settings.kafka_session_timeout_ms // 4),
-        "fetch_max_bytes": 64 * 1024 * 1024,
-        "max_partition_fetch_bytes": 8 * 1024 * 1024,
-    }
+    return consumer_options(settings, group)
 
 
 @dataclass(frozen=True)
