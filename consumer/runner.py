@@ -106,6 +106,7 @@ class StreamConsumer:
         self.metrics = ConsumerMetrics()
         self.positions: dict[int, int] = {}  # partition -> last applied offset, as in Redis
         self.resync_needed = False  # positions unknown (Redis outage): seek from Redis first
+        self.recheck_at = 0.0  # monotonic time of the next `_recheck_offsets`
         self.stopping = False
         self.merger: EventTimeMerger | None = None
         if settings.consume_order == "event_time":
@@ -162,6 +163,39 @@ class StreamConsumer:
         self.seek_to_stored(sorted(assigned))
         for p in set(self.positions) - assigned:
             del self.positions[p]
+
+    def _recheck_offsets(self) -> None:
+        """Re-seek every assigned partition whose stored offset is not our position.
+
+        A batch compares only its own partitions' offsets, so a partition that gets no new
+        records (a caught-up consumer) would never notice that Redis lost its last writes (the
+        AOF tail lost in a crash, a failover to a lagging replica): its stored offset went back
+        together with the state, and the events after it would stay unapplied until a restart.
+        Run every `offset_recheck_s`, busy or idle: one MGET. A Redis that does not answer
+        means an outage: `_wait_for_redis` then re-seeks every partition from Redis.
+        """
+        self.recheck_at = time.monotonic() + self.settings.offset_recheck_s
+        assigned = sorted(self.kafka.assignment())
+        if not assigned:
+            return
+        try:
+            stored = self.store.offsets(assigned)
+            ours = {p: self.positions.get(p, NO_OFFSET) for p in assigned}
+            behind = {p: (ours[p], stored[p]) for p in assigned if stored[p] < ours[p]}
+            ahead = {p: (ours[p], stored[p]) for p in assigned if stored[p] > ours[p]}
+            if behind:
+                log.warning("Redis lost writes: stored offsets went back (ours, stored) %s; "
+                            "re-applying from there", behind)  # fmt: skip
+            if ahead:  # another writer (a zombie, or a partition moved away): as when fenced
+                log.warning("stored offsets moved past ours (ours, stored) %s; re-seeking", ahead)
+            if behind or ahead:
+                self.seek_to_stored(sorted({*behind, *ahead}))
+        except REDIS_DOWN as exc:
+            if not waitable(exc):
+                raise
+            log.warning("offset re-check failed (%s: %s); re-reading offsets from Redis",
+                        type(exc).__name__, exc)  # fmt: skip
+            self.resync_needed = True
 
     def _wait_for_redis(self) -> None:
         """Wait until Redis answers, then resync positions from it; back-off doubles up to a cap.
@@ -239,6 +273,10 @@ class StreamConsumer:
                     self._wait_for_redis()
                     last_data = time.monotonic()  # waiting for Redis is not idling
                     continue
+                if time.monotonic() >= self.recheck_at:
+                    self._recheck_offsets()
+                    if self.resync_needed:
+                        continue
                 polled = self.kafka.poll(
                     timeout_ms=self.settings.poll_timeout_ms,
                     max_records=self.settings.batch_max_records,

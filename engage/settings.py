@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     # A consumer that does not poll for this long leaves the group (it keeps polling, paused,
     # while it waits for Redis, so an outage does not cost a rebalance).
     kafka_max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
+    #: Every this many seconds, busy or idle, the consumer compares the stored offset of every
+    #: partition it owns with its own (one MGET) and re-seeks those that differ. A batch checks
+    #: only its own partitions, so a caught-up partition would otherwise never notice that
+    #: Redis lost its last writes (an AOF tail lost in a crash, a failover to a lagging replica).
+    offset_recheck_s: float = Field(default=1.0, gt=0)
 
     # Interfaces.
     api_host: str = "127.0.0.1"  # loopback by default: exposing the API is a deliberate choice

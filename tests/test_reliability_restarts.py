@@ -7,6 +7,7 @@ code): the shared stack other test sessions use is never stopped.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import signal
@@ -29,6 +30,7 @@ from engage import kafka_clients
 from engage.settings import Settings
 from engage.stack.errors import StackError
 from engage.stack.kafka_server import KafkaServer
+from engage.stack.processes import wait_gone
 from engage.stack.redis_server import RedisServer
 from features import keys
 from features.events import Event
@@ -263,6 +265,90 @@ def test_give_up_bound_ends_the_consumer_when_configured(private_redis, tmp_path
     assert log_lines(log, r"Redis at .* unreachable"), log.read_text()[-2000:]
     assert not log_lines(log, "Traceback"), log.read_text()[-2000:]
     assert 2 <= waited < 15, waited
+
+
+def incr_aof(server: RedisServer) -> Path:
+    """Redis 7's multi-part AOF: the manifest names a base file and the incr file written now."""
+    folder = server.home / "data" / "appendonlydir"
+    manifest = (folder / "appendonly.aof.manifest").read_text().splitlines()
+    [name] = [line.split()[1] for line in manifest if line.split()[-2:] == ["type", "i"]]
+    return folder / name
+
+
+def aof_written(client: redis.Redis) -> bool:
+    """Every write so far is in the AOF file (nothing buffered, no fsync pending)."""
+    info = client.info("persistence")
+    return info["aof_buffer_length"] == 0 and info["aof_pending_bio_fsync"] == 0
+
+
+def mget_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
+
+
+def kill_hard(server: RedisServer) -> None:
+    pid = server.process.pid()
+    assert pid is not None, "the private redis-server is not running"
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid, 10), "redis-server survived SIGKILL"
+
+
+@pytest.mark.parametrize("outage_seen", [False, True], ids=["back-unseen", "outage-seen"])
+def test_caught_up_consumer_reapplies_what_redis_lost(private_redis, tmp_path, outage_seen):
+    """Redis loses its last writes (`appendfsync everysec` on a power cut, a failover to a
+    lagging replica): made exact here by SIGKILL, the AOF cut back to a size noted earlier, a
+    restart. State and offsets roll back together; the consumer, caught up and idle, must
+    notice by itself and re-apply, without a restart. back-unseen: Redis is back before the
+    consumer next talks to it, only the stored offsets show the loss. outage-seen: the
+    periodic check meets the outage and resyncs."""
+    own, server = private_redis
+    client = redis.Redis.from_url(own.redis_url)
+    client.config_set("auto-aof-rewrite-percentage", 0)  # one incr file to cut
+    events, genres = make_log(n_users=80, events_per_user=150, seed=28)  # 12,000 events
+    kept = [e for i, e in enumerate(events) if i % 150 < 100]  # in the AOF after the cut
+    lost = [e for i, e in enumerate(events) if i % 150 >= 100]  # cut off with its tail
+    publish_log(own, kept, genres)
+    log = tmp_path / "consumer.log"
+    recheck_s = 1.0 if outage_seen else 5.0
+    proc = start_consumer(own, log, ENGAGE_OFFSET_RECHECK_S=str(recheck_s),
+                          ENGAGE_REDIS_RETRY_MAX_S="0.5")  # fmt: skip
+    try:
+        wait_for(lambda: processed(client, own.events_topic) == len(kept), 90,
+                 "the first 8,000 events", proc, log)  # fmt: skip
+        wait_for(lambda: aof_written(client), 10, "the AOF write", proc, log)
+        aof = incr_aof(server)
+        cut_at = aof.stat().st_size
+        publish_log(own, lost, genres)
+        wait_for(lambda: processed(client, own.events_topic) == len(events), 90,
+                 "lag 0", proc, log)  # fmt: skip
+        time.sleep(0.3)
+        if not outage_seen:  # just after a check (an idle consumer's only MGET): the next
+            calls = mget_calls(client)  # one is recheck_s away
+            deadline = time.monotonic() + 2 * recheck_s
+            while mget_calls(client) == calls and time.monotonic() < deadline:
+                time.sleep(0.02)
+        killed_at = time.monotonic()
+        kill_hard(server)
+        assert aof.stat().st_size > cut_at, "the last 4,000 events never reached the AOF"
+        os.truncate(aof, cut_at)
+        if outage_seen:
+            time.sleep(3 * recheck_s)
+        server.start()
+        back_after = time.monotonic() - killed_at
+        wait_for(lambda: processed(client, own.events_topic) == len(events)
+                 and collect_stats(own)["total_lag"] == 0, 30,
+                 "the lost events to be applied again", proc, log)  # fmt: skip
+        summary = stop_consumer(proc, log)
+    finally:
+        proc.kill()
+    assert summary["processed"] == len(events) + len(lost), summary  # the lost ones twice
+    assert summary["errors"] == []
+    if outage_seen:
+        assert log_lines(log, "offset re-check failed") and log_lines(log, "resynced from Redis")
+    else:
+        assert back_after < recheck_s, f"Redis took {back_after:.1f}s to restart"
+        assert log_lines(log, "Redis lost writes"), log.read_text()[-3000:]
+        assert not log_lines(log, "resynced from Redis"), "the consumer saw the outage"
+    assert_exact(own, client, events, genres)
 
 
 # Busy-waits inside Redis for ARGV[1] microseconds: the server answers nobody meanwhile.
