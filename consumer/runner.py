@@ -347,11 +347,11 @@ class StreamConsumer:
         records = [r for r, _ in decoded]
         incoming: list[Incoming] = []
         dead: list[DeadLetter] = []
+        cap = self.settings.dead_letter_max_bytes  # a dead letter always fits a request
         for r, event in decoded:
             if isinstance(event, DecodeError):
-                dead.append(
-                    DeadLetter(event.reason, r.topic, r.partition, r.offset, r.key, r.value)
-                )
+                dead.append(DeadLetter(event.reason, r.topic, r.partition, r.offset, r.key,
+                                       r.value, max_bytes=cap))  # fmt: skip
                 continue
             incoming.append(Incoming(event, r.partition, r.offset, r.timestamp, r.key, r.value))
         pipe = self.store.begin(partitions)
@@ -371,7 +371,8 @@ class StreamConsumer:
                     items.add(item.event.item_id)
             loaded = self.store.load(state, user_items, items)
             scored = self.scorer.run(state, incoming, loaded)
-            dead += [DeadLetter(reason, self.topic, i.partition, i.offset, i.key, i.value)
+            dead += [DeadLetter(reason, self.topic, i.partition, i.offset, i.key, i.value,
+                                max_bytes=cap)
                      for i, reason in scored.refused]  # fmt: skip
             applied = len(incoming) - len(scored.refused)
             for r in records:
