@@ -111,6 +111,17 @@ class Settings(BaseSettings):
     metrics_port: int = 0  # Prometheus exporter of `engage consume`; 0 = off
     rules_file: Path | None = None  # overrides the per-domain defaults in scoring/rules/
 
+    # Online recalibration of the model probability (scoring/online_calibration.py,
+    # docs/calibration.md): "none" serves the offline calibration as it is; "intercept" adds
+    # the log-odds gap of the last `window` labelled events; "sgd_platt" learns (a, b) by SGD
+    # (the default: the lowest ECE in a backtest over the periods before the test period).
+    online_calibration: Literal["none", "intercept", "sgd_platt"] = "sgd_platt"
+    #: The intercept rule's window (labelled events); None: the one `engage train` chose on
+    #: the validation period and stored with the model (else 250).
+    online_calibration_window: int | None = Field(default=None, ge=1, lt=2**23)
+    #: The SGD Platt rule's step; None: the one chosen at training (else 0.01).
+    online_calibration_step: float | None = Field(default=None, gt=0, le=1.0)
+
     # Outages. Redis: the consumer waits with capped exponential back-off, then resumes from
     # the offsets stored in Redis; it gives up only when redis_retry_give_up_s is set.
     redis_retry_initial_s: float = Field(default=0.2, gt=0)

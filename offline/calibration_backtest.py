@@ -10,6 +10,7 @@ ends at or before the test cut, and rows from the test period are dropped before
 `tests/test_offline_calibration.py` changes them and gets the same result.
 
     python -m offline.calibration_backtest --movielens ../shared/data/ml-latest-small
+    python -m offline.calibration_backtest --movielens ../shared/data/ml-latest-small --online
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from offline.learners import fit_xgboost
 from offline.metrics import expected_calibration_error, log_loss
 from offline.splits import temporal_split
 from scoring.model import Calibrator, ScoringModel
+from scoring.online_calibration import OnlineCalibrator, OnlineParams
 
 Learner = Callable[..., tuple[ScoringModel, dict[str, object]]]  # offline.learners.LEARNERS
 #: (window's margins, labels, users; rows in time order) -> calibrator
@@ -67,6 +69,7 @@ RULES: dict[str, Rule] = {
     "users: Platt halfway to identity": _halfway,
     "rows: forward check in the window": _forward_check,
 }
+SERVED = "users: chosen by CV (new rule)"  # what `engage train` fits (offline.learners)
 POOLED = (2, 3)  # also: Platt on this window plus the k - 1 windows before it (see `backtest`)
 ORIGINS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 HORIZONS = (0.1, 0.2)
@@ -98,8 +101,12 @@ def backtest(
     test_frac: float = 0.2,
     features: Sequence[str] = INTERACTION_FEATURES,
     learner: Learner = fit_xgboost,
+    online: Sequence[OnlineParams] = (),
 ) -> list[Score]:
     """Every rule at every origin and horizon whose scoring window ends by the test cut.
+
+    `online`: also each online rule (`scoring.online_calibration`) run over the scored window
+    in event order on top of the served rule's probabilities, its state empty at the origin.
 
     `pooled` k: a longer, cross-fitted calibration set: Platt (rows) on the origin's window plus
     the k - 1 windows before it, each window's margins from the model whose calibration window
@@ -107,6 +114,8 @@ def backtest(
     origin's model). Only at origins whose k - 1 predecessors are in `origins`.
     """
     rules = rules or RULES
+    if online and SERVED not in rules:
+        raise ValueError(f"online rules run on top of {SERVED!r}: include it in `rules`")
     keep = before_test(data)
     ts, y, users = data.ts[keep], data.y[keep].astype(int), data.user_ids[keep]
     X = data.columns(features)[keep]
@@ -145,7 +154,19 @@ def backtest(
                 p = cal(m)
                 scores.append(Score(r, o, h, len(rows), expected_calibration_error(y[rows], p),
                                     log_loss(y[rows], p)))  # fmt: skip
+            served = calibrators[SERVED](m) if online else None
+            for params in online:
+                p = OnlineCalibrator(params, "backtest").process(served, y[rows].astype(float))
+                scores.append(Score(online_name(params), o, h, len(rows),
+                                    expected_calibration_error(y[rows], p),
+                                    log_loss(y[rows], p)))  # fmt: skip
     return scores
+
+
+def online_name(params: OnlineParams) -> str:
+    """A backtest row's name for an online rule on top of the served one."""
+    knob = f"W = {params.window}" if params.rule == "intercept" else f"step = {params.step}"
+    return f"served + online {params.rule} ({knob})"
 
 
 DAY_MS = 86_400_000
@@ -219,10 +240,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="instead: the served rule with and without the stream's recent positive rate "
         "over these whole days as two extra features, e.g. 7,30,90",
     )
+    parser.add_argument(
+        "--online",
+        action="store_true",
+        help="instead: the served rule alone and with each online rule on top "
+        "(offline.calibration_online's candidates)",
+    )
     args = parser.parse_args(argv)
     data = dataset_from(args)
+    if args.online:
+        from offline.calibration_online import ONLINE_RULES, candidates
+
+        online = [c for rule in ONLINE_RULES for c in candidates(rule)]
+        scores = backtest(data, {SERVED: RULES[SERVED]}, pooled=(), online=online)
+        print(summary(scores))
+        return
     if args.stream_rate_days:
-        served = "users: chosen by CV (new rule)"
+        served = SERVED
         rules = {served: RULES[served]}
         for days in [0, *args.stream_rate_days]:
             extended = with_stream_rate(data, days) if days else data

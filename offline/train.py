@@ -26,6 +26,7 @@ from features.aggregates import FeatureParams
 from features.events import Event
 from features.items import ItemMeta
 from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES, feature_hash
+from offline.calibration_online import online_evaluation, online_table
 from offline.dataset import BASELINE_FEATURES, Dataset, build_dataset
 from offline.evaluate import evaluate, new_run_dir, plot_reliability, plot_roc, write_report
 from offline.explain import shap_summary_plot
@@ -131,7 +132,7 @@ def run_training(
     params = params or settings.feature_params  # what the consumer serves with
     console = console or Console(stderr=True)
     fits = [(s, f, lrn) for s in ("per_user", "temporal") for f in FEATURE_SETS for lrn in LEARNERS]
-    steps = _Steps(console, total=1 + len(fits) + 4)
+    steps = _Steps(console, total=1 + len(fits) + 5)
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
     with steps.progress:
@@ -160,6 +161,17 @@ def run_training(
             models[(split_name, feature_set, learner)] = model
             results.append({"split": split_name, "model": feature_set, "learner": learner,
                             "metrics": metrics, "fit": info, "sizes": split.sizes()})  # fmt: skip
+        with steps.step("online calibration (temporal test)"):
+            # The probability the consumer serves: the online rule over the test period in
+            # event order, its parameter chosen on the validation period only.
+            online = online_evaluation(
+                data,
+                splits["temporal"],
+                models[("temporal", "interaction", "xgboost")],
+                settings.online_calibration,
+                settings.online_calibration_window,
+                settings.online_calibration_step,
+            )
         run_dir = new_run_dir(settings, "train")
         plots: list[str] = []
         with steps.step("plots"):
@@ -194,6 +206,7 @@ def run_training(
             log_range=log_range(data, serving, source),
         )
         bundle.metrics["refit"] = {"interaction": i_info, "propensity": p_info}
+        bundle.metrics["online_calibration"] = online
         version = None
         with steps.step("register"):
             if register:
@@ -210,7 +223,27 @@ def run_training(
         "registered version": version,
         "seconds": timings["total"],
         "SHAP plot": "temporal-split interaction XGBoost on its test rows",
+        "served (online) ECE, temporal interaction xgboost": round(online["served"]["ece"], 4),
     }
     write_report(run_dir, "engage train", results, info, plots)
+    _add_online_section(run_dir, online)
     (run_dir / "timings.json").write_text(json.dumps(timings, indent=2))
     return TrainResult(run_dir, results, bundle, version, timings)
+
+
+def _add_online_section(run_dir: Path, online: dict[str, Any]) -> None:
+    """The served (online-calibrated) figures beside the table `write_report` wrote: a section
+    of report.md and `online_calibration` in metrics.json."""
+    metrics_path = run_dir / "metrics.json"
+    payload = json.loads(metrics_path.read_text())
+    payload["online_calibration"] = online
+    metrics_path.write_text(json.dumps(payload, indent=2, default=str))
+    section = (
+        "\n## Served probability: online calibration (temporal test, interaction xgboost)\n\n"
+        "Each rule runs over the test period in event order, every label learnt after its own "
+        "prediction (`scoring.online_calibration`, `offline.calibration_online`).\n\n"
+        + online_table(online)
+        + "\n"
+    )
+    with (run_dir / "report.md").open("a") as fh:
+        fh.write(section)
