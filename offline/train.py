@@ -4,7 +4,11 @@ Per split and feature set (interaction, propensity, and the seed's baseline set)
 are fit on train, early-stopped/calibrated on validation (every validation user weighing the
 same in the calibration) and measured on test. The bundle that gets registered is the XGBoost
 recipe refit on the latest data (`splits.serving_split`); the metrics it carries are that
-recipe's held-out numbers from the evaluation splits.
+recipe's held-out numbers from the evaluation splits. The probability the consumer serves is
+the online-recalibrated one (`scoring.online_calibration`), so the report also gives it for
+the temporal interaction XGBoost, run over the test period in event order, its parameter
+chosen on the validation period (`offline.calibration_online`); the choice is stored with
+the bundle (`metrics["online_calibration"]`) for the consumer to serve.
 """
 
 from __future__ import annotations
