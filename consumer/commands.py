@@ -9,7 +9,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from engage.cli_support import EXIT_BAD_INPUT, EXIT_SERVICES_DOWN, console, fail
+from engage.cli_support import (
+    EXIT_BAD_INPUT,
+    EXIT_SERVICES_DOWN,
+    check_database_topic,
+    console,
+    fail,
+    namespace_options,
+)
 from engage.logs import setup_logging
 from engage.settings import get_settings
 
@@ -61,6 +68,7 @@ def consume(
     refusal = refused(settings)  # a wrong password is not an outage to wait out
     if refusal is not None:
         raise fail(f"Redis at {settings.redis_url} refused us: {refusal}", EXIT_SERVICES_DOWN)
+    check_database_topic(settings, record=True)
     try:
         runner = StreamConsumer(settings, group=group)
     except (redis.ConnectionError, OSError) as exc:
@@ -97,6 +105,7 @@ def stats(as_json: bool = typer.Option(False, "--json")) -> None:
 
     settings = get_settings()
     require_kafka(settings)  # else the lag reads 0 after kafka-python's 30 s bootstrap timeout
+    check_database_topic(settings)
     try:
         result = collect_stats(settings)
     except (redis.ConnectionError, OSError) as exc:
@@ -118,5 +127,5 @@ def stats(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("consume")(consume)
-    app.command("stats")(stats)
+    app.command("consume")(namespace_options()(consume))
+    app.command("stats")(namespace_options()(stats))

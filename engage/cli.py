@@ -7,11 +7,16 @@ import json
 import sys
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from engage.cli_support import EXIT_BAD_INPUT, EXIT_SERVICES_DOWN, console, fail
+from engage.cli_support import (
+    EXIT_SERVICES_DOWN,
+    check_settings,
+    console,
+    fail,
+    namespace_options,
+)
 from engage.settings import get_settings
 from engage.stack import manager
 from engage.stack.errors import StackError
@@ -25,16 +30,23 @@ stack_app = typer.Typer(
 app.add_typer(stack_app, name="stack")
 
 
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        print(f"engage {version('engage')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _check_settings() -> None:
+def _check_settings(
+    _: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     # Before any command: a bad ENGAGE_* value is one line naming the variable (exit 2), not
-    # a traceback. The values are not echoed: they may be passwords.
-    try:
-        get_settings()
-    except ValidationError as exc:
-        problems = [f"ENGAGE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                    for e in exc.errors(include_url=False, include_input=False)]  # fmt: skip
-        raise fail("invalid settings: " + "; ".join(problems), EXIT_BAD_INPUT) from None
+    # a traceback.
+    check_settings()
 
 
 def _print_states(states: list[manager.ServiceState], as_json: bool) -> None:
@@ -76,6 +88,7 @@ def stack_down():
 
 
 @app.command("demo")
+@namespace_options(topic=False)  # the demo makes its own topics (and Redis database)
 def demo(
     seconds: float = typer.Option(30.0, "--seconds", min=5, help="How long the live part runs."),
     rate: float = typer.Option(800.0, "--rate", min=10, help="Events per second to replay."),

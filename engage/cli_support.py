@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -95,3 +99,121 @@ def require_kafka(settings: Settings) -> None:
     """Exit 3 with one line naming Kafka unless a broker answers within KAFKA_PROBE_S."""
     if not kafka_reachable(settings):
         raise fail(kafka_down_message(settings), EXIT_SERVICES_DOWN)
+
+
+# -- namespaces: --bootstrap-server, --redis-url, --topic on every command that talks to servers
+
+NAMESPACE_PANEL = "Servers and topic (default: the ENGAGE_* settings)"
+#: A set in each Redis database: the events topics `engage consume` has applied into it.
+#: Users and leaderboards are per database, so a second topic continues the first's users.
+DATABASE_TOPICS_KEY = "engage:events-topics"
+
+
+def _namespace_parameters(kafka: bool, topic: bool) -> list[inspect.Parameter]:
+    """The options, declared once; each is the ENGAGE_* variable named in its help."""
+    options = [
+        ("kafka_bootstrap_servers", "--bootstrap-server", "HOST:PORT",
+         "Kafka brokers, comma-separated (ENGAGE_KAFKA_BOOTSTRAP_SERVERS).", kafka),
+        ("redis_url", "--redis-url", "URL",
+         "Redis, its database included: redis://host:6379/7 (ENGAGE_REDIS_URL).", True),
+        ("events_topic", "--topic", "TOPIC",
+         "The events topic; unless set, its scores and dead-letter topics follow it "
+         "(x.events: x.scores, x.deadletter) (ENGAGE_EVENTS_TOPIC).", topic),
+    ]  # fmt: skip
+    return [
+        inspect.Parameter(
+            f"namespace_{field}",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                None, flag, metavar=metavar, help=text, rich_help_panel=NAMESPACE_PANEL
+            ),
+            annotation=str | None,
+        )
+        for field, flag, metavar, text, wanted in options
+        if wanted
+    ]
+
+
+def namespace_options(
+    *, kafka: bool = True, topic: bool = True
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorate a command with --redis-url (and --bootstrap-server, --topic): one definition
+    for every command. What they name overrides the environment for the whole command (every
+    get_settings() call in it), validated like the environment; none named changes nothing."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        extra = _namespace_parameters(kafka, topic)
+        names = {p.name: p.name.removeprefix("namespace_") for p in extra}
+
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> None:
+            named = {field: v for n, field in names.items() if (v := kwargs.pop(n)) is not None}
+            if not named:
+                return command(*args, **kwargs)
+            from engage.settings import set_command_line
+
+            set_command_line(named)
+            try:
+                check_settings()
+                return command(*args, **kwargs)
+            finally:
+                set_command_line({})  # in-process callers (tests) get their settings back
+
+        signature = inspect.signature(command, eval_str=True)
+        run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*signature.parameters.values(), *extra]
+        )
+        run.__annotations__ = {
+            **typing.get_type_hints(command),
+            **{p.name: p.annotation for p in extra},
+        }
+        return run
+
+    return decorate
+
+
+def check_settings() -> None:
+    """Exit 2 with one line naming each bad ENGAGE_* value (or option). The values are not
+    echoed: they may be passwords."""
+    from pydantic import ValidationError
+
+    from engage.settings import get_settings
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        problems = [f"ENGAGE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                    for e in exc.errors(include_url=False, include_input=False)]  # fmt: skip
+        raise fail("invalid settings: " + "; ".join(problems), EXIT_BAD_INPUT) from None
+
+
+def check_database_topic(settings: Settings, record: bool = False) -> None:
+    """Warn (one line) when this Redis database holds users of another events topic; with
+    `record`, note that this topic's users are now applied here (`engage consume`). Best
+    effort: an unreachable Redis is the command's own error to report."""
+    import redis
+
+    from engage.redact import redact_url
+    from engage.redis_client import connect
+    from features.keys import leaderboard_key
+
+    topic = settings.events_topic
+    try:
+        client = connect(settings, socket_connect_timeout=2)
+        try:
+            others = sorted(t.decode() for t in client.smembers(DATABASE_TOPICS_KEY))
+            others = [t for t in others if t != topic]
+            if others and client.exists(leaderboard_key("rule")):
+                console.print(
+                    f"[yellow]warning:[/] Redis {redact_url(settings.redis_url)} already holds "
+                    f"users of events topic {', '.join(others)}: users and leaderboards are per "
+                    f"database, so {topic} continues them (docs/faq.md: a new topic does not "
+                    "isolate state)",
+                    highlight=False,
+                )
+            if record:
+                client.sadd(DATABASE_TOPICS_KEY, topic)
+        finally:
+            client.close()
+    except (redis.RedisError, OSError):
+        return

@@ -28,6 +28,12 @@ def _default_cache_dir() -> Path:
     return Path(base) / "engage"
 
 
+def derived_topic(events_topic: str, kind: str) -> str:
+    """The `kind` ("scores", "deadletter") topic of an events topic: its `.events` suffix
+    replaced (engage.events -> engage.scores, the defaults), else `.kind` appended."""
+    return f"{events_topic.removesuffix('.events')}.{kind}"
+
+
 class Settings(BaseSettings):
     """Connection, topic, storage and tuning settings (env prefix `ENGAGE_`)."""
 
@@ -66,6 +72,7 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: Path | None = None
 
     events_topic: str = "engage.events"
+    #: Unless set, both derive from events_topic (`derived_topic`): x.events -> x.scores.
     scores_topic: str = "engage.scores"
     dead_letter_topic: str = "engage.deadletter"
     partitions: int = Field(default=6, ge=1)
@@ -167,6 +174,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _derived_topics(self) -> Settings:
+        """A namespace is one name: naming only the events topic moves its scores and
+        dead-letter topics with it (`engage --topic`, ENGAGE_EVENTS_TOPIC)."""
+        if "events_topic" in self.model_fields_set:
+            if "scores_topic" not in self.model_fields_set:
+                self.scores_topic = derived_topic(self.events_topic, "scores")
+            if "dead_letter_topic" not in self.model_fields_set:
+                self.dead_letter_topic = derived_topic(self.events_topic, "deadletter")
+        return self
+
+    @model_validator(mode="after")
     def _consistent_security(self) -> Settings:
         """Half-configured security fails at start-up, naming settings, never their values."""
         url = urlparse(self.redis_url)
@@ -234,11 +252,24 @@ class Settings(BaseSettings):
         )
 
     def explicitly_set(self, field: str) -> bool:
-        """True when the user named this setting in the environment (so we must not start it)."""
-        return f"ENGAGE_{field.upper()}" in os.environ
+        """True when the user named this setting in the environment or on the command line
+        (so we must not start it)."""
+        return field in _command_line or f"ENGAGE_{field.upper()}" in os.environ
+
+
+#: Settings named on the command line (--bootstrap-server, --redis-url, --topic): they win
+#: over the environment, as pydantic-settings' init arguments do, and are validated alike.
+_command_line: dict[str, Any] = {}
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
-    return Settings()
+    """The process-wide settings, read once from the environment (and the command line)."""
+    return Settings(**_command_line)
+
+
+def set_command_line(values: dict[str, Any]) -> None:
+    """Make get_settings() include `values` from now on ({} undoes it)."""
+    _command_line.clear()
+    _command_line.update(values)
+    get_settings.cache_clear()

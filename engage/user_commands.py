@@ -23,10 +23,12 @@ from engage.cli_support import (
     EXIT_BAD_INPUT,
     EXIT_NOT_FOUND,
     EXIT_SERVICES_DOWN,
+    check_database_topic,
     console,
     fail,
     kafka_down_message,
     kafka_reachable,
+    namespace_options,
 )
 from engage.limits import TOP_N_MAX, TOP_N_MIN, id_problem
 from engage.redis_client import connect
@@ -306,11 +308,12 @@ def watch(
         check_id(user, "--user")
     settings = get_settings()
     client = _redis(settings)
+    check_database_topic(settings)
     with contextlib.suppress(KeyboardInterrupt):
         follow(settings, client, WatchView(settings, user, label), duration, json_lines=as_json)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("score")(score)
-    app.command("top")(top)
-    app.command("watch")(watch)
+    app.command("score")(namespace_options(kafka=False, topic=False)(score))
+    app.command("top")(namespace_options(kafka=False, topic=False)(top))
+    app.command("watch")(namespace_options()(watch))

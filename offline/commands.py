@@ -19,6 +19,7 @@ from engage.cli_support import (
     EXIT_SERVICES_DOWN,
     console,
     fail,
+    namespace_options,
     time_ms,
 )
 from engage.settings import get_settings
@@ -447,8 +448,6 @@ def _print_parity(report: dict[str, Any], show: int) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export")(export)
-    app.command("train")(train)
-    app.command("evaluate")(evaluate)
-    app.command("explain")(explain)
-    app.command("parity")(parity)
+    for name, command in (("export", export), ("train", train), ("evaluate", evaluate),
+                          ("explain", explain), ("parity", parity)):  # fmt: skip
+        app.command(name)(namespace_options()(command))

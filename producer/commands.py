@@ -17,8 +17,10 @@ from engage.cli_support import (
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
     EXIT_SERVICES_DOWN,
+    check_database_topic,
     console,
     fail,
+    namespace_options,
     time_ms,
 )
 from engage.settings import get_settings
@@ -52,6 +54,7 @@ def _at_least(value: int | None, minimum: int, option: str) -> None:
 def _run(send: Callable[[], ReplaySummary]) -> ReplaySummary:
     """Run a replay, turning unreachable servers into one clear line and exit code 3."""
     settings = get_settings()
+    check_database_topic(settings)
     try:
         return send()
     except KafkaError as exc:
@@ -89,6 +92,7 @@ def _report(summary: ReplaySummary, as_json: bool, extra: dict[str, object]) -> 
 
 
 @replay_app.command("movielens")
+@namespace_options()
 def replay_movielens(
     path: Path | None = typer.Option(
         None,
@@ -147,6 +151,7 @@ def replay_movielens(
 
 
 @replay_app.command("synthetic")
+@namespace_options()
 def replay_synthetic(
     users: int = typer.Option(1000, "--users", help="How many simulated users."),
     days: int = typer.Option(7, "--days", help="How many days of event time."),

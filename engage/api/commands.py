@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from engage.cli_support import namespace_options
 from engage.settings import get_settings
 
 
@@ -30,4 +31,4 @@ def serve(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve")(serve)
+    app.command("serve")(namespace_options()(serve))
