@@ -45,7 +45,7 @@ def consume(
     from kafka.errors import KafkaError
 
     from consumer.runner import StreamConsumer
-    from engage.redis_client import refused
+    from engage.redis_client import consumer_refusal, refused
     from scoring.rules import RulesError, load_scorers
 
     settings = get_settings()
@@ -65,6 +65,9 @@ def consume(
         from prometheus_client import start_http_server
 
         start_http_server(port, addr="127.0.0.1")
+    cluster = consumer_refusal(settings)  # one line, not a MovedError traceback later
+    if cluster is not None:
+        raise fail(cluster, EXIT_BAD_INPUT)
     refusal = refused(settings)  # a wrong password is not an outage to wait out
     if refusal is not None:
         raise fail(f"Redis at {settings.redis_url} refused us: {refusal}", EXIT_SERVICES_DOWN)

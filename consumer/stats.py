@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kafka import TopicPartition
+from redis.cluster import RedisCluster
 
 from consumer.store import stored_offsets
 from engage import kafka_clients
@@ -27,7 +28,11 @@ def collect_stats(settings: Settings) -> dict[str, Any]:
         kafka.close()
     except Exception:
         tps, ends = [], {}
-    applied = stored_offsets(client, settings.events_topic, [tp.partition for tp in tps])
+    parts = [tp.partition for tp in tps]
+    if isinstance(client, RedisCluster):  # offsets of many slots: no one MGET reads them all
+        applied = {p: stored_offsets(client, settings.events_topic, [p])[p] for p in parts}
+    else:
+        applied = stored_offsets(client, settings.events_topic, parts)
     for tp in tps:
         end = ends.get(tp, 0)
         partitions.append({"partition": tp.partition, "applied": applied[tp.partition], "end": end,

@@ -3,17 +3,34 @@
 The URL gives host, port, database, and optionally `user:password@` and `rediss://` (TLS);
 `redis_username` / `redis_password` keep the password out of the URL, and the `redis_tls_*`
 files verify the server (CA) and identify the client (mutual TLS).
+
+A Redis Cluster (`ENGAGE_REDIS_CLUSTER=true`, or a `redis+cluster://` / `rediss+cluster://`
+URL) gets a `redis.cluster.RedisCluster` with the same options: it follows MOVED/ASK
+redirects and splits non-transactional pipelines by node. The consumer still needs one node
+(its batch is one MULTI/EXEC across slots): `consumer_refusal` says so before it starts.
 """
 
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import Any, TypeAlias
+from urllib.parse import urlparse
 
 import redis
 import redis.asyncio as aioredis
+from redis.cluster import RedisCluster
 
 from engage.settings import Settings
+
+#: What `connect` returns: callers use the commands both share (single-key commands and
+#: non-transactional pipelines); multi-key commands go through `mget` below.
+Client: TypeAlias = redis.Redis | RedisCluster
+
+CONSUMER_ON_CLUSTER = (
+    "the consumer does not run on Redis Cluster yet: issue 17 (its batch commits state and "
+    "offsets of many hash slots in one MULTI/EXEC). Reads (score, top, the API, stats) and "
+    "replay work on a Cluster; consume against a single Redis node."
+)
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -32,15 +49,56 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def connect(settings: Settings, **options: Any) -> redis.Redis:
-    """A (lazily connecting, pooled) client for the configured Redis; `options` are
-    redis-py's own (timeouts, pool size)."""
-    return redis.Redis.from_url(settings.redis_url, **connection_options(settings), **options)
+def _node_url(url: str) -> str:
+    """The URL redis-py parses: `redis+cluster://` -> `redis://` (the `+cluster` is ours)."""
+    parsed = urlparse(url)
+    return parsed._replace(scheme=parsed.scheme.removesuffix("+cluster")).geturl()
+
+
+def connect(settings: Settings, **options: Any) -> Client:
+    """The one way to get a pooled client for the configured Redis; `options` are redis-py's
+    own (timeouts, pool size). A single node connects lazily; a Cluster reads its slot map
+    now, so an unreachable Cluster (or a URL naming a node without cluster mode) raises
+    redis.ConnectionError here, the error every caller already handles."""
+    url = _node_url(settings.redis_url)
+    if not settings.redis_is_cluster:
+        return redis.Redis.from_url(url, **connection_options(settings), **options)
+    try:
+        return RedisCluster.from_url(url, **connection_options(settings), **options)
+    except redis.exceptions.RedisClusterException as exc:
+        raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
 
 
 def connect_async(settings: Settings, **options: Any) -> aioredis.Redis:
-    """The asyncio twin of `connect` (the API's live stream)."""
-    return aioredis.Redis.from_url(settings.redis_url, **connection_options(settings), **options)
+    """The asyncio twin of `connect`, for pub/sub only (the API's live stream). On a Cluster
+    it is a client of the URL's node: a PUBLISH reaches the subscribers on every node."""
+    url = _node_url(settings.redis_url)
+    return aioredis.Redis.from_url(url, **connection_options(settings), **options)
+
+
+def mget(client: Client, keys: list[str]) -> list[bytes | None]:
+    """MGET that also works across hash slots on a Cluster (one MGET per slot, not atomic
+    there: fine for reads such as `engage stats`' offsets, never for a write's guard)."""
+    if not keys:
+        return []
+    if isinstance(client, RedisCluster):
+        return list(client.mget_nonatomic(keys))
+    return list(client.mget(keys))
+
+
+def consumer_refusal(settings: Settings) -> str | None:
+    """Why the consumer must not start on this Redis (a Cluster, named by the settings or
+    found behind a plain URL: its first write would fail with MOVED), else None."""
+    if settings.redis_is_cluster:
+        return CONSUMER_ON_CLUSTER
+    client = connect(settings, socket_timeout=2.0, socket_connect_timeout=2.0)
+    try:
+        enabled = client.info("cluster").get("cluster_enabled")
+    except (redis.RedisError, OSError):
+        return None  # down or refusing: the consumer's own start-up checks say which
+    finally:
+        client.close()
+    return CONSUMER_ON_CLUSTER if enabled in (1, "1") else None
 
 
 def refused(settings: Settings, timeout_s: float = 2.0) -> redis.ConnectionError | None:
@@ -49,8 +107,9 @@ def refused(settings: Settings, timeout_s: float = 2.0) -> redis.ConnectionError
 
     A refusal is a configuration mistake: retrying cannot fix it, so long-running commands
     check for it first and exit with a clear line instead of waiting for ever."""
-    client = connect(settings, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    try:
+    client: Client | None = None
+    try:  # inside: a Cluster client connects (and may be refused) when it is built
+        client = connect(settings, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         client.ping()
     except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
         return exc
@@ -64,5 +123,6 @@ def refused(settings: Settings, timeout_s: float = 2.0) -> redis.ConnectionError
     except (redis.RedisError, OSError):
         return None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     return None

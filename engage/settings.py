@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     redis_tls_ca_file: Path | None = None
     redis_tls_cert_file: Path | None = None
     redis_tls_key_file: Path | None = None
+    # Redis Cluster (docs/redis-cluster.md, issue 17): this setting or a redis+cluster:// /
+    # rediss+cluster:// URL gives a cluster client (reads and replay work; the consumer refuses
+    # to start). Without ENGAGE_REDIS_URL it points at the stack's local cluster
+    # (`engage stack up --redis-cluster N`: N masters on consecutive ports from the first;
+    # each node also listens on its port + 10000 for the cluster bus, hence the bound).
+    redis_cluster: bool = False
+    stack_redis_cluster_port: int = Field(default=7100, ge=1, le=55_500)
+    stack_redis_cluster_nodes: int = Field(default=3, ge=1, le=16)
     #: The consumer's Kafka client (engage/transport): "kafka-python" (always installed) or
     #: "confluent" (librdkafka, `pip install 'engage[fast]'`). Same settings, same semantics.
     kafka_client: Literal["kafka-python", "confluent"] = "kafka-python"
@@ -169,6 +177,8 @@ class Settings(BaseSettings):
     def _default_addresses(self) -> Settings:
         if not self.kafka_bootstrap_servers:
             self.kafka_bootstrap_servers = f"127.0.0.1:{self.stack_kafka_port}"
+        if not self.redis_url and self.redis_cluster:
+            self.redis_url = f"redis+cluster://127.0.0.1:{self.stack_redis_cluster_port}/0"
         if not self.redis_url:
             self.redis_url = f"redis://127.0.0.1:{self.stack_redis_port}/0"
         return self
@@ -193,7 +203,7 @@ class Settings(BaseSettings):
         if url.username and self.redis_username:
             raise ValueError("the Redis user is in both redis_url and redis_username")
         tls_files = (self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
-        if any(tls_files) and url.scheme != "rediss":
+        if any(tls_files) and url.scheme not in ("rediss", "rediss+cluster"):
             raise ValueError("redis_tls_* files are set but redis_url is not rediss:// (TLS)")
         sasl = self.kafka_security_protocol.startswith("SASL_")
         if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
@@ -244,6 +254,11 @@ class Settings(BaseSettings):
     def redis_host_port(self) -> tuple[str, int]:
         parsed = urlparse(self.redis_url)
         return parsed.hostname or "127.0.0.1", parsed.port or 6379
+
+    @property
+    def redis_is_cluster(self) -> bool:
+        """True when the client must be a Redis Cluster client (the setting or the URL says so)."""
+        return self.redis_cluster or urlparse(self.redis_url).scheme.endswith("+cluster")
 
     def with_redis_db(self, db: int) -> Settings:
         """A copy of these settings that uses Redis logical database `db` on the same server."""

@@ -31,7 +31,7 @@ from engage.cli_support import (
     namespace_options,
 )
 from engage.limits import TOP_N_MAX, TOP_N_MIN, id_problem
-from engage.redis_client import connect
+from engage.redis_client import Client, connect
 from engage.settings import Settings, get_settings
 from features import keys
 from scoring.lookup import UnknownUser, current_score, score_request, top_users
@@ -40,9 +40,9 @@ out = Console()
 CSV_FIELDS = ["rank", "user_id", "score", "rule_score", "label", "propensity"]
 
 
-def _redis(settings: Settings) -> redis.Redis:
-    client = connect(settings, socket_connect_timeout=2)
-    try:
+def _redis(settings: Settings) -> Client:
+    try:  # a Cluster client connects when it is built, a single node's on the PING
+        client = connect(settings, socket_connect_timeout=2)
         client.ping()
     except (redis.ConnectionError, OSError) as exc:
         raise fail(
@@ -265,7 +265,7 @@ class StatsPoller:
 
 def follow(
     settings: Settings,
-    client: redis.Redis,
+    client: Client,
     view: WatchView,
     seconds: float | None,
     json_lines: bool = False,

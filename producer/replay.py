@@ -14,13 +14,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import redis
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from rich.console import Console
 
 from engage.kafka_clients import ensure_topic, producer
-from engage.redis_client import connect
+from engage.redis_client import Client, connect
 from engage.settings import Settings
 from features.events import Event
 from features.items import ItemMeta
@@ -103,7 +102,7 @@ def _flush(client: KafkaProducer, attempts: int = 50) -> None:
             time.sleep(0.05)
 
 
-def write_items(client: redis.Redis, items: Mapping[str, ItemMeta]) -> int:
+def write_items(client: Client, items: Mapping[str, ItemMeta]) -> int:
     """Write item metadata hashes, pipelined in chunks (no transaction: each hash stands alone)."""
     written = 0
     pipe = client.pipeline(transaction=False)

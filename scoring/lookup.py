@@ -1,6 +1,8 @@
 """Read side of the scores: a user's current score, the leaderboard, request-time scoring.
 
 Shared by the CLI (`engage score`, `engage top`) and the HTTP API, so both answer the same.
+Single-key commands and non-transactional pipelines only, so every read here works on a
+Redis Cluster as on one node (a cluster pipeline is split by node; its replies keep order).
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis
 
+from engage.redis_client import Client
 from features import keys
 from features.events import Event, EventType
 from features.item_shards import decode_item
@@ -30,7 +32,7 @@ def _text(value: bytes | None) -> str:
     return value.decode() if value is not None else ""
 
 
-def current_score(client: redis.Redis, user_id: str) -> dict[str, Any]:
+def current_score(client: Client, user_id: str) -> dict[str, Any]:
     """The user's latest scores as the consumer wrote them (raises UnknownUser)."""
     raw = client.hgetall(keys.user_score_key(user_id))
     if not raw:
@@ -52,7 +54,7 @@ def current_score(client: redis.Redis, user_id: str) -> dict[str, Any]:
 
 
 def top_users(
-    client: redis.Redis, n: int, by: str = "rule", label: str | None = None
+    client: Client, n: int, by: str = "rule", label: str | None = None
 ) -> list[dict[str, Any]]:
     """The top n users by rule score (or model propensity), optionally of one label."""
     board = keys.leaderboard_key(by)
@@ -103,7 +105,7 @@ def unknown_item_warning(item_id: str) -> str:
 
 
 def score_request(
-    client: redis.Redis,
+    client: Client,
     bundle: Any,
     params: Any,
     user_id: str,

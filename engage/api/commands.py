@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import redis
 import typer
 
-from engage.cli_support import namespace_options
+from engage.cli_support import EXIT_SERVICES_DOWN, fail, namespace_options
 from engage.settings import get_settings
 
 
@@ -21,8 +22,14 @@ def serve(
     from engage.api import create_app
 
     settings = get_settings()
+    try:  # a Cluster client reads its slot map when it is built: down is one line, exit 3
+        app = create_app(settings)
+    except redis.ConnectionError as exc:
+        raise fail(
+            f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
+        ) from exc
     uvicorn.run(
-        create_app(settings),
+        app,
         host=host or settings.api_host,
         port=settings.api_port if port is None else port,
         access_log=access_log,

@@ -8,6 +8,7 @@ import time
 
 import redis
 
+from engage.redis_client import Client
 from engage.settings import Settings
 from engage.stack.probes import kafka_answers
 
@@ -16,7 +17,7 @@ KAFKA_TIMEOUT_S = 2.0
 
 
 class HealthChecker:
-    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+    def __init__(self, settings: Settings, client: Client) -> None:
         self.settings, self.client = settings, client
         self._lock = threading.Lock()
         self._kafka: tuple[float, bool] | None = None  # (checked at, answer)
