@@ -55,18 +55,33 @@ def _print_states(states: list[manager.ServiceState], as_json: bool) -> None:
         return
     table = Table("service", "address", "state", "pid", "ready (s)")
     for s in states:
-        table.add_row(s.name, s.address, s.origin, str(s.pid or "-"), str(s.ready_s or "-"))
+        pids = ",".join(map(str, s.pids)) or "-"
+        table.add_row(s.name, s.address, s.origin, pids, str(s.ready_s or "-"))
     Console().print(table)
 
 
 @stack_app.command("up")
-def stack_up(as_json: bool = typer.Option(False, "--json", help="Print machine-readable state.")):
+def stack_up(
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable state."),
+    redis_cluster: int = typer.Option(
+        None,
+        "--redis-cluster",
+        min=1,
+        max=16,
+        help="Redis as a local cluster of N masters (no replicas) on consecutive ports from "
+        "ENGAGE_STACK_REDIS_CLUSTER_PORT (7100), instead of one node.",
+    ),
+):
     """Reuse running Kafka/Redis or start the project's own (jars from Maven Central)."""
     try:
-        states = manager.up(get_settings())
+        states = manager.up(get_settings(), redis_cluster=redis_cluster)
     except StackError as exc:
         raise fail(str(exc), EXIT_SERVICES_DOWN) from exc
     _print_states(states, as_json)
+    for s in states:
+        if s.name == "redis-cluster":
+            console.print(f"Redis Cluster at {s.address}: point engage at it with\n"
+                          f"  export ENGAGE_REDIS_URL={s.address}", highlight=False)  # fmt: skip
 
 
 @stack_app.command("status")

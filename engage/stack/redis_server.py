@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 from engage.settings import Settings
 from engage.stack.errors import StackError
@@ -33,12 +34,15 @@ def find_redis_server() -> str:
 
 
 class RedisServer:
-    def __init__(self, settings: Settings, extra_config: str = "") -> None:
+    def __init__(
+        self, settings: Settings, extra_config: str = "", home: Path | None = None
+    ) -> None:
         """`extra_config`: redis.conf lines appended last (so they win), e.g. the ACL users or
-        TLS ports from `engage.stack.secure` for a private, secured server."""
+        TLS ports from `engage.stack.secure` for a private, secured server, or cluster mode
+        for a node of the local Cluster (engage/stack/redis_cluster.py, its own `home`)."""
         self.settings = settings
         self.extra_config = extra_config
-        self.home = settings.stack_dir / "redis"
+        self.home = home or settings.stack_dir / "redis"
         self.process = ManagedProcess(
             name="redis",
             pid_file=self.home / "redis.pid",

@@ -1,0 +1,165 @@
+"""A local Redis Cluster of N masters (no replicas) for tests and demos (issue 17).
+
+Each node is a `RedisServer` (same binary, AOF, pid file, log) with cluster mode on, in its
+own folder `<stack_dir>/redis-cluster/<port>`, on consecutive ports from
+`stack_redis_cluster_port`. A fresh cluster gets the 16,384 slots split into N contiguous
+ranges (CLUSTER ADDSLOTSRANGE) and its nodes introduced (CLUSTER MEET); a restarted one comes
+back from each node's nodes.conf with its data. Either way it is ready at `cluster_state:ok`
+on every node, when any node serves any key.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import redis
+
+from engage.settings import Settings
+from engage.stack.errors import StackError
+from engage.stack.processes import ManagedProcess
+from engage.stack.redis_server import RedisServer
+
+SLOTS = 16_384
+NODE_CONFIG = (
+    "cluster-enabled yes\n"
+    "cluster-config-file nodes.conf\n"  # relative to `dir`: the node's own data folder
+    "cluster-node-timeout 5000\n"
+    # One master per slot range and no replicas: a node down makes its slots unavailable;
+    # the others keep answering for theirs rather than refusing everything.
+    "cluster-require-full-coverage no\n"
+)
+READY_TIMEOUT_S = 30.0
+
+
+def cluster_root(settings: Settings) -> Path:
+    return settings.stack_dir / "redis-cluster"
+
+
+def cluster_url(settings: Settings) -> str:
+    """The URL that points engage at the local cluster (any node; the client finds the rest)."""
+    return f"redis+cluster://127.0.0.1:{settings.stack_redis_cluster_port}/0"
+
+
+def cluster_settings(settings: Settings, nodes: int | None = None) -> Settings:
+    """These settings in cluster mode (`engage stack up --redis-cluster N`): the local
+    cluster's URL unless ENGAGE_REDIS_URL names a Redis."""
+    update: dict[str, object] = {"redis_cluster": True}
+    if nodes is not None:
+        update["stack_redis_cluster_nodes"] = nodes
+    if not settings.explicitly_set("redis_url"):
+        update["redis_url"] = cluster_url(settings)
+    return settings.model_copy(update=update)
+
+
+def _node_settings(settings: Settings, port: int) -> Settings:
+    """Settings of one node as a plain server: our nodes have no ACL users and no TLS."""
+    return settings.model_copy(
+        update={
+            "redis_url": f"redis://127.0.0.1:{port}/0",
+            "redis_cluster": False,
+            "redis_username": None,
+            "redis_password": None,
+            "redis_tls_ca_file": None,
+            "redis_tls_cert_file": None,
+            "redis_tls_key_file": None,
+        }
+    )
+
+
+def recorded_nodes(settings: Settings) -> list[ManagedProcess]:
+    """Every cluster node this stack folder has a pid file for, whatever N it was started
+    with (so `down` stops them all even when the settings changed since)."""
+    root = cluster_root(settings)
+    if not root.is_dir():
+        return []
+    return [
+        RedisServer(settings, home=folder).process
+        for folder in sorted(root.iterdir(), key=lambda f: f.name)
+        if folder.name.isdigit() and (folder / "redis.pid").exists()
+    ]
+
+
+def _info(port: int) -> dict[str, str]:
+    """CLUSTER INFO of one node as a dict of strings."""
+    raw = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).execute_command(
+        "CLUSTER", "INFO"
+    )
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+
+class RedisClusterServers:
+    """N local cluster nodes: start, form the cluster, report their pids, stop them."""
+
+    def __init__(self, settings: Settings, nodes: int) -> None:
+        if nodes < 1:
+            raise StackError("--redis-cluster needs at least 1 node")
+        self.settings = settings
+        self.ports = [settings.stack_redis_cluster_port + i for i in range(nodes)]
+        self.servers = [
+            RedisServer(
+                _node_settings(settings, port),
+                extra_config=NODE_CONFIG,
+                home=cluster_root(settings) / str(port),
+            )
+            for port in self.ports
+        ]
+
+    def pids(self) -> list[int | None]:
+        return [server.process.pid() for server in self.servers]
+
+    def ready(self) -> bool:
+        """True when every node answers and says cluster_state:ok with all N nodes known."""
+        try:
+            infos = [_info(port) for port in self.ports]
+        except (redis.RedisError, OSError):
+            return False
+        return all(
+            i.get("cluster_state") == "ok" and i.get("cluster_known_nodes") == str(len(self.ports))
+            for i in infos
+        )
+
+    def start(self) -> float:
+        """Start the nodes not running yet, form the cluster if it is new, wait for ok.
+        On failure every node started here is stopped again."""
+        started_at = time.monotonic()
+        started: list[RedisServer] = []
+        try:
+            for server in self.servers:
+                if server.process.pid() is None:
+                    server.start()
+                    started.append(server)
+            if all(_info(port).get("cluster_slots_assigned") == "0" for port in self.ports):
+                self._form()
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while not self.ready():
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"the Redis Cluster on ports {self.ports[0]}-{self.ports[-1]} did not "
+                        f"reach cluster_state:ok within {READY_TIMEOUT_S:.0f}s; was it created "
+                        f"with another node count? `engage stack down`, then remove "
+                        f"{cluster_root(self.settings)}. Node log tail:\n"
+                        f"{self.servers[0].process.log_tail()}"
+                    )
+                time.sleep(0.1)
+        except (StackError, redis.RedisError, OSError):
+            for server in started:
+                server.process.stop(timeout_s=10)
+            raise
+        return time.monotonic() - started_at
+
+    def _form(self) -> None:
+        """Slots in N contiguous ranges, then every node introduced to the first."""
+        n = len(self.ports)
+        first = redis.Redis(host="127.0.0.1", port=self.ports[0], socket_timeout=5)
+        for i, port in enumerate(self.ports):
+            node = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+            low, high = i * SLOTS // n, (i + 1) * SLOTS // n - 1
+            node.execute_command("CLUSTER", "ADDSLOTSRANGE", low, high)
+            if i:
+                first.execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+
+    def stop(self) -> int:
+        """Stop the nodes of ours; returns how many were stopped."""
+        return sum(server.process.stop(timeout_s=10) for server in self.servers)
