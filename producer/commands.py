@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import urllib.error
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -33,17 +36,31 @@ replay_app = typer.Typer(help="Replay logs into the events topic.", no_args_is_h
 
 SPEED_HELP = "max (no waiting), realtime, or N: event time runs N times faster than wall time."
 PROGRESS_HELP = "Show a progress bar (only ever drawn on a terminal)."
+RATE_HELP = "Send N events per second of wall time, whatever their event times (not with --speed)."
+SKIP_HELP = "Pass over the first N events of the selection: resumes an interrupted replay."
+#: The shell's exit code for a command stopped by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(replay_app, name="replay")
 
 
-def _speed(text: str) -> Speed:
+def _pacing(speed: str, rate: float | None) -> tuple[Speed, str]:
+    """The --speed, or --rate (they exclude each other), and how the summary names it."""
     try:
-        return parse_speed(text)
+        pace = parse_speed(speed)
     except ValueError as exc:
         raise fail(f"--speed: {exc}", EXIT_BAD_INPUT) from None
+    if rate is None:
+        return pace, str(pace)
+    if not pace.is_max:
+        raise fail("--speed and --rate: give one of them", EXIT_BAD_INPUT)
+    if not 0 < rate < float("inf"):
+        raise fail(
+            f"--rate must be a number of events per second > 0, not {rate:g}", EXIT_BAD_INPUT
+        )
+    return pace, f"{rate:g} events/s"
 
 
 def _at_least(value: int | None, minimum: int, option: str) -> None:
@@ -51,12 +68,31 @@ def _at_least(value: int | None, minimum: int, option: str) -> None:
         raise fail(f"{option} must be at least {minimum}, not {value}", EXIT_BAD_INPUT)
 
 
-def _run(send: Callable[[], ReplaySummary]) -> ReplaySummary:
+@contextmanager
+def _stop_on_ctrl_c() -> Iterator[threading.Event]:
+    """Ctrl-C sets the event: the replay stops after the event in flight, waits for what it
+    sent to be acknowledged and says where to resume. A second Ctrl-C interrupts at once."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run(send: Callable[[threading.Event], ReplaySummary]) -> ReplaySummary:
     """Run a replay, turning unreachable servers into one clear line and exit code 3."""
     settings = get_settings()
     check_database_topic(settings)
     try:
-        return send()
+        with _stop_on_ctrl_c() as stop:
+            return send(stop)
     except KafkaError as exc:
         raise fail(
             f"Kafka at {settings.kafka_bootstrap_servers} is not usable: {exc!r}",
@@ -68,14 +104,19 @@ def _run(send: Callable[[], ReplaySummary]) -> ReplaySummary:
         ) from None
 
 
-def _report(summary: ReplaySummary, as_json: bool, extra: dict[str, object]) -> None:
-    """Print the summary (table or one JSON object); exit 1 if any event was not delivered."""
+def _report(
+    summary: ReplaySummary, as_json: bool, extra: dict[str, object], limit: int | None = None
+) -> None:
+    """Print the summary (table or one JSON object); exit 1 if any event was not delivered,
+    130 (with where to resume) if Ctrl-C stopped it."""
     if as_json:
         print(json.dumps({**summary.as_dict(), **extra}))
     else:
         table = Table("replay", "", show_header=False)
         for key, value in {**extra, **summary.as_dict()}.items():
-            if key in {"errors", "bad_row_examples"}:
+            if key in {"errors", "bad_row_examples"} or (
+                key in {"interrupted", "resume_skip"} and not summary.interrupted
+            ):
                 continue
             shown = f"{value:,}" if type(value) in (int, float) else str(value)
             table.add_row(key, shown)
@@ -84,6 +125,16 @@ def _report(summary: ReplaySummary, as_json: bool, extra: dict[str, object]) -> 
             console.print(f"[yellow]bad row[/] {row}", highlight=False)
         for error in summary.errors:
             console.print(f"[red]delivery error[/] {error}", highlight=False)
+    if summary.interrupted:
+        handed = summary.sent + summary.failed
+        rest = f" --limit {limit - handed}" if limit is not None else ""
+        console.print(
+            f"interrupted: sent {summary.sent:,} events to {summary.topic}"
+            + (f" ({summary.failed:,} more not delivered)" if summary.failed else "")
+            + f"; to resume, run the same command with --skip {summary.resume_skip}{rest}",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
     if not summary.ok:
         raise fail(
             f"{summary.failed:,} of {summary.sent + summary.failed:,} events were not delivered",
@@ -101,7 +152,9 @@ def replay_movielens(
         "else download (sha256-checked) into the cache.",
     ),
     speed: str = typer.Option("max", "--speed", help=SPEED_HELP),
+    rate: float | None = typer.Option(None, "--rate", metavar="EVENTS_PER_S", help=RATE_HELP),
     limit: int | None = typer.Option(None, "--limit", help="Send at most N events."),
+    skip: int = typer.Option(0, "--skip", help=SKIP_HELP),
     since: str | None = typer.Option(None, "--since", help="Only events at or after (ISO)."),
     until: str | None = typer.Option(None, "--until", help="Only events before (ISO)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad input row."),
@@ -113,8 +166,10 @@ def replay_movielens(
     from producer.replay import replay
 
     settings = get_settings()
-    pace, since_ms, until_ms = _speed(speed), time_ms(since, "--since"), time_ms(until, "--until")
+    (pace, pacing), since_ms = _pacing(speed, rate), time_ms(since, "--since")
+    until_ms = time_ms(until, "--until")
     _at_least(limit, 0, "--limit")
+    _at_least(skip, 0, "--skip")
     if since_ms is not None and until_ms is not None and since_ms >= until_ms:
         raise fail("--since must be earlier than --until", EXIT_BAD_INPUT)
     if path is not None and not path.exists():
@@ -134,12 +189,15 @@ def replay_movielens(
     except OSError as exc:
         raise fail(f"cannot read the MovieLens data: {exc}") from None
     summary = _run(
-        lambda: replay(
+        lambda stop: replay(
             data.events(since_ms, until_ms),
             settings,
             items=data.items,
             limit=limit,
             speed=pace,
+            rate=rate,
+            skip=skip,
+            stop=stop,
             total=data.count_between(since_ms, until_ms),
             bad_rows=data.bad_rows.count,
             progress=progress and not as_json,
@@ -147,7 +205,7 @@ def replay_movielens(
     )
     summary.bad_row_examples = [str(row) for row in data.bad_rows.examples]
     extra = {"source": str(data.folder), "verified": ",".join(data.verified) or "-"}
-    _report(summary, as_json, {**extra, "speed": str(pace)})
+    _report(summary, as_json, {**extra, "speed": pacing}, limit)
 
 
 @replay_app.command("synthetic")
@@ -162,7 +220,9 @@ def replay_synthetic(
         help="Write each user's hidden intent and outcome (.csv/.json/.jsonl).",
     ),
     speed: str = typer.Option("max", "--speed", help=SPEED_HELP),
+    rate: float | None = typer.Option(None, "--rate", metavar="EVENTS_PER_S", help=RATE_HELP),
     limit: int | None = typer.Option(None, "--limit", help="Send at most N events."),
+    skip: int = typer.Option(0, "--skip", help=SKIP_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
@@ -171,7 +231,8 @@ def replay_synthetic(
     from producer.replay import replay
 
     settings = get_settings()
-    pace = _speed(speed)
+    pace, pacing = _pacing(speed, rate)
+    _at_least(skip, 0, "--skip")
     _at_least(users, 1, "--users")
     _at_least(days, 1, "--days")
     _at_least(limit, 0, "--limit")
@@ -184,13 +245,16 @@ def replay_synthetic(
             raise fail(f"--truth-file: cannot write {truth_file}: {exc}", EXIT_BAD_INPUT) from None
         extra["truth_file"] = str(truth_file)
     summary = _run(
-        lambda: replay(
+        lambda stop: replay(
             synthetic.events(config),
             settings,
             items=synthetic.synthetic_item_meta(),
             limit=limit,
             speed=pace,
+            rate=rate,
+            skip=skip,
+            stop=stop,
             progress=progress and not as_json,
         )
     )
-    _report(summary, as_json, {**extra, "speed": str(pace)})
+    _report(summary, as_json, {**extra, "speed": pacing}, limit)

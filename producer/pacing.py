@@ -25,11 +25,20 @@ class Clock(Protocol):
 
 
 class SystemClock:
+    """The wall clock; `stop` (when given) cuts a sleep short the moment it is set, so a
+    Ctrl-C or a demo's end never waits out a long gap between events."""
+
+    def __init__(self, stop: threading.Event | None = None) -> None:
+        self.stop = stop
+
     def now(self) -> float:
         return time.monotonic()
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
+        if self.stop is None:
+            time.sleep(seconds)
+        else:
+            self.stop.wait(seconds)
 
 
 @dataclass(frozen=True)
@@ -91,15 +100,36 @@ class Pacer:
             self.slept += delay
 
 
+class RatePacer:
+    """Sleeps before each event until its turn at `rate` events per second of wall time,
+    whatever the event times (`--rate`, demos, latency benchmarks). Anchored like Pacer."""
+
+    def __init__(self, rate: float, clock: Clock | None = None) -> None:
+        if not rate > 0:
+            raise ValueError(f"rate must be a number of events per second > 0, not {rate!r}")
+        self.rate = rate
+        self.clock = clock or SystemClock()
+        self._started: float | None = None
+        self._n = 0
+
+    def wait(self, ts_ms: int) -> None:
+        if self._started is None:
+            self._started = self.clock.now()
+        delay = self._started + self._n / self.rate - self.clock.now()
+        self._n += 1
+        if delay > 0:
+            self.clock.sleep(delay)
+
+
 def throttle(
     events: Iterable[Event], rate: float, stop: threading.Event | None = None
 ) -> Iterator[Event]:
-    """Yield events at about `rate` per second of wall time (demos, latency benchmarks)."""
-    started = time.monotonic()
-    for n, event in enumerate(events):
+    """Yield events at about `rate` per second of wall time until `stop` is set."""
+    pacer = RatePacer(rate, SystemClock(stop))
+    for event in events:
         if stop is not None and stop.is_set():
             return
-        ahead = started + n / rate - time.monotonic()
-        if ahead > 0:
-            time.sleep(ahead)
+        pacer.wait(event.ts)
+        if stop is not None and stop.is_set():
+            return
         yield event

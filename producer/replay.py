@@ -8,6 +8,7 @@ metadata goes to Redis before the first event, so the consumer can already use i
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from engage.settings import Settings
 from features.events import Event
 from features.items import ItemMeta
 from features.keys import item_meta_key
-from producer.pacing import MAX, Clock, Pacer, Speed
+from producer.pacing import MAX, Clock, Pacer, RatePacer, Speed, SystemClock
 from producer.progress import progress_bar
 
 #: Producer overrides for throughput: bigger, later batches (measured with bench/replay_rate).
@@ -45,6 +46,9 @@ class ReplaySummary:
     seconds: float = 0.0
     rate: float = 0.0
     topic_created: bool = False
+    #: Stopped early (Ctrl-C): `engage replay ... --skip resume_skip` sends exactly the rest.
+    interrupted: bool = False
+    resume_skip: int = 0
     errors: list[str] = field(default_factory=list)
     bad_row_examples: list[str] = field(default_factory=list)
 
@@ -124,6 +128,9 @@ def replay(
     since_ms: int | None = None,
     until_ms: int | None = None,
     speed: Speed = MAX,
+    rate: float | None = None,
+    skip: int = 0,
+    stop: threading.Event | None = None,
     clock: Clock | None = None,
     total: int | None = None,
     bad_rows: int = 0,
@@ -132,8 +139,10 @@ def replay(
 ) -> ReplaySummary:
     """Send `events` (in the order given) to `settings.events_topic`; see module docstring.
 
-    `since_ms`/`until_ms` keep events with since <= ts < until; `limit` caps how many are
-    sent; `total` only sizes the progress bar.
+    `since_ms`/`until_ms` keep events with since <= ts < until; of those, the first `skip`
+    are passed over and at most `limit` sent. Pacing: `rate` events per second of wall time,
+    else `speed`. Setting `stop` ends the replay after the event being sent (sleeps included):
+    the summary says where to resume. `total` only sizes the progress bar.
     """
     topic = settings.events_topic
     summary = ReplaySummary(topic=topic, bad_rows=bad_rows)
@@ -144,21 +153,23 @@ def replay(
             summary.items_written = write_items(store, items)
         finally:
             store.close()
-    overrides = dict(FAST_PRODUCER) if speed.is_max else {}
-    client = producer(settings, **overrides)
+    paced = rate is not None or not speed.is_max
+    client = producer(settings, **({} if paced else FAST_PRODUCER))
     failures = _Failures()
-    pacer = Pacer(speed, clock)
+    clock = clock or SystemClock(stop)
+    pacer = RatePacer(rate, clock) if rate is not None else Pacer(speed, clock)
     cap = limit if limit is not None else -1
-    if total is not None and limit is not None:
-        total = min(total, limit)
+    if total is not None:
+        total = max(total - skip, 0)
+        total = min(total, limit) if limit is not None else total
     started = time.perf_counter()
-    sent = skipped = 0
+    sent = skipped = position = 0  # position: events of the since/until selection met
     try:
         with (
             progress_bar(console or Console(stderr=True), topic, total, progress) as advance,
             _fewer_gc_passes(),
         ):
-            send, paced = client.send, not speed.is_max
+            send, stopping = client.send, stop.is_set if stop is not None else lambda: False
             for event in events:
                 ts = event.ts
                 if (since_ms is not None and ts < since_ms) or (
@@ -166,26 +177,37 @@ def replay(
                 ):
                     skipped += 1
                     continue
+                if position < skip:
+                    position += 1
+                    continue
                 if sent == cap:
                     break
                 if paced:
                     pacer.wait(ts)
+                if stopping():
+                    summary.interrupted = True
+                    break
                 try:
                     future = send(topic, value=event.to_json(), key=event.user_id.encode())
                     future.add_errback(failures)
                 except KafkaError as exc:
                     failures(exc)
                 sent += 1
-                if sent % PROGRESS_EVERY == 0:
+                position += 1
+                if paced:  # slow enough to show every event: the bar never lags behind
+                    advance(1)
+                elif sent % PROGRESS_EVERY == 0:
                     advance(PROGRESS_EVERY)
             _flush(client)
-            advance(sent % PROGRESS_EVERY)
+            if not paced:
+                advance(sent % PROGRESS_EVERY)
     finally:
         client.close()
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.failed = failures.count
     summary.sent = sent - failures.count
     summary.skipped = skipped
+    summary.resume_skip = position
     summary.errors = failures.errors
     summary.rate = round(summary.sent / summary.seconds, 1) if summary.seconds else 0.0
     return summary

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -11,9 +17,12 @@ from typer.testing import CliRunner
 
 from engage.cli import app
 from engage.settings import Settings
-from producer import commands
+from producer import commands, replay, synthetic
 from producer.replay import ReplaySummary
+from tests.eventlog import engage_env
 from tests.test_producer_movielens import write_fixture
+from tests.test_producer_pacing import FakeClock
+from tests.test_producer_replay import consume_all
 
 runner = CliRunner()
 
@@ -29,6 +38,9 @@ runner = CliRunner()
         (["synthetic", "--users", "0"], "--users must be at least 1"),
         (["synthetic", "--days", "0"], "--days must be at least 1"),
         (["synthetic", "--speed", "-2"], "--speed"),
+        (["synthetic", "--speed", "10", "--rate", "5"], "--speed and --rate"),
+        (["synthetic", "--rate", "0"], "--rate must be"),
+        (["movielens", "--skip", "-1"], "--skip must be at least 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
@@ -82,3 +94,67 @@ def test_replay_movielens_command_strict_and_lenient(
     summary = json.loads(lenient.stdout)
     assert (summary["sent"], summary["bad_rows"], summary["items_written"]) == (6, 9, 3)
     assert summary["bad_row_examples"][0] == "ratings.csv:3: expected 4 fields, saw 5"
+
+
+@pytest.mark.stack
+def test_a_paced_progress_bar_counts_every_event(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a low rate the bar shows each event as it is sent (it used to show 0 until 4,096)."""
+    shown: list[int] = []
+
+    @contextmanager
+    def bar(*args: object, **kwargs: object) -> Iterator[Callable[[int], None]]:
+        shown.append(0)
+        yield lambda n: shown.append(shown[-1] + n)
+
+    class Clock(FakeClock):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shown_at_sleep: list[int] = []  # what the bar showed while waiting
+
+        def sleep(self, seconds: float) -> None:
+            super().sleep(seconds)
+            self.shown_at_sleep.append(shown[-1])
+
+    clock = Clock()
+    monkeypatch.setattr(replay, "progress_bar", bar)
+    events = list(synthetic.events(synthetic.SyntheticConfig(users=5, days=1, seed=2)))[:12]
+    summary = replay.replay(events, settings, rate=2.0, clock=clock)
+    assert summary.sent == 12 and clock.sleeps == [0.5] * 11
+    assert clock.shown_at_sleep == list(range(1, 12)) and shown[-1] == 12
+
+
+@pytest.mark.stack
+def test_ctrl_c_says_where_to_resume_and_resuming_sends_exactly_the_rest(
+    settings: Settings,
+) -> None:
+    config = synthetic.SyntheticConfig(users=20, days=1, seed=5)
+    expected = sorted(e.event_id for e in synthetic.events(config))
+    args = [sys.executable, "-m", "engage", "replay", "synthetic", "--users", "20", "--days",
+            "1", "--seed", "5", "--json", "--topic", settings.events_topic]  # fmt: skip
+    env = engage_env(settings)
+    started = time.monotonic()
+    slow = subprocess.Popen([*args, "--rate", "20"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        while not consume_all(settings, 1, timeout_s=1):  # sending has begun
+            assert time.monotonic() - started < 60 and slow.poll() is None, slow.stderr
+        time.sleep(1.0)
+        slow.send_signal(signal.SIGINT)
+        out, err = slow.communicate(timeout=30)
+    finally:
+        slow.kill()
+    assert slow.returncode == 130, err
+    sent = json.loads(out)["sent"]
+    assert 0 < sent < len(expected) // 2  # 20 events/s: far from done
+    assert f"interrupted: sent {sent:,} events to {settings.events_topic}" in err
+    assert f"run the same command with --skip {sent}" in err
+    assert len(consume_all(settings, sent + 1, timeout_s=3)) == sent  # all acked, no more
+
+    rest = subprocess.run([*args, "--skip", str(sent)], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+    assert rest.returncode == 0, rest.stderr
+    assert json.loads(rest.stdout)["sent"] == len(expected) - sent
+    records = consume_all(settings, len(expected))
+    assert sorted(json.loads(r.value)["event_id"] for r in records) == expected
