@@ -218,6 +218,13 @@ class Settings(BaseSettings):
             raise ValueError("kafka_ssl_* files are set but kafka_security_protocol has no SSL")
         return self
 
+    @model_validator(mode="after")
+    def _cluster_has_db_zero(self) -> Settings:
+        """A Redis Cluster has database 0 only: say so at start-up, not at the first read."""
+        if self.redis_is_cluster and urlparse(self.redis_url).path.strip("/") not in ("", "0"):
+            raise ValueError("a Redis Cluster has database 0 only: end redis_url in /0")
+        return self
+
     @field_validator("kafka_client")
     @classmethod
     def _client_installed(cls, value: str) -> str:

@@ -28,6 +28,7 @@ from features.items import ItemMeta
 from producer.movielens import load_folder
 from tests.conftest import _unavailable
 from tests.eventlog import engage_env, make_log, publish_log
+from tests.test_api import _register_model
 from tests.test_stack_lifecycle import processes_under, run_engage
 
 pytestmark = pytest.mark.stack
@@ -156,9 +157,15 @@ def copy_database(source: redis.Redis, target: RedisCluster) -> int:
     return copied
 
 
-def test_reads_on_the_cluster_equal_the_single_node(settings: Settings, on_cluster: Settings):
-    """The consumer scores a small log on one node (it cannot write to a cluster yet); its
-    whole output is copied into the cluster; every read answers there as on the node."""
+def test_reads_on_the_cluster_equal_the_single_node(
+    settings: Settings, on_cluster: Settings, tmp_path: Path
+):
+    """The consumer scores a small log on one node (it cannot write to a cluster yet), with a
+    model; its whole output is copied into the cluster; every read answers there as on the
+    node."""
+    settings = settings.model_copy(update={"data_dir": tmp_path})
+    on_cluster = on_cluster.model_copy(update={"data_dir": tmp_path})
+    _register_model(settings)
     events, genres = make_log(n_users=12, events_per_user=15)
     publish_log(settings, events, genres)
     summary = StreamConsumer(settings, group=f"{settings.events_topic}.cluster").run(idle_exit_s=3)
@@ -174,6 +181,16 @@ def test_reads_on_the_cluster_equal_the_single_node(settings: Settings, on_clust
         many = engage(on_cluster, "score", user, "--json")
         assert one.returncode == many.returncode == 0, many.stderr
         assert json.loads(many.stdout) == json.loads(one.stdout)
+    item = ["user0", "--item", "m1", "--json"]  # the user's and the item's slots, pipelined
+    one, many = engage(settings, "score", *item), engage(on_cluster, "score", *item)
+    assert many.returncode == 0, many.stderr
+    got, want = json.loads(many.stdout), json.loads(one.stdout)  # scored "now": a second apart
+    probability = got.pop("probability")
+    assert 0 < probability < 1 and probability == pytest.approx(want.pop("probability"), rel=1e-3)
+    for reasons in (got["reasons"], want["reasons"]):
+        for reason in reasons:
+            reason["contribution"] = round(reason["contribution"], 1)
+    assert got == want and got["warnings"] == []  # the item's aggregates and metadata found
     unknown = engage(on_cluster, "score", "nobody-here")
     assert unknown.returncode == 4 and "no score for user 'nobody-here'" in unknown.stderr
 
@@ -195,6 +212,7 @@ def test_reads_on_the_cluster_equal_the_single_node(settings: Settings, on_clust
             assert answer.status_code == 200, answer.text
             assert answer.json() == ref.get(path).json()
         assert api.get("/users/nobody/score").status_code == 404
+        assert api.get("/healthz").json() == {"kafka": True, "redis": True}
         posted = api.post("/score", json={"user_id": "user0"})
         assert posted.status_code == 200 and posted.json()["user_id"] == "user0"
 
