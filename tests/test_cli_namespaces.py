@@ -110,13 +110,16 @@ def test_commands_use_the_named_servers_and_topic(settings: Settings) -> None:
     assert top.returncode == 0, top.stderr
     assert len(json.loads(top.stdout)) == 3
 
-    # A second topic into the same database continues the first one's users: said once.
-    assert engage("replay", "synthetic", "--users", "2", "--days", "1", "--json", *servers,
-                  "--topic", second).returncode == 0  # fmt: skip
+    # A second topic into the same database continues the first one's users: each command of
+    # the second topic that touches the database says so, once.
+    replayed = engage("replay", "synthetic", "--users", "2", "--days", "1", "--json", *servers,
+                      "--topic", second)  # fmt: skip
     again = engage("consume", "--idle-exit", "3", "--json", *servers, "--topic", second)
-    assert again.returncode == 0, again.stderr
-    warnings = [line for line in again.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and first in warnings[0] and second in warnings[0], again.stderr
+    stats = engage("stats", "--json", *servers, "--topic", second)
+    for result in (replayed, again, stats):
+        assert result.returncode == 0, result.stderr
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == 1 and first in warnings[0] and second in warnings[0], warnings
     assert {t.decode() for t in connect(settings).smembers(DATABASE_TOPICS_KEY)} == {
         first,
         second,
