@@ -66,7 +66,9 @@ def connect(settings: Settings, **options: Any) -> Client:
     try:
         return RedisCluster.from_url(url, **connection_options(settings), **options)
     except redis.exceptions.RedisClusterException as exc:
-        raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
+        text = str(exc)  # redis-py's own words, named as a Cluster's when they do not say so
+        text = text if "Cluster" in text else f"Redis Cluster: {text}"
+        raise redis.ConnectionError(text) from exc
 
 
 def connect_async(settings: Settings, **options: Any) -> aioredis.Redis:
