@@ -1,10 +1,14 @@
-"""Replay pacing against a fake clock: no wall-clock timing in tests."""
+"""Replay pacing against a fake clock (one short real wait: stopping cuts a sleep short)."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
-from producer.pacing import MAX, REALTIME, Pacer, Speed, parse_speed
+from producer import synthetic
+from producer.pacing import MAX, REALTIME, Pacer, RatePacer, Speed, parse_speed, throttle
 
 
 class FakeClock:
@@ -71,3 +75,28 @@ def test_time_spent_sending_counts_against_the_wait() -> None:
     pacer.wait(4_000)  # due at 2.0 s: already late, so no sleep
     assert clock.sleeps == pytest.approx([0.6])
     assert str(Speed(2.0)) == "2x" and str(REALTIME) == "realtime" and str(MAX) == "max"
+
+
+def test_a_rate_ignores_event_times_and_does_not_drift() -> None:
+    """--rate N: the k-th event is due k/N s after the first, whatever the event times."""
+    clock = FakeClock()
+    pacer = RatePacer(4.0, clock)
+    for ts in [0, 0, 10**12, 5]:
+        pacer.wait(ts)
+    assert clock.sleeps == pytest.approx([0.25, 0.25, 0.25])
+    clock.t += 1.0  # sending fell behind: the next events are already due
+    pacer.wait(0)
+    pacer.wait(0)
+    assert len(clock.sleeps) == 3
+    with pytest.raises(ValueError, match="rate"):
+        RatePacer(0.0)
+
+
+def test_stopping_cuts_a_pacing_sleep_short() -> None:
+    """A Ctrl-C (or a demo's end) during a long wait ends it at once, yielding nothing more."""
+    stop = threading.Event()
+    events = list(synthetic.events(synthetic.SyntheticConfig(users=2, days=1, seed=1)))[:3]
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    assert len(list(throttle(events, 0.1, stop))) == 1  # the second is due after 10 s
+    assert time.monotonic() - started < 5
