@@ -147,7 +147,8 @@ def namespace_options(
 
         @functools.wraps(command)
         def run(*args: Any, **kwargs: Any) -> None:
-            named = {field: v for n, field in names.items() if (v := kwargs.pop(n)) is not None}
+            given = {field: kwargs.pop(name, None) for name, field in names.items()}
+            named = {field: value for field, value in given.items() if value is not None}
             if not named:
                 return command(*args, **kwargs)
             from engage.settings import set_command_line
