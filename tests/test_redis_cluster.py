@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from redis.cluster import RedisCluster
 
 from consumer.runner import StreamConsumer
@@ -108,6 +109,8 @@ def test_the_client_is_a_cluster_client_for_the_setting_and_the_url(on_cluster: 
     with pytest.raises(redis.exceptions.MovedError):
         for name in names:  # what the plain client did before (issue 17's MovedError)
             plain.hget(name, "x")
+    with pytest.raises(ValidationError, match="database 0 only"):  # at start-up, not 1st read
+        Settings(redis_url=on_cluster.redis_url.removesuffix("/0") + "/3")
     dead = free_base_port(1)
     with pytest.raises(redis.ConnectionError, match="Redis Cluster"):
         connect(on_cluster.model_copy(update={"redis_url": f"redis+cluster://127.0.0.1:{dead}/0"}))
