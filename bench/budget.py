@@ -28,7 +28,7 @@ from bench import sources
 from bench.common import Context
 from consumer.batch import BatchScorer, Incoming
 from consumer.runner import tune_gc
-from consumer.store import Loaded
+from consumer.state_store import Loaded
 from engage.settings import Settings
 from engage.stack.kafka_server import KafkaServer
 from engage.stack.redis_server import RedisServer

@@ -29,7 +29,8 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 
 from bench.common import engage_consumer_options
 from consumer.runner import RunSummary, tune_gc
-from consumer.store import NO_OFFSET, stored_offsets
+from consumer.state_store import NO_OFFSET
+from consumer.store import stored_offsets
 from engage import kafka_clients, redis_client
 from engage.settings import Settings
 from engage.transport.kafka_python import KafkaPythonProducer

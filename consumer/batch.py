@@ -23,7 +23,7 @@ from features.stream import StreamState
 from features.vector import PROPENSITY_FEATURES
 from scoring.rules import RuleScorer, domain_of
 
-from .store import BatchWrites, Loaded
+from .state_store import BatchWrites, Loaded
 
 
 @dataclass(frozen=True)

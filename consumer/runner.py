@@ -13,7 +13,6 @@ Kafka is reached through engage/transport (kafka-python by default, librdkafka w
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import signal
@@ -29,7 +28,8 @@ from consumer.batch import BatchScorer, Incoming
 from consumer.deadletter import DeadLetter
 from consumer.metrics import ConsumerMetrics
 from consumer.ordering import Decoded, EventTimeMerger, decode_records
-from consumer.store import NO_OFFSET, REDIS_DOWN, Fenced, RedisStateStore, waitable
+from consumer.state_store import NO_OFFSET, Fenced, StateStore
+from consumer.store import REDIS_DOWN, RedisStateStore, waitable
 from engage import kafka_clients, redis_client, transport
 from engage.settings import Settings
 from features.events import DecodeError
@@ -101,7 +101,7 @@ class StreamConsumer:
             socket_connect_timeout=min(settings.redis_socket_timeout_s, 2.0),
             retry=Retry(NoBackoff(), 1),
         )
-        self.store = RedisStateStore(self.redis, self.topic, settings.session_ttl_s)
+        self.store: StateStore = RedisStateStore(self.redis, self.topic, settings.session_ttl_s)
         self.scorer = BatchScorer(load_scorers(settings.rules_file), settings.log_features)
         self.metrics = ConsumerMetrics()
         self.positions: dict[int, int] = {}  # partition -> last applied offset, as in Redis
@@ -354,9 +354,9 @@ class StreamConsumer:
                                        r.value, max_bytes=cap))  # fmt: skip
                 continue
             incoming.append(Incoming(event, r.partition, r.offset, r.timestamp, r.key, r.value))
-        pipe = self.store.begin(partitions)
+        batch = self.store.begin(partitions)
         try:
-            stored = self.store.offsets(partitions)
+            stored = batch.offsets()
             if any(stored[p] != self.positions.get(p, NO_OFFSET) for p in partitions):
                 raise Fenced(f"stored offsets {stored} moved past ours {self.positions}")
             state = StreamState(
@@ -369,7 +369,7 @@ class StreamConsumer:
                 if item.event.item_id is not None:
                     wanted.add(item.event.item_id)
                     items.add(item.event.item_id)
-            loaded = self.store.load(state, user_items, items)
+            loaded = batch.load(state, user_items, items)
             scored = self.scorer.run(state, incoming, loaded)
             dead += [DeadLetter(reason, self.topic, i.partition, i.offset, i.key, i.value,
                                 max_bytes=cap)
@@ -388,13 +388,12 @@ class StreamConsumer:
             if failed:  # e.g. the broker stayed down past kafka_delivery_timeout_ms
                 sent = len(scored.messages) + len(dead)
                 raise OutputFailed(f"{len(failed)} of {sent} outputs: {failed[0]}")
-            self.store.commit(pipe, scored.writes)
+            batch.commit(scored.writes)
         except (*REDIS_DOWN, OutputFailed):
-            with contextlib.suppress(*REDIS_DOWN):
-                pipe.reset()
+            batch.abort()
             raise
         except Fenced as exc:
-            pipe.reset()
+            batch.abort()
             summary.fenced += 1
             log.warning("batch fenced, re-seeking: %s", exc)
             self.seek_to_stored(partitions)

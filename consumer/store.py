@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import orjson
 import redis
 
+from consumer.redis_commands import CommandList, pairs
+from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables
 from features import keys
-from features.aggregates import State
-from features.item_shards import LoadedItems
 from features.items import ItemMeta
-from features.state_codec import load_packed_user
 from features.stream import StreamState
 
-NO_OFFSET = -1
 #: What a Redis outage looks like to redis-py callers (refused, reset, timed out, loading).
 REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 
@@ -30,10 +27,6 @@ REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutE
 def waitable(exc: BaseException) -> bool:
     """An outage to wait out; refused credentials (a ConnectionError too) need a person."""
     return not isinstance(exc, redis.AuthenticationError)
-
-
-class Fenced(Exception):
-    """Another writer changed a partition's stored offset: this batch must not land."""
 
 
 class OutcomeUnknown(redis.ConnectionError):
@@ -60,32 +53,6 @@ def stored_offsets(client: redis.Redis, topic: str, partitions: Iterable[int]) -
     return {p: int(v) if v is not None else NO_OFFSET for p, v in zip(parts, values, strict=True)}
 
 
-@dataclass
-class Loaded:
-    """What a batch read besides the fold's tables: each user's packed state (to write back
-    only what changed) and the items' shards (the batch's increments are added to them)."""
-
-    users: dict[str, bytes] = field(default_factory=dict)
-    items: LoadedItems = field(default_factory=LoadedItems.empty)
-
-
-@dataclass
-class BatchWrites:
-    """Everything one batch writes, applied in one transaction."""
-
-    user_states: dict[str, dict[str, bytes | str]] = field(default_factory=dict)  # packed
-    user_new_items: dict[str, set[str]] = field(default_factory=dict)
-    user_recent_ids: dict[str, dict[str, float]] = field(default_factory=dict)  # replaces
-    sessions: dict[tuple[str, str], State] = field(default_factory=dict)
-    closed_sessions: dict[tuple[str, str], State] = field(default_factory=dict)
-    item_shards: dict[str, dict[str, bytes]] = field(default_factory=dict)  # item -> its shards
-    scores: dict[str, dict[str, str | float]] = field(default_factory=dict)
-    leaderboard: dict[str, dict[str, float]] = field(default_factory=dict)
-    offsets: dict[int, int] = field(default_factory=dict)
-    stats: dict[str, int] = field(default_factory=dict)
-    publish: bytes | None = None
-
-
 class RedisStateStore:
     def __init__(self, client: redis.Redis, topic: str, session_ttl_s: int) -> None:
         self.client = client
@@ -96,86 +63,105 @@ class RedisStateStore:
     def offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         return stored_offsets(self.client, self.topic, partitions)
 
-    def begin(self, partitions: Iterable[int]) -> redis.client.Pipeline:
-        """WATCH the partitions' offsets; the returned pipeline commits with `commit`."""
+    def begin(self, partitions: Iterable[int]) -> RedisBatch:
+        """WATCH the partitions' offsets: the batch's EXEC fails if anyone writes them."""
+        partitions = list(partitions)
         pipe = self.client.pipeline(transaction=True)
         try:
-            pipe.watch(*[keys.offset_key(self.topic, p) for p in partitions])
+            if partitions:  # (WATCH needs a key; a batch of no partition only reads)
+                pipe.watch(*[keys.offset_key(self.topic, p) for p in partitions])
         except REDIS_DOWN:
             with contextlib.suppress(*REDIS_DOWN):
                 pipe.reset()  # give the connection back to the pool
             raise
-        return pipe
+        return RedisBatch(self, pipe, partitions)
+
+
+class RedisBatch:
+    """One batch on a WATCHing pipeline: reads go to the watched connection (so they see the
+    state the fence protects), the writes are one MULTI/EXEC."""
+
+    def __init__(self, store: RedisStateStore, pipe: redis.client.Pipeline, partitions: list[int]):
+        self.store = store
+        self.pipe = pipe
+        self.partitions = partitions
+
+    def offsets(self) -> dict[int, int]:
+        return self.store.offsets(self.partitions)
+
+    def abort(self) -> None:
+        with contextlib.suppress(*REDIS_DOWN):  # UNWATCH on a dead connection
+            self.pipe.reset()
 
     def load(self, state: StreamState, user_items: dict[str, set[str]], items: set[str]) -> Loaded:
-        """Fill `state` with the users, item memberships and items a batch touches, in one
-        round trip."""
+        """Fill `state` with what the batch touches: one command (consumer/redis_commands.py),
+        not on the watched connection (reads need no fence; the client pools connections)."""
+        store = self.store
         users = list(user_items)
-        missing_meta = [i for i in items if i not in self.meta_cache]
+        missing_meta = [i for i in items if i not in store.meta_cache]
         item_list = list(items)
-        pipe = self.client.pipeline(transaction=False)
+        cmds = CommandList()
         for user in users:
-            pipe.hgetall(keys.user_key(user))
+            cmds.add("HGETALL", keys.user_key(user))
         asked = [(u, sorted(user_items[u])) for u in users if user_items[u]]
-        for user, its in asked:
-            pipe.smismember(keys.user_items_key(user), its)
+        chunks = [cmds.add_members("SMISMEMBER", keys.user_items_key(u), its) for u, its in asked]
         for user in users:
-            pipe.get(keys.user_recent_ids_key(user))
+            cmds.add("GET", keys.user_recent_ids_key(user))
         for item in item_list:
-            pipe.hgetall(keys.item_key(item))
+            cmds.add("HGETALL", keys.item_key(item))
         for item in missing_meta:
-            pipe.hgetall(keys.item_meta_key(item))
-        results = iter(pipe.execute())
-        tables = state.tables
-        loaded = {user: load_packed_user(tables, user, next(results)) for user in users}
-        for user in users:
-            tables.user_items[user] = set()
-        for user, its in asked:
-            tables.user_items[user] = {i for i, hit in zip(its, next(results), strict=True) if hit}
-        for user in users:
-            state.recent[user] = decode_recent_ids(next(results))
-        item_hashes = [next(results) for _ in item_list]
+            cmds.add("HGETALL", keys.item_meta_key(item))
+        replies = iter(cmds.run(store.client))
+        user_raws = [pairs(next(replies)) for _ in users]
+        memberships = {}
+        for (user, its), n in zip(asked, chunks, strict=True):
+            hits = [hit for _ in range(n) for hit in next(replies)]
+            memberships[user] = {i for i, hit in zip(its, hits, strict=True) if hit}
+        recent = [decode_recent_ids(next(replies)) for _ in users]
+        item_raws = [pairs(next(replies)) for _ in item_list]
         for item in missing_meta:
-            raw = next(results)
-            self.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
-        tables.meta = self.meta_cache  # item rows read their metadata from it, once per item
-        shards = LoadedItems(item_list, item_hashes)
-        tables.set_item_states(item_list, shards.totals, shards.total_present)
-        return Loaded(loaded, shards)
+            raw = pairs(next(replies))
+            store.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
+        return fill_tables(
+            state, users, user_raws, memberships, recent, item_list, item_raws, store.meta_cache
+        )
 
-    def commit(self, pipe: redis.client.Pipeline, writes: BatchWrites) -> None:
+    def commit(self, writes: BatchWrites) -> None:
         """Write the batch and its offsets atomically; raises Fenced if a WATCHed offset moved."""
-        pipe.multi()
+        pipe, topic, ttl = self.pipe, self.store.topic, self.store.session_ttl_s
+        cmds = CommandList()  # the per-user, per-session and per-item writes: one command
         for user, fields in writes.user_states.items():
-            pipe.hset(keys.user_key(user), mapping=fields)
+            cmds.add_mapping("HSET", keys.user_key(user), fields)
         for user, new_items in writes.user_new_items.items():
             if new_items:
-                pipe.sadd(keys.user_items_key(user), *new_items)
+                cmds.add_members("SADD", keys.user_items_key(user), sorted(new_items))
         for user, recent in writes.user_recent_ids.items():
             key = keys.user_recent_ids_key(user)
             if recent:
-                pipe.set(key, encode_recent_ids(recent))
+                cmds.add("SET", key, encode_recent_ids(recent))
             else:
-                pipe.delete(key)
+                cmds.add("DEL", key)
         for (user, session), fields in writes.closed_sessions.items():
             key = keys.session_key(user, session)
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, self.session_ttl_s)
+            cmds.add_mapping("HSET", key, fields)
+            cmds.add("EXPIRE", key, ttl)
         for (user, session), fields in writes.sessions.items():
-            pipe.hset(keys.session_key(user, session), mapping=fields)
+            cmds.add_mapping("HSET", keys.session_key(user, session), fields)
         for item, shards in writes.item_shards.items():
-            pipe.hset(keys.item_key(item), mapping=shards)
+            cmds.add_mapping("HSET", keys.item_key(item), shards)
         for user, fields in writes.scores.items():
-            pipe.hset(keys.user_score_key(user), mapping=fields)
+            cmds.add_mapping("HSET", keys.user_score_key(user), fields)
+        pipe.multi()
+        cmds.queue(pipe)
         for kind, members in writes.leaderboard.items():
             if members:
                 pipe.zadd(keys.leaderboard_key(kind), members)
         for partition, offset in writes.offsets.items():
-            pipe.set(keys.offset_key(self.topic, partition), offset)
+            pipe.set(keys.offset_key(topic, partition), offset)
         for name, amount in writes.stats.items():
-            pipe.hincrby(keys.stats_key(self.topic), name, amount)
+            pipe.hincrby(keys.stats_key(topic), name, amount)
         if writes.publish is not None:
-            pipe.publish(keys.scores_channel(self.topic), writes.publish)
+            pipe.publish(keys.scores_channel(topic), writes.publish)
         try:
             pipe.execute()
         except redis.WatchError as exc:

@@ -273,19 +273,19 @@ import os
 import sys
 
 from consumer.runner import StreamConsumer
-from consumer.store import RedisStateStore
+from consumer.store import RedisBatch
 from engage.settings import get_settings
 
-commit = RedisStateStore.commit
+commit = RedisBatch.commit
 
 
-def commit_unless_dead_letters(self, pipe, writes):
+def commit_unless_dead_letters(self, writes):
     if writes.stats.get("dead_lettered"):
         os._exit({CRASHED})  # the batch's outputs were flushed (acks=all) just before this
-    commit(self, pipe, writes)
+    commit(self, writes)
 
 
-RedisStateStore.commit = commit_unless_dead_letters
+RedisBatch.commit = commit_unless_dead_letters
 StreamConsumer(get_settings(), group=sys.argv[1]).run(idle_exit_s=float(sys.argv[2]))
 '''
 

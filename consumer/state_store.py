@@ -1,0 +1,205 @@
+"""The consumer's state-store seam: what it asks of the place its state and offsets live.
+
+Per batch the runner asks the store to `begin` a batch for the partitions it holds records of
+(from then on, a write by anyone else to those partitions' progress fences the batch), reads
+the stored `offsets` (its positions must match them), `load`s the users and items the batch
+touches into the fold's tables, and `commit`s the batch's writes together with its offsets,
+all or nothing. `Fenced` says another writer moved a partition; `OutcomeUnknown` (a
+ConnectionError) says the commit may or may not have landed, so the runner re-reads the
+offsets before it goes on.
+
+Two stores implement it: `consumer.store.RedisStateStore` (one MULTI/EXEC on one Redis node)
+and `MemoryStateStore` here (dicts, for tests that need no servers). `tests/test_state_store.py`
+runs one suite over both. A Redis Cluster store (issue 17) is the next implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from features.aggregates import State
+from features.item_shards import LoadedItems
+from features.items import ItemMeta
+from features.state_codec import load_packed_user
+from features.stream import StreamState
+
+NO_OFFSET = -1
+
+
+class Fenced(Exception):
+    """Another writer changed a partition's stored offset: this batch must not land."""
+
+
+@dataclass
+class Loaded:
+    """What a batch read besides the fold's tables: each user's packed state (to write back
+    only what changed) and the items' shards (the batch's increments are added to them)."""
+
+    users: dict[str, bytes] = field(default_factory=dict)
+    items: LoadedItems = field(default_factory=LoadedItems.empty)
+
+
+@dataclass
+class BatchWrites:
+    """Everything one batch writes, applied in one transaction."""
+
+    user_states: dict[str, dict[str, bytes | str]] = field(default_factory=dict)  # packed
+    user_new_items: dict[str, set[str]] = field(default_factory=dict)
+    user_recent_ids: dict[str, dict[str, float]] = field(default_factory=dict)  # replaces
+    sessions: dict[tuple[str, str], State] = field(default_factory=dict)
+    closed_sessions: dict[tuple[str, str], State] = field(default_factory=dict)
+    item_shards: dict[str, dict[str, bytes]] = field(default_factory=dict)  # item -> its shards
+    scores: dict[str, dict[str, str | float]] = field(default_factory=dict)
+    leaderboard: dict[str, dict[str, float]] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
+    publish: bytes | None = None
+
+
+class StoreBatch(Protocol):
+    """One batch's view of the store, from `StateStore.begin` to `commit` or `abort`."""
+
+    def offsets(self) -> dict[int, int]:
+        """The stored offsets of the batch's partitions (NO_OFFSET: none yet)."""
+        ...
+
+    def load(self, state: StreamState, user_items: dict[str, set[str]], items: set[str]) -> Loaded:
+        """Fill `state` with the users, their memberships of the batch's items, and the
+        items the batch touches."""
+        ...
+
+    def commit(self, writes: BatchWrites) -> None:
+        """Apply `writes` and their offsets atomically; `Fenced` if a partition moved."""
+        ...
+
+    def abort(self) -> None:
+        """Give the batch up: nothing of it lands."""
+        ...
+
+
+class StateStore(Protocol):
+    def offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The stored offsets of `partitions` (NO_OFFSET: none yet)."""
+        ...
+
+    def begin(self, partitions: Iterable[int]) -> StoreBatch:
+        """Start a batch over `partitions`: a later write to their offsets fences it."""
+        ...
+
+
+def fill_tables(
+    state: StreamState,
+    users: Sequence[str],
+    user_raws: Sequence[dict[bytes, bytes]],
+    memberships: dict[str, set[str]],
+    recent: Sequence[dict[str, float]],
+    items: Sequence[str],
+    item_raws: Sequence[dict[bytes, bytes]],
+    meta: dict[str, ItemMeta],
+) -> Loaded:
+    """Put what a store read into the fold's tables (the one place both stores do it): users'
+    packed states, the items each user has touched (of the batch's), the duplicate guard's
+    recent ids, the items' summed shards, and the item metadata source."""
+    tables = state.tables
+    loaded = {
+        user: load_packed_user(tables, user, raw)
+        for user, raw in zip(users, user_raws, strict=True)
+    }
+    for user, ids in zip(users, recent, strict=True):
+        tables.user_items[user] = memberships.get(user, set())
+        state.recent[user] = ids
+    tables.meta = meta  # item rows read their metadata from it, once per item
+    shards = LoadedItems(items, item_raws)
+    tables.set_item_states(items, shards.totals, shards.total_present)
+    return Loaded(loaded, shards)
+
+
+@dataclass
+class _MemoryData:
+    users: dict[str, dict[bytes, bytes]] = field(default_factory=dict)  # as HGETALL returns
+    user_items: dict[str, set[str]] = field(default_factory=dict)
+    recent: dict[str, dict[str, float]] = field(default_factory=dict)
+    sessions: dict[tuple[str, str], State] = field(default_factory=dict)
+    items: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
+    scores: dict[str, dict[str, str | float]] = field(default_factory=dict)
+    leaderboard: dict[str, dict[str, float]] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
+    published: list[bytes] = field(default_factory=list)
+
+
+class MemoryStateStore:
+    """The store in process memory: what Redis holds, as dicts; a partition's offset carries
+    a version that `begin` remembers and `commit` compares, as Redis WATCH does."""
+
+    def __init__(self, meta: dict[str, ItemMeta] | None = None) -> None:
+        self.data = _MemoryData()
+        self.meta: dict[str, ItemMeta] = meta if meta is not None else {}
+        self._versions: dict[int, int] = {}
+
+    def offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        return {p: self.data.offsets.get(p, NO_OFFSET) for p in partitions}
+
+    def begin(self, partitions: Iterable[int]) -> _MemoryBatch:
+        return _MemoryBatch(self, {p: self._versions.get(p, 0) for p in partitions})
+
+    def set_offset(self, partition: int, offset: int) -> None:
+        """Another writer's progress (what a zombie consumer does): fences open batches."""
+        self.data.offsets[partition] = offset
+        self._versions[partition] = self._versions.get(partition, 0) + 1
+
+
+class _MemoryBatch:
+    def __init__(self, store: MemoryStateStore, versions: dict[int, int]) -> None:
+        self.store = store
+        self.versions = versions
+        self.done = False
+
+    def offsets(self) -> dict[int, int]:
+        return self.store.offsets(self.versions)
+
+    def load(self, state: StreamState, user_items: dict[str, set[str]], items: set[str]) -> Loaded:
+        data, users, item_list = self.store.data, list(user_items), list(items)
+        memberships = {u: data.user_items.get(u, set()) & user_items[u] for u in users}
+        return fill_tables(
+            state, users, [dict(data.users.get(u, {})) for u in users], memberships,
+            [dict(data.recent.get(u, {})) for u in users], item_list,
+            [dict(data.items.get(i, {})) for i in item_list], self.store.meta,
+        )  # fmt: skip
+
+    def commit(self, writes: BatchWrites) -> None:
+        if self.done:
+            raise RuntimeError("this batch was already committed or aborted")
+        self.done = True
+        store = self.store
+        if any(store._versions.get(p, 0) != v for p, v in self.versions.items()):
+            raise Fenced(f"offsets of {sorted(self.versions)} were written meanwhile")
+        data = store.data
+        for user, fields in writes.user_states.items():
+            data.users.setdefault(user, {}).update(
+                {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in fields.items()}
+            )
+        for user, new_items in writes.user_new_items.items():
+            data.user_items.setdefault(user, set()).update(new_items)
+        for user, recent in writes.user_recent_ids.items():
+            data.recent[user] = dict(recent)
+        data.sessions.update(writes.closed_sessions)
+        data.sessions.update(writes.sessions)
+        for item, shards in writes.item_shards.items():
+            data.items.setdefault(item, {}).update({k.encode(): v for k, v in shards.items()})
+        for user, fields in writes.scores.items():
+            data.scores.setdefault(user, {}).update(fields)
+        for kind, members in writes.leaderboard.items():
+            data.leaderboard.setdefault(kind, {}).update(members)
+        for partition, offset in writes.offsets.items():
+            data.offsets[partition] = offset
+            store._versions[partition] = store._versions.get(partition, 0) + 1
+        for name, amount in writes.stats.items():
+            data.stats[name] = data.stats.get(name, 0) + amount
+        if writes.publish is not None:
+            data.published.append(writes.publish)
+
+    def abort(self) -> None:
+        self.done = True

@@ -1,0 +1,168 @@
+"""One suite over every state store (consumer/state_store.py): the in-memory store and Redis.
+
+What the consumer relies on, asked only through the seam: offsets start empty; batches taken
+through a store (load, score, commit) leave exactly the state one in-memory fold of the whole
+log leaves; a write to a partition's progress fences a batch that is open on it, and nothing
+of the fenced batch lands; an aborted batch leaves nothing. The memory store needs no
+servers; the Redis store runs on the test session's database (skipped outside CI only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from consumer.batch import BatchScorer, Incoming
+from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, MemoryStateStore, StateStore
+from consumer.store import RedisStateStore
+from engage.partitioning import positive_murmur2
+from engage.redis_client import connect
+from engage.settings import Settings
+from features import keys
+from features.events import Event
+from features.items import ItemMeta
+from features.state_codec import STATE_FIELD, packed_user
+from features.stream import StreamState
+from scoring.rules import load_scorers
+from tests.eventlog import make_log
+
+PARTITIONS = 3
+BATCH = 40
+
+
+@dataclass
+class Subject:
+    store: StateStore
+    put_meta: Callable[[dict[str, ItemMeta]], None]  # item metadata, as replay writes it
+
+
+@pytest.fixture(params=["memory", "redis"])
+def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
+    if request.param == "memory":
+        memory = MemoryStateStore()
+        yield Subject(memory, memory.meta.update)
+        return
+    settings: Settings = request.getfixturevalue("settings")  # a claimed, emptied database
+    client = connect(settings)
+
+    def put_meta(meta: dict[str, ItemMeta]) -> None:
+        for item, m in meta.items():
+            client.hset(keys.item_meta_key(item), mapping=m.to_hash())
+
+    yield Subject(RedisStateStore(client, settings.events_topic, 3600), put_meta)
+    client.close()
+
+
+def arrivals() -> tuple[list[Incoming], dict[str, ItemMeta]]:
+    """A small mixed log (funnel and MovieLens-like users, hostile ids) keyed to partitions by
+    user, interleaved across partitions in a fixed order, with per-partition offsets."""
+    events, genres = make_log(n_users=12, events_per_user=25, seed=5)
+    lanes: dict[int, list[Event]] = {p: [] for p in range(PARTITIONS)}
+    for e in events:
+        lanes[positive_murmur2(e["user_id"].encode()) % PARTITIONS].append(Event(**e))
+    out: list[Incoming] = []
+    step = 0
+    while any(lanes.values()):
+        for p in range(PARTITIONS):
+            take = lanes[p][: 3 + (step + p) % 5]
+            del lanes[p][: len(take)]
+            offset = sum(1 for i in out if i.partition == p)
+            out += [Incoming(e, p, offset + k, 0) for k, e in enumerate(take)]
+        step += 1
+    meta = {item: ItemMeta(tuple(gs)) for item, gs in genres.items()}
+    return out, meta
+
+
+def touched(batch: list[Incoming]) -> tuple[dict[str, set[str]], set[str]]:
+    user_items: dict[str, set[str]] = {}
+    for i in batch:
+        user_items.setdefault(i.event.user_id, set()).update(
+            [i.event.item_id] if i.event.item_id else []
+        )
+    return user_items, {i.event.item_id for i in batch if i.event.item_id}
+
+
+def read_back(store: StateStore, users: set[str], items: set[str]) -> StreamState:
+    """Everything of `users` and `items` the store holds, loaded as a batch would."""
+    state = StreamState()
+    batch = store.begin([])
+    batch.load(state, {u: set() for u in users}, items)
+    batch.abort()
+    return state
+
+
+def test_an_empty_store_has_no_offsets_and_new_users(subject: Subject) -> None:
+    store = subject.store
+    assert store.offsets([0, 1, 2]) == {0: NO_OFFSET, 1: NO_OFFSET, 2: NO_OFFSET}
+    state = StreamState()
+    batch = store.begin([0])
+    assert batch.offsets() == {0: NO_OFFSET}
+    loaded = batch.load(state, {"nobody": {"m1"}}, {"m1"})
+    batch.abort()
+    assert loaded.users == {"nobody": b""}
+    assert state.tables.export_user("nobody") == {} and state.tables.export_item("m1") == {}
+
+
+def test_batches_through_the_store_equal_one_fold_of_the_whole_log(subject: Subject) -> None:
+    incoming, meta = arrivals()
+    subject.put_meta(meta)
+    scorer = BatchScorer(load_scorers(None), log_features=False)
+    for first in range(0, len(incoming), BATCH):
+        chunk = incoming[first : first + BATCH]
+        partitions = {i.partition for i in chunk}
+        batch = subject.store.begin(partitions)
+        state = StreamState()
+        user_items, items = touched(chunk)
+        scored = scorer.run(state, chunk, batch.load(state, user_items, items))
+        assert not scored.refused
+        batch.commit(scored.writes)
+
+    reference = StreamState()
+    reference.tables.meta = meta
+    reference.apply([i.event for i in incoming])
+    users = {i.event.user_id for i in incoming}
+    items = {i.event.item_id for i in incoming if i.event.item_id}
+    stored = read_back(subject.store, users, items)
+    for user in users:
+        assert stored.tables.export_user(user) == reference.tables.export_user(user), user
+        assert stored.recent[user] == reference.recent[user], user
+    for item in items:
+        assert stored.tables.export_item(item) == reference.tables.export_item(item), item
+    last = {p: max(i.offset for i in incoming if i.partition == p) for p in range(PARTITIONS)}
+    assert subject.store.offsets(range(PARTITIONS)) == last
+
+
+def _one_user_writes(user: str, offset: int) -> BatchWrites:
+    state = StreamState()
+    state.tables.user_row(user)
+    state.tables.users[0, 0] = 1.0
+    state.tables.user_set[0, 0] = 1
+    return BatchWrites(user_states={user: packed_user(state.tables, user)}, offsets={0: offset})
+
+
+def test_a_write_to_a_partition_fences_the_batch_open_on_it(subject: Subject) -> None:
+    store = subject.store
+    zombie = store.begin([0])
+    assert zombie.offsets() == {0: NO_OFFSET}
+    owner = store.begin([0])
+    owner.commit(_one_user_writes("owner", 5))
+    with pytest.raises(Fenced):
+        zombie.commit(_one_user_writes("zombie", 3))
+    assert store.offsets([0]) == {0: 5}
+    state = read_back(store, {"owner", "zombie"}, set())
+    assert state.tables.export_user("zombie") == {}  # nothing of the fenced batch landed
+    assert state.tables.export_user("owner") != {}
+
+
+def test_an_aborted_batch_leaves_nothing_and_the_next_one_lands(subject: Subject) -> None:
+    store = subject.store
+    batch = store.begin([0])
+    batch.load(StreamState(), {"u": set()}, set())
+    batch.abort()
+    assert store.offsets([0]) == {0: NO_OFFSET}
+    store.begin([0]).commit(_one_user_writes("u", 0))
+    assert store.offsets([0]) == {0: 0}
+    loaded = store.begin([]).load(StreamState(), {"u": set()}, set())
+    assert loaded.users["u"] == _one_user_writes("u", 0).user_states["u"][STATE_FIELD]
