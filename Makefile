@@ -34,12 +34,15 @@ CONFLUENT_TESTS ?= tests/test_consumer_state.py tests/test_consumer_admission.py
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(if $(strip $(CONFLUENT_TESTS)),ENGAGE_KAFKA_CLIENT=confluent $(BIN)/pytest $(PYTEST_ARGS) $(CONFLUENT_TESTS))
 
+# ruff, then mypy (pyproject.toml [tool.mypy]: strict on features/ and scoring/).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format .

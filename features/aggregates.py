@@ -15,7 +15,9 @@ undeclared is written. A change to an update rule here needs a FEATURE_VERSION b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from features.events import FUNNEL_STEP, Event, EventType
 from features.items import ItemMeta
@@ -23,6 +25,9 @@ from features.items import ItemMeta
 #: A state hash. Every value is a float except the current session id `cs_id` (a string), so
 #: readers use `state.get(field, 0.0)` directly: this is the consumer's hottest code.
 State = dict[str, float | str]
+#: `state.get` for the float fields (every one but `cs_id`), as the hot path binds it:
+#: `g = cast(FloatGet, user.get)` types the reads without a wrapper.
+FloatGet = Callable[[str, float], float]
 MS_PER_MIN = 60_000.0
 
 
@@ -73,7 +78,8 @@ def decay_factor(anchor_ts: float, ts: float, params: FeatureParams) -> float:
     >>> decay_factor(5000.0, 4000.0, params)  # an older event does not rewind the decay
     1.0
     """
-    return 0.5 ** (max(0.0, ts - anchor_ts) / params.half_life_ms)
+    factor: float = 0.5 ** (max(0.0, ts - anchor_ts) / params.half_life_ms)  # float ** float
+    return factor
 
 
 def continues_session(user: State, event: Event, params: FeatureParams) -> bool:
@@ -83,13 +89,13 @@ def continues_session(user: State, event: Event, params: FeatureParams) -> bool:
         return False
     if event.session_id is not None:
         return event.session_id == current
-    g = user.get
+    g = cast(FloatGet, user.get)
     return event.ts - g("cs_end", 0.0) <= params.session_gap_ms
 
 
 def session_fields(user: State) -> State:
     """The current session as its own hash (what `s:{user}:<session>` holds)."""
-    g = user.get
+    g = cast(FloatGet, user.get)
     n = g("cs_n", 0.0)
     return {
         "start": g("cs_start", 0.0),
@@ -105,7 +111,7 @@ def session_fields(user: State) -> State:
 
 def user_rating_mean(user: State) -> float:
     """The user's mean rating so far, smoothed towards the global prior."""
-    g = user.get
+    g = cast(FloatGet, user.get)
     return (g("r_sum", 0.0) + RATING_PRIOR_MEAN * RATING_PRIOR_WEIGHT) / (
         g("r_n", 0.0) + RATING_PRIOR_WEIGHT
     )
@@ -115,7 +121,7 @@ def apply_event(
     user: State, event: Event, meta: ItemMeta | None, new_item: bool, params: FeatureParams
 ) -> Applied:
     """Fold one event into `user` (in place); return the session and item effects."""
-    g = user.get
+    g = cast(FloatGet, user.get)
     ts = float(event.ts)
     engaged = 1.0 if event.engaged else 0.0
     labelled = event.labelled
@@ -228,5 +234,6 @@ def apply_event(
 
 def apply_item_delta(item: State, delta: dict[str, float]) -> None:
     """What HINCRBYFLOAT does to the item hash, for in-memory state."""
+    get = cast(FloatGet, item.get)
     for field, amount in delta.items():
-        item[field] = item.get(field, 0.0) + amount
+        item[field] = get(field, 0.0) + amount

@@ -31,7 +31,8 @@ def _digest(block: np.ndarray) -> np.ndarray:
     mixed *= _M2
     mixed ^= mixed >> np.uint64(29)
     weights = np.arange(1, 2 * block.shape[1] + 1, 2, dtype=np.uint64) * _M1 | np.uint64(1)
-    return (mixed * weights).sum(axis=1, dtype=np.uint64)
+    digests: np.ndarray = (mixed * weights).sum(axis=1, dtype=np.uint64)
+    return digests
 
 
 def vector_digests(rows: np.ndarray) -> list[str]:

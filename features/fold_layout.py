@@ -87,7 +87,7 @@ COUNT_FEATURE_FIELDS: tuple[str, ...] = tuple(
 )
 
 #: Definition constants and parameters, as run-time values of the kernel (see module docstring).
-Consts = namedtuple(  # type: ignore[misc]
+Consts = namedtuple(
     "Consts",
     [
         "half",  # the base of every `0.5 ** x`

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from typing import cast
 
 from features import aggregates, events, spec
 from features.aggregates import (
@@ -25,6 +26,7 @@ from features.aggregates import (
     RATING_PRIOR_WEIGHT,
     YEAR_CENTER,
     FeatureParams,
+    FloatGet,
     State,
     continues_session,
     decay_factor,
@@ -65,7 +67,7 @@ def _rate(hits: float, trials: float, prior: float) -> float:
 def year_line(user: State) -> tuple[float, float]:
     """The user's rating-on-release-year slope (ridge-shrunk towards flat) and mean year
     (centred on YEAR_CENTER); (0, 0) with fewer than two rated films of known year."""
-    g = user.get
+    g = cast(FloatGet, user.get)
     n = g("y_n", 0.0)
     if n < 2:
         return 0.0, 0.0
@@ -81,7 +83,8 @@ def user_values(
     """USER_FEATURES for `user` as of the moment `event` arrives (`year_fit`: `year_line`
     of `user`, if the caller has it already)."""
     ts = float(event.ts)
-    g = user.get  # states hold floats (only cs_id is a string); a local lookup is the hot path
+    # States hold floats (only cs_id is a string); a local lookup is the hot path.
+    g = cast(FloatGet, user.get)
     n, lab, eng = g("n", 0.0), g("lab", 0.0), g("eng", 0.0)
     r_n, r_sum, r_sq = g("r_n", 0.0), g("r_sum", 0.0), g("r_sq", 0.0)
     mean = user_rating_mean(user)
@@ -174,7 +177,7 @@ def item_values(
 ) -> list[float]:
     """ITEM_FEATURES: the item's aggregates and metadata, and the user's taste for it."""
     meta = meta or ItemMeta()
-    gi, gu = item.get, user.get
+    gi, gu = cast(FloatGet, item.get), cast(FloatGet, user.get)
     i_n, i_rn, i_lab = gi("n", 0.0), gi("r_n", 0.0), gi("lab", 0.0)
     i_sum = gi("r_sum", 0.0)
     i_mean = (i_sum + RATING_PRIOR_MEAN * RATING_PRIOR_WEIGHT) / (i_rn + RATING_PRIOR_WEIGHT)

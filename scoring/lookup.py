@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -34,7 +34,7 @@ def _text(value: bytes | None) -> str:
 
 def current_score(client: Client, user_id: str) -> dict[str, Any]:
     """The user's latest scores as the consumer wrote them (raises UnknownUser)."""
-    raw = client.hgetall(keys.user_score_key(user_id))
+    raw = cast(dict[bytes, bytes], client.hgetall(keys.user_score_key(user_id)))
     if not raw:
         raise UnknownUser(user_id)
     get = {k.decode(): v for k, v in raw.items()}
@@ -61,7 +61,10 @@ def top_users(
     out: list[dict[str, Any]] = []
     start, page = 0, max(n * 2, 50)
     while len(out) < n:
-        members = client.zrevrange(board, start, start + page - 1, withscores=True)
+        members = cast(
+            list[tuple[bytes, float]],
+            client.zrevrange(board, start, start + page - 1, withscores=True),
+        )
         if not members:
             break
         pipe = client.pipeline(transaction=False)

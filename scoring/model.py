@@ -30,7 +30,8 @@ class Calibrator:
             p = np.interp(margin, self.knots_x, self.knots_y)
         else:
             p = 1.0 / (1.0 + np.exp(-(self.a * margin + self.b)))
-        return np.clip(p, PROB_EPS, 1.0 - PROB_EPS)
+        clipped: np.ndarray = np.clip(p, PROB_EPS, 1.0 - PROB_EPS)
+        return clipped
 
 
 class ScoringModel:
@@ -102,7 +103,8 @@ class ScoringModel:
         X = self._check(X)
         if self.kind == "xgboost":
             return np.asarray(self.booster.inplace_predict(X, predict_type="margin"))
-        return ((X - self.mean) / self.scale) @ self.coef + self.intercept
+        linear: np.ndarray = ((X - self.mean) / self.scale) @ self.coef + self.intercept
+        return linear
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated P(engaged), shape (n,)."""
@@ -126,7 +128,8 @@ class ScoringModel:
                 xgb.DMatrix(X, nthread=threads), pred_contribs=True, approx_contribs=not exact
             )
             return np.asarray(contribs[:, :-1])
-        return ((X - self.mean) / self.scale) * self.coef
+        parts: np.ndarray = ((X - self.mean) / self.scale) * self.coef
+        return parts
 
     def top_reasons(self, contrib_row: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
         """The k features that moved this score most (either way), largest |effect| first."""

@@ -137,23 +137,23 @@ class BadState(ValueError):
 
 
 @njit(cache=True)
-def _logit(p):
+def _logit(p: float) -> float:
     p = min(max(p, PROB_EPS), 1.0 - PROB_EPS)
     return math.log(p / (1.0 - p))
 
 
 @njit(cache=True)
-def _sigmoid(u):
+def _sigmoid(u: float) -> float:
     return 1.0 / (1.0 + math.exp(-u))
 
 
 @njit(cache=True)
-def _clip(q):
+def _clip(q: float) -> float:
     return min(max(q, PROB_EPS), 1.0 - PROB_EPS)
 
 
 @njit(cache=True)
-def _gap(sum_y, sum_p, count, window):
+def _gap(sum_y: int, sum_p: int, count: int, window: int) -> float:
     """logit(mean label) - logit(mean p) over the window, empty slots as label = p = 1/2."""
     empty = 0.5 * (window - count)
     mean_y = (sum_y + empty) / window
@@ -162,7 +162,14 @@ def _gap(sum_y, sum_p, count, window):
 
 
 @njit(cache=True)
-def _intercept_kernel(p, y, ring_y, ring_p, ints, out):
+def _intercept_kernel(
+    p: np.ndarray,
+    y: np.ndarray,
+    ring_y: np.ndarray,
+    ring_p: np.ndarray,
+    ints: np.ndarray,
+    out: np.ndarray,
+) -> None:
     """ints = [labels in the window, next ring slot, sum of ring_y, sum of ring_p]."""
     window = ring_y.shape[0]
     count, head, sum_y, sum_p = ints[0], ints[1], ints[2], ints[3]
@@ -185,7 +192,9 @@ def _intercept_kernel(p, y, ring_y, ring_p, ints, out):
 
 
 @njit(cache=True)
-def _sgd_platt_kernel(p, y, step, ab, seen, out):
+def _sgd_platt_kernel(
+    p: np.ndarray, y: np.ndarray, step: float, ab: np.ndarray, seen: np.ndarray, out: np.ndarray
+) -> None:
     """ab = [a, b]; seen = [labels learnt from]."""
     a, b = ab[0], ab[1]
     n = seen[0]

@@ -110,7 +110,8 @@ class ModelRegistry:
         path = self.root / version / MANIFEST_FILE
         if not path.exists():
             raise ModelNotFound(f"no model version {version!r} under {self.root}")
-        return json.loads(path.read_text())
+        manifest: dict[str, Any] = json.loads(path.read_text())
+        return manifest
 
     def load(self, version: str | None = None) -> ModelBundle:
         """The bundle (default: current); refuses one trained on other feature definitions."""

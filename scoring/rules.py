@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -66,7 +66,7 @@ def _where(loc: tuple[int | str, ...], data: object) -> str:
             node = node[part] if isinstance(node, list) and part < len(node) else None
             named = isinstance(node, dict) and isinstance(node.get("name"), str)
             if named and i < len(loc) - 1:  # a whole-signal message names it already
-                text += f" ({node['name']})"
+                text += f" ({cast(dict[str, str], node)['name']})"
         else:
             text += f".{part}" if text else part
             node = node.get(part) if isinstance(node, dict) else None
