@@ -3,12 +3,15 @@
 #   make test   - virtualenv, install, lint, then the whole test suite (its fixtures start
 #                 Kafka + Redis when nothing answers, and stop what they started), then the
 #                 consumer's tests again with the librdkafka client
+#   make unit   - the tests that need no server and take seconds (under a minute): no Kafka,
+#                 no Redis, nothing started. Tests that need the servers are marked `stack`
+#                 (tests/conftest.py marks every user of the server fixtures), long ones `slow`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format stack-up stack-down stack-status bench clean
+.PHONY: demo test unit lint format stack-up stack-down stack-status bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +40,9 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(if $(strip $(CONFLUENT_TESTS)),ENGAGE_KAFKA_CLIENT=confluent $(BIN)/pytest $(PYTEST_ARGS) $(CONFLUENT_TESTS))
+
+unit: $(STAMP)
+	$(BIN)/pytest -m "not stack and not soak and not slow" $(PYTEST_ARGS)
 
 # ruff, then mypy (pyproject.toml [tool.mypy]: strict on features/ and scoring/).
 lint: $(STAMP)

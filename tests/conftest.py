@@ -4,6 +4,10 @@ Order: servers named by ENGAGE_* variables; else Docker via testcontainers when 
 answers; else the project's own local stack (started here if nothing answers, and stopped
 at the end if this session started it). Outside CI a test that needs servers which cannot be
 had is skipped with the reason; in CI (CI=true) it fails instead.
+
+Tiers: every test that uses the server fixtures is marked `stack` at collection (by fixture,
+below), long tests that need no server `slow`; `make unit` runs the rest, with no server, and
+there a test that reaches for the servers without the mark fails at once, naming the fix.
 """
 
 from __future__ import annotations
@@ -29,7 +33,79 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", help="run the long fault and load tests")
 
 
+#: The fixtures that give a test the real servers: a test that uses any of them, directly or
+#: through its own fixtures, is marked `stack` at collection, so `make unit` (-m "not stack")
+#: leaves it out without anyone having to remember the mark.
+SERVER_FIXTURES = frozenset(
+    {
+        "stack_settings",
+        "test_redis_db",
+        "settings",
+        "redis_client",
+        "private_redis",
+        "private_kafka",
+    }
+)
+#: Parametrised fixtures that reach the servers only for some parameters, through
+#: request.getfixturevalue (invisible to the fixture closure): (module, fixture, parameter).
+SERVER_PARAMS = frozenset({("test_state_store.py", "subject", "redis")})
+
+
+#: Tests that need no server but take many seconds (real MovieLens, training, backtests,
+#: subprocesses that import the whole stack, 1000-example fuzzers): marked `slow` here, so
+#: `make unit` stays under a minute; `make test` runs them. Module -> test function names.
+SLOW_TESTS = {
+    "test_cli_errors.py": {
+        "test_replay_and_train_on_a_damaged_movielens_folder_is_exit_2",
+        "test_consume_with_a_bad_rules_file_is_exit_2_before_connecting",
+    },
+    "test_fold.py": {"test_real_movielens_is_bit_identical"},
+    "test_fuzz_decoder.py": {
+        "test_corrupted_bytes_only_ever_raise_decode_error",
+        "test_mutated_events_are_rejected_or_keep_the_invariants",
+        "test_distinct_ids_never_share_a_key",
+        "test_every_good_event_is_accepted_unchanged",
+    },
+    "test_offline_calibration.py": {
+        "test_backtest_stays_before_the_test_period",
+        "test_fitting_and_calibrating_never_read_the_test_rows",
+        "test_test_period_diagnostic_scores_the_rule_training_serves",
+    },
+    "test_offline_train.py": {"test_train_run_writes_report_and_registers"},
+    "test_online_calibration.py": {
+        "test_engage_train_reports_and_registers_the_served_online_figures"
+    },
+    "test_partitioning.py": {"test_memory_stays_bounded_with_the_number_of_keys"},
+}
+
+
+def needs_servers(item: pytest.Item) -> bool:
+    if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return False
+    module = item.path.name
+    return any(
+        (module, name, value) in SERVER_PARAMS
+        for name, value in callspec.params.items()
+        if isinstance(value, str)
+    )
+
+
+def unit_run(config: pytest.Config) -> bool:
+    """True when the -m expression leaves the server tests out (`make unit`)."""
+    return "not stack" in " ".join((config.getoption("markexpr") or "").split())
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by the marks added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "stack" not in item.keywords and needs_servers(item):
+            item.add_marker(pytest.mark.stack)
+        name = getattr(item, "originalname", item.name)
+        if name in SLOW_TESTS.get(item.path.name, ()):
+            item.add_marker(pytest.mark.slow)
     if config.getoption("--soak"):
         return
     skip = pytest.mark.skip(reason="soak test: run with --soak")
@@ -45,8 +121,15 @@ def _unavailable(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack_settings() -> Iterator[Settings]:
+def stack_settings(request: pytest.FixtureRequest) -> Iterator[Settings]:
     """Settings pointing at a real, answering Kafka and Redis for the whole session."""
+    if unit_run(request.config):
+        pytest.fail(
+            "this test reaches Kafka/Redis but is not marked `stack`: mark it "
+            "(or add its fixture to SERVER_FIXTURES in tests/conftest.py); "
+            "`make unit` never starts servers",
+            pytrace=False,
+        )
     base = get_settings()
     named = base.explicitly_set("kafka_bootstrap_servers") or base.explicitly_set("redis_url")
     if not named and docker_engine_answers():
