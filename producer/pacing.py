@@ -62,7 +62,17 @@ REALTIME = Speed(1.0)
 
 
 def parse_speed(text: str) -> Speed:
-    """`max`, `realtime` or a positive number N (event time runs N times faster than wall)."""
+    """`max`, `realtime` or a positive number N (event time runs N times faster than wall).
+
+    >>> parse_speed("max").is_max, parse_speed(" Realtime ").factor
+    (True, 1.0)
+    >>> str(parse_speed("86400")), str(parse_speed("2.5x"))
+    ('86400x', '2.5x')
+    >>> parse_speed("0")
+    Traceback (most recent call last):
+    ...
+    ValueError: speed must be a number > 0, not '0'
+    """
     word = text.strip().lower()
     if word == "max":
         return MAX

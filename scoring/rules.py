@@ -161,7 +161,32 @@ class RuleScores:
 
 
 class RuleScorer:
-    """Scores batches of PROPENSITY_FEATURES rows with one rule configuration."""
+    """Scores batches of PROPENSITY_FEATURES rows with one rule configuration.
+
+    Two signals on one row: a demo request (capped at 1, so two count as one) and two sessions,
+    a third of the way from 1 to 4. The points add up to the score:
+
+    >>> config = RuleConfig.model_validate({
+    ...     "thresholds": {"high": 70, "medium": 40},
+    ...     "signals": [
+    ...         {"name": "demo", "feature": "u_n_demo_request", "kind": "cap", "cap": 1,
+    ...          "weight": 60, "reason": "requested a demo"},
+    ...         {"name": "returning", "feature": "u_sessions", "kind": "range", "lo": 1,
+    ...          "hi": 4, "weight": 40, "reason": "came back for {value:.0f} sessions"},
+    ...     ],
+    ... })
+    >>> scorer = RuleScorer(config)
+    >>> row = np.zeros((1, len(PROPENSITY_FEATURES)))
+    >>> row[0, PROPENSITY_FEATURES.index("u_n_demo_request")] = 2
+    >>> row[0, PROPENSITY_FEATURES.index("u_sessions")] = 2
+    >>> scores = scorer.score(row)
+    >>> round(float(scores.score[0]), 2), scores.labels
+    (73.33, ['high'])
+    >>> scores.top_signals()
+    [[['demo', 60.0], ['returning', 13.33]]]
+    >>> [r["text"] for r in scores.reasons(scorer.signal_values(row))[0]]
+    ['requested a demo', 'came back for 2 sessions']
+    """
 
     def __init__(self, config: RuleConfig) -> None:
         self.config = config
