@@ -27,9 +27,13 @@ The `{...}` is a Redis Cluster hash tag: all of one user's keys share a slot. Es
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 _SAFE = "!\"#$&'()*+,-./;<=>?@[\\]^_`|~"
+#: Ids `quote` would return unchanged (its always-safe characters and `_SAFE`): most ids. The
+#: match costs 0.8 us where `quote` costs 1.5, and the store builds ~1.5 keys per event.
+_unchanged = re.compile("[A-Za-z0-9" + re.escape("_.-~" + _SAFE) + "]*").fullmatch
 
 
 def escape_id(raw: str) -> str:
@@ -42,7 +46,7 @@ def escape_id(raw: str) -> str:
     >>> user_key("a}b"), session_key("u", "s:1")
     ('u:{a%7Db}', 's:{u}:s%3A1')
     """
-    return quote(raw, safe=_SAFE)
+    return raw if _unchanged(raw) else quote(raw, safe=_SAFE)
 
 
 def _tagged(prefix: str, raw_id: str, suffix: str = "") -> str:

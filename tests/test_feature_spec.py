@@ -496,3 +496,21 @@ def test_doctests_of_features() -> None:
         attempted[info.name] = result.attempted
     for name in ("features.aggregates", "features.keys", "features.spec"):
         assert attempted[name] > 0, name
+
+
+def test_escape_id_fast_path_equals_quote() -> None:
+    """`escape_id` skips `quote` for ids it would leave unchanged: same result on random ids
+    over printable, reserved and non-ASCII characters, and on every single character."""
+    import random
+    import string
+    from urllib.parse import quote
+
+    from features.keys import _SAFE, escape_id
+
+    rng = random.Random(0)
+    alphabet = string.printable + "é{}%:\x00 ü漢"
+    samples = [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(20_000)
+    ]
+    samples += [chr(c) for c in range(0x3000)]
+    assert [escape_id(s) for s in samples] == [quote(s, safe=_SAFE) for s in samples]
