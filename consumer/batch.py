@@ -23,10 +23,10 @@ from features.stream import StreamState
 from features.vector import PROPENSITY_FEATURES
 from scoring.rules import RuleScorer, domain_of
 
-from .state_store import BatchWrites, Loaded
+from .state_store import BatchWrites, Loaded, advance
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Incoming:
     """A decoded event and where it came from (the raw record, in case it is refused)."""
 
@@ -211,6 +211,4 @@ class BatchScorer:
             out.item_delta, out.item_delta_set,
         )  # fmt: skip
         writes.sessions.update(out.sessions_dict())
-        for item in incoming:
-            p = item.partition
-            writes.offsets[p] = max(writes.offsets.get(p, -1), item.offset)
+        advance(writes.offsets, [(item.partition, item.offset) for item in incoming])

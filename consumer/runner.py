@@ -28,7 +28,7 @@ from consumer.batch import BatchScorer, Incoming
 from consumer.deadletter import DeadLetter
 from consumer.metrics import ConsumerMetrics
 from consumer.ordering import Decoded, EventTimeMerger, decode_records
-from consumer.state_store import NO_OFFSET, Fenced, StateStore
+from consumer.state_store import NO_OFFSET, Fenced, StateStore, advance
 from consumer.store import REDIS_DOWN, RedisStateStore, waitable
 from engage import kafka_clients, redis_client, transport
 from engage.settings import Settings
@@ -375,9 +375,7 @@ class StreamConsumer:
                                 max_bytes=cap)
                      for i, reason in scored.refused]  # fmt: skip
             applied = len(incoming) - len(scored.refused)
-            for r in records:
-                p = r.partition
-                scored.writes.offsets[p] = max(scored.writes.offsets.get(p, NO_OFFSET), r.offset)
+            advance(scored.writes.offsets, [(r.partition, r.offset) for r in records])
             scored.writes.stats = {"processed": applied, "dead_lettered": len(dead)}
             send = self.out.send
             for key, value in scored.messages:

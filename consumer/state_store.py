@@ -32,6 +32,14 @@ class Fenced(Exception):
     """Another writer changed a partition's stored offset: this batch must not land."""
 
 
+def advance(offsets: dict[int, int], done: Iterable[tuple[int, int]]) -> None:
+    """Raise each partition's offset in `offsets` to the largest of the (partition, offset)
+    pairs `done`: what a batch commits as its progress."""
+    for partition, offset in done:
+        if offset > offsets.get(partition, NO_OFFSET):
+            offsets[partition] = offset
+
+
 @dataclass
 class Loaded:
     """What a batch read besides the fold's tables: each user's packed state (to write back

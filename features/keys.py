@@ -19,6 +19,8 @@ an id goes through `escape_id`.
     engage:offset:<topic>:<p>  string last applied offset of partition p (same transaction as state)
     engage:stats:<topic>       hash   processed / dead-lettered counters (same transaction)
     engage:lb:rule / lb:model  zset   leaderboards by rule score / model propensity
+    engage:events-topics       set    the events topics consumed into this database (a second
+                                      one is warned about: users and leaderboards are shared)
     engage:scores:<topic>      pubsub channel of score updates (published with the transaction)
 
 The `{...}` is a Redis Cluster hash tag: all of one user's keys share a slot. Escaping makes
