@@ -16,6 +16,7 @@ from engage.cli_support import (
     console,
     fail,
     namespace_options,
+    services_down_exits,
 )
 from engage.logs import setup_logging
 from engage.settings import get_settings
@@ -42,7 +43,6 @@ def consume(
     ),
 ) -> None:
     """Consume events: exactly-once aggregates in Redis, rule and model scores out."""
-    from kafka.errors import KafkaError
 
     from consumer.runner import StreamConsumer
     from engage.redis_client import consumer_refusal, refused
@@ -72,15 +72,8 @@ def consume(
     if refusal is not None:
         raise fail(f"Redis at {settings.redis_url} refused us: {refusal}", EXIT_SERVICES_DOWN)
     check_database_topic(settings, record=True)
-    try:
+    with services_down_exits(settings, kafka=True):  # NoBrokersAvailable, KafkaTimeoutError
         runner = StreamConsumer(settings, group=group)
-    except (redis.ConnectionError, OSError) as exc:
-        raise fail(
-            f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
-        ) from exc
-    except KafkaError as exc:  # NoBrokersAvailable, KafkaTimeoutError (cannot bootstrap), ...
-        raise fail(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}",
-                   EXIT_SERVICES_DOWN) from exc  # fmt: skip
     try:
         summary = runner.run(idle_exit_s=idle_exit, max_events=max_events)
     except redis.ConnectionError as exc:  # gave up waiting (redis_retry_give_up_s), or refused
@@ -109,12 +102,8 @@ def stats(as_json: bool = typer.Option(False, "--json")) -> None:
     settings = get_settings()
     require_kafka(settings)  # else the lag reads 0 after kafka-python's 30 s bootstrap timeout
     check_database_topic(settings)
-    try:
+    with services_down_exits(settings):
         result = collect_stats(settings)
-    except (redis.ConnectionError, OSError) as exc:
-        raise fail(
-            f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
-        ) from exc
     if not result["partitions"]:  # no topic yet, or Kafka gone since: never read that as lag 0
         require_kafka(settings)
     if as_json:

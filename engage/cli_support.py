@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -93,6 +94,27 @@ def kafka_reachable(settings: Settings) -> bool:
     ):
         return False
     return kafka_answers(settings, timeout_s=KAFKA_PROBE_S)
+
+
+@contextlib.contextmanager
+def services_down_exits(settings: Settings, kafka: bool = False) -> Iterator[None]:
+    """Redis (and with `kafka`, Kafka) unreachable inside the block: one line naming the
+    server, exit 3 (the README's code), instead of a traceback. Other errors pass through;
+    catch a command's own ones (a missing file is an OSError too) inside the block."""
+    import redis
+
+    try:
+        yield
+    except Exception as exc:
+        if kafka and (type(exc).__module__.startswith("kafka") or isinstance(exc, TimeoutError)):
+            # kafka-python: NoBrokersAvailable, KafkaTimeoutError, a metadata TimeoutError
+            raise fail(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}",
+                       EXIT_SERVICES_DOWN) from exc  # fmt: skip
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
+            raise fail(
+                f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
+            ) from exc
+        raise
 
 
 def require_kafka(settings: Settings) -> None:

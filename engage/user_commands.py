@@ -22,13 +22,13 @@ from rich.text import Text
 from engage.cli_support import (
     EXIT_BAD_INPUT,
     EXIT_NOT_FOUND,
-    EXIT_SERVICES_DOWN,
     check_database_topic,
     console,
     fail,
     kafka_down_message,
     kafka_reachable,
     namespace_options,
+    services_down_exits,
 )
 from engage.limits import TOP_N_MAX, TOP_N_MIN, id_problem
 from engage.redis_client import Client, connect
@@ -41,13 +41,9 @@ CSV_FIELDS = ["rank", "user_id", "score", "rule_score", "label", "propensity"]
 
 
 def _redis(settings: Settings) -> Client:
-    try:  # a Cluster client connects when it is built, a single node's on the PING
-        client = connect(settings, socket_connect_timeout=2)
+    with services_down_exits(settings):  # a Cluster client connects when it is built,
+        client = connect(settings, socket_connect_timeout=2)  # a single node's on the PING
         client.ping()
-    except (redis.ConnectionError, OSError) as exc:
-        raise fail(
-            f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
-        ) from exc
     return client
 
 

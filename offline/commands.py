@@ -20,6 +20,7 @@ from engage.cli_support import (
     console,
     fail,
     namespace_options,
+    services_down_exits,
     time_ms,
 )
 from engage.settings import get_settings
@@ -277,8 +278,6 @@ def _explain_event(
     Redis does not answer, 2 for bad arguments."""
     import json
 
-    import redis
-
     from engage.cli_support import require_kafka
     from engage.limits import id_problem
     from offline.explain_event import explain_event, print_report
@@ -289,22 +288,14 @@ def _explain_event(
         raise fail(f"--event: {problem}", EXIT_BAD_INPUT)
     settings = get_settings()
     require_kafka(settings)  # both topics are read (the scores one even with --snapshot)
-    try:
-        with console.status(f"folding the events log up to {event_id}"):
-            report = explain_event(settings, event_id, snapshot, model, top)
-    except (FileNotFoundError, LookupError) as exc:  # no such event, snapshot, topic or model
-        raise fail(str(exc), EXIT_NOT_FOUND) from exc
-    except FeatureHashMismatch as exc:
-        raise fail(str(exc)) from exc
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise fail(
-            f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
-        ) from exc
-    except Exception as exc:  # kafka-python: NoBrokersAvailable, KafkaTimeoutError, ...
-        if type(exc).__module__.startswith("kafka") or isinstance(exc, TimeoutError):
-            raise fail(f"cannot read from Kafka at {settings.kafka_bootstrap_servers}: {exc}",
-                       EXIT_SERVICES_DOWN) from exc  # fmt: skip
-        raise
+    with services_down_exits(settings, kafka=True):
+        try:
+            with console.status(f"folding the events log up to {event_id}"):
+                report = explain_event(settings, event_id, snapshot, model, top)
+        except (FileNotFoundError, LookupError) as exc:  # no such event, snapshot, topic, model
+            raise fail(str(exc), EXIT_NOT_FOUND) from exc
+        except FeatureHashMismatch as exc:
+            raise fail(str(exc)) from exc
     if as_json:
         print(json.dumps(report, allow_nan=False))
     else:
@@ -333,31 +324,21 @@ def parity(
     and does not (user, session, context; on one partition everything)."""
     import json
 
-    import redis
-
     from offline.parity import ORDERS, ParityError, run_parity
 
     if order not in ORDERS:
         raise fail(f"--order must be one of {', '.join(ORDERS)}, not {order!r}", 2)
     settings = get_settings()
     since_ms, until_ms = time_ms(since, "--since"), time_ms(until, "--until")
-    try:
-        with console.status("reading scores and events, computing offline features"):
-            report = run_parity(settings, scores_topic, events_topic, snapshot, tolerance,
-                                since_ms, until_ms, order)  # fmt: skip
-    except (FileNotFoundError, LookupError) as exc:
-        raise fail(str(exc), EXIT_NOT_FOUND) from exc
-    except ParityError as exc:
-        raise fail(str(exc)) from exc
-    except (redis.ConnectionError, OSError) as exc:
-        raise fail(
-            f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
-        ) from exc
-    except Exception as exc:  # kafka-python: NoBrokersAvailable, KafkaTimeoutError, ...
-        if type(exc).__module__.startswith("kafka"):
-            raise fail(f"cannot read from Kafka at {settings.kafka_bootstrap_servers}: {exc}",
-                       EXIT_SERVICES_DOWN) from exc  # fmt: skip
-        raise
+    with services_down_exits(settings, kafka=True):
+        try:
+            with console.status("reading scores and events, computing offline features"):
+                report = run_parity(settings, scores_topic, events_topic, snapshot, tolerance,
+                                    since_ms, until_ms, order)  # fmt: skip
+        except (FileNotFoundError, LookupError) as exc:
+            raise fail(str(exc), EXIT_NOT_FOUND) from exc
+        except ParityError as exc:
+            raise fail(str(exc)) from exc
     if as_json:
         print(json.dumps(report, allow_nan=False))
     else:

@@ -288,7 +288,7 @@ def test_services_down_is_exit_3(one_partition):
     kafka_down = engage(
         settings, "parity", ENGAGE_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{dead_port()}"
     )
-    assert kafka_down.returncode == 3 and "cannot read from Kafka" in kafka_down.stderr
+    assert kafka_down.returncode == 3 and "cannot reach Kafka" in kafka_down.stderr
     redis_down = engage(settings, "parity", ENGAGE_REDIS_URL=f"redis://127.0.0.1:{dead_port()}/0")
     assert redis_down.returncode == 3 and "cannot reach Redis" in redis_down.stderr
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import redis
 import typer
 
-from engage.cli_support import EXIT_SERVICES_DOWN, fail, namespace_options
+from engage.cli_support import namespace_options, services_down_exits
 from engage.settings import get_settings
 
 
@@ -22,12 +21,9 @@ def serve(
     from engage.api import create_app
 
     settings = get_settings()
-    try:  # a Cluster client reads its slot map when it is built: down is one line, exit 3
+    # A Cluster client reads its slot map when it is built: down is one line, exit 3.
+    with services_down_exits(settings):
         app = create_app(settings)
-    except redis.ConnectionError as exc:
-        raise fail(
-            f"cannot reach Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN
-        ) from exc
     uvicorn.run(
         app,
         host=host or settings.api_host,
