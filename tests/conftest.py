@@ -12,6 +12,7 @@ there a test that reaches for the servers without the mark fails at once, naming
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 from collections.abc import Iterator
@@ -186,3 +187,15 @@ def settings(stack_settings: Settings, test_redis_db: int) -> Settings:
 @pytest.fixture
 def redis_client(settings: Settings) -> redis.Redis:
     return connect(settings)
+
+
+@pytest.fixture(params=["kafka-python", "confluent"])
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """Each Kafka client of the transport seam in turn (`Settings.kafka_client`); confluent
+    needs `pip install 'engage[fast]'`: skipped without it, a failure in CI."""
+    if request.param == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
+        message = "confluent-kafka is not installed (pip install 'engage[fast]')"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return request.param

@@ -12,7 +12,6 @@ The end-to-end tests run once per Kafka client, against the real Kafka and Redis
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import random
 import subprocess
 import sys
@@ -40,11 +39,9 @@ from engage.settings import Settings
 from features import keys
 from features.events import Event
 from features.items import ItemMeta
-from tests.conftest import IN_CI
 from tests.eventlog import engage_env, make_log
 from tests.reference import diff_against_redis, reference_state
 
-CLIENTS = ["kafka-python", "confluent"]
 TOPIC_MAX_BYTES = 4 * 1024 * 1024
 LIMIT = DeadLetter("r", "t", 0, 0, None, None).max_bytes
 
@@ -131,16 +128,6 @@ def test_first_copies_keeps_one_of_each_source() -> None:
 
 
 # -- end to end -------------------------------------------------------------------------------
-@pytest.fixture(params=CLIENTS)
-def client(request: pytest.FixtureRequest) -> str:
-    if request.param == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
-        message = "confluent-kafka is not installed (pip install 'engage[fast]')"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return request.param
-
-
 def encoded(event: dict) -> tuple[bytes, bytes]:
     return event["user_id"].encode(), Event(**event).to_json()
 
@@ -206,10 +193,12 @@ def stats(settings: Settings) -> dict[str, int]:
 
 @pytest.mark.stack
 def test_a_2mb_message_on_a_4mb_topic_is_dead_lettered_cut_and_nothing_stalls(
-    settings: Settings, client: str
+    settings: Settings, kafka_client: str
 ) -> None:
     # A cap below the default: the consumer must take it from the settings.
-    own = settings.model_copy(update={"kafka_client": client, "dead_letter_max_bytes": 600_000})
+    own = settings.model_copy(
+        update={"kafka_client": kafka_client, "dead_letter_max_bytes": 600_000}
+    )
     admin = kafka_clients.admin_client(own)
     try:
         config = {"max.message.bytes": str(TOPIC_MAX_BYTES)}
@@ -292,9 +281,9 @@ StreamConsumer(get_settings(), group=sys.argv[1]).run(idle_exit_s=float(sys.argv
 
 @pytest.mark.stack
 def test_dead_letters_repeated_by_a_crash_before_the_commit_dedupe_by_source(
-    settings: Settings, client: str, tmp_path: Path
+    settings: Settings, kafka_client: str, tmp_path: Path
 ) -> None:
-    own = settings.model_copy(update={"kafka_client": client})
+    own = settings.model_copy(update={"kafka_client": kafka_client})
     events, genres = make_log(n_users=24, events_per_user=30, seed=21)
     users = by_user(events)
     messages = [encoded(e) for evs in users.values() for e in evs[:20]]

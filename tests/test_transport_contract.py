@@ -29,28 +29,16 @@ from engage import kafka_clients, transport
 from engage.settings import Settings
 from features import keys
 from tests import test_security
-from tests.conftest import IN_CI
 from tests.eventlog import make_log, publish_log
 
-CLIENTS = ["kafka-python", "confluent"]
 PARTITIONS = 3
 N = 240
 
 
-@pytest.fixture(params=CLIENTS)
-def client(request: pytest.FixtureRequest) -> str:
-    if request.param == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
-        message = "confluent-kafka is not installed (pip install 'engage[fast]')"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return request.param
-
-
 @pytest.fixture
-def own(settings: Settings, client: str) -> Settings:
+def own(settings: Settings, kafka_client: str) -> Settings:
     """The test's settings with this client and a fresh 3-partition topic."""
-    own = settings.model_copy(update={"kafka_client": client, "partitions": PARTITIONS})
+    own = settings.model_copy(update={"kafka_client": kafka_client, "partitions": PARTITIONS})
     kafka_clients.ensure_topic(own, own.events_topic)
     return own
 
@@ -264,10 +252,10 @@ sasl_kafka = test_security.sasl_kafka
 
 
 @pytest.mark.stack
-def test_sasl_round_trip_through_the_seam(client: str, sasl_kafka: Settings) -> None:
+def test_sasl_round_trip_through_the_seam(kafka_client: str, sasl_kafka: Settings) -> None:
     """The security settings reach either client (librdkafka's names for confluent)."""
     own = sasl_kafka.model_copy(
-        update={"kafka_client": client, "events_topic": f"sasl.seam.{client}"}
+        update={"kafka_client": kafka_client, "events_topic": f"sasl.seam.{kafka_client}"}
     )
     kafka_clients.ensure_topic(own, own.events_topic, partitions=PARTITIONS)
     counts = produce(own, n=30)
