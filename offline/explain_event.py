@@ -44,8 +44,8 @@ from offline.parity import (
     OfflineEvents,
     read_offline_snapshot,
     read_offline_topic,
-    topic_records,
 )
+from offline.topic_reader import topic_records
 
 N_PROPENSITY = len(PROPENSITY_FEATURES)
 CHUNK = 50_000  # events per fold call, as offline.dataset folds: bounded memory on long logs

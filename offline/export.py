@@ -6,7 +6,6 @@ snapshot, so the manifest's offset ranges describe exactly the rows in the file.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,9 +13,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from kafka import TopicPartition
-
-from engage.kafka_clients import consumer
 from engage.redis_client import connect
 from engage.settings import Settings
 from features.events import DecodeError, decode_event
@@ -29,6 +25,7 @@ from offline.snapshot import (
     write_items,
     write_manifest,
 )
+from offline.topic_reader import topic_records
 
 Progress = Callable[[int, int], None]  # (records read so far, records to read)
 
@@ -37,6 +34,10 @@ Progress = Callable[[int, int], None]  # (records read so far, records to read)
 class ExportResult:
     folder: Path
     manifest: dict[str, Any]
+
+
+#: Records between two progress updates of an export.
+PROGRESS_EVERY = 5_000
 
 
 def snapshot_dir(settings: Settings) -> Path:
@@ -52,53 +53,23 @@ def read_topic(
     Returns the decoded events, per-partition {start, end, exported} (end exclusive), and the
     records that failed to decode (partition, offset, reason): they are counted, not fatal.
     """
-    client = consumer(settings, group_id=None, consumer_timeout_ms=1000)
-    try:
-        partitions = client.partitions_for_topic(topic)
-        if not partitions:
-            raise LookupError(f"topic {topic!r} does not exist or has no partitions")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        client.assign(tps)
-        starts = client.beginning_offsets(tps)
-        ends = client.end_offsets(tps)
-        client.seek_to_beginning(*tps)
-        ranges = {tp.partition: {"start": starts[tp], "end": ends[tp], "exported": 0} for tp in tps}
-        total = sum(ends[tp] - starts[tp] for tp in tps)
-        pending = {tp for tp in tps if ends[tp] > starts[tp]}
-        rows: list[LoggedEvent] = []
-        bad: list[dict[str, Any]] = []
-        read = 0
-        last_progress = time.monotonic()
-        while pending:
-            batches = client.poll(timeout_ms=500, max_records=5000)
-            if batches:
-                last_progress = time.monotonic()
-            elif time.monotonic() - last_progress > idle_timeout_s:
-                raise TimeoutError(f"no records for {idle_timeout_s}s; missing: {pending}")
-            for tp, records in batches.items():
-                if tp not in pending:
-                    continue
-                for rec in records:
-                    if rec.offset >= ends[tp]:
-                        break
-                    read += 1
-                    try:
-                        rows.append(LoggedEvent(decode_event(rec.value), tp.partition, rec.offset))
-                        ranges[tp.partition]["exported"] += 1
-                    except DecodeError as exc:
-                        bad.append(
-                            {"partition": tp.partition, "offset": rec.offset, "reason": exc.reason}
-                        )
-            # Positions also move past control records, so check every pending partition.
-            for tp in list(pending):
-                if client.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-                    client.pause(tp)
-            if progress:
-                progress(read, total)
-        return rows, ranges, bad
-    finally:
-        client.close()
+    records, ranges = topic_records(settings, topic, idle_timeout_s=idle_timeout_s)
+    total = sum(r["end"] - r["start"] for r in ranges.values())
+    for r in ranges.values():
+        r["exported"] = 0
+    rows: list[LoggedEvent] = []
+    bad: list[dict[str, Any]] = []
+    for read, rec in enumerate(records, start=1):
+        try:
+            rows.append(LoggedEvent(decode_event(rec.value), rec.partition, rec.offset))
+            ranges[rec.partition]["exported"] += 1
+        except DecodeError as exc:
+            bad.append({"partition": rec.partition, "offset": rec.offset, "reason": exc.reason})
+        if progress and read % PROGRESS_EVERY == 0:
+            progress(read, total)
+    if progress:
+        progress(len(rows) + len(bad), total)
+    return rows, ranges, bad
 
 
 def read_item_meta(settings: Settings) -> dict[str, ItemMeta]:
