@@ -34,6 +34,7 @@ from engage import kafka_clients, redis_client, transport
 from engage.settings import Settings
 from features.events import DecodeError
 from features.stream import StreamState, warm_up
+from scoring.registry import ModelRegistry
 from scoring.rules import load_scorers
 
 log = logging.getLogger("engage.consumer")
@@ -451,12 +452,7 @@ class _ModelWatch:
         self.scorer = scorer
         self.next_check = 0.0
         self.version: str | None = None
-        try:
-            from scoring.registry import ModelRegistry
-
-            self.registry = ModelRegistry(settings)
-        except ImportError:  # pragma: no cover - registry not installed
-            self.registry = None
+        self.registry: ModelRegistry | None = ModelRegistry(settings)
 
     def maybe_reload(self, summary: RunSummary) -> None:
         now = time.monotonic()

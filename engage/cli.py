@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 
 import typer
 from rich.console import Console
@@ -129,7 +128,3 @@ COMMAND_MODULES: list[str] = [
 ]
 for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
-
-
-def main() -> None:  # pragma: no cover - `python -m engage`
-    sys.exit(app())

@@ -7,7 +7,7 @@ partition). `ts` is event time in epoch milliseconds, UTC.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from pydantic import (
@@ -130,7 +130,3 @@ def describe_validation_error(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "message"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
-
-
-def event_from_dict(data: dict[str, Any]) -> Event:
-    return Event.model_validate(data)
