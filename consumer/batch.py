@@ -46,14 +46,6 @@ class ScoredBatch:
     refused: list[tuple[Incoming, str]]  # duplicates and late events, with the reason
 
 
-def _reasons(model: Any, contribs: np.ndarray) -> list[list[dict[str, Any]]]:
-    """The top three contributions of every row, as the scores message carries them."""
-    return [
-        [{"feature": name, "contribution": round(value, 4)} for name, value in row]
-        for row in model.top_reasons_batch(contribs)
-    ]
-
-
 class BatchScorer:
     """Applies and scores batches; holds the rule scorers and the current model bundle."""
 
@@ -179,8 +171,8 @@ class BatchScorer:
         ]
         shown = sorted(latest_rows.values())
         prop_x = after[shown, :n_prop]
-        r_prop = _reasons(bundle.propensity, bundle.propensity.contributions(prop_x))
-        r_int = _reasons(bundle.interaction, bundle.interaction.contributions(before[shown]))
+        r_prop = bundle.propensity.reason_dicts(bundle.propensity.contributions(prop_x))
+        r_int = bundle.interaction.reason_dicts(bundle.interaction.contributions(before[shown]))
         for row, reasons_i, reasons_p in zip(shown, r_int, r_prop, strict=True):
             out[row]["interaction_reasons"] = reasons_i
             out[row]["propensity_reasons"] = reasons_p

@@ -19,7 +19,7 @@ from features.events import Event, EventType
 from features.item_shards import decode_item
 from features.items import ItemMeta
 from features.state_codec import decode_user
-from features.vector import INTERACTION_FEATURES, interaction_vector
+from features.vector import interaction_vector
 
 
 class UnknownUser(LookupError):
@@ -142,16 +142,12 @@ def score_request(
 
     x = np.asarray(row, dtype=np.float64)
     model = bundle.interaction
-    contrib = model.contributions(x)[0]
-    order = np.argsort(-np.abs(contrib))[:3]
+    reasons = model.reason_dicts(model.contributions(x))[0]
     return RequestScore(
         user_id=user_id,
         item_id=item_id,
         probability=float(model.predict_proba(x)[0]),
         model_version=bundle.version,
-        reasons=[
-            {"feature": INTERACTION_FEATURES[j], "contribution": round(float(contrib[j]), 4)}
-            for j in order
-        ],
+        reasons=reasons,
         warnings=[] if item_raw or meta_raw else [unknown_item_warning(item_id)],
     )

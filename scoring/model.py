@@ -134,10 +134,15 @@ class ScoringModel:
     def top_reasons(self, contrib_row: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
         """The k features that moved this score most (either way), largest |effect| first."""
         row = np.asarray(contrib_row, dtype=np.float64)
-        k = min(k, len(row))
-        idx = np.argpartition(-np.abs(row), k - 1)[:k] if k else np.array([], dtype=int)
-        idx = idx[np.argsort(-np.abs(row[idx]), kind="stable")]
-        return [(self.features[i], float(row[i])) for i in idx]
+        return self.top_reasons_batch(row.reshape(1, -1), k)[0]
+
+    def reason_dicts(self, contribs: np.ndarray, k: int = 3) -> list[list[dict[str, Any]]]:
+        """The top-k reasons of every row as score messages, the score hash and the API carry
+        them: feature name and contribution to the margin, rounded to 4 decimals."""
+        return [
+            [{"feature": name, "contribution": round(value, 4)} for name, value in row]
+            for row in self.top_reasons_batch(contribs, k)
+        ]
 
     def top_reasons_batch(self, contribs: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
         """`top_reasons` for every row of a batch, vectorized."""
