@@ -78,7 +78,17 @@ def decay_factor(anchor_ts: float, ts: float, params: FeatureParams) -> float:
     >>> decay_factor(5000.0, 4000.0, params)  # an older event does not rewind the decay
     1.0
     """
-    factor: float = 0.5 ** (max(0.0, ts - anchor_ts) / params.half_life_ms)  # float ** float
+    return fade(anchor_ts, ts, params.half_life_ms)
+
+
+def fade(anchor_ts: float, ts: float, half_life_ms: float) -> float:
+    """The one decay formula: 0.5 ** (elapsed / half-life), elapsed never negative (the fold's
+    kernel computes the same expression, bit for bit: tests/test_fold.py).
+
+    >>> fade(0.0, 3_600_000.0, 3_600_000.0)
+    0.5
+    """
+    factor: float = 0.5 ** (max(0.0, ts - anchor_ts) / half_life_ms)  # float ** float
     return factor
 
 
@@ -188,7 +198,7 @@ def apply_event(
         anchor = g("dr_ts", 0.0)
         if ts >= anchor:
             user["r_last"] = rating
-        factor = 0.5 ** (max(0.0, ts - anchor) / params.mood_half_life_ms) if anchor else 1.0
+        factor = fade(anchor, ts, params.mood_half_life_ms) if anchor else 1.0
         user["dr_s"] = g("dr_s", 0.0) * factor + rating
         user["dr_n"] = g("dr_n", 0.0) * factor + 1.0
         user["dr_ts"] = max(anchor, ts)
@@ -202,7 +212,7 @@ def apply_event(
         user["dec_n"] = g("dec_n", 0.0) * factor + 1.0
         user["dec_ts"] = max(anchor, ts)
     # Events "today": a count decayed with a one-day half-life, anchored at last_ts.
-    day_fade = 0.5 ** (max(0.0, ts - last) / params.day_half_life_ms) if last else 1.0
+    day_fade = fade(last, ts, params.day_half_life_ms) if last else 1.0
     user["dd_n"] = g("dd_n", 0.0) * day_fade + 1.0
     user["first_ts"] = min(g("first_ts", 0.0) or ts, ts)
     user["last_ts"] = max(last, ts)

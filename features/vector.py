@@ -30,6 +30,7 @@ from features.aggregates import (
     State,
     continues_session,
     decay_factor,
+    fade,
     user_rating_mean,
 )
 from features.events import Event
@@ -90,18 +91,18 @@ def user_values(
     mean = user_rating_mean(user)
     var = r_sq / r_n - (r_sum / r_n) ** 2 if r_n > 1 else 0.0
     dec_ts = g("dec_ts", 0.0)
-    fade = decay_factor(dec_ts, ts, params) if dec_ts else 0.0
-    dec_e, dec_n = g("dec_e", 0.0) * fade, g("dec_n", 0.0) * fade
+    faded = decay_factor(dec_ts, ts, params) if dec_ts else 0.0
+    dec_e, dec_n = g("dec_e", 0.0) * faded, g("dec_n", 0.0) * faded
     last, first = g("last_ts", 0.0), g("first_ts", 0.0)
     sessions, closed = g("sess", 0.0), g("cl_n", 0.0)
     in_session = continues_session(user, event, params)
     dr_ts = g("dr_ts", 0.0)
-    mood = 0.5 ** (max(0.0, ts - dr_ts) / params.mood_half_life_ms) if dr_ts else 0.0
+    mood = fade(dr_ts, ts, params.mood_half_life_ms) if dr_ts else 0.0
     dr_s, dr_n = g("dr_s", 0.0) * mood, g("dr_n", 0.0) * mood
     s_rn = g("cs_rn", 0.0) if in_session else 0.0
     s_rs = g("cs_rs", 0.0) if in_session else 0.0
     rate = _rate(eng, lab, 0.5)
-    last_fade = 0.5 ** (max(0.0, ts - last) / params.day_half_life_ms) if last else 0.0
+    last_fade = fade(last, ts, params.day_half_life_ms) if last else 0.0
     return [
         n,
         lab,
