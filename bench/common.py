@@ -186,8 +186,10 @@ class Context:
         return settings.model_copy(update=topics)
 
     def reset_state(self, items: Mapping[str, ItemMeta] | None = None) -> None:
-        """Empty the private database, then write item metadata again (a replay writes it)."""
-        client = self.redis()
+        """Empty the private database, then write item metadata again (a replay writes it).
+        FLUSHDB of a 5M-event database takes longer than a command's usual timeout: the growth
+        run's clean-up timed out with it, and its results were never written."""
+        client = connect(self.settings, socket_timeout=600)
         try:
             client.flushdb()
             if items:
