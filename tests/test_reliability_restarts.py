@@ -30,6 +30,7 @@ from engage import kafka_clients
 from engage.settings import Settings
 from engage.stack.errors import StackError
 from engage.stack.kafka_server import KafkaServer
+from engage.stack.probes import port_open
 from engage.stack.processes import wait_gone
 from engage.stack.redis_server import RedisServer
 from features import keys
@@ -290,6 +291,12 @@ def kill_hard(server: RedisServer) -> None:
     assert pid is not None, "the private redis-server is not running"
     os.kill(pid, signal.SIGKILL)
     assert wait_gone(pid, 10), "redis-server survived SIGKILL"
+    # Its port can still accept for a moment after the pid is gone (seen once in CI: the
+    # restart then refused the port as held by another process): wait until it is closed.
+    host, port = server.settings.redis_host_port
+    deadline = time.monotonic() + 10
+    while port_open(host, port) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("outage_seen", [False, True], ids=["back-unseen", "outage-seen"])

@@ -131,7 +131,9 @@ class KafkaServer:
         """Format the KRaft storage once; an already formatted folder is kept (and its topics)."""
         if (self.home / "data" / "meta.properties").exists():
             return
-        cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # one in 64 would read as an option: "-t -x..." fails
+            cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         argv = self._java(
             lib, "kafka.tools.StorageTool", "format", "-t", cluster_id,
             "-c", str(self.properties_file), "--ignore-formatted", *self.format_args,
