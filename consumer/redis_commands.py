@@ -32,7 +32,9 @@ end
 return replies
 """
 #: The commands a list may hold: what the store reads and writes, nothing else.
-ALLOWED = frozenset({"HGETALL", "SMISMEMBER", "GET", "HSET", "SADD", "SET", "DEL", "EXPIRE"})
+ALLOWED = frozenset(
+    {"HGETALL", "SMEMBERS", "SMISMEMBER", "GET", "HSET", "SADD", "SET", "DEL", "EXPIRE"}
+)
 #: Lua's `unpack` is bounded by its C stack (8,000 values): longer member lists are split.
 MAX_ARGS = 4_000
 

@@ -26,6 +26,7 @@ from redis.retry import Retry
 
 from consumer.batch import BatchScorer, Incoming
 from consumer.deadletter import DeadLetter
+from consumer.local_state import LocalState
 from consumer.metrics import ConsumerMetrics
 from consumer.ordering import Decoded, EventTimeMerger, decode_records
 from consumer.state_store import NO_OFFSET, Fenced, StateStore, advance
@@ -102,7 +103,11 @@ class StreamConsumer:
             socket_connect_timeout=min(settings.redis_socket_timeout_s, 2.0),
             retry=Retry(NoBackoff(), 1),
         )
-        self.store: StateStore = RedisStateStore(self.redis, self.topic, settings.session_ttl_s)
+        local = LocalState(settings.local_state_users, settings.local_state_items)
+        self.store: StateStore = RedisStateStore(
+            self.redis, self.topic, settings.session_ttl_s, local
+        )
+        self.ownership_changed = True  # re-ask whether we hold every partition
         self.scorer = BatchScorer(load_scorers(settings.rules_file), settings.log_features)
         self.metrics = ConsumerMetrics()
         self.positions: dict[int, int] = {}  # partition -> last applied offset, as in Redis
@@ -125,12 +130,15 @@ class StreamConsumer:
 
     # -- offsets -----------------------------------------------------------------------------
     def _revoked(self, partitions: list[int]) -> None:
+        self.store.forget()
+        self.ownership_changed = True
         for p in partitions:
             self.positions.pop(p, None)
         log.info("revoked partitions %s", sorted(partitions))
 
     def _assigned(self, partitions: list[int]) -> None:
         """The transport calls this inside poll(), before it returns any assigned record."""
+        self.ownership_changed = True
         try:
             self.seek_to_stored(partitions)
         except REDIS_DOWN as exc:
@@ -145,6 +153,7 @@ class StreamConsumer:
 
     def seek_to_stored(self, partitions: Iterable[int]) -> None:
         partitions = list(partitions)
+        self.store.forget()  # what we hold locally may be ahead of Redis, or behind it
         stored = self.store.offsets(partitions)
         if self.merger is not None:  # buffered records lie after the old position
             self.merger.drop(partitions)
@@ -355,6 +364,8 @@ class StreamConsumer:
                                        r.value, max_bytes=cap))  # fmt: skip
                 continue
             incoming.append(Incoming(event, r.partition, r.offset, r.timestamp, r.key, r.value))
+        if self.ownership_changed:
+            self._check_ownership()
         batch = self.store.begin(partitions)
         try:
             stored = batch.offsets()
@@ -411,6 +422,15 @@ class StreamConsumer:
             applied, len(dead), time.perf_counter() - t0, scored.latencies_ms
         )
         self.metrics.observe_lag(self._highwaters, self.positions, self.topic)  # type: ignore[arg-type]
+
+    def _check_ownership(self) -> None:
+        """Tell the store whether this consumer holds every partition of the topic."""
+        count = self.kafka.partition_count()
+        whole = count is not None and self.kafka.assignment() == set(range(count))
+        self.store.own(whole)
+        self.ownership_changed = False
+        log.info("holding %s partitions of %s: local state %s", len(self.kafka.assignment()),
+                 count, "kept" if whole else "not kept")  # fmt: skip
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _install_signals(self) -> None:

@@ -96,6 +96,15 @@ class StateStore(Protocol):
         """Start a batch over `partitions`: a later write to their offsets fences it."""
         ...
 
+    def own(self, whole_topic: bool) -> None:
+        """Whether this consumer now holds every partition of the topic (so nobody else
+        writes what it reads: a store may keep a local copy of what it committed)."""
+        ...
+
+    def forget(self) -> None:
+        """Drop any local copy: the consumer re-seeks to the stored offsets."""
+        ...
+
 
 def fill_tables(
     state: StreamState,
@@ -152,6 +161,12 @@ class MemoryStateStore:
 
     def begin(self, partitions: Iterable[int]) -> _MemoryBatch:
         return _MemoryBatch(self, {p: self._versions.get(p, 0) for p in partitions})
+
+    def own(self, whole_topic: bool) -> None:
+        pass  # it is its own copy
+
+    def forget(self) -> None:
+        pass
 
     def set_offset(self, partition: int, offset: int) -> None:
         """Another writer's progress (what a zombie consumer does): fences open batches."""

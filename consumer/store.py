@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import orjson
 import redis
 
+from consumer.local_state import LocalState, LocalUser
 from consumer.redis_commands import CommandList, pairs
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables
 from features import keys
@@ -54,11 +55,22 @@ def stored_offsets(client: redis.Redis, topic: str, partitions: Iterable[int]) -
 
 
 class RedisStateStore:
-    def __init__(self, client: redis.Redis, topic: str, session_ttl_s: int) -> None:
+    def __init__(
+        self, client: redis.Redis, topic: str, session_ttl_s: int, local: LocalState | None = None
+    ) -> None:
         self.client = client
         self.topic = topic
         self.session_ttl_s = session_ttl_s
         self.meta_cache: dict[str, ItemMeta] = {}
+        self.local = local if local is not None else LocalState(0, 0)
+
+    def own(self, whole_topic: bool) -> None:
+        """Whether this consumer holds every partition (only then is a local copy kept)."""
+        self.local.trust(whole_topic)
+
+    def forget(self) -> None:
+        """Drop the local copy: the consumer re-seeks to what Redis holds."""
+        self.local.forget()
 
     def offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         return stored_offsets(self.client, self.topic, partitions)
@@ -85,46 +97,78 @@ class RedisBatch:
         self.store = store
         self.pipe = pipe
         self.partitions = partitions
+        self.read_users: dict[str, LocalUser] = {}  # what load read, kept if the commit lands
+        self.read_items: dict[str, dict[bytes, bytes]] = {}
+        self.users: list[str] = []
+        self.items: list[str] = []
 
     def offsets(self) -> dict[int, int]:
         return self.store.offsets(self.partitions)
 
     def abort(self) -> None:
+        self.store.forget()  # the local copy may hold what Redis now lacks, or lack what it has
         with contextlib.suppress(*REDIS_DOWN):  # UNWATCH on a dead connection
             self.pipe.reset()
 
     def load(self, state: StreamState, user_items: dict[str, set[str]], items: set[str]) -> Loaded:
-        """Fill `state` with what the batch touches: one command (consumer/redis_commands.py),
-        not on the watched connection (reads need no fence; the client pools connections)."""
-        store = self.store
-        users = list(user_items)
+        """Fill `state` with what the batch touches: from the local copy where it holds it,
+        the rest in one command (consumer/redis_commands.py), not on the watched connection
+        (reads need no fence; the client pools connections)."""
+        store, local = self.store, self.store.local
+        self.users, self.items = list(user_items), list(items)
+        read_users, read_items = local.missing_users(self.users), local.missing_items(self.items)
         missing_meta = [i for i in items if i not in store.meta_cache]
-        item_list = list(items)
         cmds = CommandList()
-        for user in users:
+        for user in read_users:
             cmds.add("HGETALL", keys.user_key(user))
-        asked = [(u, sorted(user_items[u])) for u in users if user_items[u]]
-        chunks = [cmds.add_members("SMISMEMBER", keys.user_items_key(u), its) for u, its in asked]
-        for user in users:
+        if local.trusted:  # the whole set, to keep it
+            for user in read_users:
+                cmds.add("SMEMBERS", keys.user_items_key(user))
+            asked, chunks = [], []
+        else:
+            asked = [(u, sorted(user_items[u])) for u in read_users if user_items[u]]
+            chunks = [cmds.add_members("SMISMEMBER", keys.user_items_key(u), its)
+                      for u, its in asked]  # fmt: skip
+        for user in read_users:
             cmds.add("GET", keys.user_recent_ids_key(user))
-        for item in item_list:
+        for item in read_items:
             cmds.add("HGETALL", keys.item_key(item))
         for item in missing_meta:
             cmds.add("HGETALL", keys.item_meta_key(item))
         replies = iter(cmds.run(store.client))
-        user_raws = [pairs(next(replies)) for _ in users]
-        memberships = {}
-        for (user, its), n in zip(asked, chunks, strict=True):
-            hits = [hit for _ in range(n) for hit in next(replies)]
-            memberships[user] = {i for i, hit in zip(its, hits, strict=True) if hit}
-        recent = [decode_recent_ids(next(replies)) for _ in users]
-        item_raws = [pairs(next(replies)) for _ in item_list]
+        fields = [pairs(next(replies)) for _ in read_users]
+        if local.trusted:
+            members = [{m.decode() for m in next(replies)} for _ in read_users]
+        else:
+            found: dict[str, set[str]] = {}
+            for (user, its), n in zip(asked, chunks, strict=True):
+                hits = [hit for _ in range(n) for hit in next(replies)]
+                found[user] = {i for i, hit in zip(its, hits, strict=True) if hit}
+            members = [found.get(u, set()) for u in read_users]
+        self.read_users = {
+            u: LocalUser(f, m, next(replies))
+            for u, f, m in zip(read_users, fields, members, strict=True)
+        }
+        self.read_items = {item: pairs(next(replies)) for item in read_items}
         for item in missing_meta:
             raw = pairs(next(replies))
             store.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
+        users = [self.read_users.get(u) or local.users[u] for u in self.users]
+        memberships = {u: user_items[u] & lu.items for u, lu in zip(self.users, users, strict=True)}
         return fill_tables(
-            state, users, user_raws, memberships, recent, item_list, item_raws, store.meta_cache
+            state,
+            self.users,
+            [lu.fields for lu in users],
+            memberships,
+            [decode_recent_ids(lu.recent) for lu in users],
+            self.items,
+            [self._item(i) for i in self.items],
+            store.meta_cache,
         )
+
+    def _item(self, item: str) -> dict[bytes, bytes]:
+        shards = self.read_items.get(item)
+        return shards if shards is not None else self.store.local.items[item]
 
     def commit(self, writes: BatchWrites) -> None:
         """Write the batch and its offsets atomically; raises Fenced if a WATCHed offset moved."""
@@ -175,3 +219,27 @@ class RedisBatch:
         finally:
             with contextlib.suppress(*REDIS_DOWN):  # UNWATCH on a dead connection
                 pipe.reset()
+        if self.store.local.trusted:
+            self._learn(writes)
+
+    def _learn(self, writes: BatchWrites) -> None:
+        """Keep what the batch read and wrote in the local copy, as Redis now holds it."""
+        local = self.store.local
+        for user in self.users:
+            lu = self.read_users.get(user) or local.users.get(user)
+            if lu is None:  # forgotten meanwhile (the copy is bounded): read it next time
+                continue
+            for name, value in writes.user_states.get(user, {}).items():
+                lu.fields[name.encode()] = value if isinstance(value, bytes) else value.encode()
+            lu.items |= writes.user_new_items.get(user, set())
+            if user in writes.user_recent_ids:
+                recent = writes.user_recent_ids[user]
+                lu.recent = encode_recent_ids(recent) if recent else None
+            local.put_user(user, lu)
+        for item in self.items:
+            shards = self.read_items.get(item, local.items.get(item))
+            if shards is None:
+                continue
+            for name, blob in writes.item_shards.get(item, {}).items():
+                shards[name.encode()] = blob
+            local.put_item(item, shards)

@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     #: only its own partitions, so a caught-up partition would otherwise never notice that
     #: Redis lost its last writes (an AOF tail lost in a crash, a failover to a lagging replica).
     offset_recheck_s: float = Field(default=1.0, gt=0)
+    #: While one consumer holds every partition it keeps what it committed in memory and reads
+    #: Redis only for the rest (consumer/local_state.py): at most this many users (0: never)
+    #: and items, the least recently written forgotten first (~1-3 KB each).
+    local_state_users: int = Field(default=20_000, ge=0)
+    local_state_items: int = Field(default=20_000, ge=0)
 
     # Interfaces.
     api_host: str = "127.0.0.1"  # loopback by default: exposing the API is a deliberate choice

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from consumer.batch import BatchScorer, Incoming
+from consumer.local_state import LocalState, LocalUser
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, MemoryStateStore, StateStore
 from consumer.store import RedisStateStore
 from engage.partitioning import positive_murmur2
@@ -38,7 +39,12 @@ class Subject:
     put_meta: Callable[[dict[str, ItemMeta]], None]  # item metadata, as replay writes it
 
 
-@pytest.fixture(params=["memory", "redis"])
+#: Redis with the consumer's local copy (consumer/local_state.py): room for everything, and
+#: room for so few users and items that they are forgotten and read again within the log.
+LOCAL_COPY = {"redis": None, "redis+local": (1000, 1000), "redis+small-local": (3, 5)}
+
+
+@pytest.fixture(params=["memory", *LOCAL_COPY])
 def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
     if request.param == "memory":
         memory = MemoryStateStore()
@@ -51,7 +57,10 @@ def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
         for item, m in meta.items():
             client.hset(keys.item_meta_key(item), mapping=m.to_hash())
 
-    yield Subject(RedisStateStore(client, settings.events_topic, 3600), put_meta)
+    room = LOCAL_COPY[request.param]
+    store = RedisStateStore(client, settings.events_topic, 3600, LocalState(*room or (0, 0)))
+    store.own(True)  # as a consumer that holds every partition
+    yield Subject(store, put_meta)
     client.close()
 
 
@@ -132,6 +141,52 @@ def test_batches_through_the_store_equal_one_fold_of_the_whole_log(subject: Subj
         assert stored.tables.export_item(item) == reference.tables.export_item(item), item
     last = {p: max(i.offset for i in incoming if i.partition == p) for p in range(PARTITIONS)}
     assert subject.store.offsets(range(PARTITIONS)) == last
+
+
+def test_the_local_copy_holds_what_a_read_of_redis_returns(settings: Settings) -> None:
+    """After batches of a log, every user and item the consumer keeps locally equals what it
+    would read from Redis: the copy only ever saves reads."""
+    client = connect(settings)
+    store = RedisStateStore(client, settings.events_topic, 3600, LocalState(1000, 1000))
+    store.own(True)
+    incoming, meta = arrivals()
+    for item, m in meta.items():
+        client.hset(keys.item_meta_key(item), mapping=m.to_hash())
+    scorer = BatchScorer(load_scorers(None), log_features=False)
+    for first in range(0, len(incoming), BATCH):
+        chunk = incoming[first : first + BATCH]
+        batch = store.begin({i.partition for i in chunk})
+        state = StreamState()
+        user_items, items = touched(chunk)
+        batch.commit(scorer.run(state, chunk, batch.load(state, user_items, items)).writes)
+    local = store.local
+    assert len(local.users) == len({i.event.user_id for i in incoming})
+    for user, held in local.users.items():
+        assert held.fields == client.hgetall(keys.user_key(user)), user
+        assert held.items == {m.decode() for m in client.smembers(keys.user_items_key(user))}
+        assert held.recent == client.get(keys.user_recent_ids_key(user)), user
+    for item, shards in local.items.items():
+        assert shards == client.hgetall(keys.item_key(item)), item
+    store.begin([0]).abort()  # an aborted batch: the copy may no longer be trusted
+    assert not local.users and not local.items
+    client.close()
+
+
+def test_the_local_copy_is_kept_only_while_trusted_and_stays_bounded() -> None:
+    local = LocalState(max_users=2, max_items=1)
+    local.trust(True)
+    for user in ("a", "b", "c"):
+        local.put_user(user, LocalUser({}, set(), None))
+    local.put_user("b", local.users["b"])  # written again: now the most recent
+    assert list(local.users) == ["c", "b"]
+    assert local.missing_users(["a", "b", "c"]) == ["a"]
+    local.put_item("i1", {})
+    local.put_item("i2", {})
+    assert list(local.items) == ["i2"]
+    local.trust(False)  # another consumer joined: everything is read from Redis again
+    assert not local.users and local.missing_users(["b"]) == ["b"]
+    local.put_user("b", LocalUser({}, set(), None))
+    assert local.missing_users(["b"]) == ["b"]
 
 
 def _one_user_writes(user: str, offset: int) -> BatchWrites:

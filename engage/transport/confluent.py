@@ -138,6 +138,13 @@ class ConfluentConsumer:
             return set(self._assigning)
         return {tp.partition for tp in self.client.assignment()}
 
+    def partition_count(self) -> int | None:
+        try:
+            topic = self.client.list_topics(self.topic, timeout=5.0).topics.get(self.topic)
+        except KafkaException:
+            return None
+        return len(topic.partitions) if topic is not None and topic.partitions else None
+
     # -- records ---------------------------------------------------------------------------
     def poll(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
         first = self.client.poll(timeout_ms / 1000)

@@ -83,6 +83,10 @@ class KafkaPythonConsumer:
     def assignment(self) -> set[int]:
         return {tp.partition for tp in self.client.assignment()}
 
+    def partition_count(self) -> int | None:
+        partitions = self.client.partitions_for_topic(self.topic)
+        return len(partitions) if partitions else None
+
     def seek(self, partition: int, offset: int) -> None:
         self.client.seek(self._tp(partition), offset)
 
