@@ -122,7 +122,7 @@ COMMAND_MODULES: list[str] = [
     "consumer.commands",
     "offline.commands",
     "producer.commands",
-    "engage.user_commands",
+    "engage.score_commands",
     "engage.api.commands",
     "bench.commands",
 ]
