@@ -123,6 +123,133 @@ def _vector(values: list[Any] | None, width: int) -> np.ndarray:
     return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
 
 
+@dataclass
+class _Message:
+    """One scores message, decoded as far as deduplicating it needs."""
+
+    event_id: str
+    logged: bool  # it carried a feature vector
+    vector: np.ndarray  # the vector (NaN when it carried none)
+    values: dict[str, Any]  # SCORES -> the value as logged (None: absent)
+    version: str | None  # the model version that scored it
+    digest: str | None  # `fd`, the feature digests
+    raw: dict[str, Any]  # the message: the rest is read only from the copy that is kept
+
+
+def _decode_message(value: bytes, width: int, topic: str) -> _Message | None:
+    """A scores message; None when it is unreadable (not JSON, no event id), which is
+    counted rather than fatal: one bad record must not hide the rest of the topic."""
+    try:
+        msg = orjson.loads(value)
+        event_id = str(msg["event_id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    logged = msg.get("features")
+    if logged is not None and len(logged) != width:
+        raise ParityError(
+            f"{topic}: event {event_id} carries {len(logged)} "
+            f"features, this code computes {width}: the scores were made by other feature "
+            "code (compare a range it made: --since)"
+        )
+    model = msg.get("model") or {}
+    values = {
+        "rule": (msg.get("rule") or {}).get("score"),
+        "propensity": model.get("propensity"),
+        "interaction": model.get("interaction"),
+    }
+    return _Message(
+        event_id,
+        logged is not None,
+        _vector(logged, width),
+        values,
+        model.get("version"),
+        msg.get("fd"),
+        msg,
+    )
+
+
+class _KeptMessages:
+    """The copy kept of each event id's messages, column by column (as `OnlineScores` holds
+    them), with where it was read: deduplication compares a new copy with the kept one."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.index: dict[str, int] = {}
+        self.where: list[tuple[int, int]] = []  # (scores partition, record timestamp)
+        self.rows: list[np.ndarray] = []
+        self.has: list[bool] = []
+        self.scores: dict[str, list[float]] = {s: [] for s in SCORES}
+        self.versions: list[str | None] = []
+        self.positions: list[tuple[int, int]] = []
+        self.scored_at: list[float] = []
+        self.digests: list[str | None] = []
+
+    def new_row(self, message: _Message) -> int:
+        """A row for an event id not seen yet, empty until `keep` fills it."""
+        row = self.index[message.event_id] = len(self.rows)
+        self.rows.append(message.vector)
+        self.has.append(False)
+        self.where.append((0, 0))
+        self.versions.append(None)
+        self.positions.append((-1, -1))
+        self.scored_at.append(math.nan)
+        self.digests.append(None)
+        for s in SCORES:
+            self.scores[s].append(math.nan)
+        return row
+
+    def same(self, row: int, message: _Message) -> bool:
+        """Does a re-emitted copy say what the kept one says (features, scores, model)?
+        A copy that differs is a forgery or a bug, not an at-least-once re-emission."""
+        return (
+            self.has[row] == message.logged
+            and np.array_equal(self.rows[row], message.vector, equal_nan=True)
+            and all(_same(self.scores[s][row], message.values[s]) for s in SCORES)
+            and self.versions[row] == message.version
+            and self.digests[row] == message.digest
+        )
+
+    def superseded(self, row: int, partition: int, timestamp: int) -> bool:
+        """Keep the last copy: later in the same partition (offset order), else the one with
+        the later record time (partitions have no order between them)."""
+        kept_partition, kept_ts = self.where[row]
+        return kept_partition == partition or timestamp >= kept_ts
+
+    def keep(self, row: int, message: _Message, partition: int, timestamp: int) -> None:
+        """Make `message` the row's kept copy."""
+        msg = message.raw
+        self.rows[row], self.has[row] = message.vector, message.logged
+        self.where[row] = (partition, timestamp)
+        self.versions[row] = message.version
+        self.positions[row] = (int(msg.get("partition", -1)), int(msg.get("offset", -1)))
+        self.scored_at[row] = float(msg.get("scored_at") or math.nan)
+        self.digests[row] = message.digest
+        for s in SCORES:
+            value = message.values[s]
+            self.scores[s][row] = math.nan if value is None else float(value)
+
+    def fill(self, out: OnlineScores) -> OnlineScores:
+        """`out` with the kept copies as its rows."""
+        out.index = self.index
+        out.features = np.vstack(self.rows) if self.rows else np.empty((0, self.width))
+        out.has_features = np.array(self.has, dtype=bool)
+        out.scores = {s: np.array(v, dtype=np.float64) for s, v in self.scores.items()}
+        out.versions = self.versions
+        out.positions = self.positions
+        out.scored_at = self.scored_at
+        out.digests = self.digests
+        return out
+
+
+def _count_duplicate(out: OnlineScores, event_id: str, same: bool) -> None:
+    """Count a message whose event id was seen before; sample the ones that differ."""
+    out.duplicates += 1
+    if not same:
+        out.duplicates_differing += 1
+        if len(out.duplicate_sample) < SAMPLE:
+            out.duplicate_sample.append(event_id)
+
+
 def read_online(
     settings: Settings,
     topic: str | None = None,
@@ -130,85 +257,26 @@ def read_online(
     until_ms: int | None = None,
 ) -> OnlineScores:
     """Read and deduplicate the scores topic."""
+    name = topic or settings.scores_topic
     width = len(INTERACTION_FEATURES)
-    records, ranges = topic_records(settings, topic or settings.scores_topic, since_ms, until_ms)
-    index: dict[str, int] = {}
-    where: list[tuple[int, int]] = []  # (scores partition, record timestamp) of the kept copy
-    rows: list[np.ndarray] = []
-    has: list[bool] = []
-    scores: dict[str, list[float]] = {s: [] for s in SCORES}
-    versions: list[str | None] = []
-    positions: list[tuple[int, int]] = []
-    scored_at: list[float] = []
-    digests: list[str | None] = []
+    records, ranges = topic_records(settings, name, since_ms, until_ms)
+    kept = _KeptMessages(width)
     out = OnlineScores({}, np.empty((0, width)), np.empty(0, bool), {}, [], [], [], ranges=ranges)
     for rec in records:
         out.messages += 1
-        try:
-            msg = orjson.loads(rec.value)
-            event_id = str(msg["event_id"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        message = _decode_message(rec.value, width, name)
+        if message is None:
             out.unreadable += 1
             continue
-        logged = msg.get("features")
-        if logged is not None and len(logged) != width:
-            raise ParityError(
-                f"{topic or settings.scores_topic}: event {event_id} carries {len(logged)} "
-                f"features, this code computes {width}: the scores were made by other feature "
-                "code (compare a range it made: --since)"
-            )
-        model = msg.get("model") or {}
-        values = {
-            "rule": (msg.get("rule") or {}).get("score"),
-            "propensity": model.get("propensity"),
-            "interaction": model.get("interaction"),
-        }
-        vector = _vector(logged, width)
-        row = index.get(event_id)
-        if row is not None:
-            out.duplicates += 1
-            same = (
-                has[row] == (logged is not None)
-                and np.array_equal(rows[row], vector, equal_nan=True)
-                and all(_same(scores[s][row], values[s]) for s in SCORES)
-                and versions[row] == model.get("version")
-                and digests[row] == msg.get("fd")
-            )
-            if not same:
-                out.duplicates_differing += 1
-                if len(out.duplicate_sample) < SAMPLE:
-                    out.duplicate_sample.append(event_id)
-            # Keep the last: later in the same partition, else the later record time.
-            kept_partition, kept_ts = where[row]
-            if kept_partition != rec.partition and rec.timestamp < kept_ts:
-                continue
+        row = kept.index.get(message.event_id)
+        if row is None:
+            row = kept.new_row(message)
         else:
-            row = index[event_id] = len(rows)
-            rows.append(vector)
-            has.append(False)
-            where.append((0, 0))
-            versions.append(None)
-            positions.append((-1, -1))
-            scored_at.append(math.nan)
-            digests.append(None)
-            for s in SCORES:
-                scores[s].append(math.nan)
-        rows[row], has[row], where[row] = vector, logged is not None, (rec.partition, rec.timestamp)
-        versions[row] = model.get("version")
-        positions[row] = (int(msg.get("partition", -1)), int(msg.get("offset", -1)))
-        scored_at[row] = float(msg.get("scored_at") or math.nan)
-        digests[row] = msg.get("fd")
-        for s in SCORES:
-            scores[s][row] = math.nan if values[s] is None else float(values[s])
-    out.index = index
-    out.features = np.vstack(rows) if rows else np.empty((0, width))
-    out.has_features = np.array(has, dtype=bool)
-    out.scores = {s: np.array(v, dtype=np.float64) for s, v in scores.items()}
-    out.versions = versions
-    out.positions = positions
-    out.scored_at = scored_at
-    out.digests = digests
-    return out
+            _count_duplicate(out, message.event_id, kept.same(row, message))
+            if not kept.superseded(row, rec.partition, rec.timestamp):
+                continue
+        kept.keep(row, message, rec.partition, rec.timestamp)
+    return kept.fill(out)
 
 
 def _same(a: float, b: Any) -> bool:
@@ -475,48 +543,84 @@ def _compare_digests(
     }
 
 
-def compare(
-    online: OnlineScores,
-    offline: OfflineEvents,
-    rows: OfflineRows,
-    scores: dict[str, np.ndarray],
-    models: dict[str, dict[str, Any]],
-    tolerance: float = DEFAULT_TOLERANCE,
-    order: str = "training",
-) -> dict[str, Any]:
-    """The report: per feature and group, per score, what is missing where, and the verdict."""
+@dataclass
+class _Joined:
+    """The events both sides have: row k is online row `on_rows[k]`, offline `off_rows[k]`."""
+
+    ids: list[str]  # every offline row's event id
+    off_index: dict[str, int]  # event id -> offline row (the last, as online keeps the last)
+    on_rows: np.ndarray
+    off_rows: np.ndarray
+    event_ids: list[str]  # the joined events' ids, in joined order
+
+    @property
+    def reused(self) -> int:
+        """Offline rows whose event id an earlier row already had."""
+        return len(self.ids) - len(self.off_index)
+
+
+def _join(online: OnlineScores, rows: OfflineRows) -> _Joined:
+    """Pair every deduplicated score message with the offline row of its event."""
     ids = [e.event_id for e in rows.events]
     off_index: dict[str, int] = {}
     for i, event_id in enumerate(ids):
         off_index[event_id] = i  # keep the last, as online does
-    reused = len(ids) - len(off_index)
     joined = [(row, off_index[e]) for e, row in online.index.items() if e in off_index]
     on_rows = np.array([a for a, _ in joined], dtype=np.int64)
     off_rows = np.array([b for _, b in joined], dtype=np.int64)
-    joined_ids = [ids[b] for b in off_rows]
+    return _Joined(ids, off_index, on_rows, off_rows, [ids[b] for b in off_rows])
 
-    # Events without a score: inside the scored offset range of their partition they are a
-    # gap (scores lost); after it, the consumer simply has not got there yet (lag).
+
+def _missing(online: OnlineScores, rows: OfflineRows, joined: _Joined) -> dict[str, Any]:
+    """Events one side has and the other lacks. Events without a score: inside the scored
+    offset range of their partition they are a gap (scores lost); after it, the consumer
+    simply has not got there yet (lag), which is no fault."""
     scored_upto: dict[int, int] = {}
     for p, o in online.positions:
         scored_upto[p] = max(scored_upto.get(p, -1), o)
+    off_index = joined.off_index
     unscored = [e for e in off_index if e not in online.index]
     gaps = [e for e in unscored if _before(rows.positions[off_index[e]], scored_upto)]
     missing_offline = [e for e in online.index if e not in off_index]
+    return {
+        "online_gap": {"count": len(gaps), "sample": gaps[:SAMPLE]},
+        "online_not_yet_scored": {"count": len(unscored) - len(gaps)},
+        "offline": {"count": len(missing_offline), "sample": missing_offline[:SAMPLE]},
+    }
 
-    single = offline.partitions == 1
-    exact_groups = {"user", "session", "context"} | ({"item"} if single else set())
-    exact_scores = {"rule", "propensity"} | ({"interaction"} if single else set())
 
+@dataclass
+class _FeatureDiffs:
+    """The logged vectors against the offline ones, over the joined events that logged one."""
+
+    event_ids: list[str]
+    online: np.ndarray  # (m, F)
+    offline: np.ndarray  # (m, F)
+    diff: np.ndarray  # (m, F) |difference| (`_differences`)
+    bad: np.ndarray  # (m, F) beyond the tolerance
+
+
+def _feature_diffs(
+    online: OnlineScores, rows: OfflineRows, joined: _Joined, tolerance: float
+) -> _FeatureDiffs:
+    """Only messages that carried a vector can be compared value by value (lean messages
+    carry digests: `_compare_digests`)."""
+    on_rows, off_rows = joined.on_rows, joined.off_rows
     with_features = on_rows[online.has_features[on_rows]] if len(on_rows) else on_rows
     feature_off = off_rows[online.has_features[on_rows]] if len(on_rows) else off_rows
-    feature_ids = [ids[b] for b in feature_off]
     on_x, off_x = online.features[with_features], rows.features[feature_off]
     diff, bad = _differences(on_x, off_x, tolerance)
+    return _FeatureDiffs([joined.ids[b] for b in feature_off], on_x, off_x, diff, bad)
+
+
+def _per_feature(
+    d: _FeatureDiffs, exact_groups: set[str], failures: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One entry per feature; a mismatch in a group that must be exact is also a failure,
+    named by the first event it shows on (what someone debugging it starts from)."""
     features: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
     for j, name in enumerate(INTERACTION_FEATURES):
-        col, wrong = diff[:, j], bad[:, j]
+        col, wrong = d.diff[:, j], d.bad[:, j]
         worst = int(np.argmax(col)) if len(col) else None
         entry = {
             "name": name,
@@ -525,39 +629,56 @@ def compare(
             "mismatched": int(wrong.sum()),
             "mismatch_rate": _rate(int(wrong.sum()), len(col)),
             "max_abs_diff": _number(float(col.max())) if len(col) else None,
-            "worst_event": feature_ids[worst] if worst is not None and col[worst] > 0 else None,
+            "worst_event": d.event_ids[worst] if worst is not None and col[worst] > 0 else None,
         }
         features.append(entry)
         if entry["mismatched"] and entry["group"] in exact_groups:
             first = int(np.flatnonzero(wrong)[0])
             failures.append({
                 "kind": "feature", "name": name, "group": entry["group"],
-                "mismatched": entry["mismatched"], "event_id": feature_ids[first],
-                "online": _number(float(on_x[first, j])),
-                "offline": _number(float(off_x[first, j])),
+                "mismatched": entry["mismatched"], "event_id": d.event_ids[first],
+                "online": _number(float(d.online[first, j])),
+                "offline": _number(float(d.offline[first, j])),
             })  # fmt: skip
+    return features
+
+
+def _per_group(d: _FeatureDiffs, exact_groups: set[str]) -> dict[str, dict[str, Any]]:
+    """Per feature group, how many events have any feature of it wrong: the summary that
+    says which part of the state (user, session, context, item) disagrees."""
     groups: dict[str, dict[str, Any]] = {}
     for group in GROUPS:
         cols = [j for j, f in enumerate(INTERACTION_FEATURES) if feature_group(f) == group]
-        events_bad = int(bad[:, cols].any(axis=1).sum())
+        events_bad = int(d.bad[:, cols].any(axis=1).sum())
         groups[group] = {
             "features": len(cols),
-            "events_compared": len(on_x),
+            "events_compared": len(d.online),
             "events_mismatched": events_bad,
-            "mismatch_rate": _rate(events_bad, len(on_x)),
-            "values_mismatched": int(bad[:, cols].sum()),
-            "max_abs_diff": _number(float(diff[:, cols].max())) if len(on_x) else None,
+            "mismatch_rate": _rate(events_bad, len(d.online)),
+            "values_mismatched": int(d.bad[:, cols].sum()),
+            "max_abs_diff": _number(float(d.diff[:, cols].max())) if len(d.online) else None,
             "exact": group in exact_groups,
         }
+    return groups
 
-    digest_report = _compare_digests(online, rows, on_rows, off_rows, single, failures)
 
-    score_report: dict[str, dict[str, Any]] = {}
+def _compare_scores(
+    online: OnlineScores,
+    scores: dict[str, np.ndarray],
+    joined: _Joined,
+    tolerance: float,
+    exact_scores: set[str],
+    failures: list[dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """Each score where both sides have it (a score the consumer did not log, or a model
+    version that cannot be loaded here, is counted apart); a mismatch in a score that must
+    be exact is also a failure."""
+    report: dict[str, dict[str, Any]] = {}
     for name in SCORES:
-        on_s, off_s = online.scores[name][on_rows], scores[name][off_rows]
+        on_s, off_s = online.scores[name][joined.on_rows], scores[name][joined.off_rows]
         usable = ~np.isnan(on_s) & ~np.isnan(off_s)  # logged online and computable offline
         d, wrong = _differences(on_s[usable], off_s[usable], tolerance)
-        usable_ids = [joined_ids[k] for k in np.flatnonzero(usable)]
+        usable_ids = [joined.event_ids[k] for k in np.flatnonzero(usable)]
         worst = int(np.argmax(d)) if len(d) else None
         entry = {
             "compared": int(usable.sum()),
@@ -568,7 +689,7 @@ def compare(
             "worst_event": usable_ids[worst] if worst is not None and d[worst] > 0 else None,
             "exact": name in exact_scores,
         }
-        score_report[name] = entry
+        report[name] = entry
         if entry["mismatched"] and entry["exact"]:
             first = int(np.flatnonzero(wrong)[0])
             failures.append({
@@ -576,6 +697,62 @@ def compare(
                 "event_id": usable_ids[first], "online": float(on_s[usable][first]),
                 "offline": float(off_s[usable][first]),
             })  # fmt: skip
+    return report
+
+
+def _messages_section(online: OnlineScores) -> dict[str, Any]:
+    """What was read from the scores topic and what deduplication made of it."""
+    return {
+        "read": online.messages,
+        "unique_events": len(online.index),
+        "duplicates": online.duplicates,
+        "duplicates_differing": online.duplicates_differing,
+        "duplicate_sample": online.duplicate_sample,
+        "unreadable": online.unreadable,
+        "without_features": int((~online.has_features).sum()),
+        "ranges": {str(p): r for p, r in sorted(online.ranges.items())},
+    }
+
+
+def _events_section(offline: OfflineEvents, rows: OfflineRows, reused: int) -> dict[str, Any]:
+    """What was read from the events and what was left out on both sides, and why."""
+    return {
+        "decoded": len(offline.events),
+        "refused_excluded": {
+            "count": sum(rows.refused.values()),
+            "by_reason": rows.refused,
+            "sample": rows.refused_sample,
+        },
+        "undecodable_excluded": offline.undecodable,
+        "event_ids_reused": reused,
+        "log_truncated_at": {str(p): o for p, o in sorted(offline.truncated.items())},
+    }
+
+
+def compare(
+    online: OnlineScores,
+    offline: OfflineEvents,
+    rows: OfflineRows,
+    scores: dict[str, np.ndarray],
+    models: dict[str, dict[str, Any]],
+    tolerance: float = DEFAULT_TOLERANCE,
+    order: str = "training",
+) -> dict[str, Any]:
+    """The report: per feature and group, per score, what is missing where, and the verdict."""
+    joined = _join(online, rows)
+    # Item features (and the interaction score, which reads them) are exact only on one
+    # partition: elsewhere they depend on how the consumer interleaved partitions.
+    single = offline.partitions == 1
+    exact_groups = {"user", "session", "context"} | ({"item"} if single else set())
+    exact_scores = {"rule", "propensity"} | ({"interaction"} if single else set())
+    failures: list[dict[str, Any]] = []  # in this order: features, digests, scores, self-check
+    diffs = _feature_diffs(online, rows, joined, tolerance)
+    features = _per_feature(diffs, exact_groups, failures)
+    groups = _per_group(diffs, exact_groups)
+    digest_report = _compare_digests(
+        online, rows, joined.on_rows, joined.off_rows, single, failures
+    )
+    score_report = _compare_scores(online, scores, joined, tolerance, exact_scores, failures)
     if rows.self_check_mismatches:
         failures.append({"kind": "offline_self_check", "name": "build_dataset",
                          "group": "offline", "mismatched": rows.self_check_mismatches})  # fmt: skip
@@ -585,33 +762,10 @@ def compare(
         "order": order,
         "offline_order": ORDERS[order],
         "events_source": offline.source,
-        "scores_messages": {
-            "read": online.messages,
-            "unique_events": len(online.index),
-            "duplicates": online.duplicates,
-            "duplicates_differing": online.duplicates_differing,
-            "duplicate_sample": online.duplicate_sample,
-            "unreadable": online.unreadable,
-            "without_features": int((~online.has_features).sum()),
-            "ranges": {str(p): r for p, r in sorted(online.ranges.items())},
-        },
-        "events": {
-            "decoded": len(offline.events),
-            "refused_excluded": {
-                "count": sum(rows.refused.values()),
-                "by_reason": rows.refused,
-                "sample": rows.refused_sample,
-            },
-            "undecodable_excluded": offline.undecodable,
-            "event_ids_reused": reused,
-            "log_truncated_at": {str(p): o for p, o in sorted(offline.truncated.items())},
-        },
-        "joined": len(joined),
-        "missing": {
-            "online_gap": {"count": len(gaps), "sample": gaps[:SAMPLE]},
-            "online_not_yet_scored": {"count": len(unscored) - len(gaps)},
-            "offline": {"count": len(missing_offline), "sample": missing_offline[:SAMPLE]},
-        },
+        "scores_messages": _messages_section(online),
+        "events": _events_section(offline, rows, joined.reused),
+        "joined": len(joined.on_rows),
+        "missing": _missing(online, rows, joined),
         "groups": groups,
         "features": features,
         "digests": digest_report,
