@@ -120,6 +120,192 @@ class _Steps:
         self.progress.advance(self.task)
 
 
+def _fits() -> list[tuple[str, str, str]]:
+    """Every evaluation fit: (split, feature set, learner)."""
+    return [(s, f, lrn) for s in ("per_user", "temporal") for f in FEATURE_SETS for lrn in LEARNERS]
+
+
+def _feature_rows(
+    steps: _Steps,
+    settings: Settings,
+    events: list[Event],
+    meta: dict[str, ItemMeta],
+    params: FeatureParams,
+    dataset: Dataset | None,
+) -> Dataset:
+    """The training rows: `dataset` when given, else built from `events` with the
+    consumer's admission policy, so that training sees the events the consumer applies."""
+    feature_task = steps.progress.add_task("feature pass (events)", total=len(events))
+    with steps.step("features"):
+        data = dataset or build_dataset(
+            events,
+            meta,
+            params,
+            lambda n: steps.progress.update(feature_task, completed=n),
+            admission=settings.admission_policy,
+        )
+        steps.progress.update(feature_task, completed=len(events))
+    return data
+
+
+@dataclass
+class _Evaluation:
+    """The evaluation fits: one result row, one test curve and one model per fit."""
+
+    splits: dict[str, Split]
+    results: list[dict[str, Any]] = field(default_factory=list)
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    models: dict[tuple[str, str, str], ScoringModel] = field(default_factory=dict)
+
+    @property
+    def temporal_interaction(self) -> ScoringModel:
+        """The model the served probability and the SHAP plot are measured on."""
+        return self.models[("temporal", "interaction", "xgboost")]
+
+
+def _evaluate(
+    steps: _Steps, data: Dataset, fits: list[tuple[str, str, str]], n_boot: int
+) -> _Evaluation:
+    """Fit each (split, feature set, learner) on its train rows and measure it on its test
+    rows: the held-out numbers the report gives and the bundle carries."""
+    splits = {"per_user": per_user_split(data), "temporal": temporal_split(data)}
+    evaluation = _Evaluation(splits, curves={s: {} for s in splits})
+    for split_name, feature_set, learner in fits:
+        split = splits[split_name]
+        with steps.step(f"{split_name}: {feature_set} {learner}"):
+            model, info = fit_one(data, split, feature_set, learner)
+            X_test = design(data, feature_set)[split.test]
+            y_test = data.y[split.test]
+            p = model.predict_proba(X_test)
+            metrics = evaluate(y_test, p, n_boot=n_boot)
+        evaluation.curves[split_name][f"{feature_set} {learner}"] = (y_test, p)
+        evaluation.models[(split_name, feature_set, learner)] = model
+        evaluation.results.append(
+            {"split": split_name, "model": feature_set, "learner": learner,
+             "metrics": metrics, "fit": info, "sizes": split.sizes()}
+        )  # fmt: skip
+    return evaluation
+
+
+def _online_calibration(
+    steps: _Steps, settings: Settings, data: Dataset, evaluation: _Evaluation
+) -> dict[str, Any]:
+    """The probability the consumer serves: the online rule over the temporal test period in
+    event order, its parameter chosen on the validation period only."""
+    with steps.step("online calibration (temporal test)"):
+        return online_evaluation(
+            data,
+            evaluation.splits["temporal"],
+            evaluation.temporal_interaction,
+            settings.online_calibration,
+            settings.online_calibration_window,
+            settings.online_calibration_step,
+        )
+
+
+def _plot_curves(
+    steps: _Steps, run_dir: Path, curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+) -> list[str]:
+    """ROC and reliability plots per split; the file names, for the report. Propensity
+    models are left out of the reliability plot: they are not calibrated to the row label."""
+    plots: list[str] = []
+    with steps.step("plots"):
+        for split_name, by_model in curves.items():
+            plot_roc(by_model, run_dir / f"roc_{split_name}.png", f"ROC, {split_name} test")
+            calibrated = {k: v for k, v in by_model.items() if "propensity" not in k}
+            plot_reliability(
+                calibrated,
+                run_dir / f"reliability_{split_name}.png",
+                f"Reliability, {split_name} test",
+            )
+            plots += [f"roc_{split_name}.png", f"reliability_{split_name}.png"]
+    return plots
+
+
+@dataclass
+class _Refit:
+    """The models that get served: the XGBoost recipe fit again on the latest data."""
+
+    serving: Split
+    interaction: ScoringModel
+    interaction_info: dict[str, Any]
+    propensity: ScoringModel
+    propensity_info: dict[str, Any]
+
+
+def _refit(steps: _Steps, data: Dataset) -> _Refit:
+    """Refit on `splits.serving_split`: the evaluation fits held the latest data out, and the
+    model that serves should learn from it."""
+    with steps.step("refit on latest data"):
+        serving = serving_split(data)
+        interaction, i_info = fit_one(data, serving, "interaction", "xgboost")
+        propensity, p_info = fit_one(data, serving, "propensity", "xgboost")
+    return _Refit(serving, interaction, i_info, propensity, p_info)
+
+
+def _shap_plot(steps: _Steps, data: Dataset, evaluation: _Evaluation, run_dir: Path) -> str:
+    """The SHAP summary of the held-out temporal interaction model on its test rows (the
+    refit has no held-out rows to explain); the plot's file name."""
+    with steps.step("SHAP plot"):
+        temporal = evaluation.splits["temporal"]
+        held_out = evaluation.temporal_interaction
+        shap_summary_plot(held_out, data.X[temporal.test], run_dir / "shap_summary.png")
+    return "shap_summary.png"
+
+
+def _bundle(
+    params: FeatureParams,
+    data: Dataset,
+    results: list[dict[str, Any]],
+    refit: _Refit,
+    online: dict[str, Any],
+    source: dict[str, Any],
+) -> ModelBundle:
+    """The refit models, with the recipe's held-out metrics (they have none of their own),
+    the online-calibration choice the consumer serves with, and the data they were fit on."""
+    bundle = ModelBundle(
+        version="",
+        feature_hash=feature_hash(params),
+        interaction=refit.interaction,
+        propensity=refit.propensity,
+        metrics={
+            f"{r['split']}/{r['model']}/{r['learner']}": r["metrics"]
+            for r in results
+            if r["learner"] == "xgboost" and r["model"] != "baseline"
+        },
+        log_range=log_range(data, refit.serving, source),
+    )
+    refit_info = {"interaction": refit.interaction_info, "propensity": refit.propensity_info}
+    bundle.metrics["refit"] = refit_info
+    bundle.metrics["online_calibration"] = online
+    return bundle
+
+
+def _report_info(
+    source: dict[str, Any],
+    data: Dataset,
+    splits: dict[str, Split],
+    bundle: ModelBundle,
+    version: str | None,
+    seconds: float,
+    online: dict[str, Any],
+) -> dict[str, Any]:
+    """The run's facts at the head of report.md: what it trained on and what it made."""
+    return {
+        "source": source.get("path") or source.get("source"),
+        "events": data.n_events,
+        "labelled rows": len(data),
+        "features": source.get("features", "replayed"),
+        "positive rate": round(float(data.y.mean()), 4) if len(data) else None,
+        "splits": {k: v.sizes() for k, v in splits.items()},
+        "feature hash": bundle.feature_hash,
+        "registered version": version,
+        "seconds": seconds,
+        "SHAP plot": "temporal-split interaction XGBoost on its test rows",
+        "served (online) ECE, temporal interaction xgboost": round(online["served"]["ece"], 4),
+    }
+
+
 def run_training(
     settings: Settings,
     events: list[Event],
@@ -135,104 +321,28 @@ def run_training(
     logged vectors, `offline.logged`); by default they are built from `events`."""
     params = params or settings.feature_params  # what the consumer serves with
     console = console or Console(stderr=True)
-    fits = [(s, f, lrn) for s in ("per_user", "temporal") for f in FEATURE_SETS for lrn in LEARNERS]
+    fits = _fits()
     steps = _Steps(console, total=1 + len(fits) + 5)
     started = time.perf_counter()
-    results: list[dict[str, Any]] = []
     with steps.progress:
-        feature_task = steps.progress.add_task("feature pass (events)", total=len(events))
-        with steps.step("features"):
-            data = dataset or build_dataset(
-                events,
-                meta,
-                params,
-                lambda n: steps.progress.update(feature_task, completed=n),
-                admission=settings.admission_policy,
-            )
-            steps.progress.update(feature_task, completed=len(events))
-        splits = {"per_user": per_user_split(data), "temporal": temporal_split(data)}
-        curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {s: {} for s in splits}
-        models: dict[tuple[str, str, str], ScoringModel] = {}
-        for split_name, feature_set, learner in fits:
-            split = splits[split_name]
-            with steps.step(f"{split_name}: {feature_set} {learner}"):
-                model, info = fit_one(data, split, feature_set, learner)
-                X_test = design(data, feature_set)[split.test]
-                y_test = data.y[split.test]
-                p = model.predict_proba(X_test)
-                metrics = evaluate(y_test, p, n_boot=n_boot)
-            curves[split_name][f"{feature_set} {learner}"] = (y_test, p)
-            models[(split_name, feature_set, learner)] = model
-            results.append({"split": split_name, "model": feature_set, "learner": learner,
-                            "metrics": metrics, "fit": info, "sizes": split.sizes()})  # fmt: skip
-        with steps.step("online calibration (temporal test)"):
-            # The probability the consumer serves: the online rule over the test period in
-            # event order, its parameter chosen on the validation period only.
-            online = online_evaluation(
-                data,
-                splits["temporal"],
-                models[("temporal", "interaction", "xgboost")],
-                settings.online_calibration,
-                settings.online_calibration_window,
-                settings.online_calibration_step,
-            )
+        data = _feature_rows(steps, settings, events, meta, params, dataset)
+        evaluation = _evaluate(steps, data, fits, n_boot)
+        online = _online_calibration(steps, settings, data, evaluation)
         run_dir = new_run_dir(settings, "train")
-        plots: list[str] = []
-        with steps.step("plots"):
-            for split_name, by_model in curves.items():
-                plot_roc(by_model, run_dir / f"roc_{split_name}.png", f"ROC, {split_name} test")
-                calibrated = {k: v for k, v in by_model.items() if "propensity" not in k}
-                plot_reliability(
-                    calibrated,
-                    run_dir / f"reliability_{split_name}.png",
-                    f"Reliability, {split_name} test",
-                )
-                plots += [f"roc_{split_name}.png", f"reliability_{split_name}.png"]
-        with steps.step("refit on latest data"):
-            serving = serving_split(data)
-            interaction, i_info = fit_one(data, serving, "interaction", "xgboost")
-            propensity, p_info = fit_one(data, serving, "propensity", "xgboost")
-        with steps.step("SHAP plot"):
-            temporal = splits["temporal"]
-            held_out = models[("temporal", "interaction", "xgboost")]
-            shap_summary_plot(held_out, data.X[temporal.test], run_dir / "shap_summary.png")
-            plots.append("shap_summary.png")
-        bundle = ModelBundle(
-            version="",
-            feature_hash=feature_hash(params),
-            interaction=interaction,
-            propensity=propensity,
-            metrics={
-                f"{r['split']}/{r['model']}/{r['learner']}": r["metrics"]
-                for r in results
-                if r["learner"] == "xgboost" and r["model"] != "baseline"
-            },
-            log_range=log_range(data, serving, source),
-        )
-        bundle.metrics["refit"] = {"interaction": i_info, "propensity": p_info}
-        bundle.metrics["online_calibration"] = online
+        plots = _plot_curves(steps, run_dir, evaluation.curves)
+        refit = _refit(steps, data)
+        plots.append(_shap_plot(steps, data, evaluation, run_dir))
+        bundle = _bundle(params, data, evaluation.results, refit, online, source)
         version = None
         with steps.step("register"):
             if register:
                 version = ModelRegistry(settings, params).register(bundle)
     timings = {**steps.timings, "total": round(time.perf_counter() - started, 2)}
-    info = {
-        "source": source.get("path") or source.get("source"),
-        "events": data.n_events,
-        "labelled rows": len(data),
-        "features": source.get("features", "replayed"),
-        "positive rate": round(float(data.y.mean()), 4) if len(data) else None,
-        "splits": {k: v.sizes() for k, v in splits.items()},
-        "feature hash": bundle.feature_hash,
-        "registered version": version,
-        "seconds": timings["total"],
-        "SHAP plot": "temporal-split interaction XGBoost on its test rows",
-        "served (online) ECE, temporal interaction xgboost": round(online["served"]["ece"], 4),
-    }
-    write_report(run_dir, "engage train", results, info, plots)
+    info = _report_info(source, data, evaluation.splits, bundle, version, timings["total"], online)
+    write_report(run_dir, "engage train", evaluation.results, info, plots)
     _add_online_section(run_dir, online)
     (run_dir / "timings.json").write_text(json.dumps(timings, indent=2))
-    return TrainResult(run_dir, results, bundle, version, timings)
+    return TrainResult(run_dir, evaluation.results, bundle, version, timings)
 
 
 def _add_online_section(run_dir: Path, online: dict[str, Any]) -> None:
