@@ -66,8 +66,8 @@ def _train_first(settings: Settings) -> None:
 
 def run_demo(settings: Settings, seconds: float, rate: float, train: bool) -> None:
     from consumer.runner import StreamConsumer
-    from engage.stack import manager
     from engage.score_commands import WatchView, follow, render_score
+    from engage.stack import manager
     from producer.pacing import throttle
     from producer.replay import replay
     from scoring.lookup import current_score, top_users
