@@ -69,7 +69,7 @@ def run_demo(settings: Settings, seconds: float, rate: float, train: bool) -> No
     from engage.score_commands import WatchView, follow, render_score
     from engage.stack import manager
     from producer.pacing import throttle
-    from producer.replay import replay
+    from producer.replay import ReplayOptions, replay
     from scoring.lookup import current_score, top_users
     from scoring.registry import ModelRegistry
 
@@ -94,8 +94,11 @@ def run_demo(settings: Settings, seconds: float, rate: float, train: bool) -> No
     consumer_thread = threading.Thread(target=consumer.run, daemon=True)
     producer_thread = threading.Thread(
         target=replay,
-        args=(throttle(events, rate, stop), demo),
-        kwargs={"items": items, "limit": limit, "progress": False},
+        args=(
+            throttle(events, rate, stop),
+            demo,
+            ReplayOptions(items=items, limit=limit, progress=False),
+        ),
         daemon=True,
     )
     consumer_thread.start()

@@ -163,7 +163,7 @@ def replay_movielens(
 ) -> None:
     """Replay ml-latest-small ratings and tags in event-time order; item metadata to Redis."""
     from producer import movielens  # pandas: imported by the commands that need it
-    from producer.replay import replay
+    from producer.replay import ReplayOptions, replay
 
     settings = get_settings()
     (pace, pacing), since_ms = _pacing(speed, rate), time_ms(since, "--since")
@@ -192,15 +192,17 @@ def replay_movielens(
         lambda stop: replay(
             data.events(since_ms, until_ms),
             settings,
-            items=data.items,
-            limit=limit,
-            speed=pace,
-            rate=rate,
-            skip=skip,
+            ReplayOptions(
+                items=data.items,
+                limit=limit,
+                speed=pace,
+                rate=rate,
+                skip=skip,
+                total=data.count_between(since_ms, until_ms),
+                bad_rows=data.bad_rows.count,
+                progress=progress and not as_json,
+            ),
             stop=stop,
-            total=data.count_between(since_ms, until_ms),
-            bad_rows=data.bad_rows.count,
-            progress=progress and not as_json,
         )
     )
     summary.bad_row_examples = [str(row) for row in data.bad_rows.examples]
@@ -228,7 +230,7 @@ def replay_synthetic(
 ) -> None:
     """Replay a seeded product funnel (sessions, pricing, demos, signups, bookings, bots)."""
     from producer import synthetic
-    from producer.replay import replay
+    from producer.replay import ReplayOptions, replay
 
     settings = get_settings()
     pace, pacing = _pacing(speed, rate)
@@ -248,13 +250,15 @@ def replay_synthetic(
         lambda stop: replay(
             synthetic.events(config),
             settings,
-            items=synthetic.synthetic_item_meta(),
-            limit=limit,
-            speed=pace,
-            rate=rate,
-            skip=skip,
+            ReplayOptions(
+                items=synthetic.synthetic_item_meta(),
+                limit=limit,
+                speed=pace,
+                rate=rate,
+                skip=skip,
+                progress=progress and not as_json,
+            ),
             stop=stop,
-            progress=progress and not as_json,
         )
     )
     _report(summary, as_json, {**extra, "speed": pacing}, limit)

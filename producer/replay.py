@@ -10,10 +10,10 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, TypedDict, Unpack
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -119,95 +119,181 @@ def write_items(client: Client, items: Mapping[str, ItemMeta]) -> int:
     return written
 
 
-def replay(
-    events: Iterable[Event],
-    settings: Settings,
-    *,
-    items: Mapping[str, ItemMeta] | None = None,
-    limit: int | None = None,
-    since_ms: int | None = None,
-    until_ms: int | None = None,
-    speed: Speed = MAX,
-    rate: float | None = None,
-    skip: int = 0,
-    stop: threading.Event | None = None,
-    clock: Clock | None = None,
-    total: int | None = None,
-    bad_rows: int = 0,
-    progress: bool = True,
-    console: Console | None = None,
-) -> ReplaySummary:
-    """Send `events` (in the order given) to `settings.events_topic`; see module docstring.
+@dataclass(frozen=True)
+class ReplayOptions:
+    """What one replay sends and how fast: the choices of `engage replay`, in one value."""
 
-    `since_ms`/`until_ms` keep events with since <= ts < until; of those, the first `skip`
-    are passed over and at most `limit` sent. Pacing: `rate` events per second of wall time,
-    else `speed`. Setting `stop` ends the replay after the event being sent (sleeps included):
-    the summary says where to resume. `total` only sizes the progress bar.
-    """
+    #: Item metadata written to Redis before the first event (so the consumer can use it).
+    items: Mapping[str, ItemMeta] | None = None
+    #: Event-time window: events with since_ms <= ts < until_ms are selected.
+    since_ms: int | None = None
+    until_ms: int | None = None
+    #: Of the selected events, the first `skip` are passed over (resuming: the summary's
+    #: `resume_skip`) and at most `limit` sent.
+    skip: int = 0
+    limit: int | None = None
+    #: Pacing: `rate` events per second of wall time, else `speed` times event time.
+    speed: Speed = MAX
+    rate: float | None = None
+    #: How many events `events` holds: sizes the progress bar only.
+    total: int | None = None
+    #: Rows the source could not read, carried into the summary.
+    bad_rows: int = 0
+    progress: bool = True
+
+    @property
+    def paced(self) -> bool:
+        """Waits between sends; else the producer is tuned for throughput instead."""
+        return self.rate is not None or not self.speed.is_max
+
+    def pacer(self, clock: Clock) -> Pacer | RatePacer:
+        """What waits between sends: a fixed rate, else the event-time gaps scaled."""
+        return RatePacer(self.rate, clock) if self.rate is not None else Pacer(self.speed, clock)
+
+    def bar_total(self) -> int | None:
+        """The events the progress bar expects: `total` less the skipped, at most `limit`."""
+        if self.total is None:
+            return None
+        total = max(self.total - self.skip, 0)
+        return min(total, self.limit) if self.limit is not None else total
+
+
+class ReplayFields(TypedDict, total=False):
+    """`ReplayOptions`' fields as keywords: `replay(events, settings, limit=5)` is
+    `replay(events, settings, ReplayOptions(limit=5))` (the form bench/ still uses)."""
+
+    items: Mapping[str, ItemMeta] | None
+    since_ms: int | None
+    until_ms: int | None
+    skip: int
+    limit: int | None
+    speed: Speed
+    rate: float | None
+    total: int | None
+    bad_rows: int
+    progress: bool
+
+
+@dataclass
+class _Sent:
+    """Where the send loop stopped."""
+
+    sent: int  # send calls made (failed deliveries included)
+    skipped: int  # events outside the since/until window
+    position: int  # events of the window met: where a resumed replay starts (`--skip`)
+    interrupted: bool  # `stop` was set
+
+
+def _prepare(settings: Settings, options: ReplayOptions) -> ReplaySummary:
+    """The topic (created if missing) and the item metadata, before any event: a consumer
+    that starts on the first event must find the metadata already there."""
     topic = settings.events_topic
-    summary = ReplaySummary(topic=topic, bad_rows=bad_rows)
+    summary = ReplaySummary(topic=topic, bad_rows=options.bad_rows)
     summary.topic_created = ensure_topic(settings, topic, settings.partitions)
-    if items:
+    if options.items:
         store = connect(settings)
         try:
-            summary.items_written = write_items(store, items)
+            summary.items_written = write_items(store, options.items)
         finally:
             store.close()
-    paced = rate is not None or not speed.is_max
-    client = producer(settings, **({} if paced else FAST_PRODUCER))
-    failures = _Failures()
-    clock = clock or SystemClock(stop)
-    pacer = RatePacer(rate, clock) if rate is not None else Pacer(speed, clock)
-    cap = limit if limit is not None else -1
-    if total is not None:
-        total = max(total - skip, 0)
-        total = min(total, limit) if limit is not None else total
-    started = time.perf_counter()
+    return summary
+
+
+def _send_all(
+    events: Iterable[Event],
+    client: KafkaProducer,
+    topic: str,
+    options: ReplayOptions,
+    pacer: Pacer | RatePacer,
+    stop: threading.Event | None,
+    failures: _Failures,
+    advance: Callable[[int], None],
+) -> _Sent:
+    """The send loop: select, skip, cap, pace, send, count. Every send gets an errback and
+    nothing waits for an acknowledgement here (`_flush` does, once, at the end). Options are
+    read into locals first: this loop is the replay's hot path (bench/replay_rate.py)."""
+    since_ms, until_ms = options.since_ms, options.until_ms
+    skip, paced = options.skip, options.paced
+    cap = options.limit if options.limit is not None else -1
     sent = skipped = position = 0  # position: events of the since/until selection met
-    try:
-        with (
-            progress_bar(console or Console(stderr=True), topic, total, progress) as advance,
-            _fewer_gc_passes(),
-        ):
-            send, stopping = client.send, stop.is_set if stop is not None else lambda: False
-            for event in events:
-                ts = event.ts
-                if (since_ms is not None and ts < since_ms) or (
-                    until_ms is not None and ts >= until_ms
-                ):
-                    skipped += 1
-                    continue
-                if position < skip:
-                    position += 1
-                    continue
-                if sent == cap:
-                    break
-                if paced:
-                    pacer.wait(ts)
-                if stopping():
-                    summary.interrupted = True
-                    break
-                try:
-                    future = send(topic, value=event.to_json(), key=event.user_id.encode())
-                    future.add_errback(failures)
-                except KafkaError as exc:
-                    failures(exc)
-                sent += 1
-                position += 1
-                if paced:  # slow enough to show every event: the bar never lags behind
-                    advance(1)
-                elif sent % PROGRESS_EVERY == 0:
-                    advance(PROGRESS_EVERY)
-            _flush(client)
-            if not paced:
-                advance(sent % PROGRESS_EVERY)
-    finally:
-        client.close()
-    summary.seconds = round(time.perf_counter() - started, 3)
+    send, stopping = client.send, stop.is_set if stop is not None else lambda: False
+    for event in events:
+        ts = event.ts
+        if (since_ms is not None and ts < since_ms) or (until_ms is not None and ts >= until_ms):
+            skipped += 1
+            continue
+        if position < skip:
+            position += 1
+            continue
+        if sent == cap:
+            break
+        if paced:
+            pacer.wait(ts)
+        if stopping():
+            return _Sent(sent, skipped, position, interrupted=True)
+        try:
+            future = send(topic, value=event.to_json(), key=event.user_id.encode())
+            future.add_errback(failures)
+        except KafkaError as exc:
+            failures(exc)
+        sent += 1
+        position += 1
+        if paced:  # slow enough to show every event: the bar never lags behind
+            advance(1)
+        elif sent % PROGRESS_EVERY == 0:
+            advance(PROGRESS_EVERY)
+    return _Sent(sent, skipped, position, interrupted=False)
+
+
+def _summarise(
+    summary: ReplaySummary, done: _Sent, failures: _Failures, seconds: float
+) -> ReplaySummary:
+    """The counts once every send has finished: `sent` are the acknowledged ones."""
+    summary.seconds = round(seconds, 3)
+    summary.interrupted = done.interrupted
     summary.failed = failures.count
-    summary.sent = sent - failures.count
-    summary.skipped = skipped
-    summary.resume_skip = position
+    summary.sent = done.sent - failures.count
+    summary.skipped = done.skipped
+    summary.resume_skip = done.position
     summary.errors = failures.errors
     summary.rate = round(summary.sent / summary.seconds, 1) if summary.seconds else 0.0
     return summary
+
+
+def replay(
+    events: Iterable[Event],
+    settings: Settings,
+    options: ReplayOptions | None = None,
+    *,
+    stop: threading.Event | None = None,
+    clock: Clock | None = None,
+    console: Console | None = None,
+    **fields: Unpack[ReplayFields],
+) -> ReplaySummary:
+    """Send `events` (in the order given) to `settings.events_topic`; see module docstring.
+
+    `options` choose what is sent and how fast (`ReplayOptions`; `fields` as keywords set
+    some of them). Setting `stop` ends the replay after the event being sent (sleeps
+    included): the summary says where to resume. `clock` paces (tests pass a fake one).
+    """
+    options = replace(options or ReplayOptions(), **fields)
+    topic = settings.events_topic
+    summary = _prepare(settings, options)
+    client = producer(settings, **({} if options.paced else FAST_PRODUCER))
+    failures = _Failures()
+    pacer = options.pacer(clock or SystemClock(stop))
+    started = time.perf_counter()
+    try:
+        with (
+            progress_bar(
+                console or Console(stderr=True), topic, options.bar_total(), options.progress
+            ) as advance,
+            _fewer_gc_passes(),
+        ):
+            done = _send_all(events, client, topic, options, pacer, stop, failures, advance)
+            _flush(client)
+            if not options.paced:
+                advance(done.sent % PROGRESS_EVERY)
+    finally:
+        client.close()
+    return _summarise(summary, done, failures, time.perf_counter() - started)

@@ -120,7 +120,7 @@ def test_a_paced_progress_bar_counts_every_event(
     clock = Clock()
     monkeypatch.setattr(replay, "progress_bar", bar)
     events = list(synthetic.events(synthetic.SyntheticConfig(users=5, days=1, seed=2)))[:12]
-    summary = replay.replay(events, settings, rate=2.0, clock=clock)
+    summary = replay.replay(events, settings, replay.ReplayOptions(rate=2.0), clock=clock)
     assert summary.sent == 12 and clock.sleeps == [0.5] * 11
     assert clock.shown_at_sleep == list(range(1, 12)) and shown[-1] == 12
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 import redis
@@ -17,7 +18,7 @@ from features.items import ItemMeta
 from features.keys import item_meta_key
 from producer import movielens, synthetic
 from producer.pacing import Speed
-from producer.replay import replay
+from producer.replay import ReplayFields, ReplayOptions, replay
 from producer.synthetic import SyntheticConfig
 from tests.test_producer_movielens import write_fixture
 
@@ -44,7 +45,7 @@ def test_synthetic_replay_is_consumed_back_whole_and_ordered(settings: Settings)
     config = SyntheticConfig(users=400, days=7, seed=21)
     expected = {e.event_id: e.to_json() for e in synthetic.events(config)}
     assert 2000 < len(expected) < 20_000
-    summary = replay(synthetic.events(config), settings, progress=False)
+    summary = replay(synthetic.events(config), settings, ReplayOptions(progress=False))
     assert (summary.sent, summary.failed, summary.skipped) == (len(expected), 0, 0)
     assert summary.topic_created and summary.rate > 0
 
@@ -69,9 +70,8 @@ def test_movielens_replay_writes_item_metadata(
     settings: Settings, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     data = movielens.load_folder(write_fixture(tmp_path / "ml"))
-    summary = replay(
-        data.events(), settings, items=data.items, bad_rows=data.bad_rows.count, progress=False
-    )
+    options = ReplayOptions(items=data.items, bad_rows=data.bad_rows.count, progress=False)
+    summary = replay(data.events(), settings, options)
     assert (summary.sent, summary.failed, summary.items_written, summary.bad_rows) == (6, 0, 3, 9)
     assert ItemMeta.from_hash(redis_client.hgetall(item_meta_key("10"))) == ItemMeta(
         ("Action", "Adventure", "Thriller"), 1995
@@ -89,7 +89,8 @@ def test_limit_and_event_time_window(settings: Settings) -> None:
     since, until = events[100].ts, events[-100].ts
     inside = [e for e in events if since <= e.ts < until]
     assert len(inside) > 100
-    summary = replay(events, settings, since_ms=since, until_ms=until, limit=50, progress=False)
+    options = ReplayOptions(since_ms=since, until_ms=until, limit=50, progress=False)
+    summary = replay(events, settings, options)
     assert summary.sent == 50 and summary.failed == 0
     assert summary.skipped == sum(1 for e in events[: events.index(inside[50])] if e.ts < since)
     records = consume_all(settings, 50, timeout_s=15)
@@ -113,7 +114,7 @@ def test_undeliverable_events_are_counted(settings: Settings) -> None:
     finally:
         admin.close()
     events = list(synthetic.events(SyntheticConfig(users=5, days=2, seed=1)))[:20]
-    summary = replay(events, settings, progress=False)
+    summary = replay(events, settings, ReplayOptions(progress=False))
     assert summary.failed == 20 and summary.sent == 0 and not summary.ok
     assert summary.errors and "MessageSizeTooLarge" in summary.errors[0]
 
@@ -124,7 +125,14 @@ def test_paced_replay_sleeps_the_scaled_gaps(settings: Settings) -> None:
 
     events = list(synthetic.events(SyntheticConfig(users=20, days=2, seed=9)))[:200]
     clock = FakeClock()
-    summary = replay(events, settings, speed=Speed(500.0), clock=clock, progress=False)
+    options = ReplayOptions(speed=Speed(500.0), progress=False)
+    summary = replay(events, settings, options, clock=clock)
     assert summary.sent == 200 and summary.failed == 0
     span_s = (events[-1].ts - events[0].ts) / 1000
     assert sum(clock.sleeps) == pytest.approx(span_s / 500)
+
+
+def test_replay_keywords_are_the_options_fields() -> None:
+    """`replay(events, settings, limit=5)` (the form bench/ uses) sets ReplayOptions' fields:
+    the keyword declaration names every field, with the same type."""
+    assert get_type_hints(ReplayFields) == get_type_hints(ReplayOptions)

@@ -36,7 +36,7 @@ from engage.stack.redis_server import RedisServer
 from features import keys
 from features.events import Event
 from features.items import ItemMeta
-from producer.replay import replay
+from producer.replay import ReplayOptions, replay
 from tests.conftest import IN_CI
 from tests.eventlog import engage_env, make_log, publish_log
 from tests.reference import diff_against_redis, reference_state
@@ -474,7 +474,7 @@ def test_kafka_broker_restart_mid_replay_and_mid_consumption(private_kafka, tmp_
 
     try:
         items = {item: ItemMeta(tuple(gs)) for item, gs in genres.items()}
-        summary = replay(paced(), own, items=items, progress=False)
+        summary = replay(paced(), own, ReplayOptions(items=items, progress=False))
         restart.thread.join(120)
         assert restart.error is None, restart.error
         assert phases["while stopping"] > 0 and phases["while down"] > 0, phases

@@ -25,7 +25,7 @@ from engage import kafka_clients
 from offline.dataset import build_dataset
 from producer import synthetic
 from producer.pacing import throttle
-from producer.replay import replay
+from producer.replay import ReplayOptions, replay
 from scoring.registry import ModelRegistry
 from tests.eventlog import make_log, publish_log
 from tests.offline_synth import fitted_bundle
@@ -105,11 +105,12 @@ def test_steady_5000_per_second_for_5_minutes(settings, redis_client, tmp_path):
     total = int(SOAK_RATE * SOAK_SECONDS)
     stop = threading.Event()
     sent: dict[str, object] = {}
+    options = ReplayOptions(items=synthetic.synthetic_item_meta(), limit=total, progress=False)
     producer = threading.Thread(
-        target=lambda: sent.update(r=replay(
-            throttle(synthetic.events(config), SOAK_RATE, stop), settings,
-            items=synthetic.synthetic_item_meta(), limit=total, progress=False))
-    )  # fmt: skip
+        target=lambda: sent.update(
+            r=replay(throttle(synthetic.events(config), SOAK_RATE, stop), settings, options)
+        )
+    )
     kafka_clients.ensure_topic(settings, settings.events_topic)
     watcher = kafka_clients.consumer(settings)
     partitions = [TopicPartition(settings.events_topic, p)
