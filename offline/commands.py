@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import typer
 from kafka.errors import KafkaError
-from rich.console import Console
 from rich.progress import Progress
 
 from engage.cli_support import (
@@ -23,12 +22,16 @@ from engage.cli_support import (
     services_down_exits,
     time_ms,
 )
+from engage.output import fmt, number, print_json, stdout, table, text
 from engage.settings import get_settings
 
 SnapshotOpt = typer.Option(None, "--snapshot", help="Read a snapshot folder (engage export).")
 TopicOpt = typer.Option(False, "--from-topic", help="Export the events topic first, then read it.")
 MovielensOpt = typer.Option(None, "--movielens", help="Read a MovieLens folder (ratings.csv...).")
 VersionOpt = typer.Option(None, "--version", help="Model version (default: current).")
+#: Under the metrics tables, which leave out what matters less on a terminal.
+MORE_IN_REPORT = "accuracy, RMSE, PR-AUC, the fits and the plots are in the report"
+JsonOpt = typer.Option(False, "--json", help="Print a JSON summary on stdout (nothing else).")
 
 
 @contextmanager
@@ -81,6 +84,7 @@ def _bundle(version: str | None) -> Any:
 
 def export(
     out: Path = typer.Option(None, "--out", help="Folder (default: data_dir/snapshots/<time>)."),
+    as_json: bool = JsonOpt,
 ):
     """Snapshot the events topic (start to the end offsets at start) and item metadata."""
     from offline.export import export_topic
@@ -99,6 +103,10 @@ def export(
         except KafkaError as exc:
             raise fail(f"cannot read the events topic: {exc}", EXIT_SERVICES_DOWN) from exc
     m = result.manifest
+    if as_json:
+        summary = {k: m[k] for k in ("count", "undecodable", "items")}
+        print_json({"folder": result.folder, **summary, "manifest": m})
+        return
     console.print(
         f"exported {m['count']} events ({m['undecodable']} undecodable), {m['items']} items "
         f"-> {result.folder}"
@@ -117,6 +125,7 @@ def train(
         help="Train on the feature vectors the consumer logged on the scores topic (what it "
         "really served, item interleaving included) instead of replaying the events.",
     ),
+    as_json: bool = JsonOpt,
 ):
     """Build point-in-time features, fit and evaluate all models, register the bundle."""
     from offline.train import run_training
@@ -128,8 +137,15 @@ def train(
     result = run_training(
         get_settings(), events, meta, source, register, n_boot=n_boot, dataset=dataset
     )
+    report = result.run_dir / "report.md"
+    if as_json:
+        print_json({"version": result.version, "registered": result.version is not None,
+                    "seconds": result.timings["total"], **_run_files(result.run_dir),
+                    "results": _flat(result.results)})  # fmt: skip
+        return
     _print_results(result.results)
-    console.print(f"report: {result.run_dir / 'report.md'}  ({result.timings['total']} s)")
+    console.print(MORE_IN_REPORT)
+    console.print(f"report: {report}  ({result.timings['total']} s)")
     if result.version:
         console.print(f"registered and current: [bold]{result.version}[/]")
 
@@ -157,18 +173,38 @@ def _logged(events: list[Any], source: dict[str, Any]) -> Any:
 
 
 def _print_results(results: list[dict[str, Any]]) -> None:
-    from rich.table import Table
+    """The metrics that choose a model, one table per split, within 80 columns: ranking
+    (ROC-AUC and its CI) and the served probability's quality (log loss, ECE). Accuracy,
+    RMSE, PR-AUC and the fit details are in the run's report.md and metrics.json."""
+    out = stdout()
+    for split in dict.fromkeys(r["split"] for r in results):
+        rows = [r for r in results if r["split"] == split]
+        sizes = {r["metrics"]["n"] for r in rows}
+        title = f"{split} ({sizes.pop():,} test rows)" if len(sizes) == 1 else split
+        shown = table(text("model"), text("learner"), number("ROC-AUC"), number("95% CI"),
+                      number("log loss"), number("ECE"), title=title)  # fmt: skip
+        if len(sizes) > 1:
+            shown.add_column("n", justify="right", no_wrap=True)
+        for r in rows:
+            m = r["metrics"]
+            ci = f"{fmt(m['roc_auc_ci_low'], '.3f')}–{fmt(m['roc_auc_ci_high'], '.3f')}"
+            cells = [r["model"], r["learner"], fmt(m["roc_auc"]), ci, fmt(m["log_loss"]),
+                     fmt(m["ece"])]  # fmt: skip
+            shown.add_row(*cells, *([f"{m['n']:,}"] if len(sizes) > 1 else []))
+        out.print(shown)
+        out.print()
 
-    table = Table("split", "model", "learner", "n", "ROC-AUC [95% CI]", "acc", "RMSE", "logloss",
-                  "ECE", "PR-AUC")  # fmt: skip
-    for r in results:
-        m = r["metrics"]
-        table.add_row(
-            r["split"], r["model"], r["learner"], str(m["n"]),
-            f"{m['roc_auc']:.4f} [{m['roc_auc_ci_low']:.3f}, {m['roc_auc_ci_high']:.3f}]",
-            *(f"{m[k]:.4f}" for k in ("accuracy", "rmse", "log_loss", "ece", "pr_auc")),
-        )  # fmt: skip
-    Console().print(table)
+
+def _flat(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`--json` rows: split, model, learner and every metric side by side (what jq wants)."""
+    return [{"split": r["split"], "model": r["model"], "learner": r["learner"], **r["metrics"]}
+            for r in results]  # fmt: skip
+
+
+def _run_files(run_dir: Path) -> dict[str, str]:
+    """Where a run's full results are, for `--json` readers."""
+    return {"run_dir": str(run_dir), "report": str(run_dir / "report.md"),
+            "metrics": str(run_dir / "metrics.json")}  # fmt: skip
 
 
 def evaluate(
@@ -179,6 +215,7 @@ def evaluate(
     all_rows: bool = typer.Option(
         False, "--all", help="Also rows the model was trained on (in-sample, optimistic)."
     ),
+    as_json: bool = JsonOpt,
 ):
     """Score a registered model on data it has not seen (events after its training range)."""
     from offline.evaluate import evaluate as metrics_of
@@ -212,7 +249,12 @@ def evaluate(
             "rows": len(rows), "in-sample rows included": all_rows}  # fmt: skip
     write_report(run_dir, f"engage evaluate {bundle.version}", results, info,
                  ["roc.png", "reliability.png"])  # fmt: skip
+    if as_json:
+        print_json({"version": bundle.version, "rows": len(rows), "in_sample": all_rows,
+                    **_run_files(run_dir), "results": _flat(results)})  # fmt: skip
+        return
     _print_results(results)
+    console.print(MORE_IN_REPORT)
     console.print(f"report: {run_dir / 'report.md'}")
 
 
@@ -229,7 +271,12 @@ def explain(
         None, "--model", help="With --event: model version (default: the one that scored it)."
     ),
     top: int = typer.Option(5, "--top", min=1, help="With --event: reasons shown per target."),
-    as_json: bool = typer.Option(False, "--json", help="With --event: print JSON."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print JSON on stdout (nothing else): the feature table, or "
+        "with --event the event's report.",
+    ),
 ):
     """Permutation importance, SHAP summary and a feature table for the interaction model,
     on the latest 20% of event time. With --event ID: one event's probabilities, exact
@@ -241,8 +288,8 @@ def explain(
             raise fail("--version and --model name different models", EXIT_BAD_INPUT)
         _explain_event(event, snapshot, model or version, top, as_json)
         return
-    if model is not None or as_json or top != 5:
-        raise fail("--model, --top and --json go with --event", EXIT_BAD_INPUT)
+    if model is not None or top != 5:
+        raise fail("--model and --top go with --event", EXIT_BAD_INPUT)
     from offline.evaluate import new_run_dir
     from offline.explain import explanation_table, markdown, shap_summary_plot, write_table
     from offline.splits import temporal_split
@@ -256,19 +303,40 @@ def explain(
     run_dir = new_run_dir(settings, "explain")
     model = bundle.interaction
     with console.status("permutation importance and contributions"):
-        table = explanation_table(model, data.X[rows], data.y[rows], repeats)
-        files = write_table(table, run_dir, "explanation")
+        features = explanation_table(model, data.X[rows], data.y[rows], repeats)
+        files = write_table(features, run_dir, "explanation")
     with console.status("SHAP summary plot"):
         shap_summary_plot(model, data.X[rows], run_dir / "shap_summary.png")
     report = [
         f"# engage explain {bundle.version}", "",
         f"- model: {model.name} ({model.kind}), rows: {len(rows)} (latest 20% of event time)",
         f"- source: {source.get('path') or source['source']}", "",
-        "![shap](shap_summary.png)", "", markdown(table), "",
+        "![shap](shap_summary.png)", "", markdown(features), "",
     ]  # fmt: skip
     (run_dir / "report.md").write_text("\n".join(report))
-    Console().print(table.head(15).to_string(index=False))
+    if as_json:
+        print_json({"version": bundle.version, "model": model.name, "learner": model.kind,
+                    "rows": len(rows), "run_dir": str(run_dir),
+                    "report": str(run_dir / "report.md"),
+                    "files": [str(run_dir / f) for f in [*files, "shap_summary.png"]],
+                    "features": features.to_dict(orient="records")})  # fmt: skip
+        return
+    _print_explanation(features, shown=15)
     console.print(f"report: {run_dir / 'report.md'} ({', '.join(files)}, shap_summary.png)")
+
+
+def _print_explanation(features: Any, shown: int) -> None:
+    """The `shown` features that move scores most, within 80 columns; every feature (and the
+    spread of the permutation drop) is in explanation.csv and report.md."""
+    out = stdout()
+    view = table(text("feature"), number("mean |contrib.|"), number("mean contrib."),
+                 number("AUC drop"), title="interaction model: what moves its scores")  # fmt: skip
+    for row in features.head(shown).itertuples(index=False):
+        mean = fmt(row.mean_contribution, "+.4f")
+        view.add_row(row.feature, fmt(row.mean_abs_contribution), mean, fmt(row.perm_auc_drop))
+    out.print(view)
+    if len(features) > shown:
+        out.print(f"({len(features) - shown} more features in explanation.csv)")
 
 
 def _explain_event(
@@ -364,58 +432,59 @@ def parity(
 
 
 def _print_parity(report: dict[str, Any], show: int) -> None:
-    from rich.table import Table
-
-    out = Console()
+    """The verdict and the counts that lead to it, within 80 columns (rates beside their
+    counts, a star for what is reported but not judged); every figure of every feature
+    (compared, values mismatched, rates) is in `engage parity --json`."""
+    out = stdout()
     s, e, m = report["scores_messages"], report["events"], report["missing"]
+    source = report["events_source"].get("path") or report["events_source"].get("topic")
     out.print(
-        f"scores {report['scores_topic']}: {s['read']} messages, {s['unique_events']} events, "
-        f"{s['duplicates']} duplicates ({s['duplicates_differing']} differing); events "
-        f"{report['events_source'].get('path') or report['events_source'].get('topic')}: "
-        f"{e['decoded']} decoded, {e['undecodable_excluded']} undecodable and "
-        f"{e['refused_excluded']['count']} duplicate or late (excluded); "
-        f"{report['partitions']} partition(s); joined {report['joined']}; missing online "
-        f"{m['online_gap']['count']} (+{m['online_not_yet_scored']['count']} not yet scored), "
-        f"missing offline {m['offline']['count']}; tolerance {report['tolerance']:g}",
-        highlight=False,
+        f"scores {report['scores_topic']}: {s['read']:,} messages, {s['unique_events']:,} "
+        f"events, {s['duplicates']:,} duplicates ({s['duplicates_differing']:,} differing)\n"
+        f"events {source}: {e['decoded']:,} decoded; excluded {e['undecodable_excluded']:,} "
+        f"undecodable, {e['refused_excluded']['count']:,} duplicate or late\n"
+        f"joined {report['joined']:,} on {report['partitions']} partition(s); missing online "
+        f"{m['online_gap']['count']:,} (+{m['online_not_yet_scored']['count']:,} not yet "
+        f"scored), offline {m['offline']['count']:,}; tolerance {report['tolerance']:g}",
+        markup=False,
     )
     if e["log_truncated_at"]:
         out.print(f"[yellow]events topic starts after offset 0 {e['log_truncated_at']}: "
                   "offline state misses the deleted history[/]")  # fmt: skip
-
-    def num(x: float | None, fmt: str = ".3g") -> str:
-        return "-" if x is None else format(x, fmt)
-
-    groups = Table("group", "features", "events", "events mismatched", "rate", "max |diff|",
-                   "must agree", title="features by group")  # fmt: skip
+    groups = table(text("group"), number("features"), number("events"), number("differing"),
+                   number("max |diff|"), title="features by group")  # fmt: skip
     for name, g in report["groups"].items():
-        exact = "yes" if g["exact"] else "no (shared items)"
-        groups.add_row(name, str(g["features"]), str(g["events_compared"]),
-                       str(g["events_mismatched"]), num(g["mismatch_rate"], ".4f"),
-                       num(g["max_abs_diff"]), exact)  # fmt: skip
+        groups.add_row(_judged(name, g["exact"]), str(g["features"]), f"{g['events_compared']:,}",
+                       _differing(g["events_mismatched"], g["mismatch_rate"]),
+                       fmt(g["max_abs_diff"], ".3g"))  # fmt: skip
     out.print(groups)
+    if not all(g["exact"] for g in report["groups"].values()):
+        out.print("* items are shared across partitions: reported, not judged")
     d = report["digests"]
-    out.print(f"feature digests: {d['compared']} compared, user+context differ on "
-              f"{d['user_context_mismatched']}, item on {d['item_mismatched']}"
+    out.print(f"feature digests: {d['compared']:,} compared, user+context differ on "
+              f"{d['user_context_mismatched']:,}, item on {d['item_mismatched']:,}"
               + ("" if d["item_exact"] else " (item: reported, not judged)"),
-              highlight=False)  # fmt: skip
+              markup=False)  # fmt: skip
     worst = sorted((f for f in report["features"] if f["mismatched"]),
                    key=lambda f: (-f["mismatched"], f["name"]))[:show]  # fmt: skip
     if worst:
-        table = Table("feature", "group", "compared", "mismatched", "rate", "max |diff|",
-                      "worst event", title="features that differ")  # fmt: skip
+        features = table(text("feature"), text("group"), number("differing"),
+                         number("max |diff|"), text("worst event"),
+                         title="features that differ")  # fmt: skip
         for f in worst:
-            table.add_row(f["name"], f["group"], str(f["compared"]), str(f["mismatched"]),
-                          num(f["mismatch_rate"], ".4f"), num(f["max_abs_diff"]),
-                          str(f["worst_event"]))  # fmt: skip
-        out.print(table)
-    scores = Table("score", "compared", "not computable", "mismatched", "rate", "max |diff|",
-                   "must agree", title="scores")  # fmt: skip
+            features.add_row(f["name"], f["group"], _differing(f["mismatched"], f["mismatch_rate"]),
+                             fmt(f["max_abs_diff"], ".3g"), str(f["worst_event"]))  # fmt: skip
+        out.print(features)
+    scores = table(text("score"), number("compared"), number("not computed"),
+                   number("differing"), number("max |diff|"), title="scores")  # fmt: skip
     for name, sc in report["scores"].items():
-        scores.add_row(name, str(sc["compared"]), str(sc["not_computable"]), str(sc["mismatched"]),
-                       num(sc["mismatch_rate"], ".4f"), num(sc["max_abs_diff"]),
-                       "yes" if sc["exact"] else "no (item features)")  # fmt: skip
+        scores.add_row(_judged(name, sc["exact"]), f"{sc['compared']:,}",
+                       f"{sc['not_computable']:,}",
+                       _differing(sc["mismatched"], sc["mismatch_rate"]),
+                       fmt(sc["max_abs_diff"], ".3g"))  # fmt: skip
     out.print(scores)
+    if not all(sc["exact"] for sc in report["scores"].values()):
+        out.print("* reads item features: reported, not judged")
     for version, status in report["models"].items():
         if not status["loaded"]:
             out.print(f"[yellow]model {version} ({status['events']} events) not compared: "
@@ -425,7 +494,27 @@ def _print_parity(report: dict[str, Any], show: int) -> None:
         out.print("[yellow]item features differ: a consumer applying its partitions in "
                   "training's order (`engage consume --order event-time`) serves them equal; "
                   "or train on what was served (`engage train --logged-features`)[/]")  # fmt: skip
+    out.print("every feature, every figure: engage parity --json", style="dim")
     out.print("[bold green]parity: ok[/]" if report["ok"] else "[bold red]parity: MISMATCH[/]")
+
+
+def _judged(name: str, exact: bool) -> str:
+    """A row's name, starred when parity reports its differences without failing on them."""
+    return name if exact else f"{name}*"
+
+
+def _differing(count: int, rate: float | None) -> str:
+    """A mismatch count with its rate beside it, `4,750 (47.5%)`; a rate that would round to
+    0% or 100% without being it says so (`<0.1%`, `>99.9%`)."""
+    if not count or rate is None:
+        return f"{count:,}"
+    if rate < 0.001:
+        share = "<0.1%"
+    elif 0.999 < rate < 1:
+        share = ">99.9%"
+    else:
+        share = f"{rate:.1%}"
+    return f"{count:,} ({share})"
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,20 +34,66 @@ def logged(settings, tmp_path):
     return settings
 
 
+def assert_fits_80(table: str) -> list[str]:
+    """A result table for an 80-column terminal: no line wider, no figure cut to `…`."""
+    lines = table.splitlines()
+    assert lines and all(len(line) <= 80 for line in lines), lines
+    assert "…" not in table, table
+    return lines
+
+
 def test_train_evaluate_explain_from_the_topic(logged, tmp_path):
-    trained = engage(logged, "train", "--from-topic", "--bootstrap", "50")
+    trained = engage(logged, "train", "--from-topic", "--bootstrap", "50", COLUMNS="80")
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "registered and current" in trained.stdout + trained.stderr
-    evaluated = engage(logged, "evaluate", "--from-topic", "--all")
+    lines = assert_fits_80(trained.stdout)
+    assert sum(line.split()[:2] == ["interaction", "xgboost"] for line in lines) == 2  # 2 splits
+    assert "accuracy, RMSE, PR-AUC" in trained.stderr  # the rest: in the report it names
+    evaluated = engage(logged, "evaluate", "--from-topic", "--all", COLUMNS="80")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "report:" in evaluated.stdout + evaluated.stderr
-    explained = engage(logged, "explain", "--from-topic", "--repeats", "1")
+    assert "ROC-AUC" in assert_fits_80(evaluated.stdout)[1]
+    explained = engage(logged, "explain", "--from-topic", "--repeats", "1", COLUMNS="80")
     assert explained.returncode == 0, explained.stderr[-2000:]
     assert list(tmp_path.glob("runs/*explain*/shap_summary.png"))
+    assert "mean |contrib.|" in assert_fits_80(explained.stdout)[1]
     exported = engage(logged, "export", "--out", str(tmp_path / "snap"))
     assert exported.returncode == 0, exported.stderr[-2000:]
     manifest = json.loads((tmp_path / "snap" / "manifest.json").read_text())
     assert manifest["count"] == len(synthetic_log(n_users=40, per_user=30)[0])
+
+
+def test_json_summaries_are_the_whole_of_stdout(logged, tmp_path):
+    """--json on train, evaluate, explain and export: stdout parses as one JSON document."""
+    trained = engage(logged, "train", "--from-topic", "--bootstrap", "50", "--json")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    summary = json.loads(trained.stdout)
+    version = summary["version"]
+    assert summary["registered"] and version.startswith("v")
+    assert len(summary["results"]) == 12  # 2 splits x 3 feature sets x 2 learners
+    for row in summary["results"]:
+        assert {"split", "model", "learner", "n", "roc_auc", "log_loss", "ece"} <= set(row)
+    assert Path(summary["report"]).is_file() and Path(summary["metrics"]).is_file()
+
+    evaluated = engage(logged, "evaluate", "--from-topic", "--all", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    result = json.loads(evaluated.stdout)
+    assert result["version"] == version and result["in_sample"] is True
+    assert [r["model"] for r in result["results"]] == ["interaction", "propensity"]
+    assert all(0.0 <= r["roc_auc"] <= 1.0 for r in result["results"])
+
+    explained = engage(logged, "explain", "--from-topic", "--repeats", "1", "--json")
+    assert explained.returncode == 0, explained.stderr[-2000:]
+    explanation = json.loads(explained.stdout)
+    assert explanation["version"] == version and explanation["rows"] > 0
+    assert {"feature", "mean_abs_contribution", "perm_auc_drop"} <= set(explanation["features"][0])
+    assert all(Path(f).is_file() for f in explanation["files"])
+
+    exported = engage(logged, "export", "--out", str(tmp_path / "snap"), "--json")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    snapshot = json.loads(exported.stdout)
+    assert snapshot["folder"] == str(tmp_path / "snap")
+    assert snapshot["count"] == len(synthetic_log(n_users=40, per_user=30)[0])
 
 
 def test_offline_error_paths(logged, tmp_path):
