@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from typing import TYPE_CHECKING, cast, get_args
 
 import redis
 import typer
@@ -18,8 +21,13 @@ from engage.cli_support import (
     namespace_options,
     services_down_exits,
 )
-from engage.logs import setup_logging
+from engage.logs import LogFormat, json_lines_for, setup_logging
+from engage.output import print_json, stdout
 from engage.settings import get_settings
+
+if TYPE_CHECKING:
+    from consumer.progress import ProgressLine
+    from consumer.runner import StreamConsumer
 
 
 def consume(
@@ -41,6 +49,16 @@ def consume(
         "parity then names the features that differ, and `train --logged-features` can use "
         "them). Same as ENGAGE_LOG_FEATURES=true.",
     ),
+    log_format: str = typer.Option(
+        None,
+        "--log-format",
+        help="auto | human | json. human: readable lines and, on a terminal, a live progress "
+        "line; json: one object a line (auto: human on a terminal, else json; default: "
+        "ENGAGE_LOG_FORMAT, auto).",
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Also kafka-python's slow-I/O-loop warnings."
+    ),
 ) -> None:
     """Consume events: exactly-once aggregates in Redis, rule and model scores out."""
 
@@ -55,11 +73,14 @@ def consume(
         settings = settings.model_copy(update={"consume_order": order.replace("-", "_")})
     if log_features:
         settings = settings.model_copy(update={"log_features": True})
+    if log_format not in (None, *get_args(LogFormat)):
+        raise fail(f"--log-format must be auto, human or json, not {log_format!r}", EXIT_BAD_INPUT)
     try:  # a bad rules file is bad input, found before any connection is tried
         load_scorers(settings.rules_file)
     except RulesError as exc:
         raise fail(f"{exc} (ENGAGE_RULES_FILE)", EXIT_BAD_INPUT) from None
-    setup_logging()
+    json_lines = json_lines_for(cast(LogFormat, log_format) or settings.log_format)
+    setup_logging(json_lines=json_lines, verbose=verbose, console=console)
     port = metrics_port if metrics_port is not None else settings.metrics_port
     if port:
         from prometheus_client import start_http_server
@@ -74,8 +95,11 @@ def consume(
     check_database_topic(settings, record=True)
     with services_down_exits(settings, kafka=True):  # NoBrokersAvailable, KafkaTimeoutError
         runner = StreamConsumer(settings, group=group)
+    progress = _progress_line(runner, show=not json_lines)
     try:
-        summary = runner.run(idle_exit_s=idle_exit, max_events=max_events)
+        with _live(progress):
+            on_batch = progress.on_batch if progress else None
+            summary = runner.run(idle_exit_s=idle_exit, max_events=max_events, on_batch=on_batch)
     except redis.ConnectionError as exc:  # gave up waiting (redis_retry_give_up_s), or refused
         raise fail(f"Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN) from exc
     result = {
@@ -89,9 +113,31 @@ def consume(
         "errors": summary.errors,
     }
     if as_json:
-        print(json.dumps(result))
+        print_json(result)
     else:
-        console.print(result)
+        from consumer.progress import summary_table
+
+        stdout().print(summary_table(result))
+
+
+def _progress_line(runner: StreamConsumer, show: bool) -> ProgressLine | None:
+    """A live progress line for a person at a terminal (readable logs, stderr a terminal);
+    None otherwise: a log collector gets the JSON lines and the summary only."""
+    if not show or not console.is_terminal or not sys.stderr.isatty():
+        return None
+    from consumer.progress import ProgressLine, partition_lag
+
+    return ProgressLine(lambda: partition_lag(runner))
+
+
+def _live(progress: ProgressLine | None) -> contextlib.AbstractContextManager[object]:
+    """Redraw `progress` on stderr twice a second; log lines print above it."""
+    if progress is None:
+        return contextlib.nullcontext()
+    from rich.live import Live
+
+    return Live(progress, console=console, refresh_per_second=2, redirect_stdout=False,
+                redirect_stderr=False)  # fmt: skip
 
 
 def stats(as_json: bool = typer.Option(False, "--json")) -> None:

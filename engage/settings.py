@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     dead_letter_max_bytes: int = Field(default=900_000, ge=16_384, le=1_000_000)
     log_features: bool = False  # the whole feature vector on each score message (else a digest)
     metrics_port: int = 0  # Prometheus exporter of `engage consume`; 0 = off
+    #: `engage consume`'s log lines: "json" (one object a line, for a log collector), "human"
+    #: (readable, with a live progress line on a terminal), or "auto": human when stderr is
+    #: a terminal, else json. `--log-format` overrides it.
+    log_format: Literal["auto", "human", "json"] = "auto"
     rules_file: Path | None = None  # overrides the per-domain defaults in scoring/rules/
 
     # Online recalibration of the model probability (scoring/online_calibration.py,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -177,3 +178,98 @@ def test_consume_order_must_be_known(settings):
     assert result.returncode == 2, result.stderr
     assert "--order must be arrival or event-time" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- engage consume: summary, progress line and log lines (issue 16) -------------------------
+
+
+def publish_more(settings, seed: int) -> int:
+    """Events of six users (fresh ids for each seed), for one more `engage consume` run."""
+    events, genres = make_log(n_users=6, events_per_user=10, seed=seed)
+    return publish_log(settings, events, genres)
+
+
+def on_a_terminal(settings, *args: str, timeout_s: float = 90) -> tuple[int, str, str]:
+    """`engage ARGS` with stderr on an 80-column pseudo-terminal (as a person runs it) and
+    stdout piped: (exit code, stdout, what the terminal showed, escape sequences removed)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {**engage_env(settings), "TERM": "xterm"}
+    env.pop("COLUMNS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "engage", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=slave)  # fmt: skip
+    os.close(slave)
+    shown, deadline = b"", time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the process closed the terminal
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            elif proc.poll() is not None:
+                break
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))
+    return proc.returncode, out.decode(), screen
+
+
+def test_consume_json_summary_and_json_log_lines_when_piped(settings):
+    produced = publish_more(settings, seed=21)
+    result = engage(settings, "consume", "--idle-exit", "2", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)  # the whole of stdout: one JSON document
+    assert summary["processed"] == produced and summary["dead_lettered"] == 0
+    assert {"batches", "fenced", "seconds", "events_per_s", "model_version", "errors"} <= set(
+        summary
+    )
+    # stderr is not a terminal: JSON log lines, and no kafka-python event-loop noise.
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert any(r["logger"] == "engage.consumer" for r in records), result.stderr[-2000:]
+    assert "event loop" not in result.stderr
+
+
+def test_consume_summary_is_a_table_and_logs_readable_on_request(settings):
+    produced = publish_more(settings, seed=22)
+    result = engage(settings, "consume", "--idle-exit", "2", "--log-format", "human",
+                    COLUMNS="80")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines and all(len(line) <= 80 for line in lines), lines
+    assert "{" not in result.stdout  # not a Python dict
+    assert [line.split() for line in lines if line.startswith("processed")] == [
+        ["processed", f"{produced:,}"]
+    ]
+    assert "engage.consumer: " in result.stderr and '"level"' not in result.stderr
+    bad = engage(settings, "consume", "--idle-exit", "1", "--log-format", "xml")
+    assert bad.returncode == 2 and "--log-format must be auto, human or json" in bad.stderr
+
+
+def test_consume_on_a_terminal_shows_a_progress_line(settings):
+    produced = publish_more(settings, seed=23)
+    code, out, screen = on_a_terminal(settings, "consume", "--idle-exit", "3", "--json")
+    assert code == 0, screen[-2000:]
+    assert json.loads(out)["processed"] == produced  # --json: stdout stays machine-readable
+    # The live line: consumed, events/s, lag (`?` until every watermark is known), dead letters.
+    assert re.search(rf"consumed {produced:,} · [\d,]+ events/s · lag (\d+|\?) · "
+                     "dead-lettered 0", screen), screen[-2000:]  # fmt: skip
+    assert "engage.consumer: " in screen and '"level"' not in screen  # readable log lines
+    publish_more(settings, seed=24)
+    code, _, screen = on_a_terminal(settings, "consume", "--idle-exit", "2", "--json",
+                                    "--log-format", "json")  # fmt: skip
+    assert code == 0, screen[-2000:]
+    assert '"logger":"engage.consumer"' in screen and "events/s" not in screen
