@@ -64,7 +64,7 @@ class FloorConsumer:
         self.redis = redis_client.connect(settings)
         self.kafka = kafka_clients.consumer(settings, **engage_consumer_options(settings, group))
         # engage's own scores producer (engage/transport, the kafka-python seam with its
-        # direct append): the floor sends exactly as the consumer does.
+        # batch writes, send_batch): the floor sends exactly as the consumer does.
         self.out = KafkaPythonProducer(
             settings, linger_ms=5, batch_size=settings.output_batch_bytes
         )
@@ -125,7 +125,7 @@ class FloorConsumer:
     def _handle(self, records: list[Any], summary: RunSummary) -> None:
         """One batch: count, send a score per event, flush, then one transaction."""
         began = time.monotonic()
-        send, scores_topic = self.out.send, self.settings.scores_topic
+        messages: list[tuple[bytes, bytes]] = []
         touched: dict[str, Counters] = {}
         offsets: dict[int, int] = {}
         bad = 0
@@ -143,7 +143,8 @@ class FloorConsumer:
                 "events": events,
                 "mean_rating": total / ratings if ratings else None,
             }
-            send(scores_topic, orjson.dumps(score), r.key)
+            messages.append((r.key, orjson.dumps(score)))
+        self.out.send_batch(self.settings.scores_topic, messages)
         failed = self.out.flush()
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(records) - bad} scores: {failed[0]}")

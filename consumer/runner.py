@@ -389,11 +389,9 @@ class StreamConsumer:
             applied = len(incoming) - len(scored.refused)
             advance(scored.writes.offsets, [(r.partition, r.offset) for r in records])
             scored.writes.stats = {"processed": applied, "dead_lettered": len(dead)}
-            send = self.out.send
-            for key, value in scored.messages:
-                send(self.settings.scores_topic, value, key)
+            self.out.send_batch(self.settings.scores_topic, scored.messages)
             for d in dead:
-                send(self.settings.dead_letter_topic, d.value, d.key, d.headers())
+                self.out.send(self.settings.dead_letter_topic, d.value, d.key, d.headers())
             failed = self.out.flush()  # every output acknowledged (acks=all) or failed
             if failed:  # e.g. the broker stayed down past kafka_delivery_timeout_ms
                 sent = len(scored.messages) + len(dead)

@@ -147,6 +147,34 @@ def test_records_round_trip_with_assignment_callbacks(own: Settings) -> None:
 
 
 @pytest.mark.stack
+def test_batches_of_records_round_trip_in_order(own: Settings) -> None:
+    """`send_batch` (kafka-python: written into its producer batches in one pass) delivers
+    every record once, where the partitioner puts its key, in order per partition, also when
+    the records span many producer batches and `send` is mixed in between."""
+    out = transport.producer(own, linger_ms=5, batch_bytes=16 * 1024)
+    values = [f"{i:06d}".encode() + os.urandom(150 + i % 300) for i in range(3000)]
+    sent = [(key_of(i), v) for i, v in enumerate(values)]
+    started_ms = time.time() * 1000
+    out.send_batch(own.events_topic, sent[:1000])
+    for key, value in sent[1000:1010]:
+        out.send(own.events_topic, value, key)
+    out.send_batch(own.events_topic, sent[1010:])
+    assert out.flush() == []
+    out.close()
+    member = Member(own)
+    try:
+        member.poll_until(lambda: len(member.applied) >= len(sent))
+        got = {p: [(r.key, r.value) for r in member.applied if r.partition == p]
+               for p in range(PARTITIONS)}  # fmt: skip
+        want = {p: [kv for kv in sent if partition_of(kv[0]) == p] for p in range(PARTITIONS)}
+        assert got == want
+        assert all(started_ms - 60_000 < r.timestamp < time.time() * 1000 + 1000
+                   for r in member.applied)  # fmt: skip
+    finally:
+        member.kafka.close()
+
+
+@pytest.mark.stack
 def test_seeks_at_assignment_and_after(own: Settings) -> None:
     counts = produce(own)
     member = Member(own, start={0: 5, 1: None, 2: counts[2]})  # an offset, the start, the end

@@ -101,6 +101,11 @@ class Producer(Protocol):
         """Queue one record. Delivery problems never raise here: they come back from flush()."""
         ...
 
+    def send_batch(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Queue keyed records without headers ((key, value), in order): as one `send` each,
+        maybe cheaper. Delivery problems come back from flush()."""
+        ...
+
     def flush(self) -> list[Exception]:
         """Wait until every record sent since the last flush is acknowledged (acks=all) or has
         failed (after `kafka_delivery_timeout_ms` at most); return the failures."""

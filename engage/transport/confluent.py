@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -289,6 +290,10 @@ class ConfluentProducer:
             except KafkaException as exc:  # refused at once, e.g. larger than message.max.bytes
                 self._failures.append(exc)
                 return
+
+    def send_batch(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+        for key, value in records:
+            self.send(topic, value, key)
 
     def flush(self) -> list[Exception]:
         left = self.client.flush()  # serves the delivery callbacks; bounded by message.timeout

@@ -8,6 +8,7 @@ Redis, and re-seeks every partition before it takes records again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, TopicPartition
@@ -17,6 +18,7 @@ from kafka.errors import KafkaError
 from engage import kafka_clients
 from engage.settings import Settings
 from engage.transport.base import Headers, PartitionsCallback, Record
+from engage.transport.record_batches import append_records, outcome, writes_v2
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -134,6 +136,7 @@ class KafkaPythonProducer:
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         self.client = kafka_clients.producer(settings, **overrides)
         self._pending: list[Any] = []  # futures since the last flush
+        self._batches: list[Any] = []  # producer batches send_batch wrote to since then
         self._failures: list[Exception] = []  # sends refused before any future existed
         self._tps: dict[tuple[str, int], TopicPartition] = {}
         internals = ("_metadata", "_accumulator", "_sender")
@@ -141,6 +144,7 @@ class KafkaPythonProducer:
             hasattr(self.client, name) for name in internals
         )
         self._max_record = self.client.config["max_request_size"] - _RECORD_OVERHEAD
+        self._bulk = self._direct and writes_v2(self.client._accumulator)
 
     def send(
         self,
@@ -179,8 +183,42 @@ class KafkaPythonProducer:
             client._sender.wakeup()
         return future
 
+    def send_batch(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Keyed records without headers, each partition's written into its producer batch in
+        one pass (engage/transport/record_batches.py); else one `send` each."""
+        client = self.client
+        metadata = client._metadata
+        if (
+            not self._bulk
+            or metadata.partitions_for_topic(topic) is None
+            or any(len(k) + len(v) > self._max_record for k, v in records)
+        ):
+            for key, value in records:
+                self.send(topic, value, key)
+            return
+        partition = client.config["partitioner"].partition
+        lanes: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, value in records:
+            lanes.setdefault(partition(topic, key, key, value, value, metadata), []).append(
+                (key, value)
+            )
+        wake = False
+        try:
+            for p, lane in lanes.items():
+                tp = self._tps.get((topic, p))
+                if tp is None:
+                    tp = self._tps[(topic, p)] = TopicPartition(topic, p)
+                batches, woken = append_records(client._accumulator, tp, lane)
+                self._batches += batches
+                wake = wake or woken
+        except (KafkaError, RuntimeError) as exc:  # a closed producer
+            self._failures.append(exc)
+        if wake:
+            client._sender.wakeup()
+
     def flush(self) -> list[Exception]:
         pending, self._pending = self._pending, []
+        batches, self._batches = list(dict.fromkeys(self._batches)), []
         failures, self._failures = self._failures, []
         try:
             self.client.flush()
@@ -191,6 +229,7 @@ class KafkaPythonProducer:
                 failures.append(future.exception)
             elif not future.is_done:  # (only when flush failed)
                 failures.append(TimeoutError("a record is still unacknowledged after flush"))
+        failures += [error for batch in batches if (error := outcome(batch)) is not None]
         return failures
 
     def close(self) -> None:
