@@ -24,7 +24,7 @@ from bench import sources
 from bench.common import Context, open_context
 from bench.consumer_worker import run_consumers
 from producer.pacing import throttle
-from producer.replay import replay
+from producer.replay import ReplayOptions, replay
 
 
 def throughput_run(
@@ -96,8 +96,9 @@ def latency_run(ctx: Context, rate: float, seconds: float, processes: int = 1) -
 
     def produce() -> int:
         summary = replay(
-            throttle(sources.movielens_events(ctx), rate), settings, limit=limit, progress=False
-        )
+            throttle(sources.movielens_events(ctx), rate), settings,
+            ReplayOptions(limit=limit, progress=False),
+        )  # fmt: skip
         offered["rate"] = summary.rate
         return summary.sent
 

@@ -27,7 +27,7 @@ from engage.redis_client import connect
 from engage.settings import Settings, get_settings
 from features import keys
 from producer import synthetic
-from producer.replay import replay
+from producer.replay import ReplayOptions, replay
 
 AUC_DB = 13
 
@@ -44,7 +44,7 @@ def scores_after(config: synthetic.SyntheticConfig, until_ms: int | None, tag: s
     )
     client = connect(settings)
     client.flushdb()
-    replay(synthetic.events(config), settings, until_ms=until_ms, progress=False)
+    replay(synthetic.events(config), settings, ReplayOptions(until_ms=until_ms, progress=False))
     StreamConsumer(settings, group=f"{run}.g").run(idle_exit_s=3.0)
     board = client.zrange(keys.leaderboard_key("rule"), 0, -1, withscores=True)
     return {member.decode(): score for member, score in board}

@@ -7,15 +7,16 @@ the same topic again from the beginning, on an emptied Redis database (offsets l
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from bench.common import Context
 from engage.kafka_clients import ensure_topic
 from engage.settings import Settings
 from features.events import Event
+from features.items import ItemMeta
 from producer import movielens, synthetic
-from producer.replay import ReplaySummary, replay
+from producer.replay import ReplayOptions, ReplaySummary, replay
 
 
 def movielens_path(ctx: Context) -> Path:
@@ -49,10 +50,13 @@ def synthetic_config(events: int) -> synthetic.SyntheticConfig:
 
 
 def produce(
-    settings: Settings, events: Iterator[Event], limit: int, **kwargs: object
+    settings: Settings,
+    events: Iterator[Event],
+    limit: int,
+    items: Mapping[str, ItemMeta] | None = None,
 ) -> ReplaySummary:
-    """Replay at full speed; every event must be acknowledged."""
-    summary = replay(events, settings, limit=limit, progress=False, **kwargs)  # type: ignore[arg-type]
+    """Replay at full speed (item metadata too, if given); every event must be acknowledged."""
+    summary = replay(events, settings, ReplayOptions(items=items, limit=limit, progress=False))
     if summary.failed or summary.sent != limit:
         raise RuntimeError(
             f"{settings.events_topic}: sent {summary.sent} of {limit}, "

@@ -12,8 +12,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, TypedDict, Unpack
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -158,22 +158,6 @@ class ReplayOptions:
         return min(total, self.limit) if self.limit is not None else total
 
 
-class ReplayFields(TypedDict, total=False):
-    """`ReplayOptions`' fields as keywords: `replay(events, settings, limit=5)` is
-    `replay(events, settings, ReplayOptions(limit=5))` (the form bench/ still uses)."""
-
-    items: Mapping[str, ItemMeta] | None
-    since_ms: int | None
-    until_ms: int | None
-    skip: int
-    limit: int | None
-    speed: Speed
-    rate: float | None
-    total: int | None
-    bad_rows: int
-    progress: bool
-
-
 @dataclass
 class _Sent:
     """Where the send loop stopped."""
@@ -268,15 +252,14 @@ def replay(
     stop: threading.Event | None = None,
     clock: Clock | None = None,
     console: Console | None = None,
-    **fields: Unpack[ReplayFields],
 ) -> ReplaySummary:
     """Send `events` (in the order given) to `settings.events_topic`; see module docstring.
 
-    `options` choose what is sent and how fast (`ReplayOptions`; `fields` as keywords set
-    some of them). Setting `stop` ends the replay after the event being sent (sleeps
-    included): the summary says where to resume. `clock` paces (tests pass a fake one).
+    `options` choose what is sent and how fast (`ReplayOptions`). Setting `stop` ends the
+    replay after the event being sent (sleeps included): the summary says where to resume.
+    `clock` paces (tests pass a fake one).
     """
-    options = replace(options or ReplayOptions(), **fields)
+    options = options or ReplayOptions()
     topic = settings.events_topic
     summary = _prepare(settings, options)
     client = producer(settings, **({} if options.paced else FAST_PRODUCER))

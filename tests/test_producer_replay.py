@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import get_type_hints
 
 import pytest
 import redis
@@ -18,7 +17,7 @@ from features.items import ItemMeta
 from features.keys import item_meta_key
 from producer import movielens, synthetic
 from producer.pacing import Speed
-from producer.replay import ReplayFields, ReplayOptions, replay
+from producer.replay import ReplayOptions, replay
 from producer.synthetic import SyntheticConfig
 from tests.test_producer_movielens import write_fixture
 
@@ -130,9 +129,3 @@ def test_paced_replay_sleeps_the_scaled_gaps(settings: Settings) -> None:
     assert summary.sent == 200 and summary.failed == 0
     span_s = (events[-1].ts - events[0].ts) / 1000
     assert sum(clock.sleeps) == pytest.approx(span_s / 500)
-
-
-def test_replay_keywords_are_the_options_fields() -> None:
-    """`replay(events, settings, limit=5)` (the form bench/ uses) sets ReplayOptions' fields:
-    the keyword declaration names every field, with the same type."""
-    assert get_type_hints(ReplayFields) == get_type_hints(ReplayOptions)
