@@ -34,7 +34,7 @@ from consumer.store import REDIS_DOWN, RedisStateStore, waitable
 from engage import kafka_clients, redis_client, transport
 from engage.settings import Settings
 from features.events import DecodeError
-from features.stream import StreamState, warm_up
+from features.stream import warm_up
 from scoring.registry import ModelRegistry
 from scoring.rules import load_scorers
 
@@ -371,9 +371,7 @@ class StreamConsumer:
             stored = batch.offsets()
             if any(stored[p] != self.positions.get(p, NO_OFFSET) for p in partitions):
                 raise Fenced(f"stored offsets {stored} moved past ours {self.positions}")
-            state = StreamState(
-                params=self.settings.feature_params, admission=self.settings.admission_policy
-            )
+            state = self.store.state(self.settings.feature_params, self.settings.admission_policy)
             user_items: dict[str, set[str]] = {}
             items: set[str] = set()
             for item in incoming:

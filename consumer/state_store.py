@@ -19,7 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from features.aggregates import State
+from features.admission import AdmissionPolicy
+from features.aggregates import FeatureParams, State
 from features.item_shards import LoadedItems
 from features.items import ItemMeta
 from features.state_codec import load_packed_user
@@ -105,6 +106,11 @@ class StateStore(Protocol):
         """Drop any local copy: the consumer re-seeks to the stored offsets."""
         ...
 
+    def state(self, params: FeatureParams, admission: AdmissionPolicy) -> StreamState:
+        """The state the next batch folds over (and `load` fills): empty tables, or a local
+        copy's tables that already hold what earlier batches committed."""
+        ...
+
 
 def fill_tables(
     state: StreamState,
@@ -167,6 +173,9 @@ class MemoryStateStore:
 
     def forget(self) -> None:
         pass
+
+    def state(self, params: FeatureParams, admission: AdmissionPolicy) -> StreamState:
+        return StreamState(params=params, admission=admission)
 
     def set_offset(self, partition: int, offset: int) -> None:
         """Another writer's progress (what a zombie consumer does): fences open batches."""

@@ -14,11 +14,14 @@ from collections.abc import Iterable
 import orjson
 import redis
 
-from consumer.local_state import LocalState, LocalUser
+from consumer.local_state import LocalState
 from consumer.redis_commands import CommandList, pairs
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables
 from features import keys
+from features.admission import AdmissionPolicy
+from features.aggregates import FeatureParams
 from features.items import ItemMeta
+from features.state_codec import STATE_FIELD, load_packed_user
 from features.stream import StreamState
 
 #: What a Redis outage looks like to redis-py callers (refused, reset, timed out, loading).
@@ -72,6 +75,10 @@ class RedisStateStore:
         """Drop the local copy: the consumer re-seeks to what Redis holds."""
         self.local.forget()
 
+    def state(self, params: FeatureParams, admission: AdmissionPolicy) -> StreamState:
+        """The state the next batch folds over: the local copy's tables, or empty ones."""
+        return self.local.begin(params, admission)
+
     def offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         return stored_offsets(self.client, self.topic, partitions)
 
@@ -97,10 +104,7 @@ class RedisBatch:
         self.store = store
         self.pipe = pipe
         self.partitions = partitions
-        self.read_users: dict[str, LocalUser] = {}  # what load read, kept if the commit lands
-        self.read_items: dict[str, dict[bytes, bytes]] = {}
-        self.users: list[str] = []
-        self.items: list[str] = []
+        self.warm = False  # the batch folds over the local copy's tables
 
     def offsets(self) -> dict[int, int]:
         return self.store.offsets(self.partitions)
@@ -111,17 +115,19 @@ class RedisBatch:
             self.pipe.reset()
 
     def load(self, state: StreamState, user_items: dict[str, set[str]], items: set[str]) -> Loaded:
-        """Fill `state` with what the batch touches: from the local copy where it holds it,
-        the rest in one command (consumer/redis_commands.py), not on the watched connection
-        (reads need no fence; the client pools connections)."""
+        """Fill `state` with what the batch touches and it lacks (all of it, unless `state` is
+        the local copy's tables), in one command (consumer/redis_commands.py), not on the
+        watched connection (reads need no fence; the client pools connections)."""
         store, local = self.store, self.store.local
-        self.users, self.items = list(user_items), list(items)
-        read_users, read_items = local.missing_users(self.users), local.missing_items(self.items)
+        self.warm = warm = local.holds(state)
+        users, item_list = list(user_items), list(items)
+        read_users = [u for u in users if u not in local.committed] if warm else users
+        read_items = [i for i in item_list if i not in local.shards.items] if warm else item_list
         missing_meta = [i for i in items if i not in store.meta_cache]
         cmds = CommandList()
         for user in read_users:
             cmds.add("HGETALL", keys.user_key(user))
-        if local.trusted:  # the whole set, to keep it
+        if local.trusted:  # the whole set: the tables keep it
             for user in read_users:
                 cmds.add("SMEMBERS", keys.user_items_key(user))
             asked, chunks = [], []
@@ -136,39 +142,35 @@ class RedisBatch:
         for item in missing_meta:
             cmds.add("HGETALL", keys.item_meta_key(item))
         replies = iter(cmds.run(store.client))
-        fields = [pairs(next(replies)) for _ in read_users]
+        user_raws = [pairs(next(replies)) for _ in read_users]
+        members: dict[str, set[str]] = {}
         if local.trusted:
-            members = [{m.decode() for m in next(replies)} for _ in read_users]
-        else:
-            found: dict[str, set[str]] = {}
-            for (user, its), n in zip(asked, chunks, strict=True):
-                hits = [hit for _ in range(n) for hit in next(replies)]
-                found[user] = {i for i, hit in zip(its, hits, strict=True) if hit}
-            members = [found.get(u, set()) for u in read_users]
-        self.read_users = {
-            u: LocalUser(f, m, next(replies))
-            for u, f, m in zip(read_users, fields, members, strict=True)
-        }
-        self.read_items = {item: pairs(next(replies)) for item in read_items}
+            members = {u: {m.decode() for m in next(replies)} for u in read_users}
+        for (user, its), n in zip(asked, chunks, strict=True):
+            hits = [hit for _ in range(n) for hit in next(replies)]
+            members[user] = {i for i, hit in zip(its, hits, strict=True) if hit}
+        recent = [decode_recent_ids(next(replies)) for _ in read_users]
+        item_raws = [pairs(next(replies)) for _ in read_items]
         for item in missing_meta:
             raw = pairs(next(replies))
             store.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
-        users = [self.read_users.get(u) or local.users[u] for u in self.users]
-        memberships = {u: user_items[u] & lu.items for u, lu in zip(self.users, users, strict=True)}
-        return fill_tables(
-            state,
-            self.users,
-            [lu.fields for lu in users],
-            memberships,
-            [decode_recent_ids(lu.recent) for lu in users],
-            self.items,
-            [self._item(i) for i in self.items],
-            store.meta_cache,
-        )
-
-    def _item(self, item: str) -> dict[bytes, bytes]:
-        shards = self.read_items.get(item)
-        return shards if shards is not None else self.store.local.items[item]
+        if not warm:
+            memberships = {u: user_items[u] & members.get(u, set()) for u in users}
+            return fill_tables(
+                state, users, user_raws, memberships, recent, item_list, item_raws,
+                store.meta_cache,
+            )  # fmt: skip
+        # The held tables: add what was read. (If the batch does not land, all of it is
+        # dropped: abort forgets the local copy.)
+        tables = state.tables
+        tables.meta = store.meta_cache
+        for user, raw, ids in zip(read_users, user_raws, recent, strict=True):
+            local.committed[user] = load_packed_user(tables, user, raw)
+            tables.user_items[user] = members[user]
+            state.recent[user] = ids
+        totals, present = local.shards.extend(read_items, item_raws)
+        tables.set_item_states(read_items, totals, present)
+        return Loaded({u: local.committed[u] for u in users}, local.shards)
 
     def commit(self, writes: BatchWrites) -> None:
         """Write the batch and its offsets atomically; raises Fenced if a WATCHed offset moved."""
@@ -219,27 +221,13 @@ class RedisBatch:
         finally:
             with contextlib.suppress(*REDIS_DOWN):  # UNWATCH on a dead connection
                 pipe.reset()
-        if self.store.local.trusted:
+        if self.warm:
             self._learn(writes)
 
     def _learn(self, writes: BatchWrites) -> None:
-        """Keep what the batch read and wrote in the local copy, as Redis now holds it."""
+        """The batch landed: what it wrote is what the held tables were folded to."""
         local = self.store.local
-        for user in self.users:
-            lu = self.read_users.get(user) or local.users.get(user)
-            if lu is None:  # forgotten meanwhile (the copy is bounded): read it next time
-                continue
-            for name, value in writes.user_states.get(user, {}).items():
-                lu.fields[name.encode()] = value if isinstance(value, bytes) else value.encode()
-            lu.items |= writes.user_new_items.get(user, set())
-            if user in writes.user_recent_ids:
-                recent = writes.user_recent_ids[user]
-                lu.recent = encode_recent_ids(recent) if recent else None
-            local.put_user(user, lu)
-        for item in self.items:
-            shards = self.read_items.get(item, local.items.get(item))
-            if shards is None:
-                continue
-            for name, blob in writes.item_shards.get(item, {}).items():
-                shards[name.encode()] = blob
-            local.put_item(item, shards)
+        for user, fields in writes.user_states.items():
+            blob = fields[STATE_FIELD]
+            local.committed[user] = blob if isinstance(blob, bytes) else blob.encode()
+        local.shards.absorb()

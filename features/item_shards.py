@@ -105,6 +105,20 @@ class LoadedItems:
     (item, partition) shard, which the batch's increments are added to before it is written."""
 
     def __init__(self, item_ids: Sequence[str], raws: Sequence[dict[bytes, bytes]]) -> None:
+        self.index: dict[tuple[str, int], int] = {}
+        self.values = np.zeros((0, N_FIELDS), dtype=np.float64)
+        self.present = np.zeros((0, N_FIELDS), dtype=bool)
+        self.offsets = np.zeros(0, dtype=np.int64)
+        self.items: set[str] = set()  # the items whose shards are all here
+        self._written: tuple[list[str], list[int], np.ndarray, np.ndarray, np.ndarray] | None
+        self._written = None
+        self.totals, self.total_present = self.extend(item_ids, raws)
+
+    def extend(
+        self, item_ids: Sequence[str], raws: Sequence[dict[bytes, bytes]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Add items not held yet (their hashes as read); returns their sums and presence
+        flags (what the features see), in `item_ids` order."""
         blobs: list[bytes] = []
         owner: list[int] = []
         parts: list[int] = []
@@ -113,15 +127,20 @@ class LoadedItems:
                 blobs.append(blob)
                 owner.append(k)
                 parts.append(_partition_of(field))
-        self.values, self.present, self.offsets = unpack_shards(blobs)
-        self.totals = np.zeros((len(item_ids), N_FIELDS), dtype=np.float64)
-        self.total_present = np.zeros((len(item_ids), N_FIELDS), dtype=bool)
+        values, present, offsets = unpack_shards(blobs)
+        totals = np.zeros((len(item_ids), N_FIELDS), dtype=np.float64)
+        total_present = np.zeros((len(item_ids), N_FIELDS), dtype=bool)
         if blobs:
-            np.add.at(self.totals, owner, self.values)
-            np.logical_or.at(self.total_present, owner, self.present)
-        self.index = {
-            (item_ids[o], p): i for i, (o, p) in enumerate(zip(owner, parts, strict=True))
-        }
+            np.add.at(totals, owner, values)
+            np.logical_or.at(total_present, owner, present)
+        base = len(self.offsets)
+        self.values = np.concatenate([self.values, values])
+        self.present = np.concatenate([self.present, present])
+        self.offsets = np.concatenate([self.offsets, offsets])
+        for i, (o, p) in enumerate(zip(owner, parts, strict=True)):
+            self.index[(item_ids[o], p)] = base + i
+        self.items.update(item_ids)
+        return totals, total_present
 
     @classmethod
     def empty(cls) -> LoadedItems:
@@ -139,6 +158,7 @@ class LoadedItems:
         """The shards a batch writes: per event its item (`item_loc` into `item_ids`, -1 for
         none), partition, offset and increments; per (item, partition) the shard as read
         plus the sum of its events' increments, with the largest offset."""
+        self._written = None
         has = item_loc >= 0
         if not has.any():
             return {}
@@ -168,7 +188,30 @@ class LoadedItems:
             group_items, group_parts, pack_shards(sums, sets, last), strict=True
         ):
             out.setdefault(item, {})[shard_field(p)] = blob
+        self._written = (group_items, group_parts, sums, sets, last)
         return out
+
+    def absorb(self) -> None:
+        """Take the shards `updated` computed as the ones held (once they were committed), so
+        the next batch can start from them without reading them back."""
+        if self._written is None:
+            return
+        group_items, group_parts, sums, sets, last = self._written
+        self._written = None
+        keys = list(zip(group_items, group_parts, strict=True))
+        rows = np.array([self.index.get(key, -1) for key in keys], dtype=np.int64)
+        held = rows >= 0
+        self.values[rows[held]] = sums[held]
+        self.present[rows[held]] = sets[held]
+        self.offsets[rows[held]] = last[held]
+        new = np.flatnonzero(~held)
+        if len(new):
+            base = len(self.offsets)
+            self.values = np.concatenate([self.values, sums[new]])
+            self.present = np.concatenate([self.present, sets[new]])
+            self.offsets = np.concatenate([self.offsets, last[new]])
+            for i, k in enumerate(new.tolist()):
+                self.index[keys[k]] = base + i
 
 
 def decode_item(raw: dict[bytes, bytes]) -> State:

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 import pytest
 
 from consumer.batch import BatchScorer, Incoming
-from consumer.local_state import LocalState, LocalUser
+from consumer.local_state import LocalState
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, MemoryStateStore, StateStore
 from consumer.store import RedisStateStore
 from engage.partitioning import positive_murmur2
 from engage.redis_client import connect
 from engage.settings import Settings
 from features import keys
+from features.admission import AdmissionPolicy
+from features.aggregates import FeatureParams
 from features.events import Event
 from features.items import ItemMeta
 from features.state_codec import STATE_FIELD, packed_user
@@ -122,7 +124,7 @@ def test_batches_through_the_store_equal_one_fold_of_the_whole_log(subject: Subj
         chunk = incoming[first : first + BATCH]
         partitions = {i.partition for i in chunk}
         batch = subject.store.begin(partitions)
-        state = StreamState()
+        state = subject.store.state(FeatureParams(), AdmissionPolicy())  # maybe the local copy
         user_items, items = touched(chunk)
         scored = scorer.run(state, chunk, batch.load(state, user_items, items))
         assert not scored.refused
@@ -144,8 +146,8 @@ def test_batches_through_the_store_equal_one_fold_of_the_whole_log(subject: Subj
 
 
 def test_the_local_copy_holds_what_a_read_of_redis_returns(settings: Settings) -> None:
-    """After batches of a log, every user and item the consumer keeps locally equals what it
-    would read from Redis: the copy only ever saves reads."""
+    """After batches of a log folded over the local copy's tables, the tables hold exactly
+    what a read of Redis fills empty tables with: the copy only ever saves reads."""
     client = connect(settings)
     store = RedisStateStore(client, settings.events_topic, 3600, LocalState(1000, 1000))
     store.own(True)
@@ -156,37 +158,45 @@ def test_the_local_copy_holds_what_a_read_of_redis_returns(settings: Settings) -
     for first in range(0, len(incoming), BATCH):
         chunk = incoming[first : first + BATCH]
         batch = store.begin({i.partition for i in chunk})
-        state = StreamState()
+        state = store.state(FeatureParams(), AdmissionPolicy())
         user_items, items = touched(chunk)
         batch.commit(scorer.run(state, chunk, batch.load(state, user_items, items)).writes)
-    local = store.local
-    assert len(local.users) == len({i.event.user_id for i in incoming})
-    for user, held in local.users.items():
-        assert held.fields == client.hgetall(keys.user_key(user)), user
-        assert held.items == {m.decode() for m in client.smembers(keys.user_items_key(user))}
-        assert held.recent == client.get(keys.user_recent_ids_key(user)), user
-    for item, shards in local.items.items():
-        assert shards == client.hgetall(keys.item_key(item)), item
-    store.begin([0]).abort()  # an aborted batch: the copy may no longer be trusted
-    assert not local.users and not local.items
+    held = store.local.state
+    assert held is not None and store.state(FeatureParams(), AdmissionPolicy()) is held
+    users = {i.event.user_id for i in incoming}
+    items = {i.event.item_id for i in incoming if i.event.item_id}
+    assert set(held.tables.user_ids) == users and set(held.tables.item_ids) == items
+    for user in users:
+        stored = client.hget(keys.user_key(user), STATE_FIELD)
+        assert store.local.committed[user] == stored == packed_user(held.tables, user)[STATE_FIELD]
+        assert held.tables.user_items[user] == {
+            m.decode() for m in client.smembers(keys.user_items_key(user))
+        }
+    read = read_back(store, users, items)  # (an aborted batch: the copy is dropped first)
+    assert store.local.state is None and not store.local.committed
+    for user in users:
+        assert held.tables.export_user(user) == read.tables.export_user(user), user
+        assert held.recent[user] == read.recent[user], user
+    for item in items:
+        assert held.tables.export_item(item) == read.tables.export_item(item), item
     client.close()
 
 
 def test_the_local_copy_is_kept_only_while_trusted_and_stays_bounded() -> None:
-    local = LocalState(max_users=2, max_items=1)
+    local = LocalState(max_users=2, max_items=10)
+    params, admission = FeatureParams(), AdmissionPolicy()
+    assert local.begin(params, admission) is not local.begin(params, admission)  # not trusted
     local.trust(True)
-    for user in ("a", "b", "c"):
-        local.put_user(user, LocalUser({}, set(), None))
-    local.put_user("b", local.users["b"])  # written again: now the most recent
-    assert list(local.users) == ["c", "b"]
-    assert local.missing_users(["a", "b", "c"]) == ["a"]
-    local.put_item("i1", {})
-    local.put_item("i2", {})
-    assert list(local.items) == ["i2"]
-    local.trust(False)  # another consumer joined: everything is read from Redis again
-    assert not local.users and local.missing_users(["b"]) == ["b"]
-    local.put_user("b", LocalUser({}, set(), None))
-    assert local.missing_users(["b"]) == ["b"]
+    state = local.begin(params, admission)
+    assert local.begin(params, admission) is state and local.holds(state)
+    for user in ("a", "b"):
+        state.tables.user_row(user)
+    assert local.begin(params, admission) is state
+    state.tables.user_row("c")  # past the bound: dropped, filled again from Redis
+    fresh = local.begin(params, admission)
+    assert fresh is not state and not fresh.tables.user_ids
+    local.trust(False)  # another consumer joined: every batch reads Redis again
+    assert local.state is None and not local.holds(local.begin(params, admission))
 
 
 def _one_user_writes(user: str, offset: int) -> BatchWrites:
