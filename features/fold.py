@@ -4,7 +4,7 @@
 `features.pipeline.MemoryState.step` does per event: the interaction vector from the state
 before the event, `apply_event` on the user, `apply_item_delta` on the item, the propensity
 vector after. A cheap Python pre-pass turns the events into columns (rows, codes, the seen-item
-flags, `context_values`); one numba kernel then loops over the events. The state is held in a
+flags, `context_columns`); one numba kernel then loops over the events. The state is held in a
 `FoldState`: float64 tables in the layouts of `features.fold_layout` (users, items), with
 `dict` import/export so that the dicts equal today's `State` dicts exactly, including which
 keys exist (a per-field "set" mask: `apply_event` creates some keys with the value 0.0).
@@ -25,7 +25,6 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,7 +34,7 @@ from features import fold_layout as L
 from features.aggregates import Applied, FeatureParams, State
 from features.events import Event, EventType
 from features.items import ItemMeta
-from features.vector import context_values
+from features.vector import context_columns
 
 if TYPE_CHECKING:
     from features.pipeline import MemoryState
@@ -398,7 +397,7 @@ class _Columns:
     sid: np.ndarray  # code of event.session_id (-1: None)
     new_id: np.ndarray  # code of the id a session this event starts gets
     seen: np.ndarray  # the item is in the user's item set (or earlier in this call)
-    context: np.ndarray  # context_values, (n, 6)
+    context: np.ndarray  # context_columns (context_values of each event), (n, 6)
 
 
 def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
@@ -439,6 +438,8 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
     type_code, rating = L.TYPE_CODE, EventType.RATING
     values = [e.value if k is rating else 0.0 for e, k in zip(events, kinds, strict=True)]
     ts = np.array(ts_col, dtype=np.int64)
+    kind = np.array([type_code[k] for k in kinds], dtype=np.int64)
+    value = np.array(values, dtype=np.float64)
     loc_arr = np.array(loc, dtype=np.int64)
     item_loc_arr = np.array(item_loc, dtype=np.int64)
     item_rows_arr = np.array([*item_rows, -1], dtype=np.int64)  # [-1] for item_loc -1
@@ -455,18 +456,14 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
         item_loc=item_loc_arr,
         ts=ts.astype(np.float64),
         ts_day=(ts // L.MS_PER_DAY_INT).astype(np.float64),
-        kind=np.array([type_code[k] for k in kinds], dtype=np.int64),
-        value=np.array(values, dtype=np.float64),
-        engaged=np.array([e.engaged for e in events], dtype=np.float64),
-        labelled=np.array([e.labelled for e in events], dtype=np.bool_),
+        kind=kind,
+        value=value,
+        engaged=L.engaged_column(kind, value),
+        labelled=L.labelled_column(kind),
         sid=np.where(np.array([s is None for s in sids], dtype=np.bool_), -1, new_arr),
         new_id=new_arr,
         seen=np.array(seen, dtype=np.bool_),
-        context=np.fromiter(
-            chain.from_iterable([context_values(e) for e in events]),
-            dtype=np.float64,
-            count=n * L.N_CONTEXT_FEATURES,
-        ).reshape(n, L.N_CONTEXT_FEATURES),
+        context=context_columns(events, ts),
     )
 
 

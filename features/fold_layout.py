@@ -31,7 +31,7 @@ from features.aggregates import (
     FeatureParams,
     session_fields,
 )
-from features.events import FUNNEL_STEP, EventType
+from features.events import ENGAGED_FUNNEL_TYPES, ENGAGED_RATING, FUNNEL_STEP, EventType
 from features.items import GENRES
 from features.spec import ITEM_STATE_FIELDS, USER_STATE_FLOAT_FIELDS, USER_STATE_STRING_FIELDS
 from features.vector import (
@@ -59,6 +59,25 @@ SESSION_FIELDS: tuple[str, ...] = tuple(session_fields({}))
 EVENT_TYPES: tuple[EventType, ...] = tuple(EventType)
 TYPE_CODE: dict[EventType, int] = {t: i for i, t in enumerate(EVENT_TYPES)}
 RATING_CODE = TYPE_CODE[EventType.RATING]
+TAG_CODE = TYPE_CODE[EventType.TAG]
+#: The codes of the funnel types that count as engagement (events.ENGAGED_FUNNEL_TYPES).
+ENGAGED_FUNNEL_CODES = np.array(sorted(TYPE_CODE[t] for t in ENGAGED_FUNNEL_TYPES))
+
+
+def engaged_column(kind: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """`Event.engaged` of many events as 1.0 / 0.0, from their type codes and values (0.0
+    for events that are not ratings; a rating always has one)."""
+    rated = (kind == RATING_CODE) & (value >= ENGAGED_RATING)
+    engaged: np.ndarray = (rated | np.isin(kind, ENGAGED_FUNNEL_CODES)).astype(np.float64)
+    return engaged
+
+
+def labelled_column(kind: np.ndarray) -> np.ndarray:
+    """`Event.labelled` of many events: every type but tags."""
+    labelled: np.ndarray = kind != TAG_CODE
+    return labelled
+
+
 #: aggregates.MS_PER_DAY, an int: the item's `ts_d` is `float(event.ts // MS_PER_DAY)`.
 MS_PER_DAY_INT: int = aggregates.MS_PER_DAY
 GENRE_CODE: dict[str, int] = {g: i for i, g in enumerate(GENRES)}

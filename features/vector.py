@@ -16,7 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from typing import cast
+
+import numpy as np
 
 from features import aggregates, events, spec
 from features.aggregates import (
@@ -152,18 +155,34 @@ def context_values(event: Event) -> list[float]:
     seconds = event.ts // 1000
     hour = (seconds // 3600) % 24
     dow = (seconds // 86400 + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
-    ctx = event.context or {}
+    return [float(hour), float(dow), *_context_facts(event.context or {})]
+
+
+def _context_facts(ctx: dict[str, str | float | int | bool]) -> tuple[float, float, float, float]:
+    """The CONTEXT_FEATURES read from an event's `context` (all 0.0 without one)."""
     device = ctx.get("device")
     balance = ctx.get("account_balance")
     depth = ctx.get("browsing_depth")
-    return [
-        float(hour),
-        float(dow),
+    return (
         1.0 if device == "mobile" else 0.0,
         1.0 if device == "desktop" else 0.0,
         math.log1p(max(float(balance), 0.0)) if isinstance(balance, int | float) else 0.0,
         float(depth) if isinstance(depth, int | float) else 0.0,
-    ]
+    )
+
+
+def context_columns(events: Sequence[Event], ts: np.ndarray) -> np.ndarray:
+    """`context_values` of many events (`ts`: their times, int64) as an (n, 6) array, the
+    same values: the clock features in one integer pass (event times are positive, so numpy's
+    floor division is Python's), the context facts only for events that have a context."""
+    seconds = ts // 1000
+    out = np.zeros((len(events), len(CONTEXT_FEATURES)), dtype=np.float64)
+    out[:, 0] = (seconds // 3600) % 24
+    out[:, 1] = (seconds // 86400 + 3) % 7
+    for k, event in enumerate(events):
+        if event.context:
+            out[k, 2:] = _context_facts(event.context)
+    return out
 
 
 def item_values(

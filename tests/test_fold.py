@@ -29,7 +29,13 @@ from features.fold import NEUMAIER_SUM, FoldOutput, FoldState, _genre_sum, fold
 from features.items import GENRES, ItemMeta
 from features.pipeline import MemoryState
 from features.spec import ITEM_STATE_FIELDS, USER_STATE_FLOAT_FIELDS
-from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES
+from features.vector import (
+    CONTEXT_FEATURES,
+    INTERACTION_FEATURES,
+    PROPENSITY_FEATURES,
+    context_columns,
+    context_values,
+)
 from producer import movielens, synthetic
 
 SHARED_MOVIELENS = PROJECT_ROOT.parent / "shared" / "data" / "ml-latest-small"
@@ -376,3 +382,30 @@ def test_genre_sums_add_like_this_python(neumaier: bool) -> None:
         assert float(got).hex() == float(want).hex(), (values[:m], got, want)
         if neumaier == NEUMAIER_SUM:  # the running interpreter's own sum()
             assert float(got).hex() == float(sum(values[:m])).hex()
+
+
+def test_the_pre_pass_columns_equal_the_per_event_definitions(
+    synthetic_log: list[Event], movielens_log: tuple[list[Event], dict[str, ItemMeta]]
+) -> None:
+    """`context_columns`, `engaged_column` and `labelled_column` (the fold's pre-pass over a
+    batch) give, value for value, what `context_values`, `Event.engaged` and `Event.labelled`
+    give per event: every event type, contexts with and without each fact, odd balances."""
+    odd = [
+        Event(event_id=f"x{k}", user_id="u", ts=946_684_800_000 + k * 3_599_999,
+              event_type=EventType.PAGE_VIEW, source="web", context=ctx)
+        for k, ctx in enumerate([
+            {}, {"device": "tablet"}, {"account_balance": -5}, {"account_balance": 1e300},
+            {"account_balance": True}, {"browsing_depth": 2.5, "device": "mobile"},
+            {"account_balance": "12"}, {"browsing_depth": 0},
+        ])
+    ]  # fmt: skip
+    events = [*synthetic_log, *movielens_log[0], *odd]
+    ts = np.array([e.ts for e in events], dtype=np.int64)
+    want = np.array([context_values(e) for e in events], dtype=np.float64)
+    assert_same_bits(context_columns(events, ts), want, CONTEXT_FEATURES, "context")
+    kind = np.array([fold_layout.TYPE_CODE[e.event_type] for e in events], dtype=np.int64)
+    value = np.array([e.value if e.event_type is EventType.RATING else 0.0 for e in events])
+    assert {e.event_type for e in events} == set(EventType)
+    engaged = fold_layout.engaged_column(kind, value)
+    assert engaged.tolist() == [float(e.engaged) for e in events]
+    assert fold_layout.labelled_column(kind).tolist() == [e.labelled for e in events]
