@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     # Interfaces.
     api_host: str = "127.0.0.1"  # loopback by default: exposing the API is a deliberate choice
     api_port: int = 8000
+    #: `GET /users/{id}/history` reads the user's recent score messages back from the scores
+    #: topic (the consumer keeps no score history in Redis): it scans at most this many of the
+    #: newest messages of the user's partition, so a look-up costs the same however long the
+    #: topic is, and gives up after api_history_timeout_s.
+    api_history_scan_messages: int = Field(default=20_000, ge=1, le=1_000_000)
+    api_history_timeout_s: float = Field(default=5.0, gt=0, le=60)
     demo_redis_db: int = Field(default=1, ge=0, le=15)
 
     kafka_version: str = "4.3.1"

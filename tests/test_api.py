@@ -104,6 +104,72 @@ def test_unknown_user_is_404_with_detail(client):
     assert "no score for user 'nobody:at/all%'" in r.json()["detail"]
 
 
+def test_unknown_user_404_echoes_at_most_64_characters_of_the_id(client):
+    """A long id comes back shortened, with an ellipsis; a 100 KB one is refused without
+    being echoed at all (the 422 names the field only)."""
+    long_id = "z" * 70 + "y" * (MAX_ID_CHARS - 70)
+    for r in (client.get(_url(long_id)), client.post("/score", json={"user_id": long_id})):
+        assert r.status_code == 404
+        assert r.json()["detail"] == (
+            f"no score for user '{'z' * 64}…': the consumer has not seen this user"
+        )
+    huge = "h" * 100_000
+    longest_url = "h" * 60_000  # httpx refuses URLs of 64 KB and more
+    answers = [
+        client.post("/score", json={"user_id": huge}),
+        client.post("/score", json={"user_id": "user0", "item_id": huge}),
+        client.get(_url(longest_url)),
+        client.get(f"/users/{longest_url}/history"),
+    ]
+    for r in answers:
+        assert r.status_code in (404, 422) and len(r.content) < 1_000, r.status_code
+
+
+def test_user_history_is_the_users_scores_in_the_scores_topic(client, rdb):
+    """The timeline's source: the user's score messages, oldest first, the newest being
+    the current score; `n` keeps the newest n."""
+    points = client.get(f"/users/{quote('weird:1', safe='')}/history").json()
+    assert len(points) == 20  # every event of the user was scored once
+    assert len({p["event_id"] for p in points}) == 20
+    assert [p["event_ts"] for p in points] == sorted(p["event_ts"] for p in points)
+    current = client.get(_url("weird:1")).json()
+    assert (points[-1]["event_id"], points[-1]["rule_score"]) == (
+        current["event_id"],
+        current["rule_score"],
+    )
+    assert {p["label"] for p in points} <= {"high", "medium", "low"}
+    last5 = client.get("/users/user0/history", params={"n": 5}).json()
+    assert last5 == client.get("/users/user0/history").json()[-5:]
+    assert client.get("/users/ghost/history").status_code == 404
+    for n in (0, 201):
+        r = client.get("/users/user0/history", params={"n": n})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "n"]
+
+
+def test_user_history_is_bounded_by_the_scan(api_settings):
+    """Only the newest api_history_scan_messages of the user's partition are read."""
+    from engage.api.history import recent_scores
+
+    everything = recent_scores(api_settings, "user0", 200)
+    few = recent_scores(
+        api_settings.model_copy(update={"api_history_scan_messages": 1}), "user0", 200
+    )
+    assert len(everything) == 20 and len(few) <= 1
+    assert few == everything[len(everything) - len(few) :]
+
+
+def test_user_history_with_kafka_down_is_503_naming_kafka(api_settings):
+    down = api_settings.model_copy(
+        update={
+            "kafka_bootstrap_servers": f"127.0.0.1:{_closed_port()}",
+            "api_history_timeout_s": 1.0,
+        }
+    )
+    with TestClient(create_app(down)) as c:
+        r = c.get("/users/user0/history")
+        assert r.status_code == 503 and "Kafka is unavailable" in r.json()["detail"]
+
+
 def test_top_users_in_redis_order_and_filters(client, rdb):
     r = client.get("/users/top", params={"n": 5})
     assert r.status_code == 200
@@ -232,6 +298,19 @@ def test_metrics_count_requests_by_route(client):
     text = client.get("/metrics").text
     assert 'engage_api_requests_total{method="GET",route="/users/{user_id:path}/score"' in text
     assert "engage_api_request_seconds_bucket" in text
+
+
+def test_openapi_is_written_for_users_with_an_example_body(client):
+    """No implementation notes (thread pools, Redis commands, latency) in what /docs shows;
+    POST /score carries an example body, which the API accepts."""
+    spec = client.get("/openapi.json").json()
+    text = str(spec).lower()
+    for internal in ("threadpool", "thread", "hgetall", "event loop", "p99", "hot path"):
+        assert internal not in text, internal
+    example = spec["components"]["schemas"]["ScoreRequest"]["examples"][0]
+    assert set(example) == {"user_id", "item_id", "context"}
+    r = client.post("/score", json={**example, "user_id": "user0"})
+    assert r.status_code == 200 and r.json()["item_id"] == example["item_id"]
 
 
 def test_docs_and_dashboard_are_served(client):

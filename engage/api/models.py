@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from features.events import Id
 
@@ -64,13 +65,19 @@ class TopUser(BaseModel):
     propensity: float | None
 
 
+#: The example body shown in the OpenAPI docs (and the README): MovieLens user 414 and film 318.
+SCORE_EXAMPLE: JsonDict = {"user_id": "414", "item_id": "318", "context": {"device": "mobile"}}
+
+
 class ScoreRequest(BaseModel):
     """Score a user now; with `item_id`, the probability that this user engages with it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SCORE_EXAMPLE]})
 
-    user_id: TextId
-    item_id: TextId | None = None
+    user_id: TextId = Field(description="the user, as on their events")
+    item_id: TextId | None = Field(
+        default=None, description="an item (a film, a product); omit it for the current score"
+    )
     context: dict[ContextKey, ContextValue] | None = Field(
         default=None, max_length=32, description="request context, as on events (device, ...)"
     )
@@ -87,6 +94,17 @@ class ItemScore(BaseModel):
         description="what makes the probability less than it seems: e.g. an unknown item "
         "(no events, no metadata) is scored with its item features at their prior",
     )
+
+
+class ScorePoint(BaseModel):
+    """One past score of a user, as the consumer wrote it to the scores topic."""
+
+    event_id: str = Field(description="the event that produced this score")
+    event_ts: int = Field(description="that event's time, epoch ms")
+    rule_score: float
+    label: str
+    propensity: float | None = Field(description="model propensity; null without a model")
+    scored_at: float = Field(description="when the consumer scored it, epoch ms")
 
 
 class Health(BaseModel):

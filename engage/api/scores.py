@@ -7,22 +7,44 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from engage.api.history import KafkaUnavailable, recent_scores
 from engage.api.model_cache import NoModel
-from engage.api.models import ItemScore, Problem, ScoreRequest, TopUser, UserScore
+from engage.api.models import ItemScore, Problem, ScorePoint, ScoreRequest, TopUser, UserScore
 from engage.limits import MAX_ID_CHARS, MIN_ID_CHARS, TOP_N_MAX, TOP_N_MIN
+from features import keys
 from scoring.lookup import UnknownUser, current_score, score_request, top_users
 
 router = APIRouter(tags=["scores"])
+SHOWN_ID_CHARS = 64  # an error message echoes at most this much of an id
+HISTORY_N_MAX = 200  # scores one history request returns at most
+USER_PATH = Path(
+    min_length=MIN_ID_CHARS, max_length=MAX_ID_CHARS, description="the user's id, URL-encoded"
+)
 NOT_FOUND = {404: {"model": Problem, "description": "the consumer has not scored this user"}}
 REDIS_DOWN = {503: {"model": Problem, "description": "Redis is unavailable (see /healthz)"}}
 
 
-@router.get("/users/top", response_model=list[TopUser], responses=REDIS_DOWN)
+def shown_id(user_id: str) -> str:
+    """The id as an error message may echo it: at most SHOWN_ID_CHARS characters, so a
+    huge or hostile id never comes back whole."""
+    if len(user_id) <= SHOWN_ID_CHARS:
+        return user_id
+    return user_id[:SHOWN_ID_CHARS] + "…"
+
+
+def not_found(user_id: str, why: str = "the consumer has not seen this user") -> HTTPException:
+    """The 404 of an unknown user, its id shortened (`shown_id`)."""
+    return HTTPException(404, f"no score for user {shown_id(user_id)!r}: {why}")
+
+
+@router.get("/users/top", summary="Leaderboard", response_model=list[TopUser], responses=REDIS_DOWN)
 def get_top(
     request: Request,
     n: Annotated[int, Query(ge=TOP_N_MIN, le=TOP_N_MAX, description="how many users")] = 10,
     by: Annotated[Literal["rule", "model"], Query(description="rank by")] = "rule",
-    label: Annotated[Literal["high", "medium", "low"] | None, Query()] = None,
+    label: Annotated[
+        Literal["high", "medium", "low"] | None, Query(description="only users of this label")
+    ] = None,
 ) -> list[dict[str, Any]]:
     """The top n users by rule score or model propensity, optionally of one label."""
     return top_users(request.app.state.redis, n, by=by, label=label)
@@ -30,27 +52,61 @@ def get_top(
 
 # `:path` so ids containing "/" (sent as %2F) reach the handler instead of a routing 404.
 @router.get(
-    "/users/{user_id:path}/score", response_model=UserScore, responses={**NOT_FOUND, **REDIS_DOWN}
+    "/users/{user_id:path}/score",
+    summary="A user's current score",
+    response_model=UserScore,
+    responses={**NOT_FOUND, **REDIS_DOWN},
 )
 async def get_score(
-    user_id: Annotated[str, Path(min_length=MIN_ID_CHARS, max_length=MAX_ID_CHARS)],
+    user_id: Annotated[str, USER_PATH],
     request: Request,
 ) -> dict[str, Any]:
-    """The user's current scores and reasons: one HGETALL, nothing else on this hot path.
-
-    Deliberately inline on the event loop (no threadpool hop): a loopback HGETALL takes
-    ~0.1 ms, less than handing work to a thread and back, whose wake-ups dominated p99 on a
-    busy 2-core machine; the client's 2 s socket timeout bounds the worst case."""
+    """The user's current rule score, label and reasons, and the model's propensity and
+    reasons, as of the user's latest event."""
+    # Inline on the event loop (no threadpool hop): a loopback HGETALL takes ~0.1 ms, less
+    # than handing work to a thread and back, whose wake-ups dominated p99 on a busy 2-core
+    # machine; the client's 2 s socket timeout bounds the worst case.
     try:
         return current_score(request.app.state.redis, user_id)
     except UnknownUser as exc:
-        raise HTTPException(404, str(exc)) from exc
+        raise not_found(user_id) from exc
     except UnicodeEncodeError as exc:  # a lone surrogate cannot name a Redis key
-        raise HTTPException(404, f"no score for user {user_id!r}: not a valid id") from exc
+        raise not_found(user_id, "not a valid id") from exc
+
+
+@router.get(
+    "/users/{user_id:path}/history",
+    summary="A user's recent scores",
+    response_model=list[ScorePoint],
+    responses={
+        **NOT_FOUND,
+        503: {"model": Problem, "description": "Kafka or Redis is unavailable"},
+    },
+)
+def get_history(
+    user_id: Annotated[str, USER_PATH],
+    request: Request,
+    n: Annotated[
+        int, Query(ge=1, le=HISTORY_N_MAX, description="at most this many scores, the newest")
+    ] = HISTORY_N_MAX,
+) -> list[dict[str, Any]]:
+    """The user's recent scores, oldest first, for a timeline in event time. They are read
+    from the scores topic: only scores among its newest messages are found, so a user not
+    scored for a long time may have fewer, or none."""
+    state = request.app.state
+    try:
+        if not state.redis.exists(keys.user_score_key(user_id)):
+            raise not_found(user_id)
+        return recent_scores(state.settings, user_id, n)
+    except UnicodeEncodeError as exc:
+        raise not_found(user_id, "not a valid id") from exc
+    except KafkaUnavailable as exc:
+        raise HTTPException(503, f"{exc}: the score history cannot be read now") from exc
 
 
 @router.post(
     "/score",
+    summary="Score a user, or a user and an item",
     response_model=ItemScore | UserScore,
     responses={
         **NOT_FOUND,
@@ -70,7 +126,7 @@ async def post_score(body: ScoreRequest, request: Request) -> dict[str, Any]:
             body.user_id, body.item_id, body.context,
         )  # fmt: skip
     except UnknownUser as exc:
-        raise HTTPException(404, str(exc)) from exc
+        raise not_found(body.user_id) from exc
     except NoModel as exc:
         raise HTTPException(503, str(exc)) from exc
     return scored.__dict__
