@@ -162,10 +162,11 @@ class Settings(BaseSettings):
     #: only its own partitions, so a caught-up partition would otherwise never notice that
     #: Redis lost its last writes (an AOF tail lost in a crash, a failover to a lagging replica).
     offset_recheck_s: float = Field(default=1.0, gt=0)
-    #: While one consumer holds every partition it keeps what it committed in memory and reads
-    #: Redis only for the rest (consumer/local_state.py): at most this many users (0: never)
-    #: and items, the least recently written forgotten first (~1-3 KB each).
-    local_state_users: int = Field(default=20_000, ge=0)
+    #: While one consumer holds every partition it keeps the fold's tables from batch to batch
+    #: and reads Redis only for users and items they lack (consumer/local_state.py). Past this
+    #: many users or items (~5 KB / ~1 KB of memory each) the tables are dropped and refilled.
+    #: 0: never keep them (every batch reads what it touches).
+    local_state_users: int = Field(default=10_000, ge=0)
     local_state_items: int = Field(default=20_000, ge=0)
 
     # Interfaces.
