@@ -187,15 +187,15 @@ class BatchScorer:
             fields = packed_user(tables, user)
             if fields[STATE_FIELD] != before:
                 writes.user_states[user] = fields
-        for row, item in enumerate(incoming):
-            event = item.event
-            if out.new_item[row] and event.item_id is not None:
+        for row in np.flatnonzero(out.new_item).tolist():  # rows in order: only those that
+            event = incoming[row].event  # first touched an item or closed a session
+            if event.item_id is not None:
                 writes.user_new_items.setdefault(event.user_id, set()).add(event.item_id)
-            closed = out.closed_session(row)
-            if closed is not None:
-                sid, fields = closed
-                writes.closed_sessions[(event.user_id, sid)] = fields
-                writes.sessions.pop((event.user_id, sid), None)
+        for row in np.flatnonzero(out.closed).tolist():
+            event = incoming[row].event
+            sid, fields = out.closed_session(row)  # type: ignore[misc]
+            writes.closed_sessions[(event.user_id, sid)] = fields
+            writes.sessions.pop((event.user_id, sid), None)
         writes.item_shards = loaded.items.updated(
             out.item_ids, out.item_loc,
             np.array([item.partition for item in incoming], dtype=np.int64),
