@@ -123,3 +123,73 @@ def _produce_slowly(settings: Settings, events: list[dict], genres: dict) -> Non
     for start in range(0, len(events), chunk):
         publish_log(settings, events[start : start + chunk], genres)
         time.sleep(0.5)
+
+
+LAYOUT_JS = """
+const vw = document.documentElement.clientWidth;
+const [board, user] = [...document.querySelectorAll('main > section')]
+    .map(s => s.getBoundingClientRect());
+const cells = [...document.querySelectorAll('#leaderboard tr:first-child td, thead th')]
+    .map(c => c.getBoundingClientRect());
+return {
+    overflow: document.documentElement.scrollWidth - vw,
+    stacked: user.top >= board.bottom && Math.abs(user.left - board.left) < 1,
+    panelsFit: board.right <= vw && user.right <= vw,
+    clipped: cells.filter(c => c.left < board.left || c.right > board.right).length,
+    cells: cells.length,
+};"""
+TICKS_JS = "return [...document.querySelectorAll('#timeline text.tick')].map(t => t.textContent)"
+LABELS_JS = "return [...document.querySelectorAll('#leaderboard tr')].map(r => r.dataset.label)"
+
+
+def test_dashboard_on_a_400px_screen_stacks_and_loads_the_timeline(
+    browser_available, settings, redis_client
+):
+    """At 400 px the panels stack and no column is cut off; a chosen user's timeline starts
+    with their past scores (from the scores topic), on an event-time axis; the leaderboard
+    filters by label."""
+    events, genres = make_log(n_users=8, events_per_user=12)
+    publish_log(settings, events, genres)
+    consumer = StreamConsumer(settings, group="dashboard-narrow")
+    try:
+        consumer.run(idle_exit_s=3)
+    finally:
+        consumer.close()
+    scored = sum(e["user_id"] == "user0" for e in events)
+    with serve_in_thread(create_app(settings)) as base, chrome(width=400, height=900) as page:
+        # Headless Chromium's windows are at least 500 px wide: the screen is emulated.
+        page.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 400, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+        )
+        page.get(base + "/?user=user0")
+        assert page.execute_script("return window.innerWidth") == 400
+        _wait(lambda: len(page.execute_script(BOARD_JS)) == 8, 15, "the leaderboard")
+        _wait(
+            lambda: page.find_element("id", "timeline").get_attribute("data-points") == str(scored),
+            15,
+            "the timeline to load user0's past scores",
+        )
+        ticks = page.execute_script(TICKS_JS)
+        assert len(ticks) == 3 and all(ticks), ticks  # event-time labels under the axis
+        assert "score(s) by event time" in page.find_element("id", "timeline-note").text
+
+        layout = page.execute_script(LAYOUT_JS)
+        assert layout["overflow"] <= 0, layout  # nothing wider than the screen
+        assert layout["stacked"] and layout["panelsFit"], layout
+        assert layout["cells"] == 10 and layout["clipped"] == 0, layout
+
+        assert page.find_element("id", "board-summary").text  # what the labels add up to
+        labels = page.execute_script(LABELS_JS)
+        wanted = labels[-1]
+        page.execute_script(
+            "const s = document.getElementById('board-label'); s.value = arguments[0];"
+            "s.dispatchEvent(new Event('change'));",
+            wanted,
+        )
+        _wait(
+            lambda: page.execute_script(LABELS_JS) == [wanted] * labels.count(wanted),
+            10,
+            f"the board to show only {wanted} users",
+        )
+        assert wanted in page.find_element("id", "board-title").text

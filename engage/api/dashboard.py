@@ -1,9 +1,14 @@
 """The live dashboard at `/`: one self-contained page (no CDN, no build step).
 
-Data flow: the leaderboard loads from `/users/top`, then follows `/events` (SSE): each update
-is applied at once, and a debounced re-fetch of `/users/top` keeps ranks exactly Redis's.
-Every id and reason text goes in through `textContent`, never `innerHTML`. Test hooks: rows
-`#leaderboard tr[data-user][data-score]`, `#user-score[data-score]`, `#updates[data-count]`.
+Data flow: the leaderboard loads from `/users/top` (ranked by rule score or model propensity,
+optionally of one label), then follows `/events` (SSE): each update is applied at once, and a
+debounced re-fetch of `/users/top` keeps ranks exactly Redis's. A chosen user's timeline
+starts from `/users/{id}/history` (recent scores from the scores topic; x is event time) and
+grows with the live updates. Below 940 px the panels stack. Every id and reason text goes in
+through `textContent`, never `innerHTML`. Test hooks: rows
+`#leaderboard tr[data-user][data-score][data-label]`, `#user-score[data-score]`,
+`#updates[data-count]`, `#timeline[data-points]`, `#timeline text.tick`, `#board-by`,
+`#board-label`, `#board-summary`.
 """
 
 DASHBOARD_HTML = """<!doctype html>
@@ -16,8 +21,8 @@ DASHBOARD_HTML = """<!doctype html>
   :root { --fg:#1d2433; --muted:#6b7385; --line:#e3e6ee; --accent:#2f6fdf; --bg:#f6f7fb; }
   * { box-sizing: border-box; }
   body { margin:0; font:14px/1.4 system-ui, sans-serif; color:var(--fg); background:var(--bg); }
-  header { display:flex; align-items:baseline; gap:1.5rem; padding:.8rem 1.4rem;
-           background:#fff; border-bottom:1px solid var(--line); }
+  header { display:flex; flex-wrap:wrap; align-items:baseline; gap:.4rem 1.5rem;
+           padding:.8rem 1.4rem; background:#fff; border-bottom:1px solid var(--line); }
   header h1 { font-size:1.15rem; margin:0; }
   .status { color:var(--muted); font-size:.85rem; }
   .dot { display:inline-block; width:.6rem; height:.6rem; border-radius:50%;
@@ -25,7 +30,8 @@ DASHBOARD_HTML = """<!doctype html>
   .dot.live { background:#2a2; }
   main { display:grid; grid-template-columns: minmax(420px, 1fr) minmax(420px, 1.2fr);
          gap:1.2rem; padding:1.2rem 1.4rem; }
-  section { background:#fff; border:1px solid var(--line); border-radius:8px; padding:1rem; }
+  section { min-width:0; background:#fff; border:1px solid var(--line); border-radius:8px;
+            padding:1rem; }
   h2 { font-size:1rem; margin:0 0 .6rem; }
   table { width:100%; border-collapse:collapse; }
   th, td { text-align:left; padding:.28rem .45rem; border-bottom:1px solid var(--line); }
@@ -42,7 +48,12 @@ DASHBOARD_HTML = """<!doctype html>
   .label.high { background:#d7f5dd; } .label.medium { background:#fdf0cc; }
   .label.low { background:#eceef3; }
   form { display:flex; gap:.5rem; margin-bottom:.8rem; }
-  input { flex:1; padding:.35rem .5rem; border:1px solid var(--line); border-radius:5px; }
+  .controls { display:flex; flex-wrap:wrap; gap:.4rem 1rem; margin-bottom:.5rem;
+              color:var(--muted); font-size:.85rem; }
+  select { padding:.15rem .3rem; border:1px solid var(--line); border-radius:5px; }
+  #board-summary { margin:.2rem 0 .5rem; font-size:.85rem; }
+  input { flex:1; min-width:0; padding:.35rem .5rem; border:1px solid var(--line);
+          border-radius:5px; }
   button { padding:.35rem .8rem; border:0; border-radius:5px; background:var(--accent);
            color:#fff; cursor:pointer; }
   .big { font-size:2rem; font-weight:650; font-variant-numeric:tabular-nums; }
@@ -50,6 +61,16 @@ DASHBOARD_HTML = """<!doctype html>
   .facts div span { display:block; color:var(--muted); font-size:.78rem; }
   #user-id { font-family:ui-monospace, monospace; word-break:break-all; }
   #timeline { width:100%; height:190px; display:block; margin:.6rem 0; }
+  #timeline text { font-size:10px; fill:#889; }
+  /* Narrow screens (a phone, a split window): the panels stack and the table tightens so
+     every column stays visible. */
+  @media (max-width: 940px) {
+    main { grid-template-columns:minmax(0, 1fr); padding:.8rem .5rem; gap:.8rem; }
+    header { padding:.6rem .8rem; }
+    section { padding:.7rem .6rem; }
+    th, td { padding:.25rem .3rem; }
+    td.user { max-width:7.5rem; }
+  }
   ul { margin:.2rem 0 .6rem; padding-left:1.1rem; }
   li .pts { font-variant-numeric:tabular-nums; color:var(--accent); margin-right:.4rem; }
   .muted { color:var(--muted); }
@@ -66,7 +87,15 @@ DASHBOARD_HTML = """<!doctype html>
 </header>
 <main>
   <section>
-    <h2>Leaderboard: top 20 by rule score</h2>
+    <h2 id="board-title">Leaderboard: top 20 by rule score</h2>
+    <div class="controls">
+      <label>rank by <select id="board-by"><option value="rule">rule score</option>
+        <option value="model">model propensity</option></select></label>
+      <label>label <select id="board-label"><option value="">all</option>
+        <option value="high">high</option><option value="medium">medium</option>
+        <option value="low">low</option></select></label>
+    </div>
+    <div id="board-summary" class="muted"></div>
     <table>
       <thead><tr><th class="num">#</th><th>user</th><th class="num">rule score</th>
         <th>label</th><th class="num">model p</th></tr></thead>
@@ -85,8 +114,8 @@ DASHBOARD_HTML = """<!doctype html>
         <div><span>label</span><b id="user-label"></b></div>
         <div><span>model propensity</span><b id="user-propensity"></b></div>
       </div>
-      <svg id="timeline" data-points="0" viewBox="0 0 600 190" preserveAspectRatio="none"
-           role="img" aria-label="score timeline"></svg>
+      <svg id="timeline" data-points="0" role="img" aria-label="rule score over event time">
+      </svg>
       <div class="muted" id="timeline-note"></div>
       <h2>Why this score</h2>
       <ul id="reasons"></ul>
@@ -100,9 +129,12 @@ DASHBOARD_HTML = """<!doctype html>
 "use strict";
 const $ = (id) => document.getElementById(id);
 const TOP_N = 20;
-let board = [];            // [{user_id, rule_score, label, propensity}], Redis order
+let board = [];            // [{user_id, score, rule_score, label, propensity}], Redis order
+let boardBy = "rule";      // rank by "rule" score or "model" propensity
+let boardLabel = "";       // only this label ("" = all)
 let selected = null;       // the chosen user id
-let timeline = [];         // [{ts, score}] of the chosen user
+let timeline = new Map();  // event_id -> {ts, score} of the chosen user
+const TIMELINE_MAX = 500;
 let updates = 0;
 let resyncTimer = null, resyncDeadline = 0;
 
@@ -121,6 +153,7 @@ function renderBoard(changed) {
     tr.dataset.user = u.user_id;
     tr.dataset.score = String(u.rule_score);
     tr.dataset.rank = String(i + 1);
+    tr.dataset.label = u.label;
     if (u.user_id === selected) tr.classList.add("selected");
     if (changed && changed.has(u.user_id)) tr.classList.add("flash");
     tr.append(el("td", i + 1, "num rank"), el("td", u.user_id, "user"),
@@ -133,17 +166,54 @@ function renderBoard(changed) {
   });
   body.replaceChildren(...rows);
   $("board-empty").hidden = board.length > 0;
+  $("board-summary").textContent = boardSummary();
+}
+
+function boardSummary() {
+  // Says what the label column alone cannot: how the shown users split, and what to do
+  // when they all share one label.
+  if (!board.length) return "";
+  const counts = {};
+  for (const u of board) counts[u.label] = (counts[u.label] || 0) + 1;
+  const parts = ["high", "medium", "low"].filter((l) => counts[l])
+    .map((l) => counts[l] + " " + l);
+  const only = Object.keys(counts);
+  if (only.length === 1 && !boardLabel)
+    return "all " + board.length + " shown are " + only[0] + (boardBy === "rule" ?
+      ": rank by model propensity to tell them apart, or pick a label" :
+      ": pick a label to see the others");
+  return "labels shown: " + parts.join(", ");
+}
+
+function rankValue(row) {
+  return boardBy === "model" ? row.propensity : row.rule_score;
+}
+
+function boardQuery() {
+  return "/users/top?n=" + TOP_N + "&by=" + boardBy + (boardLabel ? "&label=" + boardLabel : "");
+}
+
+function boardChanged() {
+  boardBy = $("board-by").value;
+  boardLabel = $("board-label").value;
+  $("board-title").textContent = "Leaderboard: top " + TOP_N + " by " +
+    (boardBy === "model" ? "model propensity" : "rule score") +
+    (boardLabel ? ", label " + boardLabel : "");
+  board = [];
+  renderBoard(null);
+  resync();
 }
 
 async function resync() {
   resyncTimer = null; resyncDeadline = 0;
   try {
-    const r = await fetch("/users/top?n=" + TOP_N);
-    if (!r.ok) return;
+    const query = boardQuery();
+    const r = await fetch(query);
+    if (!r.ok || query !== boardQuery()) return;  // the controls changed meanwhile
     const rows = await r.json();
     const before = new Map(board.map((u) => [u.user_id, u.rule_score]));
-    board = rows.map((u) => ({user_id: u.user_id, rule_score: u.rule_score, label: u.label,
-                              propensity: u.propensity}));
+    board = rows.map((u) => ({user_id: u.user_id, score: u.score, rule_score: u.rule_score,
+                              label: u.label, propensity: u.propensity}));
     const changed = new Set(board.filter((u) => before.get(u.user_id) !== u.rule_score)
                                  .map((u) => u.user_id));
     renderBoard(changed);
@@ -163,14 +233,19 @@ function applyUpdates(list) {
   for (const u of list) {
     const row = {user_id: u.user_id, rule_score: u.rule.score, label: u.rule.label,
                  propensity: u.model ? u.model.propensity : null};
+    row.score = rankValue(row);
     const i = board.findIndex((b) => b.user_id === u.user_id);
     const last = board[board.length - 1];
+    if ((boardLabel && row.label !== boardLabel) || row.score === null) {
+      if (i >= 0) { board.splice(i, 1); changed.add(u.user_id); }  // the resync refills
+      continue;
+    }
     if (i >= 0) board[i] = row;
-    else if (board.length < TOP_N || row.rule_score > last.rule_score) board.push(row);
+    else if (board.length < TOP_N || row.score > last.score) board.push(row);
     else continue;
     changed.add(u.user_id);
   }
-  board.sort((a, b) => b.rule_score - a.rule_score);
+  board.sort((a, b) => b.score - a.score);
   board = board.slice(0, TOP_N);
   if (changed.size) renderBoard(changed);
   for (const u of list) if (u.user_id === selected) showUpdate(u);
@@ -207,22 +282,33 @@ function showUpdate(u) {
              reasons: u.rule.reasons, propensity: u.model ? u.model.propensity : null,
              model_version: u.model ? u.model.version : null,
              model_reasons: u.model ? (u.model.propensity_reasons || []) : []});
-  addPoint(u.event_ts, u.rule.score);
+  addPoint(u.event_id, u.event_ts, u.rule.score);
 }
 
-function addPoint(ts, score) {
-  const last = timeline[timeline.length - 1];
-  if (last && last.ts === ts && last.score === score) return;
-  timeline.push({ts: ts, score: score});
-  if (timeline.length > 500) timeline.shift();
-  drawTimeline();
+function addPoint(eventId, ts, score, redraw) {
+  // Keyed by event id: the history, the current score and live updates overlap.
+  timeline.set(eventId, {ts: ts, score: score});
+  if (timeline.size > TIMELINE_MAX) {
+    const oldest = [...timeline.entries()].sort((a, b) => a[1].ts - b[1].ts)[0][0];
+    timeline.delete(oldest);
+  }
+  if (redraw !== false) drawTimeline();
+}
+
+function timeLabel(t, span) {
+  // Event time, UTC: the date when the points span days, else the time of day.
+  const iso = new Date(t).toISOString();
+  return span >= 2 * 86400000 ? iso.slice(0, 10) :
+    span >= 86400000 ? iso.slice(5, 16).replace("T", " ") : iso.slice(11, 16);
 }
 
 function drawTimeline() {
-  const svg = $("timeline"), NS = "http://www.w3.org/2000/svg", W = 600, H = 190, P = 22;
+  const svg = $("timeline"), NS = "http://www.w3.org/2000/svg", H = 190, P = 22;
+  const W = Math.max(200, Math.round(svg.clientWidth || 600));  // drawn at its real width
+  svg.setAttribute("viewBox", "0 0 " + W + " " + H);
   svg.replaceChildren();
-  svg.dataset.points = String(timeline.length);
-  const pts = timeline.slice().sort((a, b) => a.ts - b.ts);
+  svg.dataset.points = String(timeline.size);
+  const pts = [...timeline.values()].sort((a, b) => a.ts - b.ts);
   const mk = (tag, attrs, text) => {
     const n = document.createElementNS(NS, tag);
     for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
@@ -230,24 +316,52 @@ function drawTimeline() {
     svg.append(n); return n;
   };
   mk("line", {x1: P, y1: H - P, x2: W - 4, y2: H - P, stroke: "#ccd"});
-  if (!pts.length) return;
+  if (!pts.length) { $("timeline-note").textContent = ""; return; }
   const t0 = pts[0].ts, t1 = pts[pts.length - 1].ts;
   const ys = pts.map((p) => p.score);
   const lo = Math.min(0, ...ys), hi = Math.max(...ys, lo + 1);
   const x = (t) => P + (t1 === t0 ? (W - P - 8) / 2 : (t - t0) / (t1 - t0) * (W - P - 8));
   const y = (s) => H - P - (s - lo) / (hi - lo) * (H - 2 * P);
-  mk("text", {x: 2, y: y(hi) + 4, "font-size": 10, fill: "#889"}, hi.toFixed(0));
-  mk("text", {x: 2, y: y(lo) + 4, "font-size": 10, fill: "#889"}, lo.toFixed(0));
+  mk("text", {x: 2, y: y(hi) + 4}, hi.toFixed(0));
+  mk("text", {x: 2, y: y(lo) + 4}, lo.toFixed(0));
+  const ticks = t1 === t0 ? [t0] : [t0, t0 + (t1 - t0) / 2, t1];
+  ticks.forEach((t, i) => {
+    const anchor = ticks.length === 1 ? "middle" : ["start", "middle", "end"][i];
+    mk("line", {x1: x(t), y1: H - P, x2: x(t), y2: H - P + 4, stroke: "#ccd"});
+    mk("text", {x: x(t), y: H - 6, "text-anchor": anchor, class: "tick"},
+       timeLabel(t, t1 - t0));
+  });
   mk("polyline", {points: pts.map((p) => x(p.ts) + "," + y(p.score)).join(" "),
                   fill: "none", stroke: "#2f6fdf", "stroke-width": 2});
   for (const p of pts) mk("circle", {cx: x(p.ts), cy: y(p.score), r: 2.5, fill: "#2f6fdf"});
   const day = (t) => new Date(t).toISOString().replace("T", " ").slice(0, 16);
-  $("timeline-note").textContent = pts.length + " point(s), event time " + day(t0) +
-    (t1 !== t0 ? " to " + day(t1) : "") + " UTC (history starts when the user is selected)";
+  $("timeline-note").textContent = pts.length + " score(s) by event time, " + day(t0) +
+    (t1 !== t0 ? " to " + day(t1) : "") + " UTC" + historyNote;
+}
+
+let historyNote = "";
+
+async function loadHistory(userId) {
+  // The user's recent scores (GET /users/{id}/history, read from the scores topic), so the
+  // timeline starts with the past instead of empty; live updates then extend it.
+  try {
+    const r = await fetch("/users/" + encodeURIComponent(userId) + "/history");
+    if (selected !== userId) return;
+    if (!r.ok) {
+      historyNote = r.status === 404 ? "" : "; past scores unavailable now (" + r.status + ")";
+      drawTimeline();
+      return;
+    }
+    const points = await r.json();
+    if (selected !== userId) return;
+    for (const p of points) addPoint(p.event_id, p.event_ts, p.rule_score, false);
+    historyNote = points.length ? "; past scores from the scores topic, then live" : "";
+    drawTimeline();
+  } catch (e) { /* the live updates still draw the timeline */ }
 }
 
 async function select(userId) {
-  selected = userId; timeline = [];
+  selected = userId; timeline = new Map(); historyNote = "";
   $("user-input").value = userId;
   renderBoard(null);
   drawTimeline();
@@ -256,7 +370,8 @@ async function select(userId) {
   if (r.ok) {
     const s = await r.json();
     showScore(s);
-    addPoint(s.event_ts, s.rule_score);
+    addPoint(s.event_id, s.event_ts, s.rule_score);
+    loadHistory(userId);
   } else {
     $("user-panel").hidden = true;
     const detail = (await r.json().catch(() => ({}))).detail;
@@ -291,6 +406,9 @@ function connect() {
   });
 }
 
+$("board-by").addEventListener("change", boardChanged);
+$("board-label").addEventListener("change", boardChanged);
+window.addEventListener("resize", () => { if (timeline.size) drawTimeline(); });
 resync();
 connect();
 const initial = new URLSearchParams(location.search).get("user");
