@@ -166,7 +166,7 @@ class Settings(BaseSettings):
     #: and reads Redis only for users and items they lack (consumer/local_state.py). Past this
     #: many users or items (~5 KB / ~1 KB of memory each) the tables are dropped and refilled.
     #: 0: never keep them (every batch reads what it touches).
-    local_state_users: int = Field(default=10_000, ge=0)
+    local_state_users: int = Field(default=5_000, ge=0)
     local_state_items: int = Field(default=20_000, ge=0)
 
     # Interfaces.
