@@ -173,15 +173,19 @@ class KafkaPythonProducer:
         if len(key) + len(value) > self._max_record or metadata.partitions_for_topic(topic) is None:
             return None
         partition = client.config["partitioner"].partition(topic, key, key, value, value, metadata)
-        tp = self._tps.get((topic, partition))
-        if tp is None:
-            tp = self._tps[(topic, partition)] = TopicPartition(topic, partition)
+        tp = self._tp(topic, partition)
         future, batch_is_full, new_batch_created, _ = client._accumulator.append(
             tp, None, key, value, []
         )
         if batch_is_full or new_batch_created:
             client._sender.wakeup()
         return future
+
+    def _tp(self, topic: str, partition: int) -> TopicPartition:
+        tp = self._tps.get((topic, partition))
+        if tp is None:
+            tp = self._tps[(topic, partition)] = TopicPartition(topic, partition)
+        return tp
 
     def send_batch(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Keyed records without headers, each partition's written into its producer batch in
@@ -205,10 +209,7 @@ class KafkaPythonProducer:
         wake = False
         try:
             for p, lane in lanes.items():
-                tp = self._tps.get((topic, p))
-                if tp is None:
-                    tp = self._tps[(topic, p)] = TopicPartition(topic, p)
-                batches, woken = append_records(client._accumulator, tp, lane)
+                batches, woken = append_records(client._accumulator, self._tp(topic, p), lane)
                 self._batches += batches
                 wake = wake or woken
         except (KafkaError, RuntimeError) as exc:  # a closed producer
