@@ -27,9 +27,18 @@ The feature hash (`features.vector.feature_hash`, which the model registry uses 
 model trained on other definitions) is taken over `canonical_spec()` (the names, dtypes and
 groups of all four tables, in order, and `FEATURE_VERSION`), the numeric constants of the
 definitions and the `FeatureParams`, never over source text: comments and formatting do not
-change it. The free-text meanings are left out on purpose: rewording a meaning documents a
-feature better without changing a single value, so it must not make registered models
+change it. The free-text meanings and phrases are left out on purpose: rewording one documents
+a feature better without changing a single value, so it must not make registered models
 unservable.
+
+A feature's `phrase` is how a model reason on it reads (`scoring.reason_words`, at display
+time). A numeric feature's phrase is a `str.format` template of `value` whose value parts are in
+square brackets: `"[{value:.0f} ]events so far"` reads "12 events so far" when the value is
+known and "events so far" when it is not (a stored reason keeps only the feature and its
+contribution); `[<with the value>|<without>]` gives other words for the second case. Besides
+the usual format specs, `weekday` names a day (0 = Monday) and `expm1` undoes a log1p. A
+trailing `|| <value>: <words>` says what a sentinel value means (`|| -1: no ratings yet`). A
+flag's phrase is `<when 1>|<when 0>`, read "whether <when 1>" without a value.
 
 `FEATURE_VERSION` is what makes a changed *formula* change the hash. **Bump it whenever a
 definition changes the values** of a state field or feature (an update rule in
@@ -81,20 +90,24 @@ class StateField:
 
 @dataclass(frozen=True)
 class Feature:
-    """One entry of a feature vector."""
+    """One entry of a feature vector. `phrase`: how a model reason on it reads (the module
+    docstring gives its grammar); wording only, never hashed."""
 
     name: str
     dtype: FeatureDtype
     meaning: str
     group: FeatureGroup
+    phrase: str = ""
 
 
 def _s(group: str, dtype: StateDtype, *fields: tuple[str, str]) -> tuple[StateField, ...]:
     return tuple(StateField(name, dtype, meaning, group) for name, meaning in fields)
 
 
-def _f(group: FeatureGroup, dtype: FeatureDtype, *entries: tuple[str, str]) -> tuple[Feature, ...]:
-    return tuple(Feature(name, dtype, meaning, group) for name, meaning in entries)
+def _f(
+    group: FeatureGroup, dtype: FeatureDtype, *entries: tuple[str, str, str]
+) -> tuple[Feature, ...]:
+    return tuple(Feature(name, dtype, meaning, group, phrase) for name, meaning, phrase in entries)
 
 
 # -- state ------------------------------------------------------------------------------------
@@ -196,84 +209,136 @@ ITEM_STATE_FIELDS: tuple[str, ...] = tuple(f.name for f in ITEM_STATE)
 
 FEATURES: tuple[Feature, ...] = (
     *_f("user", "int",
-        ("u_events", "events so far"),
-        ("u_labelled", "labelled events so far"),
-        ("u_engaged", "engaged labelled events so far")),
-    *_f("user", "float", ("u_engage_rate", "engaged / labelled, smoothed towards 0.5")),
-    *_f("user", "int", ("u_rating_count", "ratings so far")),
+        ("u_events", "events so far", "[{value:.0f} ]events so far"),
+        ("u_labelled", "labelled events so far", "[{value:.0f} ]events other than tags"),
+        ("u_engaged", "engaged labelled events so far", "[{value:.0f} ]engaged events so far")),
+    *_f("user", "float", ("u_engage_rate", "engaged / labelled, smoothed towards 0.5",
+                          "[engaged on {value:.0%} of events|how often engaged] so far")),
+    *_f("user", "int", ("u_rating_count", "ratings so far", "[{value:.0f} ]ratings so far")),
     *_f("user", "float",
-        ("u_rating_mean", "mean rating, smoothed towards 3.5"),
-        ("u_rating_std", "standard deviation of the ratings (0 with fewer than two)"),
-        ("u_decayed_engaged", "engaged labelled events decayed (half_life_ms) to the event time"),
-        ("u_decayed_rate", "decayed engaged / decayed labelled, smoothed towards 0.5"),
-        ("u_days_active", "days since the first event (0 for a new user)"),
-        ("u_hours_since_last", "hours since the latest event (-1 for a new user)")),
+        ("u_rating_mean", "mean rating, smoothed towards 3.5",
+         "average rating given[ {value:.2f}]"),
+        ("u_rating_std", "standard deviation of the ratings (0 with fewer than two)",
+         "spread of the ratings given[ ±{value:.2f}]"),
+        ("u_decayed_engaged", "engaged labelled events decayed (half_life_ms) to the event time",
+         "[{value:.1f} ]recent engaged events (decayed)"),
+        ("u_decayed_rate", "decayed engaged / decayed labelled, smoothed towards 0.5",
+         "[engaged on {value:.0%} of recent events|how often engaged recently] (decayed)"),
+        ("u_days_active", "days since the first event (0 for a new user)",
+         "[active for {value:.0f} days|days since the first event]"),
+        ("u_hours_since_last", "hours since the latest event (-1 for a new user)",
+         "[{value:.1f} ]hours since the previous event || -1: first event")),
     *_f("user", "int",
-        ("u_distinct_items", "distinct items touched"),
-        ("u_sessions", "sessions started")),
+        ("u_distinct_items", "distinct items touched", "[{value:.0f} ]distinct items so far"),
+        ("u_sessions", "sessions started", "[{value:.0f} ]sessions so far")),
     *_f("user", "float",
-        ("u_repeat_session_rate", "(sessions - 1) / sessions (0 for a new user)"),
-        ("u_bounce_rate", "share of closed sessions of one event (0 with none closed)"),
-        ("u_mean_session_min", "mean closed-session duration, minutes (0 with none closed)")),
+        ("u_repeat_session_rate", "(sessions - 1) / sessions (0 for a new user)",
+         "[came back in {value:.0%} of sessions|how often came back for another session]"),
+        ("u_bounce_rate", "share of closed sessions of one event (0 with none closed)",
+         "[left after one event in {value:.0%} of past sessions|how often left after one event]"),
+        ("u_mean_session_min", "mean closed-session duration, minutes (0 with none closed)",
+         "average past session[ of {value:.0f} minutes| length]")),
     *_f("user", "int",
-        ("u_n_page_view", "page_view events"),
-        ("u_n_pricing_view", "pricing_view events"),
-        ("u_n_demo_request", "demo_request events"),
-        ("u_n_signup", "signup events"),
-        ("u_n_calendar_booking", "calendar_booking events"),
-        ("u_n_tag", "tag events"),
-        ("s_events", "events in the session this event continues (0 if it starts one)"),
-        ("s_engaged", "engaged events in that session (0 if it starts one)"),
-        ("s_furthest_step", "furthest funnel step in that session (0 if it starts one)")),
+        ("u_n_page_view", "page_view events", "[{value:.0f} ]page views"),
+        ("u_n_pricing_view", "pricing_view events", "[{value:.0f} ]pricing page views"),
+        ("u_n_demo_request", "demo_request events", "[{value:.0f} ]demo requests"),
+        ("u_n_signup", "signup events", "[{value:.0f} ]signups"),
+        ("u_n_calendar_booking", "calendar_booking events", "[{value:.0f} ]calls booked"),
+        ("u_n_tag", "tag events", "[{value:.0f} ]tags added"),
+        ("s_events", "events in the session this event continues (0 if it starts one)",
+         "[{value:.0f} ]events in this session"),
+        ("s_engaged", "engaged events in that session (0 if it starts one)",
+         "[{value:.0f} ]engaged events in this session"),
+        ("s_furthest_step", "furthest funnel step in that session (0 if it starts one)",
+         "[got to funnel step {value:.0f}|furthest funnel step] in this session")),
     *_f("user", "float",
-        ("s_minutes", "minutes since that session started (0 if it starts one)"),
-        ("u_last_rating", "latest rating (-1 without ratings)"),
-        ("u_mood_rating", "mean rating decayed with mood_half_life_ms, smoothed to u_rating_mean"),
-        ("u_mood_weight", "rating count decayed with mood_half_life_ms")),
-    *_f("user", "int", ("s_ratings", "ratings in that session (0 if it starts one)")),
+        ("s_minutes", "minutes since that session started (0 if it starts one)",
+         "[{value:.0f} ]minutes into this session"),
+        ("u_last_rating", "latest rating (-1 without ratings)",
+         "last rating given[ {value:.1f}] || -1: no ratings yet"),
+        ("u_mood_rating", "mean rating decayed with mood_half_life_ms, smoothed to u_rating_mean",
+         "recent average rating given[ {value:.2f}]"),
+        ("u_mood_weight", "rating count decayed with mood_half_life_ms",
+         "[{value:.1f} ]recent ratings (decayed)")),
+    *_f("user", "int", ("s_ratings", "ratings in that session (0 if it starts one)",
+                        "[{value:.0f} ]ratings in this session")),
     *_f("user", "float",
-        ("s_rating_mean", "that session's mean rating, smoothed to u_rating_mean"),
+        ("s_rating_mean", "that session's mean rating, smoothed to u_rating_mean",
+         "average rating in this session[ {value:.2f}]"),
         *((f"u_ema_engaged_{name[2:]}", f"moving average of the label (weight {alpha}), the "
-           "weight not yet filled by events put on u_engage_rate") for name, alpha in ENGAGED_EMAS),
+           "weight not yet filled by events put on u_engage_rate",
+           f"[engaged on {{value:.0%}} of|engagement over] about the last {round(1 / alpha)} "
+           "events")
+          for name, alpha in ENGAGED_EMAS),
         *((f"u_ema_rating_{name[2:]}", f"moving average of ratings (weight {alpha}), the weight "
-           "not yet filled by ratings put on u_rating_mean") for name, alpha in RATING_EMAS),
-        ("u_half_star_share", "share of ratings between whole stars (-1 without ratings)"),
-        ("u_top_share", "share of ratings of 5 or more (-1 without ratings)"),
-        ("u_day_events", "events decayed with day_half_life_ms to the event time"),
-        ("u_year_slope", "ridge slope of the user's rating on release year (0 with < 2 films)")),
+           "not yet filled by ratings put on u_rating_mean",
+           f"average of about the last {round(1 / alpha)} ratings given[ {{value:.2f}}]")
+          for name, alpha in RATING_EMAS),
+        ("u_half_star_share", "share of ratings between whole stars (-1 without ratings)",
+         "[gave half stars in {value:.0%} of ratings|how often rated in half stars] || -1: no "
+         "ratings yet"),
+        ("u_top_share", "share of ratings of 5 or more (-1 without ratings)",
+         "[gave 5 stars or more in {value:.0%} of ratings|how often gave 5 stars or more] || "
+         "-1: no ratings yet"),
+        ("u_day_events", "events decayed with day_half_life_ms to the event time",
+         "[{value:.1f} ]events in about the last day"),
+        ("u_year_slope", "ridge slope of the user's rating on release year (0 with < 2 films)",
+         "taste for newer films[ ({value:+.3f} stars a year)]")),
     *_f("context", "int",
-        ("hour", "hour of day of the event time, UTC"),
-        ("dow", "day of week of the event time, UTC, 0 = Monday")),
+        ("hour", "hour of day of the event time, UTC", "time of day[ ({value:02.0f}:00 UTC)]"),
+        ("dow", "day of week of the event time, UTC, 0 = Monday",
+         "day of the week[ ({value:weekday})]")),
     *_f("context", "flag",
-        ("ctx_mobile", "context device is mobile"),
-        ("ctx_desktop", "context device is desktop")),
+        ("ctx_mobile", "context device is mobile", "on a mobile device|not on a mobile device"),
+        ("ctx_desktop", "context device is desktop", "on a desktop|not on a desktop")),
     *_f("context", "float",
-        ("ctx_log_balance", "log1p of the context account_balance (clipped at 0; 0 if absent)"),
-        ("ctx_depth", "context browsing_depth (0 if absent)")),
-    *_f("item", "int", ("i_count", "events on the item")),
+        ("ctx_log_balance", "log1p of the context account_balance (clipped at 0; 0 if absent)",
+         "account balance[ {value:expm1}]"),
+        ("ctx_depth", "context browsing_depth (0 if absent)", "browsing depth[ {value:.0f}]")),
+    *_f("item", "int", ("i_count", "events on the item", "[{value:.0f} ]events on this item")),
     *_f("item", "float",
-        ("i_rating_mean", "item's mean rating, smoothed towards 3.5"),
-        ("i_engage_rate", "item's engaged / labelled, smoothed towards 0.5")),
+        ("i_rating_mean", "item's mean rating, smoothed towards 3.5",
+         "this item's average rating[ {value:.2f}]"),
+        ("i_engage_rate", "item's engaged / labelled, smoothed towards 0.5",
+         "[people engaged with this item {value:.0%} of the time|how often people engage with "
+         "this item]")),
     *_f("item", "int",
-        ("i_year", "release year (0 if unknown)"),
-        ("i_n_genres", "number of the item's genres"),
-        ("ui_genre_count", "user's labelled events on the item's genres (summed over them)"),
-        ("ui_genre_engaged", "user's engaged events on the item's genres (summed over them)")),
+        ("i_year", "release year (0 if unknown)", "release year[ {value:.0f}] || 0: release "
+         "year unknown"),
+        ("i_n_genres", "number of the item's genres", "[{value:.0f} ]genres on this item"),
+        ("ui_genre_count", "user's labelled events on the item's genres (summed over them)",
+         "[{value:.0f} ]events on this item's genres"),
+        ("ui_genre_engaged", "user's engaged events on the item's genres (summed over them)",
+         "[{value:.0f} ]engaged events on this item's genres")),
     *_f("item", "float",
-        ("ui_genre_affinity", "ui_genre_engaged / ui_genre_count, smoothed to u_engage_rate"),
-        ("ui_genre_share", "ui_genre_count / (labelled events * genres) (0 without either)")),
-    *_f("item", "flag", ("ui_seen_item", "the user touched this item before")),
-    *_f("item", "flag", *((f"g_{g}", f"the item is tagged {g}") for g in GENRES)),
+        ("ui_genre_affinity", "ui_genre_engaged / ui_genre_count, smoothed to u_engage_rate",
+         "[engaged with this item's genres {value:.0%} of the time|how often engaged with this "
+         "item's genres]"),
+        ("ui_genre_share", "ui_genre_count / (labelled events * genres) (0 without either)",
+         "share of activity in this item's genres[ ({value:.0%})]")),
+    *_f("item", "flag", ("ui_seen_item", "the user touched this item before",
+                         "seen this item before|first time on this item")),
+    *_f("item", "flag", *((f"g_{g}", f"the item is tagged {g}",
+                           f"the item is tagged {g}|the item is not tagged {g}") for g in GENRES)),
     *_f("item", "float",
-        ("i_rating_std", "standard deviation of the item's ratings (0 with fewer than two)"),
-        ("i_rater_mean", "mean of its raters' smoothed mean ratings, smoothed towards 3.5"),
-        ("i_rating_resid", "i_rating_mean - i_rater_mean"),
-        ("i_age_years", "years from the release year to the event time (-1 if unknown)"),
-        ("i_days_since_mean", "days from the item's mean event day to the event (-1 if new)"),
+        ("i_rating_std", "standard deviation of the item's ratings (0 with fewer than two)",
+         "spread of this item's ratings[ ±{value:.2f}]"),
+        ("i_rater_mean", "mean of its raters' smoothed mean ratings, smoothed towards 3.5",
+         "its raters' usual average rating[ {value:.2f}]"),
+        ("i_rating_resid", "i_rating_mean - i_rater_mean",
+         "[this item rated {value:+.2f} against its raters' usual|this item's rating against its "
+         "raters' usual]"),
+        ("i_age_years", "years from the release year to the event time (-1 if unknown)",
+         "[released {value:.0f} years ago|age of the item] || -1: release year unknown"),
+        ("i_days_since_mean", "days from the item's mean event day to the event (-1 if new)",
+         "[this item's events are {value:.0f} days old on average|age of this item's events] || "
+         "-1: new item"),
         ("ui_genre_rating_mean", "user's mean rating of the item's genres, smoothed to "
-         "u_rating_mean"),
-        ("ui_rating_gap", "u_rating_mean - i_rating_mean"),
-        ("ui_year_rating", "u_rating_mean moved along u_year_slope to the item's release year")),
+         "u_rating_mean", "average rating given to this item's genres[ {value:.2f}]"),
+        ("ui_rating_gap", "u_rating_mean - i_rating_mean",
+         "gap between the user's and this item's average rating[ ({value:+.2f})]"),
+        ("ui_year_rating", "u_rating_mean moved along u_year_slope to the item's release year",
+         "expected rating for this item's release year[ {value:.2f}]")),
 )  # fmt: skip
 
 FEATURE_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
@@ -296,7 +361,7 @@ def tables() -> dict[str, tuple[StateField, ...] | tuple[Feature, ...]]:
 
 def canonical_spec() -> bytes:
     """The hashed part of the contract: FEATURE_VERSION and every table's (name, dtype, group)
-    in order, as compact JSON. Meanings are left out (see the module docstring)."""
+    in order, as compact JSON. Meanings and phrases are left out (see the module docstring)."""
     doc = {
         "feature_version": FEATURE_VERSION,
         **{key: [[e.name, e.dtype, e.group] for e in table] for key, table in tables().items()},
@@ -316,6 +381,9 @@ def _check() -> None:
             if e.dtype not in allowed or not e.meaning:
                 raise ValueError(f"features.spec {key}: {e.name} has dtype {e.dtype!r} "
                                  f"(allowed {allowed}) or no meaning")  # fmt: skip
+    unworded = [f.name for f in FEATURES if not f.phrase.strip()]
+    if unworded:
+        raise ValueError(f"features.spec FEATURES: no phrase for {unworded}")
     groups = [f.group for f in FEATURES]
     if groups != sorted(groups, key=FEATURE_GROUPS.index):
         raise ValueError(
