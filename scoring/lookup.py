@@ -20,6 +20,7 @@ from features.item_shards import decode_item
 from features.items import ItemMeta
 from features.state_codec import decode_user
 from features.vector import interaction_vector
+from scoring.reason_words import worded
 
 
 class UnknownUser(LookupError):
@@ -33,7 +34,8 @@ def _text(value: bytes | None) -> str:
 
 
 def current_score(client: Client, user_id: str) -> dict[str, Any]:
-    """The user's latest scores as the consumer wrote them (raises UnknownUser)."""
+    """The user's latest scores as the consumer wrote them (raises UnknownUser). The model
+    reasons get their words here (`text`, without the values: the hash keeps none)."""
     raw = cast(dict[bytes, bytes], client.hgetall(keys.user_score_key(user_id)))
     if not raw:
         raise UnknownUser(user_id)
@@ -45,7 +47,7 @@ def current_score(client: Client, user_id: str) -> dict[str, Any]:
         "label": _text(get.get("label")),
         "reasons": orjson.loads(get.get("reasons") or b"[]"),
         "propensity": float(propensity) if propensity else None,
-        "model_reasons": orjson.loads(get.get("model_reasons") or b"[]"),
+        "model_reasons": worded(orjson.loads(get.get("model_reasons") or b"[]")),
         "model_version": _text(get.get("model_version")) or None,
         "event_id": _text(get.get("event_id")),
         "event_ts": int(float(get.get("event_ts") or 0)),
@@ -121,7 +123,8 @@ def score_request(
     An item with no aggregates (no i:{item}) and no metadata (no im:{item}) is scored from an
     empty item state: every item feature at its prior, exactly as the consumer and training
     see an item's first event. The probability is then the user's prior for a new item, and
-    the answer carries a warning saying so."""
+    the answer carries a warning saying so. The reasons are in words with the feature values
+    of this request."""
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.user_key(user_id))
     pipe.hgetall(keys.item_key(item_id))
@@ -142,7 +145,8 @@ def score_request(
 
     x = np.asarray(row, dtype=np.float64)
     model = bundle.interaction
-    reasons = model.reason_dicts(model.contributions(x))[0]
+    values = dict(zip(model.features, x[0].tolist(), strict=True))
+    reasons = worded(model.reason_dicts(model.contributions(x))[0], values)
     return RequestScore(
         user_id=user_id,
         item_id=item_id,

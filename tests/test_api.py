@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 from urllib.parse import quote
 
+import orjson
 import pytest
 import redis
 import schemathesis
@@ -25,6 +26,7 @@ from offline.dataset import build_dataset
 from offline.learners import fit_logreg
 from offline.splits import temporal_split
 from scoring.model import ModelBundle
+from scoring.reason_words import phrase
 from scoring.registry import ModelRegistry
 from tests.conftest import fresh_settings
 from tests.eventlog import make_log, publish_log
@@ -96,6 +98,25 @@ def test_user_score_matches_redis_for_odd_ids(client, rdb):
         assert body["label"] in {"high", "medium", "low"}
         assert body["reasons"] and {"signal", "points", "text"} <= set(body["reasons"][0])
         assert body["model_version"] and 0.0 < body["propensity"] < 1.0
+
+
+def test_model_reasons_carry_feature_contribution_and_text(client, rdb):
+    """The stored reasons (feature, contribution) come back as stored, each with its words:
+    without a value for a stored score, with this request's value for POST /score."""
+    for user in ("user0", "weird:1"):
+        body = client.get(_url(user)).json()
+        stored = orjson.loads(rdb.hget(keys.user_score_key(user), "model_reasons"))
+        assert stored and all(set(r) == {"feature", "contribution", "text"}
+                              for r in body["model_reasons"])  # fmt: skip
+        assert [{"feature": r["feature"], "contribution": r["contribution"]}
+                for r in body["model_reasons"]] == stored  # fmt: skip
+        assert [r["text"] for r in body["model_reasons"]] == [phrase(r["feature"]) for r in stored]
+    item = client.post("/score", json={"user_id": "user0", "item_id": "m3"}).json()
+    for r in item["reasons"]:
+        assert set(r) == {"feature", "contribution", "text"}
+        assert r["text"] and r["text"] != phrase(r["feature"])  # read with the value
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["ModelReason"]
+    assert set(schema["required"]) == {"feature", "contribution", "text"}
 
 
 def test_unknown_user_is_404_with_detail(client):

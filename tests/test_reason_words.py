@@ -35,7 +35,8 @@ def test_every_feature_reads_in_words_with_and_without_its_value(feature: spec.F
     assert _clean(without) and without != feature.name
     assert phrase(feature.name, math.nan) == without  # not a number: as if unknown
     for value in VALUES[feature.dtype]:
-        assert _clean(phrase(feature.name, value)), (feature.name, value)
+        with_value = phrase(feature.name, value)
+        assert _clean(with_value) and with_value != without, (feature.name, value)
 
 
 def test_a_value_shows_in_the_words() -> None:

@@ -37,8 +37,18 @@ class RuleReason(BaseModel):
 
 
 class ModelReason(BaseModel):
-    feature: str
-    contribution: float
+    """One feature that moved the model's probability, as a rule reason reads: in words."""
+
+    feature: str = Field(description="the feature's name, as the model and `engage explain` use it")
+    contribution: float = Field(
+        description="its contribution to the model's log-odds: positive raises the probability, "
+        "negative lowers it"
+    )
+    text: str = Field(
+        description="the feature in words, e.g. 'engaged on 62% of events so far'; with the "
+        "feature's value when this answer computed it (POST /score with an item), else without "
+        "a number, e.g. 'how often engaged so far'"
+    )
 
 
 class UserScore(BaseModel):

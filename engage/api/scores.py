@@ -62,7 +62,8 @@ async def get_score(
     request: Request,
 ) -> dict[str, Any]:
     """The user's current rule score, label and reasons, and the model's propensity and
-    reasons, as of the user's latest event."""
+    reasons (each with its feature, its contribution and its text), as of the user's latest
+    event."""
     # Inline on the event loop (no threadpool hop): a loopback HGETALL takes ~0.1 ms, less
     # than handing work to a thread and back, whose wake-ups dominated p99 on a busy 2-core
     # machine; the client's 2 s socket timeout bounds the worst case.
@@ -114,8 +115,9 @@ def get_history(
     },
 )
 async def post_score(body: ScoreRequest, request: Request) -> dict[str, Any]:
-    """With `item_id`: P(user engages with the item) now, with the top model reasons.
-    Without: the user's current score (as GET /users/{id}/score)."""
+    """With `item_id`: P(user engages with the item) now, with the top model reasons (each
+    with its feature, its contribution and the feature's value in words). Without: the user's
+    current score (as GET /users/{id}/score)."""
     state = request.app.state
     try:
         if body.item_id is None:
