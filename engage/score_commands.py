@@ -35,6 +35,7 @@ from engage.redis_client import Client, connect
 from engage.settings import Settings, get_settings
 from features import keys
 from scoring.lookup import UnknownUser, current_score, score_request, top_users
+from scoring.reason_words import worded
 
 out = Console()
 CSV_FIELDS = ["rank", "user_id", "score", "rule_score", "label", "propensity"]
@@ -54,6 +55,16 @@ def check_id(value: str, what: str) -> None:
         raise fail(f"{what}: {problem}", EXIT_BAD_INPUT)
 
 
+def model_reason_line(reason: dict[str, Any], digits: int = 3) -> Text:
+    """A model reason as the terminal shows it: the contribution, green when it raises the
+    probability and red when it lowers it, then the reason in words."""
+    contribution = float(reason["contribution"])
+    style = "green" if contribution > 0 else "red" if contribution < 0 else ""
+    line = Text(f"{contribution:+.{digits}f}", style=style)
+    line.append(f"  {reason.get('text') or reason['feature']}")  # Text: never read as markup
+    return line
+
+
 def render_score(score: dict[str, Any]) -> Table:
     table = Table(title=f"user {score['user_id']}", show_header=False, title_justify="left")
     table.add_row("rule score", f"{score['rule_score']:.1f}  ({score['label']})")
@@ -64,7 +75,7 @@ def render_score(score: dict[str, Any]) -> Table:
     else:
         table.add_row("model propensity", f"{score['propensity']:.3f}  ({score['model_version']})")
         for reason in score["model_reasons"]:
-            table.add_row("", f"{reason['contribution']:+.3f}  {reason['feature']}")
+            table.add_row("", model_reason_line(reason))
     updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(score["updated_at"] / 1000))
     table.add_row("updated", f"{updated} (after event {score['event_id']})")
     return table
@@ -102,7 +113,7 @@ def score(
         out.print(f"P(engaged | {user_id}, {item}) = {result['probability']:.3f} "
                   f"(model {result['model_version']})")  # fmt: skip
         for reason in result["reasons"]:
-            out.print(f"  {reason['contribution']:+.3f}  {reason['feature']}")
+            out.print(Text("  ").append_text(model_reason_line(reason)))
         for warning in result["warnings"]:
             console.print(f"[yellow]note:[/] {warning}", highlight=False)
 
@@ -164,6 +175,10 @@ class WatchView:
             self.label is not None and update["rule"]["label"] != self.label
         ):
             return False
+        model = update.get("model")
+        for key in ("propensity_reasons", "interaction_reasons"):  # in words, as shown
+            if model and key in model:
+                model[key] = worded(model[key])
         score = update["rule"]["score"]
         update["delta"] = score - self.previous.get(user, score)
         self.previous[user] = score
@@ -184,10 +199,12 @@ class WatchView:
 
     def render(self) -> Group:
         header = self.header()
-        table = Table("user", "rule", "label", "model p", "change", "top reason")
+        table = Table("user", "rule", "label", "model p", "change", "top reason",
+                      "top model reason")  # fmt: skip
         for u in self.recent:
             model = u.get("model") or {}
             reasons = u["rule"]["reasons"]
+            model_reasons = model.get("propensity_reasons") or []
             table.add_row(
                 Text(u["user_id"]),  # Text: ids are shown as given, never as markup
                 f"{u['rule']['score']:.1f}",
@@ -195,6 +212,7 @@ class WatchView:
                 f"{model['propensity']:.3f}" if model else "-",
                 f"{u['delta']:+.1f}",
                 Text(reasons[0]["text"] if reasons else ""),
+                model_reason_line(model_reasons[0], digits=2) if model_reasons else Text("-"),
             )
         return Group(header, table)
 

@@ -8,10 +8,22 @@ grows with the live updates. Below 940 px the panels stack. Every id and reason 
 through `textContent`, never `innerHTML`. Test hooks: rows
 `#leaderboard tr[data-user][data-score][data-label]`, `#user-score[data-score]`,
 `#updates[data-count]`, `#timeline[data-points]`, `#timeline text.tick`, `#board-by`,
-`#board-label`, `#board-summary`.
+`#board-label`, `#board-summary`, `#model-reasons li[data-feature]` (its `.pts` is `.up`, green,
+when the contribution raises the probability, `.down`, red, when it lowers it).
+
+Model reasons read in words: the API's reasons carry their `text`; a live update carries only
+feature and contribution, so the page holds the declared phrases (features/spec.py, through
+`scoring.reason_words`), the same words without values, filled in when the page is built.
 """
 
-DASHBOARD_HTML = """<!doctype html>
+from __future__ import annotations
+
+import json
+
+from features.spec import FEATURES
+from scoring.reason_words import phrase
+
+_PAGE = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -73,6 +85,7 @@ DASHBOARD_HTML = """<!doctype html>
   }
   ul { margin:.2rem 0 .6rem; padding-left:1.1rem; }
   li .pts { font-variant-numeric:tabular-nums; color:var(--accent); margin-right:.4rem; }
+  li .pts.up { color:#1a7f37; } li .pts.down { color:#c62828; }
   .muted { color:var(--muted); }
   .error { color:#b22; }
 </style>
@@ -145,6 +158,10 @@ function el(tag, text, cls) {
   return node;
 }
 const fmt = (x, d) => (x === null || x === undefined) ? "-" : Number(x).toFixed(d);
+// Each feature's words without a value (features/spec.py): a live update's model reasons carry
+// only feature and contribution; the API's carry their own text.
+const MODEL_PHRASES = __MODEL_PHRASES__;
+const modelText = (r) => r.text || MODEL_PHRASES[r.feature] || r.feature;
 
 function renderBoard(changed) {
   const body = $("leaderboard");
@@ -268,9 +285,10 @@ function showScore(s) {
   }));
   if (!s.reasons.length) $("reasons").replaceChildren(el("li", "no signals yet", "muted"));
   $("model-reasons").replaceChildren(...(s.model_reasons || []).map((r) => {
-    const li = el("li");
-    li.append(el("span", (r.contribution >= 0 ? "+" : "") + fmt(r.contribution, 3), "pts"),
-              el("span", r.feature));
+    const li = el("li"); li.dataset.feature = r.feature; li.title = r.feature;
+    const way = r.contribution > 0 ? " up" : r.contribution < 0 ? " down" : "";
+    li.append(el("span", (r.contribution >= 0 ? "+" : "") + fmt(r.contribution, 3), "pts" + way),
+              el("span", modelText(r), "text"));
     return li;
   }));
   if (!(s.model_reasons || []).length)
@@ -417,3 +435,12 @@ if (initial) select(initial);
 </body>
 </html>
 """
+
+
+def _model_phrases() -> str:
+    """The phrases as a JSON object for the page's script (`<` escaped: it cannot end it)."""
+    words = {f.name: phrase(f.name) for f in FEATURES}
+    return json.dumps(words, ensure_ascii=False).replace("<", "\\u003c")
+
+
+DASHBOARD_HTML = _PAGE.replace("__MODEL_PHRASES__", _model_phrases(), 1)
