@@ -60,7 +60,8 @@ def model_reason_line(reason: dict[str, Any], digits: int = 3) -> Text:
     probability and red when it lowers it, then the reason in words."""
     contribution = float(reason["contribution"])
     style = "green" if contribution > 0 else "red" if contribution < 0 else ""
-    line = Text(f"{contribution:+.{digits}f}", style=style)
+    line = Text()
+    line.append(f"{contribution:+.{digits}f}", style=style)  # the number only, not the words
     line.append(f"  {reason.get('text') or reason['feature']}")  # Text: never read as markup
     return line
 

@@ -101,3 +101,39 @@ def test_a_feature_without_a_phrase_does_not_load(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(spec, "FEATURES", unworded)
     with pytest.raises(ValueError, match="no phrase for"):
         spec._check()
+
+
+def test_the_terminal_shows_contributions_green_up_red_down_with_the_words() -> None:
+    from engage.score_commands import model_reason_line
+
+    up = model_reason_line({"feature": "s_events", "contribution": 0.314, "text": "x"})
+    down = model_reason_line({"feature": "u_rating_mean", "contribution": -0.2, "text": "y"})
+    assert (up.plain, down.plain) == ("+0.314  x", "-0.200  y")
+    assert [str(s.style) for s in up.spans] == ["green"]
+    assert [str(s.style) for s in down.spans] == ["red"]
+    assert (up.spans[0].start, up.spans[0].end) == (0, len("+0.314"))  # the number only
+    assert model_reason_line({"feature": "f_gone", "contribution": 0.0}).plain == "+0.000  f_gone"
+
+
+def test_the_watch_view_shows_the_top_model_reason_in_words() -> None:
+    """`engage watch`: the published reasons (feature, contribution) get their words, for the
+    table and for --json lines alike."""
+    from rich.console import Console
+
+    from engage.score_commands import WatchView
+    from engage.settings import Settings
+
+    view = WatchView(Settings(), user=None, label=None)
+    model = {"version": "v1", "propensity": 0.4, "interaction": 0.3,
+             "propensity_reasons": [{"feature": "u_rating_mean", "contribution": -0.2213}],
+             "interaction_reasons": [{"feature": "ui_seen_item", "contribution": 0.1}]}  # fmt: skip
+    update = {"user_id": "u1", "rule": {"score": 50.0, "label": "medium", "reasons": []},
+              "model": model}  # fmt: skip
+    assert view.add(update)
+    assert model["propensity_reasons"] == [
+        {"feature": "u_rating_mean", "contribution": -0.2213, "text": "average rating given"}
+    ]
+    assert model["interaction_reasons"][0]["text"] == "whether seen this item before"
+    console = Console(width=160, record=True)
+    console.print(view.render())
+    assert "-0.22  average rating given" in console.export_text()
