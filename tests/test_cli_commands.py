@@ -89,6 +89,37 @@ def test_score_with_an_unknown_item_warns(scored):
     assert "item features are at their prior" in shown.stderr
 
 
+def test_score_shows_model_reasons_in_words(scored):
+    """With a model registered before the events are scored: `engage score --json` keeps each
+    model reason's feature and contribution and adds its text; the table shows the words;
+    `--item` reads them with the request's feature values."""
+    from scoring.reason_words import phrase
+    from tests.test_api import _register_model
+
+    _register_model(scored)
+    more, genres = make_log(n_users=2, events_per_user=4, seed=98)
+    for e in more:  # after the users' earlier events: not late (max_lateness_s)
+        e["ts"] += 60 * 86_400_000
+    publish_log(scored, more, genres)
+    StreamConsumer(scored, group=f"{scored.events_topic}.cli").run(idle_exit_s=3)
+    result = engage(scored, "score", "user0", "--json")
+    assert result.returncode == 0, result.stderr
+    reasons = json.loads(result.stdout)["model_reasons"]
+    assert reasons and all(set(r) == {"feature", "contribution", "text"} for r in reasons)
+    assert [r["text"] for r in reasons] == [phrase(r["feature"]) for r in reasons]
+    table = engage(scored, "score", "user0", COLUMNS="200")
+    assert table.returncode == 0, table.stderr
+    for r in reasons:
+        assert f"{r['contribution']:+.3f}  {r['text']}" in table.stdout
+    item = engage(scored, "score", "user0", "--item", "m3", "--json")
+    assert item.returncode == 0, item.stderr
+    for r in json.loads(item.stdout)["reasons"]:
+        assert set(r) == {"feature", "contribution", "text"}
+        assert r["text"] != phrase(r["feature"])  # read with this request's value
+    shown = engage(scored, "score", "user0", "--item", "m3", COLUMNS="200")
+    assert all(r["text"] in shown.stdout for r in json.loads(item.stdout)["reasons"])
+
+
 def test_watch_prints_live_updates_as_json_lines(scored):
     proc = subprocess.Popen(
         [sys.executable, "-m", "engage", "watch", "--json", "--duration", "12"],
