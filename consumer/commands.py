@@ -86,9 +86,10 @@ def consume(
         from prometheus_client import start_http_server
 
         start_http_server(port, addr="127.0.0.1")
-    cluster = consumer_refusal(settings)  # one line, not a MovedError traceback later
-    if cluster is not None:
-        raise fail(cluster, EXIT_BAD_INPUT)
+    # A Cluster named as such gets the Cluster store (consumer/cluster_store.py, issue 17); a
+    # plain URL naming a Cluster node would fail on its first key of another node: say so.
+    if not settings.redis_is_cluster and consumer_refusal(settings) is not None:
+        raise fail(CLUSTER_NODE, EXIT_BAD_INPUT)
     refusal = refused(settings)  # a wrong password is not an outage to wait out
     if refusal is not None:
         raise fail(f"Redis at {settings.redis_url} refused us: {refusal}", EXIT_SERVICES_DOWN)
@@ -118,6 +119,12 @@ def consume(
         from consumer.progress import summary_table
 
         stdout().print(summary_table(result))
+
+
+CLUSTER_NODE = (
+    "this Redis is a node of a Redis Cluster: point the consumer at the Cluster with a "
+    "redis+cluster:// URL (or ENGAGE_REDIS_CLUSTER=true), which it runs on (issue 17)"
+)
 
 
 def _progress_line(runner: StreamConsumer, show: bool) -> ProgressLine | None:

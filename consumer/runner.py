@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from consumer.batch import BatchScorer, Incoming
+from consumer.cluster_store import ClusterStateStore
 from consumer.deadletter import DeadLetter
 from consumer.local_state import LocalState
 from consumer.metrics import ConsumerMetrics
@@ -103,10 +105,12 @@ class StreamConsumer:
             socket_connect_timeout=min(settings.redis_socket_timeout_s, 2.0),
             retry=Retry(NoBackoff(), 1),
         )
-        local = LocalState(settings.local_state_users, settings.local_state_items)
-        self.store: StateStore = RedisStateStore(
-            self.redis, self.topic, settings.session_ttl_s, local
-        )
+        self.store: StateStore
+        if isinstance(self.redis, RedisCluster):  # issue 17: per-key guards, no MULTI/EXEC
+            self.store = ClusterStateStore(self.redis, self.topic, settings.session_ttl_s)
+        else:
+            local = LocalState(settings.local_state_users, settings.local_state_items)
+            self.store = RedisStateStore(self.redis, self.topic, settings.session_ttl_s, local)
         self.ownership_changed = True  # re-ask whether we hold every partition
         self.scorer = BatchScorer(load_scorers(settings.rules_file), settings.log_features)
         self.metrics = ConsumerMetrics()

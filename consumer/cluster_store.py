@@ -1,0 +1,298 @@
+"""The consumer's state store on a Redis Cluster (issue 17): exactly-once per key, no CROSSSLOT.
+
+On a Cluster a MULTI/EXEC or a script may touch the keys of one hash slot only, and a batch
+writes many users (one slot each, by their `{user}` tag), many items, two leaderboards, the
+counters and several partitions' offsets. The design here is a *redo journal* with per-key
+guards (docs/redis-cluster.md says the same for users):
+
+1. **Commit: one script call on one slot per topic.** Every partition's progress (stored
+   offset), the journal counter, the pending journals and the stats counters live in one slot:
+   `engage:progress:{engage:stats:<topic>}` (hash), `engage:journal:{engage:stats:<topic>}`
+   (hash, journal number -> packed journal) and `engage:stats:<topic>` itself (a key without
+   braces hashes whole, so the tag `{engage:stats:<topic>}` is its slot). The commit compares
+   every partition of the batch with the offset `begin` read (compare-and-set: a zombie's or
+   anyone's write fences the batch, as WATCH does on one node), takes the next journal number,
+   sets the new offsets, adds the counters and stores the batch's journal: all or nothing.
+   Why one slot for every partition rather than one per partition: a batch spans several
+   partitions, and its processed / dead-lettered counts are totals the store cannot split
+   by partition; per-partition commits could land one partition and fence another, and the
+   counters would then count the fenced part twice. In one slot the batch lands whole, exactly
+   as on one node. That node stores one opaque string per batch; the per-key work spreads.
+2. **Apply: one script call per slot, pipelined per node** (consumer/cluster_journal.py): a
+   unit runs only if its guard holds a lower journal number, then takes the number. So a
+   journal applied twice (a retry, a crash between two slot calls, two consumers recovering
+   it) or an older one after a newer one (a zombie waking up) changes nothing.
+3. **Recovery before every read.** `begin` and `offsets` read the partitions' offsets and,
+   in the same call, the journals still pending on them (committed, maybe not applied); they
+   are applied (in number order) before the batch loads anything. A journal is deleted only by
+   a process that applied all of it: the next call to the commit slot carries the numbers.
+   Hence a batch always reads its partitions' state with every committed journal in it, and
+   its own writes (a user's keys are written only by its partition's batches, an item shard
+   `p<partition>` only by that partition's) are computed from the newest state.
+
+The fold is untouched (features/): a batch folds over state that holds every committed event
+and nothing else, as on one node. Counters and offsets are exactly-once through the commit;
+the offset keys `engage:offset:<topic>:<p>` that `engage stats` reads are mirrors, raised
+(never lowered) in the apply. Scores and dead letters stay at-least-once, pub/sub at-most-once
+(published after the apply). The local copy is not kept on a Cluster yet: every batch reads
+what it touches. Test hook: `ENGAGE_TEST_CLUSTER_KILL=N:K` SIGKILLs the process after K slot
+calls of the apply of its Nth commit that has more than K (tests/test_cluster_store.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+
+from consumer.cluster_journal import APPLY_LUA, SlotCall, pack, slot_calls, unpack
+from consumer.state_store import BatchWrites, Fenced, Loaded, fill_tables
+from consumer.store import REDIS_DOWN, OutcomeUnknown, decode_recent_ids
+from features import keys
+from features.admission import AdmissionPolicy
+from features.aggregates import FeatureParams
+from features.items import ItemMeta
+from features.stream import StreamState
+
+#: A Cluster that cannot serve a slot right now (failover, resharding): an outage to wait out.
+CLUSTER_TROUBLE: tuple[type[Exception], ...] = (
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
+KILL_HOOK = "ENGAGE_TEST_CLUSTER_KILL"
+
+# KEYS: progress hash, journal hash. ARGV: n, n journal numbers done (deleted first), then the
+# partitions. Returns {offsets (-1: none), {number, journal, ...} pending on them}.
+PROGRESS_LUA = """
+local nd = tonumber(ARGV[1])
+for k = 2, 1 + nd do redis.call('HDEL', KEYS[2], ARGV[k]) end
+local offsets, seen, pending = {}, {}, {}
+for k = 2 + nd, #ARGV do
+  offsets[#offsets + 1] = redis.call('HGET', KEYS[1], ARGV[k]) or '-1'
+  local seq = redis.call('HGET', KEYS[1], 'j' .. ARGV[k])
+  if seq and not seen[seq] then
+    seen[seq] = true
+    local journal = redis.call('HGET', KEYS[2], seq)
+    if journal then pending[#pending + 1] = seq; pending[#pending + 1] = journal end
+  end
+end
+return {offsets, pending}
+"""
+# KEYS: progress hash, stats hash, journal hash. ARGV: token, journal ('' for none), n, n
+# (counter, amount) pairs, m, m journal numbers done, then (partition, expected offset, new
+# offset or '') triples. Returns {1, number} (landed, also when this very call landed before:
+# a retry) or {0, partition, stored offset} (fenced: nothing written but the deletions).
+COMMIT_LUA = """
+local token, journal = ARGV[1], ARGV[2]
+local ns = tonumber(ARGV[3])
+local nd = tonumber(ARGV[4 + 2 * ns])
+local first = 5 + 2 * ns + nd
+for k = 5 + 2 * ns, 4 + 2 * ns + nd do redis.call('HDEL', KEYS[3], ARGV[k]) end
+local again, moved = nil, nil
+for i = first, #ARGV, 3 do
+  if ARGV[i + 2] ~= '' then
+    moved = moved or ARGV[i]
+    again = (again ~= false) and redis.call('HGET', KEYS[1], 'b' .. ARGV[i]) == token
+  end
+end
+if again then return {1, tonumber(redis.call('HGET', KEYS[1], 'j' .. moved))} end
+for i = first, #ARGV, 3 do
+  local held = redis.call('HGET', KEYS[1], ARGV[i]) or '-1'
+  if held ~= ARGV[i + 1] then return {0, tonumber(ARGV[i]), tonumber(held)} end
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+for i = first, #ARGV, 3 do
+  if ARGV[i + 2] ~= '' then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2], 'j' .. ARGV[i], seq, 'b' .. ARGV[i], token)
+  end
+end
+if journal ~= '' then redis.call('HSET', KEYS[3], seq, journal) end
+for k = 4, 3 + 2 * ns, 2 do redis.call('HINCRBY', KEYS[2], ARGV[k], ARGV[k + 1]) end
+return {1, seq}
+"""
+
+
+class _Script:
+    """EVALSHA, and EVAL when the node does not know the script yet (a restarted or new
+    master): NOSCRIPT means it did not run, so the second try is safe."""
+
+    def __init__(self, lua: str) -> None:
+        self.lua = lua
+        self.sha = hashlib.sha1(lua.encode()).hexdigest()
+
+    def __call__(self, client: RedisCluster, keys_and_args: list) -> Any:
+        try:
+            return client.evalsha(self.sha, *keys_and_args)
+        except redis.exceptions.NoScriptError:
+            return client.eval(self.lua, *keys_and_args)
+
+
+PROGRESS, COMMIT, APPLY = _Script(PROGRESS_LUA), _Script(COMMIT_LUA), _Script(APPLY_LUA)
+
+
+def _kill_hook() -> tuple[int, int] | None:
+    raw = os.environ.get(KILL_HOOK)
+    if not raw:
+        return None
+    nth, calls = raw.split(":")
+    return int(nth), max(1, int(calls))
+
+
+class ClusterStateStore:
+    def __init__(self, client: RedisCluster, topic: str, session_ttl_s: int) -> None:
+        self.client = client
+        self.topic = topic
+        self.session_ttl_s = session_ttl_s
+        tag = keys.stats_key(topic)  # Kafka topic names have no braces: the key is the tag
+        self.progress_key = f"engage:progress:{{{tag}}}"
+        self.journal_key = f"engage:journal:{{{tag}}}"
+        self.stats_key = tag
+        self.meta_cache: dict[str, ItemMeta] = {}
+        self.done: set[int] = set()  # journals this process applied whole, not deleted yet
+        self.commits = 0
+        self.kill = _kill_hook()
+
+    def own(self, whole_topic: bool) -> None:
+        pass  # no local copy on a Cluster yet
+
+    def forget(self) -> None:
+        pass
+
+    def state(self, params: FeatureParams, admission: AdmissionPolicy) -> StreamState:
+        return StreamState(params=params, admission=admission)
+
+    def offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The stored offsets, once every journal pending on `partitions` is applied."""
+        parts = list(partitions)
+        done = sorted(self.done)
+        if not parts and not done:
+            return {}
+        try:
+            stored, pending = PROGRESS(
+                self.client, [2, self.progress_key, self.journal_key, len(done), *done, *parts]
+            )
+        except CLUSTER_TROUBLE as exc:
+            raise OutcomeUnknown.of(exc) from exc
+        self.done.difference_update(done)
+        journals = sorted((int(pending[k]), pending[k + 1]) for k in range(0, len(pending), 2))
+        for seq, journal in journals:
+            self.apply(seq, unpack(journal))
+            self.done.add(seq)
+        return {p: int(v) for p, v in zip(parts, stored, strict=True)}
+
+    def begin(self, partitions: Iterable[int]) -> ClusterBatch:
+        """Read the partitions' offsets (after recovery): the commit compares them."""
+        parts = sorted(set(partitions))
+        return ClusterBatch(self, self.offsets(parts))
+
+    def apply(self, seq: int, calls: list[SlotCall], kill_after: int | None = None) -> None:
+        """Run journal `seq`'s slot calls: pipelined (the client sends each node its calls in
+        one write), or one by one up to the test hook's SIGKILL."""
+        if kill_after is not None:
+            for call in calls[:kill_after]:
+                APPLY(self.client, call.args(seq))
+            os.kill(os.getpid(), signal.SIGKILL)
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            pipe.execute_command("EVALSHA", APPLY.sha, *call.args(seq))
+        for call, result in zip(calls, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(result, redis.exceptions.NoScriptError):
+                APPLY(self.client, call.args(seq))
+            elif isinstance(result, Exception):
+                raise result
+
+
+class ClusterBatch:
+    def __init__(self, store: ClusterStateStore, stored: dict[int, int]) -> None:
+        self.store = store
+        self.stored = stored
+        self.token = uuid.uuid4().hex
+        self.finished = False
+
+    def offsets(self) -> dict[int, int]:
+        return dict(self.stored)
+
+    def abort(self) -> None:
+        self.finished = True
+
+    def load(self, state: StreamState, user_items: dict[str, set[str]], items: set[str]) -> Loaded:
+        """Read what the batch touches: one non-transactional pipeline (split by node)."""
+        store = self.store
+        users, item_list = list(user_items), list(items)
+        missing_meta = [i for i in item_list if i not in store.meta_cache]
+        asked = [(u, sorted(user_items[u])) for u in users if user_items[u]]
+        pipe = store.client.pipeline(transaction=False)
+        for user in users:
+            pipe.hgetall(keys.user_key(user))
+        for user, its in asked:
+            pipe.smismember(keys.user_items_key(user), its)
+        for user in users:
+            pipe.get(keys.user_recent_ids_key(user))
+        for item in item_list:
+            pipe.hgetall(keys.item_key(item))
+        for item in missing_meta:
+            pipe.hgetall(keys.item_meta_key(item))
+        try:
+            replies = iter(pipe.execute())
+        except CLUSTER_TROUBLE as exc:
+            raise OutcomeUnknown.of(exc) from exc
+        user_raws = [next(replies) for _ in users]
+        members = {
+            u: {i for i, hit in zip(its, next(replies), strict=True) if hit} for u, its in asked
+        }
+        recent = [decode_recent_ids(next(replies)) for _ in users]
+        item_raws = [next(replies) for _ in item_list]
+        for item in missing_meta:
+            raw = next(replies)
+            store.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
+        return fill_tables(
+            state, users, user_raws, members, recent, item_list, item_raws, store.meta_cache
+        )
+
+    def commit(self, writes: BatchWrites) -> None:
+        """The commit call (CAS on every partition of the batch, counters, journal), then
+        the journal's slot calls; `Fenced` if a partition moved since `begin`."""
+        if self.finished:
+            raise RuntimeError("this batch was already committed or aborted")
+        self.finished = True
+        store = self.store
+        strangers = set(writes.offsets) - set(self.stored)
+        if strangers:
+            raise ValueError(f"offsets of partitions {sorted(strangers)} the batch did not begin")
+        calls = slot_calls(writes, store.topic, store.session_ttl_s)
+        done = sorted(store.done)
+        stats = [x for name, amount in writes.stats.items() if amount for x in (name, amount)]
+        argv: list = [self.token, pack(calls) if calls else b"", len(stats) // 2, *stats,
+                      len(done), *done]  # fmt: skip
+        for p, expected in self.stored.items():
+            argv += [p, expected, writes.offsets.get(p, "")]
+        keys_ = [store.progress_key, store.stats_key, store.journal_key]
+        try:
+            reply = COMMIT(store.client, [3, *keys_, *argv])
+        except (*REDIS_DOWN, *CLUSTER_TROUBLE) as exc:  # it may have landed: the retry knows
+            raise OutcomeUnknown.of(exc) from exc
+        store.done.difference_update(done)
+        if reply[0] == 0:
+            _, partition, held = reply
+            raise Fenced(f"partition {partition} is at {held}, not {self.stored[partition]}")
+        seq = int(reply[1])
+        store.commits += 1
+        kill_after = None
+        if store.kill and store.commits >= store.kill[0] and len(calls) > store.kill[1]:
+            kill_after = store.kill[1]
+        try:
+            store.apply(seq, calls, kill_after)
+        except (*REDIS_DOWN, *CLUSTER_TROUBLE) as exc:  # committed: recovery applies the rest
+            raise OutcomeUnknown.of(exc) from exc
+        store.done.add(seq)
+        if writes.publish is not None:
+            with contextlib.suppress(*REDIS_DOWN, *CLUSTER_TROUBLE):  # at most once
+                store.client.publish(keys.scores_channel(store.topic), writes.publish)

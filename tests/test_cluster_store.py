@@ -1,0 +1,209 @@
+"""The consumer on a Redis Cluster (issue 17 item 2, consumer/cluster_store.py), against real
+3-master clusters started here from the redis-server binary: a log consumed there equals the
+reference the single-node tests use, also after SIGKILLs at random moments and between two
+slot calls of one batch, and with two consumers in one group of which one leaves midway."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from redis.cluster import RedisCluster
+
+from consumer.cluster_journal import SlotCall, pack, slot_calls, unpack
+from consumer.cluster_store import KILL_HOOK
+from consumer.state_store import BatchWrites
+from engage.redis_client import connect
+from engage.settings import Settings
+from engage.stack.redis_cluster import RedisClusterServers
+from features import keys
+from tests.conftest import _unavailable
+from tests.eventlog import engage_env, make_log, publish_log
+from tests.reference import diff_against_redis, reference_state
+from tests.test_redis_cluster import free_base_port
+
+NODES = 3
+
+
+@pytest.fixture(scope="module")
+def cluster_url(
+    tmp_path_factory: pytest.TempPathFactory, stack_settings: Settings
+) -> Iterator[str]:
+    """A private 3-master cluster on free ports; yields its URL; stopped by its pids."""
+    if shutil.which("redis-server") is None:
+        _unavailable("redis-server is not installed (apt-get install redis-server)")
+    stack_dir = tmp_path_factory.mktemp("cluster-store")
+    base = free_base_port(NODES)
+    own = stack_settings.model_copy(
+        update={"stack_dir": stack_dir, "stack_redis_cluster_port": base}
+    )
+    servers = RedisClusterServers(own, NODES)
+    servers.start()
+    try:
+        yield f"redis+cluster://127.0.0.1:{base}/0"
+    finally:
+        servers.stop()
+
+
+@pytest.fixture
+def on_cluster(cluster_url: str, settings: Settings) -> Settings:
+    """This test's settings (fresh topics, the real Kafka) with Redis = the emptied cluster."""
+    clustered = settings.model_copy(update={"redis_url": cluster_url})
+    client = connect(clustered)
+    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    client.close()
+    return clustered
+
+
+def test_a_journal_packs_and_unpacks_every_slot_call() -> None:
+    writes = BatchWrites(
+        user_states={"a:b": {"st": b"\x00\xffpacked", "cs_id": "s1"}},
+        user_new_items={"a:b": {"m1", "m2"}},
+        user_recent_ids={"a:b": {"e1": 1.5}, "c": {}},
+        sessions={("a:b", "s1"): {"events": 2.0}},
+        item_shards={"m1": {"p0": b"\x01" * 78, "p2": b"\x02" * 78}},
+        scores={"a:b": {"rule_score": 12.5, "label": "low"}},
+        leaderboard={"rule": {"a:b": 12.5, "c": 3.0}},
+        offsets={0: 41, 2: 7},
+    )
+    calls = slot_calls(writes, "t.events", 60)
+    slots = [c.slot for c in calls]
+    assert len(slots) == len(set(slots))  # one call per slot
+    assert sum(c.argv.count(b"ZADD") for c in calls) == 2
+    again = unpack(pack(calls))
+    assert [(c.slot, c.keys, c.argv) for c in again] == [(c.slot, c.keys, c.argv) for c in calls]
+    assert unpack(pack([])) == [] and isinstance(again[0], SlotCall)
+
+
+def consumer_env(settings: Settings, **extra: str) -> dict[str, str]:
+    return engage_env(settings, ENGAGE_KAFKA_SESSION_TIMEOUT_MS="6000", **extra)
+
+
+def start_consumer(env: dict[str, str], group: str, idle_exit: float) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "engage", "consume", "--group", group,
+            "--idle-exit", str(idle_exit), "--json"]  # fmt: skip
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+
+
+def processed(client: RedisCluster, topic: str) -> int:
+    return int(client.hget(keys.stats_key(topic), "processed") or 0)
+
+
+def pending_journals(client: RedisCluster, topic: str) -> int:
+    return int(client.hlen(f"engage:journal:{{{keys.stats_key(topic)}}}"))
+
+
+def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"consumer exited {proc.returncode}: {proc.stderr.read()[-3000:]}")  # type: ignore[union-attr]
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_exact(settings: Settings, client: RedisCluster, events: list[dict], genres) -> None:  # type: ignore[no-untyped-def]
+    """Every user, session and item aggregate equals the reference; counters count each event
+    once; leaderboards hold every user; no journal is left pending."""
+    assert processed(client, settings.events_topic) == len(events)
+    p = settings.feature_params
+    ref = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
+    assert diff_against_redis(ref, client) == []
+    users = {e["user_id"] for e in events}
+    assert client.zcard(keys.leaderboard_key("rule")) == len(users)
+    assert pending_journals(client, settings.events_topic) == 0
+
+
+def test_consume_on_the_cluster_equals_the_reference(on_cluster: Settings) -> None:
+    events, genres = make_log(n_users=40, events_per_user=40, seed=21)
+    publish_log(on_cluster, events, genres)
+    env = consumer_env(on_cluster, ENGAGE_BATCH_MAX_RECORDS="100")
+    proc = start_consumer(env, f"one-{on_cluster.events_topic}", idle_exit=3)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["processed"] == len(events) and summary["fenced"] == 0
+    client = connect(on_cluster)
+    assert isinstance(client, RedisCluster)
+    assert_exact(on_cluster, client, events, genres)
+    users = sorted({e["user_id"] for e in events})
+    assert len({client.get_node_from_key(keys.user_key(u)).name for u in users}) == NODES
+    stats = subprocess.run([sys.executable, "-m", "engage", "stats", "--json"], env=env,
+                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert stats.returncode == 0, stats.stderr
+    reported = json.loads(stats.stdout)
+    assert reported["processed"] == len(events) and reported["total_lag"] == 0
+    client.close()
+
+
+def test_sigkill_at_random_moments_and_between_slot_calls(on_cluster: Settings) -> None:
+    """Four SIGKILLs at random moments and three by the store's test hook after the first
+    or second slot call of a batch's apply (its journal committed, not all applied)."""
+    events, genres = make_log(n_users=80, events_per_user=100, seed=23)  # 8,000 events
+    publish_log(on_cluster, events, genres)
+    client = connect(on_cluster)
+    topic, group = on_cluster.events_topic, f"crashy-{on_cluster.events_topic}"
+    rng = random.Random(17)
+    hooked = random_kills = 0
+    for round_ in range(7):
+        before = processed(client, topic)
+        if round_ % 2 == 1:  # the hook: die inside the apply of the 2nd or 3rd commit
+            hook = f"{2 + round_ % 3}:{1 + round_ % 2}"
+            env = consumer_env(on_cluster, ENGAGE_BATCH_MAX_RECORDS="40", **{KILL_HOOK: hook})
+            proc = start_consumer(env, group, idle_exit=3)
+            proc.communicate(timeout=120)
+            assert proc.returncode == -signal.SIGKILL, (hook, proc.returncode)
+            assert pending_journals(client, topic) >= 1  # committed, not wholly applied
+            assert processed(client, topic) > before
+            hooked += 1
+            continue
+        env = consumer_env(on_cluster, ENGAGE_BATCH_MAX_RECORDS="40")
+        proc = start_consumer(env, group, idle_exit=3)
+        wait_for(lambda b=before: processed(client, topic) > b, 90,  # type: ignore[misc]
+                 "the consumer to make progress", proc)  # fmt: skip
+        time.sleep(rng.uniform(0.0, 0.4))
+        assert proc.poll() is None, "the log was too short to kill the consumer"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        random_kills += 1
+    assert random_kills >= 3 and hooked >= 3
+    assert processed(client, topic) < len(events)
+    final = start_consumer(consumer_env(on_cluster, ENGAGE_BATCH_MAX_RECORDS="40"), group, 3)
+    _out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
+    assert_exact(on_cluster, client, events, genres)
+    client.close()
+
+
+def test_second_consumer_takes_over_when_one_leaves(on_cluster: Settings) -> None:
+    events, genres = make_log(n_users=120, events_per_user=80, seed=24)  # 9,600 events
+    publish_log(on_cluster, events, genres)
+    client = connect(on_cluster)
+    topic = on_cluster.events_topic
+    env = consumer_env(on_cluster, ENGAGE_BATCH_MAX_RECORDS="20")
+    group = f"pair-{topic}"
+    first = start_consumer(env, group, idle_exit=8)
+    wait_for(lambda: processed(client, topic) > 0, 90, "the first consumer's progress", first)
+    second = start_consumer(env, group, idle_exit=8)  # joining splits the partitions
+    time.sleep(4.0)
+    assert processed(client, topic) < len(events)  # midway
+    first.send_signal(signal.SIGTERM)  # clean leave: finish the batch, leave the group
+    out1, err1 = first.communicate(timeout=90)
+    assert first.returncode == 0, err1
+    out2, err2 = second.communicate(timeout=300)
+    assert second.returncode == 0, err2
+    s1, s2 = json.loads(out1.strip().splitlines()[-1]), json.loads(out2.strip().splitlines()[-1])
+    assert s1["processed"] > 0 and s2["processed"] > 0, (s1, s2)
+    assert s1["processed"] + s2["processed"] == len(events)
+    assert_exact(on_cluster, client, events, genres)
+    client.close()
