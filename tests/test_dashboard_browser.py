@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import orjson
 import pytest
 import redis
 
@@ -12,6 +13,7 @@ from consumer.runner import StreamConsumer
 from engage.api import create_app
 from engage.settings import Settings
 from features import keys
+from scoring.reason_words import phrase
 from tests.browser import chrome, find_chromium, serve_in_thread
 from tests.conftest import IN_CI
 from tests.eventlog import make_log, publish_log
@@ -193,3 +195,62 @@ def test_dashboard_on_a_400px_screen_stacks_and_loads_the_timeline(
             f"the board to show only {wanted} users",
         )
         assert wanted in page.find_element("id", "board-title").text
+
+
+MODEL_REASONS_JS = """
+return [...document.querySelectorAll('#model-reasons li[data-feature]')].map(li => {
+    const pts = li.querySelector('.pts');
+    return {feature: li.dataset.feature, text: li.querySelector('.text').textContent,
+            contribution: parseFloat(pts.textContent), color: getComputedStyle(pts).color,
+            way: pts.classList.contains('up') ? 'up' : pts.classList.contains('down') ? 'down'
+                 : ''};
+});"""
+UP, DOWN = "rgb(26, 127, 55)", "rgb(198, 40, 40)"  # green and red, as the page's CSS has them
+
+
+def _shown_as_stored(page, redis_client: redis.Redis, user: str) -> bool:
+    """The page's model reasons are the user's stored ones, in words, coloured by sign."""
+    stored = orjson.loads(redis_client.hget(keys.user_score_key(user), "model_reasons"))
+    shown = page.execute_script(MODEL_REASONS_JS)
+    words = [(r["feature"], phrase(r["feature"])) for r in stored]
+    if [(s["feature"], s["text"]) for s in shown] != words:
+        return False
+    if any(abs(s["contribution"] - r["contribution"]) > 6e-4  # shown to 3 decimals
+           for s, r in zip(shown, stored, strict=True)):  # fmt: skip
+        return False
+    for s, r in zip(shown, stored, strict=True):
+        way = "up" if r["contribution"] > 0 else "down" if r["contribution"] < 0 else ""
+        assert s["way"] == way and s["color"] == {"up": UP, "down": DOWN}.get(way, s["color"])
+    return bool(stored)
+
+
+def test_dashboard_shows_model_reasons_in_words(browser_available, settings, redis_client):
+    """A chosen user's model reasons read in words (from the API's `text`, then from live
+    updates, which carry only feature and contribution), green when they raise the
+    probability and red when they lower it."""
+    from tests.test_api import _register_model
+
+    _register_model(settings)
+    events, genres = make_log(n_users=4, events_per_user=10)
+    early = [e for e in events if int(e["event_id"].rsplit(":", 1)[1]) < 6]
+    late = [e for e in events if int(e["event_id"].rsplit(":", 1)[1]) >= 6]
+    publish_log(settings, early, genres)
+    _consume(settings, "dashboard-reasons")
+    with serve_in_thread(create_app(settings)) as base, chrome() as page:
+        page.get(base + "/?user=user0")
+        _wait(lambda: _shown_as_stored(page, redis_client, "user0"), 15,
+              "user0's model reasons in words")  # fmt: skip
+        publish_log(settings, late, genres)
+        _consume(settings, "dashboard-reasons")
+        _wait(lambda: int(page.find_element("id", "updates").get_attribute("data-count")), 15,
+              "live updates")  # fmt: skip
+        _wait(lambda: _shown_as_stored(page, redis_client, "user0"), 15,
+              "user0's model reasons from the live updates, in words")  # fmt: skip
+
+
+def _consume(settings: Settings, group: str) -> None:
+    consumer = StreamConsumer(settings, group=group)
+    try:
+        consumer.run(idle_exit_s=3)
+    finally:
+        consumer.close()
