@@ -4,7 +4,8 @@ What the consumer relies on, asked only through the seam: offsets start empty; b
 through a store (load, score, commit) leave exactly the state one in-memory fold of the whole
 log leaves; a write to a partition's progress fences a batch that is open on it, and nothing
 of the fenced batch lands; an aborted batch leaves nothing. The memory store needs no
-servers; the Redis store runs on the test session's database (skipped outside CI only).
+servers; the Redis store runs on the test session's database (skipped outside CI only), the
+Cluster store on a 3-master Redis Cluster started for the module.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from redis.cluster import RedisCluster
 
 from consumer.batch import BatchScorer, Incoming
+from consumer.cluster_store import ClusterStateStore
 from consumer.local_state import LocalState
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, MemoryStateStore, StateStore
 from consumer.store import RedisStateStore
@@ -30,6 +33,7 @@ from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
 from scoring.rules import load_scorers
 from tests.eventlog import make_log
+from tests.test_cluster_store import cluster_url, on_cluster  # noqa: F401  (the cluster subject)
 
 PARTITIONS = 3
 BATCH = 40
@@ -46,19 +50,25 @@ class Subject:
 LOCAL_COPY = {"redis": None, "redis+local": (1000, 1000), "redis+small-local": (3, 5)}
 
 
-@pytest.fixture(params=["memory", *LOCAL_COPY])
+@pytest.fixture(params=["memory", *LOCAL_COPY, pytest.param("cluster", marks=pytest.mark.stack)])
 def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
     if request.param == "memory":
         memory = MemoryStateStore()
         yield Subject(memory, memory.meta.update)
         return
     settings: Settings = request.getfixturevalue("settings")  # a claimed, emptied database
+    if request.param == "cluster":  # a 3-master Redis Cluster (tests/test_cluster_store.py)
+        settings = request.getfixturevalue("on_cluster")
     client = connect(settings)
 
     def put_meta(meta: dict[str, ItemMeta]) -> None:
         for item, m in meta.items():
             client.hset(keys.item_meta_key(item), mapping=m.to_hash())
 
+    if isinstance(client, RedisCluster):
+        yield Subject(ClusterStateStore(client, settings.events_topic, 3600), put_meta)
+        client.close()
+        return
     room = LOCAL_COPY[request.param]
     store = RedisStateStore(client, settings.events_topic, 3600, LocalState(*room or (0, 0)))
     store.own(True)  # as a consumer that holds every partition
