@@ -14,16 +14,20 @@ import sys
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 from redis.cluster import RedisCluster
 
 from consumer.cluster_journal import SlotCall, pack, slot_calls, unpack
-from consumer.cluster_store import KILL_HOOK
+from consumer.cluster_store import KILL_HOOK, ClusterStateStore
 from consumer.state_store import BatchWrites
 from engage.redis_client import connect
 from engage.settings import Settings
 from engage.stack.redis_cluster import RedisClusterServers
 from features import keys
+from features.item_shards import N_FIELDS, pack_shards
+from features.state_codec import STATE_FIELD, packed_user
+from features.stream import StreamState
 from tests.conftest import _unavailable
 from tests.eventlog import engage_env, make_log, publish_log
 from tests.reference import diff_against_redis, reference_state
@@ -80,6 +84,44 @@ def test_a_journal_packs_and_unpacks_every_slot_call() -> None:
     again = unpack(pack(calls))
     assert [(c.slot, c.keys, c.argv) for c in again] == [(c.slot, c.keys, c.argv) for c in calls]
     assert unpack(pack([])) == [] and isinstance(again[0], SlotCall)
+
+
+def _writes(value: float, offset: int) -> BatchWrites:
+    """A batch of partition 0 that sets user u, item m's shard p0 and u's rule score."""
+    state = StreamState()
+    state.tables.user_row("u")
+    state.tables.users[0, 0], state.tables.user_set[0, 0] = value, 1
+    shard = pack_shards(np.full((1, N_FIELDS), value), np.ones((1, N_FIELDS), dtype=bool),
+                        np.array([offset]))[0]  # fmt: skip
+    return BatchWrites(
+        user_states={"u": packed_user(state.tables, "u")}, item_shards={"m": {"p0": shard}},
+        leaderboard={"rule": {"u": value}}, offsets={0: offset}, stats={"processed": 1},
+    )  # fmt: skip
+
+
+def test_a_retried_commit_and_a_late_older_journal_change_nothing(on_cluster: Settings) -> None:
+    """A commit call retried after it landed (redis-py retries on a lost connection) is
+    recognised by its batch token; an older journal applied after a newer one (a zombie that
+    wakes up after the new owner's batch) is refused by every key's guard."""
+    client = connect(on_cluster)
+    assert isinstance(client, RedisCluster)
+    topic = on_cluster.events_topic
+    store = ClusterStateStore(client, topic, 3600)
+    old, new = _writes(1.0, 10), _writes(2.0, 20)
+    first = store.begin([0])
+    first.commit(old)
+    first.finished = False  # the same call again
+    first.commit(old)
+    assert processed(client, topic) == 1 and store.offsets([0]) == {0: 10}
+    store.begin([0]).commit(new)
+    store.apply(1, slot_calls(old, topic, 3600))  # journal 1, after journal 2 landed
+    assert client.hget(keys.user_key("u"), STATE_FIELD) == new.user_states["u"][STATE_FIELD]
+    assert client.hget(keys.item_key("m"), "p0") == new.item_shards["m"]["p0"]
+    assert client.zscore(keys.leaderboard_key("rule"), "u") == 2.0
+    assert client.get(keys.offset_key(topic, 0)) == b"20"
+    assert processed(client, topic) == 2 and store.offsets([0]) == {0: 20}
+    assert pending_journals(client, topic) == 0  # the offsets read deleted what was applied
+    client.close()
 
 
 def consumer_env(settings: Settings, **extra: str) -> dict[str, str]:
