@@ -70,14 +70,37 @@ class BatchScorer:
         rules, rule_texts = self._rules(incoming, after, shown)
         model = self._model(before, after, latest_rows)
         self._writes(writes, state, out, incoming, loaded)
-        digests = vector_digests(before)
         now_ms = round(time.time() * 1000.0, 1)
-        messages: list[tuple[bytes, bytes]] = []
-        latest_payloads: dict[int, dict[str, Any]] = {}
-        for row, item in enumerate(incoming):
-            event = item.event
-            score, label, signals = rules[row]
-            payload: dict[str, Any] = {
+        payloads = self._payloads(incoming, rules, model, vector_digests(before), now_ms)
+        if self.log_features:
+            for payload, vector in zip(payloads, before.tolist(), strict=True):
+                payload["features"] = vector
+        messages = list(
+            zip([p["user_id"].encode() for p in payloads], map(orjson.dumps, payloads), strict=True)
+        )
+        latest = []  # the live view and the score hash show the reasons in words
+        for row in latest_rows.values():
+            payload = {
+                **payloads[row],
+                "rule": {**payloads[row]["rule"], "reasons": rule_texts[row]},
+            }
+            payload.pop("features", None)
+            latest.append(payload)
+            self._score_hash(writes, payload)
+        writes.publish = orjson.dumps(latest)
+        latencies = [now_ms - item.kafka_ts_ms for item in incoming]
+        return ScoredBatch(messages, writes, latencies, refused)
+
+    @staticmethod
+    def _payloads(
+        incoming: list[Incoming], rules: list[tuple[float, str, list]],
+        model: list[dict[str, Any]] | None, digests: list[str], now_ms: float,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Every row's score message, built column by column (one dict per row, no loop body):
+        ids, offsets, the rule score with its signals, the model part, the vector digest."""
+        events = [item.event for item in incoming]
+        return [
+            {
                 "user_id": event.user_id,
                 "event_id": event.event_id,
                 "event_ts": event.ts,
@@ -85,23 +108,14 @@ class BatchScorer:
                 "partition": item.partition,
                 "offset": item.offset,
                 "rule": {"score": round(score, 2), "label": label, "reasons": signals},
-                "model": model[row] if model else None,
+                "model": model_part,
                 "scored_at": now_ms,
-                "fd": digests[row],
+                "fd": digest,
             }
-            if self.log_features:
-                payload["features"] = before[row].tolist()
-            messages.append((event.user_id.encode(), orjson.dumps(payload)))
-            if row in shown:  # the live view and the score hash show the reasons in words
-                rule = {**payload["rule"], "reasons": rule_texts[row]}
-                latest_payloads[row] = {**payload, "rule": rule}
-                latest_payloads[row].pop("features", None)
-        latest = [latest_payloads[row] for row in latest_rows.values()]
-        for payload in latest:
-            self._score_hash(writes, payload)
-        writes.publish = orjson.dumps(latest)
-        latencies = [now_ms - item.kafka_ts_ms for item in incoming]
-        return ScoredBatch(messages, writes, latencies, refused)
+            for event, item, (score, label, signals), model_part, digest in zip(
+                events, incoming, rules, model or [None] * len(incoming), digests, strict=True
+            )
+        ]
 
     @staticmethod
     def _latest_rows(incoming: list[Incoming]) -> dict[str, int]:
