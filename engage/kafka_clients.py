@@ -105,6 +105,9 @@ def consumer(settings: Settings, *topics: str, **overrides: Any) -> KafkaConsume
     }
     options.update(security_kwargs(settings))
     options.update(overrides)
+    from engage.transport import fetched_batches  # numba: imported by consumers only
+
+    fetched_batches.use(settings.kafka_fast_fetch)
     return KafkaConsumer(*topics, **options)
 
 
