@@ -33,7 +33,9 @@ def batch_bytes(n: int, compression: int = 0, seed: int = 0) -> bytes:
     builder = MemoryRecordsBuilder(magic=2, compression_type=compression, batch_size=1 << 24)
     for i in range(n):
         key = None if i % 7 == 3 else f"user:{rng.randrange(1000)}".encode()
-        value = None if i % 11 == 5 else bytes(rng.randrange(256) for _ in range(rng.randrange(300)))
+        value = (
+            None if i % 11 == 5 else bytes(rng.randrange(256) for _ in range(rng.randrange(300)))
+        )
         headers = [("h", b"v"), ("empty", None), ("é", b"")] if i % 5 == 0 else []
         builder.append(timestamp=1_700_000_000_000 + rng.randrange(10**6), key=key, value=value,
                        headers=headers)  # fmt: skip
@@ -48,9 +50,11 @@ def read(raw: bytes, reader: Callable[[Any], Any]) -> list[Row] | str:
         records = MemoryRecords(raw)
         while (batch := records.next_batch()) is not None:
             for r in reader(batch):
-                rows.append((r.offset, r.timestamp, r.timestamp_type, r.key, r.value,
-                             list(r.headers), r.size_in_bytes, r.checksum, r.validate_crc()))  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 - the comparison is the point
+                fields = (r.offset, r.timestamp, r.timestamp_type, r.key, r.value)
+                rows.append(
+                    (*fields, list(r.headers), r.size_in_bytes, r.checksum, r.validate_crc())
+                )
+    except Exception as exc:  # the comparison is the point
         return f"{type(exc).__name__}: {exc}"
     return rows
 
@@ -113,8 +117,8 @@ def test_transactions_read_the_same_through_the_broker(settings: Settings) -> No
     for round_, commit in enumerate([True, False, True]):
         producer.begin_transaction()
         for i in range(50):
-            producer.send(topic, value=f"{round_}:{i}".encode(), key=b"k",
-                          headers=[("round", str(round_).encode())] if i % 10 == 0 else [])  # fmt: skip
+            headers = [("round", str(round_).encode())] if i % 10 == 0 else []
+            producer.send(topic, value=f"{round_}:{i}".encode(), key=b"k", headers=headers)
         (producer.commit_transaction if commit else producer.abort_transaction)()
     producer.close()
 
