@@ -34,8 +34,9 @@ The fold is untouched (features/): a batch folds over state that holds every com
 and nothing else, as on one node. Counters and offsets are exactly-once through the commit;
 the offset keys `engage:offset:<topic>:<p>` that `engage stats` reads are mirrors, raised
 (never lowered) in the apply. Scores and dead letters stay at-least-once, pub/sub at-most-once
-(published after the apply). The local copy is not kept on a Cluster yet: every batch reads
-what it touches. Test hook: `ENGAGE_TEST_CLUSTER_KILL=N:K` SIGKILLs the process after K slot
+(published after the apply). The local copy (consumer/local_state.py) is kept as on one node
+(consumer/cluster_load.py), and also dropped when a batch's first call applies a journal
+another process wrote. Test hook: `ENGAGE_TEST_CLUSTER_KILL=N:K` SIGKILLs the process after K slot
 calls of the apply of its Nth commit that has more than K (tests/test_cluster_store.py).
 """
 
@@ -52,13 +53,16 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
+from consumer import cluster_load
 from consumer.cluster_journal import APPLY_LUA, SlotCall, pack, slot_calls, unpack
-from consumer.state_store import BatchWrites, Fenced, Loaded, fill_tables
-from consumer.store import REDIS_DOWN, OutcomeUnknown, decode_recent_ids
+from consumer.local_state import LocalState
+from consumer.state_store import BatchWrites, Fenced, Loaded
+from consumer.store import REDIS_DOWN, OutcomeUnknown
 from features import keys
 from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams
 from features.items import ItemMeta
+from features.state_codec import STATE_FIELD
 from features.stream import StreamState
 
 #: A Cluster that cannot serve a slot right now (failover, resharding): an outage to wait out.
@@ -147,8 +151,11 @@ def _kill_hook() -> tuple[int, int] | None:
 
 
 class ClusterStateStore:
-    def __init__(self, client: RedisCluster, topic: str, session_ttl_s: int) -> None:
+    def __init__(
+        self, client: RedisCluster, topic: str, session_ttl_s: int, local: LocalState | None = None
+    ) -> None:
         self.client = client
+        self.local = local if local is not None else LocalState(0, 0)
         self.topic = topic
         self.session_ttl_s = session_ttl_s
         tag = keys.stats_key(topic)  # Kafka topic names have no braces: the key is the tag
@@ -161,13 +168,15 @@ class ClusterStateStore:
         self.kill = _kill_hook()
 
     def own(self, whole_topic: bool) -> None:
-        pass  # no local copy on a Cluster yet
+        """Whether this consumer holds every partition (only then is a local copy kept)."""
+        self.local.trust(whole_topic)
 
     def forget(self) -> None:
-        pass
+        self.local.forget()
 
     def state(self, params: FeatureParams, admission: AdmissionPolicy) -> StreamState:
-        return StreamState(params=params, admission=admission)
+        """The local copy's tables, or empty ones (consumer/cluster_load.py)."""
+        return self.local.begin(params, admission)
 
     def offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         """The stored offsets, once every journal pending on `partitions` is applied."""
@@ -183,6 +192,8 @@ class ClusterStateStore:
             raise OutcomeUnknown.of(exc) from exc
         self.done.difference_update(done)
         journals = sorted((int(pending[k]), pending[k + 1]) for k in range(0, len(pending), 2))
+        if journals:  # another process's writes: the local copy may lack them
+            self.local.forget()
         for seq, journal in journals:
             self.apply(seq, unpack(journal))
             self.done.add(seq)
@@ -216,46 +227,21 @@ class ClusterBatch:
         self.stored = stored
         self.token = uuid.uuid4().hex
         self.finished = False
+        self.warm = False  # the batch folds over the local copy's tables
 
     def offsets(self) -> dict[int, int]:
         return dict(self.stored)
 
     def abort(self) -> None:
         self.finished = True
+        self.store.forget()  # the fold changed the held tables in place: they may be ahead
 
     def load(self, state: StreamState, user_items: dict[str, set[str]], items: set[str]) -> Loaded:
-        """Read what the batch touches: one non-transactional pipeline (split by node)."""
-        store = self.store
-        users, item_list = list(user_items), list(items)
-        missing_meta = [i for i in item_list if i not in store.meta_cache]
-        asked = [(u, sorted(user_items[u])) for u in users if user_items[u]]
-        pipe = store.client.pipeline(transaction=False)
-        for user in users:
-            pipe.hgetall(keys.user_key(user))
-        for user, its in asked:
-            pipe.smismember(keys.user_items_key(user), its)
-        for user in users:
-            pipe.get(keys.user_recent_ids_key(user))
-        for item in item_list:
-            pipe.hgetall(keys.item_key(item))
-        for item in missing_meta:
-            pipe.hgetall(keys.item_meta_key(item))
         try:
-            replies = iter(pipe.execute())
+            loaded, self.warm = cluster_load.load(self.store, state, user_items, items)
         except CLUSTER_TROUBLE as exc:
             raise OutcomeUnknown.of(exc) from exc
-        user_raws = [next(replies) for _ in users]
-        members = {
-            u: {i for i, hit in zip(its, next(replies), strict=True) if hit} for u, its in asked
-        }
-        recent = [decode_recent_ids(next(replies)) for _ in users]
-        item_raws = [next(replies) for _ in item_list]
-        for item in missing_meta:
-            raw = next(replies)
-            store.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
-        return fill_tables(
-            state, users, user_raws, members, recent, item_list, item_raws, store.meta_cache
-        )
+        return loaded
 
     def commit(self, writes: BatchWrites) -> None:
         """The commit call (CAS on every partition of the batch, counters, journal), then
@@ -293,6 +279,11 @@ class ClusterBatch:
         except (*REDIS_DOWN, *CLUSTER_TROUBLE) as exc:  # committed: recovery applies the rest
             raise OutcomeUnknown.of(exc) from exc
         store.done.add(seq)
+        if self.warm:  # what the batch wrote is what the held tables were folded to
+            for user, fields in writes.user_states.items():
+                blob = fields[STATE_FIELD]
+                store.local.committed[user] = blob if isinstance(blob, bytes) else blob.encode()
+            store.local.shards.absorb()
         if writes.publish is not None:
             with contextlib.suppress(*REDIS_DOWN, *CLUSTER_TROUBLE):  # at most once
                 store.client.publish(keys.scores_channel(store.topic), writes.publish)

@@ -105,11 +105,11 @@ class StreamConsumer:
             socket_connect_timeout=min(settings.redis_socket_timeout_s, 2.0),
             retry=Retry(NoBackoff(), 1),
         )
+        local = LocalState(settings.local_state_users, settings.local_state_items)
         self.store: StateStore
         if isinstance(self.redis, RedisCluster):  # issue 17: per-key guards, no MULTI/EXEC
-            self.store = ClusterStateStore(self.redis, self.topic, settings.session_ttl_s)
+            self.store = ClusterStateStore(self.redis, self.topic, settings.session_ttl_s, local)
         else:
-            local = LocalState(settings.local_state_users, settings.local_state_items)
             self.store = RedisStateStore(self.redis, self.topic, settings.session_ttl_s, local)
         self.ownership_changed = True  # re-ask whether we hold every partition
         self.scorer = BatchScorer(load_scorers(settings.rules_file), settings.log_features)

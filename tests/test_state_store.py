@@ -50,14 +50,20 @@ class Subject:
 LOCAL_COPY = {"redis": None, "redis+local": (1000, 1000), "redis+small-local": (3, 5)}
 
 
-@pytest.fixture(params=["memory", *LOCAL_COPY, pytest.param("cluster", marks=pytest.mark.stack)])
+#: The Redis Cluster store (tests/test_cluster_store.py starts the cluster), the same way.
+CLUSTER = {"cluster": None, "cluster+local": (1000, 1000), "cluster+small-local": (3, 5)}
+
+
+@pytest.fixture(
+    params=["memory", *LOCAL_COPY, *(pytest.param(c, marks=pytest.mark.stack) for c in CLUSTER)]
+)
 def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
     if request.param == "memory":
         memory = MemoryStateStore()
         yield Subject(memory, memory.meta.update)
         return
     settings: Settings = request.getfixturevalue("settings")  # a claimed, emptied database
-    if request.param == "cluster":  # a 3-master Redis Cluster (tests/test_cluster_store.py)
+    if request.param in CLUSTER:  # a 3-master Redis Cluster
         settings = request.getfixturevalue("on_cluster")
     client = connect(settings)
 
@@ -65,12 +71,12 @@ def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
         for item, m in meta.items():
             client.hset(keys.item_meta_key(item), mapping=m.to_hash())
 
+    room = {**LOCAL_COPY, **CLUSTER}[request.param]
+    store: RedisStateStore | ClusterStateStore
     if isinstance(client, RedisCluster):
-        yield Subject(ClusterStateStore(client, settings.events_topic, 3600), put_meta)
-        client.close()
-        return
-    room = LOCAL_COPY[request.param]
-    store = RedisStateStore(client, settings.events_topic, 3600, LocalState(*room or (0, 0)))
+        store = ClusterStateStore(client, settings.events_topic, 3600, LocalState(*room or (0, 0)))
+    else:
+        store = RedisStateStore(client, settings.events_topic, 3600, LocalState(*room or (0, 0)))
     store.own(True)  # as a consumer that holds every partition
     yield Subject(store, put_meta)
     client.close()

@@ -1,0 +1,81 @@
+"""A Cluster batch's reads: what it touches, in one non-transactional pipeline (the client
+splits it by node), or, over the local copy's tables (consumer/local_state.py), only what they
+lack, as consumer/store.py reads one node.
+
+The local copy is as safe on a Cluster as on one node: it is kept only while this consumer
+holds every partition, so nobody else writes what it reads; it is dropped at every assignment
+and revocation, every aborted batch (a fence, an unknown commit outcome) and whenever a batch's
+first call applies a journal this process did not write (consumer/cluster_store.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from consumer.state_store import Loaded, fill_tables
+from consumer.store import decode_recent_ids
+from features import keys
+from features.items import ItemMeta
+from features.state_codec import load_packed_user
+from features.stream import StreamState
+
+if TYPE_CHECKING:
+    from consumer.cluster_store import ClusterStateStore
+
+
+def load(
+    store: ClusterStateStore, state: StreamState, user_items: dict[str, set[str]], items: set[str]
+) -> tuple[Loaded, bool]:
+    """Fill `state` with the users, their memberships of the batch's items, and the items the
+    batch touches; returns what was loaded and whether `state` is the local copy's tables."""
+    local = store.local
+    warm = local.holds(state)
+    users, item_list = list(user_items), list(items)
+    read_users = [u for u in users if u not in local.committed] if warm else users
+    read_items = [i for i in item_list if i not in local.shards.items] if warm else item_list
+    missing_meta = [i for i in item_list if i not in store.meta_cache]
+    asked = [(u, sorted(user_items[u])) for u in read_users if user_items[u]]
+    if local.trusted:  # the whole sets are read instead
+        asked = []
+    pipe = store.client.pipeline(transaction=False)
+    for user in read_users:
+        pipe.hgetall(keys.user_key(user))
+    if local.trusted:  # the whole set: the tables keep it
+        for user in read_users:
+            pipe.smembers(keys.user_items_key(user))
+    for user, its in asked:
+        pipe.smismember(keys.user_items_key(user), its)
+    for user in read_users:
+        pipe.get(keys.user_recent_ids_key(user))
+    for item in read_items:
+        pipe.hgetall(keys.item_key(item))
+    for item in missing_meta:
+        pipe.hgetall(keys.item_meta_key(item))
+    replies = iter(pipe.execute())
+    user_raws = [next(replies) for _ in read_users]
+    if local.trusted:
+        members = {u: {m.decode() for m in next(replies)} for u in read_users}
+    else:
+        members = {
+            u: {i for i, hit in zip(its, next(replies), strict=True) if hit} for u, its in asked
+        }
+    recent = [decode_recent_ids(next(replies)) for _ in read_users]
+    item_raws = [next(replies) for _ in read_items]
+    for item in missing_meta:
+        raw = next(replies)
+        store.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
+    if not warm:
+        memberships = {u: user_items[u] & members.get(u, set()) for u in users}
+        loaded = fill_tables(
+            state, users, user_raws, memberships, recent, item_list, item_raws, store.meta_cache
+        )
+        return loaded, False
+    tables = state.tables  # the held tables: add what was read (abort drops all of it)
+    tables.meta = store.meta_cache
+    for user, raw, ids in zip(read_users, user_raws, recent, strict=True):
+        local.committed[user] = load_packed_user(tables, user, raw)
+        tables.user_items[user] = members[user]
+        state.recent[user] = ids
+    totals, present = local.shards.extend(read_items, item_raws)
+    tables.set_item_states(read_items, totals, present)
+    return Loaded({u: local.committed[u] for u in users}, local.shards), True
