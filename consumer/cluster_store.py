@@ -195,7 +195,10 @@ class ClusterStateStore:
         if journals:  # another process's writes: the local copy may lack them
             self.local.forget()
         for seq, journal in journals:
-            self.apply(seq, unpack(journal))
+            try:
+                self.apply(seq, unpack(journal))
+            except CLUSTER_TROUBLE as exc:
+                raise OutcomeUnknown.of(exc) from exc
             self.done.add(seq)
         return {p: int(v) for p, v in zip(parts, stored, strict=True)}
 
