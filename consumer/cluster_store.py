@@ -57,7 +57,7 @@ from consumer import cluster_load
 from consumer.cluster_journal import APPLY_LUA, SlotCall, pack, slot_calls, unpack
 from consumer.local_state import LocalState
 from consumer.state_store import BatchWrites, Fenced, Loaded
-from consumer.store import REDIS_DOWN, OutcomeUnknown
+from consumer.store import CLUSTER_TROUBLE, REDIS_DOWN, OutcomeUnknown
 from features import keys
 from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams
@@ -65,12 +65,6 @@ from features.items import ItemMeta
 from features.state_codec import STATE_FIELD
 from features.stream import StreamState
 
-#: A Cluster that cannot serve a slot right now (failover, resharding): an outage to wait out.
-CLUSTER_TROUBLE: tuple[type[Exception], ...] = (
-    redis.exceptions.ClusterError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.SlotNotCoveredError,
-)
 KILL_HOOK = "ENGAGE_TEST_CLUSTER_KILL"
 
 # KEYS: progress hash, journal hash. ARGV: n, n journal numbers done (deleted first), then the
@@ -266,7 +260,7 @@ class ClusterBatch:
         keys_ = [store.progress_key, store.stats_key, store.journal_key]
         try:
             reply = COMMIT(store.client, [3, *keys_, *argv])
-        except (*REDIS_DOWN, *CLUSTER_TROUBLE) as exc:  # it may have landed: the retry knows
+        except REDIS_DOWN as exc:  # it may have landed: the retry knows
             raise OutcomeUnknown.of(exc) from exc
         store.done.difference_update(done)
         if reply[0] == 0:
@@ -279,7 +273,7 @@ class ClusterBatch:
             kill_after = store.kill[1]
         try:
             store.apply(seq, calls, kill_after)
-        except (*REDIS_DOWN, *CLUSTER_TROUBLE) as exc:  # committed: recovery applies the rest
+        except REDIS_DOWN as exc:  # committed: recovery applies the rest
             raise OutcomeUnknown.of(exc) from exc
         store.done.add(seq)
         if self.warm:  # what the batch wrote is what the held tables were folded to
@@ -288,5 +282,5 @@ class ClusterBatch:
                 store.local.committed[user] = blob if isinstance(blob, bytes) else blob.encode()
             store.local.shards.absorb()
         if writes.publish is not None:
-            with contextlib.suppress(*REDIS_DOWN, *CLUSTER_TROUBLE):  # at most once
+            with contextlib.suppress(*REDIS_DOWN):  # at most once
                 store.client.publish(keys.scores_channel(store.topic), writes.publish)

@@ -63,7 +63,7 @@ def consume(
     """Consume events: exactly-once aggregates in Redis, rule and model scores out."""
 
     from consumer.runner import StreamConsumer
-    from engage.redis_client import consumer_refusal, refused
+    from engage.redis_client import CLUSTER_NODE, plain_url_names_a_cluster, refused
     from scoring.rules import RulesError, load_scorers
 
     settings = get_settings()
@@ -88,7 +88,7 @@ def consume(
         start_http_server(port, addr="127.0.0.1")
     # A Cluster named as such gets the Cluster store (consumer/cluster_store.py, issue 17); a
     # plain URL naming a Cluster node would fail on its first key of another node: say so.
-    if not settings.redis_is_cluster and consumer_refusal(settings) is not None:
+    if plain_url_names_a_cluster(settings):
         raise fail(CLUSTER_NODE, EXIT_BAD_INPUT)
     refusal = refused(settings)  # a wrong password is not an outage to wait out
     if refusal is not None:
@@ -119,12 +119,6 @@ def consume(
         from consumer.progress import summary_table
 
         stdout().print(summary_table(result))
-
-
-CLUSTER_NODE = (
-    "this Redis is a node of a Redis Cluster: point the consumer at the Cluster with a "
-    "redis+cluster:// URL (or ENGAGE_REDIS_CLUSTER=true), which it runs on (issue 17)"
-)
 
 
 def _progress_line(runner: StreamConsumer, show: bool) -> ProgressLine | None:

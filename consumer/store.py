@@ -24,8 +24,19 @@ from features.items import ItemMeta
 from features.state_codec import STATE_FIELD, load_packed_user
 from features.stream import StreamState
 
-#: What a Redis outage looks like to redis-py callers (refused, reset, timed out, loading).
-REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+#: A Cluster that cannot serve a slot right now (failover, resharding): an outage to wait out.
+CLUSTER_TROUBLE: tuple[type[Exception], ...] = (
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
+#: What a Redis outage looks like to redis-py callers (refused, reset, timed out, loading, and
+#: on a Cluster a slot nobody serves).
+REDIS_DOWN: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    *CLUSTER_TROUBLE,
+)
 
 
 def waitable(exc: BaseException) -> bool:

@@ -6,8 +6,9 @@ files verify the server (CA) and identify the client (mutual TLS).
 
 A Redis Cluster (`ENGAGE_REDIS_CLUSTER=true`, or a `redis+cluster://` / `rediss+cluster://`
 URL) gets a `redis.cluster.RedisCluster` with the same options: it follows MOVED/ASK
-redirects and splits non-transactional pipelines by node. The consumer still needs one node
-(its batch is one MULTI/EXEC across slots): `consumer_refusal` says so before it starts.
+redirects and splits non-transactional pipelines by node; the consumer then keeps its state
+with `consumer.cluster_store`. A plain URL that names a Cluster node would fail on its first
+key of another node (MOVED): `plain_url_names_a_cluster` lets the consumer say so first.
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from engage.settings import Settings
 #: non-transactional pipelines); multi-key commands go through `mget` below.
 Client: TypeAlias = redis.Redis | RedisCluster
 
-CONSUMER_ON_CLUSTER = (
-    "the consumer does not run on Redis Cluster yet: issue 17 (its batch commits state and "
-    "offsets of many hash slots in one MULTI/EXEC). Reads (score, top, the API, stats) and "
-    "replay work on a Cluster; consume against a single Redis node."
+CLUSTER_NODE = (
+    "this Redis is a node of a Redis Cluster: point the consumer at the Cluster with a "
+    "redis+cluster:// URL (or ENGAGE_REDIS_CLUSTER=true)"
 )
 
 
@@ -88,19 +88,18 @@ def mget(client: Client, keys: list[str]) -> list[bytes | None]:
     return list(client.mget(keys))
 
 
-def consumer_refusal(settings: Settings) -> str | None:
-    """Why the consumer must not start on this Redis (a Cluster, named by the settings or
-    found behind a plain URL: its first write would fail with MOVED), else None."""
+def plain_url_names_a_cluster(settings: Settings) -> bool:
+    """Whether settings that do not say Cluster point at a node of one (INFO cluster)."""
     if settings.redis_is_cluster:
-        return CONSUMER_ON_CLUSTER
+        return False
     client = connect(settings, socket_timeout=2.0, socket_connect_timeout=2.0)
     try:
         enabled = client.info("cluster").get("cluster_enabled")
     except (redis.RedisError, OSError):
-        return None  # down or refusing: the consumer's own start-up checks say which
+        return False  # down or refusing: the consumer's own start-up checks say which
     finally:
         client.close()
-    return CONSUMER_ON_CLUSTER if enabled in (1, "1") else None
+    return enabled in (1, "1")
 
 
 def refused(settings: Settings, timeout_s: float = 2.0) -> redis.ConnectionError | None:

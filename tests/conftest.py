@@ -49,7 +49,10 @@ SERVER_FIXTURES = frozenset(
 )
 #: Parametrised fixtures that reach the servers only for some parameters, through
 #: request.getfixturevalue (invisible to the fixture closure): (module, fixture, parameter).
-SERVER_PARAMS = frozenset({("test_state_store.py", "subject", "redis")})
+SERVER_PARAMS = frozenset(
+    ("test_state_store.py", "subject", store)
+    for store in ("redis", "redis+local", "redis+small-local")
+)
 
 
 #: Tests that need no server but take many seconds (real MovieLens, training, backtests,

@@ -1,6 +1,7 @@
 """Redis Cluster (issue 17, item 3): the client, replay's item metadata, the read side (score,
 top, the API, stats) and the stack's local cluster, against real 3-master clusters of
-redis-server processes; the consumer refuses to start there with one clear line."""
+redis-server processes; a plain URL naming a Cluster node is refused with one clear line (the
+consumer on a Cluster: tests/test_cluster_store.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from redis.cluster import RedisCluster
 
 from consumer.runner import StreamConsumer
 from engage.api import create_app
-from engage.redis_client import CONSUMER_ON_CLUSTER, connect
+from engage.redis_client import CLUSTER_NODE, connect
 from engage.settings import Settings
 from engage.stack.redis_cluster import RedisClusterServers
 from features import keys
@@ -163,9 +164,8 @@ def copy_database(source: redis.Redis, target: RedisCluster) -> int:
 def test_reads_on_the_cluster_equal_the_single_node(
     settings: Settings, on_cluster: Settings, tmp_path: Path
 ):
-    """The consumer scores a small log on one node (it cannot write to a cluster yet), with a
-    model; its whole output is copied into the cluster; every read answers there as on the
-    node."""
+    """The consumer scores a small log on one node, with a model; its whole output is copied
+    into the cluster; every read answers there as on the node."""
     settings = settings.model_copy(update={"data_dir": tmp_path})
     on_cluster = on_cluster.model_copy(update={"data_dir": tmp_path})
     _register_model(settings)
@@ -220,18 +220,14 @@ def test_reads_on_the_cluster_equal_the_single_node(
         assert posted.status_code == 200 and posted.json()["user_id"] == "user0"
 
 
-def test_the_consumer_refuses_a_cluster_with_one_clear_line(on_cluster: Settings):
+def test_a_plain_url_naming_a_cluster_node_is_one_clear_line(on_cluster: Settings):
+    """Named as a Cluster, the consumer runs there (tests/test_cluster_store.py); a plain URL
+    that happens to name a Cluster node is refused before its first MOVED."""
     node_url = on_cluster.redis_url.replace("redis+cluster://", "redis://")
-    for env in (
-        {},
-        {"ENGAGE_REDIS_URL": node_url, "ENGAGE_REDIS_CLUSTER": "true"},
-        {"ENGAGE_REDIS_URL": node_url},
-    ):  # fmt: skip  (the last: found by INFO)
-        result = engage(on_cluster, "consume", "--idle-exit", "1", **env)
-        assert result.returncode == 2, (env, result.stderr)
-        assert "the consumer does not run on Redis Cluster yet: issue 17" in result.stderr
-        assert "Traceback" not in result.stderr and "MOVED" not in result.stderr
-    assert CONSUMER_ON_CLUSTER.startswith("the consumer does not run on Redis Cluster yet")
+    result = engage(on_cluster, "consume", "--idle-exit", "1", ENGAGE_REDIS_URL=node_url)
+    assert result.returncode == 2, result.stderr
+    assert CLUSTER_NODE in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr and "MOVED" not in result.stderr
 
 
 def test_stack_up_redis_cluster_records_reuses_and_stops_its_nodes(
