@@ -204,8 +204,14 @@ class RedisBatch:
             cmds.add("EXPIRE", key, ttl)
         for (user, session), fields in writes.sessions.items():
             cmds.add_mapping("HSET", keys.session_key(user, session), fields)
+        by_shard: dict[str, tuple[list[str], list[bytes]]] = {}  # an item's partitions' shards
         for item, shards in writes.item_shards.items():
-            cmds.add_mapping("HSET", keys.item_key(item), shards)
+            for shard, blob in shards.items():
+                item_keys, blobs = by_shard.setdefault(shard, ([], []))
+                item_keys.append(keys.item_key(item))
+                blobs.append(blob)
+        for shard, (item_keys, blobs) in by_shard.items():
+            cmds.add_each("HSET", item_keys, shard, blobs)
         for user, fields in writes.scores.items():
             cmds.add_mapping("HSET", keys.user_score_key(user), fields)
         pipe.multi()

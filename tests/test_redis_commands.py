@@ -1,0 +1,44 @@
+"""consumer/redis_commands.py: a CommandList runs exactly the commands it names, in order, one
+reply per key, including EACH entries (one command over many keys with a shared argument)."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from consumer.redis_commands import CommandList
+
+
+@pytest.mark.stack
+def test_commands_and_each_entries_run_in_order_with_one_reply_per_key(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.hset("h:{1}", "p0", b"old")
+    cmds = CommandList()
+    cmds.add("SET", "s:{1}", "a")
+    cmds.add_each("HSET", ["h:{1}", "h:{2}", "h:{3}"], "p0", [b"one", b"\x00two", b"three"])
+    cmds.add("HGETALL", "h:{2}")
+    cmds.add_each("HSET", ["h:{2}"], "p1", [b"four"])
+    cmds.add("GET", "missing:{1}")
+    cmds.add_mapping("HSET", "h:{3}", {"p1": b"five", "p2": b"six"})
+    cmds.add("HGETALL", "h:{3}")
+    replies = cmds.run(redis_client)
+    assert len(replies) == len(cmds) == 9
+    assert replies[:4] == [b"OK", 0, 1, 1]  # p0 of h:{1} existed: 0 fields added
+    assert replies[4] == [b"p0", b"\x00two"]
+    assert replies[5:8] == [1, None, 2]
+    assert dict(zip(replies[8][::2], replies[8][1::2], strict=True)) == {
+        b"p0": b"three", b"p1": b"five", b"p2": b"six"
+    }  # fmt: skip
+    assert redis_client.hgetall("h:{1}") == {b"p0": b"one"}
+    assert redis_client.hgetall("h:{2}") == {b"p0": b"\x00two", b"p1": b"four"}
+
+
+def test_each_needs_a_value_per_key_and_a_known_command() -> None:
+    cmds = CommandList()
+    with pytest.raises(ValueError, match="one value per key"):
+        cmds.add_each("HSET", ["a", "b"], "f", [b"1"])
+    with pytest.raises(ValueError, match="FLUSHALL"):
+        cmds.add_each("FLUSHALL", ["a"], "f", [b"1"])
+    cmds.add_each("HSET", [], "f", [])
+    assert len(cmds) == 0 and cmds.argv == []
