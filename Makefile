@@ -71,6 +71,13 @@ clean: stack-down
 
 # The README's data-flow diagram: docs/dataflow.png rendered from its text source
 # docs/dataflow.dot (needs Graphviz: apt-get install graphviz).
-.PHONY: docs
+.PHONY: docs docs-dashboard
 docs:
 	dot -Tpng -Gdpi=100 docs/dataflow.dot -o docs/dataflow.png
+
+# The README's dashboard image: docs/dashboard.png from a short MovieLens run in its own
+# namespace (fresh topics, Redis database 11, a model trained into a temporary folder unless
+# ENGAGE_DATA_DIR holds one), on the running Kafka and Redis; needs chromium and
+# chromium-driver. See docs/make_dashboard_png.py.
+docs-dashboard: $(STAMP)
+	$(BIN)/python docs/make_dashboard_png.py $(DASHBOARD_ARGS)
