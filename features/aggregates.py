@@ -61,7 +61,6 @@ YEAR_CENTER = 2000
 class Applied:
     """What applying one event produced besides the mutated user state."""
 
-    session_id: str
     closed_session: tuple[str, State] | None  # the session this event closed, if any
     item_delta: dict[str, float]  # atomic increments for the shared item hash
     new_item: bool
@@ -239,7 +238,7 @@ def apply_event(
             item_delta["r_sum"] = rating
             item_delta["r_sq"] = rating * rating
             item_delta["rater"] = round(rater_mean * ITEM_SUM_QUANTUM) / ITEM_SUM_QUANTUM
-    return Applied(str(user["cs_id"]), closed, item_delta, new_item)
+    return Applied(closed, item_delta, new_item)
 
 
 def apply_item_delta(item: State, delta: dict[str, float]) -> None:

@@ -250,17 +250,16 @@ def _grow(table: np.ndarray, size: int | None = None, fill: int = 0) -> np.ndarr
 class FoldOutput:
     """What `fold` produced for its n events (rows in event order).
 
-    Strings are interned per call: `session_code`, `closed_code` and `session_ids` index
-    `strings`. Item deltas are in `fold_layout.ITEM_FIELDS` order with a mask of the fields the
-    event's `Applied.item_delta` has; `item_deltas` are their per-item sums over the call,
-    accumulated in event order from 0.0 (as consumer/batch.py sums them), for `item_ids`.
+    Strings are interned per call: `closed_code` and `session_ids` index `strings`. Item
+    deltas are in `fold_layout.ITEM_FIELDS` order with a mask of the fields the event's
+    `Applied.item_delta` has; `item_deltas` are their per-item sums over the call, accumulated
+    in event order from 0.0 (as consumer/batch.py sums them), for `item_ids`.
     `sessions` are the session_fields of each touched user's current session at the end.
     """
 
     before: np.ndarray  # float64 (n, len(INTERACTION_FEATURES)): the state before each event
     after: np.ndarray  # float64 (n, len(PROPENSITY_FEATURES)): the state right after
     strings: list[str]
-    session_code: np.ndarray  # int64 (n,): Applied.session_id
     closed: np.ndarray  # bool (n,): the event closed a session
     closed_code: np.ndarray  # int64 (n,): its id (-1 if none)
     closed_fields: np.ndarray  # float64 (n, len(SESSION_FIELDS)): its session_fields
@@ -276,10 +275,7 @@ class FoldOutput:
     item_deltas_set: np.ndarray  # bool (len(item_ids), len(ITEM_FIELDS))
 
     def __len__(self) -> int:
-        return len(self.session_code)
-
-    def session_id(self, i: int) -> str:
-        return self.strings[int(self.session_code[i])]
+        return len(self.closed)
 
     def closed_session(self, i: int) -> tuple[str, State] | None:
         if not self.closed[i]:
@@ -293,10 +289,7 @@ class FoldOutput:
 
     def applied(self, i: int) -> Applied:
         """Event i's `Applied`, as `apply_event` returned it."""
-        return Applied(
-            self.session_id(i), self.closed_session(i), self.item_delta_dict(i),
-            bool(self.new_item[i]),
-        )  # fmt: skip
+        return Applied(self.closed_session(i), self.item_delta_dict(i), bool(self.new_item[i]))
 
     def item_deltas_dict(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -328,7 +321,6 @@ def fold(
     strings = list(cols.codes)
     before = np.zeros((n, L.N_INTERACTION), dtype=np.float64)
     after = np.zeros((n, L.N_PROPENSITY), dtype=np.float64)
-    session_code = np.full(n, -1, dtype=np.int64)
     closed = np.zeros(n, dtype=np.bool_)
     closed_code = np.full(n, -1, dtype=np.int64)
     closed_fields = np.zeros((n, _N_SESSION), dtype=np.float64)
@@ -348,7 +340,7 @@ def fold(
             L.USER_COLS, L.ITEM_COLS, L.consts(params, NEUMAIER_SUM), L.RATING_CODE,
             L.TYPE_COLS, L.TYPE_STEP, L.COUNT_COLS, L.GC_COLS, L.GE_COLS, L.GR_COLS,
             L.EE_COLS, L.EE_ALPHA, L.ER_COLS, L.ER_ALPHA,
-            before, after, session_code, closed, closed_code, closed_fields,
+            before, after, closed, closed_code, closed_fields,
             delta, delta_set, new_item, acc, acc_set,
         )  # fmt: skip
     session_ids = [strings[c] for c in ucode.tolist()]
@@ -358,7 +350,6 @@ def fold(
         before=before,
         after=after,
         strings=strings,
-        session_code=session_code,
         closed=closed,
         closed_code=closed_code,
         closed_fields=closed_fields,
@@ -655,7 +646,7 @@ def _kernel(
     ev_sid, ev_new_id, ev_seen, ctx, ucode,
     C, IC, K, rating_code, type_cols, type_step, count_cols, gc_cols, ge_cols, gr_cols,
     ee_cols, ee_alpha, er_cols, er_alpha,
-    before, after, session_code, closed, closed_code, closed_fields,
+    before, after, closed, closed_code, closed_fields,
     delta, delta_set, new_item, acc, acc_set,
 ):  # fmt: skip
     n_user = 31 + len(ee_cols) + len(er_cols) + 4  # N_USER_FEATURES
@@ -820,7 +811,6 @@ def _kernel(
                     acc_set[il, c] = True
 
         # propensity_vector on the state after the event
-        session_code[e] = current
         cont = _continues(U, r, C, K, current, sid, ts)
         _user_values(
             U, r, C, K, count_cols, ee_cols, ee_alpha, er_cols, er_alpha, ts, cont, after, e

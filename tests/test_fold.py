@@ -56,7 +56,7 @@ def exact(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [exact(v) for v in value]
     if isinstance(value, Applied):
-        return exact((value.session_id, value.closed_session, value.item_delta, value.new_item))
+        return exact((value.closed_session, value.item_delta, value.new_item))
     raise TypeError(type(value))
 
 
