@@ -14,6 +14,7 @@ from rich.table import Table
 
 from engage.cli_support import (
     EXIT_BAD_INPUT,
+    EXIT_FAILURE,
     EXIT_SERVICES_DOWN,
     check_database_topic,
     console,
@@ -62,7 +63,7 @@ def consume(
 ) -> None:
     """Consume events: exactly-once aggregates in Redis, rule and model scores out."""
 
-    from consumer.runner import StreamConsumer
+    from consumer.runner import OutputRefused, StreamConsumer
     from engage.redis_client import CLUSTER_NODE, plain_url_names_a_cluster, refused
     from scoring.rules import RulesError, load_scorers
 
@@ -103,6 +104,8 @@ def consume(
             summary = runner.run(idle_exit_s=idle_exit, max_events=max_events, on_batch=on_batch)
     except redis.ConnectionError as exc:  # gave up waiting (redis_retry_give_up_s), or refused
         raise fail(f"Redis at {settings.redis_url}: {exc}", EXIT_SERVICES_DOWN) from exc
+    except OutputRefused as exc:  # permanent: waiting or restarting cannot fix it
+        raise fail(f"{exc}; nothing of the batch was committed", EXIT_FAILURE) from None
     result = {
         "processed": summary.processed,
         "dead_lettered": summary.dead_lettered,

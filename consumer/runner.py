@@ -77,6 +77,15 @@ class OutputFailed(Exception):
     """A score or dead letter of the batch was not acknowledged: the batch must not commit."""
 
 
+class OutputRefused(OutputFailed):
+    """Kafka refused an output for good (too large, not authorised, an invalid topic):
+    sending it again cannot succeed, so the consumer stops, the batch not committed."""
+
+    def __init__(self, topic: str | None, why: str, cause: BaseException) -> None:
+        super().__init__(f"Kafka refused output to topic {topic or '(unknown)'}: {why} ({cause})")
+        self.topic, self.why, self.cause = topic, why, cause
+
+
 class _Highwaters:
     """consumer/metrics.py asks `highwater(TopicPartition)`; the transport takes partitions."""
 
@@ -307,7 +316,7 @@ class StreamConsumer:
                     try:
                         self._handle(records, summary)
                     except (*REDIS_DOWN, OutputFailed) as exc:
-                        if not waitable(exc):
+                        if isinstance(exc, OutputRefused) or not waitable(exc):
                             raise
                         # The batch did not commit, or we cannot know: nothing after it may
                         # be applied until the positions are re-read from Redis.
@@ -396,6 +405,10 @@ class StreamConsumer:
                 self.out.send(self.settings.dead_letter_topic, d.value, d.key, d.headers())
             failed = self.out.flush()  # every output acknowledged (acks=all) or failed
             if failed:  # e.g. the broker stayed down past kafka_delivery_timeout_ms
+                for failure in failed:  # a permanent refusal stops the consumer
+                    if (why := transport.refusal(failure)) is not None:
+                        topic = getattr(failure, "topic", None)
+                        raise OutputRefused(topic, why, getattr(failure, "cause", failure))
                 sent = len(scored.messages) + len(dead)
                 raise OutputFailed(f"{len(failed)} of {sent} outputs: {failed[0]}")
             batch.commit(scored.writes)

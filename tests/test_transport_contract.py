@@ -24,7 +24,7 @@ import redis
 from kafka.admin import NewTopic
 from kafka.partitioner.default import murmur2
 
-from consumer.runner import StreamConsumer
+from consumer.runner import OutputRefused, StreamConsumer
 from engage import kafka_clients, transport
 from engage.settings import Settings
 from features import keys
@@ -243,36 +243,80 @@ def test_a_refused_delivery_comes_back_from_flush(own: Settings) -> None:
         out.close()
 
 
+def retriable_failure(settings: Settings) -> Exception:
+    """A delivery failure that may pass when sent again, as this client reports it."""
+    if settings.kafka_client == "confluent":
+        from confluent_kafka import KafkaError, KafkaException
+
+        cause: Exception = KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
+    else:
+        from kafka.errors import NotLeaderForPartitionError
+
+        cause = NotLeaderForPartitionError()
+    return transport.DeliveryFailed(settings.scores_topic, cause)
+
+
+def nothing_committed(settings: Settings) -> bool:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        offsets = client.keys(keys.offset_key(settings.events_topic, 0).removesuffix("0") + "*")
+        return client.hgetall(keys.stats_key(settings.events_topic)) == {} and not offsets
+    finally:
+        client.close()
+
+
 @pytest.mark.stack
+@pytest.mark.parametrize("failure", ["retriable", "permanent"])
 def test_a_failed_score_delivery_never_commits_the_batch(
-    own: Settings, caplog: pytest.LogCaptureFixture
+    own: Settings, failure: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The runner sees the failed flush as OutputFailed: no state, no offsets, it retries."""
-    small_topic(own, own.scores_topic, 64)  # every score message is larger
+    """The runner sees a failed flush as OutputFailed: no state, no offsets. A failure that
+    may pass (here: not the leader, twice) is retried until the batch commits; a permanent
+    refusal (every score message larger than the topic's max.message.bytes) stops the
+    consumer with OutputRefused naming the topic and the cause, nothing committed."""
+    if failure == "permanent":
+        small_topic(own, own.scores_topic, 64)  # every score message is larger
     events, genres = make_log(n_users=4, events_per_user=10)
     publish_log(own, events, genres)
     consumer = StreamConsumer(own, group=f"fail-{own.events_topic}")
     caplog.set_level(logging.WARNING, logger="engage.consumer")
+    flushes: list[bool] = []  # per failed flush: whether nothing was committed at that point
+    real_flush = consumer.out.flush
 
-    def stop_after_two_failures() -> None:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            failed = [r for r in caplog.records if "interrupted (OutputFailed" in r.getMessage()]
-            if len(failed) >= 2:
-                break
+    def flush() -> list[Exception]:
+        failed = real_flush()
+        if failure == "retriable" and len(flushes) < 2:
+            flushes.append(nothing_committed(own))
+            failed = [*failed, retriable_failure(own)]
+        return failed
+
+    consumer.out.flush = flush  # type: ignore[method-assign]
+    batches: list[object] = []
+
+    def stop_after(seconds: float) -> None:  # a consumer that never ends fails, not hangs
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not consumer.stopping:
             time.sleep(0.1)
         consumer.stopping = True
 
-    watcher = threading.Thread(target=stop_after_two_failures, daemon=True)
-    watcher.start()
-    summary = consumer.run()
-    watcher.join()
-    failed = [r.getMessage() for r in caplog.records if "OutputFailed" in r.getMessage()]
-    assert len(failed) >= 2, "the failed delivery never surfaced"
-    assert summary.processed == 0 and summary.batches == 0
-    client = redis.Redis.from_url(own.redis_url)
-    assert client.hgetall(keys.stats_key(own.events_topic)) == {}
-    assert not client.keys(keys.offset_key(own.events_topic, 0).removesuffix("0") + "*")
+    threading.Thread(target=stop_after, args=(90,), daemon=True).start()
+    retried = lambda: [r.getMessage() for r in caplog.records if "OutputFailed" in r.getMessage()]  # noqa: E731
+    if failure == "permanent":
+        with pytest.raises(OutputRefused) as refused:
+            consumer.run(on_batch=batches.append)
+        assert refused.value.topic == own.scores_topic
+        assert "too large" in str(refused.value) and own.scores_topic in str(refused.value)
+        assert not consumer.stopping, "the consumer retried a permanent refusal until stopped"
+        assert not retried(), "a permanent refusal was retried"
+        assert batches == []
+        assert nothing_committed(own)
+        return
+    summary = consumer.run(idle_exit_s=5, max_events=len(events), on_batch=batches.append)
+    consumer.stopping = True
+    assert flushes == [True, True], "a batch committed after a failed delivery"
+    assert len(retried()) >= 2, "the failed delivery never surfaced"
+    assert summary.processed == len(events), "the retried batch never committed"
+    assert not nothing_committed(own)
 
 
 # The private broker whose only listener is SASL_PLAINTEXT (SCRAM-SHA-512), as test_security's.

@@ -7,17 +7,27 @@
 from __future__ import annotations
 
 from engage.settings import Settings
-from engage.transport.base import Consumer, Headers, PlainRecord, Producer, Record
+from engage.transport.base import (
+    Consumer,
+    DeliveryFailed,
+    Headers,
+    PlainRecord,
+    Producer,
+    Record,
+)
 
 __all__ = [
     "Consumer",
+    "DeliveryFailed",
     "Headers",
     "PlainRecord",
     "Producer",
     "Record",
     "TransportUnavailable",
     "consumer",
+    "permanent",
     "producer",
+    "refusal",
 ]
 
 
@@ -54,3 +64,24 @@ def producer(settings: Settings, linger_ms: int = 20, batch_bytes: int = 256 * 1
     from engage.transport.kafka_python import KafkaPythonProducer
 
     return KafkaPythonProducer(settings, linger_ms=linger_ms, batch_size=batch_bytes)
+
+
+def refusal(exc: BaseException) -> str | None:
+    """Why Kafka refused a record for good, in words, for a failure `Producer.flush()`
+    returned: a message too large, not authorised, an invalid topic... Sending it again
+    cannot succeed, so the consumer stops. None: a failure that may pass (a timeout, a broker
+    not available, a leader change), to retry as before."""
+    cause = exc.cause if isinstance(exc, DeliveryFailed) else exc
+    module = type(cause).__module__ or ""
+    if module.startswith("kafka."):
+        from engage.transport.kafka_python import refusal as kafka_python_refusal
+
+        return kafka_python_refusal(cause)
+    if module.startswith(("confluent_kafka", "cimpl")):
+        return _confluent().refusal(cause)
+    return None
+
+
+def permanent(exc: BaseException) -> bool:
+    """Whether `exc` (a failure from `Producer.flush()`) is a permanent refusal: `refusal`."""
+    return refusal(exc) is not None

@@ -88,6 +88,31 @@ class Consumer(Protocol):
     def close(self) -> None: ...
 
 
+#: Kafka error codes of a refusal that sending again cannot fix, and what each means. The
+#: broker's codes are the same numbers in kafka-python (`errno`) and librdkafka (`code()`).
+PERMANENT_CODES: dict[int, str] = {
+    10: "message too large for the topic (max.message.bytes) or the request",
+    17: "invalid topic",
+    18: "record batch too large",
+    21: "invalid required acks",
+    29: "not authorised to write to the topic",
+    31: "not authorised by the cluster",
+    43: "message format unsupported by the topic",
+    44: "refused by the broker's policy",
+    53: "transactional id not authorised",
+    87: "invalid record",
+}
+
+
+class DeliveryFailed(Exception):
+    """A record the broker did not take: the topic it was for and the client's own error."""
+
+    def __init__(self, topic: str, cause: BaseException) -> None:
+        super().__init__(f"{topic}: {cause}")
+        self.topic = topic
+        self.cause = cause
+
+
 class Producer(Protocol):
     """Sends records; `flush()` is the delivery confirmation."""
 
@@ -108,7 +133,8 @@ class Producer(Protocol):
 
     def flush(self) -> list[Exception]:
         """Wait until every record sent since the last flush is acknowledged (acks=all) or has
-        failed (after `kafka_delivery_timeout_ms` at most); return the failures."""
+        failed (after `kafka_delivery_timeout_ms` at most); return the failures, each a
+        `DeliveryFailed` when its topic is known (`engage.transport.permanent` sorts them)."""
         ...
 
     def close(self) -> None: ...

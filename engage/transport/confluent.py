@@ -36,7 +36,14 @@ from confluent_kafka import (
 
 from engage import kafka_clients
 from engage.settings import Settings
-from engage.transport.base import Headers, PartitionsCallback, PlainRecord, Record
+from engage.transport.base import (
+    PERMANENT_CODES,
+    DeliveryFailed,
+    Headers,
+    PartitionsCallback,
+    PlainRecord,
+    Record,
+)
 
 log = logging.getLogger("engage.kafka")
 FETCH_MAX_BYTES = 64 * 1024 * 1024
@@ -236,6 +243,18 @@ class ConfluentConsumer:
         self.client.close()
 
 
+def refusal(exc: BaseException) -> str | None:
+    """What a permanent refusal means, in words (librdkafka's codes for the broker's errors
+    are the broker's numbers; a fatal error stops an idempotent producer for good); None for
+    anything that may pass when sent again (timeouts, leader changes...)."""
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    if not isinstance(err, KafkaError):
+        return None
+    if err.code() in PERMANENT_CODES:
+        return PERMANENT_CODES[err.code()]
+    return f"fatal producer error: {err.str()}" if err.fatal() else None
+
+
 class ConfluentProducer:
     def __init__(self, settings: Settings, linger_ms: int = 20, batch_bytes: int = 256 * 1024):
         self._failures: list[Exception] = []
@@ -263,9 +282,9 @@ class ConfluentProducer:
             config["compression.type"] = "none"
             self.client = Producer(config)
 
-    def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self._failures.append(KafkaException(err))
+            self._failures.append(DeliveryFailed(msg.topic() or "?", KafkaException(err)))
 
     def send(
         self,
@@ -284,11 +303,11 @@ class ConfluentProducer:
                 if deadline is None:
                     deadline = now + self._block_s
                 elif now >= deadline:
-                    self._failures.append(exc)
+                    self._failures.append(DeliveryFailed(topic, exc))
                     return
                 self.client.poll(0.05)
             except KafkaException as exc:  # refused at once, e.g. larger than message.max.bytes
-                self._failures.append(exc)
+                self._failures.append(DeliveryFailed(topic, exc))
                 return
 
     def send_batch(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:

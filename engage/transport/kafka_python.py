@@ -13,11 +13,17 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka import __version__ as KAFKA_PYTHON_VERSION
-from kafka.errors import KafkaError
+from kafka.errors import BrokerResponseError, KafkaError
 
 from engage import kafka_clients
 from engage.settings import Settings
-from engage.transport.base import Headers, PartitionsCallback, Record
+from engage.transport.base import (
+    PERMANENT_CODES,
+    DeliveryFailed,
+    Headers,
+    PartitionsCallback,
+    Record,
+)
 from engage.transport.record_batches import append_records, outcome, writes_v2
 
 
@@ -120,6 +126,24 @@ _DIRECT_APPEND_VERSIONS = ("3.0.",)
 _RECORD_OVERHEAD = 128
 
 
+#: How many times a flush is repeated while kafka-python says a future is not done yet.
+_FLUSH_ROUNDS = 16
+
+
+class FatalProducerError(KafkaError):
+    """The idempotent producer is in a fatal state: nothing it sends can succeed again."""
+
+
+def refusal(exc: BaseException) -> str | None:
+    """What a permanent refusal by the broker (or by the client's own size check) means, in
+    words; None for anything that may pass when sent again (timeouts, leader changes...)."""
+    if isinstance(exc, BrokerResponseError):
+        return PERMANENT_CODES.get(exc.errno)
+    if isinstance(exc, FatalProducerError):
+        return f"fatal producer error: {exc}"
+    return None
+
+
 class KafkaPythonProducer:
     """kafka-python's producer; keyed records without headers skip `KafkaProducer.send`.
 
@@ -135,7 +159,7 @@ class KafkaPythonProducer:
 
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         self.client = kafka_clients.producer(settings, **overrides)
-        self._pending: list[Any] = []  # futures since the last flush
+        self._pending: list[tuple[str, Any]] = []  # (topic, future) since the last flush
         self._batches: list[Any] = []  # producer batches send_batch wrote to since then
         self._failures: list[Exception] = []  # sends refused before any future existed
         self._tps: dict[tuple[str, int], TopicPartition] = {}
@@ -162,9 +186,9 @@ class KafkaPythonProducer:
                     topic, value=value, key=key, headers=None if headers is None else list(headers)
                 )
         except KafkaError as exc:  # e.g. KafkaTimeoutError: the buffer stayed full too long
-            self._failures.append(exc)
+            self._failures.append(DeliveryFailed(topic, exc))
             return
-        self._pending.append(future)
+        self._pending.append((topic, future))
 
     def _append(self, topic: str, value: bytes, key: bytes) -> Any:
         """`KafkaProducer.send`'s own steps for a keyed record; None: let `send` do it."""
@@ -213,7 +237,7 @@ class KafkaPythonProducer:
                 self._batches += batches
                 wake = wake or woken
         except (KafkaError, RuntimeError) as exc:  # a closed producer
-            self._failures.append(exc)
+            self._failures.append(DeliveryFailed(topic, exc))
         if wake:
             client._sender.wakeup()
 
@@ -221,17 +245,42 @@ class KafkaPythonProducer:
         pending, self._pending = self._pending, []
         batches, self._batches = list(dict.fromkeys(self._batches)), []
         failures, self._failures = self._failures, []
-        try:
-            self.client.flush()
-        except KafkaError as exc:  # e.g. UnknownError('Future not done'): kafka-python 3.0.12
-            failures.append(exc)  # raises it when a batch was split after MESSAGE_TOO_LARGE
-        for future in pending:
+        for attempt in range(_FLUSH_ROUNDS):
+            try:
+                self.client.flush()
+                break
+            except KafkaError as exc:  # e.g. UnknownError('Future not done'): kafka-python
+                # 3.0.12 raises it when a batch was split after MESSAGE_TOO_LARGE, before the
+                # halves are answered: wait for them too, so the broker's refusal comes back.
+                if attempt == _FLUSH_ROUNDS - 1:
+                    failures.append(exc)
+        for topic, future in pending:
             if future.failed():
-                failures.append(future.exception)
+                failures.append(DeliveryFailed(topic, future.exception))
             elif not future.is_done:  # (only when flush failed)
-                failures.append(TimeoutError("a record is still unacknowledged after flush"))
-        failures += [error for batch in batches if (error := outcome(batch)) is not None]
+                failures.append(
+                    DeliveryFailed(topic, TimeoutError("still unacknowledged after flush"))
+                )
+        failures += [
+            DeliveryFailed(batch.topic_partition.topic, error)
+            for batch in batches
+            if (error := outcome(batch)) is not None
+        ]
+        if failures and not any(refusal(getattr(f, "cause", f)) for f in failures):
+            failures += self._fatal(failures)  # why the batches were aborted
         return failures
+
+    def _fatal(self, failures: list[Exception]) -> list[Exception]:
+        """The error that put the idempotent producer in its fatal state, if it is in one:
+        every later batch is then aborted without a word of why (kafka-python 3.0.12 after a
+        MESSAGE_TOO_LARGE it could not split further), and no send can succeed again."""
+        manager = getattr(getattr(self.client, "_sender", None), "_transaction_manager", None)
+        if manager is None or not manager.has_fatal_error():
+            return []
+        topic = next((f.topic for f in failures if isinstance(f, DeliveryFailed)), "?")
+        last = manager.last_error
+        error = last if isinstance(last, BrokerResponseError) else FatalProducerError(last)
+        return [DeliveryFailed(topic, error)]
 
     def close(self) -> None:
         self.client.close()  # sends what is still pending first
