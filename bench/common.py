@@ -83,6 +83,7 @@ def engage_env(settings: Settings, **extra: str) -> dict[str, str]:
         ENGAGE_SCORES_TOPIC=settings.scores_topic,
         ENGAGE_DEAD_LETTER_TOPIC=settings.dead_letter_topic,
         ENGAGE_PARTITIONS=str(settings.partitions),
+        ENGAGE_KAFKA_CLIENT=settings.kafka_client,
         ENGAGE_DATA_DIR=str(settings.data_dir),
         ENGAGE_CACHE_DIR=str(settings.cache_dir),
     )

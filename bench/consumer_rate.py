@@ -34,9 +34,11 @@ def throughput_run(
     processes: int = 1,
     memory: bool = False,
     kind: str = "engage",
+    client: str | None = None,
 ) -> dict[str, Any]:
     """One consumer run over the `movielens` or `synthetic` topic (`events` of them); `kind`
-    "floor" runs the job floor (bench/floor.py) instead of engage's consumer.
+    "floor" runs the job floor (bench/floor.py) instead of engage's consumer; `client` another
+    Kafka client than the settings' (`kafka_client`).
 
     With `memory`, Redis memory per user and session is measured before the state goes."""
     if source == "movielens":
@@ -48,6 +50,8 @@ def throughput_run(
         items = None
     ctx.reset_state(items)
     settings = ctx.with_output(topic, f"{kind}{processes}")
+    if client is not None:
+        settings = settings.model_copy(update={"kafka_client": client})
     try:
         result = run_consumers(ctx, settings, count, processes=processes, kind=kind)
         if memory:
@@ -69,14 +73,15 @@ def remembered_run(
     processes: int = 1,
     memory: bool = False,
     kind: str = "engage",
+    client: str | None = None,
 ) -> dict[str, Any]:
-    """`throughput_run`, measured once per (consumer, source, size, processes, run) and
-    remembered, so the consumer, floor, scaling and growth benchmarks share runs."""
-    key = f"runs:{kind}:{source}:{events}:{processes}"
+    """`throughput_run`, measured once per (consumer, source, size, processes, client, run)
+    and remembered, so the consumer, floor, scaling and growth benchmarks share runs."""
+    key = f"runs:{kind}:{source}:{events}:{processes}" + (f":{client}" if client else "")
     done = ctx.cache.setdefault(key, [])
     if run < len(done) and (not memory or "redis" in done[run]):
         return done[run]
-    result = throughput_run(ctx, source, events, processes, memory, kind)
+    result = throughput_run(ctx, source, events, processes, memory, kind, client)
     if run < len(done):
         done[run] = result
     else:

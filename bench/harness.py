@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
@@ -147,6 +148,25 @@ def floor_ratio(ctx: Context, consumer: dict[str, Any], floor: dict[str, Any]) -
              "before its consumer run)", detail=detail)  # fmt: skip
 
 
+def _librdkafka(ctx: Context, run: int) -> list[M]:
+    """The same MovieLens run with the optional librdkafka client (engage[fast]), beside the
+    default one: what the transport seam gains (skipped when confluent-kafka is missing)."""
+    what = "consumer_movielens with ENGAGE_KAFKA_CLIENT=confluent (librdkafka)"
+    cpu_what = "its CPU (user + system, all threads) per event over its busy span"
+    if importlib.util.find_spec("confluent_kafka") is None:
+        skipped = {"skipped": "confluent-kafka not installed (pip install 'engage[fast]')"}
+        return [
+            M("consumer_movielens_confluent", None, EPS, what, detail=skipped),
+            M("consumer_movielens_confluent_cpu_us", None, US, cpu_what, detail=skipped),
+        ]
+    r = consumer_rate.remembered_run(ctx, "movielens", run, client="confluent")
+    detail = _consumer_detail(r) | {"transport": "confluent"}
+    return [M("consumer_movielens_confluent", r["events_per_s"], EPS, what,
+              "consume_only_movielens", detail),
+            M("consumer_movielens_confluent_cpu_us", r["cpu_us_per_event"], US, cpu_what,
+              detail=detail)]  # fmt: skip
+
+
 def bench_consumer(ctx: Context, runs: int) -> Runs:
     for run in range(runs):
         out = []
@@ -165,6 +185,7 @@ def bench_consumer(ctx: Context, runs: int) -> Runs:
                              "event over consumer_movielens's busy span"))  # fmt: skip
                 if floor is not None:
                     out.append(floor_ratio(ctx, r, floor))
+                out += _librdkafka(ctx, run)
                 m = r["redis"]
                 out.append(M("redis_aggregate_bytes_per_user_movielens",
                              m["aggregate_bytes_per_user"], "bytes",
