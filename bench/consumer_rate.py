@@ -100,7 +100,7 @@ def latency_run(ctx: Context, rate: float, seconds: float, processes: int = 1) -
     offered: dict[str, float] = {}
 
     def produce() -> int:
-        # Paced as `engage replay --rate` sends (its producer lingers 20 ms): a live source.
+        # Paced as `engage replay --rate` sends (its producer lingers 5 ms): a live source.
         # (Unpaced, the replay tunes its producer for throughput: 50 ms of linger that the
         # latency figures before 2026-12-02 night included.)
         summary = replay(

@@ -30,6 +30,10 @@ from producer.progress import progress_bar
 
 #: Producer overrides for throughput: bigger, later batches (measured with bench/replay_rate).
 FAST_PRODUCER = {"linger_ms": 50, "batch_size": 512 * 1024}
+#: Paced (`--rate`, `--speed N`): a live source, whose events should not wait for company:
+#: 5 ms of linger, as the Java client's default since Kafka 4.0, instead of the 20 ms the
+#: other producers batch for (each event's latency to its score includes this wait).
+PACED_PRODUCER = {"linger_ms": 5}
 PROGRESS_EVERY = 4096
 KEEP_ERRORS = 5
 ITEM_CHUNK = 2000
@@ -262,7 +266,7 @@ def replay(
     options = options or ReplayOptions()
     topic = settings.events_topic
     summary = _prepare(settings, options)
-    client = producer(settings, **({} if options.paced else FAST_PRODUCER))
+    client = producer(settings, **(PACED_PRODUCER if options.paced else FAST_PRODUCER))
     failures = _Failures()
     pacer = options.pacer(clock or SystemClock(stop))
     started = time.perf_counter()
