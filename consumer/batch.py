@@ -21,6 +21,7 @@ from features.fold import FoldOutput
 from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
 from features.vector import PROPENSITY_FEATURES
+from scoring.model import NO_MODEL_FOR_DOMAIN
 from scoring.rules import RuleScorer, domain_of
 
 from .state_store import BatchWrites, Loaded, advance
@@ -68,7 +69,7 @@ class BatchScorer:
         latest_rows = self._latest_rows(incoming)
         shown = set(latest_rows.values())
         rules, rule_texts = self._rules(incoming, after, shown)
-        model = self._model(before, after, latest_rows)
+        model = self._model(before, after, latest_rows, incoming)
         self._writes(writes, state, out, incoming, loaded)
         now_ms = round(time.time() * 1000.0, 1)
         payloads = self._payloads(incoming, rules, model, vector_digests(before), now_ms)
@@ -136,12 +137,14 @@ class BatchScorer:
             "propensity": model_part.get("propensity", ""),
             "model_reasons": orjson.dumps(model_part.get("propensity_reasons", [])).decode(),
             "model_version": model_part.get("version", ""),
+            "model_status": model_part.get("skipped", ""),  # e.g. no model for this domain
+            "domain": model_part.get("domain", ""),
             "event_id": payload["event_id"],
             "event_ts": payload["event_ts"],
             "updated_at": payload["scored_at"],
         }
         writes.leaderboard.setdefault("rule", {})[user] = payload["rule"]["score"]
-        if model_part:
+        if "propensity" in model_part:
             writes.leaderboard.setdefault("model", {})[user] = model_part["propensity"]
 
     def _rules(
@@ -169,24 +172,57 @@ class BatchScorer:
         return out, texts  # type: ignore[return-value]
 
     def _model(
-        self, before: np.ndarray, after: np.ndarray, latest_rows: dict[str, int]
-    ) -> list[dict[str, Any]] | None:
+        self, before: np.ndarray, after: np.ndarray, latest_rows: dict[str, int],
+        incoming: list[Incoming],
+    ) -> list[dict[str, Any]] | None:  # fmt: skip
         """Probabilities of every row in one vectorised call per target; per-feature reasons
-        (path contributions, the costly part) only for each user's latest row."""
+        (path contributions, the costly part) only for each user's latest row.
+
+        The model scores only events of the domains it was trained on (`ModelBundle.covers`);
+        a row of another domain gets `{"skipped": "no model for this domain", "domain": ...}`
+        (no version, no probability: read as scored without a model). Each user's latest row
+        names its domain, for the score hash (request-time scoring checks it)."""
         bundle = self.model
         if bundle is None:
             return None
+        domains = {source: domain_of(source) for source in {i.event.source for i in incoming}}
+        rows: list[int] | None = None  # the rows the model scores (None: all of them)
+        if not all(bundle.covers(domain) for domain in domains.values()):
+            rows = [r for r, i in enumerate(incoming) if bundle.covers(domains[i.event.source])]
+            before, after = before[rows], after[rows]
         n_prop = len(PROPENSITY_FEATURES)
-        p_int = bundle.interaction.predict_proba(before).tolist()
-        p_prop = bundle.propensity.predict_proba(after[:, :n_prop]).tolist()
-        out = [
-            {"version": bundle.version, "interaction": round(p_i, 6), "propensity": round(p_p, 6)}
-            for p_i, p_p in zip(p_int, p_prop, strict=True)
-        ]
-        shown = sorted(latest_rows.values())
-        prop_x = after[shown, :n_prop]
+        parts: list[dict[str, Any]] = []
+        if rows != []:
+            p_int = bundle.interaction.predict_proba(before).tolist()
+            p_prop = bundle.propensity.predict_proba(after[:, :n_prop]).tolist()
+            parts = [
+                {"version": bundle.version, "interaction": round(p_i, 6),
+                 "propensity": round(p_p, 6)}
+                for p_i, p_p in zip(p_int, p_prop, strict=True)
+            ]  # fmt: skip
+        if rows is None:
+            out = parts
+        else:
+            out = [
+                {"skipped": NO_MODEL_FOR_DOMAIN, "domain": domains[item.event.source]}
+                for item in incoming
+            ]
+            for row, part in zip(rows, parts, strict=True):
+                out[row] = part
+        latest = sorted(latest_rows.values())
+        for row in latest:
+            out[row]["domain"] = domains[incoming[row].event.source]
+        shown = latest if rows is None else [row for row in latest if "propensity" in out[row]]
+        if not shown:
+            return out
+        if rows is None:
+            at = shown
+        else:
+            position = {row: i for i, row in enumerate(rows)}  # batch row -> scored row
+            at = [position[row] for row in shown]
+        prop_x = after[at, :n_prop]
         r_prop = bundle.propensity.reason_dicts(bundle.propensity.contributions(prop_x))
-        r_int = bundle.interaction.reason_dicts(bundle.interaction.contributions(before[shown]))
+        r_int = bundle.interaction.reason_dicts(bundle.interaction.contributions(before[at]))
         for row, reasons_i, reasons_p in zip(shown, r_int, r_prop, strict=True):
             out[row]["interaction_reasons"] = reasons_i
             out[row]["propensity_reasons"] = reasons_p

@@ -71,7 +71,10 @@ def render_score(score: dict[str, Any]) -> Table:
     table.add_row("rule score", f"{score['rule_score']:.1f}  ({score['label']})")
     for reason in score["reasons"]:
         table.add_row("", f"+{reason['points']:.1f}  {reason['text']}")
-    if score["propensity"] is None:
+    if score["propensity"] is None and score.get("model_status"):
+        domain = f" ({score['domain']})" if score.get("domain") else ""
+        table.add_row("model", f"{score['model_status']}{domain}: rule score only")
+    elif score["propensity"] is None:
         table.add_row("model", "no model registered: rule score only")
     else:
         table.add_row("model propensity", f"{score['propensity']:.3f}  ({score['model_version']})")
@@ -110,6 +113,11 @@ def score(
         print(json.dumps(result))
     elif item is None:
         out.print(render_score(result))
+    elif result["probability"] is None:
+        out.print(f"P(engaged | {user_id}, {item}): {result['model_status']} "
+                  f"(model {result['model_version']})")  # fmt: skip
+        for warning in result["warnings"]:
+            console.print(f"[yellow]note:[/] {warning}", highlight=False)
     else:
         out.print(f"P(engaged | {user_id}, {item}) = {result['probability']:.3f} "
                   f"(model {result['model_version']})")  # fmt: skip
@@ -210,7 +218,9 @@ class WatchView:
                 Text(u["user_id"]),  # Text: ids are shown as given, never as markup
                 f"{u['rule']['score']:.1f}",
                 u["rule"]["label"],
-                f"{model['propensity']:.3f}" if model else "-",
+                f"{model['propensity']:.3f}"
+                if "propensity" in model
+                else model.get("skipped", "-"),
                 f"{u['delta']:+.1f}",
                 Text(reasons[0]["text"] if reasons else ""),
                 model_reason_line(model_reasons[0], digits=2) if model_reasons else Text("-"),

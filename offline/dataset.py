@@ -10,8 +10,9 @@ cannot leak into it.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from features.fold import FoldState
 from features.items import ItemMeta
 from features.stream import StreamState
 from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES
+from scoring.rules import domain_of
 
 # The propensity model reads the leading columns of the interaction matrix; that only works
 # while the feature definitions keep the user+context block first.
@@ -49,6 +51,9 @@ class Dataset:
     ts: np.ndarray  # (n,) int64, event time ms
     features: tuple[str, ...] = INTERACTION_FEATURES
     n_events: int = 0  # all events processed, labelled or not
+    #: Labelled rows per domain (scoring.rules.domain_of of the event's source): what a model
+    #: fit on these rows can score. Empty: not recorded (`training_domains` reads the events).
+    domain_rows: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -81,6 +86,7 @@ def build_dataset(
     users: list[str] = []
     items: list[str | None] = []
     times: list[int] = []
+    domains: Counter[str] = Counter()
     n = 0
     for chunk in _chunks(events, CHUNK):
         folded = state.apply(chunk)
@@ -93,6 +99,7 @@ def build_dataset(
                 users.append(event.user_id)
                 items.append(event.item_id)
                 times.append(event.ts)
+                domains[domain_of(event.source)] += 1
         n += len(chunk)
         if progress is not None:
             progress(n)
@@ -106,6 +113,7 @@ def build_dataset(
         item_ids=np.array(items, dtype=object),
         ts=np.array(times, dtype=np.int64),
         n_events=n,
+        domain_rows=dict(sorted(domains.items())),
     )
 
 

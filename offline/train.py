@@ -38,6 +38,7 @@ from offline.learners import LEARNERS
 from offline.splits import Split, per_user_split, serving_split, temporal_split
 from scoring.model import ModelBundle, ScoringModel
 from scoring.registry import ModelRegistry
+from scoring.rules import domain_of
 
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "interaction": INTERACTION_FEATURES,
@@ -253,6 +254,15 @@ def _shap_plot(steps: _Steps, data: Dataset, evaluation: _Evaluation, run_dir: P
     return "shap_summary.png"
 
 
+def training_domains(data: Dataset, events: list[Event]) -> tuple[str, ...]:
+    """The domains (scoring.rules.domain_of) of the labelled rows a model is fit on: the
+    only events it will score. From the dataset's count, else (rows made elsewhere, e.g. the
+    consumer's logged vectors) from the labelled events."""
+    if data.domain_rows:
+        return tuple(sorted(d for d, rows in data.domain_rows.items() if rows))
+    return tuple(sorted({domain_of(e.source) for e in events if e.labelled}))
+
+
 def _bundle(
     params: FeatureParams,
     data: Dataset,
@@ -260,6 +270,7 @@ def _bundle(
     refit: _Refit,
     online: dict[str, Any],
     source: dict[str, Any],
+    events: list[Event],
 ) -> ModelBundle:
     """The refit models, with the recipe's held-out metrics (they have none of their own),
     the online-calibration choice the consumer serves with, and the data they were fit on."""
@@ -274,6 +285,7 @@ def _bundle(
             if r["learner"] == "xgboost" and r["model"] != "baseline"
         },
         log_range=log_range(data, refit.serving, source),
+        domains=training_domains(data, events),
     )
     refit_info = {"interaction": refit.interaction_info, "propensity": refit.propensity_info}
     bundle.metrics["refit"] = refit_info
@@ -299,6 +311,7 @@ def _report_info(
         "positive rate": round(float(data.y.mean()), 4) if len(data) else None,
         "splits": {k: v.sizes() for k, v in splits.items()},
         "feature hash": bundle.feature_hash,
+        "domains (scored)": ", ".join(bundle.domains),
         "registered version": version,
         "seconds": seconds,
         "SHAP plot": "temporal-split interaction XGBoost on its test rows",
@@ -332,7 +345,7 @@ def run_training(
         plots = _plot_curves(steps, run_dir, evaluation.curves)
         refit = _refit(steps, data)
         plots.append(_shap_plot(steps, data, evaluation, run_dir))
-        bundle = _bundle(params, data, evaluation.results, refit, online, source)
+        bundle = _bundle(params, data, evaluation.results, refit, online, source, events)
         version = None
         with steps.step("register"):
             if register:

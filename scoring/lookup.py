@@ -20,6 +20,7 @@ from features.item_shards import decode_item
 from features.items import ItemMeta
 from features.state_codec import decode_user
 from features.vector import interaction_vector
+from scoring.model import NO_MODEL_FOR_DOMAIN
 from scoring.reason_words import worded
 
 
@@ -49,6 +50,10 @@ def current_score(client: Client, user_id: str) -> dict[str, Any]:
         "propensity": float(propensity) if propensity else None,
         "model_reasons": worded(orjson.loads(get.get("model_reasons") or b"[]")),
         "model_version": _text(get.get("model_version")) or None,
+        # Why there is no propensity when a model is served: "no model for this domain" for a
+        # user whose latest event is of a domain the model was not trained on; else None.
+        "model_status": _text(get.get("model_status")) or None,
+        "domain": _text(get.get("domain")) or None,  # of the latest event, when a model ran
         "event_id": _text(get.get("event_id")),
         "event_ts": int(float(get.get("event_ts") or 0)),
         "updated_at": float(get.get("updated_at") or 0),
@@ -95,11 +100,21 @@ def top_users(
 class RequestScore:
     user_id: str
     item_id: str
-    probability: float
+    probability: float | None  # None: the model does not score this user's domain
     model_version: str
     reasons: list[dict[str, Any]]
     #: What makes the probability less than it seems, e.g. an item nobody has seen.
     warnings: list[str] = field(default_factory=list)
+    #: Why there is no probability: "no model for this domain"; None when there is one.
+    model_status: str | None = None
+
+
+def other_domain_warning(bundle: Any, domain: str) -> str:
+    trained = ", ".join(bundle.domains)
+    return (
+        f"model {bundle.version} was trained on {trained} events and this user's latest event "
+        f"is of the {domain} domain: no probability"
+    )
 
 
 def unknown_item_warning(item_id: str) -> str:
@@ -124,15 +139,26 @@ def score_request(
     empty item state: every item feature at its prior, exactly as the consumer and training
     see an item's first event. The probability is then the user's prior for a new item, and
     the answer carries a warning saying so. The reasons are in words with the feature values
-    of this request."""
+    of this request. A user whose latest event is of a domain the model was not trained on
+    (`ModelBundle.covers`) gets no probability: `model_status` "no model for this domain"."""
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.user_key(user_id))
     pipe.hgetall(keys.item_key(item_id))
     pipe.hgetall(keys.item_meta_key(item_id))
     pipe.sismember(keys.user_items_key(user_id), item_id)
-    user_raw, item_raw, meta_raw, seen = pipe.execute()
+    pipe.hget(keys.user_score_key(user_id), "domain")
+    user_raw, item_raw, meta_raw, seen, domain_raw = pipe.execute()
     if not user_raw:
         raise UnknownUser(user_id)
+    # The user's domain as the consumer last recorded it (none before a model first scored
+    # them, or before domains were recorded: then scored as before).
+    domain = _text(domain_raw)
+    if domain and not bundle.covers(domain):
+        return RequestScore(
+            user_id=user_id, item_id=item_id, probability=None, model_version=bundle.version,
+            reasons=[], warnings=[other_domain_warning(bundle, domain)],
+            model_status=NO_MODEL_FOR_DOMAIN,
+        )  # fmt: skip
     user = decode_user(user_raw)
     ts = ts_ms if ts_ms is not None else int(max(time.time() * 1000, float(user["last_ts"])))
     probe = Event(

@@ -13,6 +13,9 @@ import numpy as np
 
 ModelKind = Literal["xgboost", "logreg"]
 PROB_EPS = 1e-4  # served probabilities stay off exactly 0 and 1 (isotonic steps reach them)
+#: What a score says instead of a probability for an event of a domain (scoring.rules.domain_of:
+#: MovieLens ratings or a product funnel) its model was not trained on.
+NO_MODEL_FOR_DOMAIN = "no model for this domain"
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,15 @@ class ModelBundle:
     propensity: ScoringModel
     metrics: dict[str, Any] = field(default_factory=dict)
     log_range: dict[str, Any] = field(default_factory=dict)  # the training data's extent
+    #: The domains (scoring.rules.domain_of) of the events it was trained on: it scores only
+    #: events of these. Empty: not known, every domain is scored (a bundle built by hand; the
+    #: registry fills it in for bundles registered before domains were recorded).
+    domains: tuple[str, ...] = ()
+
+    def covers(self, domain: str) -> bool:
+        """Whether this bundle scores events of `domain`."""
+        domains = getattr(self, "domains", ())  # bundles pickled before the field existed
+        return not domains or domain in domains
 
     def set_threads(self, threads: int) -> None:
         """XGBoost threads of both models (serving uses 1, see ScoringModel.set_threads)."""

@@ -55,6 +55,20 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def manifest_domains(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The domains a registered model scores (`ModelBundle.domains`; empty: every domain).
+
+    Manifests written before domains were recorded have no `domains`: the domain is inferred
+    from the training source, MovieLens CSVs meaning "movielens". A model trained on a topic or
+    a snapshot may have seen either domain, and the models registered until then were all
+    trained on MovieLens, so it is taken as "movielens" too: a funnel user then gets "no model
+    for this domain" rather than a MovieLens model's meaningless probability. Retrain (the
+    manifest then records the domains) to serve another domain."""
+    if "domains" in manifest:
+        return tuple(manifest["domains"] or ())
+    return ("movielens",)
+
+
 class ModelRegistry:
     def __init__(self, settings: Settings, params: FeatureParams | None = None) -> None:
         self.root = settings.data_dir / "models"
@@ -87,6 +101,7 @@ class ModelRegistry:
             },
             "metrics": bundle.metrics,
             "log_range": bundle.log_range,
+            "domains": list(bundle.domains),
         }  # fmt: skip
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
         os.rename(staging, self.root / bundle.version)  # the version appears complete or not
@@ -118,12 +133,14 @@ class ModelRegistry:
         version = version or self.current_version()
         if version is None:
             raise ModelNotFound(f"no current model under {self.root}: run `engage train`")
-        declared = self.manifest(version)["feature_hash"]
+        manifest = self.manifest(version)
+        declared = manifest["feature_hash"]
         if declared != self.code_hash:  # checked before unpickling anything
             raise FeatureHashMismatch(version, declared, self.code_hash)
         bundle: ModelBundle = joblib.load(self.root / version / BUNDLE_FILE)
         if bundle.feature_hash != self.code_hash:
             raise FeatureHashMismatch(version, bundle.feature_hash, self.code_hash)
+        bundle.domains = manifest_domains(manifest)
         return bundle
 
     def list(self) -> list[dict[str, Any]]:

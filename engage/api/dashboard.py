@@ -249,7 +249,7 @@ function applyUpdates(list) {
   const changed = new Set();
   for (const u of list) {
     const row = {user_id: u.user_id, rule_score: u.rule.score, label: u.rule.label,
-                 propensity: u.model ? u.model.propensity : null};
+                 propensity: modelPropensity(u.model)};
     row.score = rankValue(row);
     const i = board.findIndex((b) => b.user_id === u.user_id);
     const last = board[board.length - 1];
@@ -269,14 +269,16 @@ function applyUpdates(list) {
 }
 
 function showScore(s) {
-  // s: {user_id, rule_score, label, reasons, propensity, model_reasons, model_version}
+  // s: {user_id, rule_score, label, reasons, propensity, model_reasons, model_version,
+  //     model_status}: model_status says why there is no propensity ("no model for this
+  //     domain": the model was trained on the other domain's events)
   $("user-panel").hidden = false;
   $("user-error").textContent = "";
   $("user-id").textContent = s.user_id;
   $("user-score").textContent = fmt(s.rule_score, 1);
   $("user-score").dataset.score = String(s.rule_score);
   $("user-label").textContent = s.label;
-  $("user-propensity").textContent = s.propensity === null ? "no model" :
+  $("user-propensity").textContent = s.propensity === null ? (s.model_status || "no model") :
     fmt(s.propensity, 3) + " (" + s.model_version + ")";
   $("reasons").replaceChildren(...s.reasons.map((r) => {
     const li = el("li"); li.dataset.signal = r.signal;
@@ -292,13 +294,22 @@ function showScore(s) {
     return li;
   }));
   if (!(s.model_reasons || []).length)
-    $("model-reasons").replaceChildren(el("li", "no model registered", "muted"));
+    $("model-reasons").replaceChildren(
+      el("li", s.model_status || (s.propensity === null ? "no model registered" : "none"),
+         "muted"));
+}
+
+function modelPropensity(model) {
+  // A score message's model part: null without a model, or {skipped: "no model for this
+  // domain", domain} for an event of a domain the model was not trained on.
+  return model && typeof model.propensity === "number" ? model.propensity : null;
 }
 
 function showUpdate(u) {
   showScore({user_id: u.user_id, rule_score: u.rule.score, label: u.rule.label,
-             reasons: u.rule.reasons, propensity: u.model ? u.model.propensity : null,
-             model_version: u.model ? u.model.version : null,
+             reasons: u.rule.reasons, propensity: modelPropensity(u.model),
+             model_version: u.model ? (u.model.version || null) : null,
+             model_status: u.model ? (u.model.skipped || null) : null,
              model_reasons: u.model ? (u.model.propensity_reasons || []) : []});
   addPoint(u.event_id, u.event_ts, u.rule.score);
 }

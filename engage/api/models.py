@@ -58,9 +58,23 @@ class UserScore(BaseModel):
     rule_score: float
     label: str
     reasons: list[RuleReason]
-    propensity: float | None = Field(description="model propensity; null without a model")
+    propensity: float | None = Field(
+        description="model propensity; null without a model, or when the model does not score "
+        "this user's domain (see model_status)"
+    )
     model_reasons: list[ModelReason]
     model_version: str | None
+    model_status: str | None = Field(
+        default=None,
+        description="why there is no propensity although a model is served: 'no model for this "
+        "domain' when the user's latest event is of a domain (MovieLens ratings or a product "
+        "funnel) the model was not trained on; null otherwise",
+    )
+    domain: str | None = Field(
+        default=None,
+        description="the domain of the user's latest event ('movielens' or 'funnel'), as the "
+        "consumer recorded it when a model was served; null otherwise",
+    )
     event_id: str = Field(description="the event that produced this score")
     event_ts: int = Field(description="that event's time, epoch ms")
     updated_at: float = Field(description="when the consumer wrote it, epoch ms")
@@ -96,9 +110,18 @@ class ScoreRequest(BaseModel):
 class ItemScore(BaseModel):
     user_id: str
     item_id: str
-    probability: float
+    probability: float | None = Field(
+        description="P(the user engages with the item); null when the model does not score "
+        "this user's domain (see model_status)"
+    )
     model_version: str
     reasons: list[ModelReason]
+    model_status: str | None = Field(
+        default=None,
+        description="'no model for this domain' when the user's latest event is of a domain "
+        "the model was not trained on (a funnel user and a MovieLens model, or the reverse); "
+        "null when there is a probability",
+    )
     warnings: list[str] = Field(
         default_factory=list,
         description="what makes the probability less than it seems: e.g. an unknown item "
