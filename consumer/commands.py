@@ -17,6 +17,7 @@ from engage.cli_support import (
     EXIT_FAILURE,
     EXIT_SERVICES_DOWN,
     check_database_topic,
+    check_rules_file,
     console,
     fail,
     namespace_options,
@@ -65,7 +66,6 @@ def consume(
 
     from consumer.runner import OutputRefused, StreamConsumer
     from engage.redis_client import CLUSTER_NODE, plain_url_names_a_cluster, refused
-    from scoring.rules import RulesError, load_scorers
 
     settings = get_settings()
     if order is not None:
@@ -76,10 +76,7 @@ def consume(
         settings = settings.model_copy(update={"log_features": True})
     if log_format not in (None, *get_args(LogFormat)):
         raise fail(f"--log-format must be auto, human or json, not {log_format!r}", EXIT_BAD_INPUT)
-    try:  # a bad rules file is bad input, found before any connection is tried
-        load_scorers(settings.rules_file)
-    except RulesError as exc:
-        raise fail(f"{exc} (ENGAGE_RULES_FILE)", EXIT_BAD_INPUT) from None
+    check_rules_file(settings)
     json_lines = json_lines_for(cast(LogFormat, log_format) or settings.log_format)
     setup_logging(json_lines=json_lines, verbose=verbose, console=console)
     port = metrics_port if metrics_port is not None else settings.metrics_port

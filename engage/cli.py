@@ -11,6 +11,7 @@ from rich.table import Table
 
 from engage.cli_support import (
     EXIT_SERVICES_DOWN,
+    check_rules_file,
     check_settings,
     console,
     fail,
@@ -111,6 +112,7 @@ def demo(
     """The whole pipeline live: stack, replay, consumer, live view, top users, explanation."""
     from engage.demo import run_demo
 
+    check_rules_file(get_settings())
     try:
         run_demo(get_settings(), seconds=seconds, rate=rate, train=train)
     except StackError as exc:

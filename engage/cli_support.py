@@ -240,3 +240,15 @@ def check_database_topic(settings: Settings, record: bool = False) -> None:
             client.close()
     except (redis.RedisError, OSError):
         return
+
+
+def check_rules_file(settings: Settings) -> None:
+    """A bad rules file is bad input: exit 2 naming the file and the line or field, found
+    before any connection is tried (every command that scores: consume, explain, parity,
+    demo)."""
+    from scoring.rules import RulesError, load_scorers
+
+    try:
+        load_scorers(settings.rules_file)
+    except RulesError as exc:
+        raise fail(f"{exc} (ENGAGE_RULES_FILE)", EXIT_BAD_INPUT) from None

@@ -16,6 +16,7 @@ from engage.cli_support import (
     EXIT_BAD_INPUT,
     EXIT_NOT_FOUND,
     EXIT_SERVICES_DOWN,
+    check_rules_file,
     console,
     fail,
     namespace_options,
@@ -36,10 +37,13 @@ JsonOpt = typer.Option(False, "--json", help="Print a JSON summary on stdout (no
 
 @contextmanager
 def _reading(what: str) -> Iterator[None]:
-    """Missing input is exit 4, Kafka not answering exit 3, each one line naming `what`."""
+    """A missing path is exit 2 (as for every command), anything else missing exit 4, Kafka
+    not answering exit 3, each one line naming `what`."""
     try:
         yield
-    except (FileNotFoundError, LookupError) as exc:
+    except FileNotFoundError as exc:  # --movielens, --snapshot: a bad argument
+        raise fail(str(exc), EXIT_BAD_INPUT) from exc
+    except LookupError as exc:
         raise fail(str(exc), EXIT_NOT_FOUND) from exc
     except Exception as exc:  # Kafka unreachable and friends
         if type(exc).__module__.startswith("kafka"):
@@ -355,6 +359,7 @@ def _explain_event(
     if problem is not None:
         raise fail(f"--event: {problem}", EXIT_BAD_INPUT)
     settings = get_settings()
+    check_rules_file(settings)
     require_kafka(settings)  # both topics are read (the scores one even with --snapshot)
     with services_down_exits(settings, kafka=True):
         try:
@@ -397,6 +402,7 @@ def parity(
     if order not in ORDERS:
         raise fail(f"--order must be one of {', '.join(ORDERS)}, not {order!r}", 2)
     settings = get_settings()
+    check_rules_file(settings)
     since_ms, until_ms = time_ms(since, "--since"), time_ms(until, "--until")
     with services_down_exits(settings, kafka=True):
         try:

@@ -90,6 +90,18 @@ def test_consume_with_a_bad_rules_file_is_exit_2_before_connecting(tmp_path: Pat
         assert "cannot reach" not in line
 
 
+def test_every_scoring_command_refuses_a_bad_rules_file_with_exit_2(tmp_path: Path) -> None:
+    """explain --event, parity and demo read the rules too: the same one line, exit 2."""
+    down = Settings(kafka_bootstrap_servers=CLOSED_KAFKA,
+                    redis_url=f"redis://127.0.0.1:{dead_port()}/0")  # fmt: skip
+    path, says = next(iter(_rules_cases(tmp_path)))
+    for args in (("explain", "--event", "e1"), ("parity",), ("demo", "--no-train")):
+        result = engage(down, *args, ENGAGE_RULES_FILE=str(path))
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        line = one_error_line(result)
+        assert all(part in line for part in says) and "ENGAGE_RULES_FILE" in line, (args, line)
+
+
 # -- 1. Kafka down: stats is exit 3 within seconds, never an all-clear lag of 0 ---------------
 
 

@@ -97,9 +97,11 @@ def test_json_summaries_are_the_whole_of_stdout(logged, tmp_path):
 
 
 def test_offline_error_paths(logged, tmp_path):
-    missing = engage(logged, "train", "--movielens", str(tmp_path / "no-such-folder"))
-    assert missing.returncode == 4, missing.stdout + missing.stderr
-    assert "no-such-folder" in missing.stdout + missing.stderr
+    for args in (("--movielens", "no-such-folder"), ("--snapshot", "no-such-file.parquet")):
+        missing = engage(logged, "train", args[0], str(tmp_path / args[1]))
+        assert missing.returncode == 2, missing.stdout + missing.stderr  # a missing path
+        assert args[1] in missing.stdout + missing.stderr
+        assert "Traceback" not in missing.stderr
     for command in ("evaluate", "explain"):
         unknown = engage(logged, command, "--version", "v-does-not-exist", "--from-topic")
         assert unknown.returncode == 4, (command, unknown.stdout + unknown.stderr)
