@@ -123,6 +123,26 @@ def test_stats_with_kafka_down_is_exit_3_and_quick(settings: Settings) -> None:
 
 
 @pytest.mark.stack
+def test_stats_with_a_kafka_that_accepts_but_never_answers_is_exit_3(settings: Settings) -> None:
+    """A broker that is hung (the port accepts, nothing answers) is found by the metadata
+    probe's short timeout, not by kafka-python's 32 s bootstrap wait."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # the kernel accepts connections; nobody reads or answers them
+    hung = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        started = time.monotonic()
+        result = engage(settings, "stats", "--json", ENGAGE_KAFKA_BOOTSTRAP_SERVERS=hung)
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+    assert result.returncode == 3, result.stdout + result.stderr[-2000:]
+    assert f"cannot reach Kafka at {hung}" in one_error_line(result)
+    assert result.stdout == ""
+    assert elapsed < 25, f"took {elapsed:.1f} s"
+
+
+@pytest.mark.stack
 def test_watch_with_kafka_down_shows_kafka_down_not_lag_0(settings: Settings) -> None:
     live = engage(settings, "watch", "--duration", "5", ENGAGE_KAFKA_BOOTSTRAP_SERVERS=CLOSED_KAFKA)
     assert live.returncode == 0, live.stderr[-2000:]
