@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 from engage.cli import app
 from engage.settings import Settings
 from producer import commands, replay, synthetic
+from producer.pacing import parse_speed
 from producer.replay import ReplaySummary
 from tests.eventlog import engage_env
 from tests.test_producer_movielens import write_fixture
@@ -123,6 +125,15 @@ def test_a_paced_progress_bar_counts_every_event(
     summary = replay.replay(events, settings, replay.ReplayOptions(rate=2.0), clock=clock)
     assert summary.sent == 12 and clock.sleeps == [0.5] * 11
     assert clock.shown_at_sleep == list(range(1, 12)) and shown[-1] == 12
+
+    # --speed N (event time N times faster) takes the same path: the bar never lags.
+    shown.clear()
+    clock = Clock()
+    options = replay.ReplayOptions(speed=parse_speed("3600"))
+    assert replay.replay(events, settings, options, clock=clock).sent == 12
+    waits = clock.shown_at_sleep
+    assert waits and all(0 < a < b for a, b in itertools.pairwise(waits)), waits
+    assert shown[-1] == 12
 
 
 @pytest.mark.stack
