@@ -28,3 +28,7 @@ def test_train_run_writes_report_and_registers(tmp_path):
     bundle = ModelRegistry(settings).load()
     assert bundle.version == result.version
     assert bundle.interaction.kind == "xgboost" and bundle.log_range["max_ts"] == events[-1].ts
+    # The events' source ("test") is a product funnel: the model scores that domain only.
+    assert result.bundle.domains == bundle.domains == ("funnel",)
+    assert ModelRegistry(settings).manifest(bundle.version)["domains"] == ["funnel"]
+    assert not bundle.covers("movielens")

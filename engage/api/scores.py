@@ -63,7 +63,8 @@ async def get_score(
 ) -> dict[str, Any]:
     """The user's current rule score, label and reasons, and the model's propensity and
     reasons (each with its feature, its contribution and its text), as of the user's latest
-    event."""
+    event; or, for an event of a domain the model was not trained on, `model_status` "no
+    model for this domain" instead of a propensity."""
     # Inline on the event loop (no threadpool hop): a loopback HGETALL takes ~0.1 ms, less
     # than handing work to a thread and back, whose wake-ups dominated p99 on a busy 2-core
     # machine; the client's 2 s socket timeout bounds the worst case.
@@ -116,8 +117,10 @@ def get_history(
 )
 async def post_score(body: ScoreRequest, request: Request) -> dict[str, Any]:
     """With `item_id`: P(user engages with the item) now, with the top model reasons (each
-    with its feature, its contribution and the feature's value in words). Without: the user's
-    current score (as GET /users/{id}/score)."""
+    with its feature, its contribution and the feature's value in words); for a user whose
+    events are of a domain the model was not trained on (MovieLens ratings or a product
+    funnel), no probability: `model_status` says "no model for this domain". Without: the
+    user's current score (as GET /users/{id}/score)."""
     state = request.app.state
     try:
         if body.item_id is None:
