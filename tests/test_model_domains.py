@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -207,3 +209,31 @@ def test_cli_says_no_model_for_this_domain(seeded: Settings) -> None:
     other = engage(seeded, "score", MOVIELENS_USERS[0], "--item", "m3")
     assert "P(engaged | weird:1, m3) = " in other.stdout  # a probability, no status
     assert NO_MODEL_FOR_DOMAIN not in other.stdout + other.stderr
+
+
+@pytest.mark.stack
+def test_dashboard_says_no_model_for_this_domain(seeded: Settings) -> None:
+    """The chosen funnel user's panel reads "no model for this domain" where a MovieLens
+    user's shows the propensity."""
+    from tests.browser import chrome, find_chromium, serve_in_thread
+
+    if find_chromium() is None:
+        pytest.skip("Chromium/chromedriver missing")
+
+    def text(page: object, element: str) -> str:
+        return str(page.find_element("id", element).text)  # type: ignore[attr-defined]
+
+    def shown(page: object, want: str) -> bool:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if text(page, "user-propensity") and want in text(page, "user-propensity"):
+                return True
+            time.sleep(0.2)
+        return False
+
+    with serve_in_thread(create_app(seeded)) as base, chrome() as page:
+        page.get(f"{base}/?user={FUNNEL_USERS[0]}")  # type: ignore[attr-defined]
+        assert shown(page, NO_MODEL_FOR_DOMAIN), text(page, "user-propensity")
+        assert NO_MODEL_FOR_DOMAIN in text(page, "model-reasons")
+        page.get(f"{base}/?user={quote(MOVIELENS_USERS[0], safe='')}")  # type: ignore[attr-defined]
+        assert shown(page, "(v"), text(page, "user-propensity")
