@@ -224,12 +224,15 @@ def _shown_as_stored(page, redis_client: redis.Redis, user: str) -> bool:
     return bool(stored)
 
 
-def test_dashboard_shows_model_reasons_in_words(browser_available, settings, redis_client):
+def test_dashboard_shows_model_reasons_in_words(
+    browser_available, settings, redis_client, tmp_path
+):
     """A chosen user's model reasons read in words (from the API's `text`, then from live
     updates, which carry only feature and contribution), green when they raise the
     probability and red when they lower it."""
     from tests.test_api import _register_model
 
+    settings = settings.model_copy(update={"data_dir": tmp_path})  # never the repo's .data
     _register_model(settings)
     events, genres = make_log(n_users=4, events_per_user=10)
     early = [e for e in events if int(e["event_id"].rsplit(":", 1)[1]) < 6]
