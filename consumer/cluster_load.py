@@ -16,7 +16,6 @@ from consumer.state_store import Loaded, fill_tables
 from consumer.store import decode_recent_ids
 from features import keys
 from features.items import ItemMeta
-from features.state_codec import load_packed_user
 from features.stream import StreamState
 
 if TYPE_CHECKING:
@@ -70,12 +69,6 @@ def load(
             state, users, user_raws, memberships, recent, item_list, item_raws, store.meta_cache
         )
         return loaded, False
-    tables = state.tables  # the held tables: add what was read (abort drops all of it)
-    tables.meta = store.meta_cache
-    for user, raw, ids in zip(read_users, user_raws, recent, strict=True):
-        local.committed[user] = load_packed_user(tables, user, raw)
-        tables.user_items[user] = members[user]
-        state.recent[user] = ids
-    totals, present = local.shards.extend(read_items, item_raws)
-    tables.set_item_states(read_items, totals, present)
-    return Loaded({u: local.committed[u] for u in users}, local.shards), True
+    read = [(u, raw, members[u], ids) for u, raw, ids in zip(read_users, user_raws, recent,
+                                                                strict=True)]  # fmt: skip
+    return local.add_read(state, store.meta_cache, users, read, read_items, item_raws), True

@@ -55,12 +55,10 @@ from redis.cluster import RedisCluster
 
 from consumer import cluster_load
 from consumer.cluster_journal import APPLY_LUA, SlotCall, pack, slot_calls, unpack
-from consumer.local_state import LocalState
+from consumer.local_state import KeepsLocalCopy, LocalState
 from consumer.state_store import BatchWrites, Fenced, Loaded
 from consumer.store import CLUSTER_TROUBLE, REDIS_DOWN, OutcomeUnknown
 from features import keys
-from features.admission import AdmissionPolicy
-from features.aggregates import FeatureParams
 from features.items import ItemMeta
 from features.state_codec import STATE_FIELD
 from features.stream import StreamState
@@ -144,7 +142,7 @@ def _kill_hook() -> tuple[int, int] | None:
     return int(nth), max(1, int(calls))
 
 
-class ClusterStateStore:
+class ClusterStateStore(KeepsLocalCopy):
     def __init__(
         self, client: RedisCluster, topic: str, session_ttl_s: int, local: LocalState | None = None
     ) -> None:
@@ -160,17 +158,6 @@ class ClusterStateStore:
         self.done: set[int] = set()  # journals this process applied whole, not deleted yet
         self.commits = 0
         self.kill = _kill_hook()
-
-    def own(self, whole_topic: bool) -> None:
-        """Whether this consumer holds every partition (only then is a local copy kept)."""
-        self.local.trust(whole_topic)
-
-    def forget(self) -> None:
-        self.local.forget()
-
-    def state(self, params: FeatureParams, admission: AdmissionPolicy) -> StreamState:
-        """The local copy's tables, or empty ones (consumer/cluster_load.py)."""
-        return self.local.begin(params, admission)
 
     def offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         """The stored offsets, once every journal pending on `partitions` is applied."""

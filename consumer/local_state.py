@@ -20,9 +20,14 @@ items they are dropped and filled again from Redis.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from consumer.state_store import Loaded
 from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams
 from features.item_shards import LoadedItems
+from features.items import ItemMeta
+from features.state_codec import load_packed_user
 from features.stream import StreamState
 
 
@@ -67,3 +72,40 @@ class LocalState:
     def holds(self, state: StreamState) -> bool:
         """Whether `state` is the held tables (a batch then reads only what they lack)."""
         return self.trusted and state is self.state
+
+    def add_read(
+        self, state: StreamState, meta: dict[str, ItemMeta], users: Sequence[str],
+        read: Sequence[tuple[str, dict[bytes, bytes], set[str], dict[str, float]]],
+        read_items: Sequence[str], item_raws: Sequence[dict[bytes, bytes]],
+    ) -> Loaded:  # fmt: skip
+        """Put what a batch read into the held tables `state`: each (user, packed state,
+        memberships, recent ids) and the items' shards; what the batch loaded, as a store
+        reports it. (If the batch does not land, abort forgets all of it.)"""
+        tables = state.tables
+        tables.meta = meta
+        for user, raw, members, recent in read:
+            self.committed[user] = load_packed_user(tables, user, raw)
+            tables.user_items[user] = members
+            state.recent[user] = recent
+        totals, present = self.shards.extend(read_items, item_raws)
+        tables.set_item_states(read_items, totals, present)
+        return Loaded({u: self.committed[u] for u in users}, self.shards)
+
+
+class KeepsLocalCopy:
+    """The local-copy part of a `StateStore` (`own`, `forget`, `state`), for a store whose
+    `local` is a `LocalState`: the single-node store and the Cluster store alike."""
+
+    local: LocalState
+
+    def own(self, whole_topic: bool) -> None:
+        """Whether this consumer holds every partition (only then is a local copy kept)."""
+        self.local.trust(whole_topic)
+
+    def forget(self) -> None:
+        """Drop the local copy: the consumer re-seeks to what Redis holds."""
+        self.local.forget()
+
+    def state(self, params: FeatureParams, admission: AdmissionPolicy) -> StreamState:
+        """The state the next batch folds over: the local copy's tables, or empty ones."""
+        return self.local.begin(params, admission)

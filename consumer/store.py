@@ -14,14 +14,12 @@ from collections.abc import Iterable
 import orjson
 import redis
 
-from consumer.local_state import LocalState
+from consumer.local_state import KeepsLocalCopy, LocalState
 from consumer.redis_commands import CommandList, pairs
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables
 from features import keys
-from features.admission import AdmissionPolicy
-from features.aggregates import FeatureParams
 from features.items import ItemMeta
-from features.state_codec import STATE_FIELD, load_packed_user
+from features.state_codec import STATE_FIELD
 from features.stream import StreamState
 
 #: A Cluster that cannot serve a slot right now (failover, resharding): an outage to wait out.
@@ -68,7 +66,7 @@ def stored_offsets(client: redis.Redis, topic: str, partitions: Iterable[int]) -
     return {p: int(v) if v is not None else NO_OFFSET for p, v in zip(parts, values, strict=True)}
 
 
-class RedisStateStore:
+class RedisStateStore(KeepsLocalCopy):
     def __init__(
         self, client: redis.Redis, topic: str, session_ttl_s: int, local: LocalState | None = None
     ) -> None:
@@ -77,18 +75,6 @@ class RedisStateStore:
         self.session_ttl_s = session_ttl_s
         self.meta_cache: dict[str, ItemMeta] = {}
         self.local = local if local is not None else LocalState(0, 0)
-
-    def own(self, whole_topic: bool) -> None:
-        """Whether this consumer holds every partition (only then is a local copy kept)."""
-        self.local.trust(whole_topic)
-
-    def forget(self) -> None:
-        """Drop the local copy: the consumer re-seeks to what Redis holds."""
-        self.local.forget()
-
-    def state(self, params: FeatureParams, admission: AdmissionPolicy) -> StreamState:
-        """The state the next batch folds over: the local copy's tables, or empty ones."""
-        return self.local.begin(params, admission)
 
     def offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         return stored_offsets(self.client, self.topic, partitions)
@@ -171,17 +157,9 @@ class RedisBatch:
                 state, users, user_raws, memberships, recent, item_list, item_raws,
                 store.meta_cache,
             )  # fmt: skip
-        # The held tables: add what was read. (If the batch does not land, all of it is
-        # dropped: abort forgets the local copy.)
-        tables = state.tables
-        tables.meta = store.meta_cache
-        for user, raw, ids in zip(read_users, user_raws, recent, strict=True):
-            local.committed[user] = load_packed_user(tables, user, raw)
-            tables.user_items[user] = members[user]
-            state.recent[user] = ids
-        totals, present = local.shards.extend(read_items, item_raws)
-        tables.set_item_states(read_items, totals, present)
-        return Loaded({u: local.committed[u] for u in users}, local.shards)
+        read = [(u, raw, members[u], ids) for u, raw, ids in zip(read_users, user_raws, recent,
+                                                                    strict=True)]  # fmt: skip
+        return local.add_read(state, store.meta_cache, users, read, read_items, item_raws)
 
     def commit(self, writes: BatchWrites) -> None:
         """Write the batch and its offsets atomically; raises Fenced if a WATCHed offset moved."""
