@@ -96,3 +96,15 @@ def publish_log(
     producer.flush()
     producer.close()
     return len(events) + len(extra)
+
+
+def consume_log(settings: Settings, group: str) -> int:
+    """One in-process consumer over everything on `settings`' topic (3 s idle ends it); how
+    many events it applied."""
+    from consumer.runner import StreamConsumer
+
+    consumer = StreamConsumer(settings, group=group)
+    try:
+        return consumer.run(idle_exit_s=3).processed
+    finally:
+        consumer.close()

@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from consumer.runner import StreamConsumer
 from engage.api import create_app
 from engage.limits import MAX_ID_CHARS, MIN_ID_CHARS
 from engage.redis_client import connect
@@ -29,7 +28,7 @@ from scoring.model import ModelBundle
 from scoring.reason_words import phrase
 from scoring.registry import ModelRegistry
 from tests.conftest import fresh_settings
-from tests.eventlog import make_log, publish_log
+from tests.eventlog import consume_log, make_log, publish_log
 from tests.offline_synth import synthetic_log
 
 pytestmark = pytest.mark.stack
@@ -63,12 +62,7 @@ def api_settings(stack_settings: Settings, test_redis_db: int, tmp_path_factory)
     _register_model(settings)
     events, genres = make_log(n_users=24, events_per_user=20)
     publish_log(settings, events, genres)
-    consumer = StreamConsumer(settings, group=f"api-{settings.events_topic}")
-    try:
-        summary = consumer.run(idle_exit_s=3)
-    finally:
-        consumer.close()
-    assert summary.processed == len(events)
+    assert consume_log(settings, f"api-{settings.events_topic}") == len(events)
     return settings
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,15 +22,14 @@ from consumer.cluster_store import KILL_HOOK, ClusterStateStore
 from consumer.state_store import BatchWrites
 from engage.redis_client import connect
 from engage.settings import Settings
-from engage.stack.redis_cluster import RedisClusterServers
 from features import keys
 from features.item_shards import N_FIELDS, pack_shards
 from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
-from tests.conftest import _unavailable
-from tests.eventlog import engage_env, make_log, publish_log
+from tests.eventlog import make_log, publish_log
 from tests.reference import diff_against_redis, reference_state
-from tests.test_redis_cluster import free_base_port
+from tests.test_consumer_faults import consumer_env, start_consumer
+from tests.test_redis_cluster import private_cluster
 
 NODES = 3
 
@@ -41,19 +39,8 @@ def cluster_url(
     tmp_path_factory: pytest.TempPathFactory, stack_settings: Settings
 ) -> Iterator[str]:
     """A private 3-master cluster on free ports; yields its URL; stopped by its pids."""
-    if shutil.which("redis-server") is None:
-        _unavailable("redis-server is not installed (apt-get install redis-server)")
-    stack_dir = tmp_path_factory.mktemp("cluster-store")
-    base = free_base_port(NODES)
-    own = stack_settings.model_copy(
-        update={"stack_dir": stack_dir, "stack_redis_cluster_port": base}
-    )
-    servers = RedisClusterServers(own, NODES)
-    servers.start()
-    try:
-        yield f"redis+cluster://127.0.0.1:{base}/0"
-    finally:
-        servers.stop()
+    with private_cluster(tmp_path_factory, stack_settings, "cluster-store") as (url, _):
+        yield url
 
 
 @pytest.fixture
@@ -122,17 +109,6 @@ def test_a_retried_commit_and_a_late_older_journal_change_nothing(on_cluster: Se
     assert processed(client, topic) == 2 and store.offsets([0]) == {0: 20}
     assert pending_journals(client, topic) == 0  # the offsets read deleted what was applied
     client.close()
-
-
-def consumer_env(settings: Settings, **extra: str) -> dict[str, str]:
-    return engage_env(settings, ENGAGE_KAFKA_SESSION_TIMEOUT_MS="6000", **extra)
-
-
-def start_consumer(env: dict[str, str], group: str, idle_exit: float) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "engage", "consume", "--group", group,
-            "--idle-exit", str(idle_exit), "--json"]  # fmt: skip
-    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
 
 
 def processed(client: RedisCluster, topic: str) -> int:

@@ -17,7 +17,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from consumer.batch import BatchScorer, Incoming
-from consumer.runner import StreamConsumer
 from consumer.state_store import Loaded
 from engage.api import create_app
 from engage.settings import Settings
@@ -32,7 +31,7 @@ from scoring.model import NO_MODEL_FOR_DOMAIN, ModelBundle
 from scoring.registry import MANIFEST_FILE, ModelRegistry
 from scoring.rules import load_scorers
 from tests.conftest import fresh_settings
-from tests.eventlog import engage_env, make_log, publish_log
+from tests.eventlog import consume_log, engage_env, make_log, publish_log
 from tests.offline_synth import fitted_bundle, synthetic_log
 
 MOVIELENS_USERS = ("weird:1", "sp ace 3")  # make_log: odd users rate films, even ones browse
@@ -158,12 +157,7 @@ def seeded(stack_settings: Settings, test_redis_db: int, tmp_path_factory) -> Se
     ModelRegistry(settings).register(movielens_bundle(settings.feature_params))
     events, genres = make_log(n_users=4, events_per_user=15)
     publish_log(settings, events, genres)
-    consumer = StreamConsumer(settings, group=f"domains-{settings.events_topic}")
-    try:
-        summary = consumer.run(idle_exit_s=3)
-    finally:
-        consumer.close()
-    assert summary.processed == len(events)
+    assert consume_log(settings, f"domains-{settings.events_topic}") == len(events)
     return settings
 
 

@@ -5,6 +5,7 @@ consumer on a Cluster: tests/test_cluster_store.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -52,23 +53,35 @@ def free_base_port(n: int) -> int:
     raise RuntimeError("no free run of consecutive ports")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, stack_settings: Settings) -> Iterator[str]:
-    """A private 3-master cluster on its own ports and folder; yields its URL. Stopped by pid."""
+@contextlib.contextmanager
+def private_cluster(
+    tmp_path_factory: pytest.TempPathFactory, stack_settings: Settings, name: str
+) -> Iterator[tuple[str, RedisClusterServers]]:
+    """A 3-master cluster on free ports and its own folder: its URL and its servers; stopped
+    by pid at the end (if the caller did not stop them)."""
     if shutil.which("redis-server") is None:
         _unavailable("redis-server is not installed (apt-get install redis-server)")
-    stack_dir = tmp_path_factory.mktemp("cluster-stack")
     base = free_base_port(NODES)
     own = stack_settings.model_copy(
-        update={"stack_dir": stack_dir, "stack_redis_cluster_port": base}
+        update={"stack_dir": tmp_path_factory.mktemp(name), "stack_redis_cluster_port": base}
     )
     servers = RedisClusterServers(own, NODES)
     servers.start()
-    pids = servers.pids()
-    assert all(pids) and len(set(pids)) == NODES
-    yield f"redis+cluster://127.0.0.1:{base}/0"
-    assert servers.stop() == NODES
-    assert processes_under(stack_dir) == []
+    try:
+        yield f"redis+cluster://127.0.0.1:{base}/0", servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, stack_settings: Settings) -> Iterator[str]:
+    """A private 3-master cluster on its own ports and folder; yields its URL. Stopped by pid."""
+    with private_cluster(tmp_path_factory, stack_settings, "cluster-stack") as (url, servers):
+        pids = servers.pids()
+        assert all(pids) and len(set(pids)) == NODES
+        yield url
+        assert servers.stop() == NODES
+    assert processes_under(servers.settings.stack_dir) == []
 
 
 @pytest.fixture
