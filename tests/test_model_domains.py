@@ -30,7 +30,7 @@ from offline.train import training_domains
 from scoring.model import NO_MODEL_FOR_DOMAIN, ModelBundle
 from scoring.registry import MANIFEST_FILE, ModelRegistry
 from scoring.rules import load_scorers
-from tests.conftest import fresh_settings
+from tests.conftest import IN_CI, fresh_settings
 from tests.eventlog import consume_log, engage_env, make_log, publish_log
 from tests.offline_synth import fitted_bundle, synthetic_log
 
@@ -212,6 +212,8 @@ def test_dashboard_says_no_model_for_this_domain(seeded: Settings) -> None:
     from tests.browser import chrome, find_chromium, serve_in_thread
 
     if find_chromium() is None:
+        if IN_CI:
+            pytest.fail("CI must run the browser test, but Chromium is missing", pytrace=False)
         pytest.skip("Chromium/chromedriver missing")
 
     def text(page: object, element: str) -> str:
