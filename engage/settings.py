@@ -144,6 +144,20 @@ class Settings(BaseSettings):
     #: The SGD Platt rule's step; None: the one chosen at training (else 0.01).
     online_calibration_step: float | None = Field(default=None, gt=0, le=1.0)
 
+    # Live model quality and drift (scoring/quality.py, scoring/drift.py, `engage quality`).
+    #: Event-time days (UTC) of per-day quality kept in each partition's state.
+    quality_days: int = Field(default=7, ge=1, le=366)
+    #: A feature (or the label) whose PSI against the training data exceeds this turns the
+    #: model's drift status to "drifting" (0.1: a moderate shift, 0.25: a significant one).
+    drift_psi_threshold: float = Field(default=0.25, gt=0)
+    #: The drift window of each partition: the last `drift_blocks` blocks of
+    #: `drift_block_vectors` served vectors, plus the block being filled.
+    drift_block_vectors: int = Field(default=1_000, ge=1, lt=2**16)
+    drift_blocks: int = Field(default=10, ge=1, lt=2**16 - 1)
+    #: Features reported but never judged drifting: calendar features, which a window of
+    #: minutes to days cannot match against weeks of training data.
+    drift_ignore_features: list[str] = Field(default_factory=lambda: ["hour", "dow"])
+
     # Outages. Redis: the consumer waits with capped exponential back-off, then resumes from
     # the offsets stored in Redis; it gives up only when redis_retry_give_up_s is set.
     redis_retry_initial_s: float = Field(default=0.2, gt=0)

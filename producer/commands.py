@@ -227,6 +227,14 @@ def replay_synthetic(
     skip: int = typer.Option(0, "--skip", help=SKIP_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help=PROGRESS_HELP),
+    drift_feature: str | None = typer.Option(
+        None,
+        "--drift-feature",
+        metavar="NAME",
+        help="Shift one input's distribution from the middle of event time on (a drift "
+        "test): account_balance (x20, moves ctx_log_balance), browsing_depth (+10, ctx_depth) "
+        "or device (all mobile, ctx_mobile); the feature names work too.",
+    ),
 ) -> None:
     """Replay a seeded product funnel (sessions, pricing, demos, signups, bookings, bots)."""
     from producer import synthetic
@@ -238,8 +246,13 @@ def replay_synthetic(
     _at_least(users, 1, "--users")
     _at_least(days, 1, "--days")
     _at_least(limit, 0, "--limit")
-    config = synthetic.SyntheticConfig(users=users, days=days, seed=seed)
+    try:
+        config = synthetic.SyntheticConfig(users=users, days=days, seed=seed, drift=drift_feature)
+    except ValueError as exc:
+        raise fail(f"--drift-feature: {exc}", EXIT_BAD_INPUT) from None
     extra: dict[str, object] = {"source": f"synthetic seed={seed} users={users} days={days}"}
+    if drift_feature is not None:
+        extra["drift"] = f"{synthetic.drift_field(drift_feature)} from {config.drift_from_ms}"
     if truth_file is not None:
         try:
             synthetic.write_truth(config, truth_file)

@@ -46,6 +46,30 @@ PAGE = {
 }
 
 
+#: What `SyntheticConfig.drift` can shift in the second half of event time (a drift test for
+#: the model's inputs, scoring.drift): the context field, and the model feature it moves.
+#: account_balance x 20 (ctx_log_balance + ~3), browsing_depth + 10 (ctx_depth), every device
+#: mobile (ctx_mobile, ctx_desktop). Only the context changes: the users behave as before.
+DRIFT_FIELDS = {
+    "account_balance": "ctx_log_balance",
+    "browsing_depth": "ctx_depth",
+    "device": "ctx_mobile",
+}
+#: The model feature names are accepted too (they name the field that moves them).
+DRIFT_ALIASES = {feature: field for field, feature in DRIFT_FIELDS.items()} | {
+    "ctx_desktop": "device"
+}
+
+
+def drift_field(name: str) -> str:
+    """The context field a --drift-feature name shifts (a field or the feature it moves)."""
+    field = DRIFT_ALIASES.get(name, name)
+    if field not in DRIFT_FIELDS:
+        names = ", ".join([*DRIFT_FIELDS, *DRIFT_ALIASES])
+        raise ValueError(f"cannot shift {name!r}: one of {names}")
+    return field
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     users: int = 1000
@@ -53,16 +77,26 @@ class SyntheticConfig:
     seed: int = 0
     start_ms: int = DEFAULT_START_MS
     bot_fraction: float = 0.01
+    #: A context field (DRIFT_FIELDS, or the feature it moves) whose distribution shifts from
+    #: the middle of event time on; None: no shift (the same bytes as before the option).
+    drift: str | None = None
 
     def __post_init__(self) -> None:
         if self.users < 1 or self.days < 1:
             raise ValueError("users and days must be at least 1")
         if not 0.0 <= self.bot_fraction <= 1.0:
             raise ValueError("bot_fraction must be between 0 and 1")
+        if self.drift is not None:
+            drift_field(self.drift)
 
     @property
     def end_ms(self) -> int:
         return self.start_ms + self.days * DAY_MS
+
+    @property
+    def drift_from_ms(self) -> int:
+        """Where the shift starts: the middle of event time."""
+        return self.start_ms + self.days * DAY_MS // 2
 
 
 @dataclass(slots=True)
@@ -181,22 +215,35 @@ def _session(config: SyntheticConfig, user: _User, start: int) -> tuple[list[_St
     return steps, next_start
 
 
-def _context(user: _User, device: str, depth: int) -> dict[str, str | float | int]:
+def _context(
+    user: _User, device: str, depth: int, shift: str | None = None
+) -> dict[str, str | float | int]:
+    """An event's context; `shift`: the DRIFT_FIELDS field moved (second half of a drift run)."""
+    balance = user.balance
+    if shift == "account_balance":
+        balance = round(balance * 20.0, 2)
+    elif shift == "browsing_depth":
+        depth += 10
+    elif shift == "device":
+        device = "mobile"
     return {
         "region": user.region,
         "device": device,
-        "account_balance": user.balance,
+        "account_balance": balance,
         "browsing_depth": depth,
     }
 
 
 def events(config: SyntheticConfig) -> Iterator[Event]:
-    """All users' events merged in (ts, user, per-user number) order, generated lazily."""
+    """All users' events merged in (ts, user, per-user number) order, generated lazily; with
+    `config.drift`, one context field shifted from the middle of event time on."""
     users = [_new_user(config, i) for i in range(config.users)]
     sessions = [(_first_session_ms(config, u), u.index) for u in users]
     heapq.heapify(sessions)
     pending: list[tuple[int, int, int, EventType, str, str, str, int]] = []
     end, seed = config.end_ms, config.seed
+    shift = drift_field(config.drift) if config.drift is not None else None
+    shift_from = config.drift_from_ms
     while sessions or pending:
         while sessions and (not pending or sessions[0][0] <= pending[0][0]):
             start, index = heapq.heappop(sessions)
@@ -220,7 +267,7 @@ def events(config: SyntheticConfig) -> Iterator[Event]:
                 event_type=kind,
                 item_id=item,
                 session_id=session_id,
-                context=_context(user, device, depth),
+                context=_context(user, device, depth, shift if ts >= shift_from else None),
                 source=SOURCE,
             )
 
