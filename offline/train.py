@@ -32,13 +32,34 @@ from features.items import ItemMeta
 from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES, feature_hash
 from offline.calibration_online import online_evaluation, online_table
 from offline.dataset import BASELINE_FEATURES, Dataset, build_dataset
-from offline.evaluate import evaluate, new_run_dir, plot_reliability, plot_roc, write_report
+from offline.evaluate import (
+    evaluate,
+    metrics_table,
+    new_run_dir,
+    plot_reliability,
+    plot_roc,
+    write_report,
+)
 from offline.explain import shap_summary_plot
 from offline.learners import LEARNERS
-from offline.splits import Split, per_user_split, serving_split, temporal_split
+from offline.metrics import expected_calibration_error, log_loss, roc_auc
+from offline.splits import (
+    Split,
+    per_user_last_k_split,
+    per_user_split,
+    serving_split,
+    temporal_split,
+)
+from scoring.drift import DriftReference
 from scoring.model import ModelBundle, ScoringModel
 from scoring.registry import ModelRegistry
 from scoring.rules import domain_of
+
+#: Issue 18 item 5. The per-user split that holds out each user's last LAST_K interactions
+#: (beside the seed's leave-last-out), and the seeds the temporal interaction XGBoost is fit
+#: with: its ROC-AUC is reported as the mean over them with the spread.
+LAST_K = 5
+SEEDS = (0, 1, 2)
 
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "interaction": INTERACTION_FEATURES,
@@ -54,6 +75,8 @@ class TrainResult:
     bundle: ModelBundle
     version: str | None
     timings: dict[str, float] = field(default_factory=dict)
+    #: Issue 18 item 5: {"per_user_last5": result rows, "temporal_seeds": the AUC over seeds}.
+    progress: dict[str, Any] = field(default_factory=dict)
 
 
 def design(data: Dataset, feature_set: str) -> np.ndarray:
@@ -188,6 +211,100 @@ def _evaluate(
     return evaluation
 
 
+@contextmanager
+def xgboost_seed(seed: int) -> Iterator[None]:
+    """`fit_xgboost` with XGBoost's seed set to `seed` (its parameters are a module constant,
+    `offline.learners.XGB_PARAMS`, with no seed argument), restored afterwards."""
+    from offline import learners
+
+    before = learners.XGB_PARAMS["seed"]
+    learners.XGB_PARAMS["seed"] = seed
+    try:
+        yield
+    finally:
+        learners.XGB_PARAMS["seed"] = before
+
+
+def _fits_at_all(data: Dataset, split: Split) -> bool:
+    """Whether a split leaves rows to fit, stop and measure on, with both labels to train."""
+    return (
+        min(len(split.train), len(split.val), len(split.test)) > 0
+        and len(np.unique(data.y[split.train])) == 2
+    )
+
+
+def _per_user_last_k(steps: _Steps, data: Dataset, n_boot: int) -> list[dict[str, Any]]:
+    """Every (feature set, learner) on the per-user split that holds out each user's last
+    LAST_K interactions: the seed's split with five times the test rows."""
+    split = per_user_last_k_split(data, LAST_K)
+    if not _fits_at_all(data, split):
+        return []
+    rows = []
+    for feature_set in FEATURE_SETS:
+        for learner in LEARNERS:
+            with steps.step(f"{split.name}: {feature_set} {learner}"):
+                model, info = fit_one(data, split, feature_set, learner)
+                p = model.predict_proba(design(data, feature_set)[split.test])
+                metrics = evaluate(data.y[split.test], p, n_boot=n_boot)
+            rows.append({"split": split.name, "model": feature_set, "learner": learner,
+                         "metrics": metrics, "fit": info, "sizes": split.sizes()})  # fmt: skip
+    return rows
+
+
+def temporal_seeds(
+    data: Dataset, split: Split, seeds: tuple[int, ...] = SEEDS, fitted: ScoringModel | None = None
+) -> dict[str, Any]:
+    """The temporal interaction XGBoost fit once per seed (`fitted`: the fit with the
+    default seed, reused), each measured on the temporal test rows: ROC-AUC, log loss and ECE
+    per seed, and the ROC-AUC's mean, sample standard deviation and range."""
+    from offline import learners
+
+    X_test, y_test = data.X[split.test], data.y[split.test]
+    per_seed: list[dict[str, Any]] = []
+    for seed in seeds:
+        if fitted is not None and seed == learners.XGB_PARAMS["seed"]:
+            model = fitted
+        else:
+            with xgboost_seed(seed):
+                model, _ = fit_one(data, split, "interaction", "xgboost")
+        p = model.predict_proba(X_test)
+        per_seed.append({"seed": seed, "roc_auc": roc_auc(y_test, p),
+                         "log_loss": log_loss(y_test, p),
+                         "ece": expected_calibration_error(y_test, p)})  # fmt: skip
+    aucs = np.array([s["roc_auc"] for s in per_seed])
+    return {
+        "model": "temporal/interaction/xgboost",
+        "n": len(y_test),
+        "seeds": per_seed,
+        "roc_auc_mean": float(aucs.mean()),
+        "roc_auc_std": float(aucs.std(ddof=1)) if len(aucs) > 1 else 0.0,
+        "roc_auc_min": float(aucs.min()),
+        "roc_auc_max": float(aucs.max()),
+    }
+
+
+def seeds_line(seeds: dict[str, Any]) -> str:
+    """One line: the mean ROC-AUC over the seeds, its standard deviation and range."""
+    return (
+        f"temporal interaction xgboost ROC-AUC over {len(seeds['seeds'])} seeds: "
+        f"{seeds['roc_auc_mean']:.4f} ± {seeds['roc_auc_std']:.4f} "
+        f"({seeds['roc_auc_min']:.4f}–{seeds['roc_auc_max']:.4f}, {seeds['n']:,} test rows)"
+    )
+
+
+def _progress(steps: _Steps, data: Dataset, evaluation: _Evaluation, n_boot: int) -> dict[str, Any]:
+    """Issue 18 item 5, an evaluation that can see progress: the per-user last-5 split and
+    the temporal AUC over seeds."""
+    progress: dict[str, Any] = {f"per_user_last{LAST_K}": _per_user_last_k(steps, data, n_boot)}
+    temporal = evaluation.splits["temporal"]
+    if _fits_at_all(data, temporal) and len(np.unique(data.y[temporal.test])) == 2:
+        with steps.step(f"temporal: interaction xgboost over {len(SEEDS)} seeds"):
+            progress["temporal_seeds"] = temporal_seeds(
+                data, temporal, SEEDS, evaluation.temporal_interaction
+            )
+    return progress
+
+
 def _online_calibration(
     steps: _Steps, settings: Settings, data: Dataset, evaluation: _Evaluation
 ) -> dict[str, Any]:
@@ -271,6 +388,7 @@ def _bundle(
     online: dict[str, Any],
     source: dict[str, Any],
     events: list[Event],
+    progress: dict[str, Any],
 ) -> ModelBundle:
     """The refit models, with the recipe's held-out metrics (they have none of their own),
     the online-calibration choice the consumer serves with, and the data they were fit on."""
@@ -290,6 +408,17 @@ def _bundle(
     refit_info = {"interaction": refit.interaction_info, "propensity": refit.propensity_info}
     bundle.metrics["refit"] = refit_info
     bundle.metrics["online_calibration"] = online
+    # The training distribution of every served feature, for the live drift (scoring.drift):
+    # the rows the registered interaction model was fit and calibrated on.
+    rows = np.union1d(refit.serving.train, refit.serving.val)
+    if len(rows):
+        reference = DriftReference.fit(data.X[rows], data.y[rows], refit.interaction.features)
+        bundle.metrics["drift_reference"] = reference.as_dict()
+    for r in progress.get(f"per_user_last{LAST_K}", []):
+        if r["learner"] == "xgboost" and r["model"] != "baseline":
+            bundle.metrics[f"{r['split']}/{r['model']}/{r['learner']}"] = r["metrics"]
+    if "temporal_seeds" in progress:
+        bundle.metrics["temporal_seeds"] = progress["temporal_seeds"]
     return bundle
 
 
@@ -301,6 +430,7 @@ def _report_info(
     version: str | None,
     seconds: float,
     online: dict[str, Any],
+    progress: dict[str, Any],
 ) -> dict[str, Any]:
     """The run's facts at the head of report.md: what it trained on and what it made."""
     return {
@@ -316,6 +446,11 @@ def _report_info(
         "seconds": seconds,
         "SHAP plot": "temporal-split interaction XGBoost on its test rows",
         "served (online) ECE, temporal interaction xgboost": round(online["served"]["ece"], 4),
+        **(
+            {"temporal ROC-AUC over seeds": seeds_line(progress["temporal_seeds"])}
+            if "temporal_seeds" in progress
+            else {}
+        ),
     }
 
 
@@ -335,27 +470,51 @@ def run_training(
     params = params or settings.feature_params  # what the consumer serves with
     console = console or Console(stderr=True)
     fits = _fits()
-    steps = _Steps(console, total=1 + len(fits) + 5)
+    steps = _Steps(console, total=1 + len(fits) + len(FEATURE_SETS) * len(LEARNERS) + 6)
     started = time.perf_counter()
     with steps.progress:
         data = _feature_rows(steps, settings, events, meta, params, dataset)
         evaluation = _evaluate(steps, data, fits, n_boot)
+        progress = _progress(steps, data, evaluation, n_boot)
         online = _online_calibration(steps, settings, data, evaluation)
         run_dir = new_run_dir(settings, "train")
         plots = _plot_curves(steps, run_dir, evaluation.curves)
         refit = _refit(steps, data)
         plots.append(_shap_plot(steps, data, evaluation, run_dir))
-        bundle = _bundle(params, data, evaluation.results, refit, online, source, events)
+        bundle = _bundle(params, data, evaluation.results, refit, online, source, events, progress)
         version = None
         with steps.step("register"):
             if register:
                 version = ModelRegistry(settings, params).register(bundle)
     timings = {**steps.timings, "total": round(time.perf_counter() - started, 2)}
-    info = _report_info(source, data, evaluation.splits, bundle, version, timings["total"], online)
+    info = _report_info(
+        source, data, evaluation.splits, bundle, version, timings["total"], online, progress
+    )
     write_report(run_dir, "engage train", evaluation.results, info, plots)
     _add_online_section(run_dir, online)
+    _add_progress_section(run_dir, progress)
     (run_dir / "timings.json").write_text(json.dumps(timings, indent=2))
-    return TrainResult(run_dir, evaluation.results, bundle, version, timings)
+    return TrainResult(run_dir, evaluation.results, bundle, version, timings, progress)
+
+
+def _add_progress_section(run_dir: Path, progress: dict[str, Any]) -> None:
+    """Issue 18 item 5 in the run's files: `progress` in metrics.json, a section of report.md
+    (the per-user last-5 table and the temporal AUC over seeds)."""
+    metrics_path = run_dir / "metrics.json"
+    payload = json.loads(metrics_path.read_text())
+    payload["progress"] = progress
+    metrics_path.write_text(json.dumps(payload, indent=2, default=str))
+    lines = ["", "## An evaluation that can see progress", ""]
+    rows = progress.get(f"per_user_last{LAST_K}") or []
+    if rows:
+        lines += [f"Per-user split holding out each user's last {LAST_K} interactions (the "
+                  f"{LAST_K} before them validate):", "", metrics_table(rows), ""]  # fmt: skip
+    if "temporal_seeds" in progress:
+        seeds = progress["temporal_seeds"]
+        per_seed = ", ".join(f"seed {s['seed']}: {s['roc_auc']:.4f}" for s in seeds["seeds"])
+        lines += [seeds_line(seeds) + f" ({per_seed}).", ""]
+    with (run_dir / "report.md").open("a") as fh:
+        fh.write("\n".join(lines))
 
 
 def _add_online_section(run_dir: Path, online: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ import joblib
 from engage.settings import Settings
 from features.aggregates import FeatureParams
 from features.vector import feature_hash
+from scoring.drift import DriftReference, reference_of
 from scoring.model import ModelBundle
 
 BUNDLE_FILE = "bundle.joblib"
@@ -127,6 +128,12 @@ class ModelRegistry:
             raise ModelNotFound(f"no model version {version!r} under {self.root}")
         manifest: dict[str, Any] = json.loads(path.read_text())
         return manifest
+
+    def drift_reference(self, version: str) -> DriftReference | None:
+        """The training distribution `engage train` stored with `version` (its manifest's
+        `metrics["drift_reference"]`, scoring.drift), read without unpickling the bundle;
+        None for a model registered before references were stored."""
+        return reference_of(self.manifest(version).get("metrics"))
 
     def load(self, version: str | None = None) -> ModelBundle:
         """The bundle (default: current); refuses one trained on other feature definitions."""

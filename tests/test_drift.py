@@ -145,6 +145,7 @@ def _served(config: synthetic.SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
 CLOCK_FEATURES = {"i_count", "i_days_since_mean", "i_engage_rate", "dow", "hour"}
 
 
+@pytest.mark.slow  # three synthetic weeks through the feature pipeline (~5 s)
 @pytest.mark.parametrize("shifted", ["account_balance", "browsing_depth", "device"])
 def test_a_synthetic_replay_with_a_drifted_feature_names_it(shifted: str):
     X_train, y_train = _served(synthetic.SyntheticConfig(users=1500, days=7, seed=1))
