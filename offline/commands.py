@@ -1,4 +1,5 @@
-"""The offline subcommands: `engage export`, `train`, `evaluate`, `explain`, `parity`."""
+"""The offline subcommands: `engage export`, `train`, `evaluate`, `explain`, `parity`,
+`quality`."""
 
 from __future__ import annotations
 
@@ -142,16 +143,43 @@ def train(
         get_settings(), events, meta, source, register, n_boot=n_boot, dataset=dataset
     )
     report = result.run_dir / "report.md"
+    progress = result.progress
     if as_json:
         print_json({"version": result.version, "registered": result.version is not None,
                     "seconds": result.timings["total"], **_run_files(result.run_dir),
-                    "results": _flat(result.results)})  # fmt: skip
+                    "results": _flat(result.results),
+                    "progress": {"per_user_last5": _flat(progress.get("per_user_last5", [])),
+                                 "temporal_seeds": progress.get("temporal_seeds")}})  # fmt: skip
         return
     _print_results(result.results)
+    _print_progress(progress)
     console.print(MORE_IN_REPORT)
     console.print(f"report: {report}  ({result.timings['total']} s)")
     if result.version:
         console.print(f"registered and current: [bold]{result.version}[/]")
+
+
+def _print_progress(progress: dict[str, Any]) -> None:
+    """Issue 18 item 5 under the tables: the per-user last-5 split (the interaction and
+    propensity models; every row is in the report) and the temporal AUC over seeds."""
+    from offline.train import seeds_line
+
+    out = stdout()
+    rows = [r for r in progress.get("per_user_last5", []) if r["model"] != "baseline"]
+    if rows:
+        n = rows[0]["metrics"]["n"]
+        shown = table(text("model"), text("learner"), number("ROC-AUC"), number("95% CI"),
+                      number("log loss"), number("ECE"),
+                      title=f"per-user, last 5 of each user ({n:,} test rows)")  # fmt: skip
+        for r in rows:
+            m = r["metrics"]
+            ci = f"{fmt(m['roc_auc_ci_low'], '.3f')}–{fmt(m['roc_auc_ci_high'], '.3f')}"
+            shown.add_row(r["model"], r["learner"], fmt(m["roc_auc"]), ci, fmt(m["log_loss"]),
+                          fmt(m["ece"]))  # fmt: skip
+        out.print(shown)
+        out.print()
+    if progress.get("temporal_seeds"):
+        out.print(seeds_line(progress["temporal_seeds"]), markup=False)
 
 
 def _logged(events: list[Any], source: dict[str, Any]) -> Any:
@@ -251,13 +279,31 @@ def evaluate(
     plot_reliability(curves, run_dir / "reliability.png", f"Reliability, model {bundle.version}")
     info = {"model version": bundle.version, "source": source.get("path") or source["source"],
             "rows": len(rows), "in-sample rows included": all_rows}  # fmt: skip
+    # The recipe's temporal AUC over seeds, measured when the model was trained (issue 18).
+    seeds = (bundle.metrics or {}).get("temporal_seeds")
+    if seeds:
+        from offline.train import seeds_line
+
+        info["temporal ROC-AUC over seeds (at training)"] = seeds_line(seeds)
     write_report(run_dir, f"engage evaluate {bundle.version}", results, info,
                  ["roc.png", "reliability.png"])  # fmt: skip
+    if seeds:
+        import json
+
+        metrics_path = run_dir / "metrics.json"
+        payload = json.loads(metrics_path.read_text())
+        payload["temporal_seeds"] = seeds
+        metrics_path.write_text(json.dumps(payload, indent=2, default=str))
     if as_json:
         print_json({"version": bundle.version, "rows": len(rows), "in_sample": all_rows,
-                    **_run_files(run_dir), "results": _flat(results)})  # fmt: skip
+                    **_run_files(run_dir), "results": _flat(results),
+                    "temporal_seeds": seeds})  # fmt: skip
         return
     _print_results(results)
+    if seeds:
+        from offline.train import seeds_line
+
+        console.print(f"at training: {seeds_line(seeds)}", highlight=False)
     console.print(MORE_IN_REPORT)
     console.print(f"report: {run_dir / 'report.md'}")
 
@@ -523,7 +569,36 @@ def _differing(count: int, rate: float | None) -> str:
     return f"{count:,} ({share})"
 
 
+def quality(
+    top: int = typer.Option(5, "--top", min=1, help="Drifting features listed (worst first)."),
+    as_json: bool = JsonOpt,
+):
+    """Live model quality and drift from the states the consumer keeps in Redis: per domain
+    ROC-AUC, log loss, ECE, reliability, positive rate vs mean prediction and the rule's AUC
+    over the last 1,000 / 10,000 labelled events and per day; each feature's PSI against the
+    training data, the drifting ones named. Exit 4 when no state is stored yet."""
+    from offline.quality_report import collect_quality, print_quality, status
+
+    settings = get_settings()
+    with services_down_exits(settings):
+        report = collect_quality(settings, top)
+    report["status"] = status(report)
+    if not report["partitions"]["quality"] and not report["partitions"]["drift"]:
+        if as_json:
+            print_json(report)
+        raise fail(
+            f"no quality or drift state for topic {settings.events_topic} in this Redis "
+            "database yet: the consumer writes them as it scores labelled events with a model",
+            EXIT_NOT_FOUND,
+        )
+    if as_json:
+        print_json(report)
+        return
+    print_quality(report)
+
+
 def register(app: typer.Typer) -> None:
     for name, command in (("export", export), ("train", train), ("evaluate", evaluate),
-                          ("explain", explain), ("parity", parity)):  # fmt: skip
+                          ("explain", explain), ("parity", parity),
+                          ("quality", quality)):  # fmt: skip
         app.command(name)(namespace_options()(command))

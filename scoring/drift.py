@@ -256,6 +256,18 @@ class DriftMonitor:
                           self.reference.digest, len(version))  # fmt: skip
         return head + version + self._counts.tobytes() + self._labels.tobytes()
 
+    @staticmethod
+    def peek(data: bytes) -> str:
+        """The model version a stored state was counted for (to find its reference, e.g. in
+        the registry); BadState if the bytes are not a drift state."""
+        try:
+            magic, _, *_, n_version = _HEAD.unpack_from(data, 0)
+        except struct.error as exc:
+            raise BadState("not a drift state") from exc
+        if magic != _MAGIC or len(data) < _HEAD.size + n_version:
+            raise BadState("not a drift state")
+        return bytes(data[_HEAD.size : _HEAD.size + n_version]).decode(errors="replace")
+
     @classmethod
     def from_bytes(
         cls, data: bytes, reference: DriftReference, block: int | None = None,
