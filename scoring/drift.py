@@ -408,6 +408,7 @@ def offline_drift(
     blocks: int = DEFAULT_BLOCKS,
     top: int = DEFAULT_TOP,
     ignore: Sequence[str] = DEFAULT_IGNORE,
+    model_version: str = "",
 ) -> dict[str, Any]:
     """The live drift figures, offline: the same `DriftMonitor` per partition over served
     vectors in the consumer's order (None: one partition)."""
@@ -416,7 +417,7 @@ def offline_drift(
     monitors = []
     for part in np.unique(parts).tolist():
         rows = np.flatnonzero(parts == part)
-        monitor = DriftMonitor(reference, block=block, blocks=blocks)
+        monitor = DriftMonitor(reference, model_version, block=block, blocks=blocks)
         monitor.observe(X[rows], None if label is None else np.asarray(label)[rows])
         monitors.append(monitor)
     return merged_drift(monitors, threshold, top, ignore=ignore)

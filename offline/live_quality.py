@@ -1,0 +1,138 @@
+"""A model's live quality and drift over an events log, offline (issue 18): what the
+consumer's per-partition states hold (scoring.quality, scoring.drift) once it has scored the
+same events in the same order. One definition: the same `LiveQuality` and `DriftMonitor`,
+fed with the rows the consumer serves.
+
+Each admitted event (admission and the compiled fold of the consumer, as `offline.dataset`
+runs them) gives its before-event vector; an event of a domain the model covers gets the
+interaction model's probability, recalibrated online per domain (scoring.online_calibration,
+the settings' rule, in log order), and the rule score of the user's state *before* the event
+(the rule score after it has already counted the event's own outcome, so its AUC against that
+outcome would flatter the rule). The partition is the one the replay's key (the user id)
+hashes to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engage.partitioning import positive_murmur2
+from engage.settings import Settings
+from features.events import Event
+from features.fold import FoldState
+from features.items import ItemMeta
+from features.stream import StreamState
+from features.vector import PROPENSITY_FEATURES
+from offline.dataset import _chunks
+from scoring.drift import offline_drift, reference_of
+from scoring.model import ModelBundle
+from scoring.online_calibration import OnlineCalibrator, OnlineParams, event_label
+from scoring.quality import prequential_quality
+from scoring.rules import domain_of, load_scorers
+
+CHUNK = 50_000
+
+
+@dataclass
+class ServedRows:
+    """One row per admitted event the model scores, in log order."""
+
+    X: np.ndarray  # before-event interaction vectors
+    prob: np.ndarray  # served (online-calibrated) probability
+    rule: np.ndarray  # rule score of the user's state before the event
+    label: np.ndarray  # 1.0 / 0.0 / NaN (scoring.online_calibration.event_label)
+    ts: np.ndarray  # event time, ms
+    domain: list[str]
+    partition: np.ndarray
+
+
+def served_rows(
+    events: Iterable[Event], meta: dict[str, ItemMeta], bundle: ModelBundle, settings: Settings,
+    calibrate: bool = True,
+) -> ServedRows:  # fmt: skip
+    """The rows the consumer would serve for `events` (in the log's order)."""
+    state = StreamState(settings.feature_params, settings.admission_policy,
+                        FoldState(meta=dict(meta)))  # fmt: skip
+    scorers = load_scorers(settings.rules_file)
+    params = OnlineParams.for_model(settings, bundle.metrics)
+    calibrators: dict[str, OnlineCalibrator] = {}
+    n_prop = len(PROPENSITY_FEATURES)
+    blocks: list[ServedRows] = []
+    for chunk in _chunks(events, CHUNK):
+        folded = state.apply(chunk)
+        applied = [chunk[i] for i in folded.admitted]
+        domains = [domain_of(e.source) for e in applied]
+        keep = np.array([bundle.covers(d) for d in domains], dtype=bool)
+        before = folded.out.before[keep] if len(applied) else np.empty((0, 0))
+        kept = [e for e, k in zip(applied, keep.tolist(), strict=True) if k]
+        kept_domains = [d for d, k in zip(domains, keep.tolist(), strict=True) if k]
+        if not kept:
+            continue
+        label = np.array([event_label(e) for e in kept])
+        prob = bundle.interaction.predict_proba(before)
+        rule = np.empty(len(kept))
+        by_domain: dict[str, list[int]] = {}
+        for i, d in enumerate(kept_domains):
+            by_domain.setdefault(d, []).append(i)
+        for d, rows in by_domain.items():
+            rule[rows] = scorers[d].score(before[rows, :n_prop]).score
+            if calibrate:
+                calibrator = calibrators.setdefault(d, OnlineCalibrator(params, bundle.version))
+                prob[rows] = calibrator.process(prob[rows], label[rows])
+        partition = np.array([positive_murmur2(e.user_id.encode()) % settings.partitions
+                              for e in kept])  # fmt: skip
+        ts = np.array([e.ts for e in kept], dtype=np.int64)
+        blocks.append(ServedRows(before, prob, rule, label, ts, kept_domains, partition))
+    if not blocks:
+        width = len(bundle.interaction.features)
+        empty = np.empty(0)
+        return ServedRows(np.empty((0, width)), empty, empty, empty, empty.astype(np.int64), [],
+                          empty.astype(np.int64))  # fmt: skip
+    return ServedRows(
+        np.vstack([b.X for b in blocks]),
+        np.concatenate([b.prob for b in blocks]),
+        np.concatenate([b.rule for b in blocks]),
+        np.concatenate([b.label for b in blocks]),
+        np.concatenate([b.ts for b in blocks]),
+        [d for b in blocks for d in b.domain],
+        np.concatenate([b.partition for b in blocks]),
+    )
+
+
+def log_quality(
+    events: Iterable[Event], meta: dict[str, ItemMeta], bundle: ModelBundle, settings: Settings,
+    calibrate: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """{"quality": per domain (scoring.quality.merged_summary's), "drift": merged_drift's or
+    None without a stored reference}: the figures `engage quality` would show after the
+    consumer scored `events`."""
+    rows = served_rows(events, meta, bundle, settings, calibrate)
+    quality = prequential_quality(
+        rows.prob,
+        rows.label,
+        rows.rule,
+        rows.ts,
+        rows.domain,
+        rows.partition,
+        bundle.version,
+        days=settings.quality_days,
+    )
+    reference = reference_of(bundle.metrics)
+    drift = None
+    if reference is not None:
+        drift = offline_drift(
+            reference,
+            rows.X,
+            rows.label,
+            rows.partition,
+            settings.drift_psi_threshold,
+            settings.drift_block_vectors,
+            settings.drift_blocks,
+            ignore=settings.drift_ignore_features,
+            model_version=bundle.version,
+        )
+    return {"quality": quality["domains"], "drift": drift, "rows": len(rows.prob)}
