@@ -284,11 +284,12 @@ def temporal_seeds(
 
 
 def seeds_line(seeds: dict[str, Any]) -> str:
-    """One line: the mean ROC-AUC over the seeds, its standard deviation and range."""
+    """One line within 80 columns: the mean ROC-AUC over the seeds, its standard deviation
+    and range."""
     return (
-        f"temporal interaction xgboost ROC-AUC over {len(seeds['seeds'])} seeds: "
+        f"temporal interaction ROC-AUC, {len(seeds['seeds'])} seeds: "
         f"{seeds['roc_auc_mean']:.4f} ± {seeds['roc_auc_std']:.4f} "
-        f"({seeds['roc_auc_min']:.4f}–{seeds['roc_auc_max']:.4f}, {seeds['n']:,} test rows)"
+        f"({seeds['roc_auc_min']:.4f}–{seeds['roc_auc_max']:.4f})"
     )
 
 

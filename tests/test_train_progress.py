@@ -43,7 +43,7 @@ def test_train_reports_progress_and_registers_the_drift_reference(tmp_path):
     payload = json.loads((result.run_dir / "metrics.json").read_text())
     assert payload["progress"]["temporal_seeds"]["roc_auc_mean"] == seeds["roc_auc_mean"]
     report = (result.run_dir / "report.md").read_text()
-    assert "last 5 interactions" in report and "over 3 seeds" in report
+    assert "last 5 interactions" in report and "ROC-AUC, 3 seeds" in report
     registry = ModelRegistry(settings)
     reference = registry.drift_reference(result.version or "")
     assert isinstance(reference, DriftReference)
