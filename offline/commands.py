@@ -160,24 +160,18 @@ def train(
 
 
 def _print_progress(progress: dict[str, Any]) -> None:
-    """Issue 18 item 5 under the tables: the per-user last-5 split (the interaction and
-    propensity models; every row is in the report) and the temporal AUC over seeds."""
+    """Issue 18 item 5 under the tables, a line each: the XGBoost models on the per-user
+    last-5 split (every model is in the report) and the temporal AUC over seeds."""
     from offline.train import seeds_line
 
     out = stdout()
-    rows = [r for r in progress.get("per_user_last5", []) if r["model"] != "baseline"]
-    if rows:
-        n = rows[0]["metrics"]["n"]
-        shown = table(text("model"), text("learner"), number("ROC-AUC"), number("95% CI"),
-                      number("log loss"), number("ECE"),
-                      title=f"per-user, last 5 of each user ({n:,} test rows)")  # fmt: skip
-        for r in rows:
-            m = r["metrics"]
-            ci = f"{fmt(m['roc_auc_ci_low'], '.3f')}–{fmt(m['roc_auc_ci_high'], '.3f')}"
-            shown.add_row(r["model"], r["learner"], fmt(m["roc_auc"]), ci, fmt(m["log_loss"]),
-                          fmt(m["ece"]))  # fmt: skip
-        out.print(shown)
-        out.print()
+    for r in progress.get("per_user_last5", []):
+        if r["learner"] != "xgboost" or r["model"] == "baseline":
+            continue
+        m = r["metrics"]
+        ci = f"{fmt(m['roc_auc_ci_low'], '.3f')}–{fmt(m['roc_auc_ci_high'], '.3f')}"
+        out.print(f"per-user last 5 ({m['n']:,} rows), {r['model']} xgboost: ROC-AUC "
+                  f"{fmt(m['roc_auc'])} ({ci})", markup=False)  # fmt: skip
     if progress.get("temporal_seeds"):
         out.print(seeds_line(progress["temporal_seeds"]), markup=False)
 
