@@ -62,7 +62,9 @@ class LiveMonitors:
         self.quality: dict[int, LiveQuality] = {}
         self.drift: dict[int, DriftMonitor] = {}
         self._committed: dict[int, tuple[bytes | None, bytes | None]] = {}
-        self._pending: dict[int, tuple[bytes | None, bytes | None]] = {}
+        #: Batches observed whose transactions have not committed yet, oldest first (with
+        #: the commit overlapping the next batch, two can be in flight).
+        self._pending: list[dict[int, tuple[bytes, bytes | None]]] = []
 
     def set_model(self, version: str, metrics: Mapping[str, Any] | None) -> None:
         """The model now served (its bundle's version and metrics, where `engage train`
@@ -90,7 +92,8 @@ class LiveMonitors:
         else:
             self.drift.pop(partition, None)
         self._committed[partition] = (quality, drift)
-        self._pending.pop(partition, None)
+        for batch in self._pending:
+            batch.pop(partition, None)
 
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget partitions (revoked)."""
@@ -98,7 +101,8 @@ class LiveMonitors:
             self.quality.pop(p, None)
             self.drift.pop(p, None)
             self._committed.pop(p, None)
-            self._pending.pop(p, None)
+            for batch in self._pending:
+                batch.pop(p, None)
 
     def observe(
         self,
@@ -122,6 +126,7 @@ class LiveMonitors:
         prob = np.asarray(prob, dtype=np.float64)
         scored = ~np.isnan(prob)
         writes: dict[str, bytes] = {}
+        pending: dict[int, tuple[bytes, bytes | None]] = {}
         for p in dict.fromkeys(part.tolist()):
             rows = np.flatnonzero((part == p) & scored)
             quality = self.quality[p]
@@ -137,17 +142,21 @@ class LiveMonitors:
             if drift is not None:
                 drift.observe(np.asarray(before)[rows], np.asarray(label)[rows])
                 d_bytes = writes[drift_key(topic, p)] = drift.to_bytes()
-            self._pending[p] = (q_bytes, d_bytes)
+            pending[p] = (q_bytes, d_bytes)
+        self._pending.append(pending)
         return writes
 
     def commit(self) -> None:
-        """The batch's transaction committed: its states are the stored ones now."""
-        self._committed.update(self._pending)
-        self._pending.clear()
+        """The oldest observed batch's transaction committed: its states are stored now."""
+        if self._pending:
+            self._committed.update(self._pending.pop(0))
 
     def rollback(self) -> None:
-        """The batch's transaction did not commit: back to the stored states."""
-        for p in list(self._pending):
+        """A transaction did not commit: every batch not committed is undone (a later one was
+        folded on top of it), back to the stored states, to be read again."""
+        touched = {p for batch in self._pending for p in batch}
+        self._pending.clear()
+        for p in touched:
             quality, drift = self._committed[p]
             self.load(p, quality, drift)
 

@@ -104,3 +104,23 @@ def test_a_model_swap_starts_drift_afresh_and_a_model_without_reference_has_none
     assert monitors.summary()["drift"] is None
     versions = {d: q["model_versions"] for d, q in monitors.summary()["quality"].items()}
     assert versions == {"movielens": ["v3"], "funnel": ["v3"]}
+
+
+def test_two_batches_in_flight_commit_in_order_and_a_failure_undoes_the_rest():
+    rows = _batch_rows(3000, 4)
+    reference = DriftReference.fit(rows["before"], np.zeros(3000), FEATURES)
+    metrics = {"drift_reference": reference.as_dict()}
+    monitors = LiveMonitors(block=100, blocks=2)
+    monitors.set_model("v1", metrics)
+    for p in range(3):
+        monitors.load(p, None, None)
+    first = _feed(monitors, rows, 0, 1000)  # its transaction runs while the next is folded
+    _feed(monitors, rows, 1000, 2000)
+    monitors.commit()  # the first committed
+    monitors.rollback()  # the second did not
+    after_first = LiveMonitors(block=100, blocks=2)
+    after_first.set_model("v1", metrics)
+    for p in range(3):
+        after_first.load(p, first.get(quality_key(TOPIC, p)), first.get(drift_key(TOPIC, p)))
+    assert monitors.summary() == after_first.summary()
+    assert _feed(monitors, rows, 1000, 2000) == _feed(after_first, rows, 1000, 2000)
