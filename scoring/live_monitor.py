@@ -167,3 +167,43 @@ class LiveMonitors:
         if self.drift:
             drift = merged_drift(self.drift.values(), self.threshold, top, ignore=self.ignore)
         return {"quality": merged_summary(self.quality.values())["domains"], "drift": drift}
+
+
+#: Gauge name -> help, for `samples` (prometheus_client: one Gauge each, labelled as below).
+GAUGES = {
+    "engage_model_roc_auc": "ROC-AUC of the served probability (domain, window)",
+    "engage_model_log_loss": "Log loss of the served probability (domain, window)",
+    "engage_model_ece": "Expected calibration error, 10 bins (domain, window)",
+    "engage_model_positive_rate": "Observed positive rate (domain, window)",
+    "engage_model_mean_prediction": "Mean served probability (domain, window)",
+    "engage_rule_roc_auc": "ROC-AUC of the rule score before the event (domain, window)",
+    "engage_model_labelled_events": "Labelled events in the window (domain, window)",
+    "engage_feature_psi": "PSI of a model feature against its training data (feature)",
+    "engage_label_psi": "PSI of the label against the training positive rate",
+    "engage_model_drifting": "1 when a feature or the label is over the drift threshold",
+}
+
+
+def samples(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, str], float]]:
+    """(gauge, labels, value) of every figure of a `LiveMonitors.summary()` (or of the
+    `engage quality` report's "quality" / one "drift" entry): windows labelled
+    {"domain", "window"}, features {"feature"}. Figures that are undefined are left out."""
+    out: list[tuple[str, dict[str, str], float]] = []
+    figures = {"engage_model_roc_auc": "roc_auc", "engage_model_log_loss": "log_loss",
+               "engage_model_ece": "ece", "engage_model_positive_rate": "positive_rate",
+               "engage_model_mean_prediction": "mean_p", "engage_rule_roc_auc": "rule_roc_auc",
+               "engage_model_labelled_events": "n"}  # fmt: skip
+    for domain, q in (summary.get("quality") or {}).items():
+        for window, f in q["windows"].items():
+            labels = {"domain": domain, "window": window}
+            for gauge, key in figures.items():
+                if f.get(key) is not None:
+                    out.append((gauge, labels, float(f[key])))
+    drift = summary.get("drift")
+    if drift and drift.get("features") is not None:
+        for feature, value in drift["features"].items():
+            out.append(("engage_feature_psi", {"feature": feature}, float(value)))
+        if drift["label"].get("psi") is not None:
+            out.append(("engage_label_psi", {}, float(drift["label"]["psi"])))
+        out.append(("engage_model_drifting", {}, 1.0 if drift["status"] == "drifting" else 0.0))
+    return out

@@ -124,3 +124,20 @@ def test_two_batches_in_flight_commit_in_order_and_a_failure_undoes_the_rest():
         after_first.load(p, first.get(quality_key(TOPIC, p)), first.get(drift_key(TOPIC, p)))
     assert monitors.summary() == after_first.summary()
     assert _feed(monitors, rows, 1000, 2000) == _feed(after_first, rows, 1000, 2000)
+
+
+def test_samples_name_every_window_figure_and_feature_for_prometheus():
+    from scoring.live_monitor import GAUGES, samples
+
+    rows = _batch_rows(3000, 5)
+    reference = DriftReference.fit(rows["before"], np.zeros(3000), FEATURES)
+    monitors = LiveMonitors(block=100, blocks=2)
+    monitors.set_model("v1", {"drift_reference": reference.as_dict()})
+    for p in range(3):
+        monitors.load(p, None, None)
+    _feed(monitors, rows, 0, 3000)
+    out = samples(monitors.summary())
+    assert {name for name, _, _ in out} == set(GAUGES)
+    auc = {(lab["domain"], lab["window"]): v for n, lab, v in out if n == "engage_model_roc_auc"}
+    assert set(auc) == {(d, w) for d in ("movielens", "funnel") for w in ("1000", "10000")}
+    assert {lab["feature"] for n, lab, _ in out if n == "engage_feature_psi"} == set(FEATURES)
