@@ -124,6 +124,7 @@ class LiveMonitors:
         KeyError for a partition not `load`ed."""
         part = np.asarray(partition)
         prob = np.asarray(prob, dtype=np.float64)
+        domains = np.asarray(domain, dtype=object)
         scored = ~np.isnan(prob)
         writes: dict[str, bytes] = {}
         pending: dict[int, tuple[bytes, bytes | None]] = {}
@@ -133,9 +134,8 @@ class LiveMonitors:
             drift = self.drift.get(p)
             if not len(rows):
                 continue  # nothing changes: nothing to write
-            names = [domain[i] for i in rows.tolist()]
             quality.observe(prob[rows], np.asarray(label)[rows], np.asarray(rule_score)[rows],
-                            np.asarray(event_ts_ms)[rows], names, self.version)  # fmt: skip
+                            np.asarray(event_ts_ms)[rows], domains[rows], self.version)  # fmt: skip
             q_bytes = quality.to_bytes()
             writes[quality_key(topic, p)] = q_bytes
             d_bytes = None

@@ -281,19 +281,19 @@ class _Track:
         return sorted(slots, key=lambda s: int(self.day_no[s]))
 
 
-def _as_domains(domain: str | Sequence[str], n: int) -> list[tuple[str, np.ndarray | None]]:
+def _as_domains(
+    domain: str | Sequence[str] | np.ndarray, n: int
+) -> list[tuple[str, np.ndarray | None]]:
     """(domain, rows) groups, rows None meaning all; a row keeps its order within its group."""
     if isinstance(domain, str):
         return [(domain, None)]
     names = np.asarray(domain, dtype=object)
     if len(names) != n:
         raise ValueError(f"domain has {len(names)} entries for {n} rows")
-    groups: dict[str, list[int]] = {}
-    for i, name in enumerate(names.tolist()):
-        groups.setdefault(str(name), []).append(i)
-    if len(groups) == 1:
-        return [(next(iter(groups)), None)]
-    return [(name, np.array(rows, dtype=np.int64)) for name, rows in groups.items()]
+    distinct = set(names.tolist())
+    if len(distinct) == 1:
+        return [(str(distinct.pop()), None)]
+    return [(str(name), np.flatnonzero(names == name)) for name in sorted(distinct)]
 
 
 class LiveQuality:
@@ -323,7 +323,7 @@ class LiveQuality:
         label: np.ndarray,
         rule_score: np.ndarray,
         event_ts_ms: np.ndarray,
-        domain: str | Sequence[str] = "",
+        domain: str | Sequence[str] | np.ndarray = "",
         model_version: str = "",
     ) -> None:
         """Judge each labelled, scored row (label 0.0 / 1.0, NaN: none; prob NaN: not scored)
