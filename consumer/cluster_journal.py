@@ -69,6 +69,10 @@ while j <= #ARGV do
   if fresh then
     ran = ran + 1
     if g > 0 then redis.call('HSET', KEYS[g], guard_field, seq) end
+  elseif g > 0 then
+    -- Refused: written already, maybe by a process that died before a replica confirmed it.
+    -- Writing the guard's own value makes this call's WAIT cover that write too.
+    redis.call('HSET', KEYS[g], guard_field, redis.call('HGET', KEYS[g], guard_field))
   end
 end
 return ran

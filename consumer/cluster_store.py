@@ -38,6 +38,20 @@ the offset keys `engage:offset:<topic>:<p>` that `engage stats` reads are mirror
 (consumer/cluster_load.py), and also dropped when a batch's first call applies a journal
 another process wrote. Test hook: `ENGAGE_TEST_CLUSTER_KILL=N:K` SIGKILLs the process after K slot
 calls of the apply of its Nth commit that has more than K (tests/test_cluster_store.py).
+
+**Replicas and failover.** Replication is asynchronous: a master that dies may take writes
+it acknowledged with it, and a promoted replica that lacks a commit would put the journal
+counter and the offsets behind guards on other nodes (later journals refused), or lack a
+slot call whose journal was already deleted (state silently behind). So when the masters
+have replicas, every write of the store (the commit, the recovery read that returns pending
+journals, each node's slot calls) goes in one pipeline per node that ends in `WAIT <the
+master's replicas> WAIT_MS` on the same connection, and counts as done only if every replica
+the client's slot map lists for that master confirmed it: a commit is applied, and a journal
+deleted, only once confirmed; otherwise the batch's outcome is unknown and recovery redoes it
+(the guards make that safe). The recovery read and a refused slot call write once (the
+guard's own value) so that their WAIT also covers an earlier, unconfirmed write of a dead
+process. A master with no replica listed (none configured, or its replica failed) is not
+waited for: its writes are single-copy until a replica attaches (docs/redis-cluster.md).
 """
 
 from __future__ import annotations
@@ -46,12 +60,13 @@ import contextlib
 import hashlib
 import os
 import signal
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 
 from consumer import cluster_load
 from consumer.cluster_journal import APPLY_LUA, SlotCall, pack, slot_calls, unpack
@@ -64,6 +79,8 @@ from features.state_codec import STATE_FIELD
 from features.stream import StreamState
 
 KILL_HOOK = "ENGAGE_TEST_CLUSTER_KILL"
+WAIT_MS = 1000  # how long a write waits for its master's replicas to confirm it
+REDIRECT_ROUNDS = 10
 
 # KEYS: progress hash, journal hash. ARGV: n, n journal numbers done (deleted first), then the
 # partitions. Returns {offsets (-1: none), {number, journal, ...} pending on them}.
@@ -80,6 +97,9 @@ for k = 2 + nd, #ARGV do
     if journal then pending[#pending + 1] = seq; pending[#pending + 1] = journal end
   end
 end
+-- A write, so the caller's WAIT also covers the commits of the pending journals (perhaps
+-- another process's, not confirmed by a replica yet) before it applies them.
+if #pending > 0 then redis.call('HSET', KEYS[1], 'seq', redis.call('HGET', KEYS[1], 'seq')) end
 return {offsets, pending}
 """
 # KEYS: progress hash, stats hash, journal hash. ARGV: token, journal ('' for none), n, n
@@ -134,6 +154,125 @@ class _Script:
 PROGRESS, COMMIT, APPLY = _Script(PROGRESS_LUA), _Script(COMMIT_LUA), _Script(APPLY_LUA)
 
 
+class NotReplicated(redis.exceptions.ClusterError):
+    """A master's replicas did not confirm a write within WAIT_MS: a failover may lose it."""
+
+
+class Replicas:
+    """How many replicas the client's slot map lists for each master (CLUSTER SLOTS leaves
+    failed replicas out), recounted whenever the client re-reads the map."""
+
+    def __init__(self, client: RedisCluster) -> None:
+        self.client = client
+        self._map_id = -1
+        self._counts: dict[str, int] = {}
+
+    def _recount(self) -> None:
+        slots = self.client.nodes_manager.slots_cache
+        if id(slots) == self._map_id:
+            return
+        counts: dict[str, int] = {}
+        seen: set[int] = set()
+        for nodes in list(slots.values()):
+            if id(nodes) in seen or not nodes:
+                continue
+            seen.add(id(nodes))
+            counts[nodes[0].name] = max(counts.get(nodes[0].name, 0), len(nodes) - 1)
+        self._counts, self._map_id = counts, id(slots)
+
+    def any(self) -> bool:
+        self._recount()
+        return any(self._counts.values())
+
+    def of(self, node: ClusterNode) -> int:
+        self._recount()
+        if node.name not in self._counts:  # a master the map learnt from a MOVED: re-read it
+            self.refresh()
+            self._recount()
+        return self._counts.get(node.name, 0)
+
+    def refresh(self) -> None:
+        """Re-read the slot map (after a failover, a failed replica, a MOVED to a new node);
+        if no node answers, the caller's own error says so."""
+        with contextlib.suppress(redis.RedisError, OSError):
+            self.client.nodes_manager.initialize()
+
+
+def run_confirmed(
+    client: RedisCluster, replicas: Replicas, calls: list[tuple[int, _Script, list]]
+) -> list[Any]:
+    """Script calls (slot, script, keys-and-args), each node's in one pipeline on one
+    connection ending in WAIT for that master's replicas: the replies, once every call ran
+    and every replica listed confirmed it. MOVED, ASK (ASKING on the target), TRYAGAIN and
+    NOSCRIPT are retried in a next round; a WAIT short of the replicas raises NotReplicated."""
+    replies: list[Any] = [None] * len(calls)
+    todo: dict[int, tuple[str | None, bool]] = {i: (None, False) for i in range(len(calls))}
+    for _ in range(REDIRECT_ROUNDS):
+        if not todo:
+            return replies
+        groups: dict[str, tuple[ClusterNode, list[tuple[int, bool, bool]]]] = {}
+        for i, (ask, eval_) in todo.items():
+            if ask is not None:
+                target = client.get_node(node_name=ask)
+                if target is None:
+                    host, port = ask.rsplit(":", 1)
+                    target = ClusterNode(host, int(port))
+                    client.nodes_manager.nodes_cache.setdefault(target.name, target)
+                    target = client.nodes_manager.nodes_cache[target.name]
+            else:
+                target = client.nodes_manager.get_node_from_slot(calls[i][0])
+            groups.setdefault(target.name, (target, []))[1].append((i, ask is not None, eval_))
+        todo = {}
+        for target, items in groups.values():
+            if target.redis_connection is None:
+                client.nodes_manager.create_redis_connections([target])
+            pipe = client.get_redis_connection(target).pipeline(transaction=False)
+            for i, asking, eval_ in items:
+                _slot, script, args = calls[i]
+                if asking:
+                    pipe.execute_command("ASKING")
+                if eval_:
+                    pipe.execute_command("EVAL", script.lua, *args)
+                else:
+                    pipe.execute_command("EVALSHA", script.sha, *args)
+            want = replicas.of(target)
+            if want:
+                pipe.execute_command("WAIT", want, WAIT_MS)
+            try:
+                results = iter(pipe.execute(raise_on_error=False))
+            except (redis.ConnectionError, redis.TimeoutError):
+                replicas.refresh()
+                raise
+            for i, asking, eval_ in items:
+                if asking:
+                    next(results)  # ASKING's OK
+                result = next(results)
+                if isinstance(result, redis.exceptions.AskError):
+                    todo[i] = (f"{result.host}:{result.port}", eval_)
+                elif isinstance(result, redis.exceptions.MovedError):
+                    client.nodes_manager.move_slot(result)
+                    todo[i] = (None, eval_)
+                elif isinstance(result, redis.exceptions.TryAgainError):
+                    todo[i] = (target.name if asking else None, eval_)
+                elif isinstance(result, redis.exceptions.NoScriptError):
+                    todo[i] = (target.name if asking else None, True)
+                elif isinstance(result, Exception):
+                    raise result
+                else:
+                    replies[i] = result
+            if want:
+                confirmed = next(results)
+                if isinstance(confirmed, Exception) or int(confirmed) < want:
+                    replicas.refresh()  # a failed replica leaves the map: not waited for
+                    raise NotReplicated(
+                        f"{target.name}: {confirmed} of {want} replicas confirmed within "
+                        f"{WAIT_MS} ms"
+                    )
+        if any(ask is None for ask, _ in todo.values()):
+            time.sleep(0.02)  # TRYAGAIN / a slot in migration: a moment
+    raise redis.exceptions.ClusterError(f"{len(todo)} script calls still redirected")
+
+
 def _kill_hook() -> tuple[int, int] | None:
     raw = os.environ.get(KILL_HOOK)
     if not raw:
@@ -158,6 +297,15 @@ class ClusterStateStore(KeepsLocalCopy):
         self.done: set[int] = set()  # journals this process applied whole, not deleted yet
         self.commits = 0
         self.kill = _kill_hook()
+        self.replicas = Replicas(client)
+
+    def call(self, script: _Script, key: str, keys_and_args: list) -> Any:
+        """One script call on `key`'s slot: through the client (it follows redirects), or,
+        when the masters have replicas, confirmed by them (`run_confirmed`)."""
+        if not self.replicas.any():
+            return script(self.client, keys_and_args)
+        slot = self.client.keyslot(key)
+        return run_confirmed(self.client, self.replicas, [(slot, script, keys_and_args)])[0]
 
     def offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         """The stored offsets, once every journal pending on `partitions` is applied."""
@@ -166,8 +314,10 @@ class ClusterStateStore(KeepsLocalCopy):
         if not parts and not done:
             return {}
         try:
-            stored, pending = PROGRESS(
-                self.client, [2, self.progress_key, self.journal_key, len(done), *done, *parts]
+            stored, pending = self.call(
+                PROGRESS,
+                self.progress_key,
+                [2, self.progress_key, self.journal_key, len(done), *done, *parts],
             )
         except CLUSTER_TROUBLE as exc:
             raise OutcomeUnknown.of(exc) from exc
@@ -193,8 +343,12 @@ class ClusterStateStore(KeepsLocalCopy):
         one write), or one by one up to the test hook's SIGKILL."""
         if kill_after is not None:
             for call in calls[:kill_after]:
-                APPLY(self.client, call.args(seq))
+                self.call(APPLY, call.keys[0], call.args(seq))
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.replicas.any():
+            run_confirmed(self.client, self.replicas,
+                          [(call.slot, APPLY, call.args(seq)) for call in calls])  # fmt: skip
+            return
         pipe = self.client.pipeline(transaction=False)
         for call in calls:
             pipe.execute_command("EVALSHA", APPLY.sha, *call.args(seq))
@@ -246,7 +400,7 @@ class ClusterBatch:
             argv += [p, expected, writes.offsets.get(p, "")]
         keys_ = [store.progress_key, store.stats_key, store.journal_key]
         try:
-            reply = COMMIT(store.client, [3, *keys_, *argv])
+            reply = store.call(COMMIT, store.progress_key, [3, *keys_, *argv])
         except REDIS_DOWN as exc:  # it may have landed: the retry knows
             raise OutcomeUnknown.of(exc) from exc
         store.done.difference_update(done)

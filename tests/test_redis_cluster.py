@@ -25,7 +25,7 @@ from consumer.runner import StreamConsumer
 from engage.api import create_app
 from engage.redis_client import CLUSTER_NODE, connect
 from engage.settings import Settings
-from engage.stack.redis_cluster import RedisClusterServers
+from engage.stack.redis_cluster import NODE_TIMEOUT_MS, RedisClusterServers
 from features import keys
 from features.items import ItemMeta
 from producer.movielens import load_folder
@@ -55,17 +55,22 @@ def free_base_port(n: int) -> int:
 
 @contextlib.contextmanager
 def private_cluster(
-    tmp_path_factory: pytest.TempPathFactory, stack_settings: Settings, name: str
+    tmp_path_factory: pytest.TempPathFactory,
+    stack_settings: Settings,
+    name: str,
+    replicas: int = 0,
+    node_timeout_ms: int = NODE_TIMEOUT_MS,
 ) -> Iterator[tuple[str, RedisClusterServers]]:
-    """A 3-master cluster on free ports and its own folder: its URL and its servers; stopped
-    by pid at the end (if the caller did not stop them)."""
+    """A 3-master cluster (with `replicas` replicas of each master) on free ports and its own
+    folder: its URL and its servers; stopped by pid at the end (if the caller did not stop
+    them)."""
     if shutil.which("redis-server") is None:
         _unavailable("redis-server is not installed (apt-get install redis-server)")
-    base = free_base_port(NODES)
+    base = free_base_port(NODES * (1 + replicas))
     own = stack_settings.model_copy(
         update={"stack_dir": tmp_path_factory.mktemp(name), "stack_redis_cluster_port": base}
     )
-    servers = RedisClusterServers(own, NODES)
+    servers = RedisClusterServers(own, NODES, replicas, node_timeout_ms)
     servers.start()
     try:
         yield f"redis+cluster://127.0.0.1:{base}/0", servers
