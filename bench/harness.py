@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import budget, ceilings, consumer_rate, growth
+from bench import budget, ceilings, cluster, consumer_rate, growth
 from bench.api_latency import measure, seed, serving
 from bench.common import FULL, QUICK, Context, Progress, open_context
 from bench.consumer_worker import WorkerPool
@@ -233,6 +233,34 @@ def bench_budget(ctx: Context, runs: int) -> Runs:
         yield out
 
 
+def bench_cluster(ctx: Context, runs: int) -> Runs:
+    """One node vs a local 3-master Redis Cluster, same MovieLens topic, same run
+    (bench/cluster.py)."""
+    for r in cluster.measure(ctx, runs):
+        one, many = r["single"], r["cluster"]
+        n = f"{one['events']:,} MovieLens events"
+        skipped = {} if r["single_redis_ours"] else {"skipped": "redis not started by this project"}
+        yield [
+            M("cluster_single_movielens", one["events_per_s"], EPS,
+              f"one consumer process over {n} on the single Redis node (run beside "
+              "cluster_movielens)", detail=one),
+            M("cluster_movielens", many["events_per_s"], EPS,
+              f"the same over {n} on a local 3-master Redis Cluster (no replicas; "
+              "ratio: to the single node)", "cluster_single_movielens", many),
+            M("cluster_single_redis_server_cpu", one["redis_cpu_us_per_event"], US,
+              "the single Redis server's CPU (user + system) per event during that run",
+              detail=skipped),
+            M("cluster_redis_server_cpu", many["redis_cpu_us_per_event"], US,
+              "the Cluster's Redis CPU per event during its run, summed over its 3 nodes",
+              "cluster_single_redis_server_cpu"),
+            M("cluster_single_bytes_per_user", one["bytes_per_user"], "bytes",
+              "MEMORY USAGE of all u:{user}* keys per user after the single-node run"),
+            M("cluster_bytes_per_user", many["bytes_per_user"], "bytes",
+              "the same on the Cluster, with the user's guard hash ug:{user}",
+              "cluster_single_bytes_per_user"),
+        ]  # fmt: skip
+
+
 def bench_latency(ctx: Context, runs: int) -> Runs:
     cases = [(rate, 1) for rate in ctx.sizes.latency_rates] + list(ctx.sizes.latency_scaled)
     for _ in range(runs):
@@ -337,6 +365,7 @@ BENCHES: dict[str, Bench] = {
     "consumer": Bench(bench_consumer),
     "floor": Bench(bench_floor, within="consumer"),
     "budget": Bench(bench_budget),
+    "cluster": Bench(bench_cluster),
     "latency": Bench(bench_latency),
     "scaling": Bench(bench_scaling),
     "api": Bench(bench_api),

@@ -29,6 +29,8 @@ def expected_figures() -> set[str]:
         "budget_kafka_server_cpu", "budget_redis_server_cpu", "consumer_movielens_cpu_us",
         "floor_movielens", "floor_movielens_cpu_us", "consumer_movielens_floor_ratio",
         "consumer_movielens_confluent", "consumer_movielens_confluent_cpu_us",
+        "cluster_single_movielens", "cluster_movielens", "cluster_single_redis_server_cpu",
+        "cluster_redis_server_cpu", "cluster_single_bytes_per_user", "cluster_bytes_per_user",
     }  # fmt: skip
     cases = [(label(rate), 1) for rate in QUICK.latency_rates]
     cases += [(label(rate), n) for rate, n in QUICK.latency_scaled]
@@ -77,6 +79,19 @@ def test_quick_run_writes_every_figure(settings: Settings, tmp_path) -> None:
     assert ratio["transport"] == getattr(settings, "kafka_client", "kafka-python")
     assert "model_version" in ratio
     assert figures["budget_compute_rules"]["details"][0]["events"] == QUICK.movielens_events
+    # One node vs the local 3-master Cluster, same topic, same run (issue 17).
+    [single], [many] = (
+        figures["cluster_single_movielens"]["details"],
+        figures["cluster_movielens"]["details"],
+    )
+    assert single["events"] == many["events"] == QUICK.movielens_events
+    assert many["redis_nodes"] == 3 and many["redis_cpu_us_per_event"] > 0
+    assert many["users"] == single["users"] > 0
+    assert (
+        many["bytes_per_user_by_key"]["guard"] > 0
+        and "guard" not in single["bytes_per_user_by_key"]
+    )
+    assert figures["cluster_movielens"]["ratio_to_ceiling"] > 0
 
     markdown = json_path.with_suffix(".md").read_text()
     assert "| figure | median | min | max | unit | runs | ratio to ceiling |" in markdown
