@@ -229,12 +229,14 @@ def test_writes_a_failed_master_acknowledged_alone_are_not_relied_on(
             proc.send_signal(signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 0, err[-3000:]
-    print(f"processed when the link was cut {alone}, after a second alone {stalled}")
+    # Alone, m1 took at most a commit or two before their WAIT failed (or m1 died during it);
+    # without waiting for replicas the consumer applied ~2,000 events in that second, all
+    # lost with m1, and the final state was not the reference.
+    assert stalled - alone <= 3 * 40, (alone, stalled)
     verify = connect(on_cluster)
     assert isinstance(verify, RedisCluster)
     assert verify.get_node_from_key(keys.stats_key(topic)).port == replica
     assert_exact(on_cluster, verify, events, genres)
-    assert "replicas confirmed within" in err  # it waited instead of relying on m1 alone
     client.close()
     verify.close()
 
