@@ -99,7 +99,9 @@ for k = 2 + nd, #ARGV do
 end
 -- A write, so the caller's WAIT also covers the commits of the pending journals (perhaps
 -- another process's, not confirmed by a replica yet) before it applies them.
-if #pending > 0 then redis.call('HSET', KEYS[1], 'seq', redis.call('HGET', KEYS[1], 'seq')) end
+if #pending > 0 then
+  redis.call('HSET', KEYS[1], 'seq', redis.call('HGET', KEYS[1], 'seq') or '0')
+end
 return {offsets, pending}
 """
 # KEYS: progress hash, stats hash, journal hash. ARGV: token, journal ('' for none), n, n
@@ -214,18 +216,16 @@ def run_confirmed(
         for i, (ask, eval_) in todo.items():
             if ask is not None:
                 target = client.get_node(node_name=ask)
+                if target is None:  # a node the map does not know yet
+                    replicas.refresh()
+                    target = client.get_node(node_name=ask)
                 if target is None:
-                    host, port = ask.rsplit(":", 1)
-                    target = ClusterNode(host, int(port))
-                    client.nodes_manager.nodes_cache.setdefault(target.name, target)
-                    target = client.nodes_manager.nodes_cache[target.name]
+                    raise redis.exceptions.ClusterError(f"ASK to {ask}, a node not in the map")
             else:
                 target = client.nodes_manager.get_node_from_slot(calls[i][0])
             groups.setdefault(target.name, (target, []))[1].append((i, ask is not None, eval_))
         todo = {}
         for target, items in groups.values():
-            if target.redis_connection is None:
-                client.nodes_manager.create_redis_connections([target])
             pipe = client.get_redis_connection(target).pipeline(transaction=False)
             for i, asking, eval_ in items:
                 _slot, script, args = calls[i]
