@@ -60,7 +60,8 @@ class BatchScorer:
         touches; `loaded`: what it read, to write back only what changed), then score it."""
         folded = state.apply([item.event for item in incoming])
         refused = [(incoming[i], reason) for i, reason in folded.refused]
-        writes = BatchWrites(user_recent_ids={u: state.recent[u] for u in loaded.users})
+        # Copies: the next batch may fold (and admit into these dicts) while this one commits.
+        writes = BatchWrites(user_recent_ids={u: dict(state.recent[u]) for u in loaded.users})
         if not folded.admitted:
             return ScoredBatch([], writes, [], refused)
         incoming = [incoming[i] for i in folded.admitted]

@@ -59,15 +59,23 @@ class LocalState:
         if not self.trusted:
             return StreamState(params=params, admission=admission)
         state = self.state
-        if state is not None and (
-            len(state.tables.user_ids) > self.max_users
-            or len(state.tables.item_ids) > self.max_items
-        ):
+        if state is not None and self._past_bounds(state):
             self.forget()
             state = None
         if state is None:
             state = self.state = StreamState(params=params, admission=admission)
         return state
+
+    def _past_bounds(self, state: StreamState) -> bool:
+        return (
+            len(state.tables.user_ids) > self.max_users
+            or len(state.tables.item_ids) > self.max_items
+        )
+
+    def holds_tables(self) -> bool:
+        """Whether the next batch will fold over the tables held now (trusted, and within
+        the bounds): then it reads from Redis only what they lack."""
+        return self.trusted and self.state is not None and not self._past_bounds(self.state)
 
     def holds(self, state: StreamState) -> bool:
         """Whether `state` is the held tables (a batch then reads only what they lack)."""

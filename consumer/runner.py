@@ -18,6 +18,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis
@@ -31,8 +32,8 @@ from consumer.deadletter import DeadLetter
 from consumer.local_state import LocalState
 from consumer.metrics import ConsumerMetrics
 from consumer.ordering import Decoded, EventTimeMerger, decode_records
-from consumer.state_store import NO_OFFSET, Fenced, StateStore, advance
-from consumer.store import REDIS_DOWN, RedisStateStore, waitable
+from consumer.state_store import NO_OFFSET, Fenced, StateStore, StoreBatch, advance
+from consumer.store import REDIS_DOWN, RedisBatch, RedisStateStore, waitable
 from engage import kafka_clients, redis_client, transport
 from engage.settings import Settings
 from features.events import DecodeError
@@ -67,6 +68,27 @@ class RunSummary:
     @property
     def rate(self) -> float:
         return (self.processed + self.dead_lettered) / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class _Done:
+    """What a batch changes in the positions and the counts once it has landed."""
+
+    offsets: dict[int, int]
+    applied: int
+    dead: int
+    latencies_ms: list[float]
+    t0: float  # perf_counter at the batch's start
+    started: float  # monotonic
+
+
+@dataclass
+class _InFlight:
+    """A batch whose transaction runs on the committing thread."""
+
+    future: Future[None]
+    batch: RedisBatch
+    done: _Done
 
 
 class RedisUnavailable(redis.ConnectionError):
@@ -139,10 +161,14 @@ class StreamConsumer:
         kafka_clients.ensure_topic(settings, settings.dead_letter_topic)
         self.kafka.subscribe(self.topic, on_assign=self._assigned, on_revoke=self._revoked)
         self._highwaters = _Highwaters(self.kafka)
+        self._summary = RunSummary()  # the current run's (a commit may land after _handle)
+        self._inflight: _InFlight | None = None  # the batch committing on the thread
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engage-commit")
         self._model_watch = _ModelWatch(settings, self.scorer)
 
     # -- offsets -----------------------------------------------------------------------------
     def _revoked(self, partitions: list[int]) -> None:
+        self._settle()  # the last batch lands (or not) before the partitions move
         self.store.forget()
         self.ownership_changed = True
         for p in partitions:
@@ -166,6 +192,7 @@ class StreamConsumer:
 
     def seek_to_stored(self, partitions: Iterable[int]) -> None:
         partitions = list(partitions)
+        self._settle()  # read the offsets after the last batch's EXEC, not during it
         self.store.forget()  # what we hold locally may be ahead of Redis, or behind it
         stored = self.store.offsets(partitions)
         if self.merger is not None:  # buffered records lie after the old position
@@ -198,6 +225,7 @@ class StreamConsumer:
         means an outage: `_wait_for_redis` then re-seeks every partition from Redis.
         """
         self.recheck_at = time.monotonic() + self.settings.offset_recheck_s
+        self._settle()
         assigned = sorted(self.kafka.assignment())
         if not assigned:
             return
@@ -284,7 +312,7 @@ class StreamConsumer:
         on_batch: Callable[[RunSummary], None] | None = None,
     ) -> RunSummary:
         """Consume until stopped (SIGTERM/SIGINT), idle for `idle_exit_s`, or `max_events`."""
-        summary = RunSummary()
+        summary = self._summary = RunSummary()
         self._install_signals()
         self._model_watch.maybe_reload(summary)  # load a registered model before the clock runs
         warm_up(self.settings.feature_params)  # and the compiled feature fold
@@ -311,10 +339,14 @@ class StreamConsumer:
                 held = self.merger is not None and len(self.merger) > 0
                 if not self.positions or held:  # joining the group, or records held back
                     last_data = time.monotonic()
-                if records:
-                    last_data = time.monotonic()
+                if records or self._inflight is not None:
+                    if records:
+                        last_data = time.monotonic()
                     try:
-                        self._handle(records, summary)
+                        if records:
+                            self._handle(records, summary)
+                        else:  # idle: count the last batch now
+                            self._collect(summary)
                     except (*REDIS_DOWN, OutputFailed) as exc:
                         if isinstance(exc, OutputRefused) or not waitable(exc):
                             raise
@@ -324,16 +356,17 @@ class StreamConsumer:
                                     type(exc).__name__, exc)  # fmt: skip
                         self.resync_needed = True
                         continue
-                    if on_batch:
+                    if on_batch and records:
                         on_batch(summary)
                 elif idle_exit_s is not None and time.monotonic() - last_data >= idle_exit_s:
                     break
-                if (
-                    max_events is not None
-                    and summary.processed + summary.dead_lettered >= max_events
-                ):
+                done = summary.processed + summary.dead_lettered
+                if self._inflight is not None:
+                    done += self._inflight.done.applied + self._inflight.done.dead
+                if max_events is not None and done >= max_events:
                     break
         finally:
+            self._settle()
             summary.seconds = time.monotonic() - started
             self.close()
         return summary
@@ -360,6 +393,15 @@ class StreamConsumer:
         return position is not None and position >= highwater
 
     def _handle(self, decoded: list[Decoded], summary: RunSummary) -> None:
+        """Apply, score, emit and commit one batch, in labelled steps.
+
+        With `commit_overlap` the batch's transaction is left running on a thread (`_InFlight`)
+        and this returns; the next batch is decoded, loaded and folded meanwhile (over the
+        local copy only: `RedisStateStore.may_overlap`), and waits for it (`_collect`) before
+        it reads its own offsets, sends its outputs or commits. So the order that makes the
+        guarantees is kept: a batch's outputs are acknowledged before its state commits, and
+        a batch reads its offsets only after the previous one landed. If that one failed, the
+        batch folded over it is dropped with the local copy, as an aborted batch is."""
         t0 = time.perf_counter()
         t_start = time.monotonic()
         partitions = {r.partition for r, _ in decoded}
@@ -378,12 +420,16 @@ class StreamConsumer:
                 continue
             incoming.append(Incoming(event, r.partition, r.offset, r.timestamp, r.key, r.value))
         if self.ownership_changed:
+            if not self._collect(summary):
+                return
             self._check_ownership()
+        overlap = self._inflight is not None and getattr(self.store, "may_overlap", bool)()
+        if not overlap and not self._collect(summary):
+            return
         batch = self.store.begin(partitions)
         try:
-            stored = batch.offsets()
-            if any(stored[p] != self.positions.get(p, NO_OFFSET) for p in partitions):
-                raise Fenced(f"stored offsets {stored} moved past ours {self.positions}")
+            if not overlap:
+                self._fence(batch, partitions)
             state = self.store.state(self.settings.feature_params, self.settings.admission_policy)
             user_items: dict[str, set[str]] = {}
             items: set[str] = set()
@@ -394,45 +440,112 @@ class StreamConsumer:
                     items.add(item.event.item_id)
             loaded = batch.load(state, user_items, items)
             scored = self.scorer.run(state, incoming, loaded)
+            if overlap:  # the previous batch must have landed before ours reads its offsets
+                if not self._collect(summary):
+                    batch.abort()
+                    return
+                self._fence(batch, partitions)
             dead += [DeadLetter(reason, self.topic, i.partition, i.offset, i.key, i.value,
                                 max_bytes=cap)
                      for i, reason in scored.refused]  # fmt: skip
             applied = len(incoming) - len(scored.refused)
             advance(scored.writes.offsets, [(r.partition, r.offset) for r in records])
             scored.writes.stats = {"processed": applied, "dead_lettered": len(dead)}
-            self.out.send_batch(self.settings.scores_topic, scored.messages)
-            for d in dead:
-                self.out.send(self.settings.dead_letter_topic, d.value, d.key, d.headers())
-            failed = self.out.flush()  # every output acknowledged (acks=all) or failed
-            if failed:  # e.g. the broker stayed down past kafka_delivery_timeout_ms
-                for failure in failed:  # a permanent refusal stops the consumer
-                    if (why := transport.refusal(failure)) is not None:
-                        topic = getattr(failure, "topic", None)
-                        raise OutputRefused(topic, why, getattr(failure, "cause", failure))
-                sent = len(scored.messages) + len(dead)
-                raise OutputFailed(f"{len(failed)} of {sent} outputs: {failed[0]}")
+            self._emit(scored.messages, dead)
+            done = _Done(scored.writes.offsets, applied, len(dead), scored.latencies_ms, t0,
+                         t_start)  # fmt: skip
+            if self.settings.commit_overlap and isinstance(batch, RedisBatch):
+                batch.learn(scored.writes)  # forgotten with the local copy if it fails
+                future = self._committer.submit(batch.commit, scored.writes, False)
+                self._inflight = _InFlight(future, batch, done)
+                return
             batch.commit(scored.writes)
         except (*REDIS_DOWN, OutputFailed):
             batch.abort()
             raise
         except Fenced as exc:
             batch.abort()
-            summary.fenced += 1
-            log.warning("batch fenced, re-seeking: %s", exc)
-            self.seek_to_stored(partitions)
+            self._fenced(summary, exc, partitions)
             return
-        self.positions.update(scored.writes.offsets)
+        self._record(summary, done)
+
+    def _fence(self, batch: StoreBatch, partitions: set[int]) -> None:
+        """The batch's partitions must be stored where we left them (else someone else wrote
+        them: a zombie, or a partition moved away and back); from here on their offsets are
+        watched."""
+        stored = batch.offsets()
+        if any(stored[p] != self.positions.get(p, NO_OFFSET) for p in partitions):
+            raise Fenced(f"stored offsets {stored} moved past ours {self.positions}")
+
+    def _emit(self, messages: list[tuple[bytes, bytes]], dead: list[DeadLetter]) -> None:
+        """Send the batch's scores and dead letters and wait until every one is acknowledged
+        (acks=all); a permanent refusal stops the consumer, anything else is retried."""
+        self.out.send_batch(self.settings.scores_topic, messages)
+        for d in dead:
+            self.out.send(self.settings.dead_letter_topic, d.value, d.key, d.headers())
+        failed = self.out.flush()
+        if failed:  # e.g. the broker stayed down past kafka_delivery_timeout_ms
+            for failure in failed:  # a permanent refusal stops the consumer
+                if (why := transport.refusal(failure)) is not None:
+                    topic = getattr(failure, "topic", None)
+                    raise OutputRefused(topic, why, getattr(failure, "cause", failure))
+            sent = len(messages) + len(dead)
+            raise OutputFailed(f"{len(failed)} of {sent} outputs: {failed[0]}")
+
+    def _fenced(self, summary: RunSummary, exc: Fenced, partitions: Iterable[int]) -> None:
+        summary.fenced += 1
+        log.warning("batch fenced, re-seeking: %s", exc)
+        self.seek_to_stored(partitions)
+
+    def _collect(self, summary: RunSummary) -> bool:
+        """Wait for the batch committing on the thread, if any, and count it. False if it was
+        fenced (every assigned partition is then re-seeked: the batch after it is dropped
+        too); a Redis failure is raised, as from the batch itself."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return True
+        try:
+            inflight.future.result()
+        except Fenced as exc:
+            inflight.batch.abort()
+            self._fenced(summary, exc, self.kafka.assignment())
+            return False
+        except BaseException:
+            inflight.batch.abort()
+            raise
+        self._record(summary, inflight.done)
+        return True
+
+    def _settle(self) -> None:
+        """`_collect` where nothing can be raised (rebalance callbacks, re-seeks, closing): a
+        failed commit only means the positions are read again from Redis."""
+        if self._inflight is None:
+            return
+        inflight, self._inflight = self._inflight, None
+        try:
+            inflight.future.result()
+        except (Fenced, *REDIS_DOWN) as exc:
+            inflight.batch.abort()
+            self.resync_needed = True
+            log.warning("the last batch did not commit (%s: %s); re-reading offsets from "
+                        "Redis", type(exc).__name__, exc)  # fmt: skip
+            return
+        self._record(self._summary, inflight.done)
+
+    def _record(self, summary: RunSummary, done: _Done) -> None:
+        """A batch landed: our positions move, and it counts."""
+        self.positions.update(done.offsets)
         now = time.monotonic()
         if summary.first_batch_at is None:
-            summary.first_batch_at = t_start
+            summary.first_batch_at = done.started
         summary.last_batch_at = now
         if self.keep_latencies:
-            summary.latencies_ms.extend(scored.latencies_ms)
-        summary.processed += applied
-        summary.dead_lettered += len(dead)
+            summary.latencies_ms.extend(done.latencies_ms)
+        summary.processed += done.applied
+        summary.dead_lettered += done.dead
         summary.batches += 1
         self.metrics.observe_batch(
-            applied, len(dead), time.perf_counter() - t0, scored.latencies_ms
+            done.applied, done.dead, time.perf_counter() - done.t0, done.latencies_ms
         )
         self.metrics.observe_lag(self._highwaters, self.positions, self.topic)  # type: ignore[arg-type]
 
@@ -458,6 +571,8 @@ class StreamConsumer:
             pass
 
     def close(self) -> None:
+        self._settle()
+        self._committer.shutdown(wait=True)
         try:
             self.out.close()  # sends what is still pending first
         finally:

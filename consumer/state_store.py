@@ -71,7 +71,8 @@ class StoreBatch(Protocol):
     """One batch's view of the store, from `StateStore.begin` to `commit` or `abort`."""
 
     def offsets(self) -> dict[int, int]:
-        """The stored offsets of the batch's partitions (NO_OFFSET: none yet)."""
+        """The stored offsets of the batch's partitions (NO_OFFSET: none yet); from this read
+        on, a write to them by anyone else fences the batch."""
         ...
 
     def load(self, state: StreamState, user_items: dict[str, set[str]], items: set[str]) -> Loaded:
@@ -94,7 +95,8 @@ class StateStore(Protocol):
         ...
 
     def begin(self, partitions: Iterable[int]) -> StoreBatch:
-        """Start a batch over `partitions`: a later write to their offsets fences it."""
+        """Start a batch over `partitions`: a write to their offsets after its `offsets()`
+        read fences it."""
         ...
 
     def own(self, whole_topic: bool) -> None:

@@ -80,17 +80,14 @@ class RedisStateStore(KeepsLocalCopy):
         return stored_offsets(self.client, self.topic, partitions)
 
     def begin(self, partitions: Iterable[int]) -> RedisBatch:
-        """WATCH the partitions' offsets: the batch's EXEC fails if anyone writes them."""
-        partitions = list(partitions)
-        pipe = self.client.pipeline(transaction=True)
-        try:
-            if partitions:  # (WATCH needs a key; a batch of no partition only reads)
-                pipe.watch(*[keys.offset_key(self.topic, p) for p in partitions])
-        except REDIS_DOWN:
-            with contextlib.suppress(*REDIS_DOWN):
-                pipe.reset()  # give the connection back to the pool
-            raise
-        return RedisBatch(self, pipe, partitions)
+        """A batch over `partitions`; its offsets are WATCHed when it first reads them."""
+        return RedisBatch(self, self.client.pipeline(transaction=True), list(partitions))
+
+    def may_overlap(self) -> bool:
+        """Whether the next batch may be folded while the last one's EXEC is still under way:
+        only over the local copy's tables (it reads from Redis only what they lack, which no
+        batch in flight writes) and when they are not about to be dropped and read back."""
+        return self.local.holds_tables()
 
 
 class RedisBatch:
@@ -102,8 +99,20 @@ class RedisBatch:
         self.pipe = pipe
         self.partitions = partitions
         self.warm = False  # the batch folds over the local copy's tables
+        self.watching = False
 
     def offsets(self) -> dict[int, int]:
+        """The partitions' stored offsets, WATCHed first: the batch's EXEC fails if anyone
+        writes them after this read. (Every state write moves its partition's offset, so a
+        state the batch read before this is still what these offsets cover.)"""
+        if self.partitions and not self.watching:  # (WATCH needs a key)
+            try:
+                self.pipe.watch(*[keys.offset_key(self.store.topic, p) for p in self.partitions])
+            except REDIS_DOWN:
+                with contextlib.suppress(*REDIS_DOWN):
+                    self.pipe.reset()  # give the connection back to the pool
+                raise
+            self.watching = True
         return self.store.offsets(self.partitions)
 
     def abort(self) -> None:
@@ -161,8 +170,10 @@ class RedisBatch:
                                                                     strict=True)]  # fmt: skip
         return local.add_read(state, store.meta_cache, users, read, read_items, item_raws)
 
-    def commit(self, writes: BatchWrites) -> None:
-        """Write the batch and its offsets atomically; raises Fenced if a WATCHed offset moved."""
+    def commit(self, writes: BatchWrites, learn: bool = True) -> None:
+        """Write the batch and its offsets atomically; raises Fenced if a WATCHed offset moved.
+        `learn=False`: the caller already told the local copy (`learn`) and forgets it if
+        this fails (the runner commits on a thread while it folds the next batch)."""
         pipe, topic, ttl = self.pipe, self.store.topic, self.store.session_ttl_s
         cmds = CommandList()  # the per-user, per-session and per-item writes: one command
         for user, fields in writes.user_states.items():
@@ -216,11 +227,14 @@ class RedisBatch:
         finally:
             with contextlib.suppress(*REDIS_DOWN):  # UNWATCH on a dead connection
                 pipe.reset()
-        if self.warm:
-            self._learn(writes)
+        if learn:
+            self.learn(writes)
 
-    def _learn(self, writes: BatchWrites) -> None:
-        """The batch landed: what it wrote is what the held tables were folded to."""
+    def learn(self, writes: BatchWrites) -> None:
+        """What the batch writes is what the held tables were folded to: the next batch
+        starts from it (call once the batch landed, or before, if a failure forgets it)."""
+        if not self.warm:
+            return
         local = self.store.local
         for user, fields in writes.user_states.items():
             blob = fields[STATE_FIELD]

@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     #: single consumer's item features equal the offline ones even on a drained backlog.
     consume_order: Literal["arrival", "event_time"] = "arrival"
     poll_timeout_ms: int = Field(default=200, ge=1)
+    #: A batch's Redis transaction runs on a thread while the consumer polls and folds the next
+    #: one (single-node Redis; the next batch waits for it before its own offsets are read and
+    #: its outputs sent). false: each batch commits before the next poll.
+    commit_overlap: bool = True
     session_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
     #: Duplicate guard: the ids of at least this many of a user's latest events are kept.
     dedupe_recent_ids: int = Field(default=32, ge=1)

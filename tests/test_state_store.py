@@ -10,6 +10,7 @@ Cluster store on a 3-master Redis Cluster started for the module.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -19,8 +20,15 @@ from redis.cluster import RedisCluster
 from consumer.batch import BatchScorer, Incoming
 from consumer.cluster_store import ClusterStateStore
 from consumer.local_state import LocalState
-from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, MemoryStateStore, StateStore
-from consumer.store import RedisStateStore
+from consumer.state_store import (
+    NO_OFFSET,
+    BatchWrites,
+    Fenced,
+    MemoryStateStore,
+    StateStore,
+    advance,
+)
+from consumer.store import RedisBatch, RedisStateStore
 from engage.partitioning import positive_murmur2
 from engage.redis_client import connect
 from engage.settings import Settings
@@ -247,3 +255,47 @@ def test_an_aborted_batch_leaves_nothing_and_the_next_one_lands(subject: Subject
     assert store.offsets([0]) == {0: 0}
     loaded = store.begin([]).load(StreamState(), {"u": set()}, set())
     assert loaded.users["u"] == _one_user_writes("u", 0).user_states["u"][STATE_FIELD]
+
+
+def test_batches_folded_while_the_previous_commits_equal_one_fold(settings: Settings) -> None:
+    """The runner's overlapped order (consumer/runner.py `commit_overlap`): batch N is taught
+    to the local copy and committed only after batch N+1 was loaded and folded over it. What
+    N writes must not change meanwhile (the duplicate guard's ids once did: N+1 admitted its
+    own ids into the dicts N was about to write), and the end state is the one fold's."""
+    client = connect(settings)
+    store = RedisStateStore(client, settings.events_topic, 3600, LocalState(1000, 1000))
+    store.own(True)
+    incoming, meta = arrivals()
+    for item, m in meta.items():
+        client.hset(keys.item_meta_key(item), mapping=m.to_hash())
+    scorer = BatchScorer(load_scorers(None), log_features=False)
+    pending: tuple[RedisBatch, BatchWrites, BatchWrites] | None = None
+    for first in range(0, len(incoming), BATCH):
+        chunk = incoming[first : first + BATCH]
+        batch = store.begin({i.partition for i in chunk})
+        assert pending is None or store.may_overlap()
+        state = store.state(FeatureParams(), AdmissionPolicy())
+        user_items, items = touched(chunk)
+        writes = scorer.run(state, chunk, batch.load(state, user_items, items)).writes
+        advance(writes.offsets, [(i.partition, i.offset) for i in chunk])
+        if pending is not None:
+            previous, previous_writes, as_built = pending
+            assert previous_writes == as_built, "the next batch changed what this one writes"
+            previous.commit(previous_writes, learn=False)
+        batch.offsets()  # the fence starts here, after the previous batch landed
+        batch.learn(writes)
+        pending = (batch, writes, copy.deepcopy(writes))
+    assert pending is not None
+    pending[0].commit(pending[1], learn=False)
+    reference = StreamState()
+    reference.tables.meta = meta
+    reference.apply([i.event for i in incoming])
+    users = {i.event.user_id for i in incoming}
+    items = {i.event.item_id for i in incoming if i.event.item_id}
+    stored = read_back(store, users, items)
+    for user in users:
+        assert stored.tables.export_user(user) == reference.tables.export_user(user), user
+        assert stored.recent[user] == reference.recent[user], user
+    for item in items:
+        assert stored.tables.export_item(item) == reference.tables.export_item(item), item
+    client.close()
