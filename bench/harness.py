@@ -322,6 +322,7 @@ def bench_growth(ctx: Context, runs: int) -> Runs:
     sizes = sorted(ctx.sizes.growth_events)
     for run in range(runs):
         out = []
+        per_event: dict[int, tuple[float, float | None]] = {}  # size -> (wall us, CPU us)
         for n in sizes:
             r = consumer_rate.remembered_run(ctx, "synthetic", run, events=n,
                                              memory=n == sizes[-1])  # fmt: skip
@@ -330,6 +331,16 @@ def bench_growth(ctx: Context, runs: int) -> Runs:
                          detail=_consumer_detail(r)))  # fmt: skip
             out.append(M(f"growth_{label(n)}_rss", r["peak_rss_mib"], "MiB",
                          f"consumer peak RSS (VmHWM) over {n:,} synthetic events"))  # fmt: skip
+            cpu_what = f"consumer CPU (all threads) per event over {n:,} synthetic events"
+            out.append(M(f"growth_{label(n)}_cpu_us", r["cpu_us_per_event"], US, cpu_what))
+            per_event[n] = (1e6 / r["events_per_s"], r["cpu_us_per_event"])
+        small, large = per_event[sizes[0]], per_event[sizes[-1]]
+        span = f"at {label(sizes[-1])} / at {label(sizes[0])} synthetic events"
+        out.append(M("growth_wall_per_event_ratio", large[0] / small[0], "x",
+                     f"wall time per event {span} (goal: at most 1.2)"))  # fmt: skip
+        cpu_ratio = large[1] / small[1] if large[1] and small[1] else None
+        out.append(M("growth_cpu_per_event_ratio", cpu_ratio, "x",
+                     f"consumer CPU per event {span} (goal: at most 1.2)"))  # fmt: skip
         m = r["redis"]
         after = f"after {sizes[-1]:,} events"
         out.append(M("redis_bytes_per_user", m["bytes_per_user"], "bytes",

@@ -38,7 +38,8 @@ def expected_figures() -> set[str]:
         name = f"latency_{rate}" + (f"_{n}proc" if n > 1 else "")
         names |= {f"{name}_{k}" for k in ("p50", "p95", "p99", "offered", "consumed")}
     for n in QUICK.growth_events:
-        names |= {f"growth_{label(n)}_rate", f"growth_{label(n)}_rss"}
+        names |= {f"growth_{label(n)}_rate", f"growth_{label(n)}_rss", f"growth_{label(n)}_cpu_us"}
+    names |= {"growth_wall_per_event_ratio", "growth_cpu_per_event_ratio"}
     return names
 
 
