@@ -46,12 +46,13 @@ slot call whose journal was already deleted (state silently behind). So when the
 have replicas, every write of the store (the commit, the recovery read that returns pending
 journals, each node's slot calls) goes in one pipeline per node that ends in `WAIT <the
 master's replicas> WAIT_MS` on the same connection, and counts as done only if every replica
-the client's slot map lists for that master confirmed it: a commit is applied, and a journal
-deleted, only once confirmed; otherwise the batch's outcome is unknown and recovery redoes it
-(the guards make that safe). The recovery read and a refused slot call write once (the
+that CLUSTER NODES lists for that master (not failed) confirmed it: a commit is applied, and a
+journal deleted, only once confirmed; otherwise the batch's outcome is unknown and recovery
+redoes it (the guards make that safe). The recovery read and a refused slot call write once (the
 guard's own value) so that their WAIT also covers an earlier, unconfirmed write of a dead
-process. A master with no replica listed (none configured, or its replica failed) is not
+process. A master with no live replica (none configured, or its replica failed) is not
 waited for: its writes are single-copy until a replica attaches (docs/redis-cluster.md).
+The replicas are counted every RECOUNT_S and whenever the client re-reads its slot map.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ from features.stream import StreamState
 
 KILL_HOOK = "ENGAGE_TEST_CLUSTER_KILL"
 WAIT_MS = 1000  # how long a write waits for its master's replicas to confirm it
+RECOUNT_S = 5.0  # how often the replicas are counted again (CLUSTER NODES)
 REDIRECT_ROUNDS = 10
 
 # KEYS: progress hash, journal hash. ARGV: n, n journal numbers done (deleted first), then the
@@ -161,26 +163,36 @@ class NotReplicated(redis.exceptions.ClusterError):
 
 
 class Replicas:
-    """How many replicas the client's slot map lists for each master (CLUSTER SLOTS leaves
-    failed replicas out), recounted whenever the client re-reads the map."""
+    """How many replicas each master has that are not failed, from CLUSTER NODES (CLUSTER
+    SLOTS, the client's slot map, leaves out a replica until it has replicated something, so a
+    fresh cluster would look replica-less), counted again every RECOUNT_S, whenever the client
+    re-reads its slot map, and on `refresh`."""
 
     def __init__(self, client: RedisCluster) -> None:
         self.client = client
         self._map_id = -1
+        self._due = 0.0
         self._counts: dict[str, int] = {}
 
-    def _recount(self) -> None:
+    def _recount(self, force: bool = False) -> None:
         slots = self.client.nodes_manager.slots_cache
-        if id(slots) == self._map_id:
+        if not force and id(slots) == self._map_id and time.monotonic() < self._due:
             return
-        counts: dict[str, int] = {}
-        seen: set[int] = set()
-        for nodes in list(slots.values()):
-            if id(nodes) in seen or not nodes:
-                continue
-            seen.add(id(nodes))
-            counts[nodes[0].name] = max(counts.get(nodes[0].name, 0), len(nodes) - 1)
-        self._counts, self._map_id = counts, id(slots)
+        self._map_id, self._due = id(slots), time.monotonic() + RECOUNT_S
+        try:
+            node = self.client.get_default_node() or self.client.get_primaries()[0]
+            nodes = self.client.get_redis_connection(node).execute_command("CLUSTER NODES")
+        except (redis.RedisError, OSError, IndexError):
+            return  # keep the last count; the caller's own call meets the trouble
+        names = {v["node_id"]: name for name, v in nodes.items() if "master" in v["flags"]}
+        counts = dict.fromkeys(names.values(), 0)
+        for v in nodes.values():
+            flags = set(v["flags"].split(","))
+            if "slave" in flags and not flags & {"fail", "noaddr", "handshake"}:
+                master = names.get(v["master_id"])
+                if master is not None:
+                    counts[master] += 1
+        self._counts = counts
 
     def any(self) -> bool:
         self._recount()
@@ -190,14 +202,14 @@ class Replicas:
         self._recount()
         if node.name not in self._counts:  # a master the map learnt from a MOVED: re-read it
             self.refresh()
-            self._recount()
         return self._counts.get(node.name, 0)
 
     def refresh(self) -> None:
-        """Re-read the slot map (after a failover, a failed replica, a MOVED to a new node);
-        if no node answers, the caller's own error says so."""
+        """Re-read the slot map and the replicas (after a failover, a failed replica, a MOVED
+        to a new node); if no node answers, the caller's own error says so."""
         with contextlib.suppress(redis.RedisError, OSError):
             self.client.nodes_manager.initialize()
+        self._recount(force=True)
 
 
 def run_confirmed(
@@ -205,7 +217,7 @@ def run_confirmed(
 ) -> list[Any]:
     """Script calls (slot, script, keys-and-args), each node's in one pipeline on one
     connection ending in WAIT for that master's replicas: the replies, once every call ran
-    and every replica listed confirmed it. MOVED, ASK (ASKING on the target), TRYAGAIN and
+    and each master's live replicas confirmed it. MOVED, ASK (ASKING on the target), TRYAGAIN and
     NOSCRIPT are retried in a next round; a WAIT short of the replicas raises NotReplicated."""
     replies: list[Any] = [None] * len(calls)
     todo: dict[int, tuple[str | None, bool]] = {i: (None, False) for i in range(len(calls))}

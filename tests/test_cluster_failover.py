@@ -28,6 +28,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
+from consumer.cluster_store import ClusterStateStore
 from engage.redis_client import connect
 from engage.settings import Settings
 from engage.stack.redis_cluster import RedisClusterServers
@@ -121,6 +122,8 @@ def test_consumer_rides_through_resharding_and_a_master_failover(
     assert isinstance(client, RedisCluster)
     commit_key = keys.stats_key(topic)
     assert client.get_node_from_key(commit_key).port == m1
+    replicas = ClusterStateStore(client, topic, 60).replicas  # an empty cluster: still counted
+    assert [replicas.of(node) for node in client.get_primaries()] == [1] * NODES
 
     events, genres = make_log(n_users=150, events_per_user=80, seed=41)  # 12,000 events
     # Published in slices of the one log as consuming goes on (per-user order is kept, which
