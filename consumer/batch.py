@@ -21,7 +21,9 @@ from features.fold import FoldOutput
 from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
 from features.vector import PROPENSITY_FEATURES
+from scoring.live_monitor import LiveMonitors
 from scoring.model import NO_MODEL_FOR_DOMAIN
+from scoring.online_calibration import event_labels
 from scoring.rules import RuleScorer, domain_of
 
 from .state_store import BatchWrites, Loaded, advance
@@ -47,6 +49,49 @@ class ScoredBatch:
     refused: list[tuple[Incoming, str]]  # duplicates and late events, with the reason
 
 
+_NO_ROWS = (np.empty(0, np.int64), np.empty(0), np.empty(0), None, np.empty(0, np.int64), [],
+            np.empty((0, 0)))  # fmt: skip
+
+
+class _LiveRows:
+    """A batch's rows as the live states take them: partitions, labels, domains, and the
+    served probability of the rows the model scored (NaN elsewhere) once `serve` ran."""
+
+    def __init__(self, incoming: list[Incoming]) -> None:
+        self.incoming = incoming
+        self.partitions = np.fromiter((i.partition for i in incoming), np.int64, len(incoming))
+        self.labels = event_labels(item.event for item in incoming)
+        self.domains: list[str] = []
+        self.served: np.ndarray | None = None
+        self.model_rows: np.ndarray | None = None
+
+    def serve(
+        self, monitors: LiveMonitors, rows: list[int] | None, p_model: np.ndarray,
+        domains: dict[str, str],
+    ) -> np.ndarray:  # fmt: skip
+        """The online-calibrated probability of the model's rows (`rows`; None: all)."""
+        self.domains = [domains[item.event.source] for item in self.incoming]
+        at = np.arange(len(self.incoming)) if rows is None else np.asarray(rows, np.int64)
+        self.model_rows = at
+        doms = self.domains if rows is None else [self.domains[r] for r in rows]
+        served = monitors.calibrate(self.partitions[at], p_model, self.labels[at], doms)
+        self.served = np.full(len(self.incoming), np.nan)
+        self.served[at] = served
+        return served
+
+    def model_rows_by_domain(self) -> dict[str, np.ndarray]:
+        assert self.model_rows is not None
+        rows = self.model_rows
+        doms = [self.domains[r] for r in rows.tolist()]
+        present = dict.fromkeys(doms)
+        if len(present) == 1:
+            return {next(iter(present)): rows}
+        return {d: rows[[x == d for x in doms]] for d in present}
+
+    def event_ts(self) -> np.ndarray:
+        return np.fromiter((i.event.ts for i in self.incoming), np.int64, len(self.incoming))
+
+
 class BatchScorer:
     """Applies and scores batches; holds the rule scorers and the current model bundle."""
 
@@ -54,6 +99,10 @@ class BatchScorer:
         self.rule_scorers = rule_scorers
         self.log_features = log_features
         self.model: Any = None  # scoring.model.ModelBundle once one is registered
+        #: The live quality, drift and online calibration states of the partitions held
+        #: (scoring.live_monitor; the runner loads, commits and rolls them back), or None.
+        self.live: LiveMonitors | None = None
+        self.topic = ""  # the events topic: the live states' keys name it
 
     def run(self, state: StreamState, incoming: list[Incoming], loaded: Loaded) -> ScoredBatch:
         """Admit and fold the batch over `state` (filled by the store with what the batch
@@ -63,6 +112,8 @@ class BatchScorer:
         # Copies: the next batch may fold (and admit into these dicts) while this one commits.
         writes = BatchWrites(user_recent_ids={u: dict(state.recent[u]) for u in loaded.users})
         if not folded.admitted:
+            if self.live is not None:  # one observe per batch: its commit or rollback follows
+                writes.live = self.live.observe(self.topic, *_NO_ROWS)
             return ScoredBatch([], writes, [], refused)
         incoming = [incoming[i] for i in folded.admitted]
         out = folded.out
@@ -70,7 +121,10 @@ class BatchScorer:
         latest_rows = self._latest_rows(incoming)
         shown = set(latest_rows.values())
         rules, rule_texts = self._rules(incoming, after, shown)
-        model = self._model(before, after, latest_rows, incoming)
+        live = _LiveRows(incoming) if self.live is not None else None
+        model = self._model(before, after, latest_rows, incoming, live)
+        if live is not None:
+            writes.live = self._observe(live, before)
         self._writes(writes, state, out, incoming, loaded)
         now_ms = round(time.time() * 1000.0, 1)
         payloads = self._payloads(incoming, rules, model, vector_digests(before), now_ms)
@@ -172,9 +226,24 @@ class BatchScorer:
                     texts[rows[i]] = reasons
         return out, texts  # type: ignore[return-value]
 
+    def _observe(self, live: _LiveRows, before: np.ndarray) -> dict[str, bytes]:
+        """Feed the batch's model rows to the live quality and drift states (the served
+        probability, the rule score before each event) and give the bytes to write."""
+        monitors = self.live
+        assert monitors is not None
+        prob = live.served
+        if prob is None or not monitors.quality_on:  # no model row: only the calibrators
+            return monitors.observe(self.topic, *_NO_ROWS)
+        n_prop = len(PROPENSITY_FEATURES)
+        rule_before = np.full(len(prob), np.nan)
+        for domain, rows in live.model_rows_by_domain().items():
+            rule_before[rows] = self.rule_scorers[domain].score(before[rows, :n_prop]).score
+        return monitors.observe(self.topic, live.partitions, prob, live.labels, rule_before,
+                                live.event_ts(), live.domains, before)  # fmt: skip
+
     def _model(
         self, before: np.ndarray, after: np.ndarray, latest_rows: dict[str, int],
-        incoming: list[Incoming],
+        incoming: list[Incoming], live: _LiveRows | None = None,
     ) -> list[dict[str, Any]] | None:  # fmt: skip
         """Probabilities of every row in one vectorised call per target; per-feature reasons
         (path contributions, the costly part) only for each user's latest row.
@@ -194,13 +263,22 @@ class BatchScorer:
         n_prop = len(PROPENSITY_FEATURES)
         parts: list[dict[str, Any]] = []
         if rows != []:
-            p_int = bundle.interaction.predict_proba(before).tolist()
+            p_model = bundle.interaction.predict_proba(before)
+            p_int = p_model.tolist()
             p_prop = bundle.propensity.predict_proba(after[:, :n_prop]).tolist()
-            parts = [
-                {"version": bundle.version, "interaction": round(p_i, 6),
-                 "propensity": round(p_p, 6)}
-                for p_i, p_p in zip(p_int, p_prop, strict=True)
-            ]  # fmt: skip
+            if live is None or self.live is None:
+                parts = [
+                    {"version": bundle.version, "interaction": round(p_i, 6),
+                     "propensity": round(p_p, 6)}
+                    for p_i, p_p in zip(p_int, p_prop, strict=True)
+                ]  # fmt: skip
+            else:  # the served probability: recalibrated online (scoring.online_calibration)
+                p_served = live.serve(self.live, rows, p_model, domains)
+                parts = [
+                    {"version": bundle.version, "interaction": round(p_i, 6),
+                     "interaction_online": round(p_o, 6), "propensity": round(p_p, 6)}
+                    for p_i, p_o, p_p in zip(p_int, p_served.tolist(), p_prop, strict=True)
+                ]  # fmt: skip
         if rows is None:
             out = parts
         else:

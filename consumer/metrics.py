@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -37,3 +40,24 @@ class ConsumerMetrics:
             high = kafka.highwater(TopicPartition(topic, partition))
             if high is not None:
                 LAG.labels(partition=str(partition)).set(max(0, high - offset - 1))
+
+
+#: The live quality and drift gauges (scoring.live_monitor.GAUGES), made on first export.
+_LIVE: dict[str, Gauge] = {}
+_LIVE_LABELS = {"engage_feature_psi": ("feature",), "engage_label_psi": (),
+                "engage_model_drifting": ()}  # fmt: skip
+
+
+def export_live_quality(summary: Mapping[str, Any]) -> None:
+    """Set the gauges from a `LiveMonitors.summary()` (the partitions this consumer holds)."""
+    from scoring.live_monitor import GAUGES, samples
+
+    for name, labels, value in samples(summary):
+        gauge = _LIVE.get(name)
+        if gauge is None:
+            names = _LIVE_LABELS.get(name, ("domain", "window"))
+            gauge = _LIVE[name] = Gauge(name, GAUGES[name], list(names))
+        if labels:
+            gauge.labels(**labels).set(value)
+        else:
+            gauge.set(value)

@@ -30,7 +30,7 @@ from consumer.batch import BatchScorer, Incoming
 from consumer.cluster_store import ClusterStateStore
 from consumer.deadletter import DeadLetter
 from consumer.local_state import LocalState
-from consumer.metrics import ConsumerMetrics
+from consumer.metrics import ConsumerMetrics, export_live_quality
 from consumer.ordering import Decoded, EventTimeMerger, decode_records
 from consumer.state_store import NO_OFFSET, Fenced, StateStore, StoreBatch, advance
 from consumer.store import REDIS_DOWN, RedisBatch, RedisStateStore, waitable
@@ -38,6 +38,7 @@ from engage import kafka_clients, redis_client, transport
 from engage.settings import Settings
 from features.events import DecodeError
 from features.stream import warm_up
+from scoring.live_monitor import LiveMonitors
 from scoring.registry import ModelRegistry
 from scoring.rules import load_scorers
 
@@ -144,6 +145,16 @@ class StreamConsumer:
             self.store = RedisStateStore(self.redis, self.topic, settings.session_ttl_s, local)
         self.ownership_changed = True  # re-ask whether we hold every partition
         self.scorer = BatchScorer(load_scorers(settings.rules_file), settings.log_features)
+        # Live quality, drift and the online calibration's states (issue 18): one MULTI/EXEC
+        # carries them with the batch. The Cluster store does not carry them yet: there the
+        # probability is served with its offline calibration and no live quality is kept.
+        self.live: LiveMonitors | None = None
+        if isinstance(self.store, RedisStateStore):
+            self.live = self.scorer.live = LiveMonitors(settings)
+            self.scorer.topic = self.topic
+        else:
+            log.info("Redis Cluster: no online calibration or live quality (docs/quality.md)")
+        self._live_export = _LiveExport(settings)
         self.metrics = ConsumerMetrics()
         self.positions: dict[int, int] = {}  # partition -> last applied offset, as in Redis
         self.resync_needed = False  # positions unknown (Redis outage): seek from Redis first
@@ -173,6 +184,8 @@ class StreamConsumer:
         self.ownership_changed = True
         for p in partitions:
             self.positions.pop(p, None)
+        if self.live is not None:
+            self.live.drop(partitions)
         log.info("revoked partitions %s", sorted(partitions))
 
     def _assigned(self, partitions: list[int]) -> None:
@@ -194,7 +207,7 @@ class StreamConsumer:
         partitions = list(partitions)
         self._settle()  # read the offsets after the last batch's EXEC, not during it
         self.store.forget()  # what we hold locally may be ahead of Redis, or behind it
-        stored = self.store.offsets(partitions)
+        stored = self._stored_offsets(partitions)
         if self.merger is not None:  # buffered records lie after the old position
             self.merger.drop(partitions)
         for p in partitions:
@@ -206,6 +219,31 @@ class StreamConsumer:
                 self.kafka.seek(p, offset + 1)
         log.info("assigned %s, resuming at %s", sorted(stored), stored)
 
+    def _stored_offsets(self, partitions: list[int]) -> dict[int, int]:
+        """The partitions' stored offsets, and the live states stored with them (one read, so
+        each state is the one of its offset), loaded: what the next batches start from."""
+        live = self.live
+        if live is None:
+            return self.store.offsets(partitions)
+        assert isinstance(self.store, RedisStateStore)
+        names = [key for p in partitions for key in live.keys(self.topic, p)]
+        stored, values = self.store.offsets_with(partitions, names)
+        live.rollback()  # nothing uncommitted is left of them (the last batch settled)
+        for i, p in enumerate(partitions):
+            quality, drift, calibration = values[3 * i : 3 * i + 3]
+            live.load(p, quality, drift, calibration, lenient=True)
+        for problem in live.problems:
+            log.error("live quality: %s", problem)
+        live.problems.clear()
+        return stored
+
+    def _abort(self, batch: StoreBatch) -> None:
+        """Give a batch up: nothing of it lands, and the live states of every batch not
+        committed are undone with it (a later batch was folded over it)."""
+        batch.abort()
+        if self.live is not None:
+            self.live.rollback()
+
     def _resync(self) -> None:
         """Positions of every assigned partition from Redis, and seek there (stored + 1)."""
         assigned = self.kafka.assignment()
@@ -213,6 +251,8 @@ class StreamConsumer:
         self.seek_to_stored(sorted(assigned))
         for p in set(self.positions) - assigned:
             del self.positions[p]
+        if self.live is not None:
+            self.live.drop(set(self.live._committed) - assigned)
 
     def _recheck_offsets(self) -> None:
         """Re-seek every assigned partition whose stored offset is not our position.
@@ -442,7 +482,7 @@ class StreamConsumer:
             scored = self.scorer.run(state, incoming, loaded)
             if overlap:  # the previous batch must have landed before ours reads its offsets
                 if not self._collect(summary):
-                    batch.abort()
+                    self._abort(batch)
                     return
                 self._fence(batch, partitions)
             dead += [DeadLetter(reason, self.topic, i.partition, i.offset, i.key, i.value,
@@ -461,10 +501,10 @@ class StreamConsumer:
                 return
             batch.commit(scored.writes)
         except (*REDIS_DOWN, OutputFailed):
-            batch.abort()
+            self._abort(batch)
             raise
         except Fenced as exc:
-            batch.abort()
+            self._abort(batch)
             self._fenced(summary, exc, partitions)
             return
         self._record(summary, done)
@@ -507,11 +547,11 @@ class StreamConsumer:
         try:
             inflight.future.result()
         except Fenced as exc:
-            inflight.batch.abort()
+            self._abort(inflight.batch)
             self._fenced(summary, exc, self.kafka.assignment())
             return False
         except BaseException:
-            inflight.batch.abort()
+            self._abort(inflight.batch)
             raise
         self._record(summary, inflight.done)
         return True
@@ -525,7 +565,7 @@ class StreamConsumer:
         try:
             inflight.future.result()
         except (Fenced, *REDIS_DOWN) as exc:
-            inflight.batch.abort()
+            self._abort(inflight.batch)
             self.resync_needed = True
             log.warning("the last batch did not commit (%s: %s); re-reading offsets from "
                         "Redis", type(exc).__name__, exc)  # fmt: skip
@@ -535,6 +575,9 @@ class StreamConsumer:
     def _record(self, summary: RunSummary, done: _Done) -> None:
         """A batch landed: our positions move, and it counts."""
         self.positions.update(done.offsets)
+        if self.live is not None:
+            self.live.commit()
+            self._live_export.maybe(self.live)
         now = time.monotonic()
         if summary.first_batch_at is None:
             summary.first_batch_at = done.started
@@ -592,6 +635,40 @@ def tune_gc(gen0_threshold: int) -> None:
     gc.set_threshold(max(gen0_threshold, gen0), gen1, gen2)
 
 
+class _LiveExport:
+    """Every `live_quality_export_s`: the held partitions' figures to the Prometheus gauges,
+    and a log line when the drift status turns "drifting" (or back)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.every_s = settings.live_quality_export_s
+        self.next_at = 0.0
+        self.status: str | None = None
+
+    def maybe(self, live: LiveMonitors) -> None:
+        now = time.monotonic()
+        if now < self.next_at:
+            return
+        self.next_at = now + self.every_s
+        if not live.quality_on:
+            return
+        summary = live.summary()
+        export_live_quality(summary)
+        drift = summary.get("drift")
+        status = drift["status"] if drift else None
+        if status == self.status:
+            return
+        if status == "drifting":
+            assert drift is not None
+            worst = [f"{name} {drift['features'][name]:.2f}" for name in drift["drifting"][:5]]
+            if drift["label_drifting"]:
+                worst.append(f"label {drift['label']['psi']:.2f}")
+            log.warning("model %s drifting: PSI over %g: %s", live.version, drift["threshold"],
+                        ", ".join(worst))  # fmt: skip
+        elif self.status == "drifting":
+            log.info("model %s no longer drifting", live.version)
+        self.status = status
+
+
 class _ModelWatch:
     """Polls the model registry and swaps a newly registered model in without a restart."""
 
@@ -621,5 +698,7 @@ class _ModelWatch:
             return
         bundle.set_threads(self.settings.model_threads)
         self.scorer.model = bundle
+        if self.scorer.live is not None:  # drift and the calibrators start afresh
+            self.scorer.live.set_model(bundle.version, bundle.metrics)
         self.version = summary.model_version = current
         log.info("serving model %s", current)

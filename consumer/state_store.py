@@ -65,6 +65,10 @@ class BatchWrites:
     offsets: dict[int, int] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
     publish: bytes | None = None
+    #: Whole string values SET in the transaction: the live quality, drift and online
+    #: calibration states (scoring.live_monitor). Bytes, never mutated once the batch is
+    #: built (the next batch folds while the committing thread sends them).
+    live: dict[str, bytes] = field(default_factory=dict)
 
 
 class StoreBatch(Protocol):

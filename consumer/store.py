@@ -79,6 +79,19 @@ class RedisStateStore(KeepsLocalCopy):
     def offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         return stored_offsets(self.client, self.topic, partitions)
 
+    def offsets_with(
+        self, partitions: Iterable[int], values: list[str]
+    ) -> tuple[dict[int, int], list[bytes | None]]:
+        """The stored offsets of `partitions` and the string values of the keys `values`, in
+        one MGET: a state written in the transaction of a partition's offset is read as of
+        that same offset (the live quality and calibration states, scoring.live_monitor)."""
+        parts = list(partitions)
+        names = [keys.offset_key(self.topic, p) for p in parts]
+        read = self.client.mget(names + values) if names or values else []
+        offsets = {p: int(v) if v is not None else NO_OFFSET
+                   for p, v in zip(parts, read[: len(parts)], strict=True)}  # fmt: skip
+        return offsets, list(read[len(parts) :])
+
     def begin(self, partitions: Iterable[int]) -> RedisBatch:
         """A batch over `partitions`; its offsets are WATCHed when it first reads them."""
         return RedisBatch(self, self.client.pipeline(transaction=True), list(partitions))
@@ -212,6 +225,8 @@ class RedisBatch:
             pipe.set(keys.offset_key(topic, partition), offset)
         for name, amount in writes.stats.items():
             pipe.hincrby(keys.stats_key(topic), name, amount)
+        for key, value in writes.live.items():
+            pipe.set(key, value)
         if writes.publish is not None:
             pipe.publish(keys.scores_channel(topic), writes.publish)
         try:

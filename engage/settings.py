@@ -149,6 +149,12 @@ class Settings(BaseSettings):
     online_calibration_step: float | None = Field(default=None, gt=0, le=1.0)
 
     # Live model quality and drift (scoring/quality.py, scoring/drift.py, `engage quality`).
+    #: Whether the consumer keeps them (per partition, in each batch's transaction; the
+    #: online calibration of the served probability is kept either way).
+    live_quality: bool = True
+    #: How often the consumer recomputes its partitions' figures for Prometheus and the
+    #: "model drifting" log line (seconds; it costs a merge of the states, off the hot path).
+    live_quality_export_s: float = Field(default=10.0, gt=0)
     #: Event-time days (UTC) of per-day quality kept in each partition's state.
     quality_days: int = Field(default=7, ge=1, le=366)
     #: A feature (or the label) whose PSI against the training data exceeds this turns the

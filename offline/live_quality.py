@@ -5,8 +5,9 @@ fed with the rows the consumer serves.
 
 Each admitted event (admission and the compiled fold of the consumer, as `offline.dataset`
 runs them) gives its before-event vector; an event of a domain the model covers gets the
-interaction model's probability, recalibrated online per domain (scoring.online_calibration,
-the settings' rule, in log order), and the rule score of the user's state *before* the event
+interaction model's probability, recalibrated online per partition and domain, as the
+consumer keeps its calibrators (scoring.online_calibration, the settings' rule, in the
+partition's order, which is the log's), and the rule score of the user's state *before* the event
 (the rule score after it has already counted the event's own outcome, so its AUC against that
 outcome would flatter the rule). The partition is the one the replay's key (the user id)
 hashes to.
@@ -59,7 +60,7 @@ def served_rows(
                         FoldState(meta=dict(meta)))  # fmt: skip
     scorers = load_scorers(settings.rules_file)
     params = OnlineParams.for_model(settings, bundle.metrics)
-    calibrators: dict[str, OnlineCalibrator] = {}
+    calibrators: dict[tuple[int, str], OnlineCalibrator] = {}
     n_prop = len(PROPENSITY_FEATURES)
     blocks: list[ServedRows] = []
     for chunk in _chunks(events, CHUNK):
@@ -73,18 +74,22 @@ def served_rows(
         if not kept:
             continue
         label = np.array([event_label(e) for e in kept])
-        prob = bundle.interaction.predict_proba(before)
+        # float64: the calibrated p is not rounded back to the model's float32 (the consumer's)
+        prob = bundle.interaction.predict_proba(before).astype(np.float64)
         rule = np.empty(len(kept))
-        by_domain: dict[str, list[int]] = {}
-        for i, d in enumerate(kept_domains):
-            by_domain.setdefault(d, []).append(i)
-        for d, rows in by_domain.items():
-            rule[rows] = scorers[d].score(before[rows, :n_prop]).score
-            if calibrate:
-                calibrator = calibrators.setdefault(d, OnlineCalibrator(params, bundle.version))
-                prob[rows] = calibrator.process(prob[rows], label[rows])
         partition = np.array([positive_murmur2(e.user_id.encode()) % settings.partitions
                               for e in kept])  # fmt: skip
+        by_domain: dict[str, list[int]] = {}
+        by_calibrator: dict[tuple[int, str], list[int]] = {}
+        for i, (d, p) in enumerate(zip(kept_domains, partition.tolist(), strict=True)):
+            by_domain.setdefault(d, []).append(i)
+            by_calibrator.setdefault((p, d), []).append(i)
+        for d, rows in by_domain.items():
+            rule[rows] = scorers[d].score(before[rows, :n_prop]).score
+        if calibrate and params.rule != "none":
+            for key, rows in by_calibrator.items():  # the consumer's: per partition and domain
+                calibrator = calibrators.setdefault(key, OnlineCalibrator(params, bundle.version))
+                prob[rows] = calibrator.process(prob[rows], label[rows])
         ts = np.array([e.ts for e in kept], dtype=np.int64)
         blocks.append(ServedRows(before, prob, rule, label, ts, kept_domains, partition))
     if not blocks:

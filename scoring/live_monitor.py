@@ -32,15 +32,28 @@ from scoring.drift import (
     merged_drift,
     reference_of,
 )
+from scoring.drift import BadState as BadDriftState
+from scoring.online_calibration import BadState as BadCalibrationState
+from scoring.online_calibration import (
+    OnlineCalibrator,
+    OnlineParams,
+    domains_from_bytes,
+    domains_to_bytes,
+)
 from scoring.quality import DEFAULT_DAYS, WINDOWS, LiveQuality, merged_summary
-from scoring.quality_keys import drift_key, quality_key
+from scoring.quality import BadState as BadQualityState
+from scoring.quality_keys import calibration_key, drift_key, quality_key
 
 if TYPE_CHECKING:
     from engage.settings import Settings
 
 
+_Stored = tuple[bytes | None, bytes | None, bytes | None]  # quality, drift, calibration
+
+
 class LiveMonitors:
-    """Quality and drift states of the partitions a consumer owns."""
+    """Quality and drift states of the partitions a consumer owns, and the online calibrators
+    of the probability it serves (one per domain and partition, `calibrate`)."""
 
     def __init__(
         self,
@@ -50,59 +63,157 @@ class LiveMonitors:
         blocks: int = DEFAULT_BLOCKS,
         threshold: float = DEFAULT_THRESHOLD,
         ignore: Sequence[str] = DEFAULT_IGNORE,
+        calibration: OnlineParams | None = None,
+        quality: bool = True,
     ) -> None:
+        self.settings = settings
         if settings is not None:
             days, block, blocks = (settings.quality_days, settings.drift_block_vectors,
                                    settings.drift_blocks)  # fmt: skip
             threshold, ignore = settings.drift_psi_threshold, settings.drift_ignore_features
+            quality = settings.live_quality
         self.days, self.block, self.blocks = days, block, blocks
         self.threshold, self.ignore = threshold, tuple(ignore)
+        #: Whether quality and drift are kept (ENGAGE_LIVE_QUALITY); calibration is apart.
+        self.quality_on = quality
+        #: The online rule served (None: the offline calibration as it is, no state). With
+        #: settings, set per model by `set_model` (OnlineParams.for_model).
+        self.calibration = calibration
         self.version = ""
         self.reference: DriftReference | None = None
         self.quality: dict[int, LiveQuality] = {}
         self.drift: dict[int, DriftMonitor] = {}
-        self._committed: dict[int, tuple[bytes | None, bytes | None]] = {}
+        self.calibrators: dict[int, dict[str, OnlineCalibrator]] = {}
+        #: Each partition's stored calibrator bytes per domain (restored when first used).
+        self._stored_calibrators: dict[int, dict[str, bytes]] = {}
+        self._committed: dict[int, _Stored] = {}
+        #: Each partition's bytes after the latest batch observed (committed or not).
+        self._latest: dict[int, _Stored] = {}
+        #: Calibrator bytes of the batch being scored, until its `observe`.
+        self._staged: dict[int, bytes] = {}
         #: Batches observed whose transactions have not committed yet, oldest first (with
         #: the commit overlapping the next batch, two can be in flight).
-        self._pending: list[dict[int, tuple[bytes, bytes | None]]] = []
+        self._pending: list[dict[int, _Stored]] = []
+        #: Damaged states met by a lenient `load` (and started afresh), for the log.
+        self.problems: list[str] = []
 
     def set_model(self, version: str, metrics: Mapping[str, Any] | None) -> None:
         """The model now served (its bundle's version and metrics, where `engage train`
         stores the drift reference; none for older models: no drift then). A new version
-        starts the drift windows afresh; the quality state starts each domain afresh at its
-        first row of the new version."""
+        starts the drift windows and the calibrators afresh; the quality state starts each
+        domain afresh at its first row of the new version."""
+        if self.settings is not None:
+            params = OnlineParams.for_model(self.settings, metrics or {})
+            self.calibration = None if params.rule == "none" else params
         if version == self.version and self.reference is not None:
             return
         self.version = version
-        self.reference = reference_of(metrics)
-        for p in list(self.quality):
+        self.reference = reference_of(metrics) if self.quality_on else None
+        for p in list(self._committed):
             if self.reference is None:
                 self.drift.pop(p, None)
             else:
                 self.drift[p] = DriftMonitor(self.reference, version, self.block, self.blocks)
+            latest = self._latest[p][2]  # restored when used: afresh unless of this version
+            self._stored_calibrators[p] = domains_from_bytes(latest) if latest else {}
+            self.calibrators[p] = {}
 
-    def load(self, partition: int, quality: bytes | None, drift: bytes | None) -> None:
+    def keys(self, topic: str, partition: int) -> tuple[str, str, str]:
+        """The keys `load` takes the values of: quality, drift, calibration."""
+        return quality_key(topic, partition), drift_key(topic, partition), \
+            calibration_key(topic, partition)  # fmt: skip
+
+    def load(
+        self, partition: int, quality: bytes | None, drift: bytes | None,
+        calibration: bytes | None = None, lenient: bool = False,
+    ) -> None:  # fmt: skip
         """Start `partition` from its stored states (None: nothing stored). On assignment, and
         whenever the batch's offsets are re-read from Redis. BadState (damaged bytes) is
-        raised, never reset silently."""
-        self.quality[partition] = LiveQuality.restore(quality, WINDOWS, self.days)
+        raised, never reset silently; `lenient`: the damaged state starts afresh, named in
+        `problems` (the consumer logs it and goes on)."""
+        p = partition
+        if self.quality_on:
+            self.quality[p] = self._restore(
+                "quality", p, lambda: LiveQuality.restore(quality, WINDOWS, self.days),
+                lambda: LiveQuality(WINDOWS, self.days), lenient,
+            )  # fmt: skip
         if self.reference is not None:
-            self.drift[partition] = DriftMonitor.restore(drift, self.reference, self.version,
-                                                         self.block, self.blocks)  # fmt: skip
+            reference = self.reference
+            self.drift[p] = self._restore(
+                "drift", p,
+                lambda: DriftMonitor.restore(drift, reference, self.version, self.block,
+                                             self.blocks),
+                lambda: DriftMonitor(reference, self.version, self.block, self.blocks), lenient,
+            )  # fmt: skip
         else:
-            self.drift.pop(partition, None)
-        self._committed[partition] = (quality, drift)
+            self.drift.pop(p, None)
+        self._stored_calibrators[p] = self._restore(
+            "calibration", p, lambda: domains_from_bytes(calibration) if calibration else {},
+            dict, lenient,
+        )  # fmt: skip
+        self.calibrators[p] = {}
+        self._committed[p] = self._latest[p] = (quality, drift, calibration)
         for batch in self._pending:
-            batch.pop(partition, None)
+            batch.pop(p, None)
+        self._staged.pop(p, None)
+
+    def _restore(self, what: str, p: int, restore: Any, fresh: Any, lenient: bool) -> Any:
+        try:
+            return restore()
+        except (BadQualityState, BadDriftState, BadCalibrationState) as exc:
+            if not lenient:
+                raise
+            self.problems.append(f"{what} state of partition {p} damaged, started afresh: {exc}")
+            return fresh()
 
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget partitions (revoked)."""
         for p in partitions:
-            self.quality.pop(p, None)
-            self.drift.pop(p, None)
-            self._committed.pop(p, None)
+            for held in (self.quality, self.drift, self.calibrators, self._stored_calibrators,
+                         self._committed, self._latest, self._staged):  # fmt: skip
+                held.pop(p, None)
             for batch in self._pending:
                 batch.pop(p, None)
+
+    def calibrate(
+        self, partition: np.ndarray, prob: np.ndarray, label: np.ndarray, domain: Sequence[str]
+    ) -> np.ndarray:
+        """The served probability of each row the model scored (`prob`: its offline-calibrated
+        probability, in batch order; label: 1.0 / 0.0 / NaN; domain: scoring.rules.domain_of),
+        recalibrated online by the partition's calibrator of the row's domain, each row from
+        the state before it (scoring.online_calibration). Call once per batch, before its
+        `observe`, which writes the calibrators' new bytes. Without a rule, `prob` itself."""
+        params = self.calibration
+        if params is None or not len(prob):
+            return prob
+        part = np.asarray(partition)
+        label = np.asarray(label, dtype=np.float64)
+        served = np.empty(len(prob))
+        codes, first = np.unique(part, return_index=True)
+        for p in codes[np.argsort(first)].tolist():
+            in_p = np.flatnonzero(part == p)
+            doms = [domain[i] for i in in_p.tolist()]
+            held = self.calibrators[p]
+            present = dict.fromkeys(doms)
+            for d in present:
+                rows = in_p if len(present) == 1 else in_p[[x == d for x in doms]]
+                calibrator = held.get(d)
+                if calibrator is None:
+                    stored = self._stored_calibrators[p].get(d)
+                    calibrator = held[d] = OnlineCalibrator.restore(stored, self.version, params)
+                served[rows] = calibrator.process(prob[rows], label[rows])
+            self._staged[p] = domains_to_bytes(self._merged_calibrators(p))
+        return served
+
+    def _merged_calibrators(self, p: int) -> dict[str, OnlineCalibrator]:
+        """The partition's calibrators in use, and any stored one not restored yet (of
+        another domain: kept as stored, so a batch without its rows does not drop it)."""
+        assert self.calibration is not None
+        held = self.calibrators[p]
+        for d, stored in self._stored_calibrators[p].items():
+            if d not in held:
+                held[d] = OnlineCalibrator.restore(stored, self.version, self.calibration)
+        return held
 
     def observe(
         self,
@@ -110,39 +221,46 @@ class LiveMonitors:
         partition: np.ndarray,
         prob: np.ndarray,
         label: np.ndarray,
-        rule_score: np.ndarray,
+        rule_score: np.ndarray | None,
         event_ts_ms: np.ndarray,
         domain: Sequence[str],
         before: np.ndarray,
     ) -> dict[str, bytes]:
         """Feed one batch (its admitted rows in batch order; each partition's rows in that
-        partition's order) and return the keys and bytes to write in the batch's transaction.
+        partition's order) and return the keys and bytes to write in the batch's transaction
+        (also the calibrators' of `calibrate`). Call once for every batch whose transaction
+        will `commit` or `rollback` (with no rows for a batch the model did not score).
 
         prob: the served probability (NaN for rows the model did not score); label: 1.0 / 0.0
         / NaN; rule_score: the user's rule score before the event; before: the before-event
-        interaction matrix. A partition with no scored row in the batch writes nothing.
+        interaction matrix. A partition whose states did not change writes nothing.
         KeyError for a partition not `load`ed."""
-        part = np.asarray(partition)
-        prob = np.asarray(prob, dtype=np.float64)
-        domains = np.asarray(domain, dtype=object)
-        scored = ~np.isnan(prob)
         writes: dict[str, bytes] = {}
-        pending: dict[int, tuple[bytes, bytes | None]] = {}
-        for p in dict.fromkeys(part.tolist()):
-            rows = np.flatnonzero((part == p) & scored)
-            quality = self.quality[p]
-            drift = self.drift.get(p)
-            if not len(rows):
-                continue  # nothing changes: nothing to write
-            quality.observe(prob[rows], np.asarray(label)[rows], np.asarray(rule_score)[rows],
-                            np.asarray(event_ts_ms)[rows], domains[rows], self.version)  # fmt: skip
-            q_bytes = quality.to_bytes()
-            writes[quality_key(topic, p)] = q_bytes
-            d_bytes = None
-            if drift is not None:
-                drift.observe(np.asarray(before)[rows], np.asarray(label)[rows])
-                d_bytes = writes[drift_key(topic, p)] = drift.to_bytes()
-            pending[p] = (q_bytes, d_bytes)
+        pending: dict[int, _Stored] = {}
+        staged, self._staged = self._staged, {}
+        for p, calibrators in staged.items():
+            q_latest, d_latest, c_latest = self._latest[p]
+            if calibrators != c_latest:
+                writes[calibration_key(topic, p)] = calibrators
+                pending[p] = self._latest[p] = (q_latest, d_latest, calibrators)
+        if self.quality_on and len(prob):
+            part = np.asarray(partition)
+            prob = np.asarray(prob, dtype=np.float64)
+            scored = ~np.isnan(prob)
+            label = np.asarray(label)
+            for p in dict.fromkeys(part[scored].tolist()):
+                rows = np.flatnonzero((part == p) & scored)
+                quality = self.quality[p]
+                drift = self.drift.get(p)
+                quality.observe(prob[rows], label[rows], np.asarray(rule_score)[rows],
+                                np.asarray(event_ts_ms)[rows], [domain[i] for i in rows.tolist()],
+                                self.version)  # fmt: skip
+                q_bytes = writes[quality_key(topic, p)] = quality.to_bytes()
+                _q, d_bytes, c_bytes = self._latest[p]
+                if drift is not None:
+                    drift.observe(np.asarray(before)[rows], label[rows])
+                    d_bytes = writes[drift_key(topic, p)] = drift.to_bytes()
+                pending[p] = self._latest[p] = (q_bytes, d_bytes, c_bytes)
         self._pending.append(pending)
         return writes
 
@@ -154,11 +272,12 @@ class LiveMonitors:
     def rollback(self) -> None:
         """A transaction did not commit: every batch not committed is undone (a later one was
         folded on top of it), back to the stored states, to be read again."""
-        touched = {p for batch in self._pending for p in batch}
+        touched = {p for batch in self._pending for p in batch} | set(self._staged)
         self._pending.clear()
+        self._staged.clear()
         for p in touched:
-            quality, drift = self._committed[p]
-            self.load(p, quality, drift)
+            if p in self._committed:
+                self.load(p, *self._committed[p])
 
     def summary(self, top: int = 5) -> dict[str, Any]:
         """The figures of the partitions held (`engage quality` merges every partition's):

@@ -341,3 +341,53 @@ class OnlineCalibrator:
             except StateMismatch:
                 pass
         return cls(params, model_version)
+
+
+# --------------------------------------------------------------------------- per partition
+#: `domains_to_bytes` layout: magic, format, number of domains; then per domain (sorted by
+#: name) the name's length, the name, the state's length and `OnlineCalibrator.to_bytes()`.
+_SET_MAGIC = b"OS"
+_SET_HEAD = struct.Struct("<2sBH")
+_SET_ITEM = struct.Struct("<HI")
+
+
+def domains_to_bytes(calibrators: Mapping[str, OnlineCalibrator]) -> bytes:
+    """One partition's calibrators (one per domain) as the bytes the consumer stores beside
+    the partition's offset (scoring.quality_keys.calibration_key)."""
+    parts = [_SET_HEAD.pack(_SET_MAGIC, FORMAT, len(calibrators))]
+    for domain in sorted(calibrators):
+        name, state = domain.encode(), calibrators[domain].to_bytes()
+        parts += [_SET_ITEM.pack(len(name), len(state)), name, state]
+    return b"".join(parts)
+
+
+def domains_from_bytes(data: bytes) -> dict[str, bytes]:
+    """Domain -> that domain's calibrator bytes (for `OnlineCalibrator.restore`) of a
+    `domains_to_bytes` state. BadState if the bytes are not a whole one (a state of another
+    format is read as none: its calibrators start afresh)."""
+    try:
+        magic, fmt, count = _SET_HEAD.unpack_from(data, 0)
+    except struct.error as exc:
+        raise BadState("not a partition's online calibrator state") from exc
+    if magic != _SET_MAGIC:
+        raise BadState("not a partition's online calibrator state")
+    if fmt != FORMAT:
+        return {}
+    out: dict[str, bytes] = {}
+    offset = _SET_HEAD.size
+    try:
+        for _ in range(count):
+            n_name, n_state = _SET_ITEM.unpack_from(data, offset)
+            offset += _SET_ITEM.size
+            name = bytes(data[offset : offset + n_name]).decode()
+            offset += n_name
+            state = bytes(data[offset : offset + n_state])
+            if len(state) != n_state:
+                raise BadState("truncated partition's online calibrator state")
+            offset += n_state
+            out[name] = state
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise BadState("truncated partition's online calibrator state") from exc
+    if offset != len(data):
+        raise BadState("malformed partition's online calibrator state: trailing bytes")
+    return out

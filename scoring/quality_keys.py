@@ -7,6 +7,10 @@ consumer writes them, `engage quality` reads them. The rest of the layout is in 
     engage:drift:<topic>:<p>    string  scoring.drift.DriftMonitor of partition p, to_bytes()
                                         (same transaction); its model version names the
                                         training reference (the registry's manifest)
+    engage:calibration:<topic>:<p>
+                                string  the online calibrators of partition p, one per domain
+                                        (scoring.online_calibration.domains_to_bytes; same
+                                        transaction); each names its model version
 
 One key per (topic, partition): a partition's rows arrive in one order whatever the batches,
 so its state is exact, and `engage quality` merges the partitions on read
@@ -51,3 +55,9 @@ def partition_of(key: str | bytes) -> int:
     """The partition a quality or drift key names; ValueError if the suffix is not one."""
     text = key.decode() if isinstance(key, bytes) else key
     return int(text.rsplit(":", 1)[1])
+
+
+def calibration_key(topic: str, partition: int) -> str:
+    """The online calibrators of partition p (one per domain, of the model served):
+    scoring.online_calibration.domains_to_bytes, in the batch's transaction."""
+    return f"engage:calibration:{topic}:{partition}"
