@@ -111,11 +111,18 @@ def consumer(settings: Settings, *topics: str, **overrides: Any) -> KafkaConsume
     return KafkaConsumer(*topics, **options)
 
 
+#: Kafka's error code of a topic described without a problem.
+NO_ERROR = 0
+
+
 def ensure_topic(settings: Settings, name: str, partitions: int | None = None) -> bool:
     """Create the topic when it is missing. Returns True if this call created it."""
     admin = admin_client(settings)
     try:
-        if name in admin.list_topics():
+        # Only this topic's metadata: listing every topic cost ~0.4 s a call on a broker with
+        # 1,500 topics (a test run's), three calls per consumer start.
+        # (Any error but "no error" leads to the create, which names the refusal if there is one.)
+        if admin.describe_topics([name])[0]["error_code"] == NO_ERROR:
             return False
         try:
             admin.create_topics(
