@@ -1,0 +1,63 @@
+"""The consumer's overlapped commit (`commit_overlap`, consumer/runner.py): a batch's
+transaction runs on a thread while the next batch is folded over the local copy. When that
+transaction is fenced, or its outcome is unknown, the batch folded over it must go too, and
+the consumer must resume from what Redis holds: the end state is still exactly the log's."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from consumer.runner import StreamConsumer
+from consumer.state_store import Fenced
+from consumer.store import OutcomeUnknown, RedisBatch
+from engage.redis_client import connect
+from engage.settings import Settings
+from tests.eventlog import make_log, publish_log
+from tests.reference import diff_against_redis, reference_state
+
+
+def _fail_one_commit(monkeypatch: pytest.MonkeyPatch, nth: int, how: str) -> list[int]:
+    """Make the `nth` transaction fail: `fenced` before it runs, `unknown` after it landed
+    (a connection lost during EXEC). Returns the list of commits seen so far (its length)."""
+    seen: list[int] = []
+    commit = RedisBatch.commit
+
+    def failing(self: RedisBatch, writes: Any, learn: bool = True) -> None:
+        seen.append(1)
+        if len(seen) == nth and how == "fenced":
+            raise Fenced("test: another writer moved the offsets")
+        commit(self, writes, learn)
+        if len(seen) == nth and how == "unknown":
+            raise OutcomeUnknown("test: connection lost during EXEC")
+
+    monkeypatch.setattr(RedisBatch, "commit", failing)
+    return seen
+
+
+@pytest.mark.parametrize("how", ["fenced", "unknown"])
+def test_a_failed_commit_in_flight_drops_the_batch_folded_over_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    events, genres = make_log(n_users=30, events_per_user=40, seed=13)
+    publish_log(settings, events, genres)
+    overlapped = settings.model_copy(update={"batch_max_records": 50, "commit_overlap": True})
+    seen = _fail_one_commit(monkeypatch, nth=4, how=how)
+    consumer = StreamConsumer(overlapped, group=f"overlap-{uuid.uuid4().hex[:8]}")
+    try:
+        summary = consumer.run(idle_exit_s=3)
+    finally:
+        consumer.close()
+    assert len(seen) > 4, "the failure came too late to matter"
+    if how == "fenced":
+        assert summary.fenced == 1
+    client = connect(settings)
+    stats = client.hgetall(f"engage:stats:{settings.events_topic}")
+    assert int(stats[b"processed"]) == len(events)
+    assert int(stats.get(b"dead_lettered", 0)) == 0, "an event was applied twice"
+    p = settings.feature_params
+    reference = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
+    assert diff_against_redis(reference, client) == []
+    client.close()
