@@ -396,7 +396,7 @@ class StreamConsumer:
                                     type(exc).__name__, exc)  # fmt: skip
                         self.resync_needed = True
                         continue
-                    if on_batch and records:
+                    if on_batch:  # (also when the idle loop counted the last batch)
                         on_batch(summary)
                 elif idle_exit_s is not None and time.monotonic() - last_data >= idle_exit_s:
                     break
