@@ -257,3 +257,55 @@ def _consume(settings: Settings, group: str) -> None:
         consumer.run(idle_exit_s=3)
     finally:
         consumer.close()
+
+
+QUALITY_JS = """
+const $ = (id) => document.getElementById(id);
+return {status: $('quality-status').dataset.status, bins: +$('reliability').dataset.bins,
+        days: +$('auc-days').dataset.points,
+        windows: [...document.querySelectorAll('#quality-windows tr')].map(r => r.dataset.window),
+        features: [...document.querySelectorAll('#drift-features li')]
+            .map(l => l.dataset.feature),
+        drifting: [...document.querySelectorAll('#drift-features li.drifting')]
+            .map(l => l.dataset.feature),
+        overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth};
+"""
+
+
+@pytest.mark.parametrize("width", [1300, 400])
+def test_dashboard_quality_panel_shows_reliability_auc_and_drift(
+    browser_available, settings, redis_client, tmp_path, width
+):
+    """The quality panel (issue 18): the reliability curve and the windows' figures of the
+    first domain, its ROC-AUC per day, the drift status with the top features, as
+    `engage quality` reports them; at 400 px it stacks within the screen."""
+    from offline.quality_report import collect_quality, status
+    from tests.test_live_quality_stream import registered_model
+
+    settings = settings.model_copy(update={"data_dir": tmp_path, "drift_block_vectors": 100,
+                                           "drift_blocks": 3})  # fmt: skip
+    registered_model(settings)
+    events, genres = make_log(n_users=30, events_per_user=30)
+    publish_log(settings, events, genres)
+    _consume(settings, "dashboard-quality")
+    report = collect_quality(settings)
+    domain = next(iter(report["quality"]))
+    q = report["quality"][domain]
+    windows = [w for w, f in q["windows"].items() if f["n"]]
+    with serve_in_thread(create_app(settings)) as base, chrome(width=max(width, 500)) as page:
+        if width < 500:  # headless Chromium's windows are at least 500 px wide
+            page.execute_cdp_cmd(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            )
+        page.get(base + "/")
+        _wait(lambda: page.execute_script(QUALITY_JS)["bins"] > 0, 20, "the quality panel")
+        shown = page.execute_script(QUALITY_JS)
+    assert shown["status"] == status(report) and shown["status"] in ("ok", "drifting")
+    assert shown["bins"] == len(q["windows"][windows[-1]]["reliability"]) > 0
+    assert shown["days"] == sum(d["roc_auc"] is not None for d in q["days"]) > 0
+    assert shown["windows"] == windows
+    (drift,) = report["drift"]
+    assert shown["features"] == [row["feature"] for row in drift["top"]]
+    assert shown["drifting"] == [f for f in shown["features"] if f in drift["drifting"]]
+    assert shown["overflow"] <= 0, shown

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from engage.api import live, scores
+from engage.api import live, quality, scores
 from engage.api.dashboard import DASHBOARD_HTML
 from engage.api.health import HealthChecker
 from engage.api.metrics import ApiMetrics, MetricsMiddleware
@@ -51,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.models = ModelCache(settings)
     app.state.health = HealthChecker(settings, client)
     app.state.metrics = metrics
+    app.state.quality = quality.QualityCache(settings)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
@@ -80,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(scores.router)
     app.include_router(live.router)
+    app.include_router(quality.router)
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}}, tags=["ops"])
     async def healthz(request: Request) -> JSONResponse:

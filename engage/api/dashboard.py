@@ -11,6 +11,12 @@ through `textContent`, never `innerHTML`. Test hooks: rows
 `#board-label`, `#board-summary`, `#model-reasons li[data-feature]` (its `.pts` is `.up`, green,
 when the contribution raises the probability, `.down`, red, when it lowers it).
 
+The quality panel (issue 18) reads `/quality` every 10 s: the reliability curve of the
+largest window, the ROC-AUC per day of event time, the windows' figures and the drift status
+with the top features by PSI. Hooks: `#quality-status[data-status]`, `#reliability[data-bins]`,
+`#auc-days[data-points]`, `#quality-windows tr[data-window]`,
+`#drift-features li[data-feature]` (`.drifting` when over the threshold).
+
 Model reasons read in words: the API's reasons carry their `text`; a live update carries only
 feature and contribution, so the page holds the declared phrases (features/spec.py, through
 `scoring.reason_words`), the same words without values, filled in when the page is built.
@@ -83,6 +89,15 @@ _PAGE = """<!doctype html>
     th, td { padding:.25rem .3rem; }
     td.user { max-width:7.5rem; }
   }
+  #quality { grid-column:1 / -1; }
+  .qgrid { display:grid; grid-template-columns:repeat(3, minmax(0, 1fr)); gap:1rem; }
+  .qgrid svg { width:100%; height:200px; display:block; }
+  .qgrid svg text { font-size:10px; fill:#889; }
+  .qgrid h3 { font-size:.85rem; margin:0 0 .3rem; color:var(--muted); font-weight:600; }
+  .badge { padding:.05rem .45rem; border-radius:4px; font-size:.8rem; background:#eceef3; }
+  .badge.ok { background:#d7f5dd; } .badge.drifting { background:#fbd5d5; color:#8a1c1c; }
+  #drift-features li.drifting .pts { color:#c62828; font-weight:650; }
+  @media (max-width: 940px) { .qgrid { grid-template-columns:minmax(0, 1fr); } }
   ul { margin:.2rem 0 .6rem; padding-left:1.1rem; }
   li .pts { font-variant-numeric:tabular-nums; color:var(--accent); margin-right:.4rem; }
   li .pts.up { color:#1a7f37; } li .pts.down { color:#c62828; }
@@ -136,6 +151,25 @@ _PAGE = """<!doctype html>
       <ul id="model-reasons"></ul>
     </div>
     <p id="user-error" class="error"></p>
+  </section>
+  <section id="quality">
+    <h2>Model quality, live <span id="quality-status" class="badge" data-status="">-</span>
+      <span class="muted" id="quality-model"></span></h2>
+    <div class="controls"><label>domain <select id="quality-domain"></select></label>
+      <span id="quality-note"></span></div>
+    <div class="qgrid">
+      <div><h3 id="reliability-title">Reliability</h3>
+        <svg id="reliability" data-bins="0" role="img"
+          aria-label="observed rate against mean served probability"></svg></div>
+      <div><h3>ROC-AUC per day of event time</h3>
+        <svg id="auc-days" data-points="0" role="img" aria-label="ROC-AUC per day"></svg>
+        <table><thead><tr><th>window</th><th class="num">n</th><th class="num">AUC</th>
+          <th class="num">ECE</th><th class="num">rate</th><th class="num">mean p</th></tr>
+          </thead><tbody id="quality-windows"></tbody></table></div>
+      <div><h3>Drift: PSI against the training data</h3>
+        <div id="drift-summary" class="muted"></div>
+        <ul id="drift-features"></ul></div>
+    </div>
   </section>
 </main>
 <script>
@@ -435,9 +469,124 @@ function connect() {
   });
 }
 
+// The quality panel (GET /quality: what `engage quality --json` reports), every 10 s.
+let quality = null;
+function svgIn(svg, W, H) {
+  const NS = "http://www.w3.org/2000/svg";
+  svg.setAttribute("viewBox", "0 0 " + W + " " + H);
+  svg.replaceChildren();
+  return (tag, attrs, text) => {
+    const n = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+    if (text !== undefined) n.textContent = text;
+    svg.append(n); return n;
+  };
+}
+
+function drawReliability(win) {
+  const svg = $("reliability"), H = 200, P = 24;
+  const W = Math.max(200, Math.round(svg.clientWidth || 300));
+  const mk = svgIn(svg, W, H);
+  const bins = (win && win.reliability) || [];
+  svg.dataset.bins = String(bins.length);
+  const x = (v) => P + v * (W - P - 8), y = (v) => H - P - v * (H - P - 8);
+  mk("line", {x1: x(0), y1: y(0), x2: x(1), y2: y(1), stroke: "#ccd", "stroke-dasharray": "4"});
+  mk("line", {x1: P, y1: H - P, x2: W - 4, y2: H - P, stroke: "#ccd"});
+  mk("line", {x1: P, y1: 4, x2: P, y2: H - P, stroke: "#ccd"});
+  mk("text", {x: x(0), y: H - 8}, "0"); mk("text", {x: x(1), y: H - 8, "text-anchor": "end"}, "1");
+  mk("text", {x: x(0.5), y: H - 8, "text-anchor": "middle"}, "mean served p");
+  mk("text", {x: 2, y: y(1) + 4}, "1"); mk("text", {x: 2, y: y(0.5)}, "rate");
+  if (!bins.length) return;
+  mk("polyline", {points: bins.map((b) => x(b.mean_p) + "," + y(b.rate)).join(" "),
+                  fill: "none", stroke: "#2f6fdf", "stroke-width": 2});
+  const most = Math.max(...bins.map((b) => b.n));
+  for (const b of bins)
+    mk("circle", {cx: x(b.mean_p), cy: y(b.rate), r: 2 + 3 * Math.sqrt(b.n / most),
+                  fill: "#2f6fdf", class: "bin"});
+}
+
+function drawAucDays(days) {
+  const svg = $("auc-days"), H = 200, P = 24;
+  const W = Math.max(200, Math.round(svg.clientWidth || 300));
+  const mk = svgIn(svg, W, H);
+  const pts = days.filter((d) => d.roc_auc !== null && d.roc_auc !== undefined);
+  svg.dataset.points = String(pts.length);
+  const lo = Math.min(0.5, ...pts.map((d) => d.roc_auc)), hi = 1;
+  const x = (i) => P + (pts.length < 2 ? (W - P - 8) / 2 : i / (pts.length - 1) * (W - P - 8));
+  const y = (v) => H - P - (v - lo) / (hi - lo) * (H - P - 8);
+  mk("line", {x1: P, y1: H - P, x2: W - 4, y2: H - P, stroke: "#ccd"});
+  mk("text", {x: 2, y: y(hi) + 4}, hi.toFixed(1)); mk("text", {x: 2, y: y(lo)}, lo.toFixed(2));
+  if (!pts.length) return;
+  mk("polyline", {points: pts.map((d, i) => x(i) + "," + y(d.roc_auc)).join(" "),
+                  fill: "none", stroke: "#2f6fdf", "stroke-width": 2});
+  pts.forEach((d, i) => {
+    mk("circle", {cx: x(i), cy: y(d.roc_auc), r: 3, fill: "#2f6fdf"});
+    if (i === 0 || i === pts.length - 1)
+      mk("text", {x: x(i), y: H - 8, "text-anchor": i ? "end" : "start", class: "tick"},
+         d.day.slice(5));
+  });
+}
+
+function renderQuality() {
+  const report = quality;
+  if (!report) return;
+  const status = report.status || "no drift data";
+  const badge = $("quality-status");
+  badge.textContent = status; badge.dataset.status = status;
+  badge.className = "badge " + status.replace(/ /g, "-");
+  const domains = Object.keys(report.quality || {});
+  const pick = $("quality-domain");
+  if ([...pick.options].map((o) => o.value).join() !== domains.join())
+    pick.replaceChildren(...domains.map((d) => {
+      const o = el("option", d); o.value = d; return o;
+    }));
+  const q = (report.quality || {})[pick.value || domains[0]];
+  $("quality-model").textContent = q ? "model " + q.model_versions.join(", ") : "";
+  $("quality-note").textContent = q ? q.labelled.toLocaleString() + " labelled events judged"
+    : "no live quality yet (the consumer keeps it once it scores labelled events with a model)";
+  const windows = q ? Object.entries(q.windows) : [];
+  const shown = windows.filter(([, f]) => f.n);
+  const largest = shown.length ? shown[shown.length - 1] : null;
+  $("reliability-title").textContent = "Reliability" +
+    (largest ? ", last " + largest[1].n.toLocaleString() + " labelled" : "");
+  drawReliability(largest ? largest[1] : null);
+  drawAucDays(q ? q.days : []);
+  $("quality-windows").replaceChildren(...shown.map(([w, f]) => {
+    const tr = el("tr"); tr.dataset.window = w;
+    tr.append(el("td", "last " + Number(w).toLocaleString()), el("td", f.n, "num"),
+              el("td", fmt(f.roc_auc, 3), "num auc"), el("td", fmt(f.ece, 3), "num ece"),
+              el("td", fmt(f.positive_rate, 3), "num"), el("td", fmt(f.mean_p, 3), "num"));
+    return tr;
+  }));
+  const drift = (report.drift || [])[0];
+  $("drift-summary").textContent = drift ? drift.status + " (PSI > " + drift.threshold +
+    " over " + drift.vectors.toLocaleString() + " served vectors" +
+    (drift.label && drift.label.psi !== undefined ? "; label PSI " + fmt(drift.label.psi, 3)
+     : "") + ")" : "no drift data (a model trained with its reference is needed)";
+  $("drift-features").replaceChildren(...(drift ? drift.top : []).map((row) => {
+    const li = el("li"); li.dataset.feature = row.feature;
+    if (drift.drifting.includes(row.feature)) li.classList.add("drifting");
+    li.append(el("span", fmt(row.psi, 3), "pts"), el("span", row.feature, "text"));
+    return li;
+  }));
+}
+
+async function loadQuality() {
+  try {
+    const r = await fetch("/quality");
+    if (r.ok) { quality = await r.json(); renderQuality(); }
+  } catch (e) { /* the next round retries */ }
+}
+
+$("quality-domain").addEventListener("change", renderQuality);
+loadQuality();
+setInterval(loadQuality, 10000);
 $("board-by").addEventListener("change", boardChanged);
 $("board-label").addEventListener("change", boardChanged);
-window.addEventListener("resize", () => { if (timeline.size) drawTimeline(); });
+window.addEventListener("resize", () => {
+  if (timeline.size) drawTimeline();
+  renderQuality();
+});
 resync();
 connect();
 const initial = new URLSearchParams(location.search).get("user");
