@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     #: Events this much older than the user's latest event are dead-lettered as late (0: never).
     max_lateness_s: float = Field(default=24 * 3600.0, ge=0)
     model_poll_s: float = Field(default=5.0, gt=0)
+    #: A served model's margins for small batches from compiled trees (scoring/tree_eval.py:
+    #: checked bit-equal to XGBoost's when the model loads, else XGBoost predicts); false:
+    #: always XGBoost's predictor.
+    model_compiled_trees: bool = True
     #: XGBoost threads when serving a batch (1: OpenMP spinning costs more than it gives here).
     model_threads: int = Field(default=1, ge=1)
     #: Python's generation-0 GC threshold in the consumer (CPython's 700 makes the collector

@@ -73,6 +73,7 @@ def manifest_domains(manifest: dict[str, Any]) -> tuple[str, ...]:
 class ModelRegistry:
     def __init__(self, settings: Settings, params: FeatureParams | None = None) -> None:
         self.root = settings.data_dir / "models"
+        self.compiled_trees = settings.model_compiled_trees
         self.code_hash = feature_hash(params or settings.feature_params)
 
     def _new_version(self, bundle: ModelBundle) -> str:
@@ -148,6 +149,8 @@ class ModelRegistry:
         if bundle.feature_hash != self.code_hash:
             raise FeatureHashMismatch(version, bundle.feature_hash, self.code_hash)
         bundle.domains = manifest_domains(manifest)
+        for model in (bundle.interaction, bundle.propensity):
+            model.compiled = self.compiled_trees
         return bundle
 
     def list(self) -> list[dict[str, Any]]:
