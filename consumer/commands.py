@@ -30,6 +30,7 @@ from engage.settings import get_settings
 if TYPE_CHECKING:
     from consumer.progress import ProgressLine
     from consumer.runner import StreamConsumer
+    from engage.settings import Settings
 
 
 def consume(
@@ -153,6 +154,8 @@ def stats(as_json: bool = typer.Option(False, "--json")) -> None:
         result = collect_stats(settings)
     if not result["partitions"]:  # no topic yet, or Kafka gone since: never read that as lag 0
         require_kafka(settings)
+    with services_down_exits(settings):
+        result["quality"] = _live_quality(settings)
     if as_json:
         print(json.dumps(result))
         return
@@ -163,6 +166,47 @@ def stats(as_json: bool = typer.Option(False, "--json")) -> None:
     out.print(f"topic {result['topic']}: processed {result['processed']}, "
               f"dead-lettered {result['dead_lettered']}, users {result['users']}")  # fmt: skip
     out.print(table)
+    quality = result["quality"]
+    if quality is None:
+        return
+    for domain, f in quality["domains"].items():
+        out.print(f"live quality {domain}, last {f['n']:,} labelled: ROC-AUC {_num(f['roc_auc'])}"
+                  f", ECE {_num(f['ece'])}", markup=False, highlight=False)  # fmt: skip
+    drifting = ", ".join(quality["drifting"])
+    out.print(f"model status: {quality['status']}" + (f" ({drifting})" if drifting else "")
+              + " (engage quality: the whole report)", markup=False, highlight=False)  # fmt: skip
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _live_quality(settings: Settings) -> dict[str, object] | None:
+    """The live quality in brief (`engage quality` has it all): per domain the largest
+    window's n, ROC-AUC and ECE; the drift status and the drifting features. None when the
+    consumer has stored none."""
+    from redis.cluster import RedisCluster
+
+    from engage.redis_client import connect
+    from offline.quality_report import collect_quality, status
+
+    client = connect(settings)
+    cluster = isinstance(client, RedisCluster)
+    client.close()
+    if cluster:  # the consumer keeps no live quality on a Cluster yet (docs/quality.md)
+        return None
+    report = collect_quality(settings)
+    if not report["partitions"]["quality"] and not report["partitions"]["drift"]:
+        return None
+    domains = {}
+    for domain, q in report["quality"].items():
+        filled = [f for f in q["windows"].values() if f["n"]]
+        if filled:
+            f = filled[-1]
+            domains[domain] = {"n": f["n"], "roc_auc": f["roc_auc"], "ece": f["ece"]}
+    drifting = sorted({name for d in report["drift"] for name in d["drifting"]})
+    return {"status": status(report), "domains": domains, "drifting": drifting,
+            "problems": report["problems"]}  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

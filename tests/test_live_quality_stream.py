@@ -127,6 +127,12 @@ def test_live_auc_and_ece_over_the_log_are_the_offline_figures(one_partition, re
         windows = report["quality"][domain]["windows"]
         print(domain, {w: (f["n"], round(f["roc_auc"], 4), round(f["ece"], 4))
                        for w, f in windows.items()})  # fmt: skip
+    stats = engage(settings, "stats", "--json")  # engage stats says it in brief
+    assert stats.returncode == 0, stats.stderr
+    brief = json.loads(stats.stdout)["quality"]
+    assert brief["status"] == report["status"]
+    for domain, f in brief["domains"].items():
+        assert f["roc_auc"] == report["quality"][domain]["windows"]["10000"]["roc_auc"]
 
 
 def test_sigkills_at_random_moments_and_a_restart_change_nothing(one_partition, redis_client):
