@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 from numba import njit
 
-from features.events import Event
+from features.events import ENGAGED_FUNNEL_TYPES, ENGAGED_RATING, Event, EventType
 from scoring.model import PROB_EPS
 
 if TYPE_CHECKING:
@@ -69,9 +69,24 @@ def event_label(event: Event) -> float:
     return 1.0 if event.engaged else 0.0
 
 
+#: `event_label` of every event type but ratings (whose label is their value's): what
+#: `event_labels` looks up, the consumer's hot path (~0.1 µs an event, not ~0.5).
+_LABEL_OF_TYPE: dict[EventType, float] = {t: (math.nan if t is EventType.TAG else
+                      1.0 if t in ENGAGED_FUNNEL_TYPES else 0.0)
+                  for t in EventType if t is not EventType.RATING}  # fmt: skip
+_RATING = -1.0
+
+
 def event_labels(events: Iterable[Event]) -> np.ndarray:
     """`event_label` of each event, as the float array `OnlineCalibrator.process` takes."""
-    return np.array([event_label(e) for e in events], dtype=np.float64)
+    events = events if isinstance(events, list) else list(events)
+    lookup = _LABEL_OF_TYPE.get
+    out = np.fromiter((lookup(e.event_type, _RATING) for e in events), np.float64, len(events))
+    ratings = np.flatnonzero(out == _RATING)
+    if len(ratings):
+        values = [events[i].value for i in ratings.tolist()]
+        out[ratings] = [1.0 if v is not None and v >= ENGAGED_RATING else 0.0 for v in values]
+    return out
 
 
 @dataclass(frozen=True)

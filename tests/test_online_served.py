@@ -170,3 +170,18 @@ def test_a_rollback_undoes_the_calibrators_of_every_batch_not_committed(tmp_path
         fresh.load(p, None, None, None)
     assert np.array_equal(again, fresh.calibrate(part[:200], prob[:200], label[:200],
                                                  domains[:200]))  # fmt: skip
+
+
+def test_event_labels_is_event_label_of_each_event():
+    from features.events import EventType
+    from scoring.online_calibration import event_label, event_labels
+
+    events, _meta = _log()
+    base = events[0].model_dump()
+    for t in EventType:  # every type, and ratings around the threshold and without a value
+        for value in (None, 0.5, 3.5, 4.0, 5.0):
+            events.append(Event.model_construct(**{**base, "event_type": t, "value": value}))
+    expected = np.array([event_label(e) for e in events])
+    got = event_labels(iter(events))
+    assert np.array_equal(np.isnan(got), np.isnan(expected))
+    assert np.array_equal(np.nan_to_num(got, nan=-9), np.nan_to_num(expected, nan=-9))
