@@ -553,7 +553,8 @@ function renderQuality() {
   drawAucDays(q ? q.days : []);
   $("quality-windows").replaceChildren(...shown.map(([w, f]) => {
     const tr = el("tr"); tr.dataset.window = w;
-    tr.append(el("td", "last " + Number(w).toLocaleString()), el("td", f.n, "num"),
+    tr.append(el("td", "last " + Number(w).toLocaleString()),
+              el("td", f.n.toLocaleString(), "num"),
               el("td", fmt(f.roc_auc, 3), "num auc"), el("td", fmt(f.ece, 3), "num ece"),
               el("td", fmt(f.positive_rate, 3), "num"), el("td", fmt(f.mean_p, 3), "num"));
     return tr;
