@@ -185,3 +185,25 @@ def test_event_labels_is_event_label_of_each_event():
     got = event_labels(iter(events))
     assert np.array_equal(np.isnan(got), np.isnan(expected))
     assert np.array_equal(np.nan_to_num(got, nan=-9), np.nan_to_num(expected, nan=-9))
+
+
+def test_the_consumer_exports_every_live_figure_as_a_prometheus_gauge(tmp_path):
+    from prometheus_client import REGISTRY
+
+    from consumer.metrics import export_live_quality
+    from scoring.live_monitor import samples
+
+    settings = Settings(data_dir=tmp_path, partitions=PARTITIONS, drift_block_vectors=100,
+                        drift_blocks=3)  # fmt: skip
+    bundle = _bundle(settings)
+    events, meta = _log()
+    _messages, _store, live = _consume(settings, bundle, events, meta, np.random.default_rng(3),
+                                       restarts=False)  # fmt: skip
+    summary = live.summary()
+    export_live_quality(summary)
+    export_live_quality(summary)  # again: the same gauges, set anew
+    figures = samples(summary)
+    assert {name for name, _, _ in figures} >= {"engage_model_roc_auc", "engage_feature_psi",
+                                                "engage_model_drifting"}  # fmt: skip
+    for name, labels, value in figures:
+        assert REGISTRY.get_sample_value(name, labels) == value
