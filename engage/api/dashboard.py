@@ -56,6 +56,7 @@ _PAGE = """<!doctype html>
   th { color:var(--muted); font-weight:600; font-size:.8rem; }
   td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
   tbody tr { cursor:pointer; }
+  #quality tbody tr { cursor:default; }
   tbody tr:hover { background:#eef3fd; }
   tbody tr.selected { background:#dde8fc; }
   td.user { max-width:16rem; overflow:hidden; text-overflow:ellipsis; white-space:nowrap;
@@ -163,9 +164,10 @@ _PAGE = """<!doctype html>
           aria-label="observed rate against mean served probability"></svg></div>
       <div><h3>ROC-AUC per day of event time</h3>
         <svg id="auc-days" data-points="0" role="img" aria-label="ROC-AUC per day"></svg>
-        <table><thead><tr><th>window</th><th class="num">n</th><th class="num">AUC</th>
-          <th class="num">ECE</th><th class="num">rate</th><th class="num">mean p</th></tr>
-          </thead><tbody id="quality-windows"></tbody></table></div>
+        <table><tbody class="head"><tr><th>window</th><th class="num">n</th>
+          <th class="num">AUC</th><th class="num">ECE</th><th class="num">rate</th>
+          <th class="num">mean p</th></tr></tbody>
+          <tbody id="quality-windows"></tbody></table></div>
       <div><h3>Drift: PSI against the training data</h3>
         <div id="drift-summary" class="muted"></div>
         <ul id="drift-features"></ul></div>
