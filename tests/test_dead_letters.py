@@ -268,10 +268,10 @@ from engage.settings import get_settings
 commit = RedisBatch.commit
 
 
-def commit_unless_dead_letters(self, writes):
+def commit_unless_dead_letters(self, writes, learn=True):
     if writes.stats.get("dead_lettered"):
         os._exit({CRASHED})  # the batch's outputs were flushed (acks=all) just before this
-    commit(self, writes)
+    commit(self, writes, learn)
 
 
 RedisBatch.commit = commit_unless_dead_letters
