@@ -13,6 +13,7 @@ Kafka is reached through engage/transport (kafka-python by default, librdkafka w
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import signal
@@ -406,6 +407,7 @@ class StreamConsumer:
                 if max_events is not None and done >= max_events:
                     break
         finally:
+            self._restore_signals()
             self._settle()
             summary.seconds = time.monotonic() - started
             self.close()
@@ -607,11 +609,17 @@ class StreamConsumer:
             log.info("signal %s: finishing the batch and leaving the group", signum)
             self.stopping = True
 
-        try:
-            signal.signal(signal.SIGTERM, stop)
-            signal.signal(signal.SIGINT, stop)
-        except ValueError:  # not the main thread (tests run consumers in threads)
-            pass
+        with contextlib.suppress(ValueError):  # not the main thread (tests run consumers so)
+            self._previous_handlers = {
+                signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)
+            }
+
+    def _restore_signals(self) -> None:
+        """Give SIGTERM and SIGINT back to whoever had them: a process that ran a consumer
+        (a test run, an application) must still stop on Ctrl-C afterwards."""
+        for signum, handler in getattr(self, "_previous_handlers", {}).items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
 
     def close(self) -> None:
         self._settle()

@@ -61,3 +61,17 @@ def test_a_failed_commit_in_flight_drops_the_batch_folded_over_it(
     reference = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
     assert diff_against_redis(reference, client) == []
     client.close()
+
+
+def test_after_a_run_ctrl_c_and_sigterm_are_the_processs_again(settings: Settings) -> None:
+    """The consumer handles SIGTERM / SIGINT while it runs (finish the batch, leave the group)
+    and gives them back after: a test run or an application that ran it still stops."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    consumer = StreamConsumer(settings, group=f"signals-{uuid.uuid4().hex[:8]}")
+    try:
+        consumer.run(idle_exit_s=0.5)
+    finally:
+        consumer.close()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
