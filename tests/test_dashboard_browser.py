@@ -283,7 +283,7 @@ def test_dashboard_quality_panel_shows_reliability_auc_and_drift(
     from tests.test_live_quality_stream import registered_model
 
     settings = settings.model_copy(update={"data_dir": tmp_path, "drift_block_vectors": 100,
-                                           "drift_blocks": 3})  # fmt: skip
+                                           "drift_blocks": 3, "live_quality": True})  # fmt: skip
     registered_model(settings)
     events, genres = make_log(n_users=30, events_per_user=30)
     publish_log(settings, events, genres)

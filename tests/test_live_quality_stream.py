@@ -93,8 +93,9 @@ def _offline(settings: Settings, bundle, raw: list[dict], genres: dict) -> dict[
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return consumer_env(settings, ENGAGE_BATCH_MAX_RECORDS="150", ENGAGE_PARTITIONS="1",
-                        ENGAGE_DRIFT_BLOCK_VECTORS="500", ENGAGE_DRIFT_BLOCKS="4")  # fmt: skip
+    return consumer_env(settings, ENGAGE_LIVE_QUALITY="true", ENGAGE_BATCH_MAX_RECORDS="150",
+                        ENGAGE_PARTITIONS="1", ENGAGE_DRIFT_BLOCK_VECTORS="500",
+                        ENGAGE_DRIFT_BLOCKS="4")  # fmt: skip
 
 
 def _assert_live_is_offline(settings: Settings, offline: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +182,12 @@ def _replay_and_consume(settings: Settings, *drift: str) -> dict[str, Any]:
     replay = engage(settings, "replay", "synthetic", "--users", "600", "--days", "4",
                     "--seed", "2", "--json", *drift)  # fmt: skip
     assert replay.returncode == 0, replay.stderr
-    env = consumer_env(settings, ENGAGE_DRIFT_BLOCK_VECTORS="200", ENGAGE_DRIFT_BLOCKS="8")
+    env = consumer_env(
+        settings,
+        ENGAGE_LIVE_QUALITY="true",
+        ENGAGE_DRIFT_BLOCK_VECTORS="200",
+        ENGAGE_DRIFT_BLOCKS="8",
+    )
     proc = start_consumer(env, f"drift-{settings.events_topic}", idle_exit=3)
     _out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err

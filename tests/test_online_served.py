@@ -89,9 +89,9 @@ def _consume(settings, bundle, events, meta, rng, restarts: bool):
 
 @pytest.mark.parametrize("rule", ["sgd_platt", "intercept"])
 def test_the_served_probability_is_the_online_calibrators_over_the_same_rows(tmp_path, rule):
-    settings = Settings(data_dir=tmp_path, partitions=PARTITIONS, online_calibration=rule,
-                        online_calibration_window=50, drift_block_vectors=100,
-                        drift_blocks=3)  # fmt: skip
+    settings = Settings(data_dir=tmp_path, partitions=PARTITIONS, live_quality=True,
+                        online_calibration=rule, online_calibration_window=50,
+                        drift_block_vectors=100, drift_blocks=3)  # fmt: skip
     bundle = _bundle(settings)
     events, meta = _log()
     messages, store, _live = _consume(settings, bundle, events, meta, np.random.default_rng(1),
@@ -132,14 +132,14 @@ def test_with_live_quality_off_only_the_calibrators_are_written(tmp_path):
                                      np.random.default_rng(2), restarts=False)  # fmt: skip
     assert store and all(key.startswith("engage:calibration:") for key in store)
     assert live.summary() == {"quality": {}, "drift": None}
-    on = Settings(data_dir=tmp_path, partitions=PARTITIONS)
+    on = Settings(data_dir=tmp_path, partitions=PARTITIONS, live_quality=True)
     same, _store, _ = _consume(on, bundle, events[:600], meta, np.random.default_rng(2),
                                restarts=False)  # fmt: skip
     assert [m["model"] for m in messages] == [m["model"] for m in same]
 
 
 def test_a_rollback_undoes_the_calibrators_of_every_batch_not_committed(tmp_path):
-    settings = Settings(data_dir=tmp_path, partitions=PARTITIONS)
+    settings = Settings(data_dir=tmp_path, partitions=PARTITIONS, live_quality=True)
     bundle = _bundle(settings)
     live = LiveMonitors(settings)
     live.set_model(bundle.version, bundle.metrics)
@@ -193,8 +193,8 @@ def test_the_consumer_exports_every_live_figure_as_a_prometheus_gauge(tmp_path):
     from consumer.metrics import export_live_quality
     from scoring.live_monitor import samples
 
-    settings = Settings(data_dir=tmp_path, partitions=PARTITIONS, drift_block_vectors=100,
-                        drift_blocks=3)  # fmt: skip
+    settings = Settings(data_dir=tmp_path, partitions=PARTITIONS, live_quality=True,
+                        drift_block_vectors=100, drift_blocks=3)  # fmt: skip
     bundle = _bundle(settings)
     events, meta = _log()
     _messages, _store, live = _consume(settings, bundle, events, meta, np.random.default_rng(3),
