@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from offline.dataset import Dataset
 from offline.splits import per_user_split
-
-
-def _data(users: list[str], ts: list[int]) -> Dataset:
-    n = len(users)
-    return Dataset(
-        X=np.zeros((n, 3)), y=np.zeros(n, dtype=np.int8), user_ids=np.array(users, dtype=object),
-        item_ids=np.array(["i"] * n, dtype=object), ts=np.array(ts, dtype=np.int64),
-    )  # fmt: skip
+from tests.test_offline_splits import tiny_dataset
 
 
 def test_per_user_last_5_holds_out_each_users_last_five_and_validates_on_the_five_before():
@@ -21,12 +11,12 @@ def test_per_user_last_5_holds_out_each_users_last_five_and_validates_on_the_fiv
 
     users = ["a"] * 12 + ["b"] * 7 + ["c"] * 3
     ts = list(range(12)) + list(range(7)) + list(range(3))
-    split = per_user_last_k_split(_data(users, ts), k=5)
+    split = per_user_last_k_split(tiny_dataset(users, ts), k=5)
     assert split.name == "per_user_last5"
     assert split.test.tolist() == [7, 8, 9, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21]
     assert split.val.tolist() == [2, 3, 4, 5, 6, 12, 13]  # b has only two before its last 5
     assert split.train.tolist() == [0, 1]
-    one = per_user_last_k_split(_data(users, ts), k=1)
-    seed = per_user_split(_data(users, ts))
+    one = per_user_last_k_split(tiny_dataset(users, ts), k=1)
+    seed = per_user_split(tiny_dataset(users, ts))
     assert (one.train.tolist(), one.val.tolist(), one.test.tolist()) == (
         seed.train.tolist(), seed.val.tolist(), seed.test.tolist())  # fmt: skip
