@@ -12,8 +12,6 @@ run. The Cluster's nodes are stopped by pid at the end.
 
 from __future__ import annotations
 
-import random
-import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,26 +29,11 @@ from bench.consumer_worker import run_consumers
 from bench.growth import _user_key_kind
 from engage.redis_client import connect
 from engage.settings import Settings
-from engage.stack.redis_cluster import RedisClusterServers
+from engage.stack.redis_cluster import RedisClusterServers, free_base_port
 from engage.stack.redis_server import RedisServer
 
 MASTERS = 3
 SCAN_COUNT = 1_000
-
-
-def free_base_port(n: int) -> int:
-    """The first of n consecutive free ports whose cluster-bus ports (+10000) are free too."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20_000, 45_000)
-        try:
-            for port in [*range(base, base + n), *range(base + 10_000, base + 10_000 + n)]:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free run of consecutive ports for a local Redis Cluster")
 
 
 @contextmanager

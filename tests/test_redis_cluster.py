@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ from consumer.runner import StreamConsumer
 from engage.api import create_app
 from engage.redis_client import CLUSTER_NODE, connect
 from engage.settings import Settings
-from engage.stack.redis_cluster import NODE_TIMEOUT_MS, RedisClusterServers
+from engage.stack.redis_cluster import NODE_TIMEOUT_MS, RedisClusterServers, free_base_port
 from features import keys
 from features.items import ItemMeta
 from producer.movielens import load_folder
@@ -36,21 +34,6 @@ from tests.test_stack_lifecycle import processes_under, run_engage
 
 pytestmark = pytest.mark.stack
 NODES = 3
-
-
-def free_base_port(n: int) -> int:
-    """The first of n consecutive ports that are free, with their cluster-bus ports (+10000)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20_000, 45_000)
-        try:
-            for port in [*range(base, base + n), *range(base + 10_000, base + 10_000 + n)]:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free run of consecutive ports")
 
 
 @contextlib.contextmanager

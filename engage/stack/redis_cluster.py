@@ -12,6 +12,8 @@ node (and every replica's link to its master up), when any node serves any key.
 
 from __future__ import annotations
 
+import random
+import socket
 import time
 from pathlib import Path
 
@@ -226,3 +228,19 @@ class RedisClusterServers:
     def stop(self) -> int:
         """Stop the nodes of ours; returns how many were stopped."""
         return sum(server.process.stop(timeout_s=10) for server in self.servers)
+
+
+def free_base_port(n: int) -> int:
+    """The first of n consecutive free ports whose cluster-bus ports (+10000) are free too:
+    where a private local cluster (tests, the benchmark) can start."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 45_000)
+        try:
+            for port in [*range(base, base + n), *range(base + 10_000, base + 10_000 + n)]:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free run of consecutive ports for a local Redis Cluster")
