@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from redis.cluster import RedisCluster
@@ -128,6 +129,35 @@ def read_back(store: StateStore, users: set[str], items: set[str]) -> StreamStat
     return state
 
 
+def assert_holds_one_fold(store: StateStore, incoming: list[Incoming], meta: dict) -> None:
+    """Every user and item the log touched is stored as one fold of the whole log left it."""
+    reference = StreamState()
+    reference.tables.meta = meta
+    reference.apply([i.event for i in incoming])
+    users = {i.event.user_id for i in incoming}
+    items = {i.event.item_id for i in incoming if i.event.item_id}
+    stored = read_back(store, users, items)
+    for user in users:
+        assert stored.tables.export_user(user) == reference.tables.export_user(user), user
+        assert stored.recent[user] == reference.recent[user], user
+    for item in items:
+        assert stored.tables.export_item(item) == reference.tables.export_item(item), item
+
+
+def store_with_local_copy(
+    settings: Settings,
+) -> tuple[Any, RedisStateStore, list[Incoming], dict[str, ItemMeta]]:
+    """A single-node store that keeps a local copy (it holds every partition), the arrivals
+    log, and its item metadata already in Redis."""
+    client = connect(settings)
+    store = RedisStateStore(client, settings.events_topic, 3600, LocalState(1000, 1000))
+    store.own(True)
+    incoming, meta = arrivals()
+    for item, m in meta.items():
+        client.hset(keys.item_meta_key(item), mapping=m.to_hash())
+    return client, store, incoming, meta
+
+
 def test_an_empty_store_has_no_offsets_and_new_users(subject: Subject) -> None:
     store = subject.store
     assert store.offsets([0, 1, 2]) == {0: NO_OFFSET, 1: NO_OFFSET, 2: NO_OFFSET}
@@ -154,17 +184,7 @@ def test_batches_through_the_store_equal_one_fold_of_the_whole_log(subject: Subj
         assert not scored.refused
         batch.commit(scored.writes)
 
-    reference = StreamState()
-    reference.tables.meta = meta
-    reference.apply([i.event for i in incoming])
-    users = {i.event.user_id for i in incoming}
-    items = {i.event.item_id for i in incoming if i.event.item_id}
-    stored = read_back(subject.store, users, items)
-    for user in users:
-        assert stored.tables.export_user(user) == reference.tables.export_user(user), user
-        assert stored.recent[user] == reference.recent[user], user
-    for item in items:
-        assert stored.tables.export_item(item) == reference.tables.export_item(item), item
+    assert_holds_one_fold(subject.store, incoming, meta)
     last = {p: max(i.offset for i in incoming if i.partition == p) for p in range(PARTITIONS)}
     assert subject.store.offsets(range(PARTITIONS)) == last
 
@@ -172,12 +192,7 @@ def test_batches_through_the_store_equal_one_fold_of_the_whole_log(subject: Subj
 def test_the_local_copy_holds_what_a_read_of_redis_returns(settings: Settings) -> None:
     """After batches of a log folded over the local copy's tables, the tables hold exactly
     what a read of Redis fills empty tables with: the copy only ever saves reads."""
-    client = connect(settings)
-    store = RedisStateStore(client, settings.events_topic, 3600, LocalState(1000, 1000))
-    store.own(True)
-    incoming, meta = arrivals()
-    for item, m in meta.items():
-        client.hset(keys.item_meta_key(item), mapping=m.to_hash())
+    client, store, incoming, _meta = store_with_local_copy(settings)
     scorer = BatchScorer(load_scorers(None), log_features=False)
     for first in range(0, len(incoming), BATCH):
         chunk = incoming[first : first + BATCH]
@@ -262,12 +277,7 @@ def test_batches_folded_while_the_previous_commits_equal_one_fold(settings: Sett
     to the local copy and committed only after batch N+1 was loaded and folded over it. What
     N writes must not change meanwhile (the duplicate guard's ids once did: N+1 admitted its
     own ids into the dicts N was about to write), and the end state is the one fold's."""
-    client = connect(settings)
-    store = RedisStateStore(client, settings.events_topic, 3600, LocalState(1000, 1000))
-    store.own(True)
-    incoming, meta = arrivals()
-    for item, m in meta.items():
-        client.hset(keys.item_meta_key(item), mapping=m.to_hash())
+    client, store, incoming, meta = store_with_local_copy(settings)
     scorer = BatchScorer(load_scorers(None), log_features=False)
     pending: tuple[RedisBatch, BatchWrites, BatchWrites] | None = None
     for first in range(0, len(incoming), BATCH):
@@ -287,15 +297,5 @@ def test_batches_folded_while_the_previous_commits_equal_one_fold(settings: Sett
         pending = (batch, writes, copy.deepcopy(writes))
     assert pending is not None
     pending[0].commit(pending[1], learn=False)
-    reference = StreamState()
-    reference.tables.meta = meta
-    reference.apply([i.event for i in incoming])
-    users = {i.event.user_id for i in incoming}
-    items = {i.event.item_id for i in incoming if i.event.item_id}
-    stored = read_back(store, users, items)
-    for user in users:
-        assert stored.tables.export_user(user) == reference.tables.export_user(user), user
-        assert stored.recent[user] == reference.recent[user], user
-    for item in items:
-        assert stored.tables.export_item(item) == reference.tables.export_item(item), item
+    assert_holds_one_fold(store, incoming, meta)
     client.close()
