@@ -27,7 +27,7 @@ demo: $(STAMP)
 # runs the whole suite with the default, then the tests that run the consumer pipeline (and the
 # benchmark smoke) again with librdkafka (tests/test_transport_contract.py covers both clients in the first run).
 # `make test CONFLUENT_TESTS=` skips that second run.
-CONFLUENT_TESTS ?= tests/test_consumer_state.py tests/test_consumer_admission.py \
+CONFLUENT_TESTS ?= tests/test_consumer_state.py tests/test_consumer_admission.py tests/test_commit_overlap.py \
 	tests/test_consumer_faults.py tests/test_reliability_restarts.py tests/test_model_hot_swap.py \
 	tests/test_fuzz_decoder.py::test_consumer_survives_hostile_messages_end_to_end \
 	tests/test_cli_commands.py::test_consume_with_services_down_is_exit_3 \
