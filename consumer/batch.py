@@ -26,6 +26,7 @@ from scoring.model import NO_MODEL_FOR_DOMAIN
 from scoring.online_calibration import event_labels
 from scoring.rules import RuleScorer, domain_of
 
+from .model_job import ModelJob, ModelOutputs, ModelWorker
 from .state_store import BatchWrites, Loaded, advance
 
 
@@ -49,6 +50,7 @@ class ScoredBatch:
     refused: list[tuple[Incoming, str]]  # duplicates and late events, with the reason
 
 
+_NO_OUTPUTS = ModelOutputs(np.empty(0), np.empty(0), [], [])
 _NO_ROWS = (np.empty(0, np.int64), np.empty(0), np.empty(0), None, np.empty(0, np.int64), [],
             np.empty((0, 0)))  # fmt: skip
 
@@ -95,9 +97,14 @@ class _LiveRows:
 class BatchScorer:
     """Applies and scores batches; holds the rule scorers and the current model bundle."""
 
-    def __init__(self, rule_scorers: dict[str, RuleScorer], log_features: bool) -> None:
+    def __init__(
+        self, rule_scorers: dict[str, RuleScorer], log_features: bool,
+        model_worker: ModelWorker | None = None,
+    ) -> None:  # fmt: skip
         self.rule_scorers = rule_scorers
         self.log_features = log_features
+        #: Where the model's work runs (consumer.model_job; default: inline, no thread).
+        self.model_worker = model_worker or ModelWorker(0)
         self.model: Any = None  # scoring.model.ModelBundle once one is registered
         #: The live quality, drift and online calibration states of the partitions held
         #: (scoring.live_monitor; the runner loads, commits and rolls them back), or None.
@@ -120,14 +127,16 @@ class BatchScorer:
         after, before = out.after, out.before
         latest_rows = self._latest_rows(incoming)
         shown = set(latest_rows.values())
+        job = self._model_start(before, after, latest_rows, incoming)  # runs beside the rules
         rules, rule_texts = self._rules(incoming, after, shown)
+        self._writes(writes, state, out, incoming, loaded)
+        digests = vector_digests(before)
         live = _LiveRows(incoming) if self.live is not None else None
-        model = self._model(before, after, latest_rows, incoming, live)
+        model = self._model(job, latest_rows, incoming, live)  # waits for the job
         if live is not None:
             writes.live = self._observe(live, before)
-        self._writes(writes, state, out, incoming, loaded)
         now_ms = round(time.time() * 1000.0, 1)
-        payloads = self._payloads(incoming, rules, model, vector_digests(before), now_ms)
+        payloads = self._payloads(incoming, rules, model, digests, now_ms)
         if self.log_features:
             for payload, vector in zip(payloads, before.tolist(), strict=True):
                 payload["features"] = vector
@@ -241,31 +250,54 @@ class BatchScorer:
         return monitors.observe(self.topic, live.partitions, prob, live.labels, rule_before,
                                 live.event_ts(), live.domains, before)  # fmt: skip
 
-    def _model(
+    def _model_start(
         self, before: np.ndarray, after: np.ndarray, latest_rows: dict[str, int],
-        incoming: list[Incoming], live: _LiveRows | None = None,
-    ) -> list[dict[str, Any]] | None:  # fmt: skip
-        """Probabilities of every row in one vectorised call per target; per-feature reasons
-        (path contributions, the costly part) only for each user's latest row.
+        incoming: list[Incoming],
+    ) -> ModelJob | None:  # fmt: skip
+        """Start the model's work on the batch (consumer.model_job: on the worker thread for
+        large batches, so it runs while the rules are scored): probabilities of every row in
+        one vectorised call per target, per-feature reasons (path contributions, the costly
+        part) only for each user's latest row.
 
         The model scores only events of the domains it was trained on (`ModelBundle.covers`);
-        a row of another domain gets `{"skipped": "no model for this domain", "domain": ...}`
-        (no version, no probability: read as scored without a model). Each user's latest row
-        names its domain, for the score hash (request-time scoring checks it)."""
+        the other rows are marked in `_model`."""
         bundle = self.model
         if bundle is None:
             return None
         domains = {source: domain_of(source) for source in {i.event.source for i in incoming}}
         rows: list[int] | None = None  # the rows the model scores (None: all of them)
-        if not all(bundle.covers(domain) for domain in domains.values()):
+        latest = sorted(latest_rows.values())
+        if all(bundle.covers(domain) for domain in domains.values()):
+            shown, at = latest, latest
+        else:
             rows = [r for r, i in enumerate(incoming) if bundle.covers(domains[i.event.source])]
             before, after = before[rows], after[rows]
-        n_prop = len(PROPENSITY_FEATURES)
+            position = {row: i for i, row in enumerate(rows)}  # batch row -> scored row
+            shown = [row for row in latest if row in position]
+            at = [position[row] for row in shown]
+        if rows == []:
+            return ModelJob(bundle, domains, rows, [], _NO_OUTPUTS)
+        outputs = self.model_worker.start(bundle, before, after, at)
+        return ModelJob(bundle, domains, rows, shown, outputs)
+
+    def _model(
+        self, job: ModelJob | None, latest_rows: dict[str, int], incoming: list[Incoming],
+        live: _LiveRows | None = None,
+    ) -> list[dict[str, Any]] | None:  # fmt: skip
+        """Every row's model part from the job's outputs: version and probabilities (with the
+        online-calibrated one when the live states are held); a row of a domain the model was
+        not trained on gets `{"skipped": "no model for this domain", "domain": ...}` (no
+        version, no probability: read as scored without a model). Each user's latest row
+        names its domain, for the score hash (request-time scoring checks it), and carries
+        the reasons."""
+        if job is None:
+            return None
+        bundle, domains, rows = job.bundle, job.domains, job.rows
         parts: list[dict[str, Any]] = []
+        result = job.result()
         if rows != []:
-            p_model = bundle.interaction.predict_proba(before)
-            p_int = p_model.tolist()
-            p_prop = bundle.propensity.predict_proba(after[:, :n_prop]).tolist()
+            p_int = result.interaction.tolist()
+            p_prop = result.propensity.tolist()
             if live is None or self.live is None:
                 parts = [
                     {"version": bundle.version, "interaction": round(p_i, 6),
@@ -273,7 +305,7 @@ class BatchScorer:
                     for p_i, p_p in zip(p_int, p_prop, strict=True)
                 ]  # fmt: skip
             else:  # the served probability: recalibrated online (scoring.online_calibration)
-                p_served = live.serve(self.live, rows, p_model, domains)
+                p_served = live.serve(self.live, rows, result.interaction, domains)
                 parts = [
                     {"version": bundle.version, "interaction": round(p_i, 6),
                      "interaction_online": round(p_o, 6), "propensity": round(p_p, 6)}
@@ -288,21 +320,10 @@ class BatchScorer:
             ]
             for row, part in zip(rows, parts, strict=True):
                 out[row] = part
-        latest = sorted(latest_rows.values())
-        for row in latest:
+        for row in latest_rows.values():
             out[row]["domain"] = domains[incoming[row].event.source]
-        shown = latest if rows is None else [row for row in latest if "propensity" in out[row]]
-        if not shown:
-            return out
-        if rows is None:
-            at = shown
-        else:
-            position = {row: i for i, row in enumerate(rows)}  # batch row -> scored row
-            at = [position[row] for row in shown]
-        prop_x = after[at, :n_prop]
-        r_prop = bundle.propensity.reason_dicts(bundle.propensity.contributions(prop_x))
-        r_int = bundle.interaction.reason_dicts(bundle.interaction.contributions(before[at]))
-        for row, reasons_i, reasons_p in zip(shown, r_int, r_prop, strict=True):
+        reasons = zip(job.shown, result.interaction_reasons, result.propensity_reasons, strict=True)
+        for row, reasons_i, reasons_p in reasons:
             out[row]["interaction_reasons"] = reasons_i
             out[row]["propensity_reasons"] = reasons_p
         return out

@@ -32,6 +32,7 @@ from consumer.cluster_store import ClusterStateStore
 from consumer.deadletter import DeadLetter
 from consumer.local_state import LocalState
 from consumer.metrics import ConsumerMetrics, export_live_quality
+from consumer.model_job import ModelWorker
 from consumer.ordering import Decoded, EventTimeMerger, decode_records
 from consumer.state_store import NO_OFFSET, Fenced, StateStore, StoreBatch, advance
 from consumer.store import REDIS_DOWN, RedisBatch, RedisStateStore, waitable
@@ -145,7 +146,10 @@ class StreamConsumer:
         else:
             self.store = RedisStateStore(self.redis, self.topic, settings.session_ttl_s, local)
         self.ownership_changed = True  # re-ask whether we hold every partition
-        self.scorer = BatchScorer(load_scorers(settings.rules_file), settings.log_features)
+        self.scorer = BatchScorer(
+            load_scorers(settings.rules_file), settings.log_features,
+            ModelWorker(settings.model_overlap_min_rows),
+        )  # fmt: skip
         # Live quality, drift and the online calibration's states (issue 18): one MULTI/EXEC
         # carries them with the batch. The Cluster store does not carry them yet: there the
         # probability is served with its offline calibration and no live quality is kept.
@@ -624,6 +628,7 @@ class StreamConsumer:
     def close(self) -> None:
         self._settle()
         self._committer.shutdown(wait=True)
+        self.scorer.model_worker.close()
         try:
             self.out.close()  # sends what is still pending first
         finally:

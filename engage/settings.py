@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     model_compiled_trees: bool = True
     #: XGBoost threads when serving a batch (1: OpenMP spinning costs more than it gives here).
     model_threads: int = Field(default=1, ge=1)
+    #: Batches of at least this many rows run the model (probabilities, reasons) on a worker
+    #: thread while the main thread scores the rules (consumer/model_job.py: the model's
+    #: compiled code lets go of the GIL); smaller ones inline. 0: always inline.
+    model_overlap_min_rows: int = Field(default=512, ge=0)
     #: Python's generation-0 GC threshold in the consumer (CPython's 700 makes the collector
     #: rescan the batch's many short-lived objects thousands of times a second; 0 = leave it).
     gc_gen0_threshold: int = Field(default=50_000, ge=0)
