@@ -27,6 +27,7 @@ from typing import Any
 from bench import sources
 from bench.common import Context
 from consumer.batch import BatchScorer, Incoming
+from consumer.model_job import ModelWorker
 from consumer.runner import tune_gc
 from consumer.state_store import Loaded
 from engage.settings import Settings
@@ -58,7 +59,8 @@ def compute_floor(ctx: Context, model: Any) -> dict[str, Any]:
     settings = ctx.settings
     data = sources.movielens_data(ctx)
     incoming = [Incoming(e, 0, i, 0) for i, e in enumerate(sources.movielens_events(ctx))]
-    scorer = BatchScorer(load_scorers(settings.rules_file), settings.log_features)
+    worker = ModelWorker(settings.model_overlap_min_rows)  # as the consumer runs the model
+    scorer = BatchScorer(load_scorers(settings.rules_file), settings.log_features, worker)
     scorer.model = model
     batch = settings.batch_max_records
 
@@ -93,6 +95,7 @@ def compute_floor(ctx: Context, model: Any) -> dict[str, Any]:
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+        worker.close()
     return {
         "events": len(incoming),
         "batch": batch,
