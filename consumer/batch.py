@@ -9,6 +9,7 @@ vectorised call per target, its reasons only for each user's latest event.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from features.vector import PROPENSITY_FEATURES
 from scoring.live_monitor import LiveMonitors
 from scoring.model import NO_MODEL_FOR_DOMAIN
 from scoring.online_calibration import event_labels
-from scoring.rules import RuleScorer, domain_of
+from scoring.rules import RuleScorer, RuleScores, domain_of
 
 from .model_job import ModelJob, ModelOutputs, ModelWorker
 from .state_store import BatchWrites, Loaded, advance
@@ -216,24 +217,38 @@ class BatchScorer:
     ) -> tuple[list[tuple[float, str, list]], dict[int, list]]:
         """Every row's rule score, label and top signals with their points; the reasons in
         words only for the `shown` rows (each user's latest: the score hash and live view)."""
-        out: list[tuple[float, str, list] | None] = [None] * len(incoming)
+        sources = [item.event.source for item in incoming]
+        domain = {source: domain_of(source) for source in set(sources)}
         texts: dict[int, list] = {}
+        if len(set(domain.values())) == 1:  # the usual batch: one domain, no regrouping
+            rows = range(len(incoming))
+            (only,) = set(domain.values())
+            scored, signals = self._rules_block(only, after, rows, shown, texts)
+            return list(zip(scored.score.tolist(), scored.labels, signals, strict=True)), texts
+        out: list[tuple[float, str, list] | None] = [None] * len(incoming)
         by_domain: dict[str, list[int]] = {}
-        for row, item in enumerate(incoming):
-            by_domain.setdefault(domain_of(item.event.source), []).append(row)
-        for domain, rows in by_domain.items():
-            scorer = self.rule_scorers[domain]
-            block = after[rows]
-            scored = scorer.score(block)
-            signals = scored.top_signals()
-            for i, (row, score) in enumerate(zip(rows, scored.score.tolist(), strict=True)):
+        for row, source in enumerate(sources):
+            by_domain.setdefault(domain[source], []).append(row)
+        for name, grouped in by_domain.items():
+            scored, signals = self._rules_block(name, after[grouped], grouped, shown, texts)
+            for i, (row, score) in enumerate(zip(grouped, scored.score.tolist(), strict=True)):
                 out[row] = (score, scored.labels[i], signals[i])
-            picked = [i for i, row in enumerate(rows) if row in shown]
-            if picked:
-                values = scorer.signal_values(block[picked])
-                for i, reasons in zip(picked, scored.reasons(values, rows=picked), strict=True):
-                    texts[rows[i]] = reasons
         return out, texts  # type: ignore[return-value]
+
+    def _rules_block(
+        self, domain: str, block: np.ndarray, rows: Sequence[int], shown: set[int],
+        texts: dict[int, list],
+    ) -> tuple[RuleScores, list[list[list[object]]]]:  # fmt: skip
+        """One domain's rows (`block`, at batch rows `rows`): their scores and top signals;
+        the reasons in words of those `shown` go to `texts`."""
+        scorer = self.rule_scorers[domain]
+        scored = scorer.score(block)
+        picked = [i for i, row in enumerate(rows) if row in shown]
+        if picked:
+            values = scorer.signal_values(block[picked])
+            for i, reasons in zip(picked, scored.reasons(values, rows=picked), strict=True):
+                texts[rows[i]] = reasons
+        return scored, scored.top_signals()
 
     def _observe(self, live: _LiveRows, before: np.ndarray) -> dict[str, bytes]:
         """Feed the batch's model rows to the live quality and drift states (the served

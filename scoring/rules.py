@@ -119,18 +119,30 @@ class RuleScores:
 
     def top_signals(self, k: int = 3) -> list[list[list[object]]]:
         """The top-k contributing signals of every row as [signal, points] pairs: what a
-        score message carries (the words are rendered only where someone reads them)."""
+        score message carries (the words are rendered only where someone reads them).
+        Sorted by points, so the positive ones come first; a row's list stops at the first
+        that is not (zero, or NaN from a NaN feature)."""
         order = np.argsort(-self.contributions, axis=1, kind="stable")[:, :k]
         points = np.take_along_axis(self.contributions, order, 1)
-        rounded = np.round(points, 2).tolist()  # numpy's rounding: display only, never compared
+        rounded = np.round(points, 2)  # numpy's rounding: display only, never compared
+        rounded[~(points > 0)] = np.nan  # NaN: not shown
         names = [s.name for s in self.config.signals]
-        return [
-            [[names[j], r] for j, p, r in zip(row_order, row_points, row_rounded, strict=True)
-             if p > 0]
-            for row_order, row_points, row_rounded in zip(
-                order.tolist(), points.tolist(), rounded, strict=True
-            )
-        ]  # fmt: skip
+        out: list[list[list[object]]] = []
+        add = out.append
+        if order.shape[1] == 3:  # the default k: no inner loop (~4x faster per row)
+            for (i, j, m), (a, b, c) in zip(order.tolist(), rounded.tolist(), strict=True):
+                if c == c:
+                    add([[names[i], a], [names[j], b], [names[m], c]])
+                elif b == b:
+                    add([[names[i], a], [names[j], b]])
+                elif a == a:
+                    add([[names[i], a]])
+                else:
+                    add([])
+            return out
+        for row_order, row_points in zip(order.tolist(), rounded.tolist(), strict=True):
+            add([[names[j], p] for j, p in zip(row_order, row_points, strict=True) if p == p])
+        return out
 
     def reasons(
         self, values: np.ndarray, k: int = 3, rows: list[int] | None = None
@@ -211,7 +223,10 @@ class RuleScorer:
         contributions = normalised * self.weights
         score = contributions.sum(axis=1)
         t = self.config.thresholds
-        labels = ["high" if s >= t.high else "medium" if s >= t.medium else "low" for s in score]
+        high, medium = t.high, t.medium
+        labels = [
+            "high" if s >= high else "medium" if s >= medium else "low" for s in score.tolist()
+        ]
         return RuleScores(score, contributions, labels, self.config)
 
 

@@ -63,3 +63,26 @@ def test_a_bad_config_is_refused_with_the_reason(tmp_path: Path):
     bad.write_text((RULES_DIR / "funnel.toml").read_text().replace("u_n_signup", "u_nope"))
     with pytest.raises(ValueError, match="unknown feature 'u_nope'"):
         RuleScorer(RuleConfig.load(bad))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_top_signals_are_the_positive_contributions_largest_first(k: int) -> None:
+    """Against the plain definition: sort a row's contributions (ties: signal order), keep
+    the first k, drop those not above zero; points rounded to 2 decimals."""
+    rng = np.random.default_rng(7)
+    scorer = load_scorers(None)["movielens"]
+    rows = rng.uniform(-1.0, 4.0, size=(400, len(PROPENSITY_FEATURES)))
+    rows[rng.random(rows.shape) < 0.3] = 0.0  # many zero contributions and ties
+    rows[rng.random(rows.shape) < 0.05] = np.nan
+    scores = scorer.score(rows)
+    names = [s.name for s in scorer.config.signals]
+    want = []
+    for contributions in scores.contributions.tolist():
+        ranked = sorted(
+            range(len(names)),
+            key=lambda j: -contributions[j] if contributions[j] == contributions[j] else np.inf,
+        )
+        want.append([[names[j], float(np.round(contributions[j], 2))] for j in ranked[:k]
+                     if contributions[j] > 0])  # fmt: skip
+    assert scores.top_signals(k) == want
+    assert any(len(row) < min(k, len(names)) for row in want)  # some rows stop early
