@@ -43,6 +43,18 @@ class CachedKeyPartitioner(DefaultPartitioner):
         # is count-1 (distinct non-negative numbers), as Kafka numbers them.
         return index if max(partitions) == count - 1 else sorted(partitions)[index]
 
+    def partitions_of(self, topic: str, keys: list[bytes], cluster) -> list[int] | None:  # type: ignore[no-untyped-def]
+        """`partition` of each of `keys` (none None) with one metadata lookup for them all (a
+        consumer batch sends thousands); None when the topic is unknown to the metadata."""
+        partitions = cluster.partitions_for_topic(topic)
+        if not partitions:
+            return None
+        count, hashed = len(partitions), self._hash
+        if max(partitions) == count - 1:
+            return [hashed(key) % count for key in keys]
+        ordered = sorted(partitions)
+        return [ordered[hashed(key) % count] for key in keys]
+
     def cache_info(self):  # type: ignore[no-untyped-def]
         """Hits, misses, maxsize and current size of the key cache (functools' CacheInfo)."""
         return self._hash.cache_info()

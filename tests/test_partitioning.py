@@ -50,6 +50,10 @@ def test_same_partition_as_the_default(partitions: set[int]) -> None:
             for topic in ("events", "scores"):
                 expected = default.partition(topic, None, key, None, b"v", cluster)
                 assert cached.partition(topic, None, key, None, b"v", cluster) == expected, key
+    for topic in ("events", "scores"):  # a whole batch's keys with one metadata lookup
+        expected = [default.partition(topic, None, k, None, b"v", cluster) for k in keys(1_000)]
+        assert cached.partitions_of(topic, keys(1_000), cluster) == expected
+    assert cached.partitions_of("missing", [b"k"], cluster) is None
 
 
 def test_partition_count_change_moves_keys_as_the_default() -> None:

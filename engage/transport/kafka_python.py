@@ -16,6 +16,7 @@ from kafka import __version__ as KAFKA_PYTHON_VERSION
 from kafka.errors import BrokerResponseError, KafkaError
 
 from engage import kafka_clients
+from engage.partitioning import CachedKeyPartitioner
 from engage.settings import Settings
 from engage.transport.base import (
     PERMANENT_CODES,
@@ -224,12 +225,19 @@ class KafkaPythonProducer:
             for key, value in records:
                 self.send(topic, value, key)
             return
-        partition = client.config["partitioner"].partition
+        partitioner = client.config["partitioner"]
+        keys = [key for key, _ in records]
+        if isinstance(partitioner, CachedKeyPartitioner):  # one metadata lookup a batch
+            where = partitioner.partitions_of(topic, keys, metadata)
+        else:
+            where = [partitioner.partition(topic, k, k, v, v, metadata) for k, v in records]
+        if where is None:  # the topic left the metadata meanwhile: the stock path
+            for key, value in records:
+                self.send(topic, value, key)
+            return
         lanes: dict[int, list[tuple[bytes, bytes]]] = {}
-        for key, value in records:
-            lanes.setdefault(partition(topic, key, key, value, value, metadata), []).append(
-                (key, value)
-            )
+        for p, record in zip(where, records, strict=True):
+            lanes.setdefault(p, []).append(record)
         wake = False
         try:
             for p, lane in lanes.items():
