@@ -46,7 +46,7 @@ RATING_PRIOR_MEAN, RATING_PRIOR_WEIGHT = 3.5, 5.0
 #: Item sums of non-dyadic values are rounded to multiples of 1/1024 first, so that the
 #: HINCRBYFLOAT sums are exact whatever order the partitions' deltas arrive in.
 ITEM_SUM_QUANTUM = 1024.0
-MS_PER_DAY = 86_400_000
+MS_PER_DAY = 86_400_000  #: an int: `event.ts // MS_PER_DAY` is whole days (item `ts_d`)
 #: Per-event exponential moving averages, in the user's log order (not decayed by time: a
 #: MovieLens user rates dozens of films within the same minute, and what they rated just before
 #: still says how they rate now). (state field, weight of the newest event): of the label over

@@ -446,7 +446,7 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
         item_row=item_rows_arr[item_loc_arr],
         item_loc=item_loc_arr,
         ts=ts.astype(np.float64),
-        ts_day=(ts // L.MS_PER_DAY_INT).astype(np.float64),
+        ts_day=(ts // L.MS_PER_DAY).astype(np.float64),  # an int: whole days
         kind=kind,
         value=value,
         engaged=L.engaged_column(kind, value),

@@ -19,10 +19,10 @@ from collections import namedtuple
 
 import numpy as np
 
-from features import aggregates
 from features.aggregates import (
     ENGAGED_EMAS,
     ITEM_SUM_QUANTUM,
+    MS_PER_DAY,
     MS_PER_MIN,
     RATING_EMAS,
     RATING_PRIOR_MEAN,
@@ -38,7 +38,6 @@ from features.vector import (
     CONTEXT_FEATURES,
     INTERACTION_FEATURES,
     ITEM_FEATURES,
-    MS_PER_DAY,
     MS_PER_HOUR,
     MS_PER_YEAR,
     PROPENSITY_FEATURES,
@@ -78,8 +77,6 @@ def labelled_column(kind: np.ndarray) -> np.ndarray:
     return labelled
 
 
-#: aggregates.MS_PER_DAY, an int: the item's `ts_d` is `float(event.ts // MS_PER_DAY)`.
-MS_PER_DAY_INT: int = aggregates.MS_PER_DAY
 GENRE_CODE: dict[str, int] = {g: i for i, g in enumerate(GENRES)}
 
 N_USER_FEATURES = len(USER_FEATURES)

@@ -24,6 +24,7 @@ import numpy as np
 from features import aggregates, events, spec
 from features.aggregates import (
     ENGAGED_EMAS,
+    MS_PER_DAY,
     RATING_EMAS,
     RATING_PRIOR_MEAN,
     RATING_PRIOR_WEIGHT,
@@ -47,7 +48,6 @@ from features.spec import PROPENSITY_FEATURES as PROPENSITY_FEATURES
 from features.spec import USER_FEATURES as USER_FEATURES
 
 MS_PER_HOUR = 3_600_000.0
-MS_PER_DAY = 24 * MS_PER_HOUR
 MS_PER_YEAR = 365.2425 * MS_PER_DAY
 RATE_PRIOR_WEIGHT = 2.0  # pseudo-observations pulling a rate towards its prior
 #: Pseudo-ratings at the user's own mean that smooth the short-horizon and genre rating means.
