@@ -30,17 +30,28 @@ class AdmissionPolicy:
 
     def refusal(self, user: State, recent: RecentIds, event: Event) -> str | None:
         """Why `event` must not be applied to `user`, or None to apply it."""
+        return self.refusal_after(float(user.get("last_ts", 0.0)), recent, event)
+
+    def refusal_after(self, last_ts: float, recent: RecentIds, event: Event) -> str | None:
+        """`refusal` given the user's latest applied event time (0: none yet)."""
         if event.event_id in recent:
             return "duplicate: this event_id was already applied for this user"
-        latest = user.get("last_ts", 0.0)
-        if self.max_lateness_ms is not None and latest:
-            behind = float(latest) - event.ts
+        if self.max_lateness_ms is not None and last_ts:
+            behind = last_ts - event.ts
             if behind > self.max_lateness_ms:
                 return (
                     f"late: {behind / 1000:.0f} s behind the user's latest event "
                     f"(max lateness {self.max_lateness_ms / 1000:.0f} s)"
                 )
         return None
+
+    def admit(self, last_ts: float, recent: RecentIds, event: Event) -> str | None:
+        """`refusal_after`, and `remember` the event when it is admitted (None): the
+        consumer's per-event step, one call."""
+        reason = self.refusal_after(last_ts, recent, event)
+        if reason is None:
+            self.remember(recent, event)
+        return reason
 
     def remember(self, recent: RecentIds, event: Event) -> None:
         """Add an applied event's id; past 2x the bound, keep the newest `recent_ids`."""

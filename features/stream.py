@@ -50,22 +50,25 @@ class StreamState:
         admitted: list[int] = []
         refused: list[tuple[int, str]] = []
         latest: dict[str, float] = {}
-        tables, policy = self.tables, self.admission
+        index, users, admit = self.tables.user_index, self.tables.users, self.admission.admit
+        recents = self.recent
         for i, event in enumerate(events):
             user = event.user_id
             last = latest.get(user)
             if last is None:
-                row = tables.user_index.get(user)
-                last = float(tables.users[row, _LAST_TS]) if row is not None else 0.0
-            recent = self.recent.setdefault(user, {})
-            reason = policy.refusal({"last_ts": last}, recent, event)
+                row = index.get(user)
+                last = float(users[row, _LAST_TS]) if row is not None else 0.0
+            recent = recents.get(user)
+            if recent is None:
+                recent = recents[user] = {}
+            reason = admit(last, recent, event)
             if reason is None:
-                policy.remember(recent, event)
                 admitted.append(i)
-                last = max(last, float(event.ts))
+                ts = float(event.ts)
+                latest[user] = ts if ts > last else last
             else:
                 refused.append((i, reason))
-            latest[user] = last
+                latest[user] = last
         out = fold(self.tables, [events[i] for i in admitted], self.params)
         return FoldedBatch(admitted, refused, out)
 
