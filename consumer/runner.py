@@ -34,7 +34,7 @@ from consumer.local_state import LocalState
 from consumer.metrics import ConsumerMetrics, export_live_quality
 from consumer.model_job import ModelWorker
 from consumer.ordering import Decoded, EventTimeMerger, decode_records
-from consumer.state_store import NO_OFFSET, Fenced, StateStore, StoreBatch, advance
+from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, StateStore, StoreBatch, advance
 from consumer.store import REDIS_DOWN, RedisBatch, RedisStateStore, waitable
 from engage import kafka_clients, redis_client, transport
 from engage.settings import Settings
@@ -179,6 +179,9 @@ class StreamConsumer:
         self._highwaters = _Highwaters(self.kafka)
         self._summary = RunSummary()  # the current run's (a commit may land after _handle)
         self._inflight: _InFlight | None = None  # the batch committing on the thread
+        #: A permanent output refusal met where it could not be raised (`_settle`): `run`
+        #: raises it.
+        self._refused: OutputRefused | None = None
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engage-commit")
         self._model_watch = _ModelWatch(settings, self.scorer)
 
@@ -365,6 +368,8 @@ class StreamConsumer:
         started = last_data = time.monotonic()
         try:
             while not self.stopping:
+                if self._refused is not None:
+                    raise self._refused
                 if self.resync_needed:
                     self._wait_for_redis()
                     last_data = time.monotonic()  # waiting for Redis is not idling
@@ -392,6 +397,8 @@ class StreamConsumer:
                             self._handle(records, summary)
                         else:  # idle: count the last batch now
                             self._collect(summary)
+                        if max_events is not None and self._taken(summary) >= max_events:
+                            self._collect(summary)  # the last batch lands before we stop
                     except (*REDIS_DOWN, OutputFailed) as exc:
                         if isinstance(exc, OutputRefused) or not waitable(exc):
                             raise
@@ -405,17 +412,23 @@ class StreamConsumer:
                         on_batch(summary)
                 elif idle_exit_s is not None and time.monotonic() - last_data >= idle_exit_s:
                     break
-                done = summary.processed + summary.dead_lettered
-                if self._inflight is not None:
-                    done += self._inflight.done.applied + self._inflight.done.dead
-                if max_events is not None and done >= max_events:
-                    break
+                if max_events is not None and self._taken(summary) >= max_events:
+                    break  # (landed: a batch still in flight was collected above)
         finally:
             self._restore_signals()
             self._settle()
             summary.seconds = time.monotonic() - started
             self.close()
+        if self._refused is not None:  # the last batch's outputs were refused
+            raise self._refused
         return summary
+
+    def _taken(self, summary: RunSummary) -> int:
+        """Events applied or dead-lettered: landed, and in the batch still committing."""
+        done = summary.processed + summary.dead_lettered
+        if self._inflight is not None:
+            done += self._inflight.done.applied + self._inflight.done.dead
+        return done
 
     def _ordered(self, records: list[transport.Record]) -> list[Decoded]:
         """The records to apply now, decoded: all of them in arrival order, or with
@@ -497,14 +510,15 @@ class StreamConsumer:
             applied = len(incoming) - len(scored.refused)
             advance(scored.writes.offsets, [(r.partition, r.offset) for r in records])
             scored.writes.stats = {"processed": applied, "dead_lettered": len(dead)}
-            self._emit(scored.messages, dead)
+            sent = self._send(scored.messages, dead)
             done = _Done(scored.writes.offsets, applied, len(dead), scored.latencies_ms, t0,
                          t_start)  # fmt: skip
             if self.settings.commit_overlap and isinstance(batch, RedisBatch):
                 batch.learn(scored.writes)  # forgotten with the local copy if it fails
-                future = self._committer.submit(batch.commit, scored.writes, False)
+                future = self._committer.submit(self._land, batch, scored.writes, sent)
                 self._inflight = _InFlight(future, batch, done)
                 return
+            self._acknowledged(sent)
             batch.commit(scored.writes)
         except (*REDIS_DOWN, OutputFailed):
             self._abort(batch)
@@ -523,20 +537,30 @@ class StreamConsumer:
         if any(stored[p] != self.positions.get(p, NO_OFFSET) for p in partitions):
             raise Fenced(f"stored offsets {stored} moved past ours {self.positions}")
 
-    def _emit(self, messages: list[tuple[bytes, bytes]], dead: list[DeadLetter]) -> None:
-        """Send the batch's scores and dead letters and wait until every one is acknowledged
-        (acks=all); a permanent refusal stops the consumer, anything else is retried."""
+    def _send(self, messages: list[tuple[bytes, bytes]], dead: list[DeadLetter]) -> int:
+        """Send the batch's scores and dead letters; how many (`_acknowledged` waits)."""
         self.out.send_batch(self.settings.scores_topic, messages)
         for d in dead:
             self.out.send(self.settings.dead_letter_topic, d.value, d.key, d.headers())
+        return len(messages) + len(dead)
+
+    def _acknowledged(self, sent: int) -> None:
+        """Wait until every output sent is acknowledged (acks=all); a permanent refusal stops
+        the consumer, anything else is retried (the batch does not commit either way)."""
         failed = self.out.flush()
         if failed:  # e.g. the broker stayed down past kafka_delivery_timeout_ms
             for failure in failed:  # a permanent refusal stops the consumer
                 if (why := transport.refusal(failure)) is not None:
                     topic = getattr(failure, "topic", None)
                     raise OutputRefused(topic, why, getattr(failure, "cause", failure))
-            sent = len(messages) + len(dead)
             raise OutputFailed(f"{len(failed)} of {sent} outputs: {failed[0]}")
+
+    def _land(self, batch: RedisBatch, writes: BatchWrites, sent: int) -> None:
+        """On the committing thread: the batch's outputs acknowledged, then its state and
+        offsets committed. The wait for the broker's acks overlaps the next batch's poll and
+        fold too; the next batch sends nothing before this returned (`_collect`)."""
+        self._acknowledged(sent)
+        batch.commit(writes, False)
 
     def _fenced(self, summary: RunSummary, exc: Fenced, partitions: Iterable[int]) -> None:
         summary.fenced += 1
@@ -570,9 +594,11 @@ class StreamConsumer:
         inflight, self._inflight = self._inflight, None
         try:
             inflight.future.result()
-        except (Fenced, *REDIS_DOWN) as exc:
+        except (Fenced, *REDIS_DOWN, OutputFailed) as exc:
             self._abort(inflight.batch)
             self.resync_needed = True
+            if isinstance(exc, OutputRefused):  # stops the consumer where raising can
+                self._refused = exc
             log.warning("the last batch did not commit (%s: %s); re-reading offsets from "
                         "Redis", type(exc).__name__, exc)  # fmt: skip
             return
