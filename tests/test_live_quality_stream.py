@@ -105,6 +105,8 @@ def _assert_live_is_offline(settings: Settings, offline: dict[str, Any]) -> dict
     (drift,) = report["drift"]
     drift = {k: v for k, v in drift.items() if k not in ("model_version", "partitions")}
     assert close(drift, offline["drift"]) == []
+    if offline["funnel"] is not None:  # the funnel propensity's delayed labels, counted alike
+        assert {k: report["funnel"][k] for k in offline["funnel"]} == offline["funnel"]
     for domain in ("movielens", "funnel"):  # the acceptance's figures, named
         whole = report["quality"][domain]["windows"]["10000"]
         assert whole["n"] == offline["quality"][domain]["labelled"]  # the whole log
