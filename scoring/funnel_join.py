@@ -186,14 +186,18 @@ class FunnelJoin:
         head = _HEAD.pack(_MAGIC, FORMAT, self.horizon_ms, self.max_pending, len(version),
                           self.clock, self.positive, self.expired, self.skipped, self.dropped,
                           n)  # fmt: skip
-        values = self.pending.values()
-        times = np.fromiter((v[0] for v in values), np.int64, n)
-        p_codes = np.fromiter((v[1] for v in values), np.uint16, n)
-        r_codes = np.fromiter((v[2] for v in values), np.uint16, n)
-        names = [u.encode() for u in self.pending]
-        lengths = np.fromiter(map(len, names), np.uint16, n)
-        return b"".join((head, version, times.tobytes(), p_codes.tobytes(), r_codes.tobytes(),
-                         lengths.tobytes(), *names))  # fmt: skip
+        users = list(self.pending)
+        values = np.array(list(self.pending.values()), dtype=np.int64).reshape(n, 3)
+        text = "".join(users)
+        names = text.encode()
+        if len(names) == len(text):  # ASCII ids (the usual): a character is a byte
+            lengths = np.fromiter(map(len, users), np.uint16, n)
+        else:
+            lengths = np.fromiter((len(u.encode()) for u in users), np.uint16, n)
+        return b"".join((head, version, values[:, 0].tobytes(),
+                         values[:, 1].astype(np.uint16).tobytes(),
+                         values[:, 2].astype(np.uint16).tobytes(), lengths.tobytes(),
+                         names))  # fmt: skip
 
     @classmethod
     def from_bytes(
