@@ -164,11 +164,12 @@ def print_quality(report: dict[str, Any]) -> None:
     if funnel:
         horizon = ", ".join(f"{h / 3600:g} h" for h in funnel["horizon_s"])
         resolved = funnel["positive"] + funnel["expired"]
-        out.print(f"funnel propensity labels, horizon {horizon}: {funnel['waiting']:,} scores "
-                  f"waiting for their user's conversion", markup=False)  # fmt: skip
+        out.print(f"funnel propensity labels (horizon {horizon}): {funnel['waiting']:,} "
+                  "waiting for a conversion", markup=False)  # fmt: skip
         out.print(f"resolved {resolved:,}: {funnel['positive']:,} converted, "
-                  f"{funnel['expired']:,} expired (label 0); not kept: {funnel['skipped']:,} "
-                  f"skipped, {funnel['dropped']:,} dropped", markup=False)  # fmt: skip
+                  f"{funnel['expired']:,} expired (label 0)", markup=False)  # fmt: skip
+        out.print(f"not kept: {funnel['skipped']:,} skipped (one waits per user), "
+                  f"{funnel['dropped']:,} dropped (cap)", markup=False)  # fmt: skip
     for problem in report["problems"]:
         out.print(f"[yellow]{problem}[/]", highlight=False)
     out.print(f"status: {status(report)}", markup=False)

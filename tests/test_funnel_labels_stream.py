@@ -59,6 +59,11 @@ def test_waiting_and_resolved_counts_are_an_independent_count_of_the_replay(
     assert all(expected.values())  # every outcome happened
     assert funnel["horizon_s"] == [float(HORIZON_S)] and funnel["partitions"] == PARTITIONS
     assert funnel["model_versions"] == [bundle.version]
+    shown = engage(settings, "quality")
+    assert shown.returncode == 0, shown.stderr
+    print("\n".join(line for line in shown.stdout.splitlines() if "funnel prop" in line
+                     or line.startswith(("resolved", "not kept"))))  # fmt: skip
+    assert f"(horizon 24 h): {expected['waiting']:,} waiting for a conversion" in shown.stdout
 
     offline = log_quality(events, synthetic.synthetic_item_meta(), bundle, settings)
     assert offline["funnel"] == expected

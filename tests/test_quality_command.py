@@ -100,8 +100,8 @@ def test_quality_merges_the_partitions_and_names_the_drifting_feature(settings, 
     lines = shown.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
     assert "status: drifting" in shown.stdout and "last 10,000" in shown.stdout
-    assert "horizon 1 h: 2 scores waiting" in shown.stdout
-    assert "resolved 10: 2 converted, 8 expired (label 0)" in shown.stdout
+    assert "labels (horizon 1 h): 2 waiting for a conversion" in shown.stdout
+    assert "resolved 10: 2 converted, 8 expired (label 0)\nnot kept: 0 skipped" in shown.stdout
     assert any(line.split()[:1] == ["a"] and "drifting" in line for line in lines)
 
     client.set(quality_key(topic, 1), b"LQ\x01garbage")  # a damaged state is named, not fatal
