@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scoring.funnel_join import TRACK, BadState, FunnelJoin, FunnelRows
-from scoring.live_monitor import LiveMonitors
+from scoring.live_monitor import LiveMonitors, samples
 from scoring.quality import prequential_quality
 
 H = 1_000  # horizon, ms
@@ -189,3 +189,6 @@ def test_monitors_carry_the_join_exactly_once_through_rollbacks_and_crashes():
                                   "v1")  # fmt: skip
     live = summary["quality"][TRACK]["windows"]
     assert live == offline["domains"][TRACK]["windows"]
+    gauges = {labels["state"]: value for name, labels, value in samples(summary)
+              if name == "engage_funnel_scores"}  # fmt: skip
+    assert gauges == {k: float(v) for k, v in summary["funnel"].items()}
