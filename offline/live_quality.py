@@ -122,33 +122,6 @@ def served_rows(
     )
 
 
-def _joined(funnels: list[FunnelRows]) -> FunnelRows | None:
-    if not funnels:
-        return None
-    arrays = [np.concatenate([getattr(f, name) for f in funnels])
-              for name in ("partition", "ts", "prob", "rule", "converted")]  # fmt: skip
-    users = [u for f in funnels for u in f.users]
-    return FunnelRows(arrays[0], users, *arrays[1:])
-
-
-def funnel_join(
-    rows: FunnelRows, settings: Settings, model_version: str
-) -> tuple[dict[int, tuple[FunnelJoin, Any]], dict[str, int]]:
-    """Each partition's join run over its funnel rows in log order: partition -> (the join,
-    what resolved, scoring.funnel_join.Resolved), and the counters summed."""
-    horizon_ms = round(settings.funnel_label_horizon_s * 1000)
-    out = {}
-    part = np.asarray(rows.partition)
-    for p in np.unique(part).tolist():
-        at = np.flatnonzero(part == p)
-        join = FunnelJoin(horizon_ms, settings.funnel_max_pending, model_version)
-        users = [rows.users[i] for i in at.tolist()]
-        resolved = join.observe(users, rows.ts[at], rows.prob[at], rows.rule[at],
-                                rows.converted[at])  # fmt: skip
-        out[p] = (join, resolved)
-    return out, merged_counts(join for join, _ in out.values())
-
-
 def log_quality(
     events: Iterable[Event], meta: dict[str, ItemMeta], bundle: ModelBundle, settings: Settings,
     calibrate: bool = True,
@@ -185,3 +158,30 @@ def log_quality(
         )
     return {"quality": quality["domains"], "drift": drift, "rows": len(rows.prob),
             "funnel": counts}  # fmt: skip
+
+
+def _joined(funnels: list[FunnelRows]) -> FunnelRows | None:
+    if not funnels:
+        return None
+    arrays = [np.concatenate([getattr(f, name) for f in funnels])
+              for name in ("partition", "ts", "prob", "rule", "converted")]  # fmt: skip
+    users = [u for f in funnels for u in f.users]
+    return FunnelRows(arrays[0], users, *arrays[1:])
+
+
+def funnel_join(
+    rows: FunnelRows, settings: Settings, model_version: str
+) -> tuple[dict[int, tuple[FunnelJoin, Any]], dict[str, int]]:
+    """Each partition's join run over its funnel rows in log order: partition -> (the join,
+    what resolved, scoring.funnel_join.Resolved), and the counters summed."""
+    horizon_ms = round(settings.funnel_label_horizon_s * 1000)
+    out = {}
+    part = np.asarray(rows.partition)
+    for p in np.unique(part).tolist():
+        at = np.flatnonzero(part == p)
+        join = FunnelJoin(horizon_ms, settings.funnel_max_pending, model_version)
+        users = [rows.users[i] for i in at.tolist()]
+        resolved = join.observe(users, rows.ts[at], rows.prob[at], rows.rule[at],
+                                rows.converted[at])  # fmt: skip
+        out[p] = (join, resolved)
+    return out, merged_counts(join for join, _ in out.values())
