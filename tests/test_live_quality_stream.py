@@ -134,6 +134,7 @@ def test_live_auc_and_ece_over_the_log_are_the_offline_figures(one_partition, re
     assert stats.returncode == 0, stats.stderr
     brief = json.loads(stats.stdout)["quality"]
     assert brief["status"] == report["status"]
+    assert brief["funnel_waiting"] == report["funnel"]["waiting"]
     for domain, f in brief["domains"].items():
         assert f["roc_auc"] == report["quality"][domain]["windows"]["10000"]["roc_auc"]
 
