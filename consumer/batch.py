@@ -22,6 +22,7 @@ from features.fold import FoldOutput
 from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
 from features.vector import PROPENSITY_FEATURES
+from scoring.funnel_join import FunnelRows
 from scoring.live_monitor import LiveMonitors
 from scoring.model import NO_MODEL_FOR_DOMAIN
 from scoring.online_calibration import event_labels
@@ -94,6 +95,13 @@ class _LiveRows:
     def event_ts(self) -> np.ndarray:
         return np.fromiter((i.event.ts for i in self.incoming), np.int64, len(self.incoming))
 
+    def funnel(self, rows: np.ndarray, prob: np.ndarray, rule: np.ndarray) -> FunnelRows:
+        """The funnel join's view of the model's funnel `rows` (their served propensity and
+        rule score): a conversion is an engaged funnel event, the event's own label."""
+        return FunnelRows(self.partitions[rows], [self.incoming[r].event.user_id for r in
+                          rows.tolist()], self.event_ts()[rows], prob, rule,
+                          self.labels[rows] == 1.0)  # fmt: skip
+
 
 class BatchScorer:
     """Applies and scores batches; holds the rule scorers and the current model bundle."""
@@ -135,7 +143,7 @@ class BatchScorer:
         live = _LiveRows(incoming) if self.live is not None else None
         model = self._model(job, latest_rows, incoming, live)  # waits for the job
         if live is not None:
-            writes.live = self._observe(live, before)
+            writes.live = self._observe(live, before, after)
         now_ms = round(time.time() * 1000.0, 1)
         payloads = self._payloads(incoming, rules, model, digests, now_ms)
         if self.log_features:
@@ -250,9 +258,10 @@ class BatchScorer:
                 texts[rows[i]] = reasons
         return scored, scored.top_signals()
 
-    def _observe(self, live: _LiveRows, before: np.ndarray) -> dict[str, bytes]:
+    def _observe(self, live: _LiveRows, before: np.ndarray, after: np.ndarray) -> dict[str, bytes]:
         """Feed the batch's model rows to the live quality and drift states (the served
-        probability, the rule score before each event) and give the bytes to write."""
+        probability, the rule score before each event; the funnel rows' propensity and rule
+        score after it, as served, to the funnel join) and give the bytes to write."""
         monitors = self.live
         assert monitors is not None
         prob = live.served
@@ -260,10 +269,15 @@ class BatchScorer:
             return monitors.observe(self.topic, *_NO_ROWS)
         n_prop = len(PROPENSITY_FEATURES)
         rule_before = np.full(len(prob), np.nan)
+        funnel = None
         for domain, rows in live.model_rows_by_domain().items():
             rule_before[rows] = self.rule_scorers[domain].score(before[rows, :n_prop]).score
+            if domain == "funnel":  # the served propensity: recomputed, only for the join
+                x = after[rows, :n_prop]
+                funnel = live.funnel(rows, self.model.propensity.predict_proba(x),
+                                     self.rule_scorers[domain].score(x).score)  # fmt: skip
         return monitors.observe(self.topic, live.partitions, prob, live.labels, rule_before,
-                                live.event_ts(), live.domains, before)  # fmt: skip
+                                live.event_ts(), live.domains, before, funnel)  # fmt: skip
 
     def _model_start(
         self, before: np.ndarray, after: np.ndarray, latest_rows: dict[str, int],

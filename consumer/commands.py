@@ -172,6 +172,9 @@ def stats(as_json: bool = typer.Option(False, "--json")) -> None:
     for domain, f in quality["domains"].items():
         out.print(f"live quality {domain}, last {f['n']:,} labelled: ROC-AUC {_num(f['roc_auc'])}"
                   f", ECE {_num(f['ece'])}", markup=False, highlight=False)  # fmt: skip
+    if quality.get("funnel_waiting") is not None:
+        out.print(f"funnel propensity: {quality['funnel_waiting']:,} scores waiting for a "
+                  "conversion", markup=False, highlight=False)  # fmt: skip
     drifting = ", ".join(quality["drifting"])
     out.print(f"model status: {quality['status']}" + (f" ({drifting})" if drifting else "")
               + " (engage quality: the whole report)", markup=False, highlight=False)  # fmt: skip
@@ -183,7 +186,8 @@ def _num(value: float | None) -> str:
 
 def _live_quality(settings: Settings) -> dict[str, object] | None:
     """The live quality in brief (`engage quality` has it all): per domain the largest
-    window's n, ROC-AUC and ECE; the drift status and the drifting features. None when the
+    window's n, ROC-AUC and ECE; the drift status and the drifting features; the funnel
+    propensity scores waiting for their label (None without a join state). None when the
     consumer has stored none."""
     from redis.cluster import RedisCluster
 
@@ -205,7 +209,9 @@ def _live_quality(settings: Settings) -> dict[str, object] | None:
             f = filled[-1]
             domains[domain] = {"n": f["n"], "roc_auc": f["roc_auc"], "ece": f["ece"]}
     drifting = sorted({name for d in report["drift"] for name in d["drifting"]})
+    funnel = report["funnel"]
     return {"status": status(report), "domains": domains, "drifting": drifting,
+            "funnel_waiting": funnel["waiting"] if funnel else None,
             "problems": report["problems"]}  # fmt: skip
 
 

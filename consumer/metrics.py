@@ -45,7 +45,7 @@ class ConsumerMetrics:
 #: The live quality and drift gauges (scoring.live_monitor.GAUGES), made on first export.
 _LIVE: dict[str, Gauge] = {}
 _LIVE_LABELS = {"engage_feature_psi": ("feature",), "engage_label_psi": (),
-                "engage_model_drifting": ()}  # fmt: skip
+                "engage_model_drifting": (), "engage_funnel_scores": ("state",)}  # fmt: skip
 
 
 def export_live_quality(summary: Mapping[str, Any]) -> None:

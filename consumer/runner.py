@@ -237,9 +237,9 @@ class StreamConsumer:
         names = [key for p in partitions for key in live.keys(self.topic, p)]
         stored, values = self.store.offsets_with(partitions, names)
         live.rollback()  # nothing uncommitted is left of them (the last batch settled)
+        per = len(names) // len(partitions) if partitions else 0
         for i, p in enumerate(partitions):
-            quality, drift, calibration = values[3 * i : 3 * i + 3]
-            live.load(p, quality, drift, calibration, lenient=True)
+            live.load(p, *values[per * i : per * i + per], lenient=True)
         for problem in live.problems:
             log.error("live quality: %s", problem)
         live.problems.clear()

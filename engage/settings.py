@@ -177,6 +177,15 @@ class Settings(BaseSettings):
     #: Features reported but never judged drifting: calendar features, which a window of
     #: minutes to days cannot match against weeks of training data.
     drift_ignore_features: list[str] = Field(default_factory=lambda: ["hour", "dow"])
+    #: The funnel's delayed labels (scoring/funnel_join.py): a served propensity score waits
+    #: for its user's conversion (an engaged funnel event) this long in event time, then
+    #: counts as label 0. Training has no horizon to inherit (its propensity rows take each
+    #: event's own label), so a week: the synthetic funnel's idle users return every one to
+    #: two weeks, its keen ones about daily.
+    funnel_label_horizon_s: float = Field(default=7 * 24 * 3600.0, gt=0, le=366 * 24 * 3600.0)
+    #: Users whose score waits, at most, per partition (one score each, the oldest); a score
+    #: that finds the partition full is counted as dropped. Bounds the state each batch writes.
+    funnel_max_pending: int = Field(default=10_000, ge=1, lt=2**32)
 
     # Outages. Redis: the consumer waits with capped exponential back-off, then resumes from
     # the offsets stored in Redis; it gives up only when redis_retry_give_up_s is set.

@@ -144,19 +144,32 @@ def train(
     )
     report = result.run_dir / "report.md"
     progress = result.progress
+    served = (result.bundle.metrics.get("online_calibration") or {}).get("served")
     if as_json:
         print_json({"version": result.version, "registered": result.version is not None,
                     "seconds": result.timings["total"], **_run_files(result.run_dir),
-                    "results": _flat(result.results),
+                    "results": _flat(result.results), "served": served,
                     "progress": {"per_user_last5": _flat(progress.get("per_user_last5", [])),
                                  "temporal_seeds": progress.get("temporal_seeds")}})  # fmt: skip
         return
     _print_results(result.results)
     _print_progress(progress)
+    if served:
+        stdout().print(served_line(served), markup=False)
     console.print(MORE_IN_REPORT)
     console.print(f"report: {report}  ({result.timings['total']} s)")
     if result.version:
         console.print(f"registered and current: [bold]{result.version}[/]")
+
+
+def served_line(served: dict[str, Any]) -> str:
+    """Issue 18's acceptance figures in two lines: the probability the consumer serves (the
+    interaction XGBoost, online-calibrated by the served rule) on the temporal test period."""
+    param = {"intercept": f", window {served['window']}",
+             "sgd_platt": f", step {served['step']}"}.get(served["rule"], "")  # fmt: skip
+    return (f"temporal interaction xgboost as served (online {served['rule']}{param}):\n"
+            f"  served ECE {fmt(served['ece'])}, log loss {fmt(served['log_loss'])}, ROC-AUC "
+            f"{fmt(served['roc_auc'])}")  # fmt: skip
 
 
 def _print_progress(progress: dict[str, Any]) -> None:

@@ -10,7 +10,9 @@ consumer keeps its calibrators (scoring.online_calibration, the settings' rule, 
 partition's order, which is the log's), and the rule score of the user's state *before* the event
 (the rule score after it has already counted the event's own outcome, so its AUC against that
 outcome would flatter the rule). The partition is the one the replay's key (the user id)
-hashes to.
+hashes to. The funnel rows' propensity scores (on the user's state *after* the event, with
+the rule score served beside them) go through each partition's `FunnelJoin` as the consumer
+runs it; what resolves enters the quality as the track "funnel/propensity".
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from features.stream import StreamState
 from features.vector import PROPENSITY_FEATURES
 from offline.dataset import _chunks
 from scoring.drift import offline_drift, reference_of
+from scoring.funnel_join import TRACK, FunnelJoin, FunnelRows, merged_counts
 from scoring.model import ModelBundle
 from scoring.online_calibration import OnlineCalibrator, OnlineParams, event_label
 from scoring.quality import prequential_quality
@@ -49,6 +52,8 @@ class ServedRows:
     ts: np.ndarray  # event time, ms
     domain: list[str]
     partition: np.ndarray
+    #: The funnel rows' served propensity, for the join (None: no funnel row).
+    funnel: FunnelRows | None = None
 
 
 def served_rows(
@@ -63,6 +68,7 @@ def served_rows(
     calibrators: dict[tuple[int, str], OnlineCalibrator] = {}
     n_prop = len(PROPENSITY_FEATURES)
     blocks: list[ServedRows] = []
+    funnels: list[FunnelRows] = []
     for chunk in _chunks(events, CHUNK):
         folded = state.apply(chunk)
         applied = [chunk[i] for i in folded.admitted]
@@ -92,6 +98,13 @@ def served_rows(
                 prob[rows] = calibrator.process(prob[rows], label[rows])
         ts = np.array([e.ts for e in kept], dtype=np.int64)
         blocks.append(ServedRows(before, prob, rule, label, ts, kept_domains, partition))
+        fun = by_domain.get("funnel")
+        if fun:
+            after = folded.out.after[keep][fun, :n_prop]
+            funnels.append(FunnelRows(partition[fun], [kept[i].user_id for i in fun], ts[fun],
+                                      bundle.propensity.predict_proba(after),
+                                      scorers["funnel"].score(after).score,
+                                      label[fun] == 1.0))  # fmt: skip
     if not blocks:
         width = len(bundle.interaction.features)
         empty = np.empty(0)
@@ -105,6 +118,7 @@ def served_rows(
         np.concatenate([b.ts for b in blocks]),
         [d for b in blocks for d in b.domain],
         np.concatenate([b.partition for b in blocks]),
+        _joined(funnels),
     )
 
 
@@ -116,16 +130,18 @@ def log_quality(
     None without a stored reference}: the figures `engage quality` would show after the
     consumer scored `events`."""
     rows = served_rows(events, meta, bundle, settings, calibrate)
-    quality = prequential_quality(
-        rows.prob,
-        rows.label,
-        rows.rule,
-        rows.ts,
-        rows.domain,
-        rows.partition,
-        bundle.version,
-        days=settings.quality_days,
-    )
+    prob, label, rule, ts, domain, partition = (rows.prob, rows.label, rows.rule, rows.ts,
+                                                rows.domain, rows.partition)  # fmt: skip
+    counts = None
+    if rows.funnel is not None:
+        joined, counts = funnel_join(rows.funnel, settings, bundle.version)
+        for p, (_join, done) in joined.items():
+            prob, label = np.concatenate([prob, done.prob]), np.concatenate([label, done.label])
+            rule, ts = np.concatenate([rule, done.rule]), np.concatenate([ts, done.ts])
+            domain = [*domain, *[TRACK] * len(done)]
+            partition = np.concatenate([partition, np.full(len(done), p)])
+    quality = prequential_quality(prob, label, rule, ts, domain, partition, bundle.version,
+                                  days=settings.quality_days)  # fmt: skip
     reference = reference_of(bundle.metrics)
     drift = None
     if reference is not None:
@@ -140,4 +156,32 @@ def log_quality(
             ignore=settings.drift_ignore_features,
             model_version=bundle.version,
         )
-    return {"quality": quality["domains"], "drift": drift, "rows": len(rows.prob)}
+    return {"quality": quality["domains"], "drift": drift, "rows": len(rows.prob),
+            "funnel": counts}  # fmt: skip
+
+
+def _joined(funnels: list[FunnelRows]) -> FunnelRows | None:
+    if not funnels:
+        return None
+    arrays = [np.concatenate([getattr(f, name) for f in funnels])
+              for name in ("partition", "ts", "prob", "rule", "converted")]  # fmt: skip
+    users = [u for f in funnels for u in f.users]
+    return FunnelRows(arrays[0], users, *arrays[1:])
+
+
+def funnel_join(
+    rows: FunnelRows, settings: Settings, model_version: str
+) -> tuple[dict[int, tuple[FunnelJoin, Any]], dict[str, int]]:
+    """Each partition's join run over its funnel rows in log order: partition -> (the join,
+    what resolved, scoring.funnel_join.Resolved), and the counters summed."""
+    horizon_ms = round(settings.funnel_label_horizon_s * 1000)
+    out = {}
+    part = np.asarray(rows.partition)
+    for p in np.unique(part).tolist():
+        at = np.flatnonzero(part == p)
+        join = FunnelJoin(horizon_ms, settings.funnel_max_pending, model_version)
+        users = [rows.users[i] for i in at.tolist()]
+        resolved = join.observe(users, rows.ts[at], rows.prob[at], rows.rule[at],
+                                rows.converted[at])  # fmt: skip
+        out[p] = (join, resolved)
+    return out, merged_counts(join for join, _ in out.values())

@@ -10,10 +10,12 @@ from engage.redis_client import connect
 from engage.settings import Settings
 from scoring.drift import BadState as BadDriftState
 from scoring.drift import DriftMonitor, StateMismatch, merged_drift
+from scoring.funnel_join import BadState as BadJoinState
+from scoring.funnel_join import merged_counts, peek_counts
 from scoring.quality import BadState as BadQualityState
 from scoring.quality import LiveQuality, merged_summary
 from scoring.quality import StateMismatch as QualityMismatch
-from scoring.quality_keys import drift_pattern, partition_of, quality_pattern
+from scoring.quality_keys import drift_pattern, funnel_pattern, partition_of, quality_pattern
 from scoring.registry import ModelNotFound, ModelRegistry
 
 
@@ -34,7 +36,8 @@ def _read(client: Any, pattern: str) -> dict[int, bytes]:
 def collect_quality(settings: Settings, top: int = 5) -> dict[str, Any]:
     """{"topic", "partitions": {"quality": [...], "drift": [...]}, "quality": merged
     figures (scoring.quality.merged_summary), "drift": [one merged_drift per model version,
-    with "model_version"], "problems": [states that could not be read, and why]}."""
+    with "model_version"], "funnel": the funnel propensity scores' labels (`funnel_labels`),
+    "problems": [states that could not be read, and why]}."""
     client = connect(settings)
     topic = settings.events_topic
     problems: list[str] = []
@@ -80,8 +83,28 @@ def collect_quality(settings: Settings, top: int = 5) -> dict[str, Any]:
         "partitions": {"quality": sorted(quality_raw), "drift": sorted(drift_raw)},
         "quality": merged_summary(states)["domains"] if states else {},
         "drift": drift,
+        "funnel": funnel_labels(client, topic, problems),
         "problems": problems,
     }
+
+
+def funnel_labels(client: Any, topic: str, problems: list[str]) -> dict[str, Any] | None:
+    """The funnel join's counters summed over partitions (scoring.funnel_join.COUNTS:
+    scores waiting for their user's conversion, resolved positive, expired = label 0 after
+    the horizon, skipped while the user's older score waited, dropped with the state full),
+    with the horizon and model versions; None when no partition has one."""
+    found = []
+    for partition, data in sorted(_read(client, funnel_pattern(topic)).items()):
+        try:
+            found.append(peek_counts(data))
+        except BadJoinState as exc:
+            problems.append(f"funnel join state of partition {partition}: {exc}")
+    if not found:
+        return None
+    horizons = sorted({h for _v, h, _c in found})
+    return {"model_versions": sorted({v for v, _h, _c in found}),
+            "horizon_s": [h / 1000 for h in horizons], "partitions": len(found),
+            **merged_counts(c for _v, _h, c in found)}  # fmt: skip
 
 
 def status(report: dict[str, Any]) -> str:
@@ -137,6 +160,16 @@ def print_quality(report: dict[str, Any]) -> None:
                     else "not judged" if row["feature"] in d["ignored"] else "")  # fmt: skip
             shown.add_row(row["feature"], fmt(row["psi"], ".3f"), mark)
         out.print(shown)
+    funnel = report.get("funnel")
+    if funnel:
+        horizon = ", ".join(f"{h / 3600:g} h" for h in funnel["horizon_s"])
+        resolved = funnel["positive"] + funnel["expired"]
+        out.print(f"funnel propensity labels (horizon {horizon}): {funnel['waiting']:,} "
+                  "waiting for a conversion", markup=False)  # fmt: skip
+        out.print(f"resolved {resolved:,}: {funnel['positive']:,} converted, "
+                  f"{funnel['expired']:,} expired (label 0)", markup=False)  # fmt: skip
+        out.print(f"not kept: {funnel['skipped']:,} skipped (one waits per user), "
+                  f"{funnel['dropped']:,} dropped (cap)", markup=False)  # fmt: skip
     for problem in report["problems"]:
         out.print(f"[yellow]{problem}[/]", highlight=False)
     out.print(f"status: {status(report)}", markup=False)

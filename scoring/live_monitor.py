@@ -4,15 +4,17 @@ transaction (scoring.quality_keys), committed or rolled back with it.
 
     monitors = LiveMonitors(settings)
     monitors.set_model(bundle.version, bundle.metrics)          # and on every model swap
-    monitors.load(p, client.get(quality_key(topic, p)),         # each partition assigned
-                  client.get(drift_key(topic, p)))
-    writes = monitors.observe(topic, partition, prob, label, rule_before, ts, domain, before)
+    monitors.load(p, *(client.get(k) for k in monitors.keys(topic, p)))  # each assigned
+    writes = monitors.observe(topic, partition, prob, label, rule_before, ts, domain, before,
+                              funnel)  # funnel: the funnel rows' propensity (FunnelRows)
     # ... SET every key -> bytes of `writes` in the batch's transaction, then:
     monitors.commit()       # the transaction committed
     monitors.rollback()     # it did not (or its outcome is unknown and the batch is re-read)
 
 Rows the model did not score (another domain: prob NaN) count for neither; rows without a
-label (NaN) count for drift only.
+label (NaN) count for drift only. The funnel's propensity scores wait for their user's
+conversion in the partition's `FunnelJoin` (scoring.funnel_join, its own key) and enter the
+quality state as the track "funnel/propensity" once their label is known.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from scoring.drift import (
     reference_of,
 )
 from scoring.drift import BadState as BadDriftState
+from scoring.funnel_join import TRACK, FunnelJoin, FunnelRows, merged_counts
+from scoring.funnel_join import BadState as BadJoinState
 from scoring.online_calibration import BadState as BadCalibrationState
 from scoring.online_calibration import (
     OnlineCalibrator,
@@ -42,13 +46,17 @@ from scoring.online_calibration import (
 )
 from scoring.quality import DEFAULT_DAYS, WINDOWS, LiveQuality, merged_summary
 from scoring.quality import BadState as BadQualityState
-from scoring.quality_keys import calibration_key, drift_key, quality_key
+from scoring.quality_keys import calibration_key, drift_key, funnel_key, quality_key
 
 if TYPE_CHECKING:
     from engage.settings import Settings
 
 
-_Stored = tuple[bytes | None, bytes | None, bytes | None]  # quality, drift, calibration
+#: A partition's stored bytes: quality, drift, calibration, funnel join.
+_Stored = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
+#: The funnel join's defaults without settings (`Settings.funnel_label_horizon_s`, ...).
+DEFAULT_HORIZON_MS = 7 * 86_400_000
+DEFAULT_MAX_PENDING = 10_000
 
 
 class LiveMonitors:
@@ -65,6 +73,8 @@ class LiveMonitors:
         ignore: Sequence[str] = DEFAULT_IGNORE,
         calibration: OnlineParams | None = None,
         quality: bool = True,
+        horizon_ms: int = DEFAULT_HORIZON_MS,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         self.settings = settings
         if settings is not None:
@@ -72,6 +82,10 @@ class LiveMonitors:
                                    settings.drift_blocks)  # fmt: skip
             threshold, ignore = settings.drift_psi_threshold, settings.drift_ignore_features
             quality = settings.live_quality
+            horizon_ms = round(settings.funnel_label_horizon_s * 1000)
+            max_pending = settings.funnel_max_pending
+        #: The funnel join's horizon (event time) and cap of waiting scores per partition.
+        self.horizon_ms, self.max_pending = horizon_ms, max_pending
         self.days, self.block, self.blocks = days, block, blocks
         self.threshold, self.ignore = threshold, tuple(ignore)
         #: Whether quality and drift are kept (ENGAGE_LIVE_QUALITY); calibration is apart.
@@ -83,6 +97,7 @@ class LiveMonitors:
         self.reference: DriftReference | None = None
         self.quality: dict[int, LiveQuality] = {}
         self.drift: dict[int, DriftMonitor] = {}
+        self.joins: dict[int, FunnelJoin] = {}
         self.calibrators: dict[int, dict[str, OnlineCalibrator]] = {}
         #: Each partition's stored calibrator bytes per domain (restored when first used).
         self._stored_calibrators: dict[int, dict[str, bytes]] = {}
@@ -107,25 +122,27 @@ class LiveMonitors:
             self.calibration = None if params.rule == "none" else params
         if version == self.version and self.reference is not None:
             return
-        self.version = version
+        new_version, self.version = version != self.version, version
         self.reference = reference_of(metrics) if self.quality_on else None
         for p in list(self._committed):
             if self.reference is None:
                 self.drift.pop(p, None)
             else:
                 self.drift[p] = DriftMonitor(self.reference, version, self.block, self.blocks)
+            if self.quality_on and new_version:  # its waiting scores are the old model's
+                self.joins[p] = FunnelJoin(self.horizon_ms, self.max_pending, version)
             latest = self._latest[p][2]  # restored when used: afresh unless of this version
             self._stored_calibrators[p] = domains_from_bytes(latest) if latest else {}
             self.calibrators[p] = {}
 
-    def keys(self, topic: str, partition: int) -> tuple[str, str, str]:
-        """The keys `load` takes the values of: quality, drift, calibration."""
+    def keys(self, topic: str, partition: int) -> tuple[str, str, str, str]:
+        """The keys `load` takes the values of: quality, drift, calibration, funnel join."""
         return quality_key(topic, partition), drift_key(topic, partition), \
-            calibration_key(topic, partition)  # fmt: skip
+            calibration_key(topic, partition), funnel_key(topic, partition)  # fmt: skip
 
     def load(
         self, partition: int, quality: bytes | None, drift: bytes | None,
-        calibration: bytes | None = None, lenient: bool = False,
+        calibration: bytes | None = None, funnel: bytes | None = None, lenient: bool = False,
     ) -> None:  # fmt: skip
         """Start `partition` from its stored states (None: nothing stored). On assignment, and
         whenever the batch's offsets are re-read from Redis. BadState (damaged bytes) is
@@ -136,6 +153,12 @@ class LiveMonitors:
             self.quality[p] = self._restore(
                 "quality", p, lambda: LiveQuality.restore(quality, WINDOWS, self.days),
                 lambda: LiveQuality(WINDOWS, self.days), lenient,
+            )  # fmt: skip
+            self.joins[p] = self._restore(
+                "funnel join", p,
+                lambda: FunnelJoin.restore(funnel, self.horizon_ms, self.max_pending,
+                                           self.version),
+                lambda: FunnelJoin(self.horizon_ms, self.max_pending, self.version), lenient,
             )  # fmt: skip
         if self.reference is not None:
             reference = self.reference
@@ -152,7 +175,7 @@ class LiveMonitors:
             dict, lenient,
         )  # fmt: skip
         self.calibrators[p] = {}
-        self._committed[p] = self._latest[p] = (quality, drift, calibration)
+        self._committed[p] = self._latest[p] = (quality, drift, calibration, funnel)
         for batch in self._pending:
             batch.pop(p, None)
         self._staged.pop(p, None)
@@ -160,7 +183,7 @@ class LiveMonitors:
     def _restore(self, what: str, p: int, restore: Any, fresh: Any, lenient: bool) -> Any:
         try:
             return restore()
-        except (BadQualityState, BadDriftState, BadCalibrationState) as exc:
+        except (BadQualityState, BadDriftState, BadCalibrationState, BadJoinState) as exc:
             if not lenient:
                 raise
             self.problems.append(f"{what} state of partition {p} damaged, started afresh: {exc}")
@@ -169,8 +192,9 @@ class LiveMonitors:
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget partitions (revoked)."""
         for p in partitions:
-            for held in (self.quality, self.drift, self.calibrators, self._stored_calibrators,
-                         self._committed, self._latest, self._staged):  # fmt: skip
+            for held in (self.quality, self.drift, self.joins, self.calibrators,
+                         self._stored_calibrators, self._committed, self._latest,
+                         self._staged):  # fmt: skip
                 held.pop(p, None)
             for batch in self._pending:
                 batch.pop(p, None)
@@ -225,6 +249,7 @@ class LiveMonitors:
         event_ts_ms: np.ndarray,
         domain: Sequence[str],
         before: np.ndarray,
+        funnel: FunnelRows | None = None,
     ) -> dict[str, bytes]:
         """Feed one batch (its admitted rows in batch order; each partition's rows in that
         partition's order) and return the keys and bytes to write in the batch's transaction
@@ -233,16 +258,17 @@ class LiveMonitors:
 
         prob: the served probability (NaN for rows the model did not score); label: 1.0 / 0.0
         / NaN; rule_score: the user's rule score before the event; before: the before-event
-        interaction matrix. A partition whose states did not change writes nothing.
+        interaction matrix; funnel: the batch's funnel rows with their served propensity, for
+        the join (None: none). A partition whose states did not change writes nothing.
         KeyError for a partition not `load`ed."""
         writes: dict[str, bytes] = {}
         pending: dict[int, _Stored] = {}
         staged, self._staged = self._staged, {}
         for p, calibrators in staged.items():
-            q_latest, d_latest, c_latest = self._latest[p]
+            q_latest, d_latest, c_latest, f_latest = self._latest[p]
             if calibrators != c_latest:
                 writes[calibration_key(topic, p)] = calibrators
-                pending[p] = self._latest[p] = (q_latest, d_latest, calibrators)
+                pending[p] = self._latest[p] = (q_latest, d_latest, calibrators, f_latest)
         if self.quality_on and len(prob):
             part = np.asarray(partition)
             prob = np.asarray(prob, dtype=np.float64)
@@ -256,13 +282,35 @@ class LiveMonitors:
                                 np.asarray(event_ts_ms)[rows], [domain[i] for i in rows.tolist()],
                                 self.version)  # fmt: skip
                 q_bytes = writes[quality_key(topic, p)] = quality.to_bytes()
-                _q, d_bytes, c_bytes = self._latest[p]
+                _q, d_bytes, c_bytes, f_bytes = self._latest[p]
                 if drift is not None:
                     drift.observe(np.asarray(before)[rows], label[rows])
                     d_bytes = writes[drift_key(topic, p)] = drift.to_bytes()
-                pending[p] = self._latest[p] = (q_bytes, d_bytes, c_bytes)
+                pending[p] = self._latest[p] = (q_bytes, d_bytes, c_bytes, f_bytes)
+        if self.quality_on and funnel is not None and len(funnel.users):
+            self._join(topic, funnel, writes, pending)
         self._pending.append(pending)
         return writes
+
+    def _join(
+        self, topic: str, rows: FunnelRows, writes: dict[str, bytes],
+        pending: dict[int, _Stored],
+    ) -> None:  # fmt: skip
+        """The funnel rows through each partition's join; the scores it resolves enter the
+        partition's quality state (track `TRACK`), and both states' bytes are written."""
+        part = np.asarray(rows.partition)
+        for p in dict.fromkeys(part.tolist()):
+            at = np.flatnonzero(part == p)
+            join = self.joins[p]
+            resolved = join.observe([rows.users[i] for i in at.tolist()], rows.ts[at],
+                                    rows.prob[at], rows.rule[at], rows.converted[at])  # fmt: skip
+            q_bytes, d_bytes, c_bytes, _f = self._latest[p]
+            if len(resolved):
+                self.quality[p].observe(resolved.prob, resolved.label, resolved.rule,
+                                        resolved.ts, TRACK, self.version)  # fmt: skip
+                q_bytes = writes[quality_key(topic, p)] = self.quality[p].to_bytes()
+            f_bytes = writes[funnel_key(topic, p)] = join.to_bytes()
+            pending[p] = self._latest[p] = (q_bytes, d_bytes, c_bytes, f_bytes)
 
     def commit(self) -> None:
         """The oldest observed batch's transaction committed: its states are stored now."""
@@ -281,11 +329,14 @@ class LiveMonitors:
 
     def summary(self, top: int = 5) -> dict[str, Any]:
         """The figures of the partitions held (`engage quality` merges every partition's):
-        {"quality": per domain, "drift": merged_drift's or None without a reference}."""
+        {"quality": per domain, "drift": merged_drift's or None without a reference,
+        "funnel": the funnel join's counters (scoring.funnel_join.COUNTS) summed, None with
+        live quality off}."""
         drift = None
         if self.drift:
             drift = merged_drift(self.drift.values(), self.threshold, top, ignore=self.ignore)
-        return {"quality": merged_summary(self.quality.values())["domains"], "drift": drift}
+        return {"quality": merged_summary(self.quality.values())["domains"], "drift": drift,
+                "funnel": merged_counts(self.joins.values()) if self.joins else None}  # fmt: skip
 
 
 #: Gauge name -> help, for `samples` (prometheus_client: one Gauge each, labelled as below).
@@ -300,6 +351,8 @@ GAUGES = {
     "engage_feature_psi": "PSI of a model feature against its training data (feature)",
     "engage_label_psi": "PSI of the label against the training positive rate",
     "engage_model_drifting": "1 when a feature or the label is over the drift threshold",
+    "engage_funnel_scores": "Funnel propensity scores: waiting for a label, positive, expired,"
+    " skipped, dropped (state)",
 }
 
 
@@ -325,4 +378,6 @@ def samples(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, str], float
         if drift["label"].get("psi") is not None:
             out.append(("engage_label_psi", {}, float(drift["label"]["psi"])))
         out.append(("engage_model_drifting", {}, 1.0 if drift["status"] == "drifting" else 0.0))
+    for state, count in (summary.get("funnel") or {}).items():
+        out.append(("engage_funnel_scores", {"state": state}, float(count)))
     return out

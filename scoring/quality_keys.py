@@ -11,6 +11,9 @@ consumer writes them, `engage quality` reads them. The rest of the layout is in 
                                 string  the online calibrators of partition p, one per domain
                                         (scoring.online_calibration.domains_to_bytes; same
                                         transaction); each names its model version
+    engage:funnel:<topic>:<p>   string  scoring.funnel_join.FunnelJoin of partition p: the
+                                        funnel propensity scores waiting for their user's
+                                        conversion, and the counters (same transaction)
 
 One key per (topic, partition): a partition's rows arrive in one order whatever the batches,
 so its state is exact, and `engage quality` merges the partitions on read
@@ -61,3 +64,13 @@ def calibration_key(topic: str, partition: int) -> str:
     """The online calibrators of partition p (one per domain, of the model served):
     scoring.online_calibration.domains_to_bytes, in the batch's transaction."""
     return f"engage:calibration:{topic}:{partition}"
+
+
+def funnel_key(topic: str, partition: int) -> str:
+    """The funnel join of partition p (scoring.funnel_join.FunnelJoin.to_bytes), in the
+    batch's transaction."""
+    return f"engage:funnel:{topic}:{partition}"
+
+
+def funnel_pattern(topic: str) -> str:
+    return f"engage:funnel:{_glob_escaped(topic)}:*"

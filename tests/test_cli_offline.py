@@ -48,6 +48,8 @@ def test_train_evaluate_explain_from_the_topic(logged, tmp_path):
     assert "registered and current" in trained.stdout + trained.stderr
     lines = assert_fits_80(trained.stdout)
     assert sum(line.split()[:2] == ["interaction", "xgboost"] for line in lines) == 2  # 2 splits
+    assert "temporal interaction xgboost as served (online sgd_platt" in trained.stdout
+    assert any(line.startswith("  served ECE 0.") for line in lines)  # issue 18's figure
     assert "accuracy, RMSE, PR-AUC" in trained.stderr  # the rest: in the report it names
     evaluated = engage(logged, "evaluate", "--from-topic", "--all", COLUMNS="80")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
@@ -71,6 +73,8 @@ def test_json_summaries_are_the_whole_of_stdout(logged, tmp_path):
     version = summary["version"]
     assert summary["registered"] and version.startswith("v")
     assert len(summary["results"]) == 12  # 2 splits x 3 feature sets x 2 learners
+    served = summary["served"]  # the online-calibrated probability on the temporal test period
+    assert served["rule"] == "sgd_platt" and 0 <= served["ece"] <= 1 and served["roc_auc"] > 0
     for row in summary["results"]:
         assert {"split", "model", "learner", "n", "roc_auc", "log_loss", "ece"} <= set(row)
     assert Path(summary["report"]).is_file() and Path(summary["metrics"]).is_file()

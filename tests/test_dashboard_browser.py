@@ -301,6 +301,13 @@ def test_dashboard_quality_panel_shows_reliability_auc_and_drift(
         page.get(base + "/")
         _wait(lambda: page.execute_script(QUALITY_JS)["bins"] > 0, 20, "the quality panel")
         shown = page.execute_script(QUALITY_JS)
+        page.execute_script(
+            "const s = document.getElementById('quality-domain');"
+            "s.value = 'funnel/propensity'; s.dispatchEvent(new Event('change'));"
+        )
+        note = page.execute_script("return document.getElementById('quality-note').textContent")
+    waiting = report["funnel"]["waiting"]  # the funnel propensity's scores waiting for a label
+    assert note.endswith(f"labelled events judged; {waiting:,} waiting for a conversion"), note
     assert shown["status"] == status(report) and shown["status"] in ("ok", "drifting")
     assert shown["bins"] == len(q["windows"][windows[-1]]["reliability"]) > 0
     assert shown["days"] == sum(d["roc_auc"] is not None for d in q["days"]) > 0

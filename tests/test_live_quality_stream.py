@@ -105,6 +105,8 @@ def _assert_live_is_offline(settings: Settings, offline: dict[str, Any]) -> dict
     (drift,) = report["drift"]
     drift = {k: v for k, v in drift.items() if k not in ("model_version", "partitions")}
     assert close(drift, offline["drift"]) == []
+    if offline["funnel"] is not None:  # the funnel propensity's delayed labels, counted alike
+        assert {k: report["funnel"][k] for k in offline["funnel"]} == offline["funnel"]
     for domain in ("movielens", "funnel"):  # the acceptance's figures, named
         whole = report["quality"][domain]["windows"]["10000"]
         assert whole["n"] == offline["quality"][domain]["labelled"]  # the whole log
@@ -132,6 +134,7 @@ def test_live_auc_and_ece_over_the_log_are_the_offline_figures(one_partition, re
     assert stats.returncode == 0, stats.stderr
     brief = json.loads(stats.stdout)["quality"]
     assert brief["status"] == report["status"]
+    assert brief["funnel_waiting"] == report["funnel"]["waiting"]
     for domain, f in brief["domains"].items():
         assert f["roc_auc"] == report["quality"][domain]["windows"]["10000"]["roc_auc"]
 

@@ -131,7 +131,7 @@ def test_with_live_quality_off_only_the_calibrators_are_written(tmp_path):
     messages, store, live = _consume(settings, bundle, events[:600], meta,
                                      np.random.default_rng(2), restarts=False)  # fmt: skip
     assert store and all(key.startswith("engage:calibration:") for key in store)
-    assert live.summary() == {"quality": {}, "drift": None}
+    assert live.summary() == {"quality": {}, "drift": None, "funnel": None}
     on = Settings(data_dir=tmp_path, partitions=PARTITIONS, live_quality=True)
     same, _store, _ = _consume(on, bundle, events[:600], meta, np.random.default_rng(2),
                                restarts=False)  # fmt: skip

@@ -12,8 +12,9 @@ import pytest
 
 from engage.output import plain
 from scoring.drift import DriftMonitor, DriftReference
+from scoring.funnel_join import FunnelJoin
 from scoring.quality import LiveQuality, merged_summary
-from scoring.quality_keys import drift_key, quality_key
+from scoring.quality_keys import drift_key, funnel_key, quality_key
 from scoring.registry import MANIFEST_FILE
 from tests.eventlog import engage_env
 
@@ -68,6 +69,14 @@ def test_quality_merges_the_partitions_and_names_the_drifting_feature(settings, 
     for partition, (quality, drift, _) in enumerate(states):
         client.set(quality_key(topic, partition), quality.to_bytes())
         client.set(drift_key(topic, partition), drift.to_bytes())
+        # an hour's horizon: b converts (its conversion waits again); a's second event, past
+        # the hour, expires a, b, c and d, then waits itself
+        join = FunnelJoin(3_600_000, 10, VERSION)
+        t = 1_700_000_000_000
+        join.observe(["a", "b", "b", "c", "d", "a"], np.array([0, 0, 5, 6, 7, 3_600_008]) + t,
+                     np.full(6, 0.5), np.full(6, 50.0),
+                     np.array([0, 0, 1, 0, 0, 0], dtype=bool))  # fmt: skip
+        client.set(funnel_key(topic, partition), join.to_bytes())
     client.set(quality_key(topic + "x", 0), b"another topic's state")  # not read
 
     result = engage(settings, "quality", "--json")
@@ -82,12 +91,17 @@ def test_quality_merges_the_partitions_and_names_the_drifting_feature(settings, 
     assert report["drift"][0]["model_version"] == VERSION
     assert report["drift"][0]["drifting"] == ["a"] and report["status"] == "drifting"
     assert report["problems"] == []
+    assert report["funnel"] == {"model_versions": [VERSION], "horizon_s": [3600.0],
+                                "partitions": 2, "waiting": 2, "positive": 2, "expired": 8,
+                                "skipped": 0, "dropped": 0}  # fmt: skip
 
     shown = engage(settings, "quality", "--top", "3")
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
     assert "status: drifting" in shown.stdout and "last 10,000" in shown.stdout
+    assert "labels (horizon 1 h): 2 waiting for a conversion" in shown.stdout
+    assert "resolved 10: 2 converted, 8 expired (label 0)\nnot kept: 0 skipped" in shown.stdout
     assert any(line.split()[:1] == ["a"] and "drifting" in line for line in lines)
 
     client.set(quality_key(topic, 1), b"LQ\x01garbage")  # a damaged state is named, not fatal

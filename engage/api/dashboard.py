@@ -542,10 +542,15 @@ function renderQuality() {
     pick.replaceChildren(...domains.map((d) => {
       const o = el("option", d); o.value = d; return o;
     }));
-  const q = (report.quality || {})[pick.value || domains[0]];
+  const picked = pick.value || domains[0];
+  const q = (report.quality || {})[picked];
   $("quality-model").textContent = q ? "model " + q.model_versions.join(", ") : "";
-  $("quality-note").textContent = q ? q.labelled.toLocaleString() + " labelled events judged"
+  let note = q ? q.labelled.toLocaleString() + " labelled events judged"
     : "no live quality yet (the consumer keeps it once it scores labelled events with a model)";
+  const joined = report.funnel;  // the funnel propensity's delayed labels (docs/quality.md)
+  if (q && picked === "funnel/propensity" && joined)
+    note += "; " + joined.waiting.toLocaleString() + " waiting for a conversion";
+  $("quality-note").textContent = note;
   const windows = q ? Object.entries(q.windows) : [];
   const shown = windows.filter(([, f]) => f.n);
   const largest = shown.length ? shown[shown.length - 1] : null;
