@@ -68,12 +68,15 @@ class _LiveRows:
         self.domains: list[str] = []
         self.served: np.ndarray | None = None
         self.model_rows: np.ndarray | None = None
+        #: Every row's served propensity (NaN where the model did not score), once `serve` ran.
+        self.propensity: np.ndarray | None = None
 
     def serve(
         self, monitors: LiveMonitors, rows: list[int] | None, p_model: np.ndarray,
-        domains: dict[str, str],
+        domains: dict[str, str], p_propensity: np.ndarray,
     ) -> np.ndarray:  # fmt: skip
-        """The online-calibrated probability of the model's rows (`rows`; None: all)."""
+        """The online-calibrated probability of the model's rows (`rows`; None: all), whose
+        interaction and propensity probabilities are `p_model` and `p_propensity`."""
         self.domains = [domains[item.event.source] for item in self.incoming]
         at = np.arange(len(self.incoming)) if rows is None else np.asarray(rows, np.int64)
         self.model_rows = at
@@ -81,6 +84,8 @@ class _LiveRows:
         served = monitors.calibrate(self.partitions[at], p_model, self.labels[at], doms)
         self.served = np.full(len(self.incoming), np.nan)
         self.served[at] = served
+        self.propensity = np.full(len(self.incoming), np.nan)
+        self.propensity[at] = p_propensity
         return served
 
     def model_rows_by_domain(self) -> dict[str, np.ndarray]:
@@ -272,10 +277,10 @@ class BatchScorer:
         funnel = None
         for domain, rows in live.model_rows_by_domain().items():
             rule_before[rows] = self.rule_scorers[domain].score(before[rows, :n_prop]).score
-            if domain == "funnel":  # the served propensity: recomputed, only for the join
-                x = after[rows, :n_prop]
-                funnel = live.funnel(rows, self.model.propensity.predict_proba(x),
-                                     self.rule_scorers[domain].score(x).score)  # fmt: skip
+            if domain == "funnel":  # the served propensity and rule score, for the join
+                assert live.propensity is not None
+                rule_after = self.rule_scorers[domain].score(after[rows, :n_prop]).score
+                funnel = live.funnel(rows, live.propensity[rows], rule_after)
         return monitors.observe(self.topic, live.partitions, prob, live.labels, rule_before,
                                 live.event_ts(), live.domains, before, funnel)  # fmt: skip
 
@@ -334,7 +339,8 @@ class BatchScorer:
                     for p_i, p_p in zip(p_int, p_prop, strict=True)
                 ]  # fmt: skip
             else:  # the served probability: recalibrated online (scoring.online_calibration)
-                p_served = live.serve(self.live, rows, result.interaction, domains)
+                p_served = live.serve(self.live, rows, result.interaction, domains,
+                                      result.propensity)  # fmt: skip
                 parts = [
                     {"version": bundle.version, "interaction": round(p_i, 6),
                      "interaction_online": round(p_o, 6), "propensity": round(p_p, 6)}
