@@ -40,12 +40,12 @@ from features.fold import FoldState
 from features.stream import StreamState
 from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES
 from offline.parity import (
-    WIRE_DECIMALS,
     OfflineEvents,
     read_offline_snapshot,
     read_offline_topic,
 )
 from offline.topic_reader import topic_records
+from scoring.score_record import WIRE_DECIMALS
 
 N_PROPENSITY = len(PROPENSITY_FEATURES)
 CHUNK = 50_000  # events per fold call, as offline.dataset folds: bounded memory on long logs
