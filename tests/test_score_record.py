@@ -90,6 +90,17 @@ def test_the_writer_rounds_and_keys_as_the_wire_says() -> None:
     assert keys == [m["user_id"].encode() for m in messages]
 
 
+def test_one_dumps_cut_between_messages_is_a_dumps_per_message() -> None:
+    messages = _messages()
+    tricky = ['a,{"user_id":"b"}', '",{\\"user_id\\":', "é\u2028", ""]
+    for message, user in zip(messages, tricky * 2, strict=True):
+        message["user_id"] = user
+    other_shape = {"event_id": "e", "user_id": "u"}  # user_id not first: cut per message
+    for batch in (messages, messages[:1], [], [other_shape, messages[0]]):
+        assert [v for _, v in encode_messages(batch)] == [orjson.dumps(m) for m in batch]
+    assert [k for k, _ in encode_messages(messages)] == [u.encode() for u in tricky * 2]
+
+
 def test_the_published_latest_messages_parse_as_records() -> None:
     shown = [shown_message(m, [{"signal": "s", "points": 1.0, "text": "t"}])
              for m in _messages()[4:]]  # fmt: skip
