@@ -62,7 +62,10 @@ from scoring.score_record import WIRE_DECIMALS, ModelPart, NotAScore, ScoreRecor
 
 DEFAULT_TOLERANCE = 1e-9
 GROUPS: tuple[str, ...] = ("user", "session", "context", "item")
-SCORES: tuple[str, ...] = ("rule", "propensity", "interaction")
+#: `interaction_online`: the interaction probability as served, recalibrated online per
+#: partition and domain (scoring.online_calibration), in messages of a consumer that keeps
+#: the calibrators (one on a single Redis: not on a Redis Cluster).
+SCORES: tuple[str, ...] = ("rule", "propensity", "interaction", "interaction_online")
 #: The offline processing orders. `training` is what `engage train` uses, so its item-feature
 #: mismatch rate is the real train/serve skew. `scored` follows the consumer's batches as its
 #: scores record them: a diagnostic that tells interleaving apart from a bug in item code.
@@ -154,6 +157,7 @@ def _decode_message(value: bytes, width: int, topic: str) -> _Message | None:
         "rule": record.rule.score,
         "propensity": model.propensity,
         "interaction": model.interaction,
+        "interaction_online": model.interaction_online,
     }
     return _Message(record, logged is not None, _vector(logged, width), values)
 
@@ -468,11 +472,31 @@ def offline_scores(
             continue
         status[version]["loaded"] = True
         n_prop = len(PROPENSITY_FEATURES)
+        idx = sorted(idx)  # the calibrators learn in event order
         p_int = bundle.interaction.predict_proba(rows.features[idx])
         p_prop = bundle.propensity.predict_proba(rows.after[idx][:, :n_prop])
         out["interaction"][idx] = _wire(p_int, "interaction")
         out["propensity"][idx] = _wire(p_prop, "propensity")
+        out["interaction_online"][idx] = _wire(_served(settings, bundle, rows, idx, p_int),
+                                               "interaction_online")  # fmt: skip
     return out, status
+
+
+def _served(
+    settings: Settings, bundle: Any, rows: OfflineRows, idx: list[int], p: np.ndarray
+) -> np.ndarray:
+    """The online-calibrated probability of the rows one model version scored (`idx`, in
+    order), from calibrators that start afresh with the version, as the consumer's do."""
+    from offline.live_quality import calibrated_online
+    from scoring.online_calibration import OnlineParams, event_labels
+    from scoring.rules import domain_of
+
+    events = [rows.events[i] for i in idx]
+    params = OnlineParams.for_model(settings, bundle.metrics)
+    partitions = [rows.positions[i][0] for i in idx]
+    domains = [domain_of(e.source) for e in events]
+    return calibrated_online({}, params, bundle.version, p, event_labels(events), partitions,
+                             domains)  # fmt: skip
 
 
 # -- the comparison --------------------------------------------------------------------------
@@ -743,7 +767,8 @@ def compare(
     # partition: elsewhere they depend on how the consumer interleaved partitions.
     single = offline.partitions == 1
     exact_groups = {"user", "session", "context"} | ({"item"} if single else set())
-    exact_scores = {"rule", "propensity"} | ({"interaction"} if single else set())
+    reads_items = {"interaction", "interaction_online"}  # the scores of the item features
+    exact_scores = {"rule", "propensity"} | (reads_items if single else set())
     failures: list[dict[str, Any]] = []  # in this order: features, digests, scores, self-check
     diffs = _feature_diffs(online, rows, joined, tolerance)
     features = _per_feature(diffs, exact_groups, failures)
