@@ -22,6 +22,7 @@ from features.fold import FoldOutput
 from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
 from features.vector import PROPENSITY_FEATURES
+from scoring import score_record
 from scoring.funnel_join import FunnelRows
 from scoring.live_monitor import LiveMonitors
 from scoring.model import NO_MODEL_FOR_DOMAIN
@@ -150,51 +151,19 @@ class BatchScorer:
         if live is not None:
             writes.live = self._observe(live, before, after)
         now_ms = round(time.time() * 1000.0, 1)
-        payloads = self._payloads(incoming, rules, model, digests, now_ms)
+        payloads = score_record.message_dicts(incoming, rules, model, digests, now_ms)
         if self.log_features:
             for payload, vector in zip(payloads, before.tolist(), strict=True):
                 payload["features"] = vector
-        messages = list(
-            zip([p["user_id"].encode() for p in payloads], map(orjson.dumps, payloads), strict=True)
-        )
+        messages = score_record.encode_messages(payloads)
         latest = []  # the live view and the score hash show the reasons in words
         for row in latest_rows.values():
-            payload = {
-                **payloads[row],
-                "rule": {**payloads[row]["rule"], "reasons": rule_texts[row]},
-            }
-            payload.pop("features", None)
-            latest.append(payload)
-            self._score_hash(writes, payload)
+            shown = score_record.shown_message(payloads[row], rule_texts[row])
+            latest.append(shown)
+            self._score_hash(writes, shown)
         writes.publish = orjson.dumps(latest)
         latencies = [now_ms - item.kafka_ts_ms for item in incoming]
         return ScoredBatch(messages, writes, latencies, refused)
-
-    @staticmethod
-    def _payloads(
-        incoming: list[Incoming], rules: list[tuple[float, str, list]],
-        model: list[dict[str, Any]] | None, digests: list[str], now_ms: float,
-    ) -> list[dict[str, Any]]:  # fmt: skip
-        """Every row's score message, built column by column (one dict per row, no loop body):
-        ids, offsets, the rule score with its signals, the model part, the vector digest."""
-        events = [item.event for item in incoming]
-        return [
-            {
-                "user_id": event.user_id,
-                "event_id": event.event_id,
-                "event_ts": event.ts,
-                "item_id": event.item_id,
-                "partition": item.partition,
-                "offset": item.offset,
-                "rule": {"score": round(score, 2), "label": label, "reasons": signals},
-                "model": model_part,
-                "scored_at": now_ms,
-                "fd": digest,
-            }
-            for event, item, (score, label, signals), model_part, digest in zip(
-                events, incoming, rules, model or [None] * len(incoming), digests, strict=True
-            )
-        ]
 
     @staticmethod
     def _latest_rows(incoming: list[Incoming]) -> dict[str, int]:
@@ -203,27 +172,14 @@ class BatchScorer:
         return {item.event.user_id: row for row, item in enumerate(incoming)}
 
     @staticmethod
-    def _score_hash(writes: BatchWrites, payload: dict[str, Any]) -> None:
+    def _score_hash(writes: BatchWrites, shown: dict[str, Any]) -> None:
         """The user's served score (`u:{user}:score`) and leaderboard entries from the
-        latest score message of the batch."""
-        user = payload["user_id"]
-        model_part = payload["model"] or {}
-        writes.scores[user] = {
-            "rule_score": payload["rule"]["score"],
-            "label": payload["rule"]["label"],
-            "reasons": orjson.dumps(payload["rule"]["reasons"]).decode(),
-            "propensity": model_part.get("propensity", ""),
-            "model_reasons": orjson.dumps(model_part.get("propensity_reasons", [])).decode(),
-            "model_version": model_part.get("version", ""),
-            "model_status": model_part.get("skipped", ""),  # e.g. no model for this domain
-            "domain": model_part.get("domain", ""),
-            "event_id": payload["event_id"],
-            "event_ts": payload["event_ts"],
-            "updated_at": payload["scored_at"],
-        }
-        writes.leaderboard.setdefault("rule", {})[user] = payload["rule"]["score"]
-        if "propensity" in model_part:
-            writes.leaderboard.setdefault("model", {})[user] = model_part["propensity"]
+        latest (shown) score message of the batch."""
+        user = shown["user_id"]
+        fields = writes.scores[user] = score_record.hash_fields(shown)
+        writes.leaderboard.setdefault("rule", {})[user] = fields["rule_score"]
+        if fields["propensity"] != "":
+            writes.leaderboard.setdefault("model", {})[user] = fields["propensity"]
 
     def _rules(
         self, incoming: list[Incoming], after: np.ndarray, shown: set[int]
@@ -332,35 +288,25 @@ class BatchScorer:
         if rows != []:
             p_int = result.interaction.tolist()
             p_prop = result.propensity.tolist()
-            if live is None or self.live is None:
-                parts = [
-                    {"version": bundle.version, "interaction": round(p_i, 6),
-                     "propensity": round(p_p, 6)}
-                    for p_i, p_p in zip(p_int, p_prop, strict=True)
-                ]  # fmt: skip
-            else:  # the served probability: recalibrated online (scoring.online_calibration)
-                p_served = live.serve(self.live, rows, result.interaction, domains,
-                                      result.propensity)  # fmt: skip
-                parts = [
-                    {"version": bundle.version, "interaction": round(p_i, 6),
-                     "interaction_online": round(p_o, 6), "propensity": round(p_p, 6)}
-                    for p_i, p_o, p_p in zip(p_int, p_served.tolist(), p_prop, strict=True)
-                ]  # fmt: skip
+            p_online = None  # the served probability, recalibrated online (live states only)
+            if live is not None and self.live is not None:
+                p_online = live.serve(self.live, rows, result.interaction, domains,
+                                      result.propensity).tolist()  # fmt: skip
+            parts = score_record.model_parts(bundle.version, p_int, p_prop, p_online)
         if rows is None:
             out = parts
         else:
             out = [
-                {"skipped": NO_MODEL_FOR_DOMAIN, "domain": domains[item.event.source]}
+                score_record.skipped_part(NO_MODEL_FOR_DOMAIN, domains[item.event.source])
                 for item in incoming
             ]
             for row, part in zip(rows, parts, strict=True):
                 out[row] = part
         for row in latest_rows.values():
-            out[row]["domain"] = domains[incoming[row].event.source]
+            score_record.name_domain(out[row], domains[incoming[row].event.source])
         reasons = zip(job.shown, result.interaction_reasons, result.propensity_reasons, strict=True)
         for row, reasons_i, reasons_p in reasons:
-            out[row]["interaction_reasons"] = reasons_i
-            out[row]["propensity_reasons"] = reasons_p
+            score_record.add_reasons(out[row], reasons_i, reasons_p)
         return out
 
     def _writes(

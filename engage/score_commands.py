@@ -36,6 +36,7 @@ from engage.settings import Settings, get_settings
 from features import keys
 from scoring.lookup import UnknownUser, current_score, score_request, top_users
 from scoring.reason_words import worded
+from scoring.score_record import ServedScore
 
 out = Console()
 CSV_FIELDS = ["rank", "user_id", "score", "rule_score", "label", "propensity"]
@@ -66,22 +67,22 @@ def model_reason_line(reason: dict[str, Any], digits: int = 3) -> Text:
     return line
 
 
-def render_score(score: dict[str, Any]) -> Table:
-    table = Table(title=f"user {score['user_id']}", show_header=False, title_justify="left")
-    table.add_row("rule score", f"{score['rule_score']:.1f}  ({score['label']})")
-    for reason in score["reasons"]:
+def render_score(score: ServedScore) -> Table:
+    table = Table(title=f"user {score.user_id}", show_header=False, title_justify="left")
+    table.add_row("rule score", f"{score.rule_score:.1f}  ({score.label})")
+    for reason in score.reasons:
         table.add_row("", f"+{reason['points']:.1f}  {reason['text']}")
-    if score["propensity"] is None and score.get("model_status"):
-        domain = f" ({score['domain']})" if score.get("domain") else ""
-        table.add_row("model", f"{score['model_status']}{domain}: rule score only")
-    elif score["propensity"] is None:
+    if score.propensity is None and score.model_status:
+        domain = f" ({score.domain})" if score.domain else ""
+        table.add_row("model", f"{score.model_status}{domain}: rule score only")
+    elif score.propensity is None:
         table.add_row("model", "no model registered: rule score only")
     else:
-        table.add_row("model propensity", f"{score['propensity']:.3f}  ({score['model_version']})")
-        for reason in score["model_reasons"]:
+        table.add_row("model propensity", f"{score.propensity:.3f}  ({score.model_version})")
+        for reason in score.model_reasons:
             table.add_row("", model_reason_line(reason))
-    updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(score["updated_at"] / 1000))
-    table.add_row("updated", f"{updated} (after event {score['event_id']})")
+    updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(score.updated_at / 1000))
+    table.add_row("updated", f"{updated} (after event {score.event_id})")
     return table
 
 
@@ -98,7 +99,7 @@ def score(
     client = _redis(settings)
     try:
         if item is None:
-            result: dict[str, Any] = current_score(client, user_id)
+            served = current_score(client, user_id)
         else:
             from scoring.registry import ModelRegistry
 
@@ -106,13 +107,17 @@ def score(
             if registry.current_version() is None:
                 raise fail("no model registered: run `engage train` first", EXIT_NOT_FOUND)
             scored = score_request(client, registry.load(), settings.feature_params, user_id, item)
-            result = scored.__dict__
     except UnknownUser as exc:
         raise fail(str(exc), EXIT_NOT_FOUND) from exc
+    if item is None:
+        if as_json:
+            print(json.dumps(served.as_dict()))
+        else:
+            out.print(render_score(served))
+        return
+    result: dict[str, Any] = scored.__dict__
     if as_json:
         print(json.dumps(result))
-    elif item is None:
-        out.print(render_score(result))
     elif result["probability"] is None:
         out.print(f"P(engaged | {user_id}, {item}): {result['model_status']} "
                   f"(model {result['model_version']})")  # fmt: skip

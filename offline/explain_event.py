@@ -40,12 +40,19 @@ from features.fold import FoldState
 from features.stream import StreamState
 from features.vector import INTERACTION_FEATURES, PROPENSITY_FEATURES
 from offline.parity import (
-    WIRE_DECIMALS,
     OfflineEvents,
     read_offline_snapshot,
     read_offline_topic,
 )
 from offline.topic_reader import topic_records
+from scoring.score_record import (
+    WIRE_DECIMALS,
+    ModelPart,
+    NotAScore,
+    RulePart,
+    ScoreRecord,
+    decode_message,
+)
 
 N_PROPENSITY = len(PROPENSITY_FEATURES)
 CHUNK = 50_000  # events per fold call, as offline.dataset folds: bounded memory on long logs
@@ -112,7 +119,7 @@ def fold_to_event(
 
 def read_score_message(
     settings: Settings, event_id: str, topic: str | None = None
-) -> dict[str, Any] | None:
+) -> ScoreRecord | None:
     """The event's score message (the last copy, kept as `offline.parity.read_online` keeps it:
     later in one partition, else the later record time), or None. Only messages whose bytes
     contain the id are parsed. A missing scores topic is no message."""
@@ -121,16 +128,16 @@ def read_score_message(
         records, _ = topic_records(settings, topic or settings.scores_topic)
     except LookupError:
         return None
-    kept: dict[str, Any] | None = None
+    kept: ScoreRecord | None = None
     kept_at = (0, 0)
     for rec in records:
         if needle not in rec.value:
             continue
         try:
-            msg = orjson.loads(rec.value)
-        except orjson.JSONDecodeError:
+            msg = decode_message(rec.value)
+        except NotAScore:
             continue
-        if not isinstance(msg, dict) or str(msg.get("event_id")) != event_id:
+        if msg.event_id != event_id:
             continue
         if kept is not None and kept_at[0] != rec.partition and rec.timestamp < kept_at[1]:
             continue
@@ -198,7 +205,7 @@ def explain_target(
 
 
 def explain_rule(settings: Settings, event: Event, after: np.ndarray, top: int,
-                 served: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+                 served: RulePart | None) -> dict[str, Any]:  # fmt: skip
     """The rule score of the user's state after the event, with its reasons in words."""
     from scoring.rules import domain_of, load_scorers
 
@@ -208,7 +215,7 @@ def explain_rule(settings: Settings, event: Event, after: np.ndarray, top: int,
     scored = scorer.score(rows)
     [reasons] = scored.reasons(scorer.signal_values(rows), k=top)
     score = round(float(scored.score[0]), WIRE_DECIMALS["rule"])
-    served_score = None if served is None else served.get("score")
+    served_score = None if served is None else served.score
     return {
         "domain": domain,
         "score": score,
@@ -220,7 +227,7 @@ def explain_rule(settings: Settings, event: Event, after: np.ndarray, top: int,
 
 
 def compare_features(
-    vector: np.ndarray, message: dict[str, Any] | None, partitions: int
+    vector: np.ndarray, message: ScoreRecord | None, partitions: int
 ) -> dict[str, Any]:
     """Are the recomputed features the served ones? By the message's digest (and its logged
     vector, when the consumer logged one)."""
@@ -237,8 +244,8 @@ def compare_features(
     if message is None:
         out["note"] = "no score message: nothing to compare the recomputed features with"
         return out
-    served = message.get("fd")
-    logged = message.get("features")
+    served = message.fd
+    logged = message.features
     if isinstance(logged, list) and len(logged) == len(vector):
         served_x = np.array([math.nan if v is None else v for v in logged], dtype=np.float64)
         same = (served_x == vector) | (np.isnan(served_x) & np.isnan(vector))
@@ -276,8 +283,13 @@ def compare_features(
     return out
 
 
+def _served_model(message: ScoreRecord | None) -> ModelPart:
+    """The message's model part; an empty one without a message or a model."""
+    return ModelPart() if message is None or message.model is None else message.model
+
+
 def _choose_model(
-    settings: Settings, message: dict[str, Any] | None, model: str | None
+    settings: Settings, message: ScoreRecord | None, model: str | None
 ) -> tuple[Any, str]:
     """The bundle to explain with, and why that one. None when no model is registered."""
     from scoring.registry import ModelNotFound, ModelRegistry
@@ -285,7 +297,7 @@ def _choose_model(
     registry = ModelRegistry(settings, settings.feature_params)
     if model is not None:
         return registry.load(model), "--model"
-    served = ((message or {}).get("model") or {}).get("version")
+    served = _served_model(message).version
     if served:
         try:
             return registry.load(served), "its score message"
@@ -317,14 +329,15 @@ def explain_event(
         raise EventNotFound(f"no event {event_id!r} in {where}")
     message = read_score_message(settings, event_id)
     position = None
-    if message is not None and isinstance(message.get("offset"), int):
-        position = (int(message.get("partition", -1)), int(message["offset"]))
+    if message is not None and message.offset is not None:
+        position = (-1 if message.partition is None else message.partition, message.offset)
     folded = fold_to_event(offline, event_id, settings, position)
     partitions, source = offline.partitions, offline.source
     del offline  # the log is no longer needed; only the event's rows are
     bundle, chosen = _choose_model(settings, message, model)
     event = folded.event
-    served_model = (message or {}).get("model") or {}
+    served_model = _served_model(message)
+    served_rule = None if message is None else message.rule
     about = {
         "event_id": event.event_id, "user_id": event.user_id, "item_id": event.item_id,
         "event_type": event.event_type.value, "ts": event.ts, "source": event.source,
@@ -339,28 +352,28 @@ def explain_event(
         "message": None
         if message is None
         else {
-            "model_version": served_model.get("version"),
-            "carried_reasons": "interaction_reasons" in served_model,
-            "carried_features": message.get("features") is not None,
-            "fd": message.get("fd"),
-            "scored_at": message.get("scored_at"),
+            "model_version": served_model.version,
+            "carried_reasons": served_model.interaction_reasons is not None,
+            "carried_features": message.features is not None,
+            "fd": message.fd,
+            "scored_at": message.scored_at,
         },
         "model": {"version": None if bundle is None else bundle.version, "chosen": chosen},
         "targets": None,
-        "rule": explain_rule(settings, event, folded.after, top, message and message.get("rule")),
+        "rule": explain_rule(settings, event, folded.after, top, served_rule),
         "features": compare_features(folded.interaction, message, partitions),
     }
     if bundle is not None:
-        same_version = bundle.version == served_model.get("version")
-        served = served_model if same_version else {}
+        same_version = bundle.version == served_model.version
+        served = served_model if same_version else ModelPart()
         report["targets"] = {
             "interaction": explain_target(
                 bundle.interaction, folded.interaction, top,
-                served.get("interaction"), served.get("interaction_reasons"),
+                served.interaction, served.interaction_reasons,
             ),
             "propensity": explain_target(
                 bundle.propensity, folded.after[:N_PROPENSITY], top,
-                served.get("propensity"), served.get("propensity_reasons"),
+                served.propensity, served.propensity_reasons,
             ),
         }  # fmt: skip
     return report

@@ -86,16 +86,13 @@ def served_rows(
         partition = np.array([positive_murmur2(e.user_id.encode()) % settings.partitions
                               for e in kept])  # fmt: skip
         by_domain: dict[str, list[int]] = {}
-        by_calibrator: dict[tuple[int, str], list[int]] = {}
-        for i, (d, p) in enumerate(zip(kept_domains, partition.tolist(), strict=True)):
+        for i, d in enumerate(kept_domains):
             by_domain.setdefault(d, []).append(i)
-            by_calibrator.setdefault((p, d), []).append(i)
         for d, rows in by_domain.items():
             rule[rows] = scorers[d].score(before[rows, :n_prop]).score
-        if calibrate and params.rule != "none":
-            for key, rows in by_calibrator.items():  # the consumer's: per partition and domain
-                calibrator = calibrators.setdefault(key, OnlineCalibrator(params, bundle.version))
-                prob[rows] = calibrator.process(prob[rows], label[rows])
+        if calibrate:
+            prob = calibrated_online(calibrators, params, bundle.version, prob, label,
+                                     partition.tolist(), kept_domains)  # fmt: skip
         ts = np.array([e.ts for e in kept], dtype=np.int64)
         blocks.append(ServedRows(before, prob, rule, label, ts, kept_domains, partition))
         fun = by_domain.get("funnel")
@@ -120,6 +117,24 @@ def served_rows(
         np.concatenate([b.partition for b in blocks]),
         _joined(funnels),
     )
+
+
+def calibrated_online(
+    calibrators: dict[tuple[int, str], OnlineCalibrator], params: OnlineParams, version: str,
+    prob: np.ndarray, label: np.ndarray, partitions: list[int], domains: list[str],
+) -> np.ndarray:  # fmt: skip
+    """`prob` recalibrated online as the consumer serves it: one calibrator per partition and
+    domain (kept in `calibrators` from call to call), each fed its rows in order."""
+    if params.rule == "none":
+        return prob
+    out = np.array(prob, dtype=np.float64)
+    by_calibrator: dict[tuple[int, str], list[int]] = {}
+    for i, key in enumerate(zip(partitions, domains, strict=True)):
+        by_calibrator.setdefault(key, []).append(i)
+    for key, rows in by_calibrator.items():
+        calibrator = calibrators.setdefault(key, OnlineCalibrator(params, version))
+        out[rows] = calibrator.process(prob[rows], label[rows])
+    return out
 
 
 def log_quality(

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from engage.settings import Settings
 from features.digest import vector_digests
@@ -59,12 +58,14 @@ from offline.snapshot import (
     read_manifest,
 )
 from offline.topic_reader import topic_records
+from scoring.score_record import WIRE_DECIMALS, ModelPart, NotAScore, ScoreRecord, decode_message
 
 DEFAULT_TOLERANCE = 1e-9
 GROUPS: tuple[str, ...] = ("user", "session", "context", "item")
-SCORES: tuple[str, ...] = ("rule", "propensity", "interaction")
-#: Decimals the consumer rounds each score to on the wire (consumer/batch.py).
-WIRE_DECIMALS = {"rule": 2, "propensity": 6, "interaction": 6}
+#: `interaction_online`: the interaction probability as served, recalibrated online per
+#: partition and domain (scoring.online_calibration), in messages of a consumer that keeps
+#: the calibrators (one on a single Redis: not on a Redis Cluster).
+SCORES: tuple[str, ...] = ("rule", "propensity", "interaction", "interaction_online")
 #: The offline processing orders. `training` is what `engage train` uses, so its item-feature
 #: mismatch rate is the real train/serve skew. `scored` follows the consumer's batches as its
 #: scores record them: a diagnostic that tells interleaving apart from a bug in item code.
@@ -127,45 +128,38 @@ def _vector(values: list[Any] | None, width: int) -> np.ndarray:
 class _Message:
     """One scores message, decoded as far as deduplicating it needs."""
 
-    event_id: str
+    record: ScoreRecord
     logged: bool  # it carried a feature vector
     vector: np.ndarray  # the vector (NaN when it carried none)
-    values: dict[str, Any]  # SCORES -> the value as logged (None: absent)
-    version: str | None  # the model version that scored it
-    digest: str | None  # `fd`, the feature digests
-    raw: dict[str, Any]  # the message: the rest is read only from the copy that is kept
+    values: dict[str, float | None]  # SCORES -> the value as logged (None: absent)
+
+    @property
+    def event_id(self) -> str:
+        return self.record.event_id
 
 
 def _decode_message(value: bytes, width: int, topic: str) -> _Message | None:
     """A scores message; None when it is unreadable (not JSON, no event id), which is
     counted rather than fatal: one bad record must not hide the rest of the topic."""
     try:
-        msg = orjson.loads(value)
-        event_id = str(msg["event_id"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        record = decode_message(value)
+    except NotAScore:
         return None
-    logged = msg.get("features")
+    logged = record.features
     if logged is not None and len(logged) != width:
         raise ParityError(
-            f"{topic}: event {event_id} carries {len(logged)} "
+            f"{topic}: event {record.event_id} carries {len(logged)} "
             f"features, this code computes {width}: the scores were made by other feature "
             "code (compare a range it made: --since)"
         )
-    model = msg.get("model") or {}
+    model = record.model or ModelPart()
     values = {
-        "rule": (msg.get("rule") or {}).get("score"),
-        "propensity": model.get("propensity"),
-        "interaction": model.get("interaction"),
+        "rule": record.rule.score,
+        "propensity": model.propensity,
+        "interaction": model.interaction,
+        "interaction_online": model.interaction_online,
     }
-    return _Message(
-        event_id,
-        logged is not None,
-        _vector(logged, width),
-        values,
-        model.get("version"),
-        msg.get("fd"),
-        msg,
-    )
+    return _Message(record, logged is not None, _vector(logged, width), values)
 
 
 class _KeptMessages:
@@ -205,8 +199,8 @@ class _KeptMessages:
             self.has[row] == message.logged
             and np.array_equal(self.rows[row], message.vector, equal_nan=True)
             and all(_same(self.scores[s][row], message.values[s]) for s in SCORES)
-            and self.versions[row] == message.version
-            and self.digests[row] == message.digest
+            and self.versions[row] == _version(message.record)
+            and self.digests[row] == message.record.fd
         )
 
     def superseded(self, row: int, partition: int, timestamp: int) -> bool:
@@ -217,13 +211,13 @@ class _KeptMessages:
 
     def keep(self, row: int, message: _Message, partition: int, timestamp: int) -> None:
         """Make `message` the row's kept copy."""
-        msg = message.raw
+        record = message.record
         self.rows[row], self.has[row] = message.vector, message.logged
         self.where[row] = (partition, timestamp)
-        self.versions[row] = message.version
-        self.positions[row] = (int(msg.get("partition", -1)), int(msg.get("offset", -1)))
-        self.scored_at[row] = float(msg.get("scored_at") or math.nan)
-        self.digests[row] = message.digest
+        self.versions[row] = _version(record)
+        self.positions[row] = (_or(record.partition, -1), _or(record.offset, -1))
+        self.scored_at[row] = record.scored_at or math.nan
+        self.digests[row] = record.fd
         for s in SCORES:
             value = message.values[s]
             self.scores[s][row] = math.nan if value is None else float(value)
@@ -239,6 +233,15 @@ class _KeptMessages:
         out.scored_at = self.scored_at
         out.digests = self.digests
         return out
+
+
+def _version(record: ScoreRecord) -> str | None:
+    """The model version that scored the message (None: no model)."""
+    return None if record.model is None else record.model.version
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _count_duplicate(out: OnlineScores, event_id: str, same: bool) -> None:
@@ -279,10 +282,10 @@ def read_online(
     return kept.fill(out)
 
 
-def _same(a: float, b: Any) -> bool:
+def _same(a: float, b: float | None) -> bool:
     if b is None:
         return math.isnan(a)
-    return a == float(b)
+    return a == b
 
 
 # -- the offline side ------------------------------------------------------------------------
@@ -469,11 +472,31 @@ def offline_scores(
             continue
         status[version]["loaded"] = True
         n_prop = len(PROPENSITY_FEATURES)
+        idx = sorted(idx)  # the calibrators learn in event order
         p_int = bundle.interaction.predict_proba(rows.features[idx])
         p_prop = bundle.propensity.predict_proba(rows.after[idx][:, :n_prop])
         out["interaction"][idx] = _wire(p_int, "interaction")
         out["propensity"][idx] = _wire(p_prop, "propensity")
+        out["interaction_online"][idx] = _wire(_served(settings, bundle, rows, idx, p_int),
+                                               "interaction_online")  # fmt: skip
     return out, status
+
+
+def _served(
+    settings: Settings, bundle: Any, rows: OfflineRows, idx: list[int], p: np.ndarray
+) -> np.ndarray:
+    """The online-calibrated probability of the rows one model version scored (`idx`, in
+    order), from calibrators that start afresh with the version, as the consumer's do."""
+    from offline.live_quality import calibrated_online
+    from scoring.online_calibration import OnlineParams, event_labels
+    from scoring.rules import domain_of
+
+    events = [rows.events[i] for i in idx]
+    params = OnlineParams.for_model(settings, bundle.metrics)
+    partitions = [rows.positions[i][0] for i in idx]
+    domains = [domain_of(e.source) for e in events]
+    return calibrated_online({}, params, bundle.version, p, event_labels(events), partitions,
+                             domains)  # fmt: skip
 
 
 # -- the comparison --------------------------------------------------------------------------
@@ -744,7 +767,8 @@ def compare(
     # partition: elsewhere they depend on how the consumer interleaved partitions.
     single = offline.partitions == 1
     exact_groups = {"user", "session", "context"} | ({"item"} if single else set())
-    exact_scores = {"rule", "propensity"} | ({"interaction"} if single else set())
+    reads_items = {"interaction", "interaction_online"}  # the scores of the item features
+    exact_scores = {"rule", "propensity"} | (reads_items if single else set())
     failures: list[dict[str, Any]] = []  # in this order: features, digests, scores, self-check
     diffs = _feature_diffs(online, rows, joined, tolerance)
     features = _per_feature(diffs, exact_groups, failures)

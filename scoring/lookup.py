@@ -8,10 +8,8 @@ Redis Cluster as on one node (a cluster pipeline is split by node; its replies k
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
-
-import orjson
 
 from engage.redis_client import Client
 from features import keys
@@ -22,6 +20,7 @@ from features.state_codec import decode_user
 from features.vector import interaction_vector
 from scoring.model import NO_MODEL_FOR_DOMAIN
 from scoring.reason_words import worded
+from scoring.score_record import DOMAIN_FIELD, LEADER_FIELDS, Leader, ServedScore
 
 
 class UnknownUser(LookupError):
@@ -34,30 +33,14 @@ def _text(value: bytes | None) -> str:
     return value.decode() if value is not None else ""
 
 
-def current_score(client: Client, user_id: str) -> dict[str, Any]:
+def current_score(client: Client, user_id: str) -> ServedScore:
     """The user's latest scores as the consumer wrote them (raises UnknownUser). The model
     reasons get their words here (`text`, without the values: the hash keeps none)."""
     raw = cast(dict[bytes, bytes], client.hgetall(keys.user_score_key(user_id)))
     if not raw:
         raise UnknownUser(user_id)
-    get = {k.decode(): v for k, v in raw.items()}
-    propensity = _text(get.get("propensity"))
-    return {
-        "user_id": user_id,
-        "rule_score": float(get["rule_score"]),
-        "label": _text(get.get("label")),
-        "reasons": orjson.loads(get.get("reasons") or b"[]"),
-        "propensity": float(propensity) if propensity else None,
-        "model_reasons": worded(orjson.loads(get.get("model_reasons") or b"[]")),
-        "model_version": _text(get.get("model_version")) or None,
-        # Why there is no propensity when a model is served: "no model for this domain" for a
-        # user whose latest event is of a domain the model was not trained on; else None.
-        "model_status": _text(get.get("model_status")) or None,
-        "domain": _text(get.get("domain")) or None,  # of the latest event, when a model ran
-        "event_id": _text(get.get("event_id")),
-        "event_ts": int(float(get.get("event_ts") or 0)),
-        "updated_at": float(get.get("updated_at") or 0),
-    }
+    served = ServedScore.from_hash(user_id, raw)
+    return replace(served, model_reasons=worded(served.model_reasons))
 
 
 def top_users(
@@ -76,18 +59,19 @@ def top_users(
             break
         pipe = client.pipeline(transaction=False)
         for member, _ in members:
-            pipe.hmget(keys.user_score_key(member.decode()), "label", "propensity", "rule_score")
-        for (member, score), (lab, prop, rule) in zip(members, pipe.execute(), strict=True):
-            if label is not None and _text(lab) != label:
+            pipe.hmget(keys.user_score_key(member.decode()), *LEADER_FIELDS)
+        for (member, score), values in zip(members, pipe.execute(), strict=True):
+            leader = Leader.from_values(values)
+            if label is not None and leader.label != label:
                 continue
             out.append(
                 {
                     "rank": len(out) + 1,
                     "user_id": member.decode(),
                     "score": score,
-                    "rule_score": float(rule or 0),
-                    "label": _text(lab),
-                    "propensity": float(prop) if prop else None,
+                    "rule_score": leader.rule_score,
+                    "label": leader.label,
+                    "propensity": leader.propensity,
                 }
             )
             if len(out) == n:
@@ -146,7 +130,7 @@ def score_request(
     pipe.hgetall(keys.item_key(item_id))
     pipe.hgetall(keys.item_meta_key(item_id))
     pipe.sismember(keys.user_items_key(user_id), item_id)
-    pipe.hget(keys.user_score_key(user_id), "domain")
+    pipe.hget(keys.user_score_key(user_id), DOMAIN_FIELD)
     user_raw, item_raw, meta_raw, seen, domain_raw = pipe.execute()
     if not user_raw:
         raise UnknownUser(user_id)

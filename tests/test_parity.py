@@ -211,7 +211,7 @@ def assert_everything_agrees(report: dict, n: int, partitions: int) -> None:
     assert all(g["exact"] for g in report["groups"].values()) == (partitions == 1)
     (_version, status), *others = report["models"].items()
     assert not others and status == {"events": n, "loaded": True, "error": None}
-    for score in ("interaction", "propensity", "rule"):
+    for score in ("interaction", "propensity", "rule", "interaction_online"):
         entry = report["scores"][score]
         assert entry["compared"] == n and entry["mismatched"] == 0, (score, entry)
         assert entry["max_abs_diff"] <= 1e-9
@@ -258,6 +258,41 @@ def test_a_forged_feature_is_named_and_the_last_copy_wins(one_partition):
     producer.close()
     again = run_parity(settings)
     assert again["ok"] and again["scores_messages"]["duplicates"] == 2
+
+
+def test_the_served_online_calibrated_probability_agrees_and_a_forged_one_is_named(
+    one_partition,
+):
+    """`interaction_online`, the probability as served (recalibrated by the consumer's
+    calibrators per partition and domain), equals the same calibrators run offline over the
+    same rows in event order; a message whose served probability was changed names its event."""
+    settings, n = one_partition
+    entry = run_parity(settings)["scores"]["interaction_online"]
+    assert entry["exact"] and entry["compared"] == n and entry["mismatched"] == 0, entry
+    online = read_online(settings)
+    moved = online.scores["interaction_online"] - online.scores["interaction"]
+    assert np.abs(moved).max() > 0  # the calibration did move the served probability
+
+    event_id = min(e for e in online.index if e != "one/t:7:6:20")
+    key, payload = first_score(settings, event_id)
+    forged = {**payload, "model": {**payload["model"]}}
+    forged["model"]["interaction_online"] = round(forged["model"]["interaction_online"] + 0.01, 6)
+    producer = kafka_clients.producer(settings)
+    producer.send(settings.scores_topic, key=key, value=orjson.dumps(forged))
+    producer.flush()
+    report = run_parity(settings)
+    [failure] = report["failures"]
+    assert (failure["kind"], failure["name"], failure["event_id"]) == (
+        "score",
+        "interaction_online",
+        event_id,
+    )
+    assert abs(failure["online"] - failure["offline"] - 0.01) < 2e-6
+
+    producer.send(settings.scores_topic, key=key, value=orjson.dumps(payload))  # true again
+    producer.flush()
+    producer.close()
+    assert run_parity(settings)["ok"]
 
 
 def test_six_partitions_user_and_session_exact_items_reported(six_partitions):

@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaConfigurationError, KafkaError
 
 from engage import kafka_clients
 from engage.partitioning import positive_murmur2
 from engage.settings import Settings
+from scoring.score_record import NotAScore, decode_message
 
 #: Bytes fetched per partition and request: a few round trips cover the whole scan.
 FETCH_BYTES = 4 * 1024 * 1024
@@ -35,20 +35,23 @@ def key_partition(key: bytes, partitions: set[int]) -> int:
 
 
 def _point(value: bytes) -> dict[str, Any] | None:
-    """A timeline point from one score message; None for a message that is not one."""
+    """A timeline point from one score message; None for a message that is not one (or
+    lacks what a point shows: its event's time, the rule score and label)."""
     try:
-        message = orjson.loads(value)
-        model = message.get("model") or {}
-        return {
-            "event_id": str(message["event_id"]),
-            "event_ts": int(message["event_ts"]),
-            "rule_score": float(message["rule"]["score"]),
-            "label": str(message["rule"]["label"]),
-            "propensity": model.get("propensity"),
-            "scored_at": float(message.get("scored_at") or 0),
-        }
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        record = decode_message(value)
+    except NotAScore:
         return None
+    rule = record.rule
+    if record.event_ts is None or rule.score is None or rule.label is None:
+        return None
+    return {
+        "event_id": record.event_id,
+        "event_ts": record.event_ts,
+        "rule_score": rule.score,
+        "label": rule.label,
+        "propensity": None if record.model is None else record.model.propensity,
+        "scored_at": record.scored_at or 0.0,
+    }
 
 
 def _scan(

@@ -51,6 +51,7 @@ class ModelReason(BaseModel):
     )
 
 
+# The fields of scoring.score_record.ServedScore, described (tests/test_score_record.py).
 class UserScore(BaseModel):
     """A user's current scores, exactly as the consumer last wrote them."""
 

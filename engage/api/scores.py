@@ -69,7 +69,7 @@ async def get_score(
     # than handing work to a thread and back, whose wake-ups dominated p99 on a busy 2-core
     # machine; the client's 2 s socket timeout bounds the worst case.
     try:
-        return current_score(request.app.state.redis, user_id)
+        return current_score(request.app.state.redis, user_id).as_dict()
     except UnknownUser as exc:
         raise not_found(user_id) from exc
     except UnicodeEncodeError as exc:  # a lone surrogate cannot name a Redis key
@@ -124,7 +124,8 @@ async def post_score(body: ScoreRequest, request: Request) -> dict[str, Any]:
     state = request.app.state
     try:
         if body.item_id is None:
-            return await run_in_threadpool(current_score, state.redis, body.user_id)
+            served = await run_in_threadpool(current_score, state.redis, body.user_id)
+            return served.as_dict()
         bundle = await run_in_threadpool(state.models.current)
         scored = await run_in_threadpool(
             score_request, state.redis, bundle, state.settings.feature_params,
