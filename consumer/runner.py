@@ -597,6 +597,8 @@ class StreamConsumer:
         except (Fenced, *REDIS_DOWN, OutputFailed) as exc:
             self._abort(inflight.batch)
             self.resync_needed = True
+            if isinstance(exc, Fenced):  # counted whoever collects it (a re-check may)
+                self._summary.fenced += 1
             if isinstance(exc, OutputRefused):  # stops the consumer where raising can
                 self._refused = exc
             log.warning("the last batch did not commit (%s: %s); re-reading offsets from "

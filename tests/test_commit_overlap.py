@@ -38,12 +38,19 @@ def _fail_one_commit(monkeypatch: pytest.MonkeyPatch, nth: int, how: str) -> lis
 
 
 @pytest.mark.parametrize("how", ["fenced", "unknown"])
+@pytest.mark.parametrize(
+    "recheck_s", [60.0, 0.005], ids=["collected-by-next-batch", "collected-by-recheck"]
+)
 def test_a_failed_commit_in_flight_drops_the_batch_folded_over_it(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, how: str
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, how: str, recheck_s: float
 ) -> None:
+    """Whoever waits for the failed commit (the next batch, or the offset re-check that
+    settles it first) drops what was folded over it, and a fenced batch counts."""
     events, genres = make_log(n_users=30, events_per_user=40, seed=13)
     publish_log(settings, events, genres)
-    overlapped = settings.model_copy(update={"batch_max_records": 50, "commit_overlap": True})
+    overlapped = settings.model_copy(
+        update={"batch_max_records": 50, "commit_overlap": True, "offset_recheck_s": recheck_s}
+    )
     seen = _fail_one_commit(monkeypatch, nth=4, how=how)
     consumer = StreamConsumer(overlapped, group=f"overlap-{uuid.uuid4().hex[:8]}")
     try:
