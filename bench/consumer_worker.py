@@ -126,6 +126,9 @@ def worker_main() -> None:
     else:
         consumer = StreamConsumer(get_settings(), group=job["group"], keep_latencies=latencies)
     gate = Gate(consumer, Path(job["go"]))
+    # The run installs its own handlers and gives these back when it ends: a SIGTERM after
+    # that (e.g. the harness's second) must not kill the worker before its summary is out.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: setattr(consumer, "stopping", True))
     threading.Thread(target=_watch_parent, args=(consumer,), daemon=True).start()
     summary = consumer.run(on_batch=gate.batch_done)
     _, peak = rss_mib()
@@ -167,6 +170,7 @@ class WorkerProcess:
     stderr: Any
     assigned: list[int] | None = None
     summary: dict[str, Any] | None = None
+    signalled: bool = False
 
     @classmethod
     def spawn(cls) -> WorkerProcess:
@@ -239,8 +243,9 @@ class WorkerProcess:
         return self.stderr.read()[-chars:]
 
     def signal_stop(self) -> None:
-        """SIGTERM: the consumer finishes its batch, leaves the group and reports."""
-        if self.proc.poll() is None:
+        """SIGTERM, once: the consumer finishes its batch, leaves the group and reports."""
+        if self.proc.poll() is None and not self.signalled:
+            self.signalled = True
             self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 60.0) -> dict[str, Any]:
