@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -67,6 +68,29 @@ def _model(settings: Settings, data: Path) -> Settings:
     return settings.model_copy(update={"data_dir": folder})
 
 
+def docs_run(redis_db: int, flush: bool) -> tuple[Settings, Any, Any]:
+    """The settings of a docs run (a model as `_model` finds it, fresh `engage.docs.<time>.*`
+    topics, Redis database `redis_db` emptied: refused if it holds keys, unless `flush`), its
+    Redis client and the MovieLens source."""
+    base = Settings()
+    data = movielens.default_path(base)
+    if data is None:
+        raise SystemExit("no MovieLens copy: set ENGAGE_MOVIELENS_DIR to ml-latest-small")
+    run = time.strftime("%Y%m%d-%H%M%S")
+    topics = {
+        "events_topic": f"engage.docs.{run}.events",
+        "scores_topic": f"engage.docs.{run}.scores",
+        "dead_letter_topic": f"engage.docs.{run}.deadletter",
+    }
+    settings = _model(base, data).with_redis_db(redis_db).model_copy(update=topics)
+    client = connect(settings)
+    if client.dbsize() and not flush:
+        raise SystemExit(f"Redis database {redis_db} is not empty: choose another "
+                         "(--redis-db) or empty it (--flush)")  # fmt: skip
+    client.flushdb()
+    return settings, client, movielens.load(data, settings.cache_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "dashboard.png")
@@ -77,28 +101,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the topics and the database")
     args = parser.parse_args()
 
-    base = Settings()
-    data = movielens.default_path(base)
-    if data is None:
-        raise SystemExit("no MovieLens copy: set ENGAGE_MOVIELENS_DIR to ml-latest-small")
-    run = time.strftime("%Y%m%d-%H%M%S")
-    settings = (
-        _model(base, data)
-        .with_redis_db(args.redis_db)
-        .model_copy(
-            update={
-                "events_topic": f"engage.docs.{run}.events",
-                "scores_topic": f"engage.docs.{run}.scores",
-                "dead_letter_topic": f"engage.docs.{run}.deadletter",
-            }
-        )
-    )
-    client = connect(settings)
-    if client.dbsize() and not args.flush:
-        raise SystemExit(f"Redis database {args.redis_db} is not empty: choose another "
-                         "(--redis-db) or empty it (--flush)")  # fmt: skip
-    client.flushdb()
-    source = movielens.load(data, settings.cache_dir)
+    settings, client, source = docs_run(args.redis_db, args.flush)
 
     stop = threading.Event()
     consumer = StreamConsumer(settings, group=f"{settings.events_topic}.docs")

@@ -23,13 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "docs"))
 
-from make_dashboard_png import _clean, _model, _wait  # noqa: E402
+from make_dashboard_png import _clean, _wait, docs_run  # noqa: E402
 
 from consumer.runner import StreamConsumer  # noqa: E402
 from engage.api import create_app  # noqa: E402
-from engage.redis_client import connect  # noqa: E402
-from engage.settings import Settings  # noqa: E402
-from producer import movielens  # noqa: E402
 from producer.replay import ReplayOptions, replay  # noqa: E402
 from tests.browser import chrome, serve_in_thread  # noqa: E402
 
@@ -43,28 +40,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the topics and the database")
     args = parser.parse_args()
 
-    base = Settings()
-    data = movielens.default_path(base)
-    if data is None:
-        raise SystemExit("no MovieLens copy: set ENGAGE_MOVIELENS_DIR to ml-latest-small")
-    run = time.strftime("%Y%m%d-%H%M%S")
-    settings = (
-        _model(base, data)
-        .with_redis_db(args.redis_db)
-        .model_copy(
-            update={
-                "events_topic": f"engage.docs.{run}.events",
-                "scores_topic": f"engage.docs.{run}.scores",
-                "dead_letter_topic": f"engage.docs.{run}.deadletter",
-            }
-        )
-    )
-    client = connect(settings)
-    if client.dbsize() and not args.flush:
-        raise SystemExit(f"Redis database {args.redis_db} is not empty: choose another "
-                         "(--redis-db) or empty it (--flush)")  # fmt: skip
-    client.flushdb()
-    source = movielens.load(data, settings.cache_dir)
+    settings, client, source = docs_run(args.redis_db, args.flush)
     try:
         options = ReplayOptions(items=source.items, limit=args.events, progress=False)
         sent = replay(source.events(), settings, options).sent
