@@ -131,6 +131,13 @@ class FunnelJoin:
         out_t: list[int] = []
         pending, deadlines, horizon = self.pending, self._deadlines, self.horizon_ms
         clock = self.clock
+
+        def resolve(held: tuple[int, int, int], label: float) -> None:
+            out_t.append(held[0])
+            out_p.append(held[1])
+            out_r.append(held[2])
+            out_y.append(label)
+
         for user, t, p, r, c in zip(users, np.asarray(ts).tolist(), np.asarray(prob).tolist(),
                                     np.asarray(rule).tolist(), np.asarray(converted).tolist(),
                                     strict=True):  # fmt: skip
@@ -142,18 +149,12 @@ class FunnelJoin:
                     if held is not None and held[0] + horizon == deadline:
                         del pending[who]
                         self.expired += 1
-                        out_p.append(held[1])
-                        out_y.append(0.0)
-                        out_r.append(held[2])
-                        out_t.append(held[0])
+                        resolve(held, 0.0)
             held = pending.get(user)
             if held is not None and c:
                 del pending[user]
                 self.positive += 1
-                out_p.append(held[1])
-                out_y.append(1.0)
-                out_r.append(held[2])
-                out_t.append(held[0])
+                resolve(held, 1.0)
                 held = None
             if held is not None:
                 self.skipped += 1
