@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from scoring import state_format
+
 DEFAULT_BLOCK = 1_000
 DEFAULT_BLOCKS = 10
 DEFAULT_THRESHOLD = 0.25
@@ -54,11 +56,11 @@ _HEAD = struct.Struct("<2sBHHIHqQ8sH")  # magic, format, block, blocks, fill, cu
 #                                        len version
 
 
-class BadState(ValueError):
+class BadState(state_format.BadState):
     """Bytes that are not a whole drift state (corruption: never silently reset)."""
 
 
-class StateMismatch(ValueError):
+class StateMismatch(state_format.StateMismatch):
     """A state of another format, another reference or another window: start afresh."""
 
 
@@ -276,16 +278,9 @@ class DriftMonitor:
         """A state `to_bytes` wrote, counted in `reference`'s bins. StateMismatch for another
         format, reference or window (block, blocks: None accepts the stored ones); BadState
         for bytes that are not a whole state."""
-        try:
-            magic, fmt, blk, n_blk, fill, cur, total, labelled, digest, n_version = (
-                _HEAD.unpack_from(data, 0)
-            )
-        except struct.error as exc:
-            raise BadState("not a drift state") from exc
-        if magic != _MAGIC:
-            raise BadState("not a drift state")
-        if fmt != FORMAT:
-            raise StateMismatch(f"drift state of format {fmt}, not {FORMAT}")
+        blk, n_blk, fill, cur, total, labelled, digest, n_version = state_format.read_head(
+            _HEAD, data, _MAGIC, FORMAT, "drift state", BadState, StateMismatch
+        )
         if digest != reference.digest:
             raise StateMismatch("drift state of another training reference")
         if (block is not None and blk != block) or (blocks is not None and n_blk != blocks):

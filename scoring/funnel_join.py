@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scoring import state_format
 from scoring.quality import P_LEVELS
 
 #: The quality track (a `LiveQuality` "domain") the resolved propensity scores enter.
@@ -49,11 +50,11 @@ _NO_TS = -(2**62)
 COUNTS = ("waiting", "positive", "expired", "skipped", "dropped")
 
 
-class BadState(ValueError):
+class BadState(state_format.BadState):
     """Bytes that are not a whole join state (corruption: never silently reset)."""
 
 
-class StateMismatch(ValueError):
+class StateMismatch(state_format.StateMismatch):
     """A state of another format, model version, horizon or cap: started afresh instead."""
 
 
@@ -207,15 +208,9 @@ class FunnelJoin:
         """A state `to_bytes` wrote. StateMismatch if it is of another format, model version,
         horizon or cap; BadState if the bytes are not a whole state."""
         buf = memoryview(data)
-        try:
-            (magic, fmt, horizon, cap, n_version, clock, positive, expired, skipped, dropped,
-             n) = _HEAD.unpack_from(buf, 0)  # fmt: skip
-        except struct.error as exc:
-            raise BadState("not a funnel join state") from exc
-        if magic != _MAGIC:
-            raise BadState("not a funnel join state")
-        if fmt != FORMAT:
-            raise StateMismatch(f"funnel join state of format {fmt}, not {FORMAT}")
+        (horizon, cap, n_version, clock, positive, expired, skipped, dropped,
+         n) = state_format.read_head(_HEAD, buf, _MAGIC, FORMAT, "funnel join state", BadState,
+                                     StateMismatch)  # fmt: skip
         offset = _HEAD.size
         version = bytes(buf[offset : offset + n_version]).decode(errors="replace")
         if (version, horizon, cap) != (model_version, horizon_ms, max_pending):

@@ -38,6 +38,7 @@ import numpy as np
 from numba import njit
 
 from features.events import ENGAGED_FUNNEL_TYPES, ENGAGED_RATING, Event, EventType
+from scoring import state_format
 from scoring.model import PROB_EPS
 
 if TYPE_CHECKING:
@@ -137,12 +138,12 @@ class OnlineParams:
                           settings.online_calibration_step, chosen)  # fmt: skip
 
 
-class StateMismatch(ValueError):
+class StateMismatch(state_format.StateMismatch):
     """A stored state of another model version, other parameters or another format: it must
     not be applied (`OnlineCalibrator.restore` starts afresh instead)."""
 
 
-class BadState(ValueError):
+class BadState(state_format.BadState):
     """Bytes that are not a whole calibrator state (corruption: never silently reset)."""
 
 
@@ -303,14 +304,9 @@ class OnlineCalibrator:
     def from_bytes(cls, data: bytes, model_version: str, params: OnlineParams) -> OnlineCalibrator:
         """A state written by `to_bytes`. StateMismatch if it is of another format, another
         model version or other parameters; BadState if the bytes are not a whole state."""
-        try:
-            magic, fmt, rule_index, n_version = _HEAD.unpack_from(data, 0)
-        except struct.error as exc:
-            raise BadState("not an online calibrator state") from exc
-        if magic != _MAGIC:
-            raise BadState("not an online calibrator state")
-        if fmt != FORMAT:
-            raise StateMismatch(f"online calibrator state of format {fmt}, not {FORMAT}")
+        rule_index, n_version = state_format.read_head(
+            _HEAD, data, _MAGIC, FORMAT, "online calibrator state", BadState, StateMismatch
+        )
         offset = _HEAD.size
         stored_version = bytes(data[offset : offset + n_version]).decode(errors="replace")
         if stored_version != model_version:

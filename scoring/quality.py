@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from scoring import state_format
+
 #: The sliding windows, in labelled events (the ring holds the largest).
 WINDOWS: tuple[int, ...] = (1_000, 10_000)
 DEFAULT_DAYS = 7
@@ -61,11 +63,11 @@ _NO_DAY = -(2**62)
 _LABEL_BIT = np.uint32(1 << 31)
 
 
-class BadState(ValueError):
+class BadState(state_format.BadState):
     """Bytes that are not a whole quality state (corruption: never silently reset)."""
 
 
-class StateMismatch(ValueError):
+class StateMismatch(state_format.StateMismatch):
     """A state of another format or other windows / days: `LiveQuality.restore` starts
     afresh rather than apply it."""
 
@@ -382,14 +384,9 @@ class LiveQuality:
         """A state `to_bytes` wrote. StateMismatch for another format; BadState for bytes
         that are not a whole state."""
         buf = memoryview(data)
-        try:
-            magic, fmt, ring_size, days, n_tracks = _HEAD.unpack_from(buf, 0)
-        except struct.error as exc:
-            raise BadState("not a quality state") from exc
-        if magic != _MAGIC:
-            raise BadState("not a quality state")
-        if fmt != FORMAT:
-            raise StateMismatch(f"quality state of format {fmt}, not {FORMAT}")
+        ring_size, days, n_tracks = state_format.read_head(
+            _HEAD, buf, _MAGIC, FORMAT, "quality state", BadState, StateMismatch
+        )
         try:
             offset = _HEAD.size
             (n_windows,) = struct.unpack_from("<B", buf, offset)
