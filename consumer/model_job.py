@@ -34,20 +34,33 @@ class ModelOutputs:
     propensity_reasons: list[list[dict[str, Any]]]
 
 
+Reasons = list[list[dict[str, Any]]]
+
+
+def predict_target(model: Any, X: np.ndarray, at: list[int]) -> tuple[np.ndarray, Reasons]:
+    """One target's calibrated probabilities of every row of X, reasons of the rows `at`."""
+    return model.predict_proba(X), model.reason_dicts(model.contributions(X[at])) if at else []
+
+
 def predict(
     bundle: ModelBundle, before: np.ndarray, after: np.ndarray, at: list[int]
 ) -> ModelOutputs:
     """Both targets' calibrated probabilities of every row, reasons of the rows `at`."""
-    n_prop = len(PROPENSITY_FEATURES)
-    prop_x = after[:, :n_prop]
-    p_int = bundle.interaction.predict_proba(before)
-    p_prop = bundle.propensity.predict_proba(prop_x)
-    if not at:
-        return ModelOutputs(p_int, p_prop, [], [])
-    interaction, propensity = bundle.interaction, bundle.propensity
-    r_prop = propensity.reason_dicts(propensity.contributions(prop_x[at]))
-    r_int = interaction.reason_dicts(interaction.contributions(before[at]))
+    p_int, r_int = predict_target(bundle.interaction, before, at)
+    p_prop, r_prop = predict_target(bundle.propensity, after[:, : len(PROPENSITY_FEATURES)], at)
     return ModelOutputs(p_int, p_prop, r_int, r_prop)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingOutputs:
+    """Both targets in flight, one on each worker thread."""
+
+    interaction: Future[tuple[np.ndarray, Reasons]]
+    propensity: Future[tuple[np.ndarray, Reasons]]
+
+    def result(self) -> ModelOutputs:
+        (p_int, r_int), (p_prop, r_prop) = self.interaction.result(), self.propensity.result()
+        return ModelOutputs(p_int, p_prop, r_int, r_prop)
 
 
 @dataclass(slots=True)
@@ -59,16 +72,17 @@ class ModelJob:
     domains: dict[str, str]  # event source -> domain
     rows: list[int] | None
     shown: list[int]
-    outputs: Future[ModelOutputs] | ModelOutputs
+    outputs: PendingOutputs | ModelOutputs
 
     def result(self) -> ModelOutputs:
         out = self.outputs
-        return out.result() if isinstance(out, Future) else out
+        return out.result() if isinstance(out, PendingOutputs) else out
 
 
 class ModelWorker:
-    """Runs `predict` on one worker thread for batches of at least `min_rows` rows (0: never,
-    everything inline)."""
+    """Runs `predict` for batches of at least `min_rows` rows (0: never, everything inline)
+    on two worker threads, one target each: while the main thread waits for them, they use
+    both cores."""
 
     def __init__(self, min_rows: int) -> None:
         self.min_rows = min_rows
@@ -76,12 +90,16 @@ class ModelWorker:
 
     def start(
         self, bundle: ModelBundle, before: np.ndarray, after: np.ndarray, at: list[int]
-    ) -> Future[ModelOutputs] | ModelOutputs:
+    ) -> PendingOutputs | ModelOutputs:
         if self.min_rows <= 0 or len(before) < self.min_rows:
             return predict(bundle, before, after, at)
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="engage-model")
-        return self._pool.submit(predict, bundle, before, after, at)
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="engage-model")
+        prop_x = after[:, : len(PROPENSITY_FEATURES)]
+        return PendingOutputs(
+            self._pool.submit(predict_target, bundle.interaction, before, at),
+            self._pool.submit(predict_target, bundle.propensity, prop_x, at),
+        )
 
     def close(self) -> None:
         if self._pool is not None:
