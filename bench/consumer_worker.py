@@ -37,6 +37,9 @@ from consumer.runner import RunSummary, StreamConsumer
 from engage.settings import Settings, get_settings
 
 JOIN_TIMEOUT_S = 90.0
+#: Fractions of a run's events over which its head and tail CPU per event are read (the
+#: head skips the first tenth: start-up and compilation are not growth).
+HEAD, TAIL = (0.1, 0.2), (0.9, 1.0)
 
 
 def _emit(record: dict[str, Any]) -> None:
@@ -69,6 +72,7 @@ class Gate:
         self.released = False
         self.cpu_first: float | None = None
         self.cpu_last: float | None = None
+        self.marks: list[tuple[int, float]] = []  # (events done, CPU s) after each batch
         self._poll = self.kafka.poll
         self._seek = consumer.seek_to_stored
         self.kafka.poll = self.poll  # type: ignore[method-assign]
@@ -81,6 +85,7 @@ class Gate:
         polled = self._poll(*args, **kwargs)
         if polled and self.cpu_first is None:
             self.cpu_first = time.process_time()
+            self.marks.append((0, self.cpu_first))
         return polled
 
     def seek_to_stored(self, partitions: list[Any]) -> None:
@@ -89,8 +94,20 @@ class Gate:
             self.kafka.pause(*partitions)
         _emit({"assigned": sorted(getattr(p, "partition", p) for p in partitions)})
 
-    def batch_done(self, _summary: RunSummary) -> None:
+    def batch_done(self, summary: RunSummary) -> None:
         self.cpu_last = time.process_time()
+        self.marks.append((summary.processed + summary.dead_lettered, self.cpu_last))
+
+    def cpu_us_between(self, start: float, end: float) -> float | None:
+        """CPU per event (us) from the batch that reached the `start` fraction of the run's
+        events to the one that reached `end`: the cost at two points of one run, free of the
+        machine's speed drifting between separate runs."""
+        if len(self.marks) < 2 or self.marks[-1][0] <= 0:
+            return None
+        total = self.marks[-1][0]
+        first = [m for m in self.marks if m[0] <= start * total][-1]  # marks[0] has 0 events
+        last = next(m for m in self.marks if m[0] >= end * total)
+        return (last[1] - first[1]) / (last[0] - first[0]) * 1e6
 
     @property
     def cpu_s(self) -> float | None:
@@ -141,6 +158,9 @@ def worker_main() -> None:
         "last_batch_at": summary.last_batch_at,
         "busy_rate": summary.busy_rate,
         "cpu_s": gate.cpu_s,
+        # the run's second tenth and its last: how the cost per event grows with the state
+        "cpu_us_head": gate.cpu_us_between(*HEAD),
+        "cpu_us_tail": gate.cpu_us_between(*TAIL),
         "peak_rss_mib": round(peak, 1),
         "model_version": summary.model_version,
         "errors": summary.errors,
@@ -353,6 +373,9 @@ def run_consumers(
         "cpu_s": cpu_s,
         "cpu_us_per_event": cpu_s / events * 1e6 if cpu_s is not None and events else None,
         "peak_rss_mib": max(s["peak_rss_mib"] for s in summaries),
+        # one process's head and tail (HEAD, TAIL); None over several
+        "cpu_us_head": summaries[0].get("cpu_us_head") if processes == 1 else None,
+        "cpu_us_tail": summaries[0].get("cpu_us_tail") if processes == 1 else None,
         "model_version": summaries[0]["model_version"],
         "errors": sorted({e for s in summaries for e in s["errors"]}),
         "processes": summaries,

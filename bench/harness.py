@@ -341,6 +341,11 @@ def bench_growth(ctx: Context, runs: int) -> Runs:
         cpu_ratio = large[1] / small[1] if large[1] and small[1] else None
         out.append(M("growth_cpu_per_event_ratio", cpu_ratio, "x",
                      f"consumer CPU per event {span} (goal: at most 1.2)"))  # fmt: skip
+        head, tail = r["cpu_us_head"], r["cpu_us_tail"]
+        out.append(M("growth_cpu_tail_head_ratio", tail / head if head and tail else None, "x",
+                     f"consumer CPU per event over the last tenth of the {label(sizes[-1])} run "
+                     "/ over its second tenth: the same growth within one run, which the "
+                     "machine's speed drifting between runs does not move"))  # fmt: skip
         m = r["redis"]
         after = f"after {sizes[-1]:,} events"
         out.append(M("redis_bytes_per_user", m["bytes_per_user"], "bytes",

@@ -39,7 +39,8 @@ def expected_figures() -> set[str]:
         names |= {f"{name}_{k}" for k in ("p50", "p95", "p99", "offered", "consumed")}
     for n in QUICK.growth_events:
         names |= {f"growth_{label(n)}_rate", f"growth_{label(n)}_rss", f"growth_{label(n)}_cpu_us"}
-    names |= {"growth_wall_per_event_ratio", "growth_cpu_per_event_ratio"}
+    names |= {"growth_wall_per_event_ratio", "growth_cpu_per_event_ratio",
+              "growth_cpu_tail_head_ratio"}  # fmt: skip
     return names
 
 
