@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from scoring import tree_contribs
+from scoring.tree_contribs import CompiledContribs
 from scoring.tree_eval import CompiledTrees, build
 
 #: Batches up to this many rows get their margins from the compiled trees, larger ones from
@@ -71,14 +73,16 @@ class ScoringModel:
         # two cores); the path-attribution approximation is ~25x faster and still sums to the
         # margin. Serving uses the fast one; offline explanations ask for exact values.
         self.exact_contribs = False
-        #: Whether serving (`set_threads`) compiles the trees (scoring.tree_eval: bit for bit
-        #: XGBoost's margins, without its per-call cost); a one-shot command never pays the
-        #: ~0.1-0.5 s it takes, and keeps XGBoost's own predictor.
+        #: Whether serving (`set_threads`) compiles the trees (scoring.tree_eval and
+        #: tree_contribs: bit for bit XGBoost's margins and approximate contributions, without
+        #: its per-call cost); a one-shot command never pays the ~0.1-1 s it takes, and keeps
+        #: XGBoost's own predictor.
         self.compiled = True
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_trees", None)  # compiled again when served (`set_threads`)
+        state.pop("_contribs", None)
         return state
 
     @classmethod
@@ -113,6 +117,7 @@ class ScoringModel:
             self.booster.set_param({"nthread": threads})
             if getattr(self, "compiled", True) and "_trees" not in self.__dict__:
                 self._trees = build(self.booster, len(self.features))
+                self._contribs = tree_contribs.build(self.booster, len(self.features))
 
     def _check(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
@@ -150,6 +155,9 @@ class ScoringModel:
             import xgboost as xgb
 
             exact = getattr(self, "exact_contribs", False) if exact is None else exact
+            compiled: CompiledContribs | None = self.__dict__.get("_contribs")
+            if compiled is not None and not exact:  # bit for bit XGBoost's, no per-call cost
+                return compiled.contributions(X)
             threads = getattr(self, "threads", None)  # bundles pickled before it existed
             contribs = self.booster.predict(
                 xgb.DMatrix(X, nthread=threads), pred_contribs=True, approx_contribs=not exact

@@ -143,13 +143,15 @@ def _lay_out(
         stack += [(left[node], 2 * at + 1, level + 1), (right[node], 2 * at + 2, level + 1)]
 
 
-def _probe(trees: CompiledTrees, seed: int = 0) -> np.ndarray:
-    """Rows whose values sit on, just below and just above the model's thresholds, and NaN."""
+def probe_rows(
+    thresholds: np.ndarray, features: np.ndarray, n_features: int, seed: int = 0
+) -> np.ndarray:
+    """Rows whose values sit on, just below and just above a model's split `thresholds` (of
+    the split `features`), and NaN: where a compiled evaluation could part from XGBoost."""
     rng = np.random.default_rng(seed)
-    n_features = trees.n_features
     cuts: list[list[float]] = [[0.0] for _ in range(n_features)]
-    real = np.isfinite(trees.threshold) & (trees.threshold != 0.0)
-    for f, thr in zip(trees.feature[real].tolist(), trees.threshold[real].tolist(), strict=True):
+    real = np.isfinite(thresholds) & (thresholds != 0.0)
+    for f, thr in zip(features[real].tolist(), thresholds[real].tolist(), strict=True):
         t = np.float32(thr)
         cuts[f] += [float(t), float(np.nextafter(t, np.float32(-np.inf))),
                     float(np.nextafter(t, np.float32(np.inf)))]  # fmt: skip
@@ -186,7 +188,7 @@ def build(booster: Any, n_features: int) -> CompiledTrees | None:
         log.info("compiled trees not built (%s: %s); XGBoost predicts", type(exc).__name__, exc)
         return None
     compiled = CompiledTrees(depth, feature, threshold, default_left, leaf, bases[0], n_features)
-    probe = _probe(compiled)
+    probe = probe_rows(threshold, feature, n_features)
     first = np.asarray(booster[0:1].inplace_predict(probe, predict_type="margin"), np.float32)
     for base in bases:  # the base margin that XGBoost's first tree adds its leaf to
         alone = CompiledTrees(depth, feature[:1], threshold[:1], default_left[:1], leaf[:1],
