@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from scoring.tree_eval import probe_rows
+from scoring.tree_eval import probe_rows, tree_depth
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +115,6 @@ def _means(tree: dict[str, Any]) -> np.ndarray:
     return out
 
 
-def _depth(left: list[int], right: list[int]) -> int:
-    deepest, stack = 0, [(0, 0)]
-    while stack:
-        node, d = stack.pop()
-        if left[node] == -1:
-            deepest = max(deepest, d)
-        else:
-            stack += [(left[node], d + 1), (right[node], d + 1)]
-    return deepest
-
-
 def build(booster: Any, n_features: int) -> CompiledContribs | None:
     """The compiled contributions of a binary XGBoost booster, or None (a model it does not
     cover, or one whose contributions it does not reproduce exactly)."""
@@ -157,7 +146,7 @@ def build(booster: Any, n_features: int) -> CompiledContribs | None:
             threshold[k, :size] = np.asarray(tree["split_conditions"], np.float32)
             default_left[k, :size] = tree["default_left"]
             mean[k, :size] = _means(tree)
-            depth = max(depth, _depth(tree["left_children"], tree["right_children"]))
+            depth = max(depth, tree_depth(tree))
     except (KeyError, ValueError, TypeError, IndexError) as exc:
         log.info("compiled contributions not built (%s: %s); XGBoost explains",
                  type(exc).__name__, exc)  # fmt: skip

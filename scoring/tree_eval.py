@@ -109,7 +109,8 @@ def _base_margins(model: dict[str, Any]) -> list[np.float32]:
     return out
 
 
-def _depth(tree: dict[str, Any]) -> int:
+def tree_depth(tree: dict[str, Any]) -> int:
+    """The deepest leaf's level in a tree of XGBoost's JSON model (the root's: 0)."""
     left, right = tree["left_children"], tree["right_children"]
     deepest, stack = 0, [(0, 0)]
     while stack:
@@ -173,7 +174,7 @@ def build(booster: Any, n_features: int) -> CompiledTrees | None:
         trees_json = learner["gradient_booster"]["model"]["trees"]
         if any(t.get("categories_nodes") for t in trees_json) or not trees_json:
             return None
-        depth = max(1, max(_depth(t) for t in trees_json))
+        depth = max(1, max(tree_depth(t) for t in trees_json))
         if depth > MAX_DEPTH:
             return None
         count, inner = len(trees_json), 2**depth - 1
