@@ -286,13 +286,13 @@ class BatchScorer:
         parts: list[dict[str, Any]] = []
         result = job.result()
         if rows != []:
-            p_int = result.interaction.tolist()
-            p_prop = result.propensity.tolist()
             p_online = None  # the served probability, recalibrated online (live states only)
             if live is not None and self.live is not None:
                 p_online = live.serve(self.live, rows, result.interaction, domains,
-                                      result.propensity).tolist()  # fmt: skip
-            parts = score_record.model_parts(bundle.version, p_int, p_prop, p_online)
+                                      result.propensity)  # fmt: skip
+            parts = score_record.model_parts(
+                bundle.version, result.interaction, result.propensity, p_online
+            )
         if rows is None:
             out = parts
         else:

@@ -18,9 +18,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 
 from features.events import Event
+from scoring.exact_round import round_like_python
 
 #: The score message's top-level keys, in the order the consumer writes them (`features`
 #: only with `log_features`).
@@ -31,7 +33,8 @@ MESSAGE_FIELDS = ("user_id", "event_id", "event_ts", "item_id", "partition", "of
 #: was not trained on `skipped` and `domain`; a user's latest row also `domain` and reasons.
 MODEL_FIELDS = ("skipped", "version", "interaction", "interaction_online", "propensity",
                 "domain", "interaction_reasons", "propensity_reasons")  # fmt: skip
-#: Decimals each score is rounded to on the wire (Python's `round`: numpy's differs on ties).
+#: Decimals each score is rounded to on the wire (Python's `round`: numpy's differs on ties;
+#: `scoring.exact_round` gives Python's over a column).
 RULE_DECIMALS, MODEL_DECIMALS = 2, 6
 WIRE_DECIMALS = {"rule": RULE_DECIMALS, "propensity": MODEL_DECIMALS,
                  "interaction": MODEL_DECIMALS, "interaction_online": MODEL_DECIMALS}  # fmt: skip
@@ -44,6 +47,7 @@ LEADER_FIELDS = ("label", "propensity", "rule_score")
 
 Message = dict[str, Any]  # a score message as the consumer builds it (MESSAGE_FIELDS)
 RuleRow = tuple[float, str, list[Any]]  # a row's rule score, label and [signal, points] pairs
+Column = Sequence[float] | np.ndarray  # one value per row
 
 
 class NotAScore(ValueError):
@@ -69,7 +73,7 @@ def message_dicts(
     score with its signals, the model part, the scoring time, the vector digest."""
     events = [item.event for item in incoming]
     parts: Sequence[Message | None] = model or [None] * len(incoming)
-    decimals = RULE_DECIMALS
+    scores = round_like_python([row[0] for row in rules], RULE_DECIMALS)
     return [
         {
             "user_id": event.user_id,
@@ -78,13 +82,13 @@ def message_dicts(
             "item_id": event.item_id,
             "partition": item.partition,
             "offset": item.offset,
-            "rule": {"score": round(score, decimals), "label": label, "reasons": signals},
+            "rule": {"score": score, "label": label, "reasons": signals},
             "model": model_part,
             "scored_at": now_ms,
             "fd": digest,
         }
-        for event, item, (score, label, signals), model_part, digest in zip(
-            events, incoming, rules, parts, digests, strict=True
+        for event, item, score, (_, label, signals), model_part, digest in zip(
+            events, incoming, scores, rules, parts, digests, strict=True
         )
     ]
 
@@ -113,22 +117,22 @@ def _dumps_each(messages: list[Message]) -> list[bytes]:
 
 
 def model_parts(
-    version: str, interaction: list[float], propensity: list[float],
-    online: list[float] | None = None,
+    version: str, interaction: Column, propensity: Column, online: Column | None = None,
 ) -> list[Message]:  # fmt: skip
     """The model parts of the rows a model scored, rounded as on the wire; `online`: the
     online-calibrated interaction probability served beside the model's own."""
     d = MODEL_DECIMALS
+    p_int, p_prop = round_like_python(interaction, d), round_like_python(propensity, d)
     if online is None:
         return [
-            {"version": version, "interaction": round(p_i, d), "propensity": round(p_p, d)}
-            for p_i, p_p in zip(interaction, propensity, strict=True)
+            {"version": version, "interaction": p_i, "propensity": p_p}
+            for p_i, p_p in zip(p_int, p_prop, strict=True)
         ]
+    p_online = round_like_python(online, d)
     return [
-        {"version": version, "interaction": round(p_i, d), "interaction_online": round(p_o, d),
-         "propensity": round(p_p, d)}
-        for p_i, p_o, p_p in zip(interaction, online, propensity, strict=True)
-    ]  # fmt: skip
+        {"version": version, "interaction": p_i, "interaction_online": p_o, "propensity": p_p}
+        for p_i, p_o, p_p in zip(p_int, p_online, p_prop, strict=True)
+    ]
 
 
 def skipped_part(skipped: str, domain: str) -> Message:
