@@ -110,6 +110,9 @@ class DecodeError(ValueError):
         self.reason = reason
 
 
+_validate_json = Event.__pydantic_validator__.validate_json
+
+
 def decode_event(raw: bytes | None) -> Event:
     """Bytes from Kafka to an Event, or a DecodeError whose reason names what is wrong."""
     if raw is None:
@@ -119,7 +122,9 @@ def decode_event(raw: bytes | None) -> Event:
     try:
         # strict: JSON types are not coerced ("value": true is not a 1.0 rating, "ts": "17…"
         # not a timestamp); a producer that sends the wrong type gets a dead letter saying so.
-        return Event.model_validate_json(raw, strict=True)
+        # The model's validator itself: what `model_validate_json` calls, without its Python
+        # wrapper (0.3 of ~2.2 us an event).
+        return _validate_json(raw, strict=True)  # type: ignore[no-any-return]
     except ValidationError as exc:
         raise DecodeError(describe_validation_error(exc)) from None
 
