@@ -73,6 +73,10 @@ class Gate:
         self.cpu_first: float | None = None
         self.cpu_last: float | None = None
         self.marks: list[tuple[int, float]] = []  # (events done, CPU s) after each batch
+        #: The consumer thread's own (on-CPU s, runnable-but-waiting s, wall s) at the span's
+        #: start and end: how much of the span the one thread that runs the batches ran.
+        self.thread_first: tuple[float, float, float] | None = None
+        self.thread_last: tuple[float, float, float] | None = None
         self._poll = self.kafka.poll
         self._seek = consumer.seek_to_stored
         self.kafka.poll = self.poll  # type: ignore[method-assign]
@@ -86,6 +90,7 @@ class Gate:
         if polled and self.cpu_first is None:
             self.cpu_first = time.process_time()
             self.marks.append((0, self.cpu_first))
+            self.thread_first = thread_schedstat()
         return polled
 
     def seek_to_stored(self, partitions: list[Any]) -> None:
@@ -97,6 +102,17 @@ class Gate:
     def batch_done(self, summary: RunSummary) -> None:
         self.cpu_last = time.process_time()
         self.marks.append((summary.processed + summary.dead_lettered, self.cpu_last))
+        self.thread_last = thread_schedstat()
+
+    def consumer_thread(self) -> dict[str, float] | None:
+        """The consumer thread over the busy span: its CPU, the time it was runnable but
+        waited for a core, and the span's wall time (s); None where Linux's schedstat is not
+        there. The rest of the span it slept: for the GIL, Redis, Kafka or the model."""
+        first, last = self.thread_first, self.thread_last
+        if first is None or last is None:
+            return None
+        on_cpu, waiting, wall = (b - a for a, b in zip(first, last, strict=True))
+        return {"cpu_s": on_cpu, "runnable_s": waiting, "wall_s": wall}
 
     def cpu_us_between(self, start: float, end: float) -> float | None:
         """CPU per event (us) from the batch that reached the `start` fraction of the run's
@@ -116,6 +132,17 @@ class Gate:
         if self.cpu_first is None or self.cpu_last is None:
             return None
         return self.cpu_last - self.cpu_first
+
+
+def thread_schedstat() -> tuple[float, float, float] | None:
+    """This thread's (on-CPU s, runnable-but-waiting s) from Linux's schedstat, and the
+    monotonic clock; None elsewhere."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on_cpu, waiting = (int(x) / 1e9 for x in f.read().split()[:2])
+    except (OSError, ValueError):
+        return None
+    return on_cpu, waiting, time.monotonic()
 
 
 def _watch_parent(consumer: Measured) -> None:
@@ -161,6 +188,7 @@ def worker_main() -> None:
         # the run's second tenth and its last: how the cost per event grows with the state
         "cpu_us_head": gate.cpu_us_between(*HEAD),
         "cpu_us_tail": gate.cpu_us_between(*TAIL),
+        "consumer_thread": gate.consumer_thread(),
         "peak_rss_mib": round(peak, 1),
         "model_version": summary.model_version,
         "errors": summary.errors,
@@ -376,6 +404,7 @@ def run_consumers(
         # one process's head and tail (HEAD, TAIL); None over several
         "cpu_us_head": summaries[0].get("cpu_us_head") if processes == 1 else None,
         "cpu_us_tail": summaries[0].get("cpu_us_tail") if processes == 1 else None,
+        "consumer_thread": _thread_figures(summaries[0], events) if processes == 1 else None,
         "model_version": summaries[0]["model_version"],
         "errors": sorted({e for s in summaries for e in s["errors"]}),
         "processes": summaries,
@@ -389,6 +418,18 @@ def run_consumers(
             }
         )
     return result
+
+
+def _thread_figures(summary: dict[str, Any], events: int) -> dict[str, float] | None:
+    """One process's consumer thread: its CPU per event (us) and the shares of the busy
+    span it ran, waited for a core, and slept (GIL, Redis, Kafka, the model's threads)."""
+    thread = summary.get("consumer_thread")
+    if not thread or not events or thread["wall_s"] <= 0:
+        return None
+    wall = thread["wall_s"]
+    ran, waited = thread["cpu_s"] / wall, thread["runnable_s"] / wall
+    return {"cpu_us_per_event": thread["cpu_s"] / events * 1e6, "ran": ran,
+            "waited_for_core": waited, "slept": max(0.0, 1.0 - ran - waited)}  # fmt: skip
 
 
 if __name__ == "__main__":

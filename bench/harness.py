@@ -107,7 +107,7 @@ def bench_replay(ctx: Context, runs: int) -> Runs:
 
 def _consumer_detail(r: dict[str, Any]) -> dict[str, Any]:
     keep = ("events", "events_per_s", "cpu_s", "cpu_us_per_event", "peak_rss_mib",
-            "model_version", "errors", "redis")  # fmt: skip
+            "model_version", "errors", "redis", "consumer_thread")  # fmt: skip
     return {k: r[k] for k in keep if k in r}
 
 
@@ -167,6 +167,22 @@ def _librdkafka(ctx: Context, run: int) -> list[M]:
               detail=detail)]  # fmt: skip
 
 
+def _consumer_thread(r: dict[str, Any]) -> list[M]:
+    """The one thread that decodes, folds, scores and sends every batch (Python's GIL keeps
+    that work on it): its CPU per event, and the share of the busy span it ran. What it
+    did not run it slept (the GIL, Redis, Kafka, the model) or waited for a core."""
+    thread = r.get("consumer_thread") or {}
+    detail = {k: thread[k] for k in ("ran", "waited_for_core", "slept") if k in thread}
+    if not thread:
+        detail = {"skipped": "no per-thread scheduler figures (Linux's /proc schedstat)"}
+    return [M("consumer_movielens_thread_cpu_us", thread.get("cpu_us_per_event"), US,
+              "consumer_movielens: the CPU per event of its consumer thread alone (Linux "
+              "schedstat), the part no other core can take", detail=detail),
+            M("consumer_movielens_thread_ran", thread.get("ran"), "of the span",
+              "consumer_movielens: the share of its busy span its consumer thread ran on a "
+              "core (the rest: waited for a core, or slept)", detail=detail)]  # fmt: skip
+
+
 def bench_consumer(ctx: Context, runs: int) -> Runs:
     for run in range(runs):
         out = []
@@ -183,6 +199,7 @@ def bench_consumer(ctx: Context, runs: int) -> Runs:
                 out.append(M("consumer_movielens_cpu_us", r["cpu_us_per_event"], US,
                              "the consumer process's CPU (user + system, all threads) per "
                              "event over consumer_movielens's busy span"))  # fmt: skip
+                out += _consumer_thread(r)
                 if floor is not None:
                     out.append(floor_ratio(ctx, r, floor))
                 out += _librdkafka(ctx, run)

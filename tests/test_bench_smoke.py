@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,7 @@ def expected_figures() -> set[str]:
         "consumer_movielens_confluent", "consumer_movielens_confluent_cpu_us",
         "cluster_single_movielens", "cluster_movielens", "cluster_single_redis_server_cpu",
         "cluster_redis_server_cpu", "cluster_single_bytes_per_user", "cluster_bytes_per_user",
+        "consumer_movielens_thread_cpu_us", "consumer_movielens_thread_ran",
     }  # fmt: skip
     cases = [(label(rate), 1) for rate in QUICK.latency_rates]
     cases += [(label(rate), n) for rate, n in QUICK.latency_scaled]
@@ -64,6 +66,9 @@ def test_quick_run_writes_every_figure(settings: Settings, tmp_path) -> None:
         if name.startswith("consumer_movielens_confluent") and f["median"] is None:
             assert "confluent-kafka not installed" in f["skipped"], f
             continue
+        if name.startswith("consumer_movielens_thread_") and f["median"] is None:  # not Linux
+            assert "schedstat" in f["skipped"], f
+            continue
         if name.endswith("_server_cpu") and f["median"] is None:  # servers someone else runs
             assert "not started by this project" in f["skipped"], f
             continue
@@ -77,6 +82,11 @@ def test_quick_run_writes_every_figure(settings: Settings, tmp_path) -> None:
     assert figures["floor_movielens"]["details"][0]["events"] == QUICK.movielens_events
     for name in ("consumer_movielens_cpu_us", "floor_movielens_cpu_us"):
         assert figures[name]["median"] > 0, name
+    # The consumer thread's part of the process's CPU, and of its span (Linux schedstat).
+    if Path("/proc/thread-self/schedstat").exists():
+        thread_cpu = figures["consumer_movielens_thread_cpu_us"]["median"]
+        assert 0 < thread_cpu <= figures["consumer_movielens_cpu_us"]["median"] * 1.01
+        assert 0 < figures["consumer_movielens_thread_ran"]["median"] <= 1.0
     [ratio] = figures["consumer_movielens_floor_ratio"]["details"]
     assert ratio["transport"] == getattr(settings, "kafka_client", "kafka-python")
     assert "model_version" in ratio
