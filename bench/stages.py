@@ -1,0 +1,153 @@
+"""Where the consumer thread's time goes, stage by stage, in one end-to-end run.
+
+    .venv/bin/python -m bench.stages [--runs 3]
+
+Why: the consumer's batches run on one thread (Python's GIL keeps the decoding, folding,
+scoring and sending there), so its wall time per event is the process's events/s. This runs
+the real `StreamConsumer` in this process over the full ml-latest-small (a fresh topic, a
+claimed Redis database, the registered model if any) with a clock around each stage: wall
+time, and the thread's own CPU time (`time.thread_time`). Wall minus CPU is time the thread
+slept there: waiting for Redis (the read queues behind the previous batch's commit on the
+single-threaded server), for the model's threads, for Kafka, or for the GIL. The clocks cost
+~1 us a batch per stage: nothing next to a batch of a thousand events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from bench import sources
+from bench.common import FULL, QUICK, Context, open_context
+from consumer import model_job, store
+from consumer.batch import BatchScorer
+from consumer.runner import StreamConsumer
+from engage.settings import Settings
+from features.stream import StreamState
+
+#: (owner, method, stage): the stages clocked; nested ones are inside `_handle` or `run`.
+STAGES: list[tuple[Any, str, str]] = [
+    (StreamConsumer, "_handle", "handle"),
+    (StreamConsumer, "_collect", "wait for the last commit (in handle, and after)"),
+    (StreamConsumer, "_fence", "handle: offsets fence"),
+    (store.RedisBatch, "load", "handle: Redis read"),
+    (BatchScorer, "run", "handle: compute (BatchScorer.run)"),
+    (StreamState, "apply", "compute: admit + fold"),
+    (BatchScorer, "_rules", "compute: rules"),
+    (BatchScorer, "_writes", "compute: state writes"),
+    (model_job.ModelJob, "result", "compute: wait for the model"),
+    (StreamConsumer, "_send", "handle: send"),
+]
+
+
+class Clocks:
+    """Wall and thread-CPU seconds per stage, counted only while `on`."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.on = False
+
+    def wrap(self, fn: Callable[..., Any], stage: str) -> Callable[..., Any]:
+        def clocked(*args: Any, **kwargs: Any) -> Any:
+            if not self.on:
+                return fn(*args, **kwargs)
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.wall[stage] = self.wall.get(stage, 0.0) + time.perf_counter() - wall
+                self.cpu[stage] = self.cpu.get(stage, 0.0) + time.thread_time() - cpu
+
+        return clocked
+
+
+@contextmanager
+def clocked_stages(clocks: Clocks) -> Iterator[None]:
+    """The STAGES methods wrapped for the duration (the classes are restored after)."""
+    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in STAGES]
+    try:
+        for owner, name, stage in STAGES:
+            setattr(owner, name, clocks.wrap(getattr(owner, name), stage))
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+def one_run(ctx: Context) -> dict[str, Any]:
+    """One consumer over the MovieLens topic from the start, clocked; us per event."""
+    topic, count = sources.movielens_topic(ctx)
+    ctx.reset_state(sources.movielens_data(ctx).items)
+    settings = ctx.with_output(topic, "stages")
+    clocks = Clocks()
+    try:
+        with clocked_stages(clocks):
+            consumer = StreamConsumer(settings, group=f"{ctx.prefix}.stages.{uuid.uuid4().hex}")
+            consumer.kafka.poll = clocks.wrap(consumer.kafka.poll, "poll")  # type: ignore[method-assign]
+            started: list[float] = []
+
+            def first_batch(*args: Any, **kwargs: Any) -> None:
+                if not clocks.on:  # from the first batch: start-up and the join are not clocked
+                    clocks.on = True
+                    started.extend((time.perf_counter(), time.thread_time()))
+                handle(*args, **kwargs)
+
+            ended: list[float] = [0.0, 0.0]
+
+            def batch_done(_summary: Any) -> None:  # the span ends with the last batch
+                ended[:] = time.perf_counter(), time.thread_time()
+
+            handle = consumer._handle
+            consumer._handle = first_batch  # type: ignore[method-assign]
+            summary = consumer.run(max_events=count, on_batch=batch_done)
+            span, thread_cpu = ended[0] - started[0], ended[1] - started[1]
+    finally:
+        ctx.delete(settings.scores_topic, settings.dead_letter_topic)
+    events = summary.processed + summary.dead_lettered
+    per_event = 1e6 / events
+    stages = {s: {"wall_us": clocks.wall.get(s, 0.0) * per_event,
+                  "cpu_us": clocks.cpu.get(s, 0.0) * per_event}
+              for s in ["poll", *(stage for _, _, stage in STAGES)]}  # fmt: skip
+    return {"events": events, "events_per_s": summary.busy_rate, "span_us": span * per_event,
+            "thread_cpu_us": thread_cpu * per_event, "model_version": summary.model_version,
+            "stages": stages}  # fmt: skip
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """Medians over the runs, one line per stage."""
+    med = statistics.median
+    lines = [f"{len(runs)} run(s), {runs[0]['events']:,} events, model "
+             f"{runs[0]['model_version']}: {med(r['events_per_s'] for r in runs):,.0f} events/s; "
+             f"the consumer thread's span {med(r['span_us'] for r in runs):.1f} us an event, "
+             f"its CPU {med(r['thread_cpu_us'] for r in runs):.1f}",
+             f"{'stage':40s} {'wall us':>8s} {'CPU us':>8s}"]  # fmt: skip
+    for stage in runs[0]["stages"]:
+        wall = med(r["stages"][stage]["wall_us"] for r in runs)
+        cpu = med(r["stages"][stage]["cpu_us"] for r in runs)
+        lines.append(f"{stage:40s} {wall:8.2f} {cpu:8.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="3,000 events (a smoke)")
+    parser.add_argument("--json", action="store_true", help="print the runs as JSON")
+    args = parser.parse_args(argv)
+    # A given `settings` (a test's) names its own database; else one is claimed.
+    sizes = QUICK if args.quick else FULL
+    with open_context(settings, claim=settings is None, sizes=sizes) as ctx:
+        runs = [one_run(ctx) for _ in range(args.runs)]
+    print(json.dumps(runs, indent=1) if args.json else table(runs))
+    return runs
+
+
+if __name__ == "__main__":
+    main()
