@@ -25,14 +25,16 @@ from typing import Any
 
 from bench import sources
 from bench.common import FULL, QUICK, Context, open_context
-from consumer import model_job, store
+from consumer import batch, model_job, runner, store
 from consumer.batch import BatchScorer
 from consumer.runner import StreamConsumer
 from engage.settings import Settings
 from features.stream import StreamState
+from scoring import score_record
 
 #: (owner, method, stage): the stages clocked; nested ones are inside `_handle` or `run`.
 STAGES: list[tuple[Any, str, str]] = [
+    (runner, "decode_records", "decode"),
     (StreamConsumer, "_handle", "handle"),
     (StreamConsumer, "_collect", "wait for the last commit (in handle, and after)"),
     (StreamConsumer, "_fence", "handle: offsets fence"),
@@ -42,7 +44,14 @@ STAGES: list[tuple[Any, str, str]] = [
     (BatchScorer, "_rules", "compute: rules"),
     (BatchScorer, "_writes", "compute: state writes"),
     (model_job.ModelJob, "result", "compute: wait for the model"),
+    (BatchScorer, "_model_start", "compute: model start"),
+    (BatchScorer, "_model", "compute: model parts"),
+    (BatchScorer, "_observe", "compute: live quality, drift, calibration"),
+    (batch, "vector_digests", "compute: vector digests"),
+    (score_record, "message_dicts", "compute: score messages"),
+    (score_record, "encode_messages", "compute: encode messages"),
     (StreamConsumer, "_send", "handle: send"),
+    (store.RedisBatch, "learn", "handle: the local copy learns the writes"),
 ]
 
 
@@ -71,7 +80,7 @@ class Clocks:
 @contextmanager
 def clocked_stages(clocks: Clocks) -> Iterator[None]:
     """The STAGES methods wrapped for the duration (the classes are restored after)."""
-    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in STAGES]
+    saved = [(owner, name, vars(owner)[name]) for owner, name, _ in STAGES]
     try:
         for owner, name, stage in STAGES:
             setattr(owner, name, clocks.wrap(getattr(owner, name), stage))
