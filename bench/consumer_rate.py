@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from bench import sources
@@ -37,8 +40,9 @@ def throughput_run(
     client: str | None = None,
 ) -> dict[str, Any]:
     """One consumer run over the `movielens` or `synthetic` topic (`events` of them); `kind`
-    "floor" runs the job floor (bench/floor.py) instead of engage's consumer; `client` another
-    Kafka client than the settings' (`kafka_client`).
+    "floor" runs the job floor (bench/floor.py) instead of engage's consumer, "rules" engage's
+    consumer with no model (its data directory is an empty one: no registered model); `client`
+    another Kafka client than the settings' (`kafka_client`).
 
     With `memory`, Redis memory per user and session is measured before the state goes."""
     if source == "movielens":
@@ -52,14 +56,20 @@ def throughput_run(
     settings = ctx.with_output(topic, f"{kind}{processes}")
     if client is not None:
         settings = settings.model_copy(update={"kafka_client": client})
+    no_model = Path(tempfile.mkdtemp(prefix="engage-bench-rules-")) if kind == "rules" else None
+    if no_model is not None:
+        settings = settings.model_copy(update={"data_dir": no_model})
     try:
-        result = run_consumers(ctx, settings, count, processes=processes, kind=kind)
+        worker = "engage" if kind == "rules" else kind
+        result = run_consumers(ctx, settings, count, processes=processes, kind=worker)
         if memory:
             from bench.growth import redis_memory
 
             result["redis"] = redis_memory(ctx)
     finally:
         ctx.delete(settings.scores_topic, settings.dead_letter_topic)
+        if no_model is not None:
+            shutil.rmtree(no_model, ignore_errors=True)
     if result["events"] != count:
         raise RuntimeError(f"consumed {result['events']} events of {count}")
     return result

@@ -134,8 +134,9 @@ def _paired_floor(ctx: Context, run: int) -> dict[str, Any] | None:
         return None
 
 
-def floor_ratio(ctx: Context, consumer: dict[str, Any], floor: dict[str, Any]) -> M:
-    """consumer_movielens / floor_movielens of one run."""
+def floor_ratio(ctx: Context, consumer: dict[str, Any], floor: dict[str, Any],
+                name: str = "consumer_movielens") -> M:  # fmt: skip
+    """`name` (consumer_movielens, or its rules-only run) / floor_movielens of one run."""
     detail = {
         "transport": transport(ctx),
         "floor_transport": FLOOR_TRANSPORT,
@@ -143,9 +144,25 @@ def floor_ratio(ctx: Context, consumer: dict[str, Any], floor: dict[str, Any]) -
         "consumer_events_per_s": consumer["events_per_s"],
         "floor_events_per_s": floor["events_per_s"],
     }
-    return M("consumer_movielens_floor_ratio", consumer["events_per_s"] / floor["events_per_s"],
-             "x", "consumer_movielens / floor_movielens, run by run (each floor run just "
-             "before its consumer run)", detail=detail)  # fmt: skip
+    return M(f"{name}_floor_ratio", consumer["events_per_s"] / floor["events_per_s"],
+             "x", f"{name} / floor_movielens, run by run (each floor run just before its "
+             "consumer runs)", detail=detail)  # fmt: skip
+
+
+def _rules_only(ctx: Context, run: int, floor: dict[str, Any] | None) -> list[M]:
+    """The same MovieLens run with no model served (rules only: the issue's second goal,
+    0.7 of the floor), and its ratio to the floor run of the same round."""
+    r = consumer_rate.remembered_run(ctx, "movielens", run, kind="rules")
+    detail = _consumer_detail(r)
+    out = [M("consumer_movielens_rules", r["events_per_s"], EPS,
+             "consumer_movielens with no model registered (rules only)",
+             "consume_only_movielens", detail),
+           M("consumer_movielens_rules_cpu_us", r["cpu_us_per_event"], US,
+             "its CPU (user + system, all threads) per event over its busy span",
+             detail=detail)]  # fmt: skip
+    if floor is not None:
+        out.append(floor_ratio(ctx, r, floor, "consumer_movielens_rules"))
+    return out
 
 
 def _librdkafka(ctx: Context, run: int) -> list[M]:
@@ -202,6 +219,7 @@ def bench_consumer(ctx: Context, runs: int) -> Runs:
                 out += _consumer_thread(r)
                 if floor is not None:
                     out.append(floor_ratio(ctx, r, floor))
+                out += _rules_only(ctx, run, floor)
                 out += _librdkafka(ctx, run)
                 m = r["redis"]
                 out.append(M("redis_aggregate_bytes_per_user_movielens",

@@ -33,6 +33,8 @@ def expected_figures() -> set[str]:
         "cluster_single_movielens", "cluster_movielens", "cluster_single_redis_server_cpu",
         "cluster_redis_server_cpu", "cluster_single_bytes_per_user", "cluster_bytes_per_user",
         "consumer_movielens_thread_cpu_us", "consumer_movielens_thread_ran",
+        "consumer_movielens_rules", "consumer_movielens_rules_cpu_us",
+        "consumer_movielens_rules_floor_ratio",
     }  # fmt: skip
     cases = [(label(rate), 1) for rate in QUICK.latency_rates]
     cases += [(label(rate), n) for rate, n in QUICK.latency_scaled]
@@ -90,6 +92,10 @@ def test_quick_run_writes_every_figure(settings: Settings, tmp_path) -> None:
     [ratio] = figures["consumer_movielens_floor_ratio"]["details"]
     assert ratio["transport"] == getattr(settings, "kafka_client", "kafka-python")
     assert "model_version" in ratio
+    [rules] = figures["consumer_movielens_rules"]["details"]  # no model: the registry hidden
+    assert rules["events"] == QUICK.movielens_events and rules["model_version"] is None
+    [rules_ratio] = figures["consumer_movielens_rules_floor_ratio"]["details"]
+    assert rules_ratio["model_version"] is None
     assert figures["budget_compute_rules"]["details"][0]["events"] == QUICK.movielens_events
     # One node vs the local 3-master Cluster, same topic, same run (issue 17).
     [single], [many] = (
