@@ -23,8 +23,10 @@ from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
 from features.vector import PROPENSITY_FEATURES
 from scoring import score_record
+from scoring.exact_round import round_like_python
 from scoring.funnel_join import FunnelRows
 from scoring.live_monitor import LiveMonitors
+from scoring.message_writer import write_messages
 from scoring.model import NO_MODEL_FOR_DOMAIN
 from scoring.online_calibration import event_labels
 from scoring.rules import RuleScorer, RuleScores, domain_of
@@ -109,6 +111,15 @@ class _LiveRows:
                           self.labels[rows] == 1.0)  # fmt: skip
 
 
+def rule_rows(scored: RuleScores, rows: list[int] | None) -> list[tuple[float, str, list]]:
+    """The rule score, label and top signals (with their points) of the rows `rows` of
+    `scored` (None: all), as the score messages carry them."""
+    if rows is not None:
+        scored = RuleScores(scored.score[rows], scored.contributions[rows],
+                            [scored.labels[r] for r in rows], scored.config)  # fmt: skip
+    return list(zip(scored.score.tolist(), scored.labels, scored.top_signals(), strict=True))
+
+
 class BatchScorer:
     """Applies and scores batches; holds the rule scorers and the current model bundle."""
 
@@ -125,6 +136,10 @@ class BatchScorer:
         #: (scoring.live_monitor; the runner loads, commits and rolls them back), or None.
         self.live: LiveMonitors | None = None
         self.topic = ""  # the events topic: the live states' keys name it
+        #: The last batch's model probabilities as on the wire (score_record.model_columns).
+        self._model_columns: score_record.ModelColumns | None = None
+        #: The last batch's model job and outputs, once served (`_model`, then `_parts`).
+        self._served: tuple[ModelJob, ModelOutputs] | None = None
 
     def run(self, state: StreamState, incoming: list[Incoming], loaded: Loaded) -> ScoredBatch:
         """Admit and fold the batch over `state` (filled by the store with what the batch
@@ -143,27 +158,76 @@ class BatchScorer:
         latest_rows = self._latest_rows(incoming)
         shown = set(latest_rows.values())
         job = self._model_start(before, after, latest_rows, incoming)  # runs beside the rules
-        rules, rule_texts = self._rules(incoming, after, shown)
+        rules, rule_texts, block = self._rules(incoming, after, shown)
         self._writes(writes, state, out, incoming, loaded)
         digests = vector_digests(before)
         live = _LiveRows(incoming) if self.live is not None else None
-        model = self._model(job, latest_rows, incoming, live)  # waits for the job
+        rows = list(latest_rows.values())
+        # The compiled writer can take the batch (one domain, no feature vectors, the model
+        # scored every row): rule rows and model parts are then made for the shown rows only.
+        writable = block is not None and not self.log_features
+        writable = writable and (job is None or job.rows is None)
+        model = self._model(job, latest_rows, incoming, live, rows if writable else None)
         if live is not None:
             writes.live = self._observe(live, before, after)
         now_ms = round(time.time() * 1000.0, 1)
-        payloads = score_record.message_dicts(incoming, rules, model, digests, now_ms)
-        if self.log_features:
-            for payload, vector in zip(payloads, before.tolist(), strict=True):
-                payload["features"] = vector
-        messages = score_record.encode_messages(payloads)
+        messages = self._written(incoming, block, digests, now_ms) if writable else None
+        if messages is None:  # a dict per row (see scoring/message_writer.py for when)
+            if writable and model is not None:  # every row's part after all
+                model = self._parts(latest_rows, incoming, None)
+            if rules is None:
+                assert block is not None
+                rules = rule_rows(block, None)
+            payloads = score_record.message_dicts(incoming, rules, model, digests, now_ms)
+            if self.log_features:
+                for payload, vector in zip(payloads, before.tolist(), strict=True):
+                    payload["features"] = vector
+            messages = score_record.encode_messages(payloads)
+            shown_payloads = [payloads[row] for row in rows]
+        else:  # the shown rows carry the model's reasons: their dicts replace what was written
+            assert block is not None
+            shown_payloads = score_record.message_dicts(
+                [incoming[r] for r in rows], rule_rows(block, rows), model,
+                [digests[r] for r in rows], now_ms,
+            )  # fmt: skip
+            for row, record in zip(rows, score_record.encode_messages(shown_payloads),
+                                   strict=True):  # fmt: skip
+                messages[row] = record
         latest = []  # the live view and the score hash show the reasons in words
-        for row in latest_rows.values():
-            shown = score_record.shown_message(payloads[row], rule_texts[row])
+        for row, payload in zip(rows, shown_payloads, strict=True):
+            shown = score_record.shown_message(payload, rule_texts[row])
             latest.append(shown)
             self._score_hash(writes, shown)
         writes.publish = orjson.dumps(latest)
         latencies = [now_ms - item.kafka_ts_ms for item in incoming]
         return ScoredBatch(messages, writes, latencies, refused)
+
+    def _written(
+        self, incoming: list[Incoming], block: RuleScores | None, digests: Sequence[str],
+        now_ms: float,
+    ) -> list[tuple[bytes, bytes]] | None:  # fmt: skip
+        """The batch's score messages from the compiled writer, or None if a value is one it
+        cannot write exactly (scoring/message_writer.py)."""
+        assert block is not None
+        columns = None
+        if self._served is not None:
+            assert self._model_columns is not None
+            version, p_int, p_prop, p_online = self._model_columns
+            columns = (version, np.asarray(p_int), np.asarray(p_prop),
+                       None if p_online is None else np.asarray(p_online))  # fmt: skip
+        events = [item.event for item in incoming]
+        order, points = block.top()
+        values = write_messages(
+            [e.user_id for e in events], [e.event_id for e in events],
+            [e.item_id for e in events], [e.ts for e in events],
+            [item.partition for item in incoming], [item.offset for item in incoming],
+            np.asarray(round_like_python(block.score, score_record.RULE_DECIMALS)),
+            block.labels, np.where(np.isnan(points), -1, order), np.nan_to_num(points),
+            block.signal_names, digests, now_ms, columns,
+        )  # fmt: skip
+        if values is None:
+            return None
+        return [(e.user_id.encode(), value) for e, value in zip(events, values, strict=True)]
 
     @staticmethod
     def _latest_rows(incoming: list[Incoming]) -> dict[str, int]:
@@ -183,33 +247,35 @@ class BatchScorer:
 
     def _rules(
         self, incoming: list[Incoming], after: np.ndarray, shown: set[int]
-    ) -> tuple[list[tuple[float, str, list]], dict[int, list]]:
-        """Every row's rule score, label and top signals with their points; the reasons in
-        words only for the `shown` rows (each user's latest: the score hash and live view)."""
+    ) -> tuple[list[tuple[float, str, list]] | None, dict[int, list], RuleScores | None]:
+        """The rules' scores: of the whole batch when it is of one domain (then the rows
+        are made where needed, `rule_rows`), else every row's score, label and top signals
+        with their points; the reasons in words only for the `shown` rows (each user's
+        latest: the score hash and live view)."""
         sources = [item.event.source for item in incoming]
         domain = {source: domain_of(source) for source in set(sources)}
         texts: dict[int, list] = {}
         if len(set(domain.values())) == 1:  # the usual batch: one domain, no regrouping
             rows = range(len(incoming))
             (only,) = set(domain.values())
-            scored, signals = self._rules_block(only, after, rows, shown, texts)
-            return list(zip(scored.score.tolist(), scored.labels, signals, strict=True)), texts
+            scored = self._rules_block(only, after, rows, shown, texts)
+            return None, texts, scored
         out: list[tuple[float, str, list] | None] = [None] * len(incoming)
         by_domain: dict[str, list[int]] = {}
         for row, source in enumerate(sources):
             by_domain.setdefault(domain[source], []).append(row)
         for name, grouped in by_domain.items():
-            scored, signals = self._rules_block(name, after[grouped], grouped, shown, texts)
-            for i, (row, score) in enumerate(zip(grouped, scored.score.tolist(), strict=True)):
-                out[row] = (score, scored.labels[i], signals[i])
-        return out, texts  # type: ignore[return-value]
+            scored = self._rules_block(name, after[grouped], grouped, shown, texts)
+            for row, rule_row in zip(grouped, rule_rows(scored, None), strict=True):
+                out[row] = rule_row
+        return out, texts, None  # type: ignore[return-value]
 
     def _rules_block(
         self, domain: str, block: np.ndarray, rows: Sequence[int], shown: set[int],
         texts: dict[int, list],
-    ) -> tuple[RuleScores, list[list[list[object]]]]:  # fmt: skip
-        """One domain's rows (`block`, at batch rows `rows`): their scores and top signals;
-        the reasons in words of those `shown` go to `texts`."""
+    ) -> RuleScores:  # fmt: skip
+        """One domain's rows (`block`, at batch rows `rows`): their scores; the reasons in
+        words of those `shown` go to `texts`."""
         scorer = self.rule_scorers[domain]
         scored = scorer.score(block)
         picked = [i for i, row in enumerate(rows) if row in shown]
@@ -217,7 +283,7 @@ class BatchScorer:
             values = scorer.signal_values(block[picked])
             for i, reasons in zip(picked, scored.reasons(values, rows=picked), strict=True):
                 texts[rows[i]] = reasons
-        return scored, scored.top_signals()
+        return scored
 
     def _observe(self, live: _LiveRows, before: np.ndarray, after: np.ndarray) -> dict[str, bytes]:
         """Feed the batch's model rows to the live quality and drift states (the served
@@ -272,41 +338,64 @@ class BatchScorer:
 
     def _model(
         self, job: ModelJob | None, latest_rows: dict[str, int], incoming: list[Incoming],
-        live: _LiveRows | None = None,
+        live: _LiveRows | None = None, only: list[int] | None = None,
     ) -> list[dict[str, Any]] | None:  # fmt: skip
-        """Every row's model part from the job's outputs: version and probabilities (with the
-        online-calibrated one when the live states are held); a row of a domain the model was
-        not trained on gets `{"skipped": "no model for this domain", "domain": ...}` (no
-        version, no probability: read as scored without a model). Each user's latest row
+        """Every row's model part from the job's outputs (or those of the rows `only`, in
+        that order: the rest are written by the compiled writer): version and probabilities
+        (with the online-calibrated one when the live states are held); a row of a domain the
+        model was not trained on gets `{"skipped": "no model for this domain", "domain": ...}`
+        (no version, no probability: read as scored without a model). Each user's latest row
         names its domain, for the score hash (request-time scoring checks it), and carries
-        the reasons."""
+        the reasons. Waits for the job and serves it once (the online calibration learns);
+        `_parts` builds more rows' parts from what it kept."""
+        self._model_columns = self._served = None
         if job is None:
             return None
-        bundle, domains, rows = job.bundle, job.domains, job.rows
-        parts: list[dict[str, Any]] = []
         result = job.result()
-        if rows != []:
+        if job.rows != []:
             p_online = None  # the served probability, recalibrated online (live states only)
             if live is not None and self.live is not None:
-                p_online = live.serve(self.live, rows, result.interaction, domains,
+                p_online = live.serve(self.live, job.rows, result.interaction, job.domains,
                                       result.propensity)  # fmt: skip
-            parts = score_record.model_parts(
-                bundle.version, result.interaction, result.propensity, p_online
+            self._model_columns = score_record.model_columns(
+                job.bundle.version, result.interaction, result.propensity, p_online
             )
-        if rows is None:
-            out = parts
+        self._served = (job, result)
+        return self._parts(latest_rows, incoming, only)
+
+    def _parts(
+        self, latest_rows: dict[str, int], incoming: list[Incoming], only: list[int] | None
+    ) -> list[dict[str, Any]]:
+        """The model parts of the batch served last (`_model`): every row's, or `only`'s."""
+        assert self._served is not None
+        job, result = self._served
+        domains, rows, columns = job.domains, job.rows, self._model_columns
+        if only is not None:  # (the compiled writer's batches: the model scored every row)
+            assert rows is None and columns is not None
+            version, p_int, p_prop, p_online = columns
+            picked = (version, [p_int[r] for r in only], [p_prop[r] for r in only],
+                      None if p_online is None else [p_online[r] for r in only])  # fmt: skip
+            at = {row: k for k, row in enumerate(only)}
+            out = score_record.parts_of(picked)
         else:
-            out = [
-                score_record.skipped_part(NO_MODEL_FOR_DOMAIN, domains[item.event.source])
-                for item in incoming
-            ]
-            for row, part in zip(rows, parts, strict=True):
-                out[row] = part
+            parts = [] if columns is None else score_record.parts_of(columns)
+            at = range(len(incoming))  # type: ignore[assignment]
+            if rows is None:
+                out = parts
+            else:
+                out = [
+                    score_record.skipped_part(NO_MODEL_FOR_DOMAIN, domains[item.event.source])
+                    for item in incoming
+                ]
+                for row, part in zip(rows, parts, strict=True):
+                    out[row] = part
         for row in latest_rows.values():
-            score_record.name_domain(out[row], domains[incoming[row].event.source])
+            if only is None or row in at:
+                score_record.name_domain(out[at[row]], domains[incoming[row].event.source])
         reasons = zip(job.shown, result.interaction_reasons, result.propensity_reasons, strict=True)
         for row, reasons_i, reasons_p in reasons:
-            score_record.add_reasons(out[row], reasons_i, reasons_p)
+            if only is None or row in at:
+                score_record.add_reasons(out[at[row]], reasons_i, reasons_p)
         return out
 
     def _writes(

@@ -40,6 +40,7 @@ from engage import kafka_clients, redis_client, transport
 from engage.settings import Settings
 from features.events import DecodeError
 from features.stream import warm_up
+from scoring import message_writer
 from scoring.live_monitor import LiveMonitors
 from scoring.registry import ModelRegistry
 from scoring.rules import load_scorers
@@ -364,6 +365,7 @@ class StreamConsumer:
         self._install_signals()
         self._model_watch.maybe_reload(summary)  # load a registered model before the clock runs
         warm_up(self.settings.feature_params)  # and the compiled feature fold
+        message_writer.warm_up()  # and the compiled score-message writer
         tune_gc(self.settings.gc_gen0_threshold)
         started = last_data = time.monotonic()
         try:

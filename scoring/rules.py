@@ -117,16 +117,27 @@ class RuleScores:
     labels: list[str]
     config: RuleConfig
 
+    @property
+    def signal_names(self) -> list[str]:
+        return [s.name for s in self.config.signals]
+
+    def top(self, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's top-k signals (indices into `signal_names`, largest points first) and
+        their points rounded to 2 decimals, NaN where not shown (zero, negative or NaN): a
+        row's shown signals are a prefix."""
+        order = np.argsort(-self.contributions, axis=1, kind="stable")[:, :k]
+        points = np.take_along_axis(self.contributions, order, 1)
+        rounded = np.round(points, 2)  # numpy's rounding: display only, never compared
+        rounded[~(points > 0)] = np.nan  # NaN: not shown
+        return order, rounded
+
     def top_signals(self, k: int = 3) -> list[list[list[object]]]:
         """The top-k contributing signals of every row as [signal, points] pairs: what a
         score message carries (the words are rendered only where someone reads them).
         Sorted by points, so the positive ones come first; a row's list stops at the first
         that is not (zero, or NaN from a NaN feature)."""
-        order = np.argsort(-self.contributions, axis=1, kind="stable")[:, :k]
-        points = np.take_along_axis(self.contributions, order, 1)
-        rounded = np.round(points, 2)  # numpy's rounding: display only, never compared
-        rounded[~(points > 0)] = np.nan  # NaN: not shown
-        names = [s.name for s in self.config.signals]
+        order, rounded = self.top(k)
+        names = self.signal_names
         out: list[list[list[object]]] = []
         add = out.append
         if order.shape[1] == 3:  # the default k: no inner loop (~4x faster per row)

@@ -48,6 +48,9 @@ LEADER_FIELDS = ("label", "propensity", "rule_score")
 Message = dict[str, Any]  # a score message as the consumer builds it (MESSAGE_FIELDS)
 RuleRow = tuple[float, str, list[Any]]  # a row's rule score, label and [signal, points] pairs
 Column = Sequence[float] | np.ndarray  # one value per row
+#: The model's version and its probabilities rounded as on the wire (interaction,
+#: propensity, online-calibrated interaction or None).
+ModelColumns = tuple[str, list[float], list[float], list[float] | None]
 
 
 class NotAScore(ValueError):
@@ -121,18 +124,31 @@ def model_parts(
 ) -> list[Message]:  # fmt: skip
     """The model parts of the rows a model scored, rounded as on the wire; `online`: the
     online-calibrated interaction probability served beside the model's own."""
-    d = MODEL_DECIMALS
-    p_int, p_prop = round_like_python(interaction, d), round_like_python(propensity, d)
-    if online is None:
+    return parts_of(model_columns(version, interaction, propensity, online))
+
+
+def parts_of(columns: ModelColumns) -> list[Message]:
+    """The model parts of `model_columns` (already rounded)."""
+    version, p_int, p_prop, p_online = columns
+    if p_online is None:
         return [
             {"version": version, "interaction": p_i, "propensity": p_p}
             for p_i, p_p in zip(p_int, p_prop, strict=True)
         ]
-    p_online = round_like_python(online, d)
     return [
         {"version": version, "interaction": p_i, "interaction_online": p_o, "propensity": p_p}
         for p_i, p_o, p_p in zip(p_int, p_online, p_prop, strict=True)
     ]
+
+
+def model_columns(
+    version: str, interaction: Column, propensity: Column, online: Column | None = None,
+) -> ModelColumns:  # fmt: skip
+    """The model's probabilities rounded as on the wire, column by column (`model_parts`
+    and the compiled writer, scoring/message_writer.py, both write these)."""
+    d = MODEL_DECIMALS
+    p_online = None if online is None else round_like_python(online, d)
+    return version, round_like_python(interaction, d), round_like_python(propensity, d), p_online
 
 
 def skipped_part(skipped: str, domain: str) -> Message:
