@@ -48,8 +48,9 @@ STAGES: list[tuple[Any, str, str]] = [
     (BatchScorer, "_model", "compute: model parts"),
     (BatchScorer, "_observe", "compute: live quality, drift, calibration"),
     (batch, "vector_digests", "compute: vector digests"),
-    (score_record, "message_dicts", "compute: score messages"),
-    (score_record, "encode_messages", "compute: encode messages"),
+    (BatchScorer, "_written", "compute: score messages, compiled writer"),
+    (score_record, "message_dicts", "compute: score messages as dicts (shown rows)"),
+    (score_record, "encode_messages", "compute: encode the dicts"),
     (StreamConsumer, "_send", "handle: send"),
     (store.RedisBatch, "learn", "handle: the local copy learns the writes"),
 ]

@@ -2,9 +2,11 @@
 hash `u:{user}:score`, their fields, and the functions from and to their bytes.
 
 Two sides, two shapes. The consumer writes thousands of messages a second, so it never builds
-a record object per row: `message_dicts` builds the wire dicts column by column and orjson
-serialises them. Readers (parity, `engage explain`, the API's score and history, `engage
-score` and `top`) parse bytes into the typed records below, which turn back into the exact
+a record object per row: the compiled writer (scoring/message_writer.py) writes most batches'
+messages from columns, and `message_dicts` builds the wire dicts column by column for the
+rest (each user's latest row, and batches the writer declines), which orjson serialises.
+Readers (parity, `engage explain`, the API's score and history, `engage score` and `top`)
+parse bytes into the typed records below, which turn back into the exact
 bytes the consumer wrote (`ScoreRecord.encode`; tests/test_score_record.py holds the two sides
 together). The live view (`engage watch`, the dashboard) takes the published JSON as it is.
 
