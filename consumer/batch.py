@@ -136,10 +136,10 @@ class BatchScorer:
         #: (scoring.live_monitor; the runner loads, commits and rolls them back), or None.
         self.live: LiveMonitors | None = None
         self.topic = ""  # the events topic: the live states' keys name it
-        #: The last batch's model probabilities as on the wire (score_record.model_columns).
-        self._model_columns: score_record.ModelColumns | None = None
-        #: The last batch's model job and outputs, once served (`_model`, then `_parts`).
-        self._served: tuple[ModelJob, ModelOutputs] | None = None
+        #: The last batch's model job, its outputs and its probabilities as on the wire
+        #: (score_record.model_columns; None if it scored no row), once served (`_model`).
+        self._served: tuple[ModelJob, ModelOutputs, score_record.ModelColumns | None] | None
+        self._served = None
 
     def run(self, state: StreamState, incoming: list[Incoming], loaded: Loaded) -> ScoredBatch:
         """Admit and fold the batch over `state` (filled by the store with what the batch
@@ -211,8 +211,8 @@ class BatchScorer:
         assert block is not None
         columns = None
         if self._served is not None:
-            assert self._model_columns is not None
-            version, p_int, p_prop, p_online = self._model_columns
+            assert self._served[2] is not None
+            version, p_int, p_prop, p_online = self._served[2]
             columns = (version, np.asarray(p_int), np.asarray(p_prop),
                        None if p_online is None else np.asarray(p_online))  # fmt: skip
         events = [item.event for item in incoming]
@@ -348,19 +348,20 @@ class BatchScorer:
         names its domain, for the score hash (request-time scoring checks it), and carries
         the reasons. Waits for the job and serves it once (the online calibration learns);
         `_parts` builds more rows' parts from what it kept."""
-        self._model_columns = self._served = None
+        self._served = None
         if job is None:
             return None
         result = job.result()
+        columns = None
         if job.rows != []:
             p_online = None  # the served probability, recalibrated online (live states only)
             if live is not None and self.live is not None:
                 p_online = live.serve(self.live, job.rows, result.interaction, job.domains,
                                       result.propensity)  # fmt: skip
-            self._model_columns = score_record.model_columns(
+            columns = score_record.model_columns(
                 job.bundle.version, result.interaction, result.propensity, p_online
             )
-        self._served = (job, result)
+        self._served = (job, result, columns)
         return self._parts(latest_rows, incoming, only)
 
     def _parts(
@@ -368,8 +369,8 @@ class BatchScorer:
     ) -> list[dict[str, Any]]:
         """The model parts of the batch served last (`_model`): every row's, or `only`'s."""
         assert self._served is not None
-        job, result = self._served
-        domains, rows, columns = job.domains, job.rows, self._model_columns
+        job, result, columns = self._served
+        domains, rows = job.domains, job.rows
         if only is not None:  # (the compiled writer's batches: the model scored every row)
             assert rows is None and columns is not None
             version, p_int, p_prop, p_online = columns
@@ -390,11 +391,11 @@ class BatchScorer:
                 for row, part in zip(rows, parts, strict=True):
                     out[row] = part
         for row in latest_rows.values():
-            if only is None or row in at:
+            if row in at:
                 score_record.name_domain(out[at[row]], domains[incoming[row].event.source])
         reasons = zip(job.shown, result.interaction_reasons, result.propensity_reasons, strict=True)
         for row, reasons_i, reasons_p in reasons:
-            if only is None or row in at:
+            if row in at:
                 score_record.add_reasons(out[at[row]], reasons_i, reasons_p)
         return out
 

@@ -13,7 +13,8 @@ None otherwise (the caller then builds dicts):
 - strings (ids, digests, labels, signal names, the model version): printable ASCII with no
   quote and no backslash, so they need no escaping (orjson escapes nothing else in them);
 - numbers: integers, and decimals already rounded to 2 or 6 places (Python's `round`) that are
-  0 or between 1e-4 and 1e15, whose shortest form (orjson's, Python's `repr`) is then the
+  0 or between 1e-4 and 2**53 / 10**places (the scaled value an exact integer; orjson writes
+  an exponent from 1e16 on), whose shortest form (orjson's, Python's `repr`) is then the
   fixed-point digits without trailing zeros; anything else (NaN, negative, tiny) falls back.
 """
 
@@ -29,7 +30,7 @@ from numba import njit
 
 #: A string the writer copies as is: printable ASCII, no quote, no backslash.
 _PLAIN = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")
-_SMALLEST, _LARGEST = 1e-4, 1e15  # outside: orjson writes an exponent
+_SMALLEST = 1e-4  # below: orjson writes an exponent
 
 
 def _plain(text: str) -> bool:
@@ -38,10 +39,11 @@ def _plain(text: str) -> bool:
     return match is not None
 
 
-def _decimals_ok(values: np.ndarray) -> bool:
-    """0, or within [1e-4, 1e15): written as fixed-point digits."""
+def _decimals_ok(values: np.ndarray, places: int) -> bool:
+    """0, or within [1e-4, 2**53 / 10**places): scaled by 10**places, an exact integer the
+    kernel writes as fixed-point digits."""
     v = np.asarray(values, dtype=np.float64)
-    ok = (v == 0.0) | ((v >= _SMALLEST) & (v < _LARGEST))
+    ok = (v == 0.0) | ((v >= _SMALLEST) & (v < 2.0**53 / 10**places))
     return bool(ok.all())
 
 
@@ -71,7 +73,7 @@ def _int(out: np.ndarray, pos: int, value: int) -> int:
 
 @njit(cache=True, nogil=True)
 def _decimal(out: np.ndarray, pos: int, x: float, places: int, scale: float) -> int:
-    """`x` (rounded to `places`, 0 or in [1e-4, 1e15)) as Python's repr writes it."""
+    """`x` (rounded to `places`, `_decimals_ok`) as Python's repr writes it."""
     k = np.int64(np.rint(x * scale))
     whole = k // np.int64(scale)
     frac = k - whole * np.int64(scale)
@@ -178,10 +180,10 @@ def write_messages(
     strings = [*label_names, *signal_names, *(model[:1] if model else ())]
     if not all(map(_plain, strings)):
         return None
-    decimals = [score, points[signal >= 0]]
+    decimals = [(score, 2), (points[signal >= 0], 2)]
     if model is not None:
-        decimals += [model[1], model[2]] + ([model[3]] if model[3] is not None else [])
-    if not all(_decimals_ok(d) for d in decimals):
+        decimals += [(p, 6) for p in model[1:] if p is not None]
+    if not all(_decimals_ok(values, places) for values, places in decimals):
         return None
     has_item = np.array([i is not None for i in items], dtype=np.bool_)
     item_text = [i or "" for i in items]

@@ -109,6 +109,8 @@ def first_event(b: dict, **fields: str) -> None:
         lambda b: b["score"].__setitem__(0, math.nan),
         lambda b: b["score"].__setitem__(0, -1.0),
         lambda b: b["p_prop"].__setitem__(0, 1e16),
+        lambda b: b["p_int"].__setitem__(0, 1e10),  # x 1e6 is past 2**53: not exact
+        lambda b: b["score"].__setitem__(0, 1e14),  # x 100 is past 2**53
         lambda b: b["labels"].__setitem__(0, 'hi"gh'),
     ],
 )  # fmt: skip
