@@ -204,7 +204,9 @@ def test_sigkill_at_random_moments_and_between_slot_calls(on_cluster: Settings) 
 
 
 def test_second_consumer_takes_over_when_one_leaves(on_cluster: Settings) -> None:
-    events, genres = make_log(n_users=120, events_per_user=80, seed=24)  # 9,600 events
+    # 19,200 events: the first consumer must still be busy when the second has joined (at
+    # 9,600 it once finished first, the second slowed by loading the compiled code).
+    events, genres = make_log(n_users=240, events_per_user=80, seed=24)
     publish_log(on_cluster, events, genres)
     client = connect(on_cluster)
     topic = on_cluster.events_topic
