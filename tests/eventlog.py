@@ -98,6 +98,14 @@ def publish_log(
     return len(events) + len(extra)
 
 
+def in_parts(events: list[dict], n: int) -> list[list[dict]]:
+    """The log cut into n contiguous parts, each user's events still in order. A test that must
+    stop a consumer midway publishes the next part only when it is ready for it: the log cannot
+    run out first, however fast the consumer has become."""
+    size = -(-len(events) // n)
+    return [events[i : i + size] for i in range(0, len(events), size)]
+
+
 def consume_log(settings: Settings, group: str) -> int:
     """One in-process consumer over everything on `settings`' topic (3 s idle ends it); how
     many events it applied."""

@@ -26,7 +26,7 @@ from features import keys
 from features.item_shards import N_FIELDS, pack_shards
 from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
-from tests.eventlog import make_log, publish_log
+from tests.eventlog import in_parts, make_log, publish_log
 from tests.reference import diff_against_redis, reference_state
 from tests.test_consumer_faults import consumer_env, start_consumer
 from tests.test_redis_cluster import private_cluster
@@ -168,12 +168,13 @@ def test_sigkill_at_random_moments_and_between_slot_calls(on_cluster: Settings) 
     """Four SIGKILLs at random moments and three by the store's test hook after the first
     or second slot call of a batch's apply (its journal committed, not all applied)."""
     events, genres = make_log(n_users=80, events_per_user=100, seed=23)  # 8,000 events
-    publish_log(on_cluster, events, genres)
+    *rounds, last = in_parts(events, 8)  # a part per killed run: the log cannot run out early
     client = connect(on_cluster)
     topic, group = on_cluster.events_topic, f"crashy-{on_cluster.events_topic}"
     rng = random.Random(17)
     hooked = random_kills = 0
-    for round_ in range(7):
+    for round_, part in enumerate(rounds):
+        publish_log(on_cluster, part, genres)
         before = processed(client, topic)
         if round_ % 2 == 1:  # the hook: die inside the apply of the 2nd or 3rd commit
             hook = f"{2 + round_ % 3}:{1 + round_ % 2}"
@@ -190,12 +191,13 @@ def test_sigkill_at_random_moments_and_between_slot_calls(on_cluster: Settings) 
         wait_for(lambda b=before: processed(client, topic) > b, 90,  # type: ignore[misc]
                  "the consumer to make progress", proc)  # fmt: skip
         time.sleep(rng.uniform(0.0, 0.4))
-        assert proc.poll() is None, "the log was too short to kill the consumer"
+        assert proc.poll() is None, proc.stderr.read()[-2000:]  # 3 s idle is its only exit
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         random_kills += 1
     assert random_kills >= 3 and hooked >= 3
     assert processed(client, topic) < len(events)
+    publish_log(on_cluster, last, genres)
     final = start_consumer(consumer_env(on_cluster, ENGAGE_BATCH_MAX_RECORDS="40"), group, 3)
     _out, err = final.communicate(timeout=300)
     assert final.returncode == 0, err
@@ -204,10 +206,9 @@ def test_sigkill_at_random_moments_and_between_slot_calls(on_cluster: Settings) 
 
 
 def test_second_consumer_takes_over_when_one_leaves(on_cluster: Settings) -> None:
-    # 19,200 events: the first consumer must still be busy when the second has joined (at
-    # 9,600 it once finished first, the second slowed by loading the compiled code).
-    events, genres = make_log(n_users=240, events_per_user=80, seed=24)
-    publish_log(on_cluster, events, genres)
+    events, genres = make_log(n_users=160, events_per_user=60, seed=24)
+    head, tail = in_parts(events, 2)  # the tail waits for the second consumer: midway for sure
+    publish_log(on_cluster, head, genres)
     client = connect(on_cluster)
     topic = on_cluster.events_topic
     env = consumer_env(on_cluster, ENGAGE_BATCH_MAX_RECORDS="20")
@@ -216,6 +217,7 @@ def test_second_consumer_takes_over_when_one_leaves(on_cluster: Settings) -> Non
     wait_for(lambda: processed(client, topic) > 0, 90, "the first consumer's progress", first)
     second = start_consumer(env, group, idle_exit=8)  # joining splits the partitions
     time.sleep(4.0)
+    publish_log(on_cluster, tail, genres)
     assert processed(client, topic) < len(events)  # midway
     first.send_signal(signal.SIGTERM)  # clean leave: finish the batch, leave the group
     out1, err1 = first.communicate(timeout=90)

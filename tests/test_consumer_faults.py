@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.eventlog import engage_env, make_log, publish_log
+from tests.eventlog import engage_env, in_parts, make_log, publish_log
 from tests.reference import diff_against_redis, reference_state
 
 pytestmark = pytest.mark.stack
@@ -48,23 +48,21 @@ def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | No
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings, redis_client, order):
     """Also with the event-time merge, whose buffered records lie beyond the stored offsets."""
     events, genres = make_log(n_users=120, events_per_user=150, seed=11)  # 18,000 events
-    publish_log(settings, events, genres)
+    *runs, last = in_parts(events, 5)  # one part per killed run: the log cannot run out early
     env = consumer_env(settings, ENGAGE_BATCH_MAX_RECORDS="40", ENGAGE_CONSUME_ORDER=order)
     rng = random.Random(5)
-    kills = 0
-    while kills < 4:
+    for part in runs:
+        publish_log(settings, part, genres)
         proc = start_consumer(env, f"crashy-{settings.events_topic}", idle_exit=3)
         before = processed_so_far(redis_client, settings.events_topic)
         wait_for(lambda b=before: processed_so_far(redis_client, settings.events_topic) > b,
                  60, "the consumer to make progress", proc)  # fmt: skip
         time.sleep(rng.uniform(0.0, 0.4))
-        if proc.poll() is not None:
-            break  # it finished the log before we could kill it
+        assert proc.poll() is None, proc.stderr.read()[-2000:]  # 3 s idle is its only exit
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        kills += 1
-    assert kills >= 3, "the log was too short to kill the consumer three times"
     assert processed_so_far(redis_client, settings.events_topic) < len(events)
+    publish_log(settings, last, genres)
     final = start_consumer(env, f"crashy-{settings.events_topic}", idle_exit=3)
     _out, err = final.communicate(timeout=180)
     assert final.returncode == 0, err
@@ -76,7 +74,8 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings, redis_cli
 
 def test_second_consumer_takes_over_when_one_leaves(settings, redis_client):
     events, genres = make_log(n_users=160, events_per_user=120, seed=12)
-    publish_log(settings, events, genres)
+    head, tail = in_parts(events, 2)  # the tail waits for the second consumer: midway for sure
+    publish_log(settings, head, genres)
     env = consumer_env(settings, ENGAGE_BATCH_MAX_RECORDS="20")
     group = f"pair-{settings.events_topic}"
     first = start_consumer(env, group, idle_exit=6)
@@ -84,6 +83,7 @@ def test_second_consumer_takes_over_when_one_leaves(settings, redis_client):
              60, "the first consumer to make progress", first)  # fmt: skip
     second = start_consumer(env, group, idle_exit=6)  # joining splits the partitions
     time.sleep(3.0)
+    publish_log(settings, tail, genres)
     assert processed_so_far(redis_client, settings.events_topic) < len(events)  # midway
     first.send_signal(signal.SIGTERM)  # clean leave: finish the batch, leave the group
     out1, err1 = first.communicate(timeout=60)

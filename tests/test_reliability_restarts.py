@@ -38,7 +38,7 @@ from features.events import Event
 from features.items import ItemMeta
 from producer.replay import ReplayOptions, replay
 from tests.conftest import IN_CI
-from tests.eventlog import engage_env, make_log, publish_log
+from tests.eventlog import engage_env, in_parts, make_log, publish_log
 from tests.reference import diff_against_redis, reference_state
 
 pytestmark = pytest.mark.stack
@@ -134,13 +134,16 @@ def test_redis_restarts_mid_consumption_keep_state_exact(private_redis, tmp_path
     own, server = private_redis
     client = redis.Redis.from_url(own.redis_url)
     events, genres = make_log(n_users=80, events_per_user=100, seed=21)  # 8,000 events
-    publish_log(own, events, genres)
+    *parts, last = in_parts(events, 4)  # a part per restart: the log cannot run out early
+    publish_log(own, parts[0], genres)
     log = tmp_path / "consumer.log"
     proc = start_consumer(own, log, ENGAGE_BATCH_MAX_RECORDS="25", ENGAGE_REDIS_RETRY_MAX_S="0.5")
     try:
         restarts_midway = 0
         rng = random.Random(3)
-        for _ in range(3):
+        for i, part in enumerate(parts):
+            if i:
+                publish_log(own, part, genres)
             before = processed(client, own.events_topic)
             wait_for(lambda b=before: processed(client, own.events_topic) > b, 60,
                      "the consumer to make progress", proc, log)  # fmt: skip
@@ -152,6 +155,7 @@ def test_redis_restarts_mid_consumption_keep_state_exact(private_redis, tmp_path
             assert proc.poll() is None, log.read_text()[-3000:]
             server.start()  # same data dir: the AOF brings state and offsets back together
         assert restarts_midway >= 2, "the log was too short to restart Redis mid-consumption"
+        publish_log(own, last, genres)
         wait_for(lambda: processed(client, own.events_topic) >= len(events), 90,
                  "the consumer to finish", proc, log)  # fmt: skip
         stop_consumer(proc, log)
