@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from engage.transport.packed import PackedRecords
 from features.digest import vector_digests
 from features.events import Event
 from features.fold import FoldOutput
@@ -26,7 +27,7 @@ from scoring import score_record
 from scoring.exact_round import round_like_python
 from scoring.funnel_join import FunnelRows
 from scoring.live_monitor import LiveMonitors
-from scoring.message_writer import write_messages
+from scoring.message_writer import write_packed
 from scoring.model import NO_MODEL_FOR_DOMAIN
 from scoring.online_calibration import event_labels
 from scoring.rules import RuleScorer, RuleScores, domain_of
@@ -49,7 +50,7 @@ class Incoming:
 
 @dataclass
 class ScoredBatch:
-    messages: list[tuple[bytes, bytes]]  # (key, value) for the scores topic
+    messages: Sequence[tuple[bytes, bytes]]  # (key, value) for the scores topic
     writes: BatchWrites
     latencies_ms: list[float]
     refused: list[tuple[Incoming, str]]  # duplicates and late events, with the reason
@@ -171,8 +172,9 @@ class BatchScorer:
         if live is not None:
             writes.live = self._observe(live, before, after)
         now_ms = round(time.time() * 1000.0, 1)
-        messages = self._written(incoming, block, digests, now_ms) if writable else None
-        if messages is None:  # a dict per row (see scoring/message_writer.py for when)
+        messages: Sequence[tuple[bytes, bytes]]
+        packed = self._written(incoming, block, digests, now_ms) if writable else None
+        if packed is None:  # a dict per row (see scoring/message_writer.py for when)
             if writable and model is not None:  # every row's part after all
                 model = self._parts(latest_rows, incoming, None)
             if rules is None:
@@ -190,9 +192,10 @@ class BatchScorer:
                 [incoming[r] for r in rows], rule_rows(block, rows), model,
                 [digests[r] for r in rows], now_ms,
             )  # fmt: skip
-            for row, record in zip(rows, score_record.encode_messages(shown_payloads),
-                                   strict=True):  # fmt: skip
-                messages[row] = record
+            shown_messages = score_record.encode_messages(shown_payloads)
+            messages = packed.replaced(
+                {row: value for row, (_, value) in zip(rows, shown_messages, strict=True)}
+            )
         latest = []  # the live view and the score hash show the reasons in words
         for row, payload in zip(rows, shown_payloads, strict=True):
             shown = score_record.shown_message(payload, rule_texts[row])
@@ -205,7 +208,7 @@ class BatchScorer:
     def _written(
         self, incoming: list[Incoming], block: RuleScores | None, digests: Sequence[str],
         now_ms: float,
-    ) -> list[tuple[bytes, bytes]] | None:  # fmt: skip
+    ) -> PackedRecords | None:  # fmt: skip
         """The batch's score messages from the compiled writer, or None if a value is one it
         cannot write exactly (scoring/message_writer.py)."""
         assert block is not None
@@ -217,7 +220,7 @@ class BatchScorer:
                        None if p_online is None else np.asarray(p_online))  # fmt: skip
         events = [item.event for item in incoming]
         order, points = block.top()
-        values = write_messages(
+        packed = write_packed(
             [e.user_id for e in events], [e.event_id for e in events],
             [e.item_id for e in events], [e.ts for e in events],
             [item.partition for item in incoming], [item.offset for item in incoming],
@@ -225,9 +228,9 @@ class BatchScorer:
             block.labels, np.where(np.isnan(points), -1, order), np.nan_to_num(points),
             block.signal_names, digests, now_ms, columns,
         )  # fmt: skip
-        if values is None:
+        if packed is None:
             return None
-        return [(e.user_id.encode(), value) for e, value in zip(events, values, strict=True)]
+        return PackedRecords([e.user_id.encode() for e in events], *packed)
 
     @staticmethod
     def _latest_rows(incoming: list[Incoming]) -> dict[str, int]:

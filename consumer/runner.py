@@ -18,7 +18,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -38,6 +38,7 @@ from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, StateStore, Sto
 from consumer.store import REDIS_DOWN, RedisBatch, RedisStateStore, waitable
 from engage import kafka_clients, redis_client, transport
 from engage.settings import Settings
+from engage.transport import record_batches
 from features.events import DecodeError
 from features.stream import warm_up
 from scoring import message_writer
@@ -366,6 +367,7 @@ class StreamConsumer:
         self._model_watch.maybe_reload(summary)  # load a registered model before the clock runs
         warm_up(self.settings.feature_params)  # and the compiled feature fold
         message_writer.warm_up()  # and the compiled score-message writer
+        record_batches.warm_up()  # and the compiled Kafka record framing
         tune_gc(self.settings.gc_gen0_threshold)
         started = last_data = time.monotonic()
         try:
@@ -539,7 +541,7 @@ class StreamConsumer:
         if any(stored[p] != self.positions.get(p, NO_OFFSET) for p in partitions):
             raise Fenced(f"stored offsets {stored} moved past ours {self.positions}")
 
-    def _send(self, messages: list[tuple[bytes, bytes]], dead: list[DeadLetter]) -> int:
+    def _send(self, messages: Sequence[tuple[bytes, bytes]], dead: list[DeadLetter]) -> int:
         """Send the batch's scores and dead letters; how many (`_acknowledged` waits)."""
         self.out.send_batch(self.settings.scores_topic, messages)
         for d in dead:

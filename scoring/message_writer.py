@@ -166,8 +166,26 @@ def write_messages(
     signal_names: Sequence[str], digests: Sequence[str], scored_at: float,
     model: tuple[str, np.ndarray, np.ndarray, np.ndarray | None] | None,
 ) -> list[bytes] | None:  # fmt: skip
+    """`write_packed`'s messages, one bytes object each."""
+    packed = write_packed(users, event_ids, items, ts, partitions, offsets, score, labels,
+                          signal, points, signal_names, digests, scored_at, model)  # fmt: skip
+    if packed is None:
+        return None
+    buf, row_ends = packed
+    starts = [0, *row_ends[:-1].tolist()]
+    return list(map(buf.__getitem__, map(slice, starts, row_ends.tolist())))
+
+
+def write_packed(
+    users: Sequence[str], event_ids: Sequence[str], items: Sequence[str | None],
+    ts: Sequence[int], partitions: Sequence[int], offsets: Sequence[int],
+    score: np.ndarray, labels: Sequence[str], signal: np.ndarray, points: np.ndarray,
+    signal_names: Sequence[str], digests: Sequence[str], scored_at: float,
+    model: tuple[str, np.ndarray, np.ndarray, np.ndarray | None] | None,
+) -> tuple[bytes, np.ndarray] | None:  # fmt: skip
     """Every row's score message as `orjson.dumps(message_dicts(...)[row])` would write it,
-    or None if a value is not in a form the writer reproduces exactly (see the module).
+    back to back, and where each ends; or None if a value is not in a form the writer
+    reproduces exactly (see the module).
 
     `score`: the rule scores rounded as on the wire; `signal`/`points`: each row's top
     signals (index into `signal_names`, -1 after the last) and their points, rounded; `model`:
@@ -175,7 +193,7 @@ def write_messages(
     wire, or None for `"model": null`."""
     n = len(users)
     if n == 0:
-        return []
+        return b"", np.zeros(0, dtype=np.int64)
     label_names = list(dict.fromkeys(labels))
     strings = [*label_names, *signal_names, *(model[:1] if model else ())]
     if not all(map(_plain, strings)):
@@ -231,9 +249,7 @@ def write_messages(
            name_bytes, name_at, model is not None, np.asarray(interaction, np.float64),
            np.asarray(online if online is not None else zeros, np.float64), online is not None,
            np.asarray(propensity, np.float64), row_ends)  # fmt: skip
-    buf = out[: row_ends[-1]].tobytes()
-    starts = [0, *row_ends[:-1].tolist()]
-    return list(map(buf.__getitem__, map(slice, starts, row_ends.tolist())))
+    return out[: row_ends[-1]].tobytes(), row_ends
 
 
 def warm_up() -> None:

@@ -17,8 +17,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import pytest
 import redis
 from kafka.admin import NewTopic
@@ -27,6 +28,7 @@ from kafka.partitioner.default import murmur2
 from consumer.runner import OutputRefused, StreamConsumer
 from engage import kafka_clients, transport
 from engage.settings import Settings
+from engage.transport.packed import PackedRecords
 from features import keys
 from tests import test_security
 from tests.eventlog import make_log, publish_log
@@ -146,19 +148,28 @@ def test_records_round_trip_with_assignment_callbacks(own: Settings) -> None:
         member.kafka.close()
 
 
+def as_form(records: list[tuple[bytes, bytes]], form: str) -> Sequence[tuple[bytes, bytes]]:
+    if form == "pairs":
+        return records
+    ends = np.cumsum([len(v) for _, v in records])  # the compiled writer's buffer
+    return PackedRecords([k for k, _ in records], b"".join(v for _, v in records), ends)
+
+
 @pytest.mark.stack
-def test_batches_of_records_round_trip_in_order(own: Settings) -> None:
+@pytest.mark.parametrize("form", ["pairs", "packed"])
+def test_batches_of_records_round_trip_in_order(own: Settings, form: str) -> None:
     """`send_batch` (kafka-python: written into its producer batches in one pass) delivers
     every record once, where the partitioner puts its key, in order per partition, also when
-    the records span many producer batches and `send` is mixed in between."""
+    the records span many producer batches and `send` is mixed in between; given as pairs or
+    packed in one buffer (`PackedRecords`, framed by the compiled kernel)."""
     out = transport.producer(own, linger_ms=5, batch_bytes=16 * 1024)
     values = [f"{i:06d}".encode() + os.urandom(150 + i % 300) for i in range(3000)]
     sent = [(key_of(i), v) for i, v in enumerate(values)]
     started_ms = time.time() * 1000
-    out.send_batch(own.events_topic, sent[:1000])
+    out.send_batch(own.events_topic, as_form(sent[:1000], form))
     for key, value in sent[1000:1010]:
         out.send(own.events_topic, value, key)
-    out.send_batch(own.events_topic, sent[1010:])
+    out.send_batch(own.events_topic, as_form(sent[1010:], form))
     assert out.flush() == []
     out.close()
     member = Member(own)

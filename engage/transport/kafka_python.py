@@ -25,7 +25,9 @@ from engage.transport.base import (
     PartitionsCallback,
     Record,
 )
+from engage.transport.packed import PackedRecords
 from engage.transport.record_batches import append_records, outcome, writes_v2
+from engage.transport.record_batches import lanes as packed_lanes
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -145,6 +147,10 @@ def refusal(exc: BaseException) -> str | None:
     return None
 
 
+def _largest(records: Sequence[tuple[bytes, bytes]]) -> int:
+    return max((len(k) + len(v) for k, v in records), default=0)
+
+
 class KafkaPythonProducer:
     """kafka-python's producer; keyed records without headers skip `KafkaProducer.send`.
 
@@ -217,16 +223,17 @@ class KafkaPythonProducer:
         one pass (engage/transport/record_batches.py); else one `send` each."""
         client = self.client
         metadata = client._metadata
+        packed = records if isinstance(records, PackedRecords) else None
         if (
             not self._bulk
             or metadata.partitions_for_topic(topic) is None
-            or any(len(k) + len(v) > self._max_record for k, v in records)
+            or (_largest(records) if packed is None else packed.largest()) > self._max_record
         ):
             for key, value in records:
                 self.send(topic, value, key)
             return
         partitioner = client.config["partitioner"]
-        keys = [key for key, _ in records]
+        keys = [key for key, _ in records] if packed is None else packed.keys
         if isinstance(partitioner, CachedKeyPartitioner):  # one metadata lookup a batch
             where = partitioner.partitions_of(topic, keys, metadata)
         else:
@@ -235,9 +242,13 @@ class KafkaPythonProducer:
             for key, value in records:
                 self.send(topic, value, key)
             return
-        lanes: dict[int, list[tuple[bytes, bytes]]] = {}
-        for p, record in zip(where, records, strict=True):
-            lanes.setdefault(p, []).append(record)
+        lanes: dict[int, Any]
+        if packed is not None:  # framed straight from the writer's buffer
+            lanes = packed_lanes(packed, where)
+        else:
+            lanes = {}
+            for p, record in zip(where, records, strict=True):
+                lanes.setdefault(p, []).append(record)
         wake = False
         try:
             for p, lane in lanes.items():

@@ -26,9 +26,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from kafka.producer.producer_batch import FinalState, ProducerBatch
 from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.record.util import encode_varint
+from numba import njit
+
+from engage.transport.packed import PackedRecords
 
 
 def _varint(value: int) -> bytes:
@@ -54,11 +58,11 @@ def varint(value: int) -> bytes:
 
 
 def append_records(
-    accumulator: Any, tp: Any, records: Sequence[tuple[bytes, bytes]]
+    accumulator: Any, tp: Any, records: Sequence[tuple[bytes, bytes]] | _Lane
 ) -> tuple[list[Any], bool]:
-    """File `records` ((key, value), in order) for partition `tp`. Returns the batches they
-    went into and whether the sender should be woken (a batch filled or one was started), as
-    `RecordAccumulator.append` reports per record."""
+    """File `records` ((key, value), in order; or a `_Lane` of packed records) for partition
+    `tp`. Returns the batches they went into and whether the sender should be woken (a batch
+    filled or one was started), as `RecordAccumulator.append` reports per record."""
     now = time.monotonic()
     timestamp = int(time.time() * 1000)
     batches: list[ProducerBatch] = []
@@ -70,7 +74,7 @@ def append_records(
             start = 0
             while start < len(records):
                 batch = dq[-1] if dq else None
-                taken = _fill(batch, records, start, timestamp, now) if batch is not None else 0
+                taken = _fill_any(batch, records, start, timestamp, now) if batch is not None else 0
                 if taken == 0:  # no open batch, or it is full: start one as append() does
                     if accumulator._closed:
                         raise RuntimeError("the producer's record accumulator is closed")
@@ -83,7 +87,7 @@ def append_records(
                     dq.append(batch)
                     accumulator._incomplete.add(batch)
                     wake = True
-                    taken = _fill(batch, records, start, timestamp, now)
+                    taken = _fill_any(batch, records, start, timestamp, now)
                 assert batch is not None
                 batches.append(batch)
                 start += taken
@@ -105,6 +109,15 @@ def outcome(batch: ProducerBatch) -> Exception | None:
         )
     error = batch.produce_future.exception
     return error if isinstance(error, Exception) else RuntimeError(f"batch {state.name}")
+
+
+def _fill_any(
+    batch: ProducerBatch, records: Sequence[tuple[bytes, bytes]] | _Lane, start: int, ts: int,
+    now: float,
+) -> int:  # fmt: skip
+    if isinstance(records, _Lane):
+        return _fill_lane(batch, records, start, ts, now)
+    return _fill(batch, records, start, ts, now)
 
 
 def _fill(
@@ -156,3 +169,131 @@ def _fill(
     batch.max_record_size = largest
     batch.last_append = now
     return n
+
+
+class _Lane:
+    """One partition's share of a `PackedRecords` batch: the rows `rows`, in order."""
+
+    def __init__(self, keys: np.ndarray, key_ends: np.ndarray, values: np.ndarray,
+                 value_ends: np.ndarray, rows: np.ndarray) -> None:  # fmt: skip
+        self.keys, self.key_ends = keys, key_ends
+        self.values, self.value_ends = values, value_ends
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def lanes(packed: PackedRecords, partitions: Sequence[int]) -> dict[int, _Lane]:
+    """`packed` split by the partition of each record (in order within each)."""
+    keys, key_ends = packed.key_table()
+    values = np.frombuffer(packed.values or b"\0", dtype=np.uint8)
+    where = np.asarray(partitions, dtype=np.int64)
+    return {
+        int(p): _Lane(keys, key_ends, values, packed.ends, np.flatnonzero(where == p))
+        for p in np.unique(where)
+    }
+
+
+def _fill_lane(batch: ProducerBatch, lane: _Lane, start: int, ts: int, now: float) -> int:
+    """`_fill` for packed records: the compiled `_frame` writes them (same bytes)."""
+    builder = batch.records
+    if builder._closed:
+        return 0
+    inner = builder._builder
+    buffer = inner._buffer
+    first = inner._first_timestamp is None
+    if first:
+        inner._first_timestamp = inner._max_timestamp = ts
+    elif inner._max_timestamp < ts:
+        inner._max_timestamp = ts
+    offset = builder._next_offset
+    rows = lane.rows[start:]
+    room = np.empty(int(_room(lane, rows)), dtype=np.uint8)
+    n, size, largest = _frame(
+        room, lane.keys, lane.key_ends, lane.values, lane.value_ends, rows,
+        ts - inner._first_timestamp, offset, inner._batch_size - len(buffer), first,
+    )  # fmt: skip
+    if n == 0:
+        if first:  # (never: the first record always fits) undo the timestamp claim
+            inner._first_timestamp = inner._max_timestamp = None
+        return 0
+    buffer += room[:size].data
+    inner._num_records += n
+    inner._last_offset = offset + n - 1
+    builder._next_offset = offset + n
+    batch.max_record_size = max(batch.max_record_size, largest)
+    batch.last_append = now
+    return int(n)
+
+
+def _room(lane: _Lane, rows: np.ndarray) -> int:
+    """Bytes enough for `rows` framed: their keys and values, 30 bytes of varints each."""
+    if not len(rows):
+        return 0
+    k, v = lane.key_ends, lane.value_ends
+    key_len = k[rows] - np.where(rows > 0, k[rows - 1], 0)
+    value_len = v[rows] - np.where(rows > 0, v[rows - 1], 0)
+    return int(key_len.sum() + value_len.sum()) + 30 * len(rows)
+
+
+@njit(cache=True)
+def _put_varint(out, pos, value):  # kafka.record.util.encode_varint: zigzag, then LEB128
+    v = (value << 1) ^ (value >> 63)
+    while v >= 0x80:
+        out[pos] = (v & 0x7F) | 0x80
+        v >>= 7
+        pos += 1
+    out[pos] = v
+    return pos + 1
+
+
+@njit(cache=True)
+def _varint_len(value):
+    v = (value << 1) ^ (value >> 63)
+    n = 1
+    while v >= 0x80:
+        v >>= 7
+        n += 1
+    return n
+
+
+@njit(cache=True)
+def _frame(out, keys, key_ends, values, value_ends, rows, ts_delta, offset, room, first):
+    """`_fill`'s loop: records of `rows` into `out` while they fit in `room` bytes (the first
+    record of a new batch always). Returns (records written, bytes, the largest record)."""
+    pos = 0
+    largest = 0
+    n = 0
+    for row in rows:
+        k0 = key_ends[row - 1] if row > 0 else 0
+        v0 = value_ends[row - 1] if row > 0 else 0
+        klen = key_ends[row] - k0
+        vlen = value_ends[row] - v0
+        body = (1 + _varint_len(ts_delta) + _varint_len(offset + n) + _varint_len(klen) + klen
+                + _varint_len(vlen) + vlen + 1)  # fmt: skip
+        required = _varint_len(body) + body
+        if pos + required > room and not (first and n == 0):
+            break
+        pos = _put_varint(out, pos, body)
+        out[pos] = 0  # attributes
+        pos = _put_varint(out, pos + 1, ts_delta)
+        pos = _put_varint(out, pos, offset + n)
+        pos = _put_varint(out, pos, klen)
+        out[pos : pos + klen] = keys[k0 : k0 + klen]
+        pos = _put_varint(out, pos + klen, vlen)
+        out[pos : pos + vlen] = values[v0 : v0 + vlen]
+        pos += vlen
+        out[pos] = 0  # no headers
+        pos += 1
+        largest = max(largest, required)
+        n += 1
+    return n, pos, largest
+
+
+def warm_up() -> None:
+    """Load the compiled framing (numba's cache, or a compile) before the first batch."""
+    packed = PackedRecords([b"k"], b"v", np.array([1]))
+    (lane,) = lanes(packed, [0]).values()
+    _frame(np.empty(64, np.uint8), lane.keys, lane.key_ends, lane.values, lane.value_ends,
+           lane.rows, 0, 0, 64, True)  # fmt: skip
