@@ -14,6 +14,7 @@ module (in memory), so both refuse exactly the same events.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from features.aggregates import State
@@ -57,6 +58,47 @@ class AdmissionPolicy:
         """Add an applied event's id; past 2x the bound, keep the newest `recent_ids`."""
         recent[event.event_id] = float(event.ts)
         if len(recent) > 2 * self.recent_ids:
-            newest = sorted(recent.items(), key=lambda kv: (kv[1], kv[0]))[-self.recent_ids :]
-            recent.clear()
-            recent.update(newest)
+            self._trim(recent)
+
+    def _trim(self, recent: RecentIds) -> None:
+        newest = sorted(recent.items(), key=lambda kv: (kv[1], kv[0]))[-self.recent_ids :]
+        recent.clear()
+        recent.update(newest)
+
+    def admit_all(
+        self, events: Sequence[Event], last_applied: Callable[[str], float],
+        recents: dict[str, RecentIds],
+    ) -> tuple[list[int], list[tuple[int, str]]]:  # fmt: skip
+        """`admit` for each event in order, each against what the events before it in the
+        call left (its user's latest applied event time, a running maximum that starts at
+        `last_applied(user)`; the user's recent ids in `recents`, created when missing).
+        Returns the admitted indices and the refused ones with their reasons.
+
+        Why: the consumer's per-event step, and three method calls an event were a tenth of
+        its admission; the common case (a new id, not late) is inlined here, and a refusal's
+        reason still comes from `refusal_after`, the one definition."""
+        admitted: list[int] = []
+        refused: list[tuple[int, str]] = []
+        latest: dict[str, float] = {}
+        lateness, bound = self.max_lateness_ms, 2 * self.recent_ids
+        for i, event in enumerate(events):
+            user = event.user_id
+            last = latest.get(user)
+            if last is None:
+                last = latest[user] = last_applied(user)
+            recent = recents.get(user)
+            if recent is None:
+                recent = recents[user] = {}
+            event_id, ts = event.event_id, float(event.ts)
+            if event_id in recent or (lateness is not None and last and last - ts > lateness):
+                reason = self.refusal_after(last, recent, event)
+                assert reason is not None  # the same two tests
+                refused.append((i, reason))
+                continue
+            admitted.append(i)
+            recent[event_id] = ts
+            if len(recent) > bound:
+                self._trim(recent)
+            if ts > last:
+                latest[user] = ts
+        return admitted, refused

@@ -47,28 +47,13 @@ class StreamState:
         """Admit each event against what its predecessors left, then fold the admitted ones.
         Admission reads only the user's latest applied event time (`last_ts`, a running
         maximum), so it can run ahead of the fold."""
-        admitted: list[int] = []
-        refused: list[tuple[int, str]] = []
-        latest: dict[str, float] = {}
-        index, users, admit = self.tables.user_index, self.tables.users, self.admission.admit
-        recents = self.recent
-        for i, event in enumerate(events):
-            user = event.user_id
-            last = latest.get(user)
-            if last is None:
-                row = index.get(user)
-                last = float(users[row, _LAST_TS]) if row is not None else 0.0
-            recent = recents.get(user)
-            if recent is None:
-                recent = recents[user] = {}
-            reason = admit(last, recent, event)
-            if reason is None:
-                admitted.append(i)
-                ts = float(event.ts)
-                latest[user] = ts if ts > last else last
-            else:
-                refused.append((i, reason))
-                latest[user] = last
+        index, users = self.tables.user_index, self.tables.users
+
+        def last_applied(user: str) -> float:
+            row = index.get(user)
+            return float(users[row, _LAST_TS]) if row is not None else 0.0
+
+        admitted, refused = self.admission.admit_all(events, last_applied, self.recent)
         out = fold(self.tables, [events[i] for i in admitted], self.params)
         return FoldedBatch(admitted, refused, out)
 

@@ -120,3 +120,47 @@ def test_lateness_zero_means_never_late() -> None:
     memory = MemoryState(admission=AdmissionPolicy(max_lateness_ms=None))
     memory.step(_event(0, ts=1_700_000_000_000))
     assert memory.admit(_event(1, ts=1_600_000_000_000)) is None
+
+
+@pytest.mark.parametrize("lateness_ms", [None, 0.0, 2 * DAY_MS])
+def test_batch_admission_refuses_exactly_what_one_by_one_admission_refuses(lateness_ms) -> None:
+    """The consumer's admission (`StreamState.apply`, `admit_all` over a batch) against the
+    offline module's (`MemoryState.admit`, one event at a time): copies, events from days
+    back, a small duplicate bound; the log cut into random batches."""
+    import random
+
+    from features.stream import StreamState
+
+    rng = random.Random(5)
+    policy = AdmissionPolicy(recent_ids=3, max_lateness_ms=lateness_ms)
+    log = []
+    for i in range(600):
+        user = f"u{rng.randint(0, 5)}"
+        ts = 1_700_000_000_000 + i * 3_600_000 - rng.choice([0, 0, 0, 3 * DAY_MS, DAY_MS])
+        event = _event(rng.randint(0, 400), ts=ts).model_copy(update={"user_id": user})
+        log.append(event)
+        if rng.random() < 0.2:
+            log.append(rng.choice(log))  # a copy of an earlier event
+    memory, stream = MemoryState(admission=policy), StreamState(admission=policy)
+    expected = []
+    for e in log:
+        reason = memory.admit(e)
+        expected.append(reason)
+        if reason is None:
+            memory.step(e)
+    got: list[str | None] = []
+    start = 0
+    while start < len(log):
+        batch = log[start : start + rng.randint(1, 60)]
+        folded = stream.apply(batch)
+        verdicts: list[str | None] = [None] * len(batch)
+        for i, reason in folded.refused:
+            verdicts[i] = reason
+        assert sorted([*folded.admitted, *(i for i, _ in folded.refused)]) == list(
+            range(len(batch))
+        )
+        got += verdicts
+        start += len(batch)
+    assert got == expected
+    assert sum(v is not None and v.startswith("duplicate") for v in got) > 20
+    assert any(v and v.startswith("late") for v in got) == (lateness_ms is not None)
