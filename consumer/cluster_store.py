@@ -84,16 +84,20 @@ WAIT_MS = 1000  # how long a write waits for its master's replicas to confirm it
 RECOUNT_S = 5.0  # how often the replicas are counted again (CLUSTER NODES)
 REDIRECT_ROUNDS = 10
 
-# KEYS: progress hash, journal hash. ARGV: n, n journal numbers done (deleted first), then the
+# KEYS: progress hash, journal hash. ARGV: n, n journal numbers done (deleted last), then the
 # partitions. Returns {offsets (-1: none), {number, journal, ...} pending on them}.
+# Deletions come after every other access: a deletion that empties the journal hash removes
+# the key, and while its slot migrates to another master a later access to a missing key is
+# refused mid-script ("non local key"; the check before the script saw the key there).
 PROGRESS_LUA = """
 local nd = tonumber(ARGV[1])
-for k = 2, 1 + nd do redis.call('HDEL', KEYS[2], ARGV[k]) end
+local done = {}
+for k = 2, 1 + nd do done[ARGV[k]] = true end
 local offsets, seen, pending = {}, {}, {}
 for k = 2 + nd, #ARGV do
   offsets[#offsets + 1] = redis.call('HGET', KEYS[1], ARGV[k]) or '-1'
   local seq = redis.call('HGET', KEYS[1], 'j' .. ARGV[k])
-  if seq and not seen[seq] then
+  if seq and not seen[seq] and not done[seq] then
     seen[seq] = true
     local journal = redis.call('HGET', KEYS[2], seq)
     if journal then pending[#pending + 1] = seq; pending[#pending + 1] = journal end
@@ -104,18 +108,24 @@ end
 if #pending > 0 then
   redis.call('HSET', KEYS[1], 'seq', redis.call('HGET', KEYS[1], 'seq') or '0')
 end
+for k = 2, 1 + nd do redis.call('HDEL', KEYS[2], ARGV[k]) end
 return {offsets, pending}
 """
 # KEYS: progress hash, stats hash, journal hash. ARGV: token, journal ('' for none), n, n
 # (counter, amount) pairs, m, m journal numbers done, then (partition, expected offset, new
 # offset or '') triples. Returns {1, number} (landed, also when this very call landed before:
-# a retry) or {0, partition, stored offset} (fenced: nothing written but the deletions).
+# a retry) or {0, partition, stored offset} (fenced: nothing written but the deletions). The
+# deletions come last, before each return (see PROGRESS_LUA): deleted first, they could empty
+# the journal hash and make its HSET fail mid-script in a migrating slot, the offsets already
+# moved and the journal never written.
 COMMIT_LUA = """
 local token, journal = ARGV[1], ARGV[2]
 local ns = tonumber(ARGV[3])
 local nd = tonumber(ARGV[4 + 2 * ns])
 local first = 5 + 2 * ns + nd
-for k = 5 + 2 * ns, 4 + 2 * ns + nd do redis.call('HDEL', KEYS[3], ARGV[k]) end
+local function forget()
+  for k = 5 + 2 * ns, 4 + 2 * ns + nd do redis.call('HDEL', KEYS[3], ARGV[k]) end
+end
 local again, moved = nil, nil
 for i = first, #ARGV, 3 do
   if ARGV[i + 2] ~= '' then
@@ -123,10 +133,14 @@ for i = first, #ARGV, 3 do
     again = (again ~= false) and redis.call('HGET', KEYS[1], 'b' .. ARGV[i]) == token
   end
 end
-if again then return {1, tonumber(redis.call('HGET', KEYS[1], 'j' .. moved))} end
+if again then
+  local landed = tonumber(redis.call('HGET', KEYS[1], 'j' .. moved))
+  forget()
+  return {1, landed}
+end
 for i = first, #ARGV, 3 do
   local held = redis.call('HGET', KEYS[1], ARGV[i]) or '-1'
-  if held ~= ARGV[i + 1] then return {0, tonumber(ARGV[i]), tonumber(held)} end
+  if held ~= ARGV[i + 1] then forget(); return {0, tonumber(ARGV[i]), tonumber(held)} end
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 for i = first, #ARGV, 3 do
@@ -136,6 +150,7 @@ for i = first, #ARGV, 3 do
 end
 if journal ~= '' then redis.call('HSET', KEYS[3], seq, journal) end
 for k = 4, 3 + 2 * ns, 2 do redis.call('HINCRBY', KEYS[2], ARGV[k], ARGV[k + 1]) end
+forget()
 return {1, seq}
 """
 

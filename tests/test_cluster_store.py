@@ -5,6 +5,7 @@ slot calls of one batch, and with two consumers in one group of which one leaves
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -108,6 +109,54 @@ def test_a_retried_commit_and_a_late_older_journal_change_nothing(on_cluster: Se
     assert client.get(keys.offset_key(topic, 0)) == b"20"
     assert processed(client, topic) == 2 and store.offsets([0]) == {0: 20}
     assert pending_journals(client, topic) == 0  # the offsets read deleted what was applied
+    client.close()
+
+
+@contextlib.contextmanager
+def migrating(client: RedisCluster, key: str) -> Iterator[None]:
+    """`key`'s slot marked as migrating from its master to another one (no key moved yet), as
+    `redis-cli --cluster reshard` leaves it between its steps; stable again afterwards."""
+    slot = client.keyslot(key)
+    source = client.get_node_from_key(key)
+    target = next(n for n in client.get_primaries() if n.name != source.name)
+    at_source = client.get_redis_connection(source)
+    target_id = client.get_redis_connection(target).execute_command("CLUSTER MYID")
+    at_source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+    try:
+        yield
+    finally:
+        at_source.execute_command("CLUSTER SETSLOT", slot, "STABLE")
+
+
+def test_the_offsets_read_and_the_commit_run_whole_in_a_migrating_slot(
+    on_cluster: Settings,
+) -> None:
+    """Both scripts delete the journals applied whole; a deletion can empty the journal hash,
+    and while the slot migrates Redis refuses a later access to the missing key mid-script
+    ("non local key"): a reshard once stopped a consumer that way, and a commit would have
+    moved its offsets without writing its journal. They delete last."""
+    client = connect(on_cluster)
+    assert isinstance(client, RedisCluster)
+    topic = on_cluster.events_topic
+    store = ClusterStateStore(client, topic, 3600)
+    store.begin([0]).commit(_writes(1.0, 10))
+    assert store.done == {1} and client.hkeys(store.journal_key) == [b"1"]
+    with migrating(client, store.progress_key):
+        assert store.offsets([0]) == {0: 10}  # deletes journal 1: the hash is gone
+    assert client.exists(store.journal_key) == 0 and store.done == set()
+    other = ClusterStateStore(client, topic, 3600)  # another process commits journal 2
+    other.begin([0]).commit(_writes(2.0, 20))
+    assert client.hkeys(store.journal_key) == [b"2"]
+    with migrating(client, store.progress_key):
+        batch = store.begin([0])  # finds journal 2 pending, applies it: done, not deleted
+        assert store.done == {2}
+        batch.commit(_writes(3.0, 30))  # deletes journal 2, writes journal 3
+    assert client.hkeys(store.journal_key) == [b"3"] and store.done == {3}
+    assert store.offsets([0]) == {0: 30} and processed(client, topic) == 3
+    assert (
+        client.hget(keys.user_key("u"), STATE_FIELD)
+        == _writes(3.0, 30).user_states["u"][STATE_FIELD]
+    )
     client.close()
 
 
