@@ -34,7 +34,7 @@ from scoring import score_record
 
 #: (owner, method, stage): the stages clocked; nested ones are inside `_handle` or `run`.
 STAGES: list[tuple[Any, str, str]] = [
-    (runner, "decode_records", "decode"),
+    (runner, "read_incoming", "decode"),
     (StreamConsumer, "_handle", "handle"),
     (StreamConsumer, "_collect", "wait for the last commit (in handle, and after)"),
     (StreamConsumer, "_fence", "handle: offsets fence"),

@@ -18,7 +18,6 @@ import orjson
 
 from engage.transport.packed import PackedRecords
 from features.digest import vector_digests
-from features.events import Event
 from features.fold import FoldOutput
 from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
@@ -29,23 +28,12 @@ from scoring.funnel_join import FunnelRows
 from scoring.live_monitor import LiveMonitors
 from scoring.message_writer import write_packed
 from scoring.model import NO_MODEL_FOR_DOMAIN
-from scoring.online_calibration import event_labels
+from scoring.online_calibration import labels_of
 from scoring.rules import RuleScorer, RuleScores, domain_of
 
+from .incoming import Incoming, IncomingBatch
 from .model_job import ModelJob, ModelOutputs, ModelWorker
 from .state_store import BatchWrites, Loaded, advance
-
-
-@dataclass(slots=True)
-class Incoming:
-    """A decoded event and where it came from (the raw record, in case it is refused)."""
-
-    event: Event
-    partition: int
-    offset: int
-    kafka_ts_ms: int
-    key: bytes | None = None
-    value: bytes = b""
 
 
 @dataclass
@@ -65,10 +53,10 @@ class _LiveRows:
     """A batch's rows as the live states take them: partitions, labels, domains, and the
     served probability of the rows the model scored (NaN elsewhere) once `serve` ran."""
 
-    def __init__(self, incoming: list[Incoming]) -> None:
+    def __init__(self, incoming: IncomingBatch) -> None:
         self.incoming = incoming
-        self.partitions = np.fromiter((i.partition for i in incoming), np.int64, len(incoming))
-        self.labels = event_labels(item.event for item in incoming)
+        self.partitions = np.array(incoming.partitions, dtype=np.int64)
+        self.labels = labels_of(incoming.events.event_types, incoming.events.values)
         self.domains: list[str] = []
         self.served: np.ndarray | None = None
         self.model_rows: np.ndarray | None = None
@@ -81,7 +69,7 @@ class _LiveRows:
     ) -> np.ndarray:  # fmt: skip
         """The online-calibrated probability of the model's rows (`rows`; None: all), whose
         interaction and propensity probabilities are `p_model` and `p_propensity`."""
-        self.domains = [domains[item.event.source] for item in self.incoming]
+        self.domains = [domains[source] for source in self.incoming.events.sources]
         at = np.arange(len(self.incoming)) if rows is None else np.asarray(rows, np.int64)
         self.model_rows = at
         doms = self.domains if rows is None else [self.domains[r] for r in rows]
@@ -102,13 +90,14 @@ class _LiveRows:
         return {d: rows[[x == d for x in doms]] for d in present}
 
     def event_ts(self) -> np.ndarray:
-        return np.fromiter((i.event.ts for i in self.incoming), np.int64, len(self.incoming))
+        return np.array(self.incoming.events.ts, dtype=np.int64)
 
     def funnel(self, rows: np.ndarray, prob: np.ndarray, rule: np.ndarray) -> FunnelRows:
         """The funnel join's view of the model's funnel `rows` (their served propensity and
         rule score): a conversion is an engaged funnel event, the event's own label."""
-        return FunnelRows(self.partitions[rows], [self.incoming[r].event.user_id for r in
-                          rows.tolist()], self.event_ts()[rows], prob, rule,
+        users = self.incoming.events.user_ids
+        return FunnelRows(self.partitions[rows], [users[r] for r in rows.tolist()],
+                          self.event_ts()[rows], prob, rule,
                           self.labels[rows] == 1.0)  # fmt: skip
 
 
@@ -142,10 +131,12 @@ class BatchScorer:
         self._served: tuple[ModelJob, ModelOutputs, score_record.ModelColumns | None] | None
         self._served = None
 
-    def run(self, state: StreamState, incoming: list[Incoming], loaded: Loaded) -> ScoredBatch:
+    def run(self, state: StreamState, incoming: Sequence[Incoming], loaded: Loaded) -> ScoredBatch:
         """Admit and fold the batch over `state` (filled by the store with what the batch
-        touches; `loaded`: what it read, to write back only what changed), then score it."""
-        folded = state.apply([item.event for item in incoming])
+        touches; `loaded`: what it read, to write back only what changed), then score it.
+        `incoming`: best an `IncomingBatch` (columns), which the steps below read."""
+        incoming = IncomingBatch.of(incoming)
+        folded = state.apply(incoming.events)
         refused = [(incoming[i], reason) for i, reason in folded.refused]
         # Copies: the next batch may fold (and admit into these dicts) while this one commits.
         writes = BatchWrites(user_recent_ids={u: dict(state.recent[u]) for u in loaded.users})
@@ -153,7 +144,8 @@ class BatchScorer:
             if self.live is not None:  # one observe per batch: its commit or rollback follows
                 writes.live = self.live.observe(self.topic, *_NO_ROWS)
             return ScoredBatch([], writes, [], refused)
-        incoming = [incoming[i] for i in folded.admitted]
+        if refused:
+            incoming = incoming.take(folded.admitted)
         out = folded.out
         after, before = out.after, out.before
         latest_rows = self._latest_rows(incoming)
@@ -202,11 +194,11 @@ class BatchScorer:
             latest.append(shown)
             self._score_hash(writes, shown)
         writes.publish = orjson.dumps(latest)
-        latencies = [now_ms - item.kafka_ts_ms for item in incoming]
+        latencies = [now_ms - ts for ts in incoming.kafka_ts_ms]
         return ScoredBatch(messages, writes, latencies, refused)
 
     def _written(
-        self, incoming: list[Incoming], block: RuleScores | None, digests: Sequence[str],
+        self, incoming: IncomingBatch, block: RuleScores | None, digests: Sequence[str],
         now_ms: float,
     ) -> PackedRecords | None:  # fmt: skip
         """The batch's score messages from the compiled writer, or None if a value is one it
@@ -218,25 +210,24 @@ class BatchScorer:
             version, p_int, p_prop, p_online = self._served[2]
             columns = (version, np.asarray(p_int), np.asarray(p_prop),
                        None if p_online is None else np.asarray(p_online))  # fmt: skip
-        events = [item.event for item in incoming]
+        events = incoming.events
         order, points = block.top()
         packed = write_packed(
-            [e.user_id for e in events], [e.event_id for e in events],
-            [e.item_id for e in events], [e.ts for e in events],
-            [item.partition for item in incoming], [item.offset for item in incoming],
+            events.user_ids, events.event_ids, events.item_ids, events.ts,
+            incoming.partitions, incoming.offsets,
             np.asarray(round_like_python(block.score, score_record.RULE_DECIMALS)),
             block.labels, np.where(np.isnan(points), -1, order), np.nan_to_num(points),
             block.signal_names, digests, now_ms, columns,
         )  # fmt: skip
         if packed is None:
             return None
-        return PackedRecords([e.user_id.encode() for e in events], *packed)
+        return PackedRecords([user.encode() for user in events.user_ids], *packed)
 
     @staticmethod
-    def _latest_rows(incoming: list[Incoming]) -> dict[str, int]:
+    def _latest_rows(incoming: IncomingBatch) -> dict[str, int]:
         """Each user's last row in the batch: what the score hash, the leaderboard and the live
         view show, so the only rows whose model reasons are worth computing."""
-        return {item.event.user_id: row for row, item in enumerate(incoming)}
+        return {user: row for row, user in enumerate(incoming.events.user_ids)}
 
     @staticmethod
     def _score_hash(writes: BatchWrites, shown: dict[str, Any]) -> None:
@@ -249,13 +240,13 @@ class BatchScorer:
             writes.leaderboard.setdefault("model", {})[user] = fields["propensity"]
 
     def _rules(
-        self, incoming: list[Incoming], after: np.ndarray, shown: set[int]
+        self, incoming: IncomingBatch, after: np.ndarray, shown: set[int]
     ) -> tuple[list[tuple[float, str, list]] | None, dict[int, list], RuleScores | None]:
         """The rules' scores: of the whole batch when it is of one domain (then the rows
         are made where needed, `rule_rows`), else every row's score, label and top signals
         with their points; the reasons in words only for the `shown` rows (each user's
         latest: the score hash and live view)."""
-        sources = [item.event.source for item in incoming]
+        sources = incoming.events.sources
         domain = {source: domain_of(source) for source in set(sources)}
         texts: dict[int, list] = {}
         if len(set(domain.values())) == 1:  # the usual batch: one domain, no regrouping
@@ -311,7 +302,7 @@ class BatchScorer:
 
     def _model_start(
         self, before: np.ndarray, after: np.ndarray, latest_rows: dict[str, int],
-        incoming: list[Incoming],
+        incoming: IncomingBatch,
     ) -> ModelJob | None:  # fmt: skip
         """Start the model's work on the batch (consumer.model_job: on the worker thread for
         large batches, so it runs while the rules are scored): probabilities of every row in
@@ -323,13 +314,14 @@ class BatchScorer:
         bundle = self.model
         if bundle is None:
             return None
-        domains = {source: domain_of(source) for source in {i.event.source for i in incoming}}
+        sources = incoming.events.sources
+        domains = {source: domain_of(source) for source in set(sources)}
         rows: list[int] | None = None  # the rows the model scores (None: all of them)
         latest = sorted(latest_rows.values())
         if all(bundle.covers(domain) for domain in domains.values()):
             shown, at = latest, latest
         else:
-            rows = [r for r, i in enumerate(incoming) if bundle.covers(domains[i.event.source])]
+            rows = [r for r, s in enumerate(sources) if bundle.covers(domains[s])]
             before, after = before[rows], after[rows]
             position = {row: i for i, row in enumerate(rows)}  # batch row -> scored row
             shown = [row for row in latest if row in position]
@@ -340,7 +332,7 @@ class BatchScorer:
         return ModelJob(bundle, domains, rows, shown, outputs)
 
     def _model(
-        self, job: ModelJob | None, latest_rows: dict[str, int], incoming: list[Incoming],
+        self, job: ModelJob | None, latest_rows: dict[str, int], incoming: IncomingBatch,
         live: _LiveRows | None = None, only: list[int] | None = None,
     ) -> list[dict[str, Any]] | None:  # fmt: skip
         """Every row's model part from the job's outputs (or those of the rows `only`, in
@@ -368,7 +360,7 @@ class BatchScorer:
         return self._parts(latest_rows, incoming, only)
 
     def _parts(
-        self, latest_rows: dict[str, int], incoming: list[Incoming], only: list[int] | None
+        self, latest_rows: dict[str, int], incoming: IncomingBatch, only: list[int] | None
     ) -> list[dict[str, Any]]:
         """The model parts of the batch served last (`_model`): every row's, or `only`'s."""
         assert self._served is not None
@@ -388,14 +380,14 @@ class BatchScorer:
                 out = parts
             else:
                 out = [
-                    score_record.skipped_part(NO_MODEL_FOR_DOMAIN, domains[item.event.source])
-                    for item in incoming
+                    score_record.skipped_part(NO_MODEL_FOR_DOMAIN, domains[source])
+                    for source in incoming.events.sources
                 ]
                 for row, part in zip(rows, parts, strict=True):
                     out[row] = part
         for row in latest_rows.values():
             if row in at:
-                score_record.name_domain(out[at[row]], domains[incoming[row].event.source])
+                score_record.name_domain(out[at[row]], domains[incoming.events.sources[row]])
         reasons = zip(job.shown, result.interaction_reasons, result.propensity_reasons, strict=True)
         for row, reasons_i, reasons_p in reasons:
             if row in at:
@@ -404,27 +396,27 @@ class BatchScorer:
 
     def _writes(
         self, writes: BatchWrites, state: StreamState, out: FoldOutput,
-        incoming: list[Incoming], loaded: Loaded,
+        incoming: IncomingBatch, loaded: Loaded,
     ) -> None:  # fmt: skip
         tables = state.tables
+        users, item_ids = incoming.events.user_ids, incoming.events.item_ids
         for user, before in loaded.users.items():
             fields = packed_user(tables, user)
             if fields[STATE_FIELD] != before:
                 writes.user_states[user] = fields
         for row in np.flatnonzero(out.new_item).tolist():  # rows in order: only those that
-            event = incoming[row].event  # first touched an item or closed a session
-            if event.item_id is not None:
-                writes.user_new_items.setdefault(event.user_id, set()).add(event.item_id)
+            item_id = item_ids[row]  # first touched an item or closed a session
+            if item_id is not None:
+                writes.user_new_items.setdefault(users[row], set()).add(item_id)
         for row in np.flatnonzero(out.closed).tolist():
-            event = incoming[row].event
             sid, fields = out.closed_session(row)  # type: ignore[misc]
-            writes.closed_sessions[(event.user_id, sid)] = fields
-            writes.sessions.pop((event.user_id, sid), None)
+            writes.closed_sessions[(users[row], sid)] = fields
+            writes.sessions.pop((users[row], sid), None)
         writes.item_shards = loaded.items.updated(
             out.item_ids, out.item_loc,
-            np.array([item.partition for item in incoming], dtype=np.int64),
-            np.array([item.offset for item in incoming], dtype=np.int64),
+            np.array(incoming.partitions, dtype=np.int64),
+            np.array(incoming.offsets, dtype=np.int64),
             out.item_delta, out.item_delta_set,
         )  # fmt: skip
         writes.sessions.update(out.sessions_dict())
-        advance(writes.offsets, [(item.partition, item.offset) for item in incoming])
+        advance(writes.offsets, list(zip(incoming.partitions, incoming.offsets, strict=True)))

@@ -27,19 +27,20 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from consumer.batch import BatchScorer, Incoming
+from consumer.batch import BatchScorer
 from consumer.cluster_store import ClusterStateStore
 from consumer.deadletter import DeadLetter
+from consumer.incoming import read_incoming
 from consumer.local_state import LocalState
 from consumer.metrics import ConsumerMetrics, export_live_quality
 from consumer.model_job import ModelWorker
-from consumer.ordering import Decoded, EventTimeMerger, decode_records
+from consumer.ordering import EventTimeMerger
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, StateStore, StoreBatch, advance
 from consumer.store import REDIS_DOWN, RedisBatch, RedisStateStore, waitable
 from engage import kafka_clients, redis_client, transport
 from engage.settings import Settings
 from engage.transport import record_batches
-from features.events import DecodeError
+from features.events import DecodeError, Event
 from features.stream import warm_up
 from scoring import message_writer
 from scoring.live_monitor import LiveMonitors
@@ -389,7 +390,7 @@ class StreamConsumer:
                 self._model_watch.maybe_reload(summary)
                 if self.resync_needed:  # an assignment in this poll could not read Redis
                     continue  # records dropped: the resync seeks back to them
-                records = self._ordered(polled)
+                records, decoded = self._ordered(polled)
                 held = self.merger is not None and len(self.merger) > 0
                 if not self.positions or held:  # joining the group, or records held back
                     last_data = time.monotonic()
@@ -398,7 +399,7 @@ class StreamConsumer:
                         last_data = time.monotonic()
                     try:
                         if records:
-                            self._handle(records, summary)
+                            self._handle(records, decoded, summary)
                         else:  # idle: count the last batch now
                             self._collect(summary)
                         if max_events is not None and self._taken(summary) >= max_events:
@@ -434,18 +435,20 @@ class StreamConsumer:
             done += self._inflight.done.applied + self._inflight.done.dead
         return done
 
-    def _ordered(self, records: list[transport.Record]) -> list[Decoded]:
-        """The records to apply now, decoded: all of them in arrival order, or with
-        `consume_order = "event_time"` the merged prefix the merger can release."""
+    def _ordered(
+        self, records: list[transport.Record]
+    ) -> tuple[list[transport.Record], list[Event | DecodeError] | None]:
+        """The records to apply now: all of them in arrival order (not decoded yet), or with
+        `consume_order = "event_time"` the merged prefix the merger can release, decoded."""
         if self.merger is None:
-            return decode_records(records)
+            return records, None
         self.merger.add(records)
         assigned = self.kafka.assignment()
         released = self.merger.release(self.settings.batch_max_records, assigned, self._at_end)
         for p, offset in self.merger.trim().items():
             if p in assigned:
                 self.kafka.seek(p, offset)
-        return released
+        return [r for r, _ in released], [e for _, e in released]
 
     def _at_end(self, partition: int) -> bool:
         """Fetched up to the high watermark of the last fetch (unknown counts as not)."""
@@ -455,7 +458,10 @@ class StreamConsumer:
         position = self.kafka.position(partition, timeout_ms=1000)
         return position is not None and position >= highwater
 
-    def _handle(self, decoded: list[Decoded], summary: RunSummary) -> None:
+    def _handle(
+        self, records: list[transport.Record], decoded: list[Event | DecodeError] | None,
+        summary: RunSummary,
+    ) -> None:  # fmt: skip
         """Apply, score, emit and commit one batch, in labelled steps.
 
         With `commit_overlap` the batch's transaction is left running on a thread (`_InFlight`)
@@ -467,21 +473,19 @@ class StreamConsumer:
         batch folded over it is dropped with the local copy, as an aborted batch is."""
         t0 = time.perf_counter()
         t_start = time.monotonic()
-        partitions = {r.partition for r, _ in decoded}
+        partitions = {r.partition for r in records}
         # Records at or below the stored offset were already applied (a re-delivery): skip.
-        decoded = [
-            d for d in decoded if d[0].offset > self.positions.get(d[0].partition, NO_OFFSET)
+        positions = self.positions
+        keep = [
+            k for k, r in enumerate(records) if r.offset > positions.get(r.partition, NO_OFFSET)
         ]
-        records = [r for r, _ in decoded]
-        incoming: list[Incoming] = []
-        dead: list[DeadLetter] = []
+        if len(keep) < len(records):
+            records = [records[k] for k in keep]
+            decoded = None if decoded is None else [decoded[k] for k in keep]
+        incoming, undecodable = read_incoming(records, decoded)
         cap = self.settings.dead_letter_max_bytes  # a dead letter always fits a request
-        for r, event in decoded:
-            if isinstance(event, DecodeError):
-                dead.append(DeadLetter(event.reason, r.topic, r.partition, r.offset, r.key,
-                                       r.value, max_bytes=cap))  # fmt: skip
-                continue
-            incoming.append(Incoming(event, r.partition, r.offset, r.timestamp, r.key, r.value))
+        dead = [DeadLetter(exc.reason, r.topic, r.partition, r.offset, r.key, r.value,
+                           max_bytes=cap) for r, exc in undecodable]  # fmt: skip
         if self.ownership_changed:
             if not self._collect(summary):
                 return
@@ -496,11 +500,13 @@ class StreamConsumer:
             state = self.store.state(self.settings.feature_params, self.settings.admission_policy)
             user_items: dict[str, set[str]] = {}
             items: set[str] = set()
-            for item in incoming:
-                wanted = user_items.setdefault(item.event.user_id, set())
-                if item.event.item_id is not None:
-                    wanted.add(item.event.item_id)
-                    items.add(item.event.item_id)
+            for user, item_id in zip(
+                incoming.events.user_ids, incoming.events.item_ids, strict=True
+            ):
+                wanted = user_items.setdefault(user, set())
+                if item_id is not None:
+                    wanted.add(item_id)
+                    items.add(item_id)
             loaded = batch.load(state, user_items, items)
             scored = self.scorer.run(state, incoming, loaded)
             if overlap:  # the previous batch must have landed before ours reads its offsets

@@ -32,6 +32,7 @@ from numba import njit
 
 from features import fold_layout as L
 from features.aggregates import Applied, FeatureParams, State
+from features.event_batch import EventBatch
 from features.events import Event, EventType
 from features.items import ItemMeta
 from features.vector import context_columns
@@ -392,12 +393,10 @@ class _Columns:
 
 
 def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
-    n = len(events)
-    user_col = [e.user_id for e in events]
-    item_col = [e.item_id for e in events]
-    ts_col = [e.ts for e in events]
-    kinds = [e.event_type for e in events]
-    sids = [e.session_id for e in events]
+    batch = EventBatch.of(events)
+    n = len(batch)
+    user_col, item_col, ts_col = batch.user_ids, batch.item_ids, batch.ts
+    kinds, sids = batch.event_types, batch.session_ids
 
     user_ids = list(dict.fromkeys(user_col))
     user_loc = {user: k for k, user in enumerate(user_ids)}
@@ -427,7 +426,7 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
                 items.add(item)
 
     type_code, rating = L.TYPE_CODE, EventType.RATING
-    values = [e.value if k is rating else 0.0 for e, k in zip(events, kinds, strict=True)]
+    values = [v if k is rating else 0.0 for v, k in zip(batch.values, kinds, strict=True)]
     ts = np.array(ts_col, dtype=np.int64)
     kind = np.array([type_code[k] for k in kinds], dtype=np.int64)
     value = np.array(values, dtype=np.float64)
@@ -454,7 +453,7 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
         sid=np.where(np.array([s is None for s in sids], dtype=np.bool_), -1, new_arr),
         new_id=new_arr,
         seen=np.array(seen, dtype=np.bool_),
-        context=context_columns(events, ts),
+        context=context_columns(batch.contexts, ts),
     )
 
 

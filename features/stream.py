@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from features.admission import AdmissionPolicy, RecentIds
 from features.aggregates import FeatureParams
+from features.event_batch import EventBatch
+from features.event_reader import read_events
 from features.events import Event
 from features.fold import FoldOutput, FoldState, fold
 from features.fold_layout import USER_COLUMN
@@ -44,27 +46,29 @@ class StreamState:
     recent: dict[str, RecentIds] = field(default_factory=dict)
 
     def apply(self, events: Sequence[Event]) -> FoldedBatch:
-        """Admit each event against what its predecessors left, then fold the admitted ones.
-        Admission reads only the user's latest applied event time (`last_ts`, a running
-        maximum), so it can run ahead of the fold."""
+        """Admit each event against what its predecessors left, then fold the admitted ones
+        (`events`: best an `EventBatch`, whose columns both read). Admission reads only the
+        user's latest applied event time (`last_ts`, a running maximum), so it can run ahead
+        of the fold."""
+        batch = EventBatch.of(events)
         index, users = self.tables.user_index, self.tables.users
 
         def last_applied(user: str) -> float:
             row = index.get(user)
             return float(users[row, _LAST_TS]) if row is not None else 0.0
 
-        admitted, refused = self.admission.admit_all(events, last_applied, self.recent)
-        out = fold(self.tables, [events[i] for i in admitted], self.params)
+        admitted, refused = self.admission.admit_all(batch, last_applied, self.recent)
+        out = fold(self.tables, batch.take(admitted) if refused else batch, self.params)
         return FoldedBatch(admitted, refused, out)
 
 
 def warm_up(params: FeatureParams | None = None) -> None:
-    """Load the compiled fold (numba's on-disk cache, or a compile on first use) now, so the
-    first batch a consumer takes is not seconds late."""
+    """Load the compiled reader and fold (numba's on-disk cache, or a compile on first use)
+    now, so the first batch a consumer takes is not seconds late."""
     from features.events import EventType
 
     probe = Event(
         event_id="warm-up", user_id="warm-up", ts=946_684_800_000, event_type=EventType.RATING,
         item_id="warm-up", value=4.0, source="warm-up",
     )  # fmt: skip
-    StreamState(params or FeatureParams()).apply([probe])
+    StreamState(params or FeatureParams()).apply(read_events([probe.to_json()])[0])

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -81,12 +81,17 @@ _RATING = -1.0
 def event_labels(events: Iterable[Event]) -> np.ndarray:
     """`event_label` of each event, as the float array `OnlineCalibrator.process` takes."""
     events = events if isinstance(events, list) else list(events)
+    return labels_of([e.event_type for e in events], [e.value for e in events])
+
+
+def labels_of(event_types: Sequence[EventType], values: Sequence[float | None]) -> np.ndarray:
+    """`event_labels` of events given as their types and values (an `EventBatch`'s columns)."""
     lookup = _LABEL_OF_TYPE.get
-    out = np.fromiter((lookup(e.event_type, _RATING) for e in events), np.float64, len(events))
+    out = np.fromiter((lookup(t, _RATING) for t in event_types), np.float64, len(event_types))
     ratings = np.flatnonzero(out == _RATING)
     if len(ratings):
-        values = [events[i].value for i in ratings.tolist()]
-        out[ratings] = [1.0 if v is not None and v >= ENGAGED_RATING else 0.0 for v in values]
+        rated = [values[i] for i in ratings.tolist()]
+        out[ratings] = [1.0 if v is not None and v >= ENGAGED_RATING else 0.0 for v in rated]
     return out
 
 

@@ -402,7 +402,8 @@ def test_the_pre_pass_columns_equal_the_per_event_definitions(
     events = [*synthetic_log, *movielens_log[0], *odd]
     ts = np.array([e.ts for e in events], dtype=np.int64)
     want = np.array([context_values(e) for e in events], dtype=np.float64)
-    assert_same_bits(context_columns(events, ts), want, CONTEXT_FEATURES, "context")
+    contexts = [e.context for e in events]
+    assert_same_bits(context_columns(contexts, ts), want, CONTEXT_FEATURES, "context")
     kind = np.array([fold_layout.TYPE_CODE[e.event_type] for e in events], dtype=np.int64)
     value = np.array([e.value if e.event_type is EventType.RATING else 0.0 for e in events])
     assert {e.event_type for e in events} == set(EventType)

@@ -1,0 +1,103 @@
+"""A polled batch's valid events and where each came from, as columns.
+
+Why: the consumer's hot path (admission, the fold, the score messages, the writes) reads
+fields of a whole batch; an object per record to read them back from cost more than the
+reading. `read_incoming` fills the columns with the compiled reader (`features.event_reader`);
+indexing a batch still gives an `Incoming` (for a refusal's dead letter, a shown row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import overload
+
+from engage.transport.base import Record
+from features.event_batch import EventBatch
+from features.event_reader import read_events
+from features.events import DecodeError, Event
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A decoded event and where it came from (the raw record, in case it is refused)."""
+
+    event: Event
+    partition: int
+    offset: int
+    kafka_ts_ms: int
+    key: bytes | None = None
+    value: bytes = b""
+
+
+@dataclass(eq=False)
+class IncomingBatch(Sequence[Incoming]):
+    """Events (`events`, row `i` of each column is event `i`) and their records' partition,
+    offset, Kafka timestamp, key and raw value."""
+
+    events: EventBatch
+    partitions: list[int]
+    offsets: list[int]
+    kafka_ts_ms: list[int]
+    keys: list[bytes | None]
+    values: list[bytes]
+
+    @classmethod
+    def of(cls, incoming: Sequence[Incoming]) -> IncomingBatch:
+        """The columns of `incoming` (a batch is returned as it is)."""
+        if isinstance(incoming, IncomingBatch):
+            return incoming
+        return cls(
+            EventBatch.of([i.event for i in incoming]), [i.partition for i in incoming],
+            [i.offset for i in incoming], [i.kafka_ts_ms for i in incoming],
+            [i.key for i in incoming], [i.value for i in incoming],
+        )  # fmt: skip
+
+    def take(self, rows: Sequence[int]) -> IncomingBatch:
+        """The batch of rows `rows`, in that order."""
+        return IncomingBatch(
+            self.events.take(rows), [self.partitions[r] for r in rows],
+            [self.offsets[r] for r in rows], [self.kafka_ts_ms[r] for r in rows],
+            [self.keys[r] for r in rows], [self.values[r] for r in rows],
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.partitions)
+
+    @overload
+    def __getitem__(self, index: int) -> Incoming: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> IncomingBatch: ...
+
+    def __getitem__(self, index: int | slice) -> Incoming | IncomingBatch:
+        if isinstance(index, slice):
+            return self.take(range(len(self))[index])
+        return Incoming(self.events[index], self.partitions[index], self.offsets[index],
+                        self.kafka_ts_ms[index], self.keys[index], self.values[index])  # fmt: skip
+
+    def __iter__(self) -> Iterator[Incoming]:
+        return (self[i] for i in range(len(self)))
+
+
+def read_incoming(
+    records: Sequence[Record], decoded: Sequence[Event | DecodeError] | None = None
+) -> tuple[IncomingBatch, list[tuple[Record, DecodeError]]]:
+    """The records' valid events as a batch, and each other record with why it is not one.
+    `decoded`: the records' events when they were decoded already (the event-time merge)."""
+    if decoded is None:
+        events, rows, errors = read_events([r.value for r in records])
+        undecodable = [(records[i], exc) for i, exc in errors]
+    else:
+        rows = [i for i, e in enumerate(decoded) if isinstance(e, Event)]
+        events = EventBatch.of([decoded[i] for i in rows])  # type: ignore[misc]
+        undecodable = [(r, e) for r, e in zip(records, decoded, strict=True)
+                       if isinstance(e, DecodeError)]  # fmt: skip
+    if len(rows) < len(records):
+        records = [records[i] for i in rows]
+    batch = IncomingBatch(
+        events, [r.partition for r in records], [r.offset for r in records],
+        [r.timestamp for r in records], [r.key for r in records],
+        [r.value or b"" for r in records],
+    )  # fmt: skip
+    return batch, undecodable

@@ -1,0 +1,196 @@
+"""The compiled event reader against the Event model, message for message.
+
+`features.event_reader.read_events` must give, for every message, what `decode_event` (the
+model's validation) gives: the same event (its fields, and its encoding) or the same error
+reason. Canonical messages must be read by the compiled pass itself (no validation
+call), and anything it is not sure of must be left to the model.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+import pytest
+
+from features import event_reader
+from features.event_batch import EventBatch, assemble_event
+from features.event_reader import read_events
+from features.events import MAX_TS_MS, MIN_TS_MS, DecodeError, Event, EventType, decode_event
+
+
+def random_event(rng: random.Random, k: int) -> Event:
+    kind = rng.choice(list(EventType))
+    value: float | None = None
+    if kind is EventType.RATING:  # halves, and decimals of every length (17 digits: inexact)
+        value = rng.choice([0.0, 3.5, 10.0, rng.randint(0, 20) / 2,
+                            round(rng.uniform(0, 10), rng.randint(1, 17))])  # fmt: skip
+    elif rng.random() < 0.3:
+        value = rng.choice([0.0, 12.75, 1e-4, 123456.5, float(rng.randint(0, 10**6)),
+                            rng.uniform(0, 1e6), rng.uniform(0, 1e-3), 1e22,
+                            1e15 + 0.5])  # fmt: skip
+    context = None
+    if rng.random() < 0.1:
+        context = {"device": "mobile", "account_balance": 12.5}
+    return Event(
+        event_id=f"e:{k}:{rng.randint(0, 10**9)}",
+        user_id=rng.choice(["u1", "user-2", "x" * 256, "9"]),
+        ts=rng.randint(MIN_TS_MS, MAX_TS_MS),
+        event_type=kind,
+        item_id=rng.choice([None, "31", "/pricing", "i" * 256]),
+        session_id=rng.choice([None, None, "s:1", f"s{k}"]),
+        value=value,
+        context=context,
+        source=rng.choice(["movielens", "synthetic", "w" * 64]),
+    )
+
+
+def outcome(message: bytes | None) -> tuple[str, Any]:
+    try:
+        event = decode_event(message)
+    except DecodeError as exc:
+        return "error", exc.reason
+    return "event", (event, event.to_json())
+
+
+def assert_reads_like_the_model(messages: list[bytes | None]) -> None:
+    batch, rows, errors = read_events(messages)
+    got: dict[int, tuple[str, Any]] = {}
+    for row, event in zip(rows, batch, strict=True):
+        got[row] = ("event", (event, event.to_json()))
+    for row, exc in errors:
+        got[row] = ("error", exc.reason)
+    assert sorted(got) == list(range(len(messages)))
+    for i, message in enumerate(messages):
+        assert got[i] == outcome(message), message
+
+
+CANONICAL = (
+    b'{"event_id":"ml-r:1:31:964982703","user_id":"1","ts":964982703000,'
+    b'"event_type":"rating","item_id":"31","value":2.5,"source":"movielens",'
+    b'"schema_version":1}'
+)
+
+
+def with_field(name: str, raw: str) -> bytes:
+    """CANONICAL with one field's JSON text replaced."""
+    fields = orjson.loads(CANONICAL)
+    text = CANONICAL.decode()
+    old = orjson.dumps(fields[name]).decode()
+    return text.replace(f'"{name}":{old}', f'"{name}":{raw}', 1).encode()
+
+
+EDGES: list[bytes | None] = [
+    None, b"", b"{}", b"[]", b"null", b"not json", CANONICAL + b" ", b" " + CANONICAL,
+    CANONICAL[:-1], CANONICAL + b"}", CANONICAL.replace(b":", b": ", 1),
+    with_field("value", "4"), with_field("value", "10"), with_field("value", "10.5"),
+    with_field("value", "04"), with_field("value", "4."), with_field("value", ".5"),
+    with_field("value", "4e0"), with_field("value", "4E-1"), with_field("value", "-0"),
+    with_field("value", "-0.0"), with_field("value", "-1"), with_field("value", "0.1"),
+    with_field("value", "3.000000000000001"), with_field("value", "1.2345678901234567"),
+    with_field("value", "null"), with_field("value", "true"), with_field("value", '"4"'),
+    with_field("value", "0.30000000000000004"), with_field("value", "9.999999999999999"),
+    with_field("ts", str(MIN_TS_MS)), with_field("ts", str(MIN_TS_MS - 1)),
+    with_field("ts", str(MAX_TS_MS)), with_field("ts", str(MAX_TS_MS + 1)),
+    with_field("ts", "964982703000.0"), with_field("ts", "0964982703000"),
+    with_field("ts", "99999999999999999999999"), with_field("ts", '"964982703000"'),
+    with_field("ts", "-964982703000"), with_field("ts", "9.6e11"),
+    with_field("event_type", '"tag"'), with_field("event_type", '"Rating"'),
+    with_field("event_type", '"page_view"'), with_field("event_type", '"click"'),
+    with_field("event_id", '""'), with_field("event_id", '"' + "e" * 256 + '"'),
+    with_field("event_id", '"' + "e" * 257 + '"'), with_field("event_id", '"a\\"b"'),
+    with_field("event_id", '"a\\u0041"'), with_field("event_id", '"caf\u00e9"'),
+    with_field("event_id", '"tab\there"'), with_field("event_id", "7"),
+    with_field("source", '"' + "s" * 64 + '"'), with_field("source", '"' + "s" * 65 + '"'),
+    with_field("source", '""'), with_field("schema_version", "2"),
+    with_field("schema_version", "1.0"), with_field("schema_version", "10"),
+    with_field("item_id", "null"), with_field("user_id", '"u\\/1"'),
+    CANONICAL.replace(b',"schema_version":1', b""),
+    CANONICAL.replace(b',"item_id":"31"', b""), CANONICAL.replace(b',"value":2.5', b""),
+    CANONICAL.replace(b'"event_id":"ml-r:1:31:964982703",', b""),
+    CANONICAL.replace(b'"user_id":"1","ts":964982703000', b'"ts":964982703000,"user_id":"1"'),
+    CANONICAL.replace(b'"item_id":"31"', b'"item_id":"31","item_id":"32"'),
+    CANONICAL.replace(b'"item_id":"31"', b'"item_id":"31","session_id":"s","context":{}'),
+    CANONICAL.replace(b'"item_id":"31"', b'"item_id":"31","extra":1'),
+    CANONICAL.replace(b'"value":2.5', b'"value":2.5,"context":{"device":"tv"}'),
+    b"x" * (64 * 1024 + 1),
+]  # fmt: skip
+
+
+def test_edge_messages_read_as_the_model_reads_them() -> None:
+    assert_reads_like_the_model([m for m in EDGES if m is not None])  # the compiled pass
+    assert_reads_like_the_model([CANONICAL, *EDGES, CANONICAL])  # and with a tombstone
+
+
+def test_random_events_read_as_the_model_reads_them() -> None:
+    rng = random.Random(7)
+    messages: list[bytes | None] = [random_event(rng, k).to_json() for k in range(3000)]
+    assert_reads_like_the_model(messages)
+
+
+def test_mutated_messages_read_as_the_model_reads_them() -> None:
+    """Random edits of canonical messages: every byte a mutation can touch, characters that
+    end or escape strings and numbers, and non-ASCII."""
+    rng = random.Random(11)
+    alphabet = b'"\\,:{}[]0123456789.-+eE ntfu\x00\x7f\xc3\xa9a'
+    messages: list[bytes | None] = []
+    for k in range(6000):
+        raw = bytearray(random_event(rng, k).to_json())
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(raw))
+            what = rng.random()
+            if what < 0.4:
+                raw[at] = rng.choice(alphabet)
+            elif what < 0.7:
+                del raw[at]
+            else:
+                raw[at:at] = bytes([rng.choice(alphabet)])
+        messages.append(bytes(raw))
+    assert_reads_like_the_model(messages)
+
+
+def test_canonical_messages_are_read_without_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled pass reads canonical messages itself (else it would only be a detour):
+    all with no context and no value or a plain decimal of at most 15 digits; a message with
+    a context (which it does not read) goes to the model."""
+    rng = random.Random(3)
+    events = [random_event(rng, k) for k in range(500)]
+
+    def plain_decimal(value: float | None) -> bool:
+        text = "0" if value is None else orjson.dumps(value).decode()
+        return "e" not in text and len(text.replace(".", "")) <= 15
+
+    plain = [e for e in events if e.context is None and plain_decimal(e.value)]
+    assert len(plain) > 300
+    calls: list[bytes | None] = []
+
+    def counted(message: bytes | None) -> Event:
+        calls.append(message)
+        return decode_event(message)
+
+    monkeypatch.setattr(event_reader, "decode_event", counted)
+    batch, rows, errors = read_events([e.to_json() for e in plain])
+    assert calls == [] and errors == [] and rows == list(range(len(plain)))
+    assert list(batch) == plain
+    with_context = [e for e in events if e.context is not None]
+    assert with_context
+    batch, _, _ = read_events([e.to_json() for e in with_context])
+    assert len(calls) == len(with_context) and list(batch) == with_context
+
+
+def test_a_batch_of_events_is_its_columns() -> None:
+    rng = random.Random(5)
+    events = [random_event(rng, k) for k in range(200)]
+    batch = EventBatch.of(events)
+    assert EventBatch.of(batch) is batch
+    assert list(batch) == events and batch[17] == events[17]
+    assert list(batch.take([5, 3, 5])) == [events[5], events[3], events[5]]
+    assert list(batch[10:20:3]) == events[10:20:3]
+    for event in events:  # as validation makes it of its message: even the fields given
+        made = assemble_event(*(getattr(event, name) for name in (
+            "event_id", "user_id", "ts", "event_type", "item_id", "session_id", "value",
+            "context", "source")))  # fmt: skip
+        decoded = decode_event(event.to_json())
+        assert made == decoded and made.to_json() == decoded.to_json()
+        assert made.__pydantic_fields_set__ == decoded.__pydantic_fields_set__
