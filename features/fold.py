@@ -260,7 +260,7 @@ class FoldOutput:
 
     before: np.ndarray  # float64 (n, len(INTERACTION_FEATURES)): the state before each event
     after: np.ndarray  # float64 (n, len(PROPENSITY_FEATURES)): the state right after
-    strings: list[str]
+    strings: Sequence[str]
     closed: np.ndarray  # bool (n,): the event closed a session
     closed_code: np.ndarray  # int64 (n,): its id (-1 if none)
     closed_fields: np.ndarray  # float64 (n, len(SESSION_FIELDS)): its session_fields
@@ -319,7 +319,7 @@ def fold(
     params = params or FeatureParams()
     n = len(events)
     cols = _columns(state, events)
-    strings = list(cols.codes)
+    strings = cols.strings
     before = np.zeros((n, L.N_INTERACTION), dtype=np.float64)
     after = np.zeros((n, L.N_PROPENSITY), dtype=np.float64)
     closed = np.zeros(n, dtype=np.bool_)
@@ -371,7 +371,7 @@ def fold(
 class _Columns:
     """The pre-pass: one call's events as kernel columns."""
 
-    codes: dict[str, int]  # interned session ids -> code, in code order
+    strings: Sequence[str]  # the session ids, by code (`SessionIds`)
     user_ids: list[str]  # the call's users in order of first appearance ("loc")
     user_rows: np.ndarray  # their rows in the state
     user_codes: np.ndarray  # their current cs_id's code (-1: none)
@@ -404,14 +404,10 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
     user_rows = [user_row(user) for user in user_ids]
     seen_sets = [user_items.setdefault(user, set()) for user in user_ids]
     loc = [user_loc[user] for user in user_col]
-    # Session ids, interned: the users' current ones, and the id each event would give a
+    # Session ids as codes: the users' current ones, and the id each event would give a
     # session it starts (its session_id, else str(ts)).
     current = [cs_id[row] for row in user_rows]
-    new_ids = [str(t) if s is None else s for s, t in zip(sids, ts_col, strict=True)]
-    codes = {text: k for k, text in enumerate(dict.fromkeys([*current, *new_ids]))}
-    user_codes = [codes[c] if c else -1 for c in current]  # "" is falsy: continues_session
-    new_codes = [codes[text] for text in new_ids]
-
+    strings, user_codes, new_codes = _session_codes(current, sids, ts_col)
     item_ids = list(dict.fromkeys(i for i in item_col if i is not None))
     item_loc_of = {item: k for k, item in enumerate(item_ids)}
     item_rows = state.item_rows(item_ids)  # allocates; refreshes metadata
@@ -435,7 +431,7 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
     item_rows_arr = np.array([*item_rows, -1], dtype=np.int64)  # [-1] for item_loc -1
     new_arr = np.array(new_codes, dtype=np.int64)
     return _Columns(
-        codes=codes,
+        strings=strings,
         user_ids=user_ids,
         user_rows=np.array(user_rows, dtype=np.int64),
         user_codes=np.array(user_codes, dtype=np.int64),
@@ -455,6 +451,48 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
         seen=np.array(seen, dtype=np.bool_),
         context=context_columns(batch.contexts, ts),
     )
+
+
+class SessionIds(Sequence[str]):
+    """Session ids by code: the interned ones (`named`), then, at `len(named) + row`, the
+    id a session started by event `row` gets, `str(ts[row])`, made only when read."""
+
+    def __init__(self, named: list[str], ts: Sequence[int]) -> None:
+        self.named, self.ts = named, ts
+
+    def __len__(self) -> int:
+        return len(self.named) + len(self.ts)
+
+    def __getitem__(self, code: int) -> str:  # type: ignore[override]
+        base = len(self.named)
+        return self.named[code] if code < base else str(self.ts[code - base])
+
+
+def _session_codes(
+    current: list[str | None], sids: Sequence[str | None], ts: Sequence[int]
+) -> tuple[Sequence[str], list[int], list[int]]:
+    """The session ids of a call as codes (the kernel compares codes where
+    `continues_session` compares ids): their texts by code, each user's current id's code
+    (-1: none), each event's new session's code.
+
+    Codes are equal where the ids are. An event with no session_id starts a session named
+    `str(ts)`, but only an explicit session_id is ever compared with a current id, and a
+    time's digits can equal one only if it is all digits: if none is, each such event gets a
+    code of its own and its text is made only if it is read (the string per event was a
+    tenth of the fold's pre-pass). Else every id is interned."""
+    explicit = [s for s in sids if s is not None]
+    if any(s.isdigit() for s in dict.fromkeys(explicit)):
+        new_ids = [str(t) if s is None else s for s, t in zip(sids, ts, strict=True)]
+        codes = {text: k for k, text in enumerate(dict.fromkeys([*current, *new_ids]))}
+        strings: Sequence[str] = list(codes)
+        new_codes = [codes[text] for text in new_ids]
+    else:
+        codes = {text: k for k, text in enumerate(dict.fromkeys([*current, *explicit]))}
+        strings = SessionIds(list(codes), ts)
+        base = len(codes)
+        new_codes = [base + k if s is None else codes[s] for k, s in enumerate(sids)]
+    user_codes = [codes[c] if c else -1 for c in current]  # "" is falsy: continues_session
+    return strings, user_codes, new_codes
 
 
 def _session_rows(rows: np.ndarray) -> np.ndarray:

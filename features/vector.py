@@ -180,9 +180,10 @@ def context_columns(contexts: Sequence[dict[str, Any] | None], ts: np.ndarray) -
     out = np.zeros((len(contexts), len(CONTEXT_FEATURES)), dtype=np.float64)
     out[:, 0] = (seconds // 3600) % 24
     out[:, 1] = (seconds // 86400 + 3) % 7
-    for k, context in enumerate(contexts):
-        if context:
-            out[k, 2:] = _context_facts(context)
+    if any(contexts):  # (a batch of events with no context: no loop)
+        for k, context in enumerate(contexts):
+            if context:
+                out[k, 2:] = _context_facts(context)
     return out
 
 

@@ -254,6 +254,29 @@ def test_synthetic_funnel_is_bit_identical(synthetic_log: list[Event], size: int
     assert sum(u.get("cl_n", 0.0) for u in memory.users.values()) > 100  # by id and by gap
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 1_000_000])
+def test_a_session_id_that_is_a_time_is_that_session(size: int) -> None:
+    """A session started with no session_id is named by its time (`str(ts)`); an event that
+    names it explicitly continues it, an all-digit id that is not its name does not. (The
+    fold gives the sessions of untimed events codes of their own unless some id is all
+    digits: this is that other case, in one call and across calls.)"""
+    t0 = 1_600_000_000_000
+
+    def page(k: int, ts: int, session: str | None, user: str = "u") -> Event:
+        return Event(event_id=f"p{k}", user_id=user, ts=ts, event_type=EventType.PAGE_VIEW,
+                     item_id=f"/{k % 3}", session_id=session, source="test")  # fmt: skip
+
+    events = [
+        page(0, t0, None), page(1, t0 + 60_000, str(t0)), page(2, t0 + 120_000, None),
+        page(3, t0 + 180_000, "12345"), page(4, t0 + 240_000, str(t0)),
+        page(5, t0 + 300_000, None, "v"), page(6, t0 + 360_000, str(t0 + 300_000), "v"),
+        page(7, t0 + 420_000, str(t0 + 300_000)), page(8, t0 + 480_000, None, "v"),
+    ]  # fmt: skip
+    memory, _ = run_both(events, {}, size)
+    assert memory.users["u"]["cs_id"] == str(t0 + 300_000)  # v's session's name, explicitly
+    assert memory.users["v"]["cs_n"] == 3.0  # started untimed, named, continued untimed
+
+
 @pytest.mark.parametrize("size", [1, 7, 1_000_000])
 def test_movielens_like_is_bit_identical(
     movielens_log: tuple[list[Event], dict[str, ItemMeta]], size: int
