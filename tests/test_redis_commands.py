@@ -34,6 +34,32 @@ def test_commands_and_each_entries_run_in_order_with_one_reply_per_key(
     assert redis_client.hgetall("h:{2}") == {b"p0": b"\x00two", b"p1": b"four"}
 
 
+@pytest.mark.stack
+def test_a_queued_list_writes_the_same_and_replies_only_its_count(
+    redis_client: redis.Redis,
+) -> None:
+    """`queue` (the commit's writes) runs the same commands without collecting replies."""
+
+    def commands() -> CommandList:
+        cmds = CommandList()
+        cmds.add("SET", "q:s:{1}", "a")
+        cmds.add_each("HSET", ["q:h:{1}", "q:h:{2}"], "p0", [b"one", b"two"])
+        cmds.add_mapping("HSET", "q:h:{3}", {"p1": b"five", "p2": b"six"})
+        cmds.add("EXPIRE", "q:h:{3}", 60)
+        cmds.add("DEL", "q:gone:{1}")
+        return cmds
+
+    keys = ["q:s:{1}", "q:h:{1}", "q:h:{2}", "q:h:{3}"]
+    commands().run(redis_client)
+    ran = {k: redis_client.dump(k) for k in keys}
+    redis_client.delete(*keys)
+    pipe = redis_client.pipeline(transaction=True)
+    commands().queue(pipe)
+    assert pipe.execute() == [6]
+    assert {k: redis_client.dump(k) for k in keys} == ran
+    assert 0 < redis_client.ttl("q:h:{3}") <= 60
+
+
 def test_each_needs_a_value_per_key_and_a_known_command() -> None:
     cmds = CommandList()
     with pytest.raises(ValueError, match="one value per key"):
