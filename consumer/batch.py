@@ -181,7 +181,7 @@ class BatchScorer:
         else:  # the shown rows carry the model's reasons: their dicts replace what was written
             assert block is not None
             shown_payloads = score_record.message_dicts(
-                [incoming[r] for r in rows], rule_rows(block, rows), model,
+                incoming.take(rows), rule_rows(block, rows), model,
                 [digests[r] for r in rows], now_ms,
             )  # fmt: skip
             shown_messages = score_record.encode_messages(shown_payloads)

@@ -18,6 +18,7 @@ tests/test_event_reader.py checks that on random and mutated messages.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -35,12 +36,20 @@ from features.events import (
 )  # fmt: skip
 
 #: The fields in the canonical order; which are required; the longest id each may hold.
-_KEYS = ("event_id", "user_id", "ts", "event_type", "item_id", "session_id", "value", "source",
-         "schema_version")  # fmt: skip
-_EVENT_ID, _USER_ID, _TS, _TYPE, _ITEM_ID, _SESSION_ID, _VALUE, _SOURCE, _VERSION = range(9)
+_KEYS = ("event_id", "user_id", "ts", "event_type", "item_id", "session_id", "value", "context",
+         "source", "schema_version")  # fmt: skip
+_EVENT_ID, _USER_ID, _TS, _TYPE, _ITEM_ID, _SESSION_ID, _VALUE, _CONTEXT, _SOURCE, _VERSION = range(
+    10
+)
 #: The keys a message must have, as bits (1 << key).
 _REQUIRED_MASK = sum(1 << k for k in (_EVENT_ID, _USER_ID, _TS, _TYPE, _SOURCE, _VERSION))
-_MAX_LEN = np.array([256, 256, 0, 0, 256, 256, 0, 64, 0], dtype=np.int64)
+_MAX_LEN = np.array([256, 256, 0, 0, 256, 256, 0, 0, 64, 0], dtype=np.int64)
+#: A context: at most this many entries, keys of at most 64 characters, strings of 256.
+_MAX_ENTRIES, _MAX_CONTEXT_KEY, _MAX_CONTEXT_TEXT = 32, 64, 256
+#: Kinds of context values, as `read_events` makes them: str, int, float, True, False.
+_TEXT, _INT, _FLOAT, _TRUE, _FALSE = range(5)
+#: Distinct context keys and texts a batch may hold (beyond: its other contexts go to the model).
+_MAX_WORDS = 512
 _TYPES = tuple(EventType)
 _RATING = _TYPES.index(EventType.RATING)
 
@@ -63,7 +72,8 @@ _MAX_DIGITS = 15
 _QUOTE, _BACKSLASH, _COLON, _COMMA, _OPEN, _CLOSE = 34, 92, 58, 44, 123, 125
 _DOT, _MINUS, _ZERO, _NINE, _E, _LOWER_E = 46, 45, 48, 57, 69, 101
 #: Columns of the spans table: start and end of event_id, user_id, item_id, session_id, source.
-_SPAN_OF = np.array([0, 1, -1, -1, 2, 3, -1, 4, -1], dtype=np.int64)
+_SPAN_OF = np.array([0, 1, -1, -1, 2, 3, -1, -1, 4, -1], dtype=np.int64)
+_TRUE_TEXT, _FALSE_TEXT = np.frombuffer(b"true", np.uint8), np.frombuffer(b"false", np.uint8)
 
 
 @njit(cache=True)
@@ -105,9 +115,144 @@ def _digits(buf: np.ndarray, p: int, end: int) -> int:  # the position after a r
 
 
 @njit(cache=True)
+def _number(buf: np.ndarray, p: int, end: int, signed: bool) -> tuple[int, int, float, int]:
+    """A JSON number at p it reads exactly: (_INT or _FLOAT, or -1 to decline; its integer
+    value, its float value, the position after it). Integers of at most 18 digits; decimals
+    of at most 15 digits in all, no exponent; a sign only if `signed`."""
+    negative = p < end and buf[p] == _MINUS
+    if negative:
+        if not signed:
+            return -1, 0, 0.0, p
+        p += 1
+    q = _digits(buf, p, end)
+    if q == p or q - p > 18 or (buf[p] == _ZERO and q - p > 1):  # none, too many, leading 0
+        return -1, 0, 0.0, p
+    int_digits = q - p
+    mantissa = 0
+    for j in range(p, q):
+        mantissa = mantissa * 10 + (buf[j] - _ZERO)
+    kind, frac, p = _INT, 0, q
+    if p < end and buf[p] == _DOT:
+        q = _digits(buf, p + 1, end)
+        frac = q - p - 1
+        if frac == 0 or int_digits + frac > _MAX_DIGITS:
+            return -1, 0, 0.0, p
+        for j in range(p + 1, q):
+            mantissa = mantissa * 10 + (buf[j] - _ZERO)
+        kind, p = _FLOAT, q
+    if p < end and (buf[p] == _E or buf[p] == _LOWER_E):  # an exponent
+        return -1, 0, 0.0, p
+    value = mantissa / _POW10[frac]
+    if negative:
+        return kind, -mantissa, -value, p
+    return kind, mantissa, value, p
+
+
+@njit(cache=True)
+def _same(buf: np.ndarray, a: int, b: int, length: int) -> bool:  # buf[a:a+n] == buf[b:b+n]
+    j = 0
+    while j < length and buf[a + j] == buf[b + j]:
+        j += 1
+    return j == length
+
+
+@njit(cache=True)
+def _literal(buf: np.ndarray, p: int, end: int, word: np.ndarray) -> bool:
+    j, n = 0, len(word)
+    while j < n and p + j < end and buf[p + j] == word[j]:
+        j += 1
+    return j == n
+
+
+@njit(cache=True)
+def _word(buf: np.ndarray, a: int, b: int, words: np.ndarray, used: np.ndarray) -> int:
+    """The id of the text `buf[a:b]` in `words` (spans of distinct texts, `used[1]` of them),
+    added if new; -1 when the table is full. Context keys and texts repeat from event to
+    event: each distinct one is cut out once."""
+    n = b - a
+    for k in range(used[1]):
+        if words[k, 1] - words[k, 0] == n and _same(buf, words[k, 0], a, n):
+            return k
+    k: int = used[1]
+    if k == len(words):
+        return -1
+    words[k, 0], words[k, 1] = a, b
+    used[1] = k + 1
+    return k
+
+
+@njit(cache=True)
+def _context(
+    buf: np.ndarray, p: int, end: int, entries: np.ndarray, floats: np.ndarray,
+    words: np.ndarray, used: np.ndarray,
+) -> tuple[int, int, int]:  # fmt: skip
+    """A flat context object at p into `entries` (key's word, kind, text's word, integer)
+    and `floats`, from `used[0]` on: (its first entry, how many, the position after it), or
+    a count of -1 to decline (no room left counts)."""
+    if buf[p] != _OPEN:
+        return 0, -1, p
+    first, count = used[0], 0
+    p += 1
+    if p < end and buf[p] == _CLOSE:
+        return first, 0, p + 1
+    while True:
+        if p >= end or buf[p] != _QUOTE:
+            return 0, -1, p
+        key_end = _string_end(buf, p + 1, end)
+        if key_end < 0 or key_end - p - 1 > _MAX_CONTEXT_KEY:
+            return 0, -1, p
+        at = first + count
+        if count == _MAX_ENTRIES or at >= len(entries):
+            return 0, -1, p
+        key = _word(buf, p + 1, key_end, words, used)
+        if key < 0:
+            return 0, -1, p
+        for k in range(first, at):  # a repeated key: left to the model
+            if entries[k, 0] == key:
+                return 0, -1, p
+        entries[at, 0] = key
+        p = key_end + 1
+        if p + 1 >= end or buf[p] != _COLON:
+            return 0, -1, p
+        p += 1
+        c = buf[p]
+        if c == _QUOTE:
+            e = _string_end(buf, p + 1, end)
+            if e < 0 or e - p - 1 > _MAX_CONTEXT_TEXT:
+                return 0, -1, p
+            word = _word(buf, p + 1, e, words, used)
+            if word < 0:
+                return 0, -1, p
+            entries[at, 1], entries[at, 2] = _TEXT, word
+            p = e + 1
+        elif _literal(buf, p, end, _TRUE_TEXT):
+            entries[at, 1] = _TRUE
+            p += 4
+        elif _literal(buf, p, end, _FALSE_TEXT):
+            entries[at, 1] = _FALSE
+            p += 5
+        else:
+            kind, integer, number, p = _number(buf, p, end, True)
+            if kind < 0:
+                return 0, -1, p
+            entries[at, 1], entries[at, 3] = kind, integer
+            floats[at] = number
+        count += 1
+        if p >= end:
+            return 0, -1, p
+        if buf[p] == _CLOSE:
+            used[0] = first + count
+            return first, count, p + 1
+        if buf[p] != _COMMA:
+            return 0, -1, p
+        p += 1
+
+
+@njit(cache=True)
 def _read_one(
     buf: np.ndarray, start: int, end: int, row: int, spans: np.ndarray, ts: np.ndarray,
-    kinds: np.ndarray, values: np.ndarray, has_value: np.ndarray,
+    kinds: np.ndarray, values: np.ndarray, has_value: np.ndarray, contexts: np.ndarray,
+    entries: np.ndarray, floats: np.ndarray, words: np.ndarray, used: np.ndarray,
 ) -> bool:  # fmt: skip
     """Reads one message (`buf[start:end]`) into row `row`; False to decline it."""
     if end - start > MAX_MESSAGE_BYTES or end - start < 2 or buf[start] != _OPEN:
@@ -122,7 +267,7 @@ def _read_one(
         if key_end < 0:
             return False
         key = _match(buf, p + 1, key_end, _KEY_TABLE, _KEY_LEN, last + 1)
-        if key < 0:  # unknown (context and others), repeated or out of order
+        if key < 0:  # unknown, repeated or out of order
             return False
         last = key
         seen |= 1 << key
@@ -154,45 +299,26 @@ def _read_one(
             if buf[p] - _ZERO != SCHEMA_VERSION or p + 1 >= end or _ZERO <= buf[p + 1] <= _NINE:
                 return False
             p += 1
-        else:  # ts (an integer) or value (an integer or a plain decimal, read exactly)
-            if buf[p] == _MINUS:  # (-0 reads as 0.0, -0.0 as -0.0: left to the model)
+        elif key == _CONTEXT:
+            first, count, p = _context(buf, p, end, entries, floats, words, used)
+            if count < 0:
                 return False
-            q = _digits(buf, p, end)
-            if q == p or (buf[p] == _ZERO and q - p > 1):  # no digit, or a leading zero
+            contexts[row, 0], contexts[row, 1] = first, count
+        else:  # ts (an integer), value (an integer or a plain decimal of at most 15 digits)
+            # (no sign: -0 reads as 0.0 there, -0.0 as -0.0; left to the model)
+            kind, integer, number, q = _number(buf, p, end, False)
+            if kind < 0:
                 return False
-            int_digits = q - p
-            mantissa = 0
-            for j in range(p, q):
-                if j - p < 18:
-                    mantissa = mantissa * 10 + (buf[j] - _ZERO)
-            frac = 0
             if key == _TS:
-                if int_digits > 18:
+                if kind != _INT or integer < MIN_TS_MS or integer > MAX_TS_MS:
                     return False
-                if q < end and buf[q] == _DOT:
-                    return False
-                if mantissa < MIN_TS_MS or mantissa > MAX_TS_MS:
-                    return False
-                ts[row] = mantissa
-                p = q
+                ts[row] = integer
             else:
-                p = q
-                if p < end and buf[p] == _DOT:
-                    q = _digits(buf, p + 1, end)
-                    if q == p + 1:
-                        return False
-                    frac = q - p - 1
-                    if int_digits + frac > _MAX_DIGITS:
-                        return False
-                    for j in range(p + 1, q):
-                        mantissa = mantissa * 10 + (buf[j] - _ZERO)
-                    p = q
-                elif int_digits > _MAX_DIGITS:
+                if kind == _INT and q - p > _MAX_DIGITS:
                     return False
-                if p < end and (buf[p] == _E or buf[p] == _LOWER_E):  # an exponent
-                    return False
-                values[row] = mantissa / _POW10[frac]
+                values[row] = number
                 has_value[row] = True
+            p = q
         if p >= end:
             return False
         if buf[p] == _CLOSE:
@@ -213,8 +339,14 @@ def _read_one(
 @njit(cache=True)
 def _read_all(buf: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, ...]:
     """Every message (ending at `ends` in `buf`): whether it was read, its id spans, time,
-    type, value and whether it has one."""
+    type, value and whether it has one, its context (first entry and count, -1: none) and
+    the context entries (`_context`)."""
     n = len(ends)
+    contexts = np.full((n, 2), -1, dtype=np.int64)
+    entries = np.empty((8 * n + 64, 4), dtype=np.int64)  # more: the rest goes to the model
+    floats = np.empty(len(entries), dtype=np.float64)
+    words = np.empty((_MAX_WORDS, 2), dtype=np.int64)
+    used = np.zeros(2, dtype=np.int64)  # entries, words
     spans = np.full((n, 10), -1, dtype=np.int64)
     ts = np.zeros(n, dtype=np.int64)
     kinds = np.zeros(n, dtype=np.int64)
@@ -223,9 +355,12 @@ def _read_all(buf: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, ...]:
     ok = np.zeros(n, dtype=np.bool_)
     start = 0
     for i in range(n):
-        ok[i] = _read_one(buf, start, ends[i], i, spans, ts, kinds, values, has_value)
+        ok[i] = _read_one(buf, start, ends[i], i, spans, ts, kinds, values, has_value,
+                          contexts, entries, floats, words, used)  # fmt: skip
         start = ends[i]
-    return ok, spans, ts, kinds, values, has_value
+    used_entries, used_words = used[0], used[1]
+    return (ok, spans, ts, kinds, values, has_value, contexts, entries[:used_entries],
+            floats[:used_entries], words[:used_words])  # fmt: skip
 
 
 #: The valid events, the positions of their messages, and each invalid one's with its error.
@@ -244,7 +379,9 @@ def read_events(messages: Sequence[bytes | None]) -> Read:
         lengths = np.fromiter(map(len, present), np.int64, n)
     joined = b"".join(present)
     buf = np.frombuffer(joined, dtype=np.uint8)
-    ok, spans, ts, kinds, values, has_value = _read_all(buf, np.cumsum(lengths))
+    ok, spans, ts, kinds, values, has_value, contexts, entries, floats, words = _read_all(
+        buf, np.cumsum(lengths)
+    )
     text = joined.decode("latin-1")  # one character per byte: the spans index it as they are
     columns = spans.T.tolist()
 
@@ -257,12 +394,34 @@ def read_events(messages: Sequence[bytes | None]) -> Read:
         cut(0), cut(1), ts.tolist(), [types[k] for k in kinds.tolist()],  # type: ignore[arg-type]
         cut(2), cut(3),
         [v if h else None for v, h in zip(values.tolist(), has_value.tolist(), strict=True)],
-        [None] * n, cut(4),  # type: ignore[arg-type]
+        _contexts(text, ok, contexts, entries, floats, words), cut(4),  # type: ignore[arg-type]
     )  # fmt: skip
     declined = np.flatnonzero(~ok).tolist()
     if not declined:
         return batch, list(range(n)), []
     return _patched(batch, messages, declined)
+
+
+def _contexts(
+    text: str, ok: np.ndarray, contexts: np.ndarray, entries: np.ndarray, floats: np.ndarray,
+    words: np.ndarray,
+) -> list[dict[str, Any] | None]:  # fmt: skip
+    """Each message's context as a dict (None: none, or a message the model reads)."""
+    out: list[dict[str, Any] | None] = [None] * len(ok)
+    rows = np.flatnonzero(ok & (contexts[:, 1] >= 0)).tolist()
+    if not rows:
+        return out
+    texts = [text[a:b] for a, b in words.tolist()]
+    key, kind, word, integer = entries.T.tolist()
+    keys = [texts[k] for k in key]
+    values = [
+        texts[w] if k == _TEXT else i if k == _INT else f if k == _FLOAT else k == _TRUE
+        for k, w, i, f in zip(kind, word, integer, floats.tolist(), strict=True)
+    ]
+    for row, (first, count) in zip(rows, contexts[rows].tolist(), strict=True):
+        last = first + count
+        out[row] = dict(zip(keys[first:last], values[first:last], strict=True))
+    return out
 
 
 def _patched(batch: EventBatch, messages: Sequence[bytes | None], declined: list[int]) -> Read:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from features.event_batch import EventBatch
 from features.events import Event
 from scoring.exact_round import round_like_python
 
@@ -75,27 +76,40 @@ def message_dicts(
     digests: Sequence[str], now_ms: float,
 ) -> list[Message]:  # fmt: skip
     """Every row's score message, one dict per row (no loop body): ids, offsets, the rule
-    score with its signals, the model part, the scoring time, the vector digest."""
-    events = [item.event for item in incoming]
+    score with its signals, the model part, the scoring time, the vector digest.
+    `incoming`: best a batch with columns (`consumer.incoming.IncomingBatch`), read as they
+    are, without an object per row."""
+    events, partitions, offsets = _located_columns(incoming)
     parts: Sequence[Message | None] = model or [None] * len(incoming)
     scores = round_like_python([row[0] for row in rules], RULE_DECIMALS)
     return [
         {
-            "user_id": event.user_id,
-            "event_id": event.event_id,
-            "event_ts": event.ts,
-            "item_id": event.item_id,
-            "partition": item.partition,
-            "offset": item.offset,
+            "user_id": user,
+            "event_id": event_id,
+            "event_ts": ts,
+            "item_id": item,
+            "partition": partition,
+            "offset": offset,
             "rule": {"score": score, "label": label, "reasons": signals},
             "model": model_part,
             "scored_at": now_ms,
             "fd": digest,
         }
-        for event, item, score, (_, label, signals), model_part, digest in zip(
-            events, incoming, scores, rules, parts, digests, strict=True
+        for user, event_id, ts, item, partition, offset, score, (_, label, signals), model_part,
+        digest in zip(
+            events.user_ids, events.event_ids, events.ts, events.item_ids, partitions, offsets,
+            scores, rules, parts, digests, strict=True,
         )
-    ]
+    ]  # fmt: skip
+
+
+def _located_columns(incoming: Sequence[Located]) -> tuple[EventBatch, list[int], list[int]]:
+    """The events, partitions and offsets of `incoming` as columns (a batch's own)."""
+    events = getattr(incoming, "events", None)
+    if isinstance(events, EventBatch):
+        return events, incoming.partitions, incoming.offsets  # type: ignore[attr-defined]
+    return (EventBatch.of([item.event for item in incoming]),
+            [item.partition for item in incoming], [item.offset for item in incoming])  # fmt: skip
 
 
 _START = b'{"user_id":'  # every message's first key (message_dicts)

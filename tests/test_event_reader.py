@@ -31,8 +31,8 @@ def random_event(rng: random.Random, k: int) -> Event:
                             rng.uniform(0, 1e6), rng.uniform(0, 1e-3), 1e22,
                             1e15 + 0.5])  # fmt: skip
     context = None
-    if rng.random() < 0.1:
-        context = {"device": "mobile", "account_balance": 12.5}
+    if rng.random() < 0.3:
+        context = random_context(rng)
     return Event(
         event_id=f"e:{k}:{rng.randint(0, 10**9)}",
         user_id=rng.choice(["u1", "user-2", "x" * 256, "9"]),
@@ -44,6 +44,24 @@ def random_event(rng: random.Random, k: int) -> Event:
         context=context,
         source=rng.choice(["movielens", "synthetic", "w" * 64]),
     )
+
+
+def random_context(rng: random.Random) -> dict[str, Any]:
+    """Contexts of every value kind, and at each limit (entries, key and text lengths; past
+    them: EDGES), some not ASCII."""
+    pick = rng.random()
+    if pick < 0.05:
+        return {}
+    if pick < 0.1:
+        return {f"k{i}": i for i in range(32)}
+    if pick < 0.15:
+        return {"k" * 64: "v" * 256}
+    values: list[Any] = [
+        "mobile", "eu", "", "caf\u00e9", True, False, 0, -7, 2**62, -(2**63), 517.97, -0.5,
+        rng.uniform(-1e6, 1e6), round(rng.uniform(0, 1000), 2), 1e300, 12.0,
+    ]  # fmt: skip
+    keys = ["device", "region", "account_balance", "browsing_depth", "", "tag", "x y"]
+    return {rng.choice(keys): rng.choice(values) for _ in range(rng.randint(1, 5))}
 
 
 def outcome(message: bytes | None) -> tuple[str, Any]:
@@ -115,6 +133,18 @@ EDGES: list[bytes | None] = [
     CANONICAL.replace(b'"item_id":"31"', b'"item_id":"31","extra":1'),
     CANONICAL.replace(b'"value":2.5', b'"value":2.5,"context":{"device":"tv"}'),
     b"x" * (64 * 1024 + 1),
+    *(CANONICAL.replace(b'"value":2.5', b'"value":2.5,"context":' + c) for c in [
+        b"{}", b'{"a":1}', b'{"a":1,"a":2}', b'{"a":null}', b'{"a":{}}', b'{"a":[1]}',
+        b'{"a":-0}', b'{"a":-0.0}', b'{"a":1e3}', b'{"a":01}', b'{"a":1.}', b'{"a":tru}',
+        b'{"a":true}', b'{"a":false}', b'{"a":"x\\y"}', b'{"a\\":1}', b'{"a":1,}',
+        b'{"a" :1}', b'{"a":9223372036854775807}', b'{"a":9223372036854775808}',
+        b'{"a":123456789012345678}', b'{"a":1.23456789012345}', b'{"a":1.234567890123456}',
+        b'{"' + b"k" * 64 + b'":1}', b'{"' + b"k" * 65 + b'":1}',
+        b'{"a":"' + b"v" * 256 + b'"}', b'{"a":"' + b"v" * 257 + b'"}',
+        b"{" + b",".join(b'"k%d":%d' % (i, i) for i in range(32)) + b"}",
+        b"{" + b",".join(b'"k%d":%d' % (i, i) for i in range(33)) + b"}",
+        b'{"a":1', b'{"a"', b"{", b'{"a":"b', b'{"":""}',
+    ]),
 ]  # fmt: skip
 
 
@@ -152,17 +182,29 @@ def test_mutated_messages_read_as_the_model_reads_them() -> None:
 
 def test_canonical_messages_are_read_without_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled pass reads canonical messages itself (else it would only be a detour):
-    all with no context and no value or a plain decimal of at most 15 digits; a message with
-    a context (which it does not read) goes to the model."""
+    all whose value, if any, and context values are plain decimals of at most 15 digits,
+    integers, booleans or texts (a context's texts of printable ASCII); a context of a kind
+    it does not read (here: texts with an escape) goes to the model."""
     rng = random.Random(3)
     events = [random_event(rng, k) for k in range(500)]
 
     def plain_decimal(value: float | None) -> bool:
         text = "0" if value is None else orjson.dumps(value).decode()
-        return "e" not in text and len(text.replace(".", "")) <= 15
+        return "e" not in text and len(text.replace(".", "").lstrip("-")) <= 15
 
-    plain = [e for e in events if e.context is None and plain_decimal(e.value)]
-    assert len(plain) > 300
+    def plain_context(context: dict[str, Any] | None) -> bool:
+        if context is None:
+            return True
+        small = len(context) <= 32 and all(len(k) <= 64 for k in context)
+        texts = [v for v in context.values() if isinstance(v, str)] + list(context)
+        floats = [v for v in context.values() if isinstance(v, float)]
+        ints = [v for v in context.values() if type(v) is int]
+        plain_texts = all(t.isascii() and len(t) <= 256 for t in texts)
+        plain_ints = all(len(str(abs(v))) <= 18 for v in ints)  # 19 digits: to the model
+        return small and plain_texts and plain_ints and all(plain_decimal(v) for v in floats)
+
+    plain = [e for e in events if plain_decimal(e.value) and plain_context(e.context)]
+    assert len(plain) > 300 and sum(e.context is not None for e in plain) > 50
     calls: list[bytes | None] = []
 
     def counted(message: bytes | None) -> Event:
@@ -173,10 +215,10 @@ def test_canonical_messages_are_read_without_the_model(monkeypatch: pytest.Monke
     batch, rows, errors = read_events([e.to_json() for e in plain])
     assert calls == [] and errors == [] and rows == list(range(len(plain)))
     assert list(batch) == plain
-    with_context = [e for e in events if e.context is not None]
-    assert with_context
-    batch, _, _ = read_events([e.to_json() for e in with_context])
-    assert len(calls) == len(with_context) and list(batch) == with_context
+    escaped = [e for e in events if e.context and not plain_context(e.context)]  # (and more)
+    assert escaped
+    batch, _, _ = read_events([e.to_json() for e in escaped])
+    assert len(calls) == len(escaped) and list(batch) == escaped
 
 
 def test_a_batch_of_events_is_its_columns() -> None:
