@@ -170,15 +170,15 @@ def _word(buf: np.ndarray, a: int, b: int, words: np.ndarray, used: np.ndarray) 
     added if new; -1 when the table is full. Context keys and texts repeat from event to
     event: each distinct one is cut out once."""
     n = b - a
-    for k in range(used[1]):
+    held: int = used[1]
+    for k in range(held):
         if words[k, 1] - words[k, 0] == n and _same(buf, words[k, 0], a, n):
             return k
-    k: int = used[1]
-    if k == len(words):
+    if held == len(words):
         return -1
-    words[k, 0], words[k, 1] = a, b
-    used[1] = k + 1
-    return k
+    words[held, 0], words[held, 1] = a, b
+    used[1] = held + 1
+    return held
 
 
 @njit(cache=True)
