@@ -8,12 +8,12 @@ indexing a batch still gives an `Incoming` (for a refusal's dead letter, a shown
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import Self
 
 from engage.transport.base import Record
-from features.event_batch import EventBatch
+from features.event_batch import EventBatch, Rows
 from features.event_reader import read_events
 from features.events import DecodeError, Event
 
@@ -31,7 +31,7 @@ class Incoming:
 
 
 @dataclass(eq=False)
-class IncomingBatch(Sequence[Incoming]):
+class IncomingBatch(Rows[Incoming]):
     """Events (`events`, row `i` of each column is event `i`) and their records' partition,
     offset, Kafka timestamp, key and raw value."""
 
@@ -53,9 +53,9 @@ class IncomingBatch(Sequence[Incoming]):
             [i.key for i in incoming], [i.value for i in incoming],
         )  # fmt: skip
 
-    def take(self, rows: Sequence[int]) -> IncomingBatch:
+    def take(self, rows: Sequence[int]) -> Self:
         """The batch of rows `rows`, in that order."""
-        return IncomingBatch(
+        return type(self)(
             self.events.take(rows), [self.partitions[r] for r in rows],
             [self.offsets[r] for r in rows], [self.kafka_ts_ms[r] for r in rows],
             [self.keys[r] for r in rows], [self.values[r] for r in rows],
@@ -64,20 +64,9 @@ class IncomingBatch(Sequence[Incoming]):
     def __len__(self) -> int:
         return len(self.partitions)
 
-    @overload
-    def __getitem__(self, index: int) -> Incoming: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> IncomingBatch: ...
-
-    def __getitem__(self, index: int | slice) -> Incoming | IncomingBatch:
-        if isinstance(index, slice):
-            return self.take(range(len(self))[index])
+    def row(self, index: int) -> Incoming:
         return Incoming(self.events[index], self.partitions[index], self.offsets[index],
                         self.kafka_ts_ms[index], self.keys[index], self.values[index])  # fmt: skip
-
-    def __iter__(self) -> Iterator[Incoming]:
-        return (self[i] for i in range(len(self)))
 
 
 def read_incoming(

@@ -10,9 +10,10 @@ get the same columns from `EventBatch.of`. Indexing a batch makes the `Event` of
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, Self, TypeVar, overload
 
 from features.events import SCHEMA_VERSION, Event, EventType
 
@@ -43,8 +44,36 @@ def assemble_event(
     return event
 
 
+Row = TypeVar("Row")
+
+
+class Rows(Sequence[Row]):
+    """Columns read as a sequence of rows: `row(i)` makes row `i` (for the rare path that
+    wants one), `take(rows)` a batch of some, and a slice is a `take`."""
+
+    @abstractmethod
+    def row(self, index: int) -> Row: ...
+
+    @abstractmethod
+    def take(self, rows: Sequence[int]) -> Self: ...
+
+    @overload
+    def __getitem__(self, index: int) -> Row: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Self: ...
+
+    def __getitem__(self, index: int | slice) -> Row | Self:
+        if isinstance(index, slice):
+            return self.take(range(len(self))[index])
+        return self.row(index)
+
+    def __iter__(self) -> Iterator[Row]:
+        return (self.row(i) for i in range(len(self)))
+
+
 @dataclass(eq=False)
-class EventBatch(Sequence[Event]):
+class EventBatch(Rows[Event]):
     """Events as one list per field, row `i` of each being event `i`."""
 
     event_ids: list[str]
@@ -76,24 +105,12 @@ class EventBatch(Sequence[Event]):
             self.session_ids, self.values, self.contexts, self.sources,
         )  # fmt: skip
 
-    def take(self, rows: Sequence[int]) -> EventBatch:
+    def take(self, rows: Sequence[int]) -> Self:
         """The batch of rows `rows`, in that order."""
-        return EventBatch(*([column[r] for r in rows] for column in self._columns()))
+        return type(self)(*([column[r] for r in rows] for column in self._columns()))
 
     def __len__(self) -> int:
         return len(self.event_ids)
 
-    @overload
-    def __getitem__(self, index: int) -> Event: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> EventBatch: ...
-
-    def __getitem__(self, index: int | slice) -> Event | EventBatch:
-        if isinstance(index, slice):
-            return self.take(range(len(self))[index])
+    def row(self, index: int) -> Event:
         return assemble_event(*(column[index] for column in self._columns()))
-
-    def __iter__(self) -> Iterator[Event]:
-        for fields in zip(*self._columns(), strict=True):
-            yield assemble_event(*fields)
