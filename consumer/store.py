@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 import orjson
 import redis
 
 from consumer.local_state import KeepsLocalCopy, LocalState
-from consumer.redis_commands import CommandList, pairs
+from consumer.redis_commands import CommandList, exec_transaction, pairs
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables
 from features import keys
 from features.items import ItemMeta
@@ -216,30 +217,33 @@ class RedisBatch:
             cmds.add_each("HSET", item_keys, shard, blobs)
         for user, fields in writes.scores.items():
             cmds.add_mapping("HSET", keys.user_score_key(user), fields)
-        pipe.multi()
-        cmds.queue(pipe)
+        commands: list[bytes | tuple[Any, ...]] = [cmds.packed()] if cmds else []
         for kind, members in writes.leaderboard.items():
             if members:
-                pipe.zadd(keys.leaderboard_key(kind), members)
+                scored = [part for member, score in members.items() for part in (score, member)]
+                commands.append(("ZADD", keys.leaderboard_key(kind), *scored))
         for partition, offset in writes.offsets.items():
-            pipe.set(keys.offset_key(topic, partition), offset)
+            commands.append(("SET", keys.offset_key(topic, partition), offset))
         for name, amount in writes.stats.items():
-            pipe.hincrby(keys.stats_key(topic), name, amount)
+            commands.append(("HINCRBY", keys.stats_key(topic), name, amount))
         for key, value in writes.live.items():
-            pipe.set(key, value)
+            commands.append(("SET", key, value))
         if writes.publish is not None:
-            pipe.publish(keys.scores_channel(topic), writes.publish)
+            commands.append(("PUBLISH", keys.scores_channel(topic), writes.publish))
+        # One write, MULTI ... EXEC, on the WATCHing connection (exec_transaction: the command
+        # list packed in one call instead of by redis-py's pipeline).
+        connection = pipe.connection or pipe.connection_pool.get_connection()
         try:
-            pipe.execute()
+            exec_transaction(connection, commands)
+            pipe.watching = False  # EXEC ends every WATCH: no UNWATCH round trip
         except redis.WatchError as exc:
-            if isinstance(exc.__context__, REDIS_DOWN):
-                # redis-py reports a connection lost while WATCHing as a WatchError. That is an
-                # outage with an unknown outcome, not a fence.
-                raise OutcomeUnknown.of(exc.__context__) from exc
+            pipe.watching = False
             raise Fenced(str(exc)) from exc
         except REDIS_DOWN as exc:  # e.g. a timeout: Redis may still run the EXEC after it
             raise OutcomeUnknown.of(exc) from exc
         finally:
+            if connection is not pipe.connection:
+                pipe.connection_pool.release(connection)
             with contextlib.suppress(*REDIS_DOWN):  # UNWATCH on a dead connection
                 pipe.reset()
         if learn:

@@ -1,12 +1,26 @@
 """consumer/redis_commands.py: a CommandList runs exactly the commands it names, in order, one
-reply per key, including EACH entries (one command over many keys with a shared argument)."""
+reply per key, including EACH entries (one command over many keys with a shared argument); and
+`exec_transaction` runs MULTI ... EXEC as redis-py's transactional pipeline would."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import redis
 
-from consumer.redis_commands import CommandList
+from consumer.redis_commands import CommandList, exec_transaction
+
+
+@contextmanager
+def _connection(client: redis.Redis) -> Iterator[Any]:
+    connection = client.connection_pool.get_connection()
+    try:
+        yield connection
+    finally:
+        client.connection_pool.release(connection)
 
 
 @pytest.mark.stack
@@ -35,10 +49,10 @@ def test_commands_and_each_entries_run_in_order_with_one_reply_per_key(
 
 
 @pytest.mark.stack
-def test_a_queued_list_writes_the_same_and_replies_only_its_count(
+def test_a_packed_list_writes_the_same_and_replies_only_its_count(
     redis_client: redis.Redis,
 ) -> None:
-    """`queue` (the commit's writes) runs the same commands without collecting replies."""
+    """`packed` (the commit's writes) runs the same commands without collecting replies."""
 
     def commands() -> CommandList:
         cmds = CommandList()
@@ -53,9 +67,8 @@ def test_a_queued_list_writes_the_same_and_replies_only_its_count(
     commands().run(redis_client)
     ran = {k: redis_client.dump(k) for k in keys}
     redis_client.delete(*keys)
-    pipe = redis_client.pipeline(transaction=True)
-    commands().queue(pipe)
-    assert pipe.execute() == [6]
+    with _connection(redis_client) as connection:
+        assert exec_transaction(connection, [commands().packed()]) == [6]
     assert {k: redis_client.dump(k) for k in keys} == ran
     assert 0 < redis_client.ttl("q:h:{3}") <= 60
 
@@ -68,3 +81,47 @@ def test_each_needs_a_value_per_key_and_a_known_command() -> None:
         cmds.add_each("FLUSHALL", ["a"], "f", [b"1"])
     cmds.add_each("HSET", [], "f", [])
     assert len(cmds) == 0 and cmds.argv == []
+
+
+@pytest.mark.stack
+def test_a_transaction_runs_packed_and_plain_commands_in_order(redis_client: redis.Redis) -> None:
+    cmds = CommandList()
+    cmds.add_mapping("HSET", "t:h:{1}", {"a": b"1", "b": 2.5})
+    with _connection(redis_client) as connection:
+        replies = exec_transaction(
+            connection, [("SET", "t:s:{1}", 7), cmds.packed(), ("HINCRBY", "t:h:{1}", "n", 3)]
+        )
+        assert replies == [b"OK", 1, 3]
+        assert exec_transaction(connection, []) == []
+        assert connection.is_connected  # in step: the next command reads its own reply
+    assert redis_client.get("t:s:{1}") == b"7"
+    assert redis_client.hgetall("t:h:{1}") == {b"a": b"1", b"b": b"2.5", b"n": b"3"}
+
+
+@pytest.mark.stack
+def test_a_transaction_after_a_watched_key_changed_applies_nothing(
+    redis_client: redis.Redis,
+) -> None:
+    pipe = redis_client.pipeline(transaction=True)
+    pipe.watch("t:w:{1}")
+    redis_client.set("t:w:{1}", "moved")  # another client
+    with pytest.raises(redis.WatchError):
+        exec_transaction(pipe.connection, [("SET", "t:x:{1}", 1)])
+    pipe.reset()
+    assert redis_client.get("t:x:{1}") is None
+
+
+@pytest.mark.stack
+def test_a_transaction_raises_the_error_a_command_met(redis_client: redis.Redis) -> None:
+    redis_client.set("t:str:{1}", "a string")
+    with _connection(redis_client) as connection:
+        # refused when queued (wrong arity): EXEC aborts, nothing applies, the error says why
+        with pytest.raises(redis.ResponseError, match="wrong number of arguments") as refused:
+            exec_transaction(connection, [("SET", "t:y:{1}", 1), ("SET", "t:y:{1}")])
+        assert not isinstance(refused.value, redis.exceptions.ExecAbortError)
+        assert redis_client.get("t:y:{1}") is None
+        # failed when run (a hash command on a string): the others ran, as Redis does
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            exec_transaction(connection, [("HSET", "t:str:{1}", "f", 1), ("SET", "t:z:{1}", 2)])
+        assert redis_client.get("t:z:{1}") == b"2"
+        assert exec_transaction(connection, [("GET", "t:z:{1}")]) == [b"2"]  # still in step
