@@ -21,7 +21,7 @@ from features.vector import PROPENSITY_FEATURES
 ITEM_START = len(PROPENSITY_FEATURES)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _digests(bits: np.ndarray, split: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
     """Per row, the digests of columns [0, split) and [split, end) of `bits` (the vectors'
     IEEE-754 bits): each value's bits mixed (splitmix64's finaliser), times an odd weight of
@@ -51,7 +51,7 @@ def _digests(bits: np.ndarray, split: int) -> tuple[np.ndarray, np.ndarray]:  # 
     return head, tail
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _hex_pairs(
     head: np.ndarray, tail: np.ndarray, digits: np.ndarray
 ) -> np.ndarray:  # pragma: no cover

@@ -76,7 +76,7 @@ _SPAN_OF = np.array([0, 1, -1, -1, 2, 3, -1, -1, 4, -1], dtype=np.int64)
 _TRUE_TEXT, _FALSE_TEXT = np.frombuffer(b"true", np.uint8), np.frombuffer(b"false", np.uint8)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _match(
     buf: np.ndarray, start: int, end: int, table: np.ndarray, lengths: np.ndarray, first: int
 ) -> int:  # the row (>= first) equal to buf[start:end]
@@ -93,7 +93,7 @@ def _match(
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _string_end(
     buf: np.ndarray, p: int, end: int
 ) -> int:  # the closing quote of a plain string opened before p (-1)
@@ -107,14 +107,14 @@ def _string_end(
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _digits(buf: np.ndarray, p: int, end: int) -> int:  # the position after a run of digits from p
     while p < end and _ZERO <= buf[p] <= _NINE:
         p += 1
     return p
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _number(buf: np.ndarray, p: int, end: int, signed: bool) -> tuple[int, int, float, int]:
     """A JSON number at p it reads exactly: (_INT or _FLOAT, or -1 to decline; its integer
     value, its float value, the position after it). Integers of at most 18 digits; decimals
@@ -148,7 +148,7 @@ def _number(buf: np.ndarray, p: int, end: int, signed: bool) -> tuple[int, int, 
     return kind, mantissa, value, p
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _same(buf: np.ndarray, a: int, b: int, length: int) -> bool:  # buf[a:a+n] == buf[b:b+n]
     j = 0
     while j < length and buf[a + j] == buf[b + j]:
@@ -156,7 +156,7 @@ def _same(buf: np.ndarray, a: int, b: int, length: int) -> bool:  # buf[a:a+n] =
     return j == length
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _literal(buf: np.ndarray, p: int, end: int, word: np.ndarray) -> bool:
     j, n = 0, len(word)
     while j < n and p + j < end and buf[p + j] == word[j]:
@@ -164,7 +164,7 @@ def _literal(buf: np.ndarray, p: int, end: int, word: np.ndarray) -> bool:
     return j == n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _word(buf: np.ndarray, a: int, b: int, words: np.ndarray, used: np.ndarray) -> int:
     """The id of the text `buf[a:b]` in `words` (spans of distinct texts, `used[1]` of them),
     added if new; -1 when the table is full. Context keys and texts repeat from event to
@@ -181,7 +181,7 @@ def _word(buf: np.ndarray, a: int, b: int, words: np.ndarray, used: np.ndarray) 
     return held
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _context(
     buf: np.ndarray, p: int, end: int, entries: np.ndarray, floats: np.ndarray,
     words: np.ndarray, used: np.ndarray,
@@ -248,7 +248,7 @@ def _context(
         p += 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _read_one(
     buf: np.ndarray, start: int, end: int, row: int, spans: np.ndarray, ts: np.ndarray,
     kinds: np.ndarray, values: np.ndarray, has_value: np.ndarray, contexts: np.ndarray,
@@ -336,7 +336,7 @@ def _read_one(
     return kinds[row] != _RATING or rated
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _read_all(buf: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, ...]:
     """Every message (ending at `ends` in `buf`): whether it was read, its id spans, time,
     type, value and whether it has one, its context (first entry and count, -1: none) and

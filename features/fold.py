@@ -513,28 +513,28 @@ def _session_rows(rows: np.ndarray) -> np.ndarray:
 # costs two atomic reference-count updates, which were most of the kernel's time.
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _max(a, b):  # CPython max(a, b)
     return b if b > a else a
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _min(a, b):  # CPython min(a, b)
     return b if b < a else a
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _w(U, US, r, col, value):  # user[field] = value
     U[r, col] = value
     US[r, col] = 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _rate(hits, trials, prior, K):  # vector._rate
     return (hits + prior * K.rate_prior_weight) / (trials + K.rate_prior_weight)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _continues(U, r, C, K, current, sid, ts):  # aggregates.continues_session
     if current < 0:
         return False
@@ -543,7 +543,7 @@ def _continues(U, r, C, K, current, sid, ts):  # aggregates.continues_session
     return ts - U[r, C.cs_end] <= K.session_gap
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _genre_sum(U, r, cols, G, i, n_genres, K):  # sum(user.get(f"xx:{g}", 0.0) for g in ...)
     if n_genres == 0:
         return 0.0
@@ -565,7 +565,7 @@ def _genre_sum(U, r, cols, G, i, n_genres, K):  # sum(user.get(f"xx:{g}", 0.0) f
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _user_values(
     U, r, C, K, count_cols, ee_cols, ee_alpha, er_cols, er_alpha, ts, in_session, out, e
 ):  # fmt: skip
@@ -636,7 +636,7 @@ def _user_values(
     return rate, mean, slope, mean_year
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _item_values(
     U, r, IT, i, IC, C, K, year, n_genres, G, GM, gc_cols, ge_cols, gr_cols, seen, ts,
     user_rate, user_mean, slope, mean_year, out, e, k,
@@ -676,7 +676,7 @@ def _item_values(
     out[e, k + 7] = user_mean + slope * ((year - K.year_center) - mean_year) if year else user_mean
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _kernel(
     U, US, items, item_set, item_year, item_n_genres, item_genres, item_genre_mask,
     ev_row, ev_loc, ev_irow, ev_iloc, ev_ts, ev_tsday, ev_type, ev_value, ev_eng, ev_lab,

@@ -144,7 +144,7 @@ def psi(actual: np.ndarray, expected: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------- kernel
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _count_segment(
     X: np.ndarray, a: int, z: int, cuts: np.ndarray, offsets: np.ndarray, row: np.ndarray
 ) -> None:
@@ -170,7 +170,7 @@ def _count_segment(
             row[lo + (k if v != v else bins[i])] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _observe_kernel(
     X: np.ndarray,
     y: np.ndarray,

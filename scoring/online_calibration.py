@@ -157,23 +157,23 @@ class BadState(state_format.BadState):
 # expression (math.log / math.exp are the C library's in both), so the two agree bit for bit.
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _logit(p: float) -> float:
     p = min(max(p, PROB_EPS), 1.0 - PROB_EPS)
     return math.log(p / (1.0 - p))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sigmoid(u: float) -> float:
     return 1.0 / (1.0 + math.exp(-u))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _clip(q: float) -> float:
     return min(max(q, PROB_EPS), 1.0 - PROB_EPS)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gap(sum_y: int, sum_p: int, count: int, window: int) -> float:
     """logit(mean label) - logit(mean p) over the window, empty slots as label = p = 1/2."""
     empty = 0.5 * (window - count)
@@ -182,7 +182,7 @@ def _gap(sum_y: int, sum_p: int, count: int, window: int) -> float:
     return _logit(mean_y) - _logit(mean_p)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _intercept_kernel(
     p: np.ndarray,
     y: np.ndarray,
@@ -212,7 +212,7 @@ def _intercept_kernel(
     ints[0], ints[1], ints[2], ints[3] = count, head, sum_y, sum_p
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sgd_platt_kernel(
     p: np.ndarray, y: np.ndarray, step: float, ab: np.ndarray, seen: np.ndarray, out: np.ndarray
 ) -> None:

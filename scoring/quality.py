@@ -91,7 +91,7 @@ def p_codes(p: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- kernel
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _observe_kernel(
     p: np.ndarray,
     y: np.ndarray,

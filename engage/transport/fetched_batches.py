@@ -36,7 +36,7 @@ _READER_VERSIONS = ("3.0.",)
 _stock_iter = DefaultRecordBatch.__iter__
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _varint(buf: np.ndarray, pos: int) -> tuple[int, int]:
     """A zigzag varint at `pos`: its value and the position after it (-1: malformed)."""
     raw = np.uint64(0)
@@ -54,7 +54,7 @@ def _varint(buf: np.ndarray, pos: int) -> tuple[int, int]:
     return int(value), pos
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _skip(buf: np.ndarray, pos: int, length: int) -> int:
     """The position after a nullable byte string of `length` at `pos` (-1: past the end)."""
     if length > 0:
@@ -62,7 +62,7 @@ def _skip(buf: np.ndarray, pos: int, length: int) -> int:
     return pos if pos <= len(buf) else -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _scan(buf: np.ndarray, pos: int, out: np.ndarray) -> int:
     """Fill `out` with the fields of its rows' worth of records starting at `pos`; the
     position after the last one, or -1 when the layout is not what it should be."""

@@ -237,7 +237,7 @@ def _room(lane: _Lane, rows: np.ndarray) -> int:
     return int(key_len.sum() + value_len.sum()) + 30 * len(rows)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _put_varint(out, pos, value):  # kafka.record.util.encode_varint: zigzag, then LEB128
     v = (value << 1) ^ (value >> 63)
     while v >= 0x80:
@@ -248,7 +248,7 @@ def _put_varint(out, pos, value):  # kafka.record.util.encode_varint: zigzag, th
     return pos + 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _varint_len(value):
     v = (value << 1) ^ (value >> 63)
     n = 1
@@ -258,7 +258,7 @@ def _varint_len(value):
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _frame(out, keys, key_ends, values, value_ends, rows, ts_delta, offset, room, first):
     """`_fill`'s loop: records of `rows` into `out` while they fit in `room` bytes (the first
     record of a new batch always). Returns (records written, bytes, the largest record)."""
