@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from kafka.record.default_records import DefaultRecordBatch
+from kafka.record.default_records import DefaultRecord, DefaultRecordBatch
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 
 from engage import kafka_clients
@@ -78,6 +78,9 @@ def test_the_scan_reads_the_batch_itself() -> None:
     batch = MemoryRecords(batch_bytes(50)).next_batch()
     records = fetched_batches.parsed_records(batch)
     assert records is not None and len(records) == 50
+    stock = list(STOCK(MemoryRecords(batch_bytes(50)).next_batch()))
+    assert all(isinstance(r, DefaultRecord) for r in records)  # what kafka-python's code expects
+    assert [repr(r) for r in records] == [repr(r) for r in stock]
 
 
 def test_damaged_batches_fail_or_read_the_same() -> None:

@@ -114,8 +114,39 @@ def _headers(data: bytes, pos: int, count: int) -> list[tuple[str, bytes | None]
     return headers
 
 
-def _bytes(data: bytes, start: int, size: int) -> bytes | None:
-    return data[start : start + size] if size >= 0 else None
+class FetchedRecord(DefaultRecord):
+    """A `DefaultRecord` whose fields are plain attributes (slots that shadow the parent's
+    properties): kafka-python's fetcher reads about fifteen of them per record, ~0.45 us of
+    property calls a record, now ~0.15."""
+
+    __slots__ = (
+        "headers",
+        "key",
+        "offset",
+        "size_in_bytes",
+        "timestamp",
+        "timestamp_type",
+        "value",
+    )  # fmt: skip
+
+    def __init__(
+        self, size_in_bytes: int, offset: int, timestamp: int, timestamp_type: int,
+        key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]],
+    ) -> None:  # fmt: skip
+        self.size_in_bytes = size_in_bytes
+        self.offset = offset
+        self.timestamp = timestamp
+        self.timestamp_type = timestamp_type
+        self.key = key
+        self.value = value
+        self.headers = headers
+
+    def __repr__(self) -> str:
+        return (
+            f"DefaultRecord(offset={self.offset!r}, timestamp={self.timestamp!r}, "
+            f"timestamp_type={self.timestamp_type!r}, key={self.key!r}, value={self.value!r}, "
+            f"headers={self.headers!r})"
+        )
 
 
 def _records(batch: Any, data: bytes, rows: list[list[int]]) -> list[DefaultRecord]:
@@ -126,13 +157,13 @@ def _records(batch: Any, data: bytes, rows: list[list[int]]) -> list[DefaultReco
     records = []
     for size, ts_delta, offset_delta, key_at, key_size, value_at, value_size, at, headers in rows:
         records.append(
-            DefaultRecord(
+            FetchedRecord(
                 size,
                 base + offset_delta,
                 first_ts + ts_delta if fixed_ts is None else fixed_ts,
                 ts_type,
-                _bytes(data, key_at, key_size),
-                _bytes(data, value_at, value_size),
+                data[key_at : key_at + key_size] if key_size >= 0 else None,
+                data[value_at : value_at + value_size] if value_size >= 0 else None,
                 _headers(data, at, headers) if headers else [],
             )
         )
