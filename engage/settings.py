@@ -69,8 +69,8 @@ class Settings(BaseSettings):
     #: The consumer's Kafka client (engage/transport): "kafka-python" (always installed) or
     #: "confluent" (librdkafka, `pip install 'engage[fast]'`). Same settings, same semantics.
     kafka_client: Literal["kafka-python", "confluent"] = "kafka-python"
-    # kafka-python's fetched record batches parsed in one compiled pass
-    # (engage.transport.fetched_batches); false: kafka-python's own reader, record by record.
+    # kafka-python's fetched record batches made into records a batch at a time
+    # (engage.transport.fetched_batches); false: kafka-python's own fetcher, record by record.
     kafka_fast_fetch: bool = True
     # Kafka: kafka-python's security options, one setting each (librdkafka's equivalents with
     # kafka_client = "confluent": engage.kafka_clients.librdkafka_security).

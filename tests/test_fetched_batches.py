@@ -1,25 +1,29 @@
-"""The compiled reader of fetched record batches (engage/transport/fetched_batches.py) gives
-exactly what kafka-python's own reader gives: record for record, on well-formed batches
-(keys and values null or not, headers, compression), on damaged ones (the same error, from
-kafka-python's reader), and through a real broker with transactions (aborted batches and
-commit markers skipped the same way)."""
+"""Fetched batches read a batch at a time (engage/transport/fetched_batches.py) give exactly
+what kafka-python's own fetcher gives: record for record and position for position, take after
+take, on well-formed batches (keys and values null or not, headers, compression, a fetch from
+mid-batch), on damaged ones (the same error, from kafka-python's reader), and through a real
+broker with transactions (aborted batches and commit markers skipped the same way)."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kafka.record.default_records import DefaultRecord, DefaultRecordBatch
+from kafka.consumer.fetcher import ConsumerRecord, Fetcher
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
+from kafka.structs import TopicPartition
 
 from engage import kafka_clients
 from engage.settings import Settings
 from engage.transport import fetched_batches
 
-Row = tuple[Any, ...]
+PartitionRecords = Fetcher.PartitionRecords
+STOCK, STOCK_TAKE = PartitionRecords._unpack_records, PartitionRecords.take
+TP = TopicPartition("events", 2)
 
 
 @pytest.fixture(autouse=True)
@@ -28,59 +32,74 @@ def _restore_reader() -> Iterator[None]:
     fetched_batches.use(True)
 
 
-def batch_bytes(n: int, compression: int = 0, seed: int = 0) -> bytes:
+def batch_bytes(
+    n: int, compression: int = 0, seed: int = 0, offset: int = 0, headers: bool = True
+) -> bytes:
     rng = random.Random(seed)
-    builder = MemoryRecordsBuilder(magic=2, compression_type=compression, batch_size=1 << 24)
+    builder = MemoryRecordsBuilder(
+        magic=2, compression_type=compression, batch_size=1 << 24, offset=offset
+    )
     for i in range(n):
         key = None if i % 7 == 3 else f"user:{rng.randrange(1000)}".encode()
         value = (
             None if i % 11 == 5 else bytes(rng.randrange(256) for _ in range(rng.randrange(300)))
         )
-        headers = [("h", b"v"), ("empty", None), ("é", b"")] if i % 5 == 0 else []
+        some = [("h", b"v"), ("empty", None), ("é", b"")] if headers and i % 5 == 0 else []
         builder.append(timestamp=1_700_000_000_000 + rng.randrange(10**6), key=key, value=value,
-                       headers=headers)  # fmt: skip
+                       headers=some)  # fmt: skip
     builder.close()
     return bytes(builder.buffer())
 
 
-def read(raw: bytes, reader: Callable[[Any], Any]) -> list[Row] | str:
-    """Every record's fields through `reader`, or the error's type and message."""
-    rows: list[Row] = []
-    try:
-        records = MemoryRecords(raw)
-        while (batch := records.next_batch()) is not None:
-            for r in reader(batch):
-                fields = (r.offset, r.timestamp, r.timestamp_type, r.key, r.value)
-                rows.append(
-                    (*fields, list(r.headers), r.size_in_bytes, r.checksum, r.validate_crc())
-                )
-    except Exception as exc:  # the comparison is the point
-        return f"{type(exc).__name__}: {exc}"
-    return rows
-
-
-STOCK = fetched_batches._stock_iter
-FAST = fetched_batches._iter
+def take_all(
+    raw: bytes, fast: bool, sizes: list[int], fetch_offset: int = 0, check_crcs: bool = True
+) -> list[Any]:
+    """What a partition's records give, take after take: the records and the position after
+    each, then the counters (or the error's type and message where one was raised)."""
+    fetched_batches.use(fast)
+    part = PartitionRecords(fetch_offset, TP, MemoryRecords(raw), check_crcs=check_crcs)
+    steps: list[Any] = []
+    for size in itertools.cycle(sizes):
+        if not part:  # drained: the fetcher asks no more of it
+            break
+        try:
+            taken = part.take(size)
+        except Exception as exc:  # the comparison is the point
+            steps.append(f"{type(exc).__name__}: {exc}")
+            break
+        steps.append((taken, part.next_fetch_offset))
+        if not taken:
+            break
+    steps.append((part.records_read, part.bytes_read, part.leader_epoch))
+    return steps
 
 
 @pytest.mark.parametrize("compression", [0, 1])  # none, gzip
-def test_well_formed_batches_read_the_same(compression: int) -> None:
-    raw = batch_bytes(500, compression) + batch_bytes(3, compression, seed=1)
-    stock = read(raw, STOCK)
-    assert isinstance(stock, list) and len(stock) == 503
-    assert read(raw, FAST) == stock
-    assert any(row[3] is None for row in stock) and any(row[4] is None for row in stock)
-    assert any(row[5] for row in stock)
+@pytest.mark.parametrize("fetch_offset", [0, 137])  # from the start, or mid-batch
+def test_well_formed_batches_read_the_same(compression: int, fetch_offset: int) -> None:
+    raw = (
+        batch_bytes(500, compression)
+        + batch_bytes(3, compression, seed=1, offset=500)
+        + batch_bytes(20, compression, seed=2, offset=503, headers=False)
+    )
+    for sizes in ([1000], [1, 7, 250], [500, 3]):
+        stock = take_all(raw, False, sizes, fetch_offset)
+        assert take_all(raw, True, sizes, fetch_offset) == stock
+    records = [r for step in stock[:-1] for r in step[0]]
+    assert len(records) == 523 - fetch_offset and records[0].offset == fetch_offset
+    assert any(r.key is None for r in records) and any(r.value is None for r in records)
+    assert any(r.headers for r in records) and any(not r.headers for r in records)
 
 
-def test_the_scan_reads_the_batch_itself() -> None:
-    """Not the stock reader behind a fallback: the compiled path returns the records."""
-    batch = MemoryRecords(batch_bytes(50)).next_batch()
-    records = fetched_batches.parsed_records(batch)
-    assert records is not None and len(records) == 50
-    stock = list(STOCK(MemoryRecords(batch_bytes(50)).next_batch()))
-    assert all(isinstance(r, DefaultRecord) for r in records)  # what kafka-python's code expects
-    assert [repr(r) for r in records] == [repr(r) for r in stock]
+def test_the_scan_makes_the_batch_s_records_itself() -> None:
+    """Not the per-record reader behind a fallback: one call returns the batch's records."""
+    made = fetched_batches.consumer_records(TP, 3, MemoryRecords(batch_bytes(50)).next_batch())
+    assert made is not None
+    records, size = made
+    assert len(records) == 50 and all(type(r) is ConsumerRecord for r in records)
+    assert {r.leader_epoch for r in records} == {3} and size > 50
+    stock = take_all(batch_bytes(50), False, [100])
+    assert [r._replace(leader_epoch=3) for r in stock[0][0]] == records
 
 
 def test_damaged_batches_fail_or_read_the_same() -> None:
@@ -94,19 +113,25 @@ def test_damaged_batches_fail_or_read_the_same() -> None:
             damaged[at] = rng.randrange(256)
         if rng.random() < 0.2:
             del damaged[rng.randrange(61, len(damaged)) :]
-        stock = read(bytes(damaged), STOCK)
-        assert read(bytes(damaged), FAST) == stock
-        outcomes.add(isinstance(stock, str))
+        stock = take_all(bytes(damaged), False, [15], check_crcs=False)
+        assert take_all(bytes(damaged), True, [15], check_crcs=False) == stock
+        outcomes.add(any(isinstance(step, str) for step in stock))
     assert outcomes == {True, False}  # both kinds were exercised
+    damaged = bytearray(raw)
+    damaged[100] ^= 1  # with CRCs checked: the batch's CRC fails, either way
+    assert take_all(bytes(damaged), True, [15]) == take_all(bytes(damaged), False, [15])
+    assert "CorruptRecordError" in take_all(bytes(damaged), True, [15])[0]
 
 
 def test_use_switches_the_reader_and_refuses_unknown_releases(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert fetched_batches.use(False) is False and DefaultRecordBatch.__iter__ is STOCK
-    assert fetched_batches.use(True) is True and DefaultRecordBatch.__iter__ is FAST
+    assert fetched_batches.use(False) is False
+    assert PartitionRecords._unpack_records is STOCK and PartitionRecords.take is STOCK_TAKE
+    assert fetched_batches.use(True) is True
+    assert PartitionRecords._unpack_records is not STOCK and PartitionRecords.take is not STOCK_TAKE
     monkeypatch.setattr(fetched_batches, "KAFKA_PYTHON_VERSION", "9.9.9")
-    assert fetched_batches.use(True) is False and DefaultRecordBatch.__iter__ is STOCK
+    assert fetched_batches.use(True) is False and PartitionRecords._unpack_records is STOCK
 
 
 @pytest.mark.stack
@@ -125,16 +150,16 @@ def test_transactions_read_the_same_through_the_broker(settings: Settings) -> No
         (producer.commit_transaction if commit else producer.abort_transaction)()
     producer.close()
 
-    def consume(fast: bool) -> list[Row]:
+    def consume(fast: bool) -> list[ConsumerRecord]:
         fetched_batches.use(fast)
         consumer = kafka_clients.consumer(
             settings.model_copy(update={"kafka_fast_fetch": fast}), topic,
             group_id=None, isolation_level="read_committed", consumer_timeout_ms=3000,
         )  # fmt: skip
-        rows = [(r.offset, r.key, r.value, r.headers, r.timestamp) for r in consumer]
+        rows = list(consumer)
         consumer.close()
         return rows
 
     fast, stock = consume(True), consume(False)
-    assert len(stock) == 100 and {v[:1] for _, _, v, _, _ in stock} == {b"0", b"2"}
+    assert len(stock) == 100 and {r.value[:1] for r in stock} == {b"0", b"2"}
     assert fast == stock

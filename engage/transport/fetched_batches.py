@@ -1,39 +1,47 @@
-"""Fetched record batches parsed in one compiled pass instead of one record at a time.
+"""Fetched record batches made into `ConsumerRecord`s a batch at a time.
 
 Why: kafka-python reads each record of a fetched v2 batch with a dozen Python-level varint
-decodes and property lookups, ~5 us of CPU per record here: half of what the consumer's whole
-Kafka side costs, and more than its duplicate guard, rules and score messages together. The
+decodes and property lookups, then makes a `ConsumerRecord` from fifteen attribute reads, all
+in a Python loop per record: about a fifth of the consumer thread's time holding the GIL. The
 record layout (KIP-98: length, attributes, timestamp and offset deltas, key, value, headers,
 every integer a zigzag varint) is simple enough to walk in one numba loop that returns every
-record's fields as one table; Python then only slices the keys and values out and makes the
-same `DefaultRecord` objects kafka-python makes, so its fetcher (CRC check, transactions,
-control batches, positions) runs unchanged around them.
+record's fields as one table; the keys, values and records are then made by `map` over its
+columns, with no Python bytecode per record. The fetcher's batch rules (CRC, leader epoch,
+aborted transactions, control batches, positions) stay as kafka-python has them.
 
-Anything unusual goes the stock way: a control batch, a batch already partly read, a layout
-the scan does not accept (kafka-python's own iterator then raises the error it always raised).
-Only kafka-python releases whose record reader was read for this use it (`use`), for every
-consumer `engage.kafka_clients` builds (engage's, the job floor's, the readers'), unless
-`ENGAGE_KAFKA_FAST_FETCH=false`; tests/test_transport_contract.py checks it record for record
-against kafka-python's reader.
+Anything unusual goes the per-record way: deserializers, a legacy or control batch, a batch
+already partly read, a layout the scan does not accept (kafka-python's own record reader then
+raises the error it always raised). Only kafka-python releases whose fetcher was read for this
+use it (`use`), for every consumer `engage.kafka_clients` builds (engage's, the job floor's,
+the readers'), unless `ENGAGE_KAFKA_FAST_FETCH=false`; tests/test_fetched_batches.py holds it
+to kafka-python's own fetcher record for record and position for position.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from functools import partial
+from itertools import repeat
 from typing import Any
 
 import numpy as np
 from kafka import __version__ as KAFKA_PYTHON_VERSION
-from kafka.record.default_records import DefaultRecord, DefaultRecordBatch
+from kafka.consumer.fetcher import ConsumerRecord, Fetcher
+from kafka.errors import CorruptRecordError
+from kafka.protocol.consumer import IsolationLevel
 from kafka.record.util import decode_varint
 from numba import njit
 
 #: Per record: size, timestamp delta, offset delta, key start and length, value start and
 #: length, where the headers start and how many there are.
 _COLUMNS = 9
-#: kafka-python releases whose `DefaultRecordBatch` was read for this.
+#: kafka-python releases whose fetcher was read for this.
 _READER_VERSIONS = ("3.0.",)
-_stock_iter = DefaultRecordBatch.__iter__
+PartitionRecords = Fetcher.PartitionRecords
+_stock_unpack = PartitionRecords._unpack_records
+_stock_take = PartitionRecords.take
+#: A `ConsumerRecord` from a tuple of its fields, in C (its own `__new__` is a Python lambda).
+_new_record = partial(tuple.__new__, ConsumerRecord)
 
 
 @njit(cache=True, nogil=True)
@@ -114,65 +122,26 @@ def _headers(data: bytes, pos: int, count: int) -> list[tuple[str, bytes | None]
     return headers
 
 
-class FetchedRecord(DefaultRecord):
-    """A `DefaultRecord` whose fields are plain attributes (slots that shadow the parent's
-    properties): kafka-python's fetcher reads about fifteen of them per record, ~0.45 us of
-    property calls a record, now ~0.15."""
-
-    __slots__ = (
-        "headers",
-        "key",
-        "offset",
-        "size_in_bytes",
-        "timestamp",
-        "timestamp_type",
-        "value",
-    )  # fmt: skip
-
-    def __init__(
-        self, size_in_bytes: int, offset: int, timestamp: int, timestamp_type: int,
-        key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]],
-    ) -> None:  # fmt: skip
-        self.size_in_bytes = size_in_bytes
-        self.offset = offset
-        self.timestamp = timestamp
-        self.timestamp_type = timestamp_type
-        self.key = key
-        self.value = value
-        self.headers = headers
-
-    def __repr__(self) -> str:
-        return (
-            f"DefaultRecord(offset={self.offset!r}, timestamp={self.timestamp!r}, "
-            f"timestamp_type={self.timestamp_type!r}, key={self.key!r}, value={self.value!r}, "
-            f"headers={self.headers!r})"
-        )
+def _header_size(headers: list[tuple[str, bytes | None]]) -> int:
+    """kafka-python's `serialized_header_size`: -1 with no headers."""
+    if not headers:
+        return -1
+    return sum(len(name.encode("utf-8")) + len(value or b"") for name, value in headers)
 
 
-def _records(batch: Any, data: bytes, rows: list[list[int]]) -> list[DefaultRecord]:
-    """The `DefaultRecord`s of a scanned batch: offsets and timestamps from its header."""
-    base, ts_type = batch.base_offset, batch.timestamp_type
-    fixed_ts = batch.max_timestamp if ts_type == batch.LOG_APPEND_TIME else None
-    first_ts = batch.first_timestamp
-    records = []
-    for size, ts_delta, offset_delta, key_at, key_size, value_at, value_size, at, headers in rows:
-        records.append(
-            FetchedRecord(
-                size,
-                base + offset_delta,
-                first_ts + ts_delta if fixed_ts is None else fixed_ts,
-                ts_type,
-                data[key_at : key_at + key_size] if key_size >= 0 else None,
-                data[value_at : value_at + value_size] if value_size >= 0 else None,
-                _headers(data, at, headers) if headers else [],
-            )
-        )
-    return records
+def _cut(data: bytes, starts: np.ndarray, sizes: np.ndarray) -> list[bytes | None]:
+    """The byte strings at `starts` of `sizes` (-1: null), cut without a Python loop when
+    none is null."""
+    if sizes.min(initial=0) >= 0:
+        return list(map(data.__getitem__, map(slice, starts.tolist(), (starts + sizes).tolist())))
+    spans = zip(starts.tolist(), sizes.tolist(), strict=True)
+    return [data[a : a + n] if n >= 0 else None for a, n in spans]
 
 
-def parsed_records(batch: Any) -> list[DefaultRecord] | None:
-    """Every record of an unread data batch, as kafka-python's reader would give them; None
-    when the batch should be read the stock way."""
+def consumer_records(tp: Any, leader_epoch: int, batch: Any) -> tuple[list[Any], int] | None:
+    """Every record of an unread data batch as the `ConsumerRecord`s kafka-python's fetcher
+    would make (no deserializers), and their bytes on the wire; None when the batch should be
+    read the stock way. The records are made by `map` over the columns: no Python per record."""
     batch._maybe_uncompress()
     count = batch._num_records
     if batch.is_control_batch or batch._next_record_index or count < 0:
@@ -182,20 +151,105 @@ def parsed_records(batch: Any) -> list[DefaultRecord] | None:
     end = _scan(np.frombuffer(buffer, np.uint8), batch._pos, table)
     if end != len(buffer):
         return None
-    records = _records(batch, bytes(buffer), table.tolist())
     batch._pos = end
     batch._next_record_index = count
-    return records
+    data = bytes(buffer)
+    ts_type = batch.timestamp_type
+    timestamps: Iterable[int] = (
+        repeat(batch.max_timestamp, count)
+        if ts_type == batch.LOG_APPEND_TIME
+        else (table[:, 1] + batch.first_timestamp).tolist()
+    )
+    key_sizes, value_sizes, header_counts = table[:, 4], table[:, 6], table[:, 8]
+    if header_counts.any():
+        headers = [_headers(data, at, n) if n else [] for at, n in table[:, 7:9].tolist()]
+        header_sizes: Iterable[int] = list(map(_header_size, headers))
+    else:
+        headers, header_sizes = list(map(list, repeat((), count))), repeat(-1, count)
+    columns = zip(
+        repeat(tp.topic), repeat(tp.partition), repeat(leader_epoch),
+        (table[:, 2] + batch.base_offset).tolist(), timestamps, repeat(ts_type),
+        _cut(data, table[:, 3], key_sizes), _cut(data, table[:, 5], value_sizes), headers,
+        repeat(None), key_sizes.tolist(), value_sizes.tolist(), header_sizes,
+    )  # fmt: skip
+    return list(map(_new_record, columns)), int(table[:, 0].sum())
 
 
-def _iter(batch: Any) -> Iterator[DefaultRecord]:
-    records = parsed_records(batch)
-    return _stock_iter(batch) if records is None else iter(records)
+def _unpack_records(
+    self: Any, tp: Any, records: Any, key_deserializer: Any, value_deserializer: Any
+) -> Iterator[Any]:
+    """`PartitionRecords._unpack_records` with each data batch's records made at once: the
+    same batch rules (CRC, leader epoch, aborted transactions, control batches, the next
+    offset after the last batch), the per-record way for anything `consumer_records` declines.
+    The position after each record is set by `_take`, for the last record it returns."""
+    if key_deserializer is not None or value_deserializer is not None:
+        yield from _stock_unpack(self, tp, records, key_deserializer, value_deserializer)
+        return
+    last = None
+    while (batch := records.next_batch()) is not None:
+        last = batch
+        if self.check_crcs and not batch.validate_crc():
+            raise CorruptRecordError(
+                f"Record batch for partition {self.topic_partition} at offset "
+                f"{batch.base_offset} failed crc check"
+            )
+        if batch.magic == 2:
+            self.leader_epoch = batch.leader_epoch
+            if self.isolation_level == IsolationLevel.READ_COMMITTED and batch.has_producer_id():
+                self._consume_aborted_transactions_up_to(batch.last_offset)
+                if self._contains_abort_marker(batch):
+                    self.aborted_producer_ids.discard(batch.producer_id)
+                elif self._is_batch_aborted(batch):
+                    self.next_fetch_offset = batch.next_offset
+                    continue
+            if batch.is_control_batch:
+                self.next_fetch_offset = batch.next_offset
+                continue
+            made = consumer_records(tp, self.leader_epoch, batch)
+            if made is not None:
+                self.records_read += len(made[0])
+                self.bytes_read += made[1]
+                yield from made[0]
+                continue
+        yield from _one_by_one(self, tp, batch)
+    if last is not None and last.magic == 2:
+        self.next_fetch_offset = last.next_offset
+    self.drain()
+
+
+def _one_by_one(self: Any, tp: Any, batch: Any) -> Iterator[Any]:
+    """A batch's records the way kafka-python reads them, one at a time."""
+    for record in batch:
+        if self.check_crcs and not record.validate_crc():
+            raise CorruptRecordError(
+                f"Record for partition {self.topic_partition} at offset {record.offset} "
+                "failed crc check"
+            )
+        key, value, headers = record.key, record.value, record.headers
+        self.records_read += 1
+        self.bytes_read += record.size_in_bytes
+        self.next_fetch_offset = record.offset + 1
+        yield _new_record((
+            tp.topic, tp.partition, self.leader_epoch, record.offset, record.timestamp,
+            record.timestamp_type, key, value, headers, record.checksum,
+            len(key) if key is not None else -1, len(value) if value is not None else -1,
+            _header_size(headers),
+        ))  # fmt: skip
+
+
+def _take(self: Any, n: int | None = None) -> list[Any]:
+    """`PartitionRecords.take`, then the position after the last record taken (records made
+    a batch at a time do not move it one by one; it only ever moves forward)."""
+    taken = _stock_take(self, n)
+    if taken:
+        self.next_fetch_offset = max(self.next_fetch_offset, taken[-1].offset + 1)
+    return taken
 
 
 def use(fast: bool) -> bool:
-    """Read every fetched v2 batch of this process with `parsed_records` (`fast`, on a
-    kafka-python release it was written for) or kafka-python's reader; whether it is fast."""
+    """Read every fetched v2 batch of this process a batch at a time (`fast`, on a
+    kafka-python release it was written for) or kafka-python's way; whether it is fast."""
     fast = fast and KAFKA_PYTHON_VERSION.startswith(_READER_VERSIONS)
-    DefaultRecordBatch.__iter__ = _iter if fast else _stock_iter
+    PartitionRecords._unpack_records = _unpack_records if fast else _stock_unpack
+    PartitionRecords.take = _take if fast else _stock_take
     return fast
