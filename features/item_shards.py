@@ -110,7 +110,8 @@ class LoadedItems:
         self.present = np.zeros((0, N_FIELDS), dtype=bool)
         self.offsets = np.zeros(0, dtype=np.int64)
         self.items: set[str] = set()  # the items whose shards are all here
-        self._written: tuple[list[str], list[int], np.ndarray, np.ndarray, np.ndarray] | None
+        self._written: tuple[list[tuple[str, int]], np.ndarray, np.ndarray, np.ndarray,
+                             np.ndarray] | None  # fmt: skip
         self._written = None
         self.totals, self.total_present = self.extend(item_ids, raws)
 
@@ -173,22 +174,21 @@ class LoadedItems:
         last = np.maximum.reduceat(offsets[has][order], starts)
         group = sorted_key[starts]
         group_items = [item_ids[k] for k in (group // len(parts)).tolist()]
-        group_parts = parts[group % len(parts)].tolist()
-        old = np.array(
-            [self.index.get(ip, -1) for ip in zip(group_items, group_parts, strict=True)],
-            dtype=np.int64,
-        )
+        part_at, parts_list = (group % len(parts)).tolist(), parts.tolist()
+        group_parts = [parts_list[j] for j in part_at]
+        keys = list(zip(group_items, group_parts, strict=True))
+        index = self.index
+        old = np.array([index.get(key, -1) for key in keys], dtype=np.int64)
         read = old >= 0
         if read.any():
             sums[read] = self.values[old[read]] + sums[read]
             sets[read] |= self.present[old[read]]
             last[read] = np.maximum(last[read], self.offsets[old[read]])
+        fields = [shard_field(p) for p in parts_list]
         out: dict[str, dict[str, bytes]] = {}
-        for item, p, blob in zip(
-            group_items, group_parts, pack_shards(sums, sets, last), strict=True
-        ):
-            out.setdefault(item, {})[shard_field(p)] = blob
-        self._written = (group_items, group_parts, sums, sets, last)
+        for item, j, blob in zip(group_items, part_at, pack_shards(sums, sets, last), strict=True):
+            out.setdefault(item, {})[fields[j]] = blob
+        self._written = (keys, old, sums, sets, last)
         return out
 
     def absorb(self) -> None:
@@ -196,10 +196,11 @@ class LoadedItems:
         the next batch can start from them without reading them back."""
         if self._written is None:
             return
-        group_items, group_parts, sums, sets, last = self._written
+        keys, rows, sums, sets, last = self._written  # rows: each shard's as `updated` found
         self._written = None
-        keys = list(zip(group_items, group_parts, strict=True))
-        rows = np.array([self.index.get(key, -1) for key in keys], dtype=np.int64)
+        index = self.index
+        for k in np.flatnonzero(rows < 0).tolist():  # held since (rows are never moved)
+            rows[k] = index.get(keys[k], -1)
         held = rows >= 0
         self.values[rows[held]] = sums[held]
         self.present[rows[held]] = sets[held]
