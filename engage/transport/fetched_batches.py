@@ -130,10 +130,10 @@ def _header_size(headers: list[tuple[str, bytes | None]]) -> int:
 
 
 def _cut(data: bytes, starts: np.ndarray, sizes: np.ndarray) -> list[bytes | None]:
-    """The byte strings at `starts` of `sizes` (-1: null), cut without a Python loop when
-    none is null."""
+    """The byte strings at `starts` of `sizes` (-1: null). (A list comprehension: slicing by
+    `map(data.__getitem__, map(slice, ...))` measured 1.6x slower.)"""
     if sizes.min(initial=0) >= 0:
-        return list(map(data.__getitem__, map(slice, starts.tolist(), (starts + sizes).tolist())))
+        return [data[a:b] for a, b in zip(starts.tolist(), (starts + sizes).tolist(), strict=True)]
     spans = zip(starts.tolist(), sizes.tolist(), strict=True)
     return [data[a : a + n] if n >= 0 else None for a, n in spans]
 
