@@ -336,6 +336,31 @@ def _read_one(
     return kinds[row] != _RATING or rated
 
 
+_MIXED, _ALL_ABSENT, _ALL_SAME = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def _uniform(buf: np.ndarray, spans: np.ndarray, at: int) -> int:
+    """Whether id column `at` is absent in every row, the same text in every row, or mixed:
+    a batch's source is nearly always one text, and a MovieLens batch has no session ids, so
+    the column is one object repeated instead of a string cut per row."""
+    n = spans.shape[0]
+    if n == 0:
+        return _MIXED
+    s0, e0 = spans[0, 2 * at], spans[0, 2 * at + 1]
+    for i in range(1, n):
+        s, e = spans[i, 2 * at], spans[i, 2 * at + 1]
+        if (s < 0) != (s0 < 0):
+            return _MIXED
+        if s0 >= 0:
+            if e - s != e0 - s0:
+                return _MIXED
+            for k in range(e - s):
+                if buf[s + k] != buf[s0 + k]:
+                    return _MIXED
+    return _ALL_ABSENT if s0 < 0 else _ALL_SAME
+
+
 @njit(cache=True, nogil=True)
 def _read_all(buf: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, ...]:
     """Every message (ending at `ends` in `buf`): whether it was read, its id spans, time,
@@ -387,6 +412,11 @@ def read_events(messages: Sequence[bytes | None]) -> Read:
 
     def cut(at: int) -> list[str | None]:
         starts, ends = columns[2 * at], columns[2 * at + 1]
+        uniform = _uniform(buf, spans, at)
+        if uniform == _ALL_ABSENT:
+            return [None] * n
+        if uniform == _ALL_SAME:  # one string for every row (a source, a session's id)
+            return [text[starts[0] : ends[0]]] * n
         return [text[s:e] if s >= 0 else None for s, e in zip(starts, ends, strict=True)]
 
     types = _TYPES

@@ -236,3 +236,27 @@ def test_a_batch_of_events_is_its_columns() -> None:
         decoded = decode_event(event.to_json())
         assert made == decoded and made.to_json() == decoded.to_json()
         assert made.__pydantic_fields_set__ == decoded.__pydantic_fields_set__
+
+
+@pytest.mark.parametrize("session", [None, "s:1", "mixed"])
+def test_a_column_with_one_text_or_none_reads_the_same(session: str | None) -> None:
+    """A column that is one text in every row (a batch's source) or absent in every row (a
+    MovieLens batch's session ids) is read as one object repeated: still each row's value,
+    and one that differs, even in its last byte or by being absent, is its own."""
+    rng = random.Random(11)
+    events = [
+        Event(event_id=f"e:{k}", user_id=rng.choice(["u1", "9"]), ts=1_700_000_000_000 + k,
+              event_type=EventType.RATING, item_id=str(rng.randint(1, 99)),
+              session_id=f"s{k % 3}" if session == "mixed" else session,
+              value=rng.randint(0, 20) / 2, source="movielens")
+        for k in range(300)
+    ]  # fmt: skip
+    batch, _, errors = read_events([e.to_json() for e in events])
+    assert errors == [] and list(batch) == [decode_event(e.to_json()) for e in events]
+    assert batch.sources[0] is batch.sources[-1]  # one object: the shortcut was taken
+    if session == "s:1":
+        assert batch.session_ids[0] is batch.session_ids[-1]
+    for last in ({"source": "movielenz"}, {"session_id": None}, {"session_id": "s:2"}):
+        changed = [*events[:-1], events[-1].model_copy(update=last)]
+        batch, _, _ = read_events([e.to_json() for e in changed])
+        assert list(batch) == [decode_event(e.to_json()) for e in changed]
