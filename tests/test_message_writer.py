@@ -105,6 +105,8 @@ def first_event(b: dict, **fields: str) -> None:
         lambda b: first_event(b, event_id="é"),  # not ASCII
         lambda b: first_event(b, item_id="a\\b"),
         lambda b: first_event(b, user_id="a\nb"),
+        lambda b: first_event(b, user_id="a\x00b"),  # the writer's own separator
+        lambda b: first_event(b, item_id="a\x7fb"),
         lambda b: b["p_int"].__setitem__(0, 4e-05),  # repr: 4e-05
         lambda b: b["score"].__setitem__(0, math.nan),
         lambda b: b["score"].__setitem__(0, -1.0),
