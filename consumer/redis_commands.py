@@ -115,14 +115,47 @@ class CommandList:
         return len(chunks)
 
     def run(self, client: Any) -> list[Any]:
-        """Run the call now; every command's reply, in order."""
-        return client.eval(RUN_LUA, len(self.keys), *self.keys, *self.argv) if self.keys else []
+        """Run the call now; every command's reply, in order. Packed in one hiredis call and
+        sent on a pooled connection (a single-node client; a Cluster client takes the
+        redis-py path): `client.eval` walks the ~3,000 arguments of a cold batch's read one
+        by one in Python, a tenth of the read's CPU. Retried as redis-py retries a command."""
+        if not self.keys:
+            return []
+        if not isinstance(client, redis.Redis) or client.connection is not None:
+            return client.eval(RUN_LUA, len(self.keys), *self.keys, *self.argv)
+        packed = hiredis.pack_command(("EVAL", RUN_LUA, len(self.keys), *self.keys, *self.argv))
+        return run_packed(client, packed)
 
     def packed(self) -> bytes:
         """The quiet call (RUN_QUIET_LUA) packed for the wire, for `exec_transaction`: hiredis
         packs the whole argument list in one C call, where a redis-py pipeline first walks it
         argument by argument in Python (half the commit thread's time holding the GIL)."""
         return hiredis.pack_command(("EVAL", RUN_QUIET_LUA, len(self.keys), *self.keys, *self.argv))
+
+
+def run_packed(client: redis.Redis, packed: bytes) -> Any:
+    """One packed command's reply on a connection of `client`'s pool, with the client's
+    retry policy (a lost connection is dropped and the command sent again): for commands
+    that may run twice, as reads."""
+    pool = client.connection_pool
+    connection = pool.get_connection()
+
+    def send() -> Any:
+        connection.send_packed_command([packed])
+        return connection.read_response()
+
+    def dropped(_error: Exception) -> None:
+        connection.disconnect()
+
+    try:
+        return connection.retry.call_with_retry(send, dropped)
+    except redis.ResponseError:
+        raise  # the whole reply was read: the connection is fine
+    except BaseException:
+        connection.disconnect()  # mid-reply, perhaps: its protocol state is unknown
+        raise
+    finally:
+        pool.release(connection)
 
 
 def exec_transaction(connection: Any, commands: Sequence[bytes | tuple[Any, ...]]) -> list[Any]:

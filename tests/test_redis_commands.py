@@ -125,3 +125,29 @@ def test_a_transaction_raises_the_error_a_command_met(redis_client: redis.Redis)
             exec_transaction(connection, [("HSET", "t:str:{1}", "f", 1), ("SET", "t:z:{1}", 2)])
         assert redis_client.get("t:z:{1}") == b"2"
         assert exec_transaction(connection, [("GET", "t:z:{1}")]) == [b"2"]  # still in step
+
+
+@pytest.mark.stack
+def test_a_run_survives_a_dropped_connection_and_an_error_reply(
+    redis_client: redis.Redis,
+) -> None:
+    """`run` sends its packed call on a pooled connection: one the server dropped while it
+    sat in the pool is replaced, and an error reply is raised with the connection left
+    usable for the next call."""
+    redis_client.set("r:s:{1}", "a")
+    cmds = CommandList()
+    cmds.add("GET", "r:s:{1}")
+    assert cmds.run(redis_client) == [b"a"]
+    with _connection(redis_client) as used:  # the pooled connection `run` used
+        used.send_command("CLIENT", "ID")
+        own = used.read_response()
+        with _connection(redis_client) as other:
+            other.send_command("CLIENT", "KILL", "ID", own)
+            assert other.read_response() == 1
+    assert cmds.run(redis_client) == [b"a"]  # reconnected
+    redis_client.set("r:t:{1}", "text")
+    wrong = CommandList()
+    wrong.add("HGETALL", "r:t:{1}")  # a string, not a hash: WRONGTYPE
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        wrong.run(redis_client)
+    assert cmds.run(redis_client) == [b"a"]
