@@ -4,7 +4,8 @@ Why: validating each message with the `Event` model costs ~1.4 us, and making th
 reading its fields back ~0.8 more: the largest part of the consumer thread's front end. Most
 messages are in the canonical encoding (`Event.to_json`: the fields in declaration order,
 no whitespace, no context), which a numba loop reads in ~0.2 us, its ids cut out of the batch
-text afterwards.
+text afterwards: the user, item and session ids interned (`IdCodes`: a string per distinct id,
+the fold's tables then work per distinct id), the event ids split out of one joined text.
 
 The compiled reader takes a message only if it is sure of the outcome: the canonical layout
 (each optional field present or not), ids of printable ASCII with no escapes (so a byte is a
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from features.event_batch import EventBatch
+from features.event_batch import EventBatch, IdCodes
 from features.events import (
     MAX_MESSAGE_BYTES,
     MAX_TS_MS,
@@ -388,6 +389,67 @@ def _read_all(buf: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, ...]:
             floats[:used_entries], words[:used_words])  # fmt: skip
 
 
+@njit(cache=True, nogil=True)
+def _intern(buf: np.ndarray, spans: np.ndarray, at: int) -> tuple[np.ndarray, np.ndarray]:
+    """Id column `at` as codes: each row's (-1: absent), numbered in the order of the first
+    row holding each distinct text, and that row of each code (open addressing on an FNV-1a
+    hash of the bytes, compared byte by byte)."""
+    n = spans.shape[0]
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = size - 1
+    table = np.full(size, -1, dtype=np.int64)
+    codes = np.full(n, -1, dtype=np.int64)
+    firsts = np.empty(n, dtype=np.int64)
+    count = 0
+    for i in range(n):
+        s, e = spans[i, 2 * at], spans[i, 2 * at + 1]
+        if s < 0:
+            continue
+        h = np.uint64(14695981039346656037)
+        for p in range(s, e):
+            h = (h ^ np.uint64(buf[p])) * np.uint64(1099511628211)
+        slot = np.int64(h & np.uint64(mask))
+        while True:
+            code = table[slot]
+            if code < 0:
+                table[slot] = count
+                firsts[count] = i
+                codes[i] = count
+                count += 1
+                break
+            j = firsts[code]
+            s2, e2 = spans[j, 2 * at], spans[j, 2 * at + 1]
+            if e2 - s2 == e - s and _same(buf, s, s2, e - s):
+                codes[i] = code
+                break
+            slot = (slot + 1) & mask
+    return codes, firsts[:count]
+
+
+@njit(cache=True, nogil=True)
+def _joined(buf: np.ndarray, spans: np.ndarray, at: int) -> np.ndarray:
+    """Id column `at`'s texts one after another with a 0 byte between them (an absent one
+    as empty; a read id holds no 0 byte), for one `str.split`: a string per row made in C."""
+    n = spans.shape[0]
+    total = max(n - 1, 0)
+    for i in range(n):
+        if spans[i, 2 * at] >= 0:
+            total += spans[i, 2 * at + 1] - spans[i, 2 * at]
+    out = np.empty(total, dtype=np.uint8)
+    p = 0
+    for i in range(n):
+        if i:
+            out[p] = 0
+            p += 1
+        s, e = spans[i, 2 * at], spans[i, 2 * at + 1]
+        if s >= 0:
+            out[p : p + e - s] = buf[s:e]
+            p += e - s
+    return out
+
+
 #: The valid events, the positions of their messages, and each invalid one's with its error.
 Read = tuple[EventBatch, list[int], list[tuple[int, DecodeError]]]
 
@@ -408,23 +470,30 @@ def read_events(messages: Sequence[bytes | None]) -> Read:
         buf, np.cumsum(lengths)
     )
     text = joined.decode("latin-1")  # one character per byte: the spans index it as they are
-    columns = spans.T.tolist()
 
-    def cut(at: int) -> list[str | None]:
-        starts, ends = columns[2 * at], columns[2 * at + 1]
+    def cut(at: int) -> list[Any]:  # a required id: absent only where declined
         uniform = _uniform(buf, spans, at)
         if uniform == _ALL_ABSENT:
             return [None] * n
         if uniform == _ALL_SAME:  # one string for every row (a source, a session's id)
-            return [text[starts[0] : ends[0]]] * n
-        return [text[s:e] if s >= 0 else None for s, e in zip(starts, ends, strict=True)]
+            return [text[spans[0, 2 * at] : spans[0, 2 * at + 1]]] * n
+        return _joined(buf, spans, at).tobytes().decode("latin-1").split("\x00")
 
+    def interned(at: int) -> tuple[list[str | None], list[str], np.ndarray]:
+        codes, firsts = _intern(buf, spans, at)
+        names = [text[s:e] for s, e in spans[firsts, 2 * at : 2 * at + 2].tolist()]
+        column = np.array([*names, None], dtype=object)[codes].tolist()  # -1: the None
+        return column, names, codes
+
+    users, user_names, user_codes = interned(_SPAN_OF[_USER_ID])
+    items, item_names, item_codes = interned(_SPAN_OF[_ITEM_ID])
     types = _TYPES
     batch = EventBatch(
-        cut(0), cut(1), ts.tolist(), [types[k] for k in kinds.tolist()],  # type: ignore[arg-type]
-        cut(2), cut(3),
+        cut(_SPAN_OF[_EVENT_ID]), users, ts.tolist(), [types[k] for k in kinds.tolist()],  # type: ignore[arg-type]
+        items, interned(_SPAN_OF[_SESSION_ID])[0],
         [v if h else None for v, h in zip(values.tolist(), has_value.tolist(), strict=True)],
-        _contexts(text, ok, contexts, entries, floats, words), cut(4),  # type: ignore[arg-type]
+        _contexts(text, ok, contexts, entries, floats, words), cut(_SPAN_OF[_SOURCE]),
+        codes=IdCodes(user_names, user_codes, item_names, item_codes),
     )  # fmt: skip
     declined = np.flatnonzero(~ok).tolist()
     if not declined:
@@ -458,6 +527,7 @@ def _patched(batch: EventBatch, messages: Sequence[bytes | None], declined: list
     """`batch` with the rows the reader declined validated by the model: the valid ones
     written in, the invalid ones removed with their reasons."""
     errors: list[tuple[int, DecodeError]] = []
+    batch.codes = None  # rows change: the codes are made again where wanted
     for i in declined:
         try:
             event = decode_event(messages[i])

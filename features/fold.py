@@ -398,20 +398,31 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
     user_col, item_col, ts_col = batch.user_ids, batch.item_ids, batch.ts
     kinds, sids = batch.event_types, batch.session_ids
 
-    user_ids = list(dict.fromkeys(user_col))
-    user_loc = {user: k for k, user in enumerate(user_ids)}
+    codes = batch.codes
+    if codes is not None:  # the reader's: its distinct ids, in the same order
+        user_ids, loc_arr = codes.users, codes.user_codes
+        loc = loc_arr.tolist()
+    else:
+        user_ids = list(dict.fromkeys(user_col))
+        user_loc = {user: k for k, user in enumerate(user_ids)}
+        loc = [user_loc[user] for user in user_col]
+        loc_arr = np.array(loc, dtype=np.int64)
     user_row, cs_id, user_items = state.user_row, state.cs_id, state.user_items
     user_rows = [user_row(user) for user in user_ids]
     seen_sets = [user_items.setdefault(user, set()) for user in user_ids]
-    loc = [user_loc[user] for user in user_col]
     # Session ids as codes: the users' current ones, and the id each event would give a
     # session it starts (its session_id, else str(ts)).
     current = [cs_id[row] for row in user_rows]
     strings, user_codes, new_codes = _session_codes(current, sids, ts_col)
-    item_ids = list(dict.fromkeys(i for i in item_col if i is not None))
-    item_loc_of = {item: k for k, item in enumerate(item_ids)}
+    if codes is not None:
+        item_ids, item_loc_arr = codes.items, codes.item_codes
+    else:
+        item_ids = list(dict.fromkeys(i for i in item_col if i is not None))
+        item_loc_of = {item: k for k, item in enumerate(item_ids)}
+        item_loc_arr = np.array(
+            [-1 if i is None else item_loc_of[i] for i in item_col], dtype=np.int64
+        )
     item_rows = state.item_rows(item_ids)  # allocates; refreshes metadata
-    item_loc = [-1 if i is None else item_loc_of[i] for i in item_col]
     seen = [False] * n
     for e, (k, item) in enumerate(zip(loc, item_col, strict=True)):
         if item is not None:
@@ -426,8 +437,6 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
     ts = np.array(ts_col, dtype=np.int64)
     kind = np.array([type_code[k] for k in kinds], dtype=np.int64)
     value = np.array(values, dtype=np.float64)
-    loc_arr = np.array(loc, dtype=np.int64)
-    item_loc_arr = np.array(item_loc, dtype=np.int64)
     item_rows_arr = np.array([*item_rows, -1], dtype=np.int64)  # [-1] for item_loc -1
     new_arr = np.array(new_codes, dtype=np.int64)
     return _Columns(

@@ -260,3 +260,30 @@ def test_a_column_with_one_text_or_none_reads_the_same(session: str | None) -> N
         changed = [*events[:-1], events[-1].model_copy(update=last)]
         batch, _, _ = read_events([e.to_json() for e in changed])
         assert list(batch) == [decode_event(e.to_json()) for e in changed]
+
+
+def test_the_id_codes_number_each_distinct_id_by_its_first_row() -> None:
+    """The reader's `IdCodes`: each distinct user and item once, in the order of its first
+    row, and each row's code (-1: no item), as a dict built over the columns would give
+    them; a batch with a row the reader declined (validation wrote it in) has none."""
+    rng = random.Random(5)
+    events = [
+        Event(event_id=f"e:{k}", user_id=rng.choice(["u1", "9", "u10", "u", "x" * 256]),
+              ts=1_700_000_000_000 + k, event_type=EventType.PAGE_VIEW,
+              item_id=rng.choice([None, "31", "3", "13", "/pricing", "i" * 256]),
+              source="synthetic")
+        for k in range(500)
+    ]  # fmt: skip
+    batch, _, errors = read_events([e.to_json() for e in events])
+    assert errors == [] and batch.codes is not None
+    users = list(dict.fromkeys(batch.user_ids))
+    items = list(dict.fromkeys(i for i in batch.item_ids if i is not None))
+    assert batch.codes.users == users and batch.codes.items == items
+    assert batch.codes.user_codes.tolist() == [users.index(u) for u in batch.user_ids]
+    assert batch.codes.item_codes.tolist() == [
+        -1 if i is None else items.index(i) for i in batch.item_ids
+    ]
+    assert batch.take(range(10)).codes is None  # rows taken: made again where wanted
+    spaced = orjson.dumps(orjson.loads(events[3].to_json()), option=orjson.OPT_INDENT_2)
+    batch, _, errors = read_events([e.to_json() for e in events[:3]] + [spaced])
+    assert errors == [] and batch.codes is None and batch[3] == events[3]

@@ -24,6 +24,7 @@ import pytest
 from engage.settings import PROJECT_ROOT
 from features import fold_layout
 from features.aggregates import Applied, FeatureParams, State, session_fields
+from features.event_reader import read_events
 from features.events import Event, EventType
 from features.fold import NEUMAIER_SUM, FoldOutput, FoldState, _genre_sum, fold
 from features.items import GENRES, ItemMeta
@@ -433,3 +434,22 @@ def test_the_pre_pass_columns_equal_the_per_event_definitions(
     engaged = fold_layout.engaged_column(kind, value)
     assert engaged.tolist() == [float(e.engaged) for e in events]
     assert fold_layout.labelled_column(kind).tolist() == [e.labelled for e in events]
+
+
+@pytest.mark.parametrize("data", ["movielens", "synthetic"])
+def test_batches_from_the_reader_fold_as_the_reference(data: str) -> None:
+    """A batch the compiled reader made carries its ids as codes (`IdCodes`), which the fold
+    takes instead of making its own: the same outputs and tables as the reference."""
+    events, meta = movielens_like() if data == "movielens" else (synthetic_events(), {})
+    params = FeatureParams()
+    memory = MemoryState(params=params, meta=dict(meta))
+    state = FoldState(meta=meta, capacity=4)
+    coded = 0  # (a batch with a message the reader declined has no codes: folded without)
+    for chunk in chunks(events, 31):
+        batch, _, errors = read_events([event.to_json() for event in chunk])
+        assert errors == []
+        coded += batch.codes is not None
+        want = reference_call(memory, chunk)
+        check_call(fold(state, batch, params), want)
+    check_state(state, memory)
+    assert coded >= 20
