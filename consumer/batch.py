@@ -69,7 +69,11 @@ class _LiveRows:
     ) -> np.ndarray:  # fmt: skip
         """The online-calibrated probability of the model's rows (`rows`; None: all), whose
         interaction and propensity probabilities are `p_model` and `p_propensity`."""
-        self.domains = [domains[source] for source in self.incoming.events.sources]
+        sources = self.incoming.events.sources
+        if len(set(domains.values())) == 1:  # the usual batch: one domain, no lookup a row
+            self.domains = [next(iter(domains.values()))] * len(sources)
+        else:
+            self.domains = [domains[source] for source in sources]
         at = np.arange(len(self.incoming)) if rows is None else np.asarray(rows, np.int64)
         self.model_rows = at
         doms = self.domains if rows is None else [self.domains[r] for r in rows]

@@ -214,9 +214,10 @@ class LiveMonitors:
         label = np.asarray(label, dtype=np.float64)
         served = np.empty(len(prob))
         codes, first = np.unique(part, return_index=True)
+        one_domain = len(set(domain)) == 1  # the usual batch: no domain read a row
         for p in codes[np.argsort(first)].tolist():
             in_p = np.flatnonzero(part == p)
-            doms = [domain[i] for i in in_p.tolist()]
+            doms = [domain[0]] if one_domain else [domain[i] for i in in_p.tolist()]
             held = self.calibrators[p]
             present = dict.fromkeys(doms)
             for d in present:

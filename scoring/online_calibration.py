@@ -32,6 +32,7 @@ import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
@@ -86,11 +87,11 @@ def event_labels(events: Iterable[Event]) -> np.ndarray:
 
 def labels_of(event_types: Sequence[EventType], values: Sequence[float | None]) -> np.ndarray:
     """`event_labels` of events given as their types and values (an `EventBatch`'s columns)."""
-    lookup = _LABEL_OF_TYPE.get
-    out = np.fromiter((lookup(t, _RATING) for t in event_types), np.float64, len(event_types))
+    n = len(event_types)
+    out = np.fromiter(map(_LABEL_OF_TYPE.get, event_types, repeat(_RATING, n)), np.float64, n)
     ratings = np.flatnonzero(out == _RATING)
     if len(ratings):
-        rated = [values[i] for i in ratings.tolist()]
+        rated = values if len(ratings) == n else [values[i] for i in ratings.tolist()]
         out[ratings] = [1.0 if v is not None and v >= ENGAGED_RATING else 0.0 for v in rated]
     return out
 
