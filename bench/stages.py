@@ -47,7 +47,7 @@ STAGES: list[tuple[Any, str, str]] = [
     (BatchScorer, "_model_start", "compute: model start"),
     (BatchScorer, "_model", "compute: model parts"),
     (BatchScorer, "_observe", "compute: live quality, drift, calibration"),
-    (batch, "vector_digests", "compute: vector digests"),
+    (batch, "digest_block", "compute: vector digests"),
     (BatchScorer, "_written", "compute: score messages, compiled writer"),
     (score_record, "message_dicts", "compute: score messages as dicts (shown rows)"),
     (score_record, "encode_messages", "compute: encode the dicts"),

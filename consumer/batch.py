@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 
 from engage.transport.packed import PackedRecords
-from features.digest import vector_digests
+from features.digest import digest_block
 from features.fold import FoldOutput
 from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
@@ -157,7 +157,7 @@ class BatchScorer:
         job = self._model_start(before, after, latest_rows, incoming)  # runs beside the rules
         rules, rule_texts, block = self._rules(incoming, after, shown)
         self._writes(writes, state, out, incoming, loaded)
-        digests = vector_digests(before)
+        digests = digest_block(before)
         live = _LiveRows(incoming) if self.live is not None else None
         rows = list(latest_rows.values())
         # The compiled writer can take the batch (one domain, no feature vectors, the model

@@ -12,6 +12,9 @@ bit-identical vectors; it is not cryptographic: it guards against bugs, not forg
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from typing import overload
+
 import numpy as np
 from numba import njit
 
@@ -71,11 +74,48 @@ def _hex_pairs(
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
-def vector_digests(rows: np.ndarray) -> list[str]:
-    """`<user+context digest>:<item digest>` (16 hex digits each) for every interaction row."""
+class Digests(Sequence[str]):
+    """Every row's digest as one text of `WIDTH`-character pieces: a row's string is made
+    only when read (the shown rows, a batch written as dicts), and the compiled score writer
+    copies the text as it is. Why: a string a row cost more than the digests themselves."""
+
+    WIDTH = 33
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __len__(self) -> int:
+        return len(self.text) // self.WIDTH
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError("digest index out of range")
+        at = (index % n) * self.WIDTH
+        return self.text[at : at + self.WIDTH]
+
+    def __iter__(self) -> Iterator[str]:
+        text, width = self.text, self.WIDTH
+        return iter([text[at : at + width] for at in range(0, len(text), width)])
+
+
+def digest_block(rows: np.ndarray) -> Digests:
+    """`vector_digests` of every interaction row, as one `Digests`."""
     rows = np.ascontiguousarray(rows, dtype=np.float64)
     if len(rows) == 0:
-        return []
+        return Digests("")
     head, tail = _digests((rows + 0.0).view(np.uint64), ITEM_START)  # + 0.0: -0.0 is 0.0
-    text = _hex_pairs(head, tail, _HEX_DIGITS).tobytes().decode("ascii")
-    return [text[at : at + 33] for at in range(0, len(text), 33)]
+    return Digests(_hex_pairs(head, tail, _HEX_DIGITS).tobytes().decode("ascii"))
+
+
+def vector_digests(rows: np.ndarray) -> list[str]:
+    """`<user+context digest>:<item digest>` (16 hex digits each) for every interaction row."""
+    return list(digest_block(rows))

@@ -28,6 +28,8 @@ import numpy as np
 import orjson
 from numba import njit
 
+from features.digest import Digests
+
 #: A string the writer copies as is: printable ASCII, no quote, no backslash.
 _PLAIN = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 _SMALLEST = 1e-4  # below: orjson writes an exponent
@@ -154,28 +156,29 @@ def _write(  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _text_spans(blob: np.ndarray, text_at: np.ndarray) -> bool:
-    """Each row's four texts (user, event, item, digest) in `blob`, where every text is
-    followed by a 0 byte but the last: their (start, end) pairs into `text_at` (rows, 8).
-    False when a byte is not plain JSON string text (`_PLAIN`) or the count is not 4 a row.
-    Why: one pass instead of four `len` passes over the columns and a regex over the blob."""
-    total = text_at.shape[0] * 4
+def _text_spans(blob: np.ndarray, text_at: np.ndarray, per_row: int) -> bool:
+    """Each row's `per_row` texts (user, event, item and, unless given as a block, digest) in
+    `blob`, where every text is followed by a 0 byte but the last: their (start, end) pairs
+    into the first columns of `text_at` (rows, 8). False when a byte is not plain JSON string
+    text (`_PLAIN`) or the count is not `per_row` a row. Why: one pass instead of four `len`
+    passes over the columns and a regex over the blob."""
+    total = text_at.shape[0] * per_row
     field, start = 0, 0
     for i in range(len(blob)):
         b = blob[i]
         if b == 0:
             if field >= total - 1:
                 return False
-            text_at[field // 4, 2 * (field % 4)] = start
-            text_at[field // 4, 2 * (field % 4) + 1] = i
+            text_at[field // per_row, 2 * (field % per_row)] = start
+            text_at[field // per_row, 2 * (field % per_row) + 1] = i
             field += 1
             start = i + 1
         elif b < 0x20 or b == 0x22 or b == 0x5C or b > 0x7E:
             return False
     if field != total - 1:
         return False
-    text_at[field // 4, 2 * (field % 4)] = start
-    text_at[field // 4, 2 * (field % 4) + 1] = len(blob)
+    text_at[field // per_row, 2 * (field % per_row)] = start
+    text_at[field // per_row, 2 * (field % per_row) + 1] = len(blob)
     return True
 
 
@@ -231,14 +234,20 @@ def write_packed(
         return None
     has_item = np.array([i is not None for i in items], dtype=np.bool_)
     item_text = [i or "" for i in items]
-    columns = (users, event_ids, item_text, digests)
-    if any(len(column) != n for column in columns):
+    block = isinstance(digests, Digests)  # hex text: copied as it is, after the other texts
+    columns = (users, event_ids, item_text) if block else (users, event_ids, item_text, digests)
+    if any(len(column) != n for column in (*columns, digests)):
         raise ValueError("write_messages takes one value per row in every column")
     blob = "\x00".join(chain.from_iterable(zip(*columns, strict=True))).encode()
-    text = np.frombuffer(blob, np.uint8)
     text_at = np.empty((n, 8), dtype=np.int64)
-    if not _text_spans(text, text_at):
+    if not _text_spans(np.frombuffer(blob, np.uint8), text_at, len(columns)):
         return None  # a non-ASCII, escaped or control character somewhere: the dict path
+    if block:
+        assert isinstance(digests, Digests)
+        text_at[:, 6] = len(blob) + Digests.WIDTH * np.arange(n)
+        text_at[:, 7] = text_at[:, 6] + Digests.WIDTH
+        blob += digests.text.encode("ascii")
+    text = np.frombuffer(blob, np.uint8)
     at_row = orjson.dumps(scored_at)
     version = orjson.dumps(model[0]) if model is not None else b""
     pieces = [b'{"user_id":"', b'","event_id":"', b'","event_ts":', b',"item_id":"',

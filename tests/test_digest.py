@@ -4,8 +4,9 @@ the same (parity compares new digests with logged ones), and they tell vectors a
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from features.digest import ITEM_START, vector_digests
+from features.digest import ITEM_START, digest_block, vector_digests
 
 N_FEATURES = 82
 
@@ -45,3 +46,15 @@ def test_minus_zero_is_zero_and_float32_rows_are_read_as_float64() -> None:
     assert digests[0] == digests[1]
     assert vector_digests(rows.astype(np.float32)) == digests
     assert vector_digests(rows[:0]) == []
+
+
+def test_a_digest_block_reads_as_the_list_of_digests() -> None:
+    """The consumer holds a batch's digests as one text (`Digests`): row by row, sliced and
+    iterated it is `vector_digests`' list."""
+    rows = np.random.default_rng(3).random((5, N_FEATURES))
+    block, listed = digest_block(rows), vector_digests(rows)
+    assert len(block) == 5 and list(block) == listed and block[1:4] == listed[1:4]
+    assert [block[i] for i in range(-5, 5)] == listed + listed
+    with pytest.raises(IndexError):
+        block[5]
+    assert len(digest_block(rows[:0])) == 0 and list(digest_block(rows[:0])) == []

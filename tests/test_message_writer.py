@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from features.digest import Digests
 from features.events import Event, EventType
 from scoring import score_record
 from scoring.exact_round import round_like_python
@@ -44,7 +45,8 @@ def batch(rng: np.random.Generator, n: int, items: bool = True, k: int = 3) -> d
     return {"events": events, "partitions": rng.integers(0, 12, n).tolist(),
             "offsets": rng.integers(0, 1 << 50, n).tolist(), "order": order, "points": points,
             "score": score, "labels": labels,
-            "digests": [f"{rng.integers(1 << 62):016x}" for _ in range(n)],
+            "digests": [f"{rng.integers(1 << 62):016x}:{rng.integers(1 << 62):016x}"
+                        for _ in range(n)],
             "p_int": p_int, "p_prop": p_prop, "p_online": rng.random(n) * 0.9 + 0.05}  # fmt: skip
 
 
@@ -92,6 +94,8 @@ def test_the_writer_writes_what_the_dicts_write(model: str | None, online: bool)
             b["p_int"][1], b["p_prop"][2], b["p_int"][3] = 1.0, 1e-4, 0.0001005
         now_ms = round(1_796_315_255_076.07 + n, 1)
         assert written(b, model, online, now_ms) == dict_path(b, model, online, now_ms)
+        as_block = {**b, "digests": Digests("".join(b["digests"]))}  # as the consumer holds them
+        assert written(as_block, model, online, now_ms) == dict_path(b, model, online, now_ms)
 
 
 def first_event(b: dict, **fields: str) -> None:
