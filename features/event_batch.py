@@ -75,16 +75,21 @@ class Rows(Sequence[Row]):
 
 
 @dataclass(frozen=True)
-class IdCodes:
-    """A batch's user and item ids as codes: each distinct id once, in the order of its first
-    row, and each row's code (-1: the row has no item). Why: the compiled reader finds them
-    with a hash a row, and the fold's tables then look up and allocate per distinct id
-    (~200 users and ~1,100 items in a 2,000-event MovieLens batch), not per row."""
+class CodedColumns:
+    """A batch's user and item ids as codes, and its types, times and values as arrays, as
+    the compiled reader found them. Ids: each distinct id once, in the order of its first row,
+    and each row's code (-1: the row has no item). Why: the reader finds them with a hash a
+    row, and the fold's tables then look up and allocate per distinct id (~200 users and
+    ~1,100 items in a 2,000-event MovieLens batch), not per row; the arrays spare the fold
+    making them again from the lists."""
 
     users: list[str]
     user_codes: np.ndarray  # int64, one a row
     items: list[str]
     item_codes: np.ndarray  # int64, one a row, -1 for none
+    type_index: np.ndarray  # int64: each row's type, its index in `tuple(EventType)`
+    ts: np.ndarray  # int64
+    values: np.ndarray  # float64, NaN where the event has none
 
 
 @dataclass(eq=False)
@@ -100,9 +105,9 @@ class EventBatch(Rows[Event]):
     values: list[float | None]
     contexts: list[dict[str, Any] | None]
     sources: list[str]
-    #: The ids as codes when the reader made them (`IdCodes`); None after a row changed
-    #: or was taken, and for batches made from `Event`s.
-    codes: IdCodes | None = field(default=None, repr=False, kw_only=True)
+    #: The reader's codes and arrays (`CodedColumns`); None after a row changed or was
+    #: taken, and for batches made from `Event`s.
+    codes: CodedColumns | None = field(default=None, repr=False, kw_only=True)
 
     @classmethod
     def of(cls, events: Sequence[Event]) -> EventBatch:

@@ -4,7 +4,7 @@ Why: validating each message with the `Event` model costs ~1.4 us, and making th
 reading its fields back ~0.8 more: the largest part of the consumer thread's front end. Most
 messages are in the canonical encoding (`Event.to_json`: the fields in declaration order,
 no whitespace, no context), which a numba loop reads in ~0.2 us, its ids cut out of the batch
-text afterwards: the user, item and session ids interned (`IdCodes`: a string per distinct id,
+text afterwards: the user, item and session ids interned (`CodedColumns`: a string per distinct id,
 the fold's tables then work per distinct id), the event ids split out of one joined text.
 
 The compiled reader takes a message only if it is sure of the outcome: the canonical layout
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from features.event_batch import EventBatch, IdCodes
+from features.event_batch import CodedColumns, EventBatch
 from features.events import (
     MAX_MESSAGE_BYTES,
     MAX_TS_MS,
@@ -493,7 +493,8 @@ def read_events(messages: Sequence[bytes | None]) -> Read:
         items, interned(_SPAN_OF[_SESSION_ID])[0],
         [v if h else None for v, h in zip(values.tolist(), has_value.tolist(), strict=True)],
         _contexts(text, ok, contexts, entries, floats, words), cut(_SPAN_OF[_SOURCE]),
-        codes=IdCodes(user_names, user_codes, item_names, item_codes),
+        codes=CodedColumns(user_names, user_codes, item_names, item_codes, kinds, ts,
+                           np.where(has_value, values, np.nan)),
     )  # fmt: skip
     declined = np.flatnonzero(~ok).tolist()
     if not declined:

@@ -392,6 +392,10 @@ class _Columns:
     context: np.ndarray  # context_columns (context_values of each event), (n, 6)
 
 
+#: `fold_layout.TYPE_CODE` of each type by its index in `tuple(EventType)` (the reader's).
+_LAYOUT_TYPE_CODE = np.array([L.TYPE_CODE[t] for t in EventType], dtype=np.int64)
+
+
 def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
     batch = EventBatch.of(events)
     n = len(batch)
@@ -432,11 +436,15 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
             else:
                 items.add(item)
 
-    type_code, rating = L.TYPE_CODE, EventType.RATING
-    values = [v if k is rating else 0.0 for v, k in zip(batch.values, kinds, strict=True)]
-    ts = np.array(ts_col, dtype=np.int64)
-    kind = np.array([type_code[k] for k in kinds], dtype=np.int64)
-    value = np.array(values, dtype=np.float64)
+    if codes is not None:  # the reader's arrays
+        ts, kind = codes.ts, _LAYOUT_TYPE_CODE[codes.type_index]
+        value = np.where(kind == L.RATING_CODE, codes.values, 0.0)
+    else:
+        type_code, rating = L.TYPE_CODE, EventType.RATING
+        values = [v if k is rating else 0.0 for v, k in zip(batch.values, kinds, strict=True)]
+        ts = np.array(ts_col, dtype=np.int64)
+        kind = np.array([type_code[k] for k in kinds], dtype=np.int64)
+        value = np.array(values, dtype=np.float64)
     item_rows_arr = np.array([*item_rows, -1], dtype=np.int64)  # [-1] for item_loc -1
     new_arr = np.array(new_codes, dtype=np.int64)
     return _Columns(

@@ -263,14 +263,15 @@ def test_a_column_with_one_text_or_none_reads_the_same(session: str | None) -> N
 
 
 def test_the_id_codes_number_each_distinct_id_by_its_first_row() -> None:
-    """The reader's `IdCodes`: each distinct user and item once, in the order of its first
+    """The reader's `CodedColumns`: each distinct user and item once, in the order of its first
     row, and each row's code (-1: no item), as a dict built over the columns would give
     them; a batch with a row the reader declined (validation wrote it in) has none."""
     rng = random.Random(5)
     events = [
         Event(event_id=f"e:{k}", user_id=rng.choice(["u1", "9", "u10", "u", "x" * 256]),
-              ts=1_700_000_000_000 + k, event_type=EventType.PAGE_VIEW,
+              ts=1_700_000_000_000 + k, event_type=(kind := rng.choice(list(EventType))),
               item_id=rng.choice([None, "31", "3", "13", "/pricing", "i" * 256]),
+              value=rng.choice([4.5, 0.0]) if kind is EventType.RATING else rng.choice([None, 2.0]),
               source="synthetic")
         for k in range(500)
     ]  # fmt: skip
@@ -283,6 +284,10 @@ def test_the_id_codes_number_each_distinct_id_by_its_first_row() -> None:
     assert batch.codes.item_codes.tolist() == [
         -1 if i is None else items.index(i) for i in batch.item_ids
     ]
+    types = list(EventType)
+    assert [types[k] for k in batch.codes.type_index.tolist()] == batch.event_types
+    assert batch.codes.ts.tolist() == batch.ts
+    assert [None if v != v else v for v in batch.codes.values.tolist()] == batch.values
     assert batch.take(range(10)).codes is None  # rows taken: made again where wanted
     spaced = orjson.dumps(orjson.loads(events[3].to_json()), option=orjson.OPT_INDENT_2)
     batch, _, errors = read_events([e.to_json() for e in events[:3]] + [spaced])

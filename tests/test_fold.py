@@ -438,7 +438,7 @@ def test_the_pre_pass_columns_equal_the_per_event_definitions(
 
 @pytest.mark.parametrize("data", ["movielens", "synthetic"])
 def test_batches_from_the_reader_fold_as_the_reference(data: str) -> None:
-    """A batch the compiled reader made carries its ids as codes (`IdCodes`), which the fold
+    """A batch the compiled reader made carries its ids as codes (`CodedColumns`), which the fold
     takes instead of making its own: the same outputs and tables as the reference."""
     events, meta = movielens_like() if data == "movielens" else (synthetic_events(), {})
     params = FeatureParams()
