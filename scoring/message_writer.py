@@ -234,16 +234,15 @@ def write_packed(
         return None
     has_item = np.array([i is not None for i in items], dtype=np.bool_)
     item_text = [i or "" for i in items]
+    if any(len(column) != n for column in (users, event_ids, item_text, digests)):
+        raise ValueError("write_messages takes one value per row in every column")
     block = isinstance(digests, Digests)  # hex text: copied as it is, after the other texts
     columns = (users, event_ids, item_text) if block else (users, event_ids, item_text, digests)
-    if any(len(column) != n for column in (*columns, digests)):
-        raise ValueError("write_messages takes one value per row in every column")
     blob = "\x00".join(chain.from_iterable(zip(*columns, strict=True))).encode()
     text_at = np.empty((n, 8), dtype=np.int64)
     if not _text_spans(np.frombuffer(blob, np.uint8), text_at, len(columns)):
         return None  # a non-ASCII, escaped or control character somewhere: the dict path
-    if block:
-        assert isinstance(digests, Digests)
+    if isinstance(digests, Digests):
         text_at[:, 6] = len(blob) + Digests.WIDTH * np.arange(n)
         text_at[:, 7] = text_at[:, 6] + Digests.WIDTH
         blob += digests.text.encode("ascii")
