@@ -82,14 +82,20 @@ def test_second_consumer_takes_over_when_one_leaves(settings, redis_client):
     wait_for(lambda: processed_so_far(redis_client, settings.events_topic) > 0,
              60, "the first consumer to make progress", first)  # fmt: skip
     second = start_consumer(env, group, idle_exit=6)  # joining splits the partitions
-    time.sleep(3.0)
-    publish_log(settings, tail, genres)
-    assert processed_so_far(redis_client, settings.events_topic) < len(events)  # midway
-    first.send_signal(signal.SIGTERM)  # clean leave: finish the batch, leave the group
-    out1, err1 = first.communicate(timeout=60)
-    assert first.returncode == 0, err1
-    out2, err2 = second.communicate(timeout=180)
-    assert second.returncode == 0, err2
+    try:
+        time.sleep(3.0)
+        publish_log(settings, tail, genres)
+        assert processed_so_far(redis_client, settings.events_topic) < len(events)  # midway
+        first.send_signal(signal.SIGTERM)  # clean leave: finish the batch, leave the group
+        out1, err1 = first.communicate(timeout=60)
+        assert first.returncode == 0, err1
+        out2, err2 = second.communicate(timeout=180)
+        assert second.returncode == 0, err2
+    finally:  # a failed assertion must not leave a consumer writing into the next test's Redis
+        for proc in (first, second):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     s1, s2 = json.loads(out1.strip().splitlines()[-1]), json.loads(out2.strip().splitlines()[-1])
     assert s1["processed"] > 0 and s2["processed"] > 0, (s1, s2)
     assert s1["processed"] + s2["processed"] == len(events)
