@@ -420,10 +420,12 @@ class StreamConsumer:
                 if max_events is not None and self._taken(summary) >= max_events:
                     break  # (landed: a batch still in flight was collected above)
         finally:
-            self._restore_signals()
-            self._settle()
-            summary.seconds = time.monotonic() - started
-            self.close()
+            try:
+                self._settle()
+                summary.seconds = time.monotonic() - started
+                self.close()
+            finally:  # only once the group is left: a SIGTERM while leaving still lets it leave
+                self._restore_signals()
         if self._refused is not None:  # the last batch's outputs were refused
             raise self._refused
         return summary

@@ -82,3 +82,27 @@ def test_after_a_run_ctrl_c_and_sigterm_are_the_processs_again(settings: Setting
     finally:
         consumer.close()
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_sigterm_while_leaving_the_group_is_still_the_consumers(settings: Settings) -> None:
+    """The group is left in `close`, after the loop: a SIGTERM then (an idle exit meeting a
+    stop) must reach the consumer's handler, not the default one that kills the process."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    consumer = StreamConsumer(settings, group=f"signals-{uuid.uuid4().hex[:8]}")
+    leave = consumer.kafka.close
+    seen_while_leaving: list[object] = []
+
+    def close_and_look() -> None:
+        seen_while_leaving.append(signal.getsignal(signal.SIGTERM))
+        leave()
+
+    consumer.kafka.close = close_and_look  # type: ignore[method-assign]
+    try:
+        consumer.run(idle_exit_s=0.5)
+    finally:
+        consumer.close()
+    assert seen_while_leaving, "the consumer never left the group"
+    assert seen_while_leaving[0] is not before, "SIGTERM was given back before leaving"
+    assert signal.getsignal(signal.SIGTERM) == before
