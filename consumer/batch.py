@@ -33,7 +33,7 @@ from scoring.rules import RuleScorer, RuleScores, domain_of
 
 from .incoming import Incoming, IncomingBatch
 from .model_job import ModelJob, ModelOutputs, ModelWorker
-from .state_store import BatchWrites, Loaded, advance
+from .state_store import BatchWrites, Loaded, advance_columns
 
 
 @dataclass
@@ -416,11 +416,10 @@ class BatchScorer:
             sid, fields = out.closed_session(row)  # type: ignore[misc]
             writes.closed_sessions[(users[row], sid)] = fields
             writes.sessions.pop((users[row], sid), None)
+        partitions = np.array(incoming.partitions, dtype=np.int64)
+        offsets = np.array(incoming.offsets, dtype=np.int64)
         writes.item_shards = loaded.items.updated(
-            out.item_ids, out.item_loc,
-            np.array(incoming.partitions, dtype=np.int64),
-            np.array(incoming.offsets, dtype=np.int64),
-            out.item_delta, out.item_delta_set,
-        )  # fmt: skip
+            out.item_ids, out.item_loc, partitions, offsets, out.item_delta, out.item_delta_set
+        )
         writes.sessions.update(out.sessions_dict())
-        advance(writes.offsets, list(zip(incoming.partitions, incoming.offsets, strict=True)))
+        advance_columns(writes.offsets, partitions, offsets)

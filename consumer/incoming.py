@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
+import numpy as np
+
 from engage.transport.base import Record
 from features.event_batch import EventBatch, Rows
 from features.event_reader import read_events
@@ -69,12 +71,58 @@ class IncomingBatch(Rows[Incoming]):
                         self.kafka_ts_ms[index], self.keys[index], self.values[index])  # fmt: skip
 
 
+@dataclass(slots=True)
+class Polled:
+    """A poll's records, their columns (`record_columns`), and their partitions and offsets
+    as arrays: the batch's offset checks and progress are numpy passes, not a step a record.
+    `decoded`: the records' events when they were decoded already (the event-time merge)."""
+
+    records: list[Record]
+    decoded: list[Event | DecodeError] | None
+    columns: tuple[list[Any], ...]
+    partitions: np.ndarray  # int64, one a record
+    offsets: np.ndarray
+
+    @classmethod
+    def of(cls, records: list[Record], decoded: list[Event | DecodeError] | None) -> Polled:
+        columns = record_columns(records)
+        n = len(records)
+        return cls(
+            records, decoded, columns,
+            np.fromiter(columns[0], np.int64, n), np.fromiter(columns[1], np.int64, n),
+        )  # fmt: skip
+
+    def partition_set(self) -> set[int]:
+        return set(np.flatnonzero(np.bincount(self.partitions)).tolist()) if self.records else set()
+
+    def after(self, positions: dict[int, int], none: int) -> Polled:
+        """The records past each partition's position (`none` where it has none): those at or
+        below it were applied already (a re-delivery)."""
+        if not self.records:
+            return self
+        top = int(self.partitions.max())
+        stored = np.array([positions.get(p, none) for p in range(top + 1)], np.int64)
+        keep = self.offsets > stored[self.partitions]
+        if keep.all():
+            return self
+        rows = np.flatnonzero(keep).tolist()
+        decoded = None if self.decoded is None else [self.decoded[k] for k in rows]
+        return Polled(
+            [self.records[k] for k in rows], decoded,
+            tuple([column[k] for k in rows] for column in self.columns),
+            self.partitions[keep], self.offsets[keep],
+        )  # fmt: skip
+
+
 def read_incoming(
-    records: Sequence[Record], decoded: Sequence[Event | DecodeError] | None = None
+    records: Sequence[Record],
+    decoded: Sequence[Event | DecodeError] | None = None,
+    columns: tuple[list[Any], ...] | None = None,
 ) -> tuple[IncomingBatch, list[tuple[Record, DecodeError]]]:
     """The records' valid events as a batch, and each other record with why it is not one.
-    `decoded`: the records' events when they were decoded already (the event-time merge)."""
-    partitions, offsets, timestamps, keys, values = record_columns(records)
+    `decoded`: the records' events when they were decoded already (the event-time merge);
+    `columns`: their `record_columns` when made already."""
+    partitions, offsets, timestamps, keys, values = columns or record_columns(records)
     if decoded is None:
         events, rows, errors = read_events(values)
         undecodable = [(records[i], exc) for i, exc in errors]

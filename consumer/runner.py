@@ -30,12 +30,19 @@ from redis.retry import Retry
 from consumer.batch import BatchScorer
 from consumer.cluster_store import ClusterStateStore
 from consumer.deadletter import DeadLetter
-from consumer.incoming import read_incoming
+from consumer.incoming import Polled, read_incoming
 from consumer.local_state import LocalState
 from consumer.metrics import ConsumerMetrics, export_live_quality
 from consumer.model_job import ModelWorker
 from consumer.ordering import EventTimeMerger
-from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, StateStore, StoreBatch, advance
+from consumer.state_store import (
+    NO_OFFSET,
+    BatchWrites,
+    Fenced,
+    StateStore,
+    StoreBatch,
+    advance_columns,
+)
 from consumer.store import REDIS_DOWN, RedisBatch, RedisStateStore, waitable
 from engage import kafka_clients, redis_client, transport
 from engage.settings import Settings
@@ -475,16 +482,12 @@ class StreamConsumer:
         batch folded over it is dropped with the local copy, as an aborted batch is."""
         t0 = time.perf_counter()
         t_start = time.monotonic()
-        partitions = {r.partition for r in records}
+        polled = Polled.of(records, decoded)
+        partitions = polled.partition_set()
         # Records at or below the stored offset were already applied (a re-delivery): skip.
-        positions = self.positions
-        keep = [
-            k for k, r in enumerate(records) if r.offset > positions.get(r.partition, NO_OFFSET)
-        ]
-        if len(keep) < len(records):
-            records = [records[k] for k in keep]
-            decoded = None if decoded is None else [decoded[k] for k in keep]
-        incoming, undecodable = read_incoming(records, decoded)
+        polled = polled.after(self.positions, NO_OFFSET)
+        records = polled.records
+        incoming, undecodable = read_incoming(records, polled.decoded, polled.columns)
         cap = self.settings.dead_letter_max_bytes  # a dead letter always fits a request
         dead = [DeadLetter(exc.reason, r.topic, r.partition, r.offset, r.key, r.value,
                            max_bytes=cap) for r, exc in undecodable]  # fmt: skip
@@ -500,16 +503,7 @@ class StreamConsumer:
             if not overlap:
                 self._fence(batch, partitions)
             state = self.store.state(self.settings.feature_params, self.settings.admission_policy)
-            user_items: dict[str, set[str]] = {}
-            items: set[str] = set()
-            for user, item_id in zip(
-                incoming.events.user_ids, incoming.events.item_ids, strict=True
-            ):
-                wanted = user_items.setdefault(user, set())
-                if item_id is not None:
-                    wanted.add(item_id)
-                    items.add(item_id)
-            loaded = batch.load(state, user_items, items)
+            loaded = batch.load(state, *incoming.events.items_by_user())
             scored = self.scorer.run(state, incoming, loaded)
             if overlap:  # the previous batch must have landed before ours reads its offsets
                 if not self._collect(summary):
@@ -520,7 +514,7 @@ class StreamConsumer:
                                 max_bytes=cap)
                      for i, reason in scored.refused]  # fmt: skip
             applied = len(incoming) - len(scored.refused)
-            advance(scored.writes.offsets, [(r.partition, r.offset) for r in records])
+            advance_columns(scored.writes.offsets, polled.partitions, polled.offsets)
             scored.writes.stats = {"processed": applied, "dead_lettered": len(dead)}
             sent = self._send(scored.messages, dead)
             done = _Done(scored.writes.offsets, applied, len(dead), scored.latencies_ms, t0,

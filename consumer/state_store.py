@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams, State
 from features.item_shards import LoadedItems
@@ -33,12 +35,16 @@ class Fenced(Exception):
     """Another writer changed a partition's stored offset: this batch must not land."""
 
 
-def advance(offsets: dict[int, int], done: Iterable[tuple[int, int]]) -> None:
-    """Raise each partition's offset in `offsets` to the largest of the (partition, offset)
-    pairs `done`: what a batch commits as its progress."""
-    for partition, offset in done:
-        if offset > offsets.get(partition, NO_OFFSET):
-            offsets[partition] = offset
+def advance_columns(offsets: dict[int, int], partitions: np.ndarray, done: np.ndarray) -> None:
+    """Raise each partition's offset in `offsets` to the largest offset of that partition in
+    the columns `partitions` and `done` (int64 arrays, row by row): what a batch commits as
+    its progress. A numpy pass a partition, not a Python step a record."""
+    if not len(partitions):
+        return
+    for partition in np.flatnonzero(np.bincount(partitions)).tolist():
+        top = int(done[partitions == partition].max())
+        if top > offsets.get(partition, NO_OFFSET):
+            offsets[partition] = top
 
 
 @dataclass

@@ -135,5 +135,31 @@ class EventBatch(Rows[Event]):
     def __len__(self) -> int:
         return len(self.event_ids)
 
+    def items_by_user(self) -> tuple[dict[str, set[str]], set[str]]:
+        """Each user's items in the batch (a user with none: an empty set), users in the
+        order of their first row, and every item: what the batch reads. From the reader's
+        codes, one sort of the distinct (user, item) pairs, not a dict and set step a row."""
+        codes = self.codes
+        if codes is None:
+            by_user: dict[str, set[str]] = {}
+            for user, item_id in zip(self.user_ids, self.item_ids, strict=True):
+                wanted = by_user.setdefault(user, set())
+                if item_id is not None:
+                    wanted.add(item_id)
+            return by_user, {i for i in self.item_ids if i is not None}
+        width = len(codes.items) + 1  # item code + 1: 0 is "no item"
+        pairs = np.sort(codes.user_codes * width + (codes.item_codes + 1))
+        pairs = pairs[np.diff(pairs, prepend=-1) != 0]  # (np.unique: 150 us, this 15)
+        user_of, item_of = np.divmod(pairs, width)  # sorted by user code: first-row order
+        starts = np.flatnonzero(np.diff(user_of, prepend=-1))
+        names = np.array([None, *codes.items], dtype=object)[item_of]
+        ends = [*starts[1:].tolist(), len(pairs)]
+        users = codes.users
+        by_user = {}
+        for user, start, end in zip(user_of[starts].tolist(), starts.tolist(), ends, strict=True):
+            first = start + int(item_of[start] == 0)  # the "no item" pair sorts first
+            by_user[users[user]] = set(names[first:end].tolist())
+        return by_user, set(codes.items)
+
     def row(self, index: int) -> Event:
         return assemble_event(*(column[index] for column in self._columns()))

@@ -8,6 +8,7 @@ call), and anything it is not sure of must be left to the model.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -260,6 +261,29 @@ def test_a_column_with_one_text_or_none_reads_the_same(session: str | None) -> N
         changed = [*events[:-1], events[-1].model_copy(update=last)]
         batch, _, _ = read_events([e.to_json() for e in changed])
         assert list(batch) == [decode_event(e.to_json()) for e in changed]
+
+
+def test_items_by_user_from_the_codes_is_what_the_rows_give() -> None:
+    """The batch's read set (each user's items, users in first-row order, every item) from the
+    reader's codes equals the one made row by row, with users that have no item in some or
+    all of their rows, and an item shared by users."""
+    rng = random.Random(11)
+    events = [
+        Event(event_id=f"e:{k}", user_id=rng.choice(["u1", "9", "u10", "u", "solo"]),
+              ts=1_700_000_000_000 + k, event_type=EventType.PAGE_VIEW,
+              item_id=rng.choice([None, "31", "3", "13", "/pricing"]), source="synthetic")
+        for k in range(300)
+    ] + [Event(event_id="e:last", user_id="no-items", ts=1_700_000_001_000,
+               event_type=EventType.PAGE_VIEW, source="synthetic")]  # fmt: skip
+    batch, _, errors = read_events([e.to_json() for e in events])
+    assert errors == [] and batch.codes is not None
+    by_rows: dict[str, set[str]] = {}
+    for e in events:
+        by_rows.setdefault(e.user_id, set()).update([e.item_id] if e.item_id else [])
+    by_user, items = batch.items_by_user()
+    assert list(by_user.items()) == list(by_rows.items()) and by_user["no-items"] == set()
+    assert items == {e.item_id for e in events if e.item_id}
+    assert dataclasses.replace(batch, codes=None).items_by_user() == (by_user, items)
 
 
 def test_the_id_codes_number_each_distinct_id_by_its_first_row() -> None:

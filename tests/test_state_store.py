@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 from redis.cluster import RedisCluster
 
@@ -27,7 +28,7 @@ from consumer.state_store import (
     Fenced,
     MemoryStateStore,
     StateStore,
-    advance,
+    advance_columns,
 )
 from consumer.store import RedisBatch, RedisStateStore
 from engage.partitioning import positive_murmur2
@@ -287,7 +288,8 @@ def test_batches_folded_while_the_previous_commits_equal_one_fold(settings: Sett
         state = store.state(FeatureParams(), AdmissionPolicy())
         user_items, items = touched(chunk)
         writes = scorer.run(state, chunk, batch.load(state, user_items, items)).writes
-        advance(writes.offsets, [(i.partition, i.offset) for i in chunk])
+        partitions = np.array([i.partition for i in chunk], np.int64)
+        advance_columns(writes.offsets, partitions, np.array([i.offset for i in chunk], np.int64))
         if pending is not None:
             previous, previous_writes, as_built = pending
             assert previous_writes == as_built, "the next batch changed what this one writes"
@@ -299,3 +301,15 @@ def test_batches_folded_while_the_previous_commits_equal_one_fold(settings: Sett
     pending[0].commit(pending[1], learn=False)
     assert_holds_one_fold(store, incoming, meta)
     client.close()
+
+
+def test_advance_columns_raises_each_partition_to_its_largest_offset() -> None:
+    """Offsets out of order within a partition, a partition with none in the batch, and one
+    already past the batch (it never moves back)."""
+    offsets = {0: 3, 2: 50, 7: 9}
+    partitions = np.array([0, 1, 0, 2, 1, 0], np.int64)
+    done = np.array([10, 4, 8, 20, 6, 9], np.int64)
+    advance_columns(offsets, partitions, done)
+    assert offsets == {0: 10, 1: 6, 2: 50, 7: 9}
+    advance_columns(offsets, np.array([], np.int64), np.array([], np.int64))
+    assert offsets == {0: 10, 1: 6, 2: 50, 7: 9}
