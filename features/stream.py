@@ -67,8 +67,16 @@ def warm_up(params: FeatureParams | None = None) -> None:
     now, so the first batch a consumer takes is not seconds late."""
     from features.events import EventType
 
-    probe = Event(
-        event_id="warm-up", user_id="warm-up", ts=946_684_800_000, event_type=EventType.RATING,
-        item_id="warm-up", value=4.0, source="warm-up",
-    )  # fmt: skip
-    StreamState(params or FeatureParams()).apply(read_events([probe.to_json()])[0])
+    probes = [
+        Event(
+            event_id=f"warm-up-{k}",
+            user_id="warm-up",
+            ts=946_684_800_000 + k,
+            event_type=EventType.RATING,
+            item_id="warm-up",
+            value=4.0,
+            source="warm-up",
+        )
+        for k in range(8)
+    ]  # fmt: skip  (8 events of one user: admission's per-user way, compiled too)
+    StreamState(params or FeatureParams()).apply(read_events([p.to_json() for p in probes])[0])
