@@ -142,8 +142,9 @@ class RedisBatch:
         self.warm = warm = local.holds(state)
         users, item_list = list(user_items), list(items)
         read_users = [u for u in users if u not in local.committed] if warm else users
-        read_items = [i for i in item_list if i not in local.shards.items] if warm else item_list
-        missing_meta = [i for i in items if i not in store.meta_cache]
+        # (set differences in C: ~1,200 distinct items in a 2,000-event batch)
+        read_items = list(items - local.shards.items) if warm else item_list
+        missing_meta = list(items - store.meta_cache.keys())
         cmds = CommandList()
         for user in read_users:
             cmds.add("HGETALL", keys.user_key(user))

@@ -444,9 +444,9 @@ def _joined(buf: np.ndarray, spans: np.ndarray, at: int) -> np.ndarray:
             out[p] = 0
             p += 1
         s, e = spans[i, 2 * at], spans[i, 2 * at + 1]
-        if s >= 0:
-            out[p : p + e - s] = buf[s:e]
-            p += e - s
+        for k in range(s, e):  # (an absent id: s < 0 and e < 0, nothing to copy)
+            out[p] = buf[k]
+            p += 1
     return out
 
 

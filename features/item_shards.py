@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -138,8 +139,8 @@ class LoadedItems:
         self.values = np.concatenate([self.values, values])
         self.present = np.concatenate([self.present, present])
         self.offsets = np.concatenate([self.offsets, offsets])
-        for i, (o, p) in enumerate(zip(owner, parts, strict=True)):
-            self.index[(item_ids[o], p)] = base + i
+        shards = zip(map(item_ids.__getitem__, owner), parts, strict=True)
+        self.index.update(zip(shards, range(base, base + len(owner)), strict=True))
         self.items.update(item_ids)
         return totals, total_present
 
@@ -178,7 +179,7 @@ class LoadedItems:
         group_parts = [parts_list[j] for j in part_at]
         keys = list(zip(group_items, group_parts, strict=True))
         index = self.index
-        old = np.array([index.get(key, -1) for key in keys], dtype=np.int64)
+        old = np.fromiter(map(index.get, keys, repeat(-1)), np.int64, len(keys))
         read = old >= 0
         if read.any():
             sums[read] = self.values[old[read]] + sums[read]
@@ -199,8 +200,8 @@ class LoadedItems:
         keys, rows, sums, sets, last = self._written  # rows: each shard's as `updated` found
         self._written = None
         index = self.index
-        for k in np.flatnonzero(rows < 0).tolist():  # held since (rows are never moved)
-            rows[k] = index.get(keys[k], -1)
+        if unheld := np.flatnonzero(rows < 0).tolist():  # held since (rows never move)
+            rows[unheld] = list(map(index.get, map(keys.__getitem__, unheld), repeat(-1)))
         held = rows >= 0
         self.values[rows[held]] = sums[held]
         self.present[rows[held]] = sets[held]
@@ -211,8 +212,8 @@ class LoadedItems:
             self.values = np.concatenate([self.values, sums[new]])
             self.present = np.concatenate([self.present, sets[new]])
             self.offsets = np.concatenate([self.offsets, last[new]])
-            for i, k in enumerate(new.tolist()):
-                self.index[keys[k]] = base + i
+            new_keys = map(keys.__getitem__, new.tolist())
+            self.index.update(zip(new_keys, range(base, base + len(new)), strict=True))
 
 
 def decode_item(raw: dict[bytes, bytes]) -> State:
