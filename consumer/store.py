@@ -158,10 +158,10 @@ class RedisBatch:
                       for u, its in asked]  # fmt: skip
         for user in read_users:
             cmds.add("GET", keys.user_recent_ids_key(user))
-        for item in read_items:
-            cmds.add("HGETALL", keys.item_key(item))
-        for item in missing_meta:
-            cmds.add("HGETALL", keys.item_meta_key(item))
+        for key in keys.item_keys(read_items):
+            cmds.add("HGETALL", key)
+        for key in keys.item_meta_keys(missing_meta):
+            cmds.add("HGETALL", key)
         replies = iter(cmds.run(store.client))
         user_raws = [pairs(next(replies)) for _ in read_users]
         members: dict[str, set[str]] = {}
@@ -209,10 +209,12 @@ class RedisBatch:
         for (user, session), fields in writes.sessions.items():
             cmds.add_mapping("HSET", keys.session_key(user, session), fields)
         by_shard: dict[str, tuple[list[str], list[bytes]]] = {}  # an item's partitions' shards
-        for item, shards in writes.item_shards.items():
+        shard_maps = writes.item_shards
+        for item_key, shards in zip(keys.item_keys(list(shard_maps)), shard_maps.values(),
+                                    strict=True):  # fmt: skip
             for shard, blob in shards.items():
                 item_keys, blobs = by_shard.setdefault(shard, ([], []))
-                item_keys.append(keys.item_key(item))
+                item_keys.append(item_key)
                 blobs.append(blob)
         for shard, (item_keys, blobs) in by_shard.items():
             cmds.add_each("HSET", item_keys, shard, blobs)
