@@ -90,6 +90,7 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "delivery_timeout_ms": settings.kafka_delivery_timeout_ms,
         "max_block_ms": settings.kafka_delivery_timeout_ms,
         "reconnect_backoff_max_ms": settings.kafka_reconnect_backoff_max_ms,
+        "metrics_enabled": False,  # (nothing reads them; see `consumer`)
     }
     options.update(security_kwargs(settings))
     options.update(overrides)
@@ -102,6 +103,9 @@ def consumer(settings: Settings, *topics: str, **overrides: Any) -> KafkaConsume
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "reconnect_backoff_max_ms": settings.kafka_reconnect_backoff_max_ms,
+        # kafka-python's own metrics (sensors updated in Python on every fetch and produce
+        # request): engage reports its own and reads none of these.
+        "metrics_enabled": False,
     }
     options.update(security_kwargs(settings))
     options.update(overrides)
