@@ -142,9 +142,10 @@ class RedisBatch:
         self.warm = warm = local.holds(state)
         users, item_list = list(user_items), list(items)
         read_users = [u for u in users if u not in local.committed] if warm else users
-        # (set differences in C: ~1,200 distinct items in a 2,000-event batch)
-        read_items = list(items - local.shards.items) if warm else item_list
-        missing_meta = list(items - store.meta_cache.keys())
+        # Set differences in C (~1,200 distinct items in a 2,000-event batch), each walking
+        # `items` (`items - cache.keys()` would walk the whole cache: 0.3 ms a batch).
+        read_items = list(items.difference(local.shards.items)) if warm else item_list
+        missing_meta = list(items.difference(store.meta_cache))
         cmds = CommandList()
         for user in read_users:
             cmds.add("HGETALL", keys.user_key(user))

@@ -165,7 +165,7 @@ class LoadedItems:
         if not has.any():
             return {}
         loc, part = item_loc[has], partitions[has]
-        parts = np.unique(part)
+        parts = np.flatnonzero(np.bincount(part))  # the partitions, sorted (np.unique: 10x)
         key = loc * len(parts) + np.searchsorted(parts, part)
         order = np.argsort(key, kind="stable")  # each group's events stay in event order
         sorted_key = key[order]

@@ -191,7 +191,7 @@ def lanes(packed: PackedRecords, partitions: Sequence[int]) -> dict[int, _Lane]:
     where = np.asarray(partitions, dtype=np.int64)
     return {
         int(p): _Lane(keys, key_ends, values, packed.ends, np.flatnonzero(where == p))
-        for p in np.unique(where)
+        for p in np.flatnonzero(np.bincount(where))  # the partitions (np.unique: 10x the time)
     }
 
 
