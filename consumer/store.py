@@ -9,7 +9,7 @@ and nothing of this batch lands (`Fenced`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -186,10 +186,14 @@ class RedisBatch:
                                                                     strict=True)]  # fmt: skip
         return local.add_read(state, store.meta_cache, users, read, read_items, item_raws)
 
-    def commit(self, writes: BatchWrites, learn: bool = True) -> None:
+    def commit(
+        self, writes: BatchWrites, learn: bool = True,
+        before_exec: Callable[[], object] | None = None,
+    ) -> None:  # fmt: skip
         """Write the batch and its offsets atomically; raises Fenced if a WATCHed offset moved.
         `learn=False`: the caller already told the local copy (`learn`) and forgets it if
-        this fails (the runner commits on a thread while it folds the next batch)."""
+        this fails (the runner commits on a thread while it folds the next batch).
+        `before_exec`: called once the transaction is built, before it is sent."""
         pipe, topic, ttl = self.pipe, self.store.topic, self.store.session_ttl_s
         cmds = CommandList()  # the per-user, per-session and per-item writes: one command
         for user, fields in writes.user_states.items():
@@ -234,6 +238,8 @@ class RedisBatch:
             commands.append(("SET", key, value))
         if writes.publish is not None:
             commands.append(("PUBLISH", keys.scores_channel(topic), writes.publish))
+        if before_exec is not None:
+            before_exec()
         # One write, MULTI ... EXEC, on the WATCHing connection (exec_transaction: the command
         # list packed in one call instead of by redis-py's pipeline).
         connection = pipe.connection or pipe.connection_pool.get_connection()

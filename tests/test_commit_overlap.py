@@ -25,11 +25,11 @@ def _fail_one_commit(monkeypatch: pytest.MonkeyPatch, nth: int, how: str) -> lis
     seen: list[int] = []
     commit = RedisBatch.commit
 
-    def failing(self: RedisBatch, writes: Any, learn: bool = True) -> None:
+    def failing(self: RedisBatch, writes: Any, learn: bool = True, **held: Any) -> None:
         seen.append(1)
         if len(seen) == nth and how == "fenced":
             raise Fenced("test: another writer moved the offsets")
-        commit(self, writes, learn)
+        commit(self, writes, learn, **held)
         if len(seen) == nth and how == "unknown":
             raise OutcomeUnknown("test: connection lost during EXEC")
 
@@ -106,3 +106,51 @@ def test_a_sigterm_while_leaving_the_group_is_still_the_consumers(settings: Sett
     assert seen_while_leaving, "the consumer never left the group"
     assert seen_while_leaving[0] is not before, "SIGTERM was given back before leaving"
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_an_overlapped_commit_waits_for_the_next_batchs_read(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An overlapped batch's EXEC is held until the next batch's Redis read came back (so the
+    read does not queue behind it), and the last one goes when the consumer collects it: with
+    a hold far longer than the run, every batch's EXEC but the last comes after the next
+    batch's read; the state is still exactly the log's."""
+    from consumer import runner
+
+    events, genres = make_log(n_users=30, events_per_user=40, seed=17)
+    publish_log(settings, events, genres)
+    overlapped = settings.model_copy(update={"batch_max_records": 50, "commit_overlap": True})
+    monkeypatch.setattr(runner, "COMMIT_HOLD_S", 60.0)  # only the read or a collect ends it
+    order: list[str] = []
+    load, commit = RedisBatch.load, RedisBatch.commit
+
+    def loading(self: RedisBatch, *args: Any) -> Any:
+        loaded = load(self, *args)
+        order.append("read")
+        return loaded
+
+    def committing(self: RedisBatch, writes: Any, learn: bool = True, before_exec: Any = None):
+        def held() -> None:
+            if before_exec is not None:
+                before_exec()
+            order.append("exec")
+
+        commit(self, writes, learn, before_exec=held)
+
+    monkeypatch.setattr(RedisBatch, "load", loading)
+    monkeypatch.setattr(RedisBatch, "commit", committing)
+    consumer = StreamConsumer(overlapped, group=f"hold-{uuid.uuid4().hex[:8]}")
+    try:
+        consumer.run(idle_exit_s=3)
+    finally:
+        consumer.close()
+    execs = [k for k, what in enumerate(order) if what == "exec"]
+    assert len(execs) > 10
+    # The i-th batch's EXEC comes after the reads of batches 0 .. i + 1 (but the last's).
+    early = [i for i, k in enumerate(execs[:-1]) if order[:k].count("read") < i + 2]
+    assert early == [], f"EXECs before the next batch's read: {early} in {order}"
+    client = connect(settings)
+    p = settings.feature_params
+    reference = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
+    assert diff_against_redis(reference, client) == []
+    client.close()

@@ -268,10 +268,10 @@ from engage.settings import get_settings
 commit = RedisBatch.commit
 
 
-def commit_unless_dead_letters(self, writes, learn=True):
+def commit_unless_dead_letters(self, writes, learn=True, **held):
     if writes.stats.get("dead_lettered"):
         os._exit({CRASHED})  # the batch's outputs were flushed (acks=all) just before this
-    commit(self, writes, learn)
+    commit(self, writes, learn, **held)
 
 
 RedisBatch.commit = commit_unless_dead_letters
