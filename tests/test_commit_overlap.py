@@ -5,6 +5,7 @@ the consumer must resume from what Redis holds: the end state is still exactly t
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -112,20 +113,25 @@ def test_an_overlapped_commit_waits_for_the_next_batchs_read(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An overlapped full batch's EXEC is held until the next batch's Redis read came back (so
-    the read does not queue behind it), and the last one goes when the consumer collects it: with
-    a hold far longer than the run, every batch's EXEC but the last comes after the next
-    batch's read; the state is still exactly the log's."""
+    the read does not queue behind it), and the last one goes when the consumer collects it.
+    With a hold far longer than the run and every read slowed by 20 ms (an EXEC not held would
+    go during it), each batch's EXEC comes after the next batch's read, but for a collect the
+    consumer makes between them (an empty poll mid-run: at most two allowed); the state is
+    still exactly the log's."""
     from consumer import runner
 
     events, genres = make_log(n_users=30, events_per_user=40, seed=17)
     publish_log(settings, events, genres)
-    overlapped = settings.model_copy(update={"batch_max_records": 50, "commit_overlap": True})
+    overlapped = settings.model_copy(
+        update={"batch_max_records": 50, "commit_overlap": True, "offset_recheck_s": 3600.0}
+    )  # (a re-check collects the batch in flight: none during the run)
     monkeypatch.setattr(runner, "COMMIT_HOLD_S", 60.0)  # only the read or a collect ends it
     order: list[str] = []
     load, commit = RedisBatch.load, RedisBatch.commit
 
     def loading(self: RedisBatch, *args: Any) -> Any:
         loaded = load(self, *args)
+        time.sleep(0.02)
         order.append("read")
         return loaded
 
@@ -150,7 +156,7 @@ def test_an_overlapped_commit_waits_for_the_next_batchs_read(
     # a batch under half the poll size, which is not held).
     early = [i for i, k in enumerate(execs[:-1])
              if order[k] == "exec" and order[:k].count("read") < i + 2]  # fmt: skip
-    assert early == [], f"EXECs before the next batch's read: {early} in {order}"
+    assert len(early) <= 2, f"EXECs before the next batch's read: {early} in {order}"
     client = connect(settings)
     p = settings.feature_params
     reference = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
