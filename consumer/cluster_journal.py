@@ -182,7 +182,7 @@ def slot_calls(writes: BatchWrites, topic: str, session_ttl_s: int) -> list[Slot
     builder = CallBuilder()
     for user, commands in per_user.items():
         builder.unit(user_guard_key(user), topic, commands)
-    for item, shards in writes.item_shards.items():
+    for item, shards in writes.item_shards.by_item().items():
         for shard, blob in shards.items():
             builder.unit(item_guard_key(item), f"{topic}/{shard}",
                          [("HSET", keys.item_key(item), [shard, blob])])  # fmt: skip

@@ -23,7 +23,7 @@ import numpy as np
 
 from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams, State
-from features.item_shards import LoadedItems
+from features.item_shards import LoadedItems, ShardWrites
 from features.items import ItemMeta
 from features.state_codec import load_packed_user
 from features.stream import StreamState
@@ -65,7 +65,7 @@ class BatchWrites:
     user_recent_ids: dict[str, dict[str, float]] = field(default_factory=dict)  # replaces
     sessions: dict[tuple[str, str], State] = field(default_factory=dict)
     closed_sessions: dict[tuple[str, str], State] = field(default_factory=dict)
-    item_shards: dict[str, dict[str, bytes]] = field(default_factory=dict)  # item -> its shards
+    item_shards: ShardWrites = field(default_factory=ShardWrites)  # a partition at a time
     scores: dict[str, dict[str, str | float]] = field(default_factory=dict)
     leaderboard: dict[str, dict[str, float]] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)
@@ -231,7 +231,7 @@ class _MemoryBatch:
             data.recent[user] = dict(recent)
         data.sessions.update(writes.closed_sessions)
         data.sessions.update(writes.sessions)
-        for item, shards in writes.item_shards.items():
+        for item, shards in writes.item_shards.by_item().items():
             data.items.setdefault(item, {}).update({k.encode(): v for k, v in shards.items()})
         for user, fields in writes.scores.items():
             data.scores.setdefault(user, {}).update(fields)

@@ -19,6 +19,7 @@ from consumer.local_state import KeepsLocalCopy, LocalState
 from consumer.redis_commands import CommandList, exec_transaction, pairs
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables
 from features import keys
+from features.item_shards import shard_field
 from features.items import ItemMeta
 from features.state_codec import STATE_FIELD
 from features.stream import StreamState
@@ -213,16 +214,8 @@ class RedisBatch:
             cmds.add("EXPIRE", key, ttl)
         for (user, session), fields in writes.sessions.items():
             cmds.add_mapping("HSET", keys.session_key(user, session), fields)
-        by_shard: dict[str, tuple[list[str], list[bytes]]] = {}  # an item's partitions' shards
-        shard_maps = writes.item_shards
-        for item_key, shards in zip(keys.item_keys(list(shard_maps)), shard_maps.values(),
-                                    strict=True):  # fmt: skip
-            for shard, blob in shards.items():
-                item_keys, blobs = by_shard.setdefault(shard, ([], []))
-                item_keys.append(item_key)
-                blobs.append(blob)
-        for shard, (item_keys, blobs) in by_shard.items():
-            cmds.add_each("HSET", item_keys, shard, blobs)
+        for partition, (items, blobs) in writes.item_shards.partitions.items():
+            cmds.add_each("HSET", keys.item_keys(items), shard_field(partition), blobs)
         for user, fields in writes.scores.items():
             cmds.add_mapping("HSET", keys.user_score_key(user), fields)
         commands: list[bytes | tuple[Any, ...]] = [cmds.packed()] if cmds else []

@@ -24,7 +24,7 @@ from consumer.state_store import BatchWrites
 from engage.redis_client import connect
 from engage.settings import Settings
 from features import keys
-from features.item_shards import N_FIELDS, pack_shards
+from features.item_shards import N_FIELDS, ShardWrites, pack_shards
 from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
 from tests.eventlog import in_parts, make_log, publish_log
@@ -60,7 +60,7 @@ def test_a_journal_packs_and_unpacks_every_slot_call() -> None:
         user_new_items={"a:b": {"m1", "m2"}},
         user_recent_ids={"a:b": {"e1": 1.5}, "c": {}},
         sessions={("a:b", "s1"): {"events": 2.0}},
-        item_shards={"m1": {"p0": b"\x01" * 78, "p2": b"\x02" * 78}},
+        item_shards=ShardWrites.of({"m1": {"p0": b"\x01" * 78, "p2": b"\x02" * 78}}),
         scores={"a:b": {"rule_score": 12.5, "label": "low"}},
         leaderboard={"rule": {"a:b": 12.5, "c": 3.0}},
         offsets={0: 41, 2: 7},
@@ -82,7 +82,8 @@ def _writes(value: float, offset: int) -> BatchWrites:
     shard = pack_shards(np.full((1, N_FIELDS), value), np.ones((1, N_FIELDS), dtype=bool),
                         np.array([offset]))[0]  # fmt: skip
     return BatchWrites(
-        user_states={"u": packed_user(state.tables, "u")}, item_shards={"m": {"p0": shard}},
+        user_states={"u": packed_user(state.tables, "u")},
+        item_shards=ShardWrites.of({"m": {"p0": shard}}),
         leaderboard={"rule": {"u": value}}, offsets={0: offset}, stats={"processed": 1},
     )  # fmt: skip
 
@@ -104,7 +105,7 @@ def test_a_retried_commit_and_a_late_older_journal_change_nothing(on_cluster: Se
     store.begin([0]).commit(new)
     store.apply(1, slot_calls(old, topic, 3600))  # journal 1, after journal 2 landed
     assert client.hget(keys.user_key("u"), STATE_FIELD) == new.user_states["u"][STATE_FIELD]
-    assert client.hget(keys.item_key("m"), "p0") == new.item_shards["m"]["p0"]
+    assert client.hget(keys.item_key("m"), "p0") == new.item_shards.by_item()["m"]["p0"]
     assert client.zscore(keys.leaderboard_key("rule"), "u") == 2.0
     assert client.get(keys.offset_key(topic, 0)) == b"20"
     assert processed(client, topic) == 2 and store.offsets([0]) == {0: 20}

@@ -13,6 +13,7 @@ from features.item_shards import (
     SHARD_BYTES,
     ItemFormatError,
     LoadedItems,
+    ShardWrites,
     decode_item,
     pack_shards,
     shard_field,
@@ -71,9 +72,9 @@ def test_batches_over_partitions_sum_to_the_sequential_state() -> None:
             offsets[e], next_offset[p] = next_offset[p], next_offset[p] + 1
         delta, present = _delta(rng, n)
         loaded = LoadedItems(batch_items, [redis.get(i, {}) for i in batch_items])
-        for item, fields in loaded.updated(
-            batch_items, loc, parts, offsets, delta, present
-        ).items():
+        for item, fields in (
+            loaded.updated(batch_items, loc, parts, offsets, delta, present).by_item().items()
+        ):
             redis.setdefault(item, {}).update({k.encode(): v for k, v in fields.items()})
         for e, item in enumerate(item_of):
             if item is not None:
@@ -93,4 +94,37 @@ def test_an_item_absent_from_the_batch_is_not_written() -> None:
     delta, present = np.ones((2, N_FIELDS)), np.ones((2, N_FIELDS), bool)
     out = loaded.updated(["x"], np.array([-1, -1]), np.array([0, 0]), np.array([1, 2]),
                          delta, present)  # fmt: skip
-    assert out == {}
+    assert not out and out.by_item() == {}
+
+
+def test_held_shards_absorbed_batch_after_batch_write_what_fresh_reads_write() -> None:
+    """The consumer that holds every partition keeps its items' shards between batches
+    (`absorb`) and reads only items it does not hold: batch after batch it writes the same
+    shards as a consumer that reads every item back from Redis, partition by partition."""
+    rng = np.random.default_rng(11)
+    items = [f"m{k}" for k in range(30)]
+    redis: dict[str, dict[bytes, bytes]] = {}
+    held = LoadedItems.empty()
+    next_offset = {p: 0 for p in range(4)}
+    for _batch in range(6):
+        n = 120
+        item_of = rng.choice([*items, None], size=n).tolist()
+        batch_items = list(dict.fromkeys(i for i in item_of if i is not None))
+        loc = np.array([-1 if i is None else batch_items.index(i) for i in item_of])
+        parts = rng.choice([0, 2, 3], size=n)
+        offsets = np.zeros(n, dtype=np.int64)
+        for e, p in enumerate(parts.tolist()):
+            offsets[e], next_offset[p] = next_offset[p], next_offset[p] + 1
+        delta, present = _delta(rng, n)
+        fresh = LoadedItems(batch_items, [redis.get(i, {}) for i in batch_items])
+        unread = [i for i in batch_items if i not in held.items]
+        held.extend(unread, [redis.get(i, {}) for i in unread])
+        want = fresh.updated(batch_items, loc, parts, offsets, delta, present)
+        got = held.updated(batch_items, loc, parts, offsets, delta, present)
+        assert got.partitions == want.partitions
+        assert list(got.partitions) == sorted(got.partitions)  # a partition at a time
+        assert len(got) == sum(len(shards) for shards in got.by_item().values())
+        assert ShardWrites.of(got.by_item()).by_item() == got.by_item()
+        held.absorb()
+        for item, fields in got.by_item().items():
+            redis.setdefault(item, {}).update({k.encode(): v for k, v in fields.items()})
