@@ -15,6 +15,7 @@ from typing import Any, Self
 import numpy as np
 
 from engage.transport.base import Record
+from features.distinct import sorted_distinct
 from features.event_batch import EventBatch, Rows
 from features.event_reader import read_events
 from features.events import DecodeError, Event
@@ -93,7 +94,7 @@ class Polled:
         )  # fmt: skip
 
     def partition_set(self) -> set[int]:
-        return set(np.flatnonzero(np.bincount(self.partitions)).tolist()) if self.records else set()
+        return set(sorted_distinct(self.partitions).tolist()) if self.records else set()
 
     def after(self, positions: dict[int, int], none: int) -> Polled:
         """The records past each partition's position (`none` where it has none): those at or

@@ -597,14 +597,21 @@ class StreamConsumer:
         log.warning("batch fenced, re-seeking: %s", exc)
         self.seek_to_stored(partitions)
 
+    def _take_inflight(self) -> _InFlight | None:
+        """The batch committing on the thread, if any, taken to be waited for: its EXEC need
+        not hold for a next read any more."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            inflight.read_done.set()
+        return inflight
+
     def _collect(self, summary: RunSummary) -> bool:
         """Wait for the batch committing on the thread, if any, and count it. False if it was
         fenced (every assigned partition is then re-seeked: the batch after it is dropped
         too); a Redis failure is raised, as from the batch itself."""
-        inflight, self._inflight = self._inflight, None
+        inflight = self._take_inflight()
         if inflight is None:
             return True
-        inflight.read_done.set()
         try:
             inflight.future.result()
         except Fenced as exc:
@@ -620,10 +627,9 @@ class StreamConsumer:
     def _settle(self) -> None:
         """`_collect` where nothing can be raised (rebalance callbacks, re-seeks, closing): a
         failed commit only means the positions are read again from Redis."""
-        if self._inflight is None:
+        inflight = self._take_inflight()
+        if inflight is None:
             return
-        inflight, self._inflight = self._inflight, None
-        inflight.read_done.set()
         try:
             inflight.future.result()
         except (Fenced, *REDIS_DOWN, OutputFailed) as exc:

@@ -23,6 +23,7 @@ import numpy as np
 
 from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams, State
+from features.distinct import sorted_distinct
 from features.item_shards import LoadedItems, ShardWrites
 from features.items import ItemMeta
 from features.state_codec import load_packed_user
@@ -41,7 +42,7 @@ def advance_columns(offsets: dict[int, int], partitions: np.ndarray, done: np.nd
     its progress. A numpy pass a partition, not a Python step a record."""
     if not len(partitions):
         return
-    for partition in np.flatnonzero(np.bincount(partitions)).tolist():
+    for partition in sorted_distinct(partitions).tolist():
         top = int(done[partitions == partition].max())
         if top > offsets.get(partition, NO_OFFSET):
             offsets[partition] = top

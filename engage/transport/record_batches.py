@@ -33,6 +33,7 @@ from kafka.record.util import encode_varint
 from numba import njit
 
 from engage.transport.packed import PackedRecords
+from features.distinct import sorted_distinct
 
 
 def _varint(value: int) -> bytes:
@@ -191,7 +192,7 @@ def lanes(packed: PackedRecords, partitions: Sequence[int]) -> dict[int, _Lane]:
     where = np.asarray(partitions, dtype=np.int64)
     return {
         int(p): _Lane(keys, key_ends, values, packed.ends, np.flatnonzero(where == p))
-        for p in np.flatnonzero(np.bincount(where))  # the partitions (np.unique: 10x the time)
+        for p in sorted_distinct(where)
     }
 
 
