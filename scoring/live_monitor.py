@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from features.distinct import sorted_distinct
 from scoring.drift import (
     DEFAULT_BLOCK,
     DEFAULT_BLOCKS,
@@ -213,9 +214,8 @@ class LiveMonitors:
         part = np.asarray(partition)
         label = np.asarray(label, dtype=np.float64)
         served = np.empty(len(prob))
-        codes, first = np.unique(part, return_index=True)
         one_domain = len(set(domain)) == 1  # the usual batch: no domain read a row
-        for p in codes[np.argsort(first)].tolist():
+        for p in sorted_distinct(part).tolist():  # each partition's calibrators on their own
             in_p = np.flatnonzero(part == p)
             doms = [domain[0]] if one_domain else [domain[i] for i in in_p.tolist()]
             held = self.calibrators[p]
