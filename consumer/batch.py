@@ -412,8 +412,7 @@ class BatchScorer:
             item_id = item_ids[row]  # first touched an item or closed a session
             if item_id is not None:
                 writes.user_new_items.setdefault(users[row], set()).add(item_id)
-        for row in np.flatnonzero(out.closed).tolist():
-            sid, fields = out.closed_session(row)  # type: ignore[misc]
+        for row, sid, fields in out.closed_sessions():
             writes.closed_sessions[(users[row], sid)] = fields
             writes.sessions.pop((users[row], sid), None)
         partitions = np.array(incoming.partitions, dtype=np.int64)
