@@ -28,6 +28,25 @@ def _delta(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.where(present, values, 0.0), present
 
 
+def _events(
+    rng: np.random.Generator, items: list[str], partitions: list[int], n: int,
+    next_offset: dict[int, int],
+) -> tuple[list[str | None], list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+           np.ndarray]:  # fmt: skip
+    """n events as `updated` takes them: each one's item (or none) and its place among the
+    batch's items, its partition and the partition's next offset (`next_offset` moves on), and
+    its increments."""
+    item_of = rng.choice([*items, None], size=n).tolist()
+    batch_items = list(dict.fromkeys(i for i in item_of if i is not None))
+    loc = np.array([-1 if i is None else batch_items.index(i) for i in item_of])
+    parts = rng.choice(partitions, size=n)
+    offsets = np.zeros(n, dtype=np.int64)
+    for e, p in enumerate(parts.tolist()):
+        offsets[e], next_offset[p] = next_offset[p], next_offset[p] + 1
+    delta, present = _delta(rng, n)
+    return item_of, batch_items, loc, parts, offsets, delta, present
+
+
 def test_pack_unpack_round_trip() -> None:
     rng = np.random.default_rng(1)
     values, present = _delta(rng, 5)
@@ -62,15 +81,9 @@ def test_batches_over_partitions_sum_to_the_sequential_state() -> None:
     last = {}
     next_offset = {0: 0, 1: 0, 5: 0}
     for _batch in range(3):
-        n = 40
-        item_of = rng.choice([*items, None], size=n).tolist()
-        batch_items = list(dict.fromkeys(i for i in item_of if i is not None))
-        loc = np.array([-1 if i is None else batch_items.index(i) for i in item_of])
-        parts = rng.choice([0, 1, 5], size=n)
-        offsets = np.zeros(n, dtype=np.int64)
-        for e, p in enumerate(parts.tolist()):
-            offsets[e], next_offset[p] = next_offset[p], next_offset[p] + 1
-        delta, present = _delta(rng, n)
+        item_of, batch_items, loc, parts, offsets, delta, present = _events(
+            rng, items, [0, 1, 5], 40, next_offset
+        )
         loaded = LoadedItems(batch_items, [redis.get(i, {}) for i in batch_items])
         for item, fields in (
             loaded.updated(batch_items, loc, parts, offsets, delta, present).by_item().items()
@@ -107,15 +120,9 @@ def test_held_shards_absorbed_batch_after_batch_write_what_fresh_reads_write() -
     held = LoadedItems.empty()
     next_offset = {p: 0 for p in range(4)}
     for _batch in range(6):
-        n = 120
-        item_of = rng.choice([*items, None], size=n).tolist()
-        batch_items = list(dict.fromkeys(i for i in item_of if i is not None))
-        loc = np.array([-1 if i is None else batch_items.index(i) for i in item_of])
-        parts = rng.choice([0, 2, 3], size=n)
-        offsets = np.zeros(n, dtype=np.int64)
-        for e, p in enumerate(parts.tolist()):
-            offsets[e], next_offset[p] = next_offset[p], next_offset[p] + 1
-        delta, present = _delta(rng, n)
+        _, batch_items, loc, parts, offsets, delta, present = _events(
+            rng, items, [0, 2, 3], 120, next_offset
+        )
         fresh = LoadedItems(batch_items, [redis.get(i, {}) for i in batch_items])
         unread = [i for i in batch_items if i not in held.items]
         held.extend(unread, [redis.get(i, {}) for i in unread])
