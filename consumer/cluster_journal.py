@@ -36,6 +36,7 @@ from consumer.redis_commands import MAX_ARGS
 from consumer.state_store import BatchWrites
 from consumer.store import encode_recent_ids
 from features import keys
+from features.item_shards import shard_field
 
 # KEYS: the call's keys. ARGV[1]: the journal number; then units, each: guard key index (0:
 # none), guard field, command count, then per command: name, key index, argument count, the
@@ -182,8 +183,9 @@ def slot_calls(writes: BatchWrites, topic: str, session_ttl_s: int) -> list[Slot
     builder = CallBuilder()
     for user, commands in per_user.items():
         builder.unit(user_guard_key(user), topic, commands)
-    for item, shards in writes.item_shards.by_item().items():
-        for shard, blob in shards.items():
+    for partition, (items, blobs) in writes.item_shards.partitions.items():
+        shard = shard_field(partition)
+        for item, blob in zip(items, blobs, strict=True):
             builder.unit(item_guard_key(item), f"{topic}/{shard}",
                          [("HSET", keys.item_key(item), [shard, blob])])  # fmt: skip
     for kind, ranked in writes.leaderboard.items():
