@@ -161,9 +161,10 @@ class BatchScorer:
         live = _LiveRows(incoming) if self.live is not None else None
         rows = list(latest_rows.values())
         # The compiled writer can take the batch (one domain, no feature vectors, the model
-        # scored every row): rule rows and model parts are then made for the shown rows only.
+        # scored every row or none): rule rows and model parts are then made for the shown
+        # rows only.
         writable = block is not None and not self.log_features
-        writable = writable and (job is None or job.rows is None)
+        writable = writable and (job is None or job.rows is None or job.rows == [])
         model = self._model(job, latest_rows, incoming, live, rows if writable else None)
         if live is not None:
             writes.live = self._observe(live, before, after)
@@ -208,12 +209,14 @@ class BatchScorer:
         """The batch's score messages from the compiled writer, or None if a value is one it
         cannot write exactly (scoring/message_writer.py)."""
         assert block is not None
-        columns = None
-        if self._served is not None:
-            assert self._served[2] is not None
+        columns, skipped = None, None
+        if self._served is not None and self._served[2] is not None:
             version, p_int, p_prop, p_online = self._served[2]
             columns = (version, np.asarray(p_int), np.asarray(p_prop),
                        None if p_online is None else np.asarray(p_online))  # fmt: skip
+        elif self._served is not None:  # the model scored no row: the batch's one domain
+            (domain,) = set(self._served[0].domains.values())
+            skipped = orjson.dumps(score_record.skipped_part(NO_MODEL_FOR_DOMAIN, domain))
         events = incoming.events
         order, points = block.top()
         packed = write_packed(
@@ -221,7 +224,7 @@ class BatchScorer:
             incoming.partitions, incoming.offsets,
             np.asarray(round_like_python(block.score, score_record.RULE_DECIMALS)),
             block.labels, np.where(np.isnan(points), -1, order), np.nan_to_num(points),
-            block.signal_names, digests, now_ms, columns,
+            block.signal_names, digests, now_ms, columns, skipped,
         )  # fmt: skip
         if packed is None:
             return None
@@ -370,13 +373,18 @@ class BatchScorer:
         assert self._served is not None
         job, result, columns = self._served
         domains, rows = job.domains, job.rows
-        if only is not None:  # (the compiled writer's batches: the model scored every row)
-            assert rows is None and columns is not None
-            version, p_int, p_prop, p_online = columns
-            picked = (version, [p_int[r] for r in only], [p_prop[r] for r in only],
-                      None if p_online is None else [p_online[r] for r in only])  # fmt: skip
+        if only is not None:  # (the compiled writer's batches: the model scored all or none)
             at = {row: k for k, row in enumerate(only)}
-            out = score_record.parts_of(picked)
+            if rows == []:
+                sources = incoming.events.sources
+                out = [score_record.skipped_part(NO_MODEL_FOR_DOMAIN, domains[sources[r]])
+                       for r in only]  # fmt: skip
+            else:
+                assert rows is None and columns is not None
+                version, p_int, p_prop, p_online = columns
+                picked = (version, [p_int[r] for r in only], [p_prop[r] for r in only],
+                          None if p_online is None else [p_online[r] for r in only])  # fmt: skip
+                out = score_record.parts_of(picked)
         else:
             parts = [] if columns is None else score_record.parts_of(columns)
             at = range(len(incoming))  # type: ignore[assignment]

@@ -148,7 +148,7 @@ def _write(  # type: ignore[no-untyped-def]
             pos = _decimal(out, pos, propensity[r], 6, 1e6)
             pos = _copy(out, pos, parts, part_at[13], part_at[14])  # },"scored_at":..,"fd":"
         else:
-            pos = _copy(out, pos, parts, part_at[14], part_at[15])  # ]},"model":null,...,"fd":"
+            pos = _copy(out, pos, parts, part_at[14], part_at[15])  # ]},"model":null|{..},..,"fd":"
         pos = _copy(out, pos, text, text_at[r, 6], text_at[r, 7])
         pos = _copy(out, pos, parts, part_at[15], part_at[16])  # "}
         ends[r] = pos
@@ -194,10 +194,12 @@ def write_messages(
     score: np.ndarray, labels: Sequence[str], signal: np.ndarray, points: np.ndarray,
     signal_names: Sequence[str], digests: Sequence[str], scored_at: float,
     model: tuple[str, np.ndarray, np.ndarray, np.ndarray | None] | None,
+    skipped: bytes | None = None,
 ) -> list[bytes] | None:  # fmt: skip
     """`write_packed`'s messages, one bytes object each."""
     packed = write_packed(users, event_ids, items, ts, partitions, offsets, score, labels,
-                          signal, points, signal_names, digests, scored_at, model)  # fmt: skip
+                          signal, points, signal_names, digests, scored_at, model,
+                          skipped)  # fmt: skip
     if packed is None:
         return None
     buf, row_ends = packed
@@ -211,6 +213,7 @@ def write_packed(
     score: np.ndarray, labels: Sequence[str], signal: np.ndarray, points: np.ndarray,
     signal_names: Sequence[str], digests: Sequence[str], scored_at: float,
     model: tuple[str, np.ndarray, np.ndarray, np.ndarray | None] | None,
+    skipped: bytes | None = None,
 ) -> tuple[bytes, np.ndarray] | None:  # fmt: skip
     """Every row's score message as `orjson.dumps(message_dicts(...)[row])` would write it,
     back to back, and where each ends; or None if a value is not in a form the writer
@@ -219,7 +222,8 @@ def write_packed(
     `score`: the rule scores rounded as on the wire; `signal`/`points`: each row's top
     signals (index into `signal_names`, -1 after the last) and their points, rounded; `model`:
     (version, interaction, propensity, online or None), the probabilities rounded as on the
-    wire, or None for `"model": null`."""
+    wire, or None for `"model": null`, or, with `skipped`, for that JSON text on every row (a
+    batch of a domain the model does not score: `score_record.skipped_part`, serialised)."""
     n = len(users)
     if n == 0:
         return b"", np.zeros(0, dtype=np.int64)
@@ -255,7 +259,8 @@ def write_packed(
               b']},"model":{"version":' + version + b',"interaction":',
               b',"interaction_online":', b',"propensity":',
               b'},"scored_at":' + at_row + b',"fd":"',
-              b']},"model":null,"scored_at":' + at_row + b',"fd":"', b'"}']  # fmt: skip
+              b']},"model":' + (skipped or b"null") + b',"scored_at":' + at_row + b',"fd":"',
+              b'"}']  # fmt: skip
     parts, part_at = _bytes_table(pieces)
     label_bytes, label_at = _bytes_table([orjson.dumps(x) for x in label_names])
     name_bytes, name_at = _bytes_table([orjson.dumps(x) for x in signal_names])

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 import pytest
 
 from features.digest import Digests
@@ -15,6 +16,7 @@ from features.events import Event, EventType
 from scoring import score_record
 from scoring.exact_round import round_like_python
 from scoring.message_writer import write_messages
+from scoring.model import NO_MODEL_FOR_DOMAIN
 
 NAMES = ["recent_activity", "rating_mean", "engaged_share", "sessions_7d", "streak"]
 
@@ -50,14 +52,17 @@ def batch(rng: np.random.Generator, n: int, items: bool = True, k: int = 3) -> d
             "p_int": p_int, "p_prop": p_prop, "p_online": rng.random(n) * 0.9 + 0.05}  # fmt: skip
 
 
-def dict_path(b: dict, model: str | None, online: bool, now_ms: float) -> list[bytes]:
-    """What `message_dicts` + `encode_messages` write for the batch."""
+def dict_path(
+    b: dict, model: str | None, online: bool, now_ms: float, skipped: dict | None = None
+) -> list[bytes]:
+    """What `message_dicts` + `encode_messages` write for the batch (`skipped`: every row's
+    model part, for a batch the model scores no row of)."""
     located = zip(b["events"], b["partitions"], b["offsets"], strict=True)
     rows = [Row(e, p, o) for e, p, o in located]
     top = zip(b["order"].tolist(), b["points"].tolist(), strict=True)
     signals = [[[NAMES[i], p] for i, p in zip(o, pts, strict=True) if p == p] for o, pts in top]
     rules = list(zip(b["score"].tolist(), b["labels"], signals, strict=True))
-    parts = None
+    parts = None if skipped is None else [dict(skipped) for _ in rows]
     if model is not None:
         parts = score_record.model_parts(model, b["p_int"], b["p_prop"],
                                          b["p_online"] if online else None)  # fmt: skip
@@ -65,7 +70,9 @@ def dict_path(b: dict, model: str | None, online: bool, now_ms: float) -> list[b
     return [value for _, value in score_record.encode_messages(payloads)]
 
 
-def written(b: dict, model: str | None, online: bool, now_ms: float) -> list[bytes] | None:
+def written(
+    b: dict, model: str | None, online: bool, now_ms: float, skipped: dict | None = None
+) -> list[bytes] | None:
     events = b["events"]
     columns = None
     if model is not None:
@@ -78,7 +85,7 @@ def written(b: dict, model: str | None, online: bool, now_ms: float) -> list[byt
         [e.user_id for e in events], [e.event_id for e in events], [e.item_id for e in events],
         [e.ts for e in events], b["partitions"], b["offsets"], b["score"], b["labels"],
         np.where(np.isnan(points), -1, b["order"]), np.nan_to_num(points), NAMES,
-        b["digests"], now_ms, columns,
+        b["digests"], now_ms, columns, None if skipped is None else orjson.dumps(skipped),
     )  # fmt: skip
 
 
@@ -96,6 +103,17 @@ def test_the_writer_writes_what_the_dicts_write(model: str | None, online: bool)
         assert written(b, model, online, now_ms) == dict_path(b, model, online, now_ms)
         as_block = {**b, "digests": Digests("".join(b["digests"]))}  # as the consumer holds them
         assert written(as_block, model, online, now_ms) == dict_path(b, model, online, now_ms)
+
+
+def test_rows_of_a_domain_the_model_does_not_score() -> None:
+    """A batch the model scores no row of: every row's model part is the skipped one."""
+    rng = np.random.default_rng(17)
+    for domain in ("funnel", "movielens"):
+        b = batch(rng, 300)
+        part = score_record.skipped_part(NO_MODEL_FOR_DOMAIN, domain)
+        got = written(b, None, False, 7.5, part)
+        assert got == dict_path(b, None, False, 7.5, part)
+        assert got is not None and b'"model":{"skipped":' in got[0]
 
 
 def first_event(b: dict, **fields: str) -> None:
