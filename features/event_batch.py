@@ -90,6 +90,8 @@ class CodedColumns:
     type_index: np.ndarray  # int64: each row's type, its index in `tuple(EventType)`
     ts: np.ndarray  # int64
     values: np.ndarray  # float64, NaN where the event has none
+    #: Each row's context facts (`vector.context_fact_columns`), (n, 4).
+    context_facts: np.ndarray | None = None
 
 
 @dataclass(eq=False)
@@ -103,7 +105,7 @@ class EventBatch(Rows[Event]):
     item_ids: list[str | None]
     session_ids: list[str | None]
     values: list[float | None]
-    contexts: list[dict[str, Any] | None]
+    contexts: Sequence[dict[str, Any] | None]  # (a read batch's: `event_reader.ReadContexts`)
     sources: list[str]
     #: The reader's codes and arrays (`CodedColumns`); None after a row changed or was
     #: taken, and for batches made from `Event`s.
@@ -122,7 +124,7 @@ class EventBatch(Rows[Event]):
             [e.source for e in events],
         )  # fmt: skip
 
-    def _columns(self) -> tuple[list[Any], ...]:
+    def _columns(self) -> tuple[Sequence[Any], ...]:
         return (
             self.event_ids, self.user_ids, self.ts, self.event_types, self.item_ids,
             self.session_ids, self.values, self.contexts, self.sources,

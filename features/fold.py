@@ -478,7 +478,7 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
         sid=np.where(np.array([s is None for s in sids], dtype=np.bool_), -1, new_arr),
         new_id=new_arr,
         seen=np.array(seen, dtype=np.bool_),
-        context=context_columns(batch.contexts, ts),
+        context=context_columns(batch.contexts, ts, None if codes is None else codes.context_facts),
     )
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import random
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
@@ -19,6 +20,7 @@ from features import event_reader
 from features.event_batch import EventBatch, assemble_event
 from features.event_reader import read_events
 from features.events import MAX_TS_MS, MIN_TS_MS, DecodeError, Event, EventType, decode_event
+from features.vector import _context_facts, context_columns
 
 
 def random_event(rng: random.Random, k: int) -> Event:
@@ -316,3 +318,32 @@ def test_the_id_codes_number_each_distinct_id_by_its_first_row() -> None:
     spaced = orjson.dumps(orjson.loads(events[3].to_json()), option=orjson.OPT_INDENT_2)
     batch, _, errors = read_events([e.to_json() for e in events[:3]] + [spaced])
     assert errors == [] and batch.codes is None and batch[3] == events[3]
+
+
+def test_the_reader_s_context_facts_are_those_of_the_contexts() -> None:
+    """The facts the fold reads from the reader's entry table (`CodedColumns.context_facts`)
+    are `_context_facts` of each event's context, bit for bit: texts, ints, floats (negative,
+    zero of either sign, large), bools, keys repeated across events and absent."""
+    rng = random.Random(13)
+    choices: dict[str, list[Any]] = {
+        "device": ["mobile", "desktop", "tv", "", 3, True, 0.5],
+        "account_balance": [517.97, -0.5, 0, -7, 0.0, -0.0, True, False, "rich", 2**50,
+                            12.25, 3, 123456789.125],
+        "browsing_depth": [3, 2.5, True, False, "deep", -1, -0.0, 0],
+        "region": ["eu", 4],
+    }  # fmt: skip
+    events = []
+    for k in range(2000):
+        keys = rng.sample(sorted(choices), rng.randint(0, 4))
+        context = {key: rng.choice(choices[key]) for key in keys} if rng.random() < 0.8 else None
+        events.append(Event(event_id=f"e{k}", user_id=f"u{k % 40}", ts=MIN_TS_MS + k,
+                            event_type=EventType.PAGE_VIEW, item_id="/pricing", context=context,
+                            source="synthetic"))  # fmt: skip
+    batch, rows, errors = read_events([e.to_json() for e in events])
+    assert errors == [] and rows == list(range(len(events)))
+    assert batch.codes is not None and batch.codes.context_facts is not None  # read it itself
+    want = np.array([_context_facts(e.context or {}) for e in events], dtype=np.float64)
+    assert batch.codes.context_facts.tobytes() == want.tobytes()  # (-0.0 is not 0.0 here)
+    ts = np.array([e.ts for e in events], dtype=np.int64)
+    assert np.array_equal(context_columns(batch.contexts, ts, batch.codes.context_facts),
+                          context_columns(batch.contexts, ts))  # fmt: skip
