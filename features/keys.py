@@ -38,6 +38,14 @@ _SAFE = "!\"#$&'()*+,-./;<=>?@[\\]^_`|~"
 _unchanged = re.compile("[A-Za-z0-9" + re.escape("_.-~" + _SAFE) + "]*").fullmatch
 
 
+#: `quote`'s escape of each ASCII character it escapes: an ASCII id is escaped by one
+#: `str.translate` (0.24 us for a session id like "s:17:3"; `quote` 0.83 us, and a funnel
+#: batch writes a session key a row).
+_ASCII_ESCAPES = {
+    code: f"%{code:02X}" for code in range(128) if not _unchanged(chr(code))
+}  # fmt: skip
+
+
 def escape_id(raw: str) -> str:
     """Percent-encode everything that could break the key grammar; injective by construction.
 
@@ -48,7 +56,9 @@ def escape_id(raw: str) -> str:
     >>> user_key("a}b"), session_key("u", "s:1")
     ('u:{a%7Db}', 's:{u}:s%3A1')
     """
-    return raw if _unchanged(raw) else quote(raw, safe=_SAFE)
+    if _unchanged(raw):
+        return raw
+    return raw.translate(_ASCII_ESCAPES) if raw.isascii() else quote(raw, safe=_SAFE)
 
 
 def _tagged(prefix: str, raw_id: str, suffix: str = "") -> str:

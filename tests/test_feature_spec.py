@@ -499,8 +499,9 @@ def test_doctests_of_features() -> None:
 
 
 def test_escape_id_fast_path_equals_quote() -> None:
-    """`escape_id` skips `quote` for ids it would leave unchanged: same result on random ids
-    over printable, reserved and non-ASCII characters, and on every single character."""
+    """`escape_id` skips `quote` for ids it would leave unchanged and escapes other ASCII ids
+    by a table: same result on random ids over printable, reserved and non-ASCII characters,
+    and on every single character."""
     import random
     import string
     from urllib.parse import quote
