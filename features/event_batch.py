@@ -90,7 +90,7 @@ class CodedColumns:
     type_index: np.ndarray  # int64: each row's type, its index in `tuple(EventType)`
     ts: np.ndarray  # int64
     values: np.ndarray  # float64, NaN where the event has none
-    #: Each row's context facts (`vector.context_fact_columns`), (n, 4).
+    #: Each row's context facts (`vector.context_fact_columns`), (n, N_CONTEXT_FACTS).
     context_facts: np.ndarray | None = None
 
 

@@ -35,7 +35,7 @@ from features.events import (
     EventType,
     decode_event,
 )  # fmt: skip
-from features.vector import context_fact_columns
+from features.vector import N_CONTEXT_FACTS, context_fact_columns
 
 #: The fields in the canonical order; which are required; the longest id each may hold.
 _KEYS = ("event_id", "user_id", "ts", "event_type", "item_id", "session_id", "value", "context",
@@ -552,7 +552,7 @@ def _contexts(
     makes a row's dict when read, and every row's context facts
     (`vector.context_fact_columns`)."""
     if not (ok & (contexts[:, 1] >= 0)).any():
-        return [None] * len(ok), np.zeros((len(ok), 4), dtype=np.float64)
+        return [None] * len(ok), np.zeros((len(ok), N_CONTEXT_FACTS), dtype=np.float64)
     texts = [text[a:b] for a, b in words.tolist()]
     spans = np.where(ok[:, None], contexts, -1)
     return ReadContexts(spans, entries, floats, texts), _facts(ok, contexts, entries, floats,

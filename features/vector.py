@@ -171,6 +171,10 @@ def _context_facts(ctx: dict[str, str | float | int | bool]) -> tuple[float, flo
     )
 
 
+#: The context features read from an event's `context` (after the hour and the weekday).
+N_CONTEXT_FACTS = len(CONTEXT_FEATURES) - 2
+
+
 def context_fact_columns(
     n: int, rows: np.ndarray, key_word: np.ndarray, value_word: np.ndarray,
     numeric: np.ndarray, words: Sequence[str],
@@ -181,7 +185,7 @@ def context_fact_columns(
     (each key at most once a row), its key (an index into `words`, distinct texts), its text
     value (an index into `words`; -1 for a number or a bool) and its number (a bool as 1.0 or
     0.0; NaN for a text)."""
-    out = np.zeros((n, 4), dtype=np.float64)
+    out = np.zeros((n, N_CONTEXT_FACTS), dtype=np.float64)
     index = {word: k for k, word in enumerate(words)}
     absent = -2  # matches no key and no value
 
