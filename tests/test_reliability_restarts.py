@@ -137,7 +137,10 @@ def test_redis_restarts_mid_consumption_keep_state_exact(private_redis, tmp_path
     *parts, last = in_parts(events, 4)  # a part per restart: the log cannot run out early
     publish_log(own, parts[0], genres)
     log = tmp_path / "consumer.log"
-    proc = start_consumer(own, log, ENGAGE_BATCH_MAX_RECORDS="25", ENGAGE_REDIS_RETRY_MAX_S="0.5")
+    # Offsets re-checked every 0.2 s, busy or idle: a consumer that drained its part before
+    # Redis went down (a fast one may) still meets the outage, which lasts over 0.5 s.
+    proc = start_consumer(own, log, ENGAGE_BATCH_MAX_RECORDS="25", ENGAGE_REDIS_RETRY_MAX_S="0.5",
+                          ENGAGE_OFFSET_RECHECK_S="0.2")  # fmt: skip
     try:
         restarts_midway = 0
         rng = random.Random(3)
