@@ -99,6 +99,7 @@ class _Done:
     latencies_ms: list[float]
     t0: float  # perf_counter at the batch's start
     started: float  # monotonic
+    landed: float | None = None  # monotonic, once committed (on the committing thread)
 
 
 @dataclass
@@ -399,7 +400,7 @@ class StreamConsumer:
                     if self.resync_needed:
                         continue
                 polled = self.kafka.poll(
-                    timeout_ms=self.settings.poll_timeout_ms,
+                    timeout_ms=self._poll_timeout_ms(),
                     max_records=self.settings.batch_max_records,
                 )
                 self._model_watch.maybe_reload(summary)
@@ -444,6 +445,16 @@ class StreamConsumer:
         if self._refused is not None:  # the last batch's outputs were refused
             raise self._refused
         return summary
+
+    def _poll_timeout_ms(self) -> int:
+        """How long a poll may wait for records: while a batch commits on the thread, no
+        longer than that commit holds for the next batch's read (COMMIT_HOLD_S), so a batch
+        followed by none is collected, counted and shown promptly, not a whole idle poll
+        (`poll_timeout_ms`) after it landed."""
+        timeout = self.settings.poll_timeout_ms
+        if self._inflight is not None:
+            return min(timeout, round(COMMIT_HOLD_S * 1000))
+        return timeout
 
     def _taken(self, summary: RunSummary) -> int:
         """Events applied or dead-lettered: landed, and in the batch still committing."""
@@ -534,7 +545,9 @@ class StreamConsumer:
                 read_done = threading.Event()
                 if len(records) < self.settings.batch_max_records // 2:
                     read_done.set()  # a small batch: its EXEC is short, the next send waits on it
-                future = self._committer.submit(self._land, batch, scored.writes, sent, read_done)
+                future = self._committer.submit(
+                    self._land, batch, scored.writes, sent, read_done, done
+                )
                 self._inflight = _InFlight(future, batch, done, read_done)
                 return
             self._acknowledged(sent)
@@ -575,8 +588,9 @@ class StreamConsumer:
             raise OutputFailed(f"{len(failed)} of {sent} outputs: {failed[0]}")
 
     def _land(
-        self, batch: RedisBatch, writes: BatchWrites, sent: int, read_done: threading.Event
-    ) -> None:
+        self, batch: RedisBatch, writes: BatchWrites, sent: int, read_done: threading.Event,
+        done: _Done,
+    ) -> None:  # fmt: skip
         """On the committing thread: the batch's outputs acknowledged, then its state and
         offsets committed. The wait for the broker's acks overlaps the next batch's poll and
         fold too; the next batch sends nothing before this returned (`_collect`).
@@ -591,6 +605,7 @@ class StreamConsumer:
         29 -> 45 ms when every batch was held)."""
         self._acknowledged(sent)
         batch.commit(writes, False, before_exec=lambda: read_done.wait(COMMIT_HOLD_S))
+        done.landed = time.monotonic()
 
     def _fenced(self, summary: RunSummary, exc: Fenced, partitions: Iterable[int]) -> None:
         summary.fenced += 1
@@ -653,7 +668,7 @@ class StreamConsumer:
         now = time.monotonic()
         if summary.first_batch_at is None:
             summary.first_batch_at = done.started
-        summary.last_batch_at = now
+        summary.last_batch_at = done.landed or now  # (a batch collected later landed then)
         if self.keep_latencies:
             summary.latencies_ms.extend(done.latencies_ms)
         summary.processed += done.applied

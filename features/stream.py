@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from features.admission import AdmissionPolicy, RecentIds
 from features.aggregates import FeatureParams
+from features.digest import digest_block
 from features.event_batch import EventBatch
 from features.event_reader import read_events
 from features.events import Event
@@ -63,8 +64,8 @@ class StreamState:
 
 
 def warm_up(params: FeatureParams | None = None) -> None:
-    """Load the compiled reader and fold (numba's on-disk cache, or a compile on first use)
-    now, so the first batch a consumer takes is not seconds late."""
+    """Load the compiled reader, fold and vector digests (numba's on-disk cache, or a compile
+    on first use) now, so the first batch a consumer takes is not seconds late."""
     from features.events import EventType
 
     probes = [
@@ -79,4 +80,7 @@ def warm_up(params: FeatureParams | None = None) -> None:
         )
         for k in range(8)
     ]  # fmt: skip  (8 events of one user: admission's per-user way, compiled too)
-    StreamState(params or FeatureParams()).apply(read_events([p.to_json() for p in probes])[0])
+    folded = StreamState(params or FeatureParams()).apply(
+        read_events([p.to_json() for p in probes])[0]
+    )
+    digest_block(folded.out.before)  # the score messages' digests (compiled too)

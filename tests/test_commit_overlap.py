@@ -71,6 +71,29 @@ def test_a_failed_commit_in_flight_drops_the_batch_folded_over_it(
     client.close()
 
 
+def test_the_last_batch_is_collected_as_it_lands_not_an_idle_poll_later(
+    settings: Settings,
+) -> None:
+    """The last batch of a burst commits on the thread; the consumer collects it (counts it,
+    moves its positions, shows it) within the commit's hold (`COMMIT_HOLD_S`), not when a
+    whole idle poll (`poll_timeout_ms`) comes back empty, and dates it by its landing."""
+    events, genres = make_log(n_users=10, events_per_user=20, seed=5)
+    publish_log(settings, events, genres)
+    slow_polls = settings.model_copy(update={"commit_overlap": True, "poll_timeout_ms": 3000})
+    counted: list[tuple[float, int]] = []  # (when, events counted) at each batch collected
+    consumer = StreamConsumer(slow_polls, group=f"last-{uuid.uuid4().hex[:8]}")
+    try:
+        summary = consumer.run(
+            idle_exit_s=1, on_batch=lambda s: counted.append((time.monotonic(), s.processed))
+        )
+    finally:
+        consumer.close()
+    assert summary.processed == len(events)
+    when = min(t for t, n in counted if n == len(events))
+    assert summary.last_batch_at is not None and summary.last_batch_at <= when
+    assert when - summary.last_batch_at < 1.0, "the last batch waited for an idle poll"
+
+
 def test_after_a_run_ctrl_c_and_sigterm_are_the_processs_again(settings: Settings) -> None:
     """The consumer handles SIGTERM / SIGINT while it runs (finish the batch, leave the group)
     and gives them back after: a test run or an application that ran it still stops."""
