@@ -61,6 +61,9 @@ log = logging.getLogger("engage.consumer")
 #: long enough for a poll, a decode and the read (a few ms), short enough that an idle
 #: consumer's last batch lands promptly all the same.
 COMMIT_HOLD_S = 0.02
+#: How long a starting consumer waits for the scores topic's metadata (else the first send
+#: does, in the first batch).
+OUTPUT_METADATA_WAIT_S = 2.0
 
 
 @dataclass
@@ -385,6 +388,7 @@ class StreamConsumer:
         warm_up(self.settings.feature_params)  # and the compiled feature fold
         message_writer.warm_up()  # and the compiled score-message writer
         record_batches.warm_up()  # and the compiled Kafka record framing
+        self.out.prepare(self.settings.scores_topic, OUTPUT_METADATA_WAIT_S)  # and its metadata
         tune_gc(self.settings.gc_gen0_threshold)
         started = last_data = time.monotonic()
         try:

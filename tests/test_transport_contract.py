@@ -254,6 +254,25 @@ def test_a_refused_delivery_comes_back_from_flush(own: Settings) -> None:
         out.close()
 
 
+@pytest.mark.stack
+def test_prepare_learns_a_topic_before_the_first_send(own: Settings) -> None:
+    """A starting consumer asks for its scores topic's metadata (`Producer.prepare`), so its
+    first batch's send does not wait for it."""
+    out = transport.producer(own, linger_ms=5)
+    try:
+        out.prepare(own.events_topic, 10.0)
+        if own.kafka_client == "confluent":
+            known = out.client.list_topics(own.events_topic, timeout=10.0)  # type: ignore[attr-defined]
+            assert len(known.topics[own.events_topic].partitions) == PARTITIONS
+        else:  # asked and answered: the producer's own metadata has the topic
+            metadata = out.client._metadata  # type: ignore[attr-defined]
+            assert metadata.partitions_for_topic(own.events_topic) == set(range(PARTITIONS))
+        out.send(own.events_topic, b"v", b"k")
+        assert out.flush() == []
+    finally:
+        out.close()
+
+
 def retriable_failure(settings: Settings) -> Exception:
     """A delivery failure that may pass when sent again, as this client reports it."""
     if settings.kafka_client == "confluent":

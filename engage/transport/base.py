@@ -131,6 +131,11 @@ class Producer(Protocol):
         maybe cheaper. Delivery problems come back from flush()."""
         ...
 
+    def prepare(self, topic: str, timeout_s: float) -> None:
+        """Fetch `topic`'s metadata now, waiting `timeout_s` at most and raising nothing: the
+        first send to a topic otherwise waits for it (~25 ms here, in the first batch)."""
+        ...
+
     def flush(self) -> list[Exception]:
         """Wait until every record sent since the last flush is acknowledged (acks=all) or has
         failed (after `kafka_delivery_timeout_ms` at most); return the failures, each a

@@ -330,6 +330,12 @@ class ConfluentProducer:
             except (BufferError, KafkaException):
                 self.send(topic, value, key)  # waits for room, or records the failure
 
+    def prepare(self, topic: str, timeout_s: float) -> None:
+        try:
+            self.client.list_topics(topic, timeout=timeout_s)
+        except KafkaException as exc:  # the first send waits and reports it
+            log.debug("no metadata for %s yet: %s", topic, exc)
+
     def flush(self) -> list[Exception]:
         left = self.client.flush()  # serves the delivery callbacks; bounded by message.timeout
         failures, self._failures = self._failures, []

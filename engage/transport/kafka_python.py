@@ -8,12 +8,14 @@ Redis, and re-seeks every partition before it takes records again.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka import __version__ as KAFKA_PYTHON_VERSION
-from kafka.errors import BrokerResponseError, KafkaError
+from kafka.errors import BrokerResponseError, KafkaError, KafkaTimeoutError
 
 from engage import kafka_clients
 from engage.partitioning import CachedKeyPartitioner
@@ -28,6 +30,8 @@ from engage.transport.base import (
 from engage.transport.packed import PackedRecords
 from engage.transport.record_batches import append_records, outcome, writes_v2
 from engage.transport.record_batches import lanes as packed_lanes
+
+log = logging.getLogger("engage.kafka")
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -131,6 +135,11 @@ _RECORD_OVERHEAD = 128
 
 #: How many times a flush is repeated while kafka-python says a future is not done yet.
 _FLUSH_ROUNDS = 16
+#: A flush waits in slices this long: kafka-python 3.0.12's `flush()` waits on the batches
+#: incomplete when it began, and a batch the broker refused as too large is split into new
+#: ones and dropped without its own future ever completing, so an unbounded wait that began
+#: before the split never returns. Each slice begins again from the batches incomplete then.
+_FLUSH_SLICE_S = 1.0
 
 
 class FatalProducerError(KafkaError):
@@ -166,6 +175,8 @@ class KafkaPythonProducer:
 
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         self.client = kafka_clients.producer(settings, **overrides)
+        #: How long a flush may take in all: a record waits out an outage this long at most.
+        self._flush_limit_s = settings.kafka_delivery_timeout_ms / 1000 + 5.0
         self._pending: list[tuple[str, Any]] = []  # (topic, future) since the last flush
         self._batches: list[Any] = []  # producer batches send_batch wrote to since then
         self._failures: list[Exception] = []  # sends refused before any future existed
@@ -260,19 +271,36 @@ class KafkaPythonProducer:
         if wake:
             client._sender.wakeup()
 
+    def prepare(self, topic: str, timeout_s: float) -> None:
+        wait = getattr(self.client, "_wait_on_metadata", None)  # partitions_for waits max_block_ms
+        if wait is None:
+            return
+        try:
+            wait(topic, int(timeout_s * 1000))
+        except (KafkaError, RuntimeError) as exc:  # the first send waits and reports it
+            log.debug("no metadata for %s yet: %s", topic, exc)
+
     def flush(self) -> list[Exception]:
         pending, self._pending = self._pending, []
         batches, self._batches = list(dict.fromkeys(self._batches)), []
         failures, self._failures = self._failures, []
-        for attempt in range(_FLUSH_ROUNDS):
+        deadline = time.monotonic() + self._flush_limit_s
+        attempt = 0
+        while True:
             try:
-                self.client.flush()
+                self.client.flush(timeout=_FLUSH_SLICE_S)
                 break
+            except KafkaTimeoutError as exc:  # a slice passed (see _FLUSH_SLICE_S)
+                if time.monotonic() >= deadline:
+                    failures.append(exc)
+                    break
             except KafkaError as exc:  # e.g. UnknownError('Future not done'): kafka-python
                 # 3.0.12 raises it when a batch was split after MESSAGE_TOO_LARGE, before the
                 # halves are answered: wait for them too, so the broker's refusal comes back.
-                if attempt == _FLUSH_ROUNDS - 1:
+                attempt += 1
+                if attempt == _FLUSH_ROUNDS:
                     failures.append(exc)
+                    break
         for topic, future in pending:
             if future.failed():
                 failures.append(DeliveryFailed(topic, future.exception))
