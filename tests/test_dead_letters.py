@@ -268,14 +268,10 @@ from engage.settings import get_settings
 commit = RedisBatch.commit
 
 
-def commit_unless_dead_letters(self, writes, learn=True, before_exec=None):
-    def crash_once_acknowledged():
-        if before_exec is not None:  # (the committing thread waits for the acks here)
-            before_exec()
-        if writes.stats.get("dead_lettered"):
-            os._exit({CRASHED})  # the batch's outputs were acknowledged (acks=all), not its EXEC
-
-    commit(self, writes, learn, before_exec=crash_once_acknowledged)
+def commit_unless_dead_letters(self, writes, learn=True, **held):
+    if writes.stats.get("dead_lettered"):
+        os._exit({CRASHED})  # the batch's outputs were flushed (acks=all) just before this
+    commit(self, writes, learn, **held)
 
 
 RedisBatch.commit = commit_unless_dead_letters
