@@ -24,6 +24,6 @@ def test_quick_run_clocks_every_stage(settings: Settings) -> None:
     assert 0 < handle <= run["span_us"]
     inside = [s for s in stages if s.startswith("handle: ")]
     assert sum(stages[s]["wall_us"] for s in inside) <= handle
-    compute = stages["handle: compute, fold to model start (BatchScorer.start)"]["wall_us"]
+    compute = stages["handle: compute (BatchScorer.run)"]["wall_us"]
     assert 0 < stages["compute: admit + fold"]["wall_us"] <= compute
     assert 0 < run["thread_cpu_us"] <= run["span_us"] * 1.05
