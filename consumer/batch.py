@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
 from engage.transport.packed import PackedRecords
-from features.digest import Digests, digest_block
+from features.digest import digest_block
 from features.fold import FoldOutput
 from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
@@ -42,24 +42,6 @@ class ScoredBatch:
     writes: BatchWrites
     latencies_ms: list[float]
     refused: list[tuple[Incoming, str]]  # duplicates and late events, with the reason
-
-
-@dataclass
-class Started:
-    """A batch folded, its rules scored and its model's work under way (`BatchScorer.start`):
-    what `BatchScorer.finish` completes. `latest_rows` None: no event was admitted."""
-
-    incoming: IncomingBatch
-    writes: BatchWrites
-    refused: list[tuple[Incoming, str]]
-    before: np.ndarray | None = None
-    after: np.ndarray | None = None
-    latest_rows: dict[str, int] | None = None
-    job: ModelJob | None = None
-    rules: list[tuple[float, str, list]] | None = None
-    rule_texts: dict[int, list] = field(default_factory=dict)
-    block: RuleScores | None = None
-    digests: Digests | None = None
 
 
 _NO_OUTPUTS = ModelOutputs(np.empty(0), np.empty(0), [], [])
@@ -157,21 +139,15 @@ class BatchScorer:
         """Admit and fold the batch over `state` (filled by the store with what the batch
         touches; `loaded`: what it read, to write back only what changed), then score it.
         `incoming`: best an `IncomingBatch` (columns), which the steps below read."""
-        return self.finish(self.start(state, incoming, loaded))
-
-    def start(self, state: StreamState, incoming: Sequence[Incoming], loaded: Loaded) -> Started:
-        """The batch's first half (`run`): folded over `state`, its state writes made, the
-        rules scored and the model's work started (on the worker thread for large batches).
-        The next batch may be folded once this returned; `finish` waits for the model. The
-        runner polls and decodes the next batch in between, so the model's threads run while
-        the consumer thread does that single-threaded work."""
         incoming = IncomingBatch.of(incoming)
         folded = state.apply(incoming.events)
         refused = [(incoming[i], reason) for i, reason in folded.refused]
         # Copies: the next batch may fold (and admit into these dicts) while this one commits.
         writes = BatchWrites(user_recent_ids={u: dict(state.recent[u]) for u in loaded.users})
         if not folded.admitted:
-            return Started(incoming, writes, refused)
+            if self.live is not None:  # one observe per batch: its commit or rollback follows
+                writes.live = self.live.observe(self.topic, *_NO_ROWS)
+            return ScoredBatch([], writes, [], refused)
         if refused:
             incoming = incoming.take(folded.admitted)
         out = folded.out
@@ -182,21 +158,6 @@ class BatchScorer:
         rules, rule_texts, block = self._rules(incoming, after, shown)
         self._writes(writes, state, out, incoming, loaded)
         digests = digest_block(before)
-        return Started(incoming, writes, refused, before, after, latest_rows, job, rules,
-                       rule_texts, block, digests)  # fmt: skip
-
-    def finish(self, started: Started) -> ScoredBatch:
-        """The batch's second half (`run`): the model's outputs waited for and served, the
-        score messages written, the served scores and the live view made."""
-        incoming, writes, refused = started.incoming, started.writes, started.refused
-        latest_rows = started.latest_rows
-        if latest_rows is None:  # nothing admitted
-            if self.live is not None:  # one observe per batch: its commit or rollback follows
-                writes.live = self.live.observe(self.topic, *_NO_ROWS)
-            return ScoredBatch([], writes, [], refused)
-        before, after, job, digests = started.before, started.after, started.job, started.digests
-        assert before is not None and after is not None and digests is not None
-        rules, rule_texts, block = started.rules, started.rule_texts, started.block
         live = _LiveRows(incoming) if self.live is not None else None
         rows = list(latest_rows.values())
         # The compiled writer can take the batch (one domain, no feature vectors, the model

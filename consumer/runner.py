@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from consumer.batch import BatchScorer, ScoredBatch, Started
+from consumer.batch import BatchScorer
 from consumer.cluster_store import ClusterStateStore
 from consumer.deadletter import DeadLetter
 from consumer.incoming import Polled, read_incoming
@@ -116,29 +116,6 @@ class _InFlight:
     read_done: threading.Event
 
 
-@dataclass
-class _Folded:
-    """A batch folded, its rules scored and its state writes made, its model at work
-    (`BatchScorer.start`): to be finished, sent and committed (`_emit`). A full batch is left
-    so while the next one is polled and decoded (`StreamConsumer._pending`)."""
-
-    batch: StoreBatch
-    started: Started
-    polled: Polled
-    partitions: set[int]
-    dead: list[DeadLetter]  # the undecodable records
-    records: int  # polled (after re-deliveries were skipped)
-    decoded: int
-    t0: float  # perf_counter at the batch's start
-    t_start: float  # monotonic
-    learnt: bool = False  # the local copy took its writes (`RedisBatch.learn`)
-
-    @property
-    def events(self) -> int:
-        """Applied or dead-lettered, once it lands."""
-        return self.decoded + len(self.dead)
-
-
 class RedisUnavailable(redis.ConnectionError):
     """Redis stayed unreachable longer than `redis_retry_give_up_s`."""
 
@@ -224,7 +201,6 @@ class StreamConsumer:
         self._highwaters = _Highwaters(self.kafka)
         self._summary = RunSummary()  # the current run's (a commit may land after _handle)
         self._inflight: _InFlight | None = None  # the batch committing on the thread
-        self._pending: _Folded | None = None  # the full batch whose model is still at work
         #: A permanent output refusal met where it could not be raised (`_settle`): `run`
         #: raises it.
         self._refused: OutputRefused | None = None
@@ -431,24 +407,23 @@ class StreamConsumer:
                     timeout_ms=self._poll_timeout_ms(),
                     max_records=self.settings.batch_max_records,
                 )
-                if self._pending is None:  # (else once it is finished: `_handle`)
-                    self._model_watch.maybe_reload(summary)
+                self._model_watch.maybe_reload(summary)
                 if self.resync_needed:  # an assignment in this poll could not read Redis
                     continue  # records dropped: the resync seeks back to them
                 records, decoded = self._ordered(polled)
                 held = self.merger is not None and len(self.merger) > 0
                 if not self.positions or held:  # joining the group, or records held back
                     last_data = time.monotonic()
-                if records or self._inflight is not None or self._pending is not None:
+                if records or self._inflight is not None:
                     if records:
                         last_data = time.monotonic()
                     try:
                         if records:
                             self._handle(records, decoded, summary)
-                        else:  # idle: send and count the last batch now
-                            self._drain(summary)
+                        else:  # idle: count the last batch now
+                            self._collect(summary)
                         if max_events is not None and self._taken(summary) >= max_events:
-                            self._drain(summary)  # the last batch lands before we stop
+                            self._collect(summary)  # the last batch lands before we stop
                     except (*REDIS_DOWN, OutputFailed) as exc:
                         if isinstance(exc, OutputRefused) or not waitable(exc):
                             raise
@@ -481,17 +456,15 @@ class StreamConsumer:
         followed by none is collected, counted and shown promptly, not a whole idle poll
         (`poll_timeout_ms`) after it landed."""
         timeout = self.settings.poll_timeout_ms
-        if self._inflight is not None or self._pending is not None:
+        if self._inflight is not None:
             return min(timeout, round(COMMIT_HOLD_S * 1000))
         return timeout
 
     def _taken(self, summary: RunSummary) -> int:
-        """Events applied or dead-lettered: landed, and in the batches still under way."""
+        """Events applied or dead-lettered: landed, and in the batch still committing."""
         done = summary.processed + summary.dead_lettered
         if self._inflight is not None:
             done += self._inflight.done.applied + self._inflight.done.dead
-        if self._pending is not None:
-            done += self._pending.events
         return done
 
     def _ordered(
@@ -529,11 +502,7 @@ class StreamConsumer:
         it reads its own offsets, sends its outputs or commits. So the order that makes the
         guarantees is kept: a batch's outputs are acknowledged before its state commits, and
         a batch reads its offsets only after the previous one landed. If that one failed, the
-        batch folded over it is dropped with the local copy, as an aborted batch is.
-
-        A full batch goes one step further (`_pending`): it returns once folded, with its
-        model at work, and is finished (model waited for, outputs sent, commit started) by
-        the next batch once that one is polled and decoded, before it is loaded and folded."""
+        batch folded over it is dropped with the local copy, as an aborted batch is."""
         t0 = time.perf_counter()
         t_start = time.monotonic()
         polled = Polled.of(records, decoded)
@@ -545,10 +514,6 @@ class StreamConsumer:
         cap = self.settings.dead_letter_max_bytes  # a dead letter always fits a request
         dead = [DeadLetter(exc.reason, r.topic, r.partition, r.offset, r.key, r.value,
                            max_bytes=cap) for r, exc in undecodable]  # fmt: skip
-        if self._pending is not None:
-            if not self._finish_pending(summary):
-                return  # it or the batch before it did not land: ours is dropped with it
-            self._model_watch.maybe_reload(summary)
         if self.ownership_changed:
             if not self._collect(summary):
                 return
@@ -564,85 +529,31 @@ class StreamConsumer:
             loaded = batch.load(state, *incoming.events.items_by_user())
             if self._inflight is not None:
                 self._inflight.read_done.set()  # the previous batch's EXEC may go now
-            started = self.scorer.start(state, incoming, loaded)
-            folded = _Folded(batch, started, polled, partitions, dead, len(records),
-                             len(incoming), t0, t_start)  # fmt: skip
-            if self._defers(batch, len(records)):
-                assert isinstance(batch, RedisBatch)
-                batch.learn(started.writes)  # the next batch folds over it (forgotten if it fails)
-                folded.learnt = True
-                self._pending = folded
-                return
-        except (*REDIS_DOWN, OutputFailed):
-            self._abort(batch)
-            raise
-        except Fenced as exc:
-            self._abort(batch)
-            self._fenced(summary, exc, partitions)
-            return
-        self._emit(folded, self.scorer.finish(started), overlap, summary)
-
-    def _defers(self, batch: StoreBatch, records: int) -> bool:
-        """Whether the batch's model is left at work while the next batch is polled and
-        decoded (`_pending`): a full batch committing on the thread. A small one is finished
-        at once: its scores would wait for the next poll, and at low rates that wait is the
-        event-to-score latency."""
-        return (
-            self.settings.commit_overlap
-            and isinstance(batch, RedisBatch)
-            and records >= self.settings.batch_max_records // 2
-        )
-
-    def _finish_pending(self, summary: RunSummary, settling: bool = False) -> bool:
-        """Wait for the pending batch's model, then send and commit it (`_emit`). False if
-        it, or the batch committing before it, was fenced."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return True
-        try:
-            scored = self.scorer.finish(pending.started)
-        except BaseException:
-            self._abort(pending.batch)
-            raise
-        return self._emit(pending, scored, True, summary, settling)
-
-    def _emit(
-        self, folded: _Folded, scored: ScoredBatch, overlap: bool, summary: RunSummary,
-        settling: bool = False,
-    ) -> bool:  # fmt: skip
-        """Send a scored batch's outputs and commit it: on the committing thread with
-        `commit_overlap` (`_InFlight`), else here. With `overlap` the batch before it may
-        still be committing: it lands first, and this batch's offsets are checked after it.
-        False if either was fenced: the assigned partitions are re-seeked (with `settling`,
-        `_settle`'s, Fenced is raised instead)."""
-        batch, polled = folded.batch, folded.polled
-        try:
+            scored = self.scorer.run(state, incoming, loaded)
             if overlap:  # the previous batch must have landed before ours reads its offsets
-                if not self._collect(summary, settling):
+                if not self._collect(summary):
                     self._abort(batch)
-                    return False
-                self._fence(batch, folded.partitions)
-            cap = self.settings.dead_letter_max_bytes
-            dead = folded.dead + [DeadLetter(reason, self.topic, i.partition, i.offset, i.key,
-                                             i.value, max_bytes=cap)
-                                  for i, reason in scored.refused]  # fmt: skip
-            applied = folded.decoded - len(scored.refused)
+                    return
+                self._fence(batch, partitions)
+            dead += [DeadLetter(reason, self.topic, i.partition, i.offset, i.key, i.value,
+                                max_bytes=cap)
+                     for i, reason in scored.refused]  # fmt: skip
+            applied = len(incoming) - len(scored.refused)
             advance_columns(scored.writes.offsets, polled.partitions, polled.offsets)
             scored.writes.stats = {"processed": applied, "dead_lettered": len(dead)}
             sent = self._send(scored.messages, dead)
-            done = _Done(scored.writes.offsets, applied, len(dead), scored.latencies_ms,
-                         folded.t0, folded.t_start)  # fmt: skip
+            done = _Done(scored.writes.offsets, applied, len(dead), scored.latencies_ms, t0,
+                         t_start)  # fmt: skip
             if self.settings.commit_overlap and isinstance(batch, RedisBatch):
-                if not folded.learnt:
-                    batch.learn(scored.writes)  # forgotten with the local copy if it fails
+                batch.learn(scored.writes)  # forgotten with the local copy if it fails
                 read_done = threading.Event()
-                if folded.records < self.settings.batch_max_records // 2:
+                if len(records) < self.settings.batch_max_records // 2:
                     read_done.set()  # a small batch: its EXEC is short, the next send waits on it
                 future = self._committer.submit(
                     self._land, batch, scored.writes, sent, read_done, done
                 )
                 self._inflight = _InFlight(future, batch, done, read_done)
-                return True
+                return
             self._acknowledged(sent)
             batch.commit(scored.writes)
         except (*REDIS_DOWN, OutputFailed):
@@ -650,12 +561,9 @@ class StreamConsumer:
             raise
         except Fenced as exc:
             self._abort(batch)
-            if settling:
-                raise
-            self._fenced(summary, exc, folded.partitions)
-            return False
+            self._fenced(summary, exc, partitions)
+            return
         self._record(summary, done)
-        return True
 
     def _fence(self, batch: StoreBatch, partitions: set[int]) -> None:
         """The batch's partitions must be stored where we left them (else someone else wrote
@@ -689,8 +597,7 @@ class StreamConsumer:
     ) -> None:  # fmt: skip
         """On the committing thread: the batch's outputs acknowledged, then its state and
         offsets committed. The wait for the broker's acks overlaps the next batch's poll and
-        fold, and the building of this transaction (which is sent only once every output is
-        acknowledged); the next batch sends nothing before this returned (`_collect`).
+        fold too; the next batch sends nothing before this returned (`_collect`).
 
         A full batch's transaction is built, then held until the next batch's Redis read came
         back (at most COMMIT_HOLD_S): Redis runs one command at a time, and a read queued
@@ -700,12 +607,8 @@ class StreamConsumer:
         size is not held (`_handle`): the next batch's send waits for this EXEC, and at low
         rates that wait is the event-to-score latency (measured: p99 at 5,000 events/s
         29 -> 45 ms when every batch was held)."""
-
-        def acknowledged_and_read() -> None:
-            self._acknowledged(sent)
-            read_done.wait(COMMIT_HOLD_S)
-
-        batch.commit(writes, False, before_exec=acknowledged_and_read)
+        self._acknowledged(sent)
+        batch.commit(writes, False, before_exec=lambda: read_done.wait(COMMIT_HOLD_S))
         done.landed = time.monotonic()
 
     def _fenced(self, summary: RunSummary, exc: Fenced, partitions: Iterable[int]) -> None:
@@ -721,11 +624,10 @@ class StreamConsumer:
             inflight.read_done.set()
         return inflight
 
-    def _collect(self, summary: RunSummary, settling: bool = False) -> bool:
+    def _collect(self, summary: RunSummary) -> bool:
         """Wait for the batch committing on the thread, if any, and count it. False if it was
         fenced (every assigned partition is then re-seeked: the batch after it is dropped
-        too; with `settling` Fenced is raised instead); a Redis failure is raised, as from the
-        batch itself."""
+        too); a Redis failure is raised, as from the batch itself."""
         inflight = self._take_inflight()
         if inflight is None:
             return True
@@ -733,8 +635,6 @@ class StreamConsumer:
             inflight.future.result()
         except Fenced as exc:
             self._abort(inflight.batch)
-            if settling:
-                raise
             self._fenced(summary, exc, self.kafka.assignment())
             return False
         except BaseException:
@@ -743,19 +643,16 @@ class StreamConsumer:
         self._record(summary, inflight.done)
         return True
 
-    def _drain(self, summary: RunSummary, settling: bool = False) -> bool:
-        """Finish the pending batch, if any, and wait until every batch under way landed
-        (`_finish_pending`, `_collect`)."""
-        return self._finish_pending(summary, settling) and self._collect(summary, settling)
-
     def _settle(self) -> None:
-        """`_drain` where nothing can be raised (rebalance callbacks, re-seeks, closing): a
-        batch that did not commit only means the positions are read again from Redis."""
-        if self._inflight is None and self._pending is None:
+        """`_collect` where nothing can be raised (rebalance callbacks, re-seeks, closing): a
+        failed commit only means the positions are read again from Redis."""
+        inflight = self._take_inflight()
+        if inflight is None:
             return
         try:
-            self._drain(self._summary, settling=True)
+            inflight.future.result()
         except (Fenced, *REDIS_DOWN, OutputFailed) as exc:
+            self._abort(inflight.batch)
             self.resync_needed = True
             if isinstance(exc, Fenced):  # counted whoever collects it (a re-check may)
                 self._summary.fenced += 1
@@ -763,6 +660,8 @@ class StreamConsumer:
                 self._refused = exc
             log.warning("the last batch did not commit (%s: %s); re-reading offsets from "
                         "Redis", type(exc).__name__, exc)  # fmt: skip
+            return
+        self._record(self._summary, inflight.done)
 
     def _record(self, summary: RunSummary, done: _Done) -> None:
         """A batch landed: our positions move, and it counts."""

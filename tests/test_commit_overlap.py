@@ -9,14 +9,11 @@ import time
 import uuid
 from typing import Any
 
-import orjson
 import pytest
 
-from consumer.batch import BatchScorer
 from consumer.runner import StreamConsumer
 from consumer.state_store import Fenced
 from consumer.store import OutcomeUnknown, RedisBatch
-from engage import kafka_clients
 from engage.redis_client import connect
 from engage.settings import Settings
 from tests.eventlog import make_log, publish_log
@@ -183,71 +180,6 @@ def test_an_overlapped_commit_waits_for_the_next_batchs_read(
     early = [i for i, k in enumerate(execs[:-1])
              if order[k] == "exec" and order[:k].count("read") < i + 2]  # fmt: skip
     assert len(early) <= 2, f"EXECs before the next batch's read: {early} in {order}"
-    client = connect(settings)
-    p = settings.feature_params
-    reference = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
-    assert diff_against_redis(reference, client) == []
-    client.close()
-
-
-def test_a_full_batchs_model_runs_while_the_next_batch_is_polled(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A full batch is folded and its model started (`BatchScorer.start`); the next batch is
-    polled before the consumer waits for that model and sends and commits the batch
-    (`BatchScorer.finish`), and the last one is finished once a poll comes back empty.
-    Every event is scored once, each partition's in its order, and the state is the log's."""
-    events, genres = make_log(n_users=30, events_per_user=40, seed=19)
-    publish_log(settings, events, genres)
-    full = settings.model_copy(
-        update={"batch_max_records": 50, "commit_overlap": True, "offset_recheck_s": 3600.0}
-    )
-    order: list[str] = []
-    start, finish = BatchScorer.start, BatchScorer.finish
-
-    def starting(self: BatchScorer, *args: Any) -> Any:
-        order.append("start")
-        return start(self, *args)
-
-    def finishing(self: BatchScorer, started: Any) -> Any:
-        order.append("finish")
-        return finish(self, started)
-
-    monkeypatch.setattr(BatchScorer, "start", starting)
-    monkeypatch.setattr(BatchScorer, "finish", finishing)
-    consumer = StreamConsumer(full, group=f"pending-{uuid.uuid4().hex[:8]}")
-    poll = consumer.kafka.poll
-
-    def polling(*args: Any, **kwargs: Any) -> Any:
-        records = poll(*args, **kwargs)
-        if records:
-            order.append("poll")
-        return records
-
-    consumer.kafka.poll = polling  # type: ignore[method-assign]
-    try:
-        summary = consumer.run(idle_exit_s=3)
-    finally:
-        consumer.close()
-    assert summary.processed == len(events)
-    assert order.count("start") == order.count("finish")
-    polled_between = sum(1 for k in range(len(order) - 2)
-                         if order[k : k + 3] == ["start", "poll", "finish"])  # fmt: skip
-    assert polled_between >= order.count("start") // 2, order
-    assert order[-1] == "finish"  # the last batch, finished after an empty poll
-    reader = kafka_clients.consumer(settings, settings.scores_topic, consumer_timeout_ms=4000)
-    seen: dict[tuple[int, int], int] = {}  # (scores partition, events partition) -> offset
-    scored: list[str] = []
-    for message in reader:
-        score = orjson.loads(message.value)
-        scored.append(score["event_id"])
-        lane = (message.partition, score["partition"])
-        assert score["offset"] > seen.get(lane, -1), "a score sent out of its partition's order"
-        seen[lane] = score["offset"]
-        if len(scored) >= len(events):
-            break
-    reader.close()
-    assert sorted(scored) == sorted(e["event_id"] for e in events)
     client = connect(settings)
     p = settings.feature_params
     reference = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
