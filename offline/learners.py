@@ -8,7 +8,8 @@ given `val_groups` (the user of each validation row) the calibration weighs ever
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import xgboost as xgb
@@ -35,6 +36,30 @@ XGB_PARAMS: dict[str, object] = {
 }
 XGB_MAX_ROUNDS = 600
 XGB_EARLY_STOP = 30
+#: Keep the fewest rounds whose validation log loss is within this much of the best round's
+#: (0: the best round). Set for one training by `trees_within` (`train_trees_within_log_loss`).
+XGB_TREES_WITHIN = 0.0
+
+
+@contextmanager
+def trees_within(log_loss: float) -> Iterator[None]:
+    """`fit_xgboost` keeps the fewest rounds within `log_loss` of the best validation log loss
+    while this is open (as `offline.train.xgboost_seed` sets the seed)."""
+    global XGB_TREES_WITHIN
+    before, XGB_TREES_WITHIN = XGB_TREES_WITHIN, log_loss
+    try:
+        yield
+    finally:
+        XGB_TREES_WITHIN = before
+
+
+def fewest_rounds(val_log_loss: Sequence[float], best: int, within: float) -> int:
+    """How many rounds to keep: the fewest whose validation log loss is at most the best
+    round's (`best`, counted from 0) + `within`. Why: every event is scored by every tree, so
+    the serving cost is the tree count, and the last rounds before early stopping often buy
+    a thousandth of log loss for a third of the trees (docs/performance.md)."""
+    limit = val_log_loss[best] + within
+    return next(i for i, loss in enumerate(val_log_loss[: best + 1]) if loss <= limit) + 1
 
 
 def fit_xgboost(
@@ -49,20 +74,25 @@ def fit_xgboost(
     """Boost until validation log loss stops improving, then calibrate on validation."""
     dtrain = xgb.QuantileDMatrix(X_train, label=y_train, max_bin=XGB_PARAMS["max_bin"])
     dval = xgb.DMatrix(X_val, label=y_val)
+    history: dict[str, dict[str, list[float]]] = {}
     booster = xgb.train(
         XGB_PARAMS,
         dtrain,
         num_boost_round=XGB_MAX_ROUNDS,
         evals=[(dval, "val")],
         early_stopping_rounds=XGB_EARLY_STOP,
+        evals_result=history,
         verbose_eval=False,
     )
-    # Keep only the trees up to the best round: serving and contributions then agree.
-    booster = booster[: booster.best_iteration + 1]
+    # Keep only the trees up to the best round (or the fewest within XGB_TREES_WITHIN of it):
+    # serving and contributions then agree.
+    best = booster.best_iteration
+    booster = booster[: fewest_rounds(history["val"]["logloss"], best, XGB_TREES_WITHIN)]
     margin = np.asarray(booster.inplace_predict(X_val, predict_type="margin"))
     calibrator, cal_scores = fit_calibrator(margin, y_val, val_groups)
     model = ScoringModel.from_xgboost(name, booster, list(features), calibrator)
-    info = {"trees": booster.num_boosted_rounds(), "calibration": calibrator.method,
+    info = {"trees": booster.num_boosted_rounds(), "best_round_trees": best + 1,
+            "trees_within_log_loss": XGB_TREES_WITHIN, "calibration": calibrator.method,
             "calibration_cv_log_loss": cal_scores}  # fmt: skip
     return model, info
 

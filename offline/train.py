@@ -41,7 +41,7 @@ from offline.evaluate import (
     write_report,
 )
 from offline.explain import shap_summary_plot
-from offline.learners import LEARNERS
+from offline.learners import LEARNERS, trees_within
 from offline.metrics import expected_calibration_error, log_loss, roc_auc
 from offline.splits import (
     Split,
@@ -473,7 +473,7 @@ def run_training(
     fits = _fits()
     steps = _Steps(console, total=1 + len(fits) + len(FEATURE_SETS) * len(LEARNERS) + 6)
     started = time.perf_counter()
-    with steps.progress:
+    with steps.progress, trees_within(settings.train_trees_within_log_loss):
         data = _feature_rows(steps, settings, events, meta, params, dataset)
         evaluation = _evaluate(steps, data, fits, n_boot)
         progress = _progress(steps, data, evaluation, n_boot)

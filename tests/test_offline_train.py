@@ -28,6 +28,12 @@ def test_train_run_writes_report_and_registers(tmp_path):
     bundle = ModelRegistry(settings).load()
     assert bundle.version == result.version
     assert bundle.interaction.kind == "xgboost" and bundle.log_range["max_ts"] == events[-1].ts
+    # The served boosters keep the fewest rounds within the setting's log loss of the best.
+    for target in ("interaction", "propensity"):
+        fit = bundle.metrics["refit"][target]
+        assert fit["trees_within_log_loss"] == settings.train_trees_within_log_loss > 0
+        assert 1 <= fit["trees"] <= fit["best_round_trees"]
+        assert getattr(bundle, target).booster.num_boosted_rounds() == fit["trees"]
     # The events' source ("test") is a product funnel: the model scores that domain only.
     assert result.bundle.domains == bundle.domains == ("funnel",)
     assert ModelRegistry(settings).manifest(bundle.version)["domains"] == ["funnel"]
