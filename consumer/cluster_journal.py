@@ -176,8 +176,6 @@ def slot_calls(writes: BatchWrites, topic: str, session_ttl_s: int) -> list[Slot
     for (user, session), closed in writes.closed_sessions.items():
         key = keys.session_key(user, session)
         add(user, ("HSET", key, _mapping(closed)), ("EXPIRE", key, [session_ttl_s]))
-    for (user, session), open_ in writes.sessions.items():
-        add(user, ("HSET", keys.session_key(user, session), _mapping(open_)))
     for user, score in writes.scores.items():
         add(user, ("HSET", keys.user_score_key(user), _mapping(score)))
     builder = CallBuilder()

@@ -64,7 +64,6 @@ class BatchWrites:
     user_states: dict[str, dict[str, bytes | str]] = field(default_factory=dict)  # packed
     user_new_items: dict[str, set[str]] = field(default_factory=dict)
     user_recent_ids: dict[str, dict[str, float]] = field(default_factory=dict)  # replaces
-    sessions: dict[tuple[str, str], State] = field(default_factory=dict)
     closed_sessions: dict[tuple[str, str], State] = field(default_factory=dict)
     item_shards: ShardWrites = field(default_factory=ShardWrites)  # a partition at a time
     scores: dict[str, dict[str, str | float]] = field(default_factory=dict)
@@ -231,7 +230,6 @@ class _MemoryBatch:
         for user, recent in writes.user_recent_ids.items():
             data.recent[user] = dict(recent)
         data.sessions.update(writes.closed_sessions)
-        data.sessions.update(writes.sessions)
         for item, shards in writes.item_shards.by_item().items():
             data.items.setdefault(item, {}).update({k.encode(): v for k, v in shards.items()})
         for user, fields in writes.scores.items():

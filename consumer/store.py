@@ -212,8 +212,6 @@ class RedisBatch:
             key = keys.session_key(user, session)
             cmds.add_mapping("HSET", key, fields)
             cmds.add("EXPIRE", key, ttl)
-        for (user, session), fields in writes.sessions.items():
-            cmds.add_mapping("HSET", keys.session_key(user, session), fields)
         for partition, (items, blobs) in writes.item_shards.partitions.items():
             cmds.add_each("HSET", keys.item_keys(items), shard_field(partition), blobs)
         for user, fields in writes.scores.items():

@@ -10,8 +10,9 @@ an id goes through `escape_id`.
                                       model propensity and reasons, model version, the event
                                       scored (id, time) and the update time
     u:{<user>}:seen            string the user's recent event ids and their times, JSON (dedupe)
-    s:{<user>}:<session>       hash   one session's aggregates, features.spec.SESSION_STATE
-                                      (expires `session_ttl_s` after it is closed)
+    s:{<user>}:<session>       hash   one closed session's aggregates, features.spec.SESSION_STATE,
+                                      written when it closes, expiring `session_ttl_s` later
+                                      (the open session is the user's `cs_*` state fields)
     i:{<item>}                 hash   item aggregates, features.spec.ITEM_STATE: one field
                                       `p<partition>` per partition that touched the item, its
                                       sums packed by features.item_shards (the item = their sum)

@@ -59,7 +59,7 @@ def test_a_journal_packs_and_unpacks_every_slot_call() -> None:
         user_states={"a:b": {"st": b"\x00\xffpacked", "cs_id": "s1"}},
         user_new_items={"a:b": {"m1", "m2"}},
         user_recent_ids={"a:b": {"e1": 1.5}, "c": {}},
-        sessions={("a:b", "s1"): {"events": 2.0}},
+        closed_sessions={("a:b", "s0"): {"events": 2.0}},
         item_shards=ShardWrites.of({"m1": {"p0": b"\x01" * 78, "p2": b"\x02" * 78}}),
         scores={"a:b": {"rule_score": 12.5, "label": "low"}},
         leaderboard={"rule": {"a:b": 12.5, "c": 3.0}},
