@@ -19,7 +19,7 @@ import orjson
 from engage.transport.packed import PackedRecords
 from features.digest import digest_block
 from features.fold import FoldOutput
-from features.state_codec import STATE_FIELD, packed_user
+from features.state_codec import STATE_FIELD, packed_users
 from features.stream import StreamState
 from features.vector import PROPENSITY_FEATURES
 from scoring import score_record
@@ -412,9 +412,9 @@ class BatchScorer:
     ) -> None:  # fmt: skip
         tables = state.tables
         users, item_ids = incoming.events.user_ids, incoming.events.item_ids
-        for user, before in loaded.users.items():
-            fields = packed_user(tables, user)
-            if fields[STATE_FIELD] != before:
+        touched = list(loaded.users)
+        for user, fields in zip(touched, packed_users(tables, touched), strict=True):
+            if fields[STATE_FIELD] != loaded.users[user]:
                 writes.user_states[user] = fields
         for row in np.flatnonzero(out.new_item).tolist():  # rows in order: only those that
             item_id = item_ids[row]  # first touched an item or closed a session

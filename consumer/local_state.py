@@ -27,7 +27,7 @@ from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams
 from features.item_shards import LoadedItems
 from features.items import ItemMeta
-from features.state_codec import load_packed_user
+from features.state_codec import load_packed_users
 from features.stream import StreamState
 
 
@@ -91,8 +91,10 @@ class LocalState:
         reports it. (If the batch does not land, abort forgets all of it.)"""
         tables = state.tables
         tables.meta = meta
-        for user, raw, members, recent in read:
-            self.committed[user] = load_packed_user(tables, user, raw)
+        read_users = [user for user, _, _, _ in read]
+        blobs = load_packed_users(tables, read_users, [raw for _, raw, _, _ in read])
+        self.committed.update(zip(read_users, blobs, strict=True))
+        for user, _, members, recent in read:
             tables.user_items[user] = members
             state.recent[user] = recent
         totals, present = self.shards.extend(read_items, item_raws)

@@ -26,7 +26,7 @@ from features.aggregates import FeatureParams, State
 from features.distinct import sorted_distinct
 from features.item_shards import LoadedItems, ShardWrites
 from features.items import ItemMeta
-from features.state_codec import load_packed_user
+from features.state_codec import load_packed_users
 from features.stream import StreamState
 
 NO_OFFSET = -1
@@ -138,10 +138,7 @@ def fill_tables(
     packed states, the items each user has touched (of the batch's), the duplicate guard's
     recent ids, the items' summed shards, and the item metadata source."""
     tables = state.tables
-    loaded = {
-        user: load_packed_user(tables, user, raw)
-        for user, raw in zip(users, user_raws, strict=True)
-    }
+    loaded = dict(zip(users, load_packed_users(tables, users, user_raws), strict=True))
     for user, ids in zip(users, recent, strict=True):
         tables.user_items[user] = memberships.get(user, set())
         state.recent[user] = ids

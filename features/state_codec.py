@@ -19,6 +19,7 @@ another layout fails loudly instead of mis-assigning values.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,34 +51,62 @@ class StateFormatError(ValueError):
     """A stored user state this code cannot read (another layout or codec, or damaged)."""
 
 
+def pack_rows(values: np.ndarray, present: np.ndarray) -> list[bytes]:
+    """Each row of (k, len(FIELDS)) values and presence flags, packed: the masks and the
+    present values of all rows in one numpy call each, then one slice a row (a batch packs
+    every user it touched, ~800 on the synthetic funnel: a numpy call per user cost ~3 us)."""
+    mask = np.asarray(present, dtype=bool)
+    bits = np.packbits(mask, axis=1).tobytes()
+    body = np.ascontiguousarray(np.asarray(values)[mask], dtype="<f8").tobytes()
+    ends = (8 * np.cumsum(mask.sum(axis=1))).tolist()
+    out, start, m = [], 0, _MASK_BYTES
+    for i, end in enumerate(ends):
+        out.append(HEADER + bits[i * m : (i + 1) * m] + body[start:end])
+        start = end
+    return out
+
+
 def pack_row(values: np.ndarray, present: np.ndarray) -> bytes:
     """One user's numeric state (layout order) and presence flags, packed."""
-    mask = np.asarray(present, dtype=bool)
-    return (
-        HEADER
-        + np.packbits(mask).tobytes()
-        + np.ascontiguousarray(values[mask], dtype="<f8").tobytes()
-    )
+    return pack_rows(np.asarray(values)[None], np.asarray(present)[None])[0]
+
+
+def unpack_rows(blobs: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """(values, present), (k, len(FIELDS)) each, of k packed states; absent fields read 0.0.
+    One numpy pass for all of them (a batch reads ~600 users back on the synthetic funnel)."""
+    for blob in blobs:
+        if blob[:5] != HEADER:
+            if blob[:1] != HEADER[:1]:
+                raise StateFormatError(
+                    f"user state codec {blob[:1]!r}, this code reads {CODEC_VERSION}"
+                )
+            raise StateFormatError(
+                "user state packed under another field layout (written by another engage "
+                "version): replay the log into an empty database"
+            )
+    head, m = len(HEADER), _MASK_BYTES
+    if any(len(blob) < head + m for blob in blobs):
+        raise StateFormatError("damaged user state: shorter than its header")
+    masks = np.frombuffer(b"".join([b[head : head + m] for b in blobs]), dtype=np.uint8)
+    present = np.unpackbits(masks.reshape(len(blobs), m), axis=1, count=len(FIELDS))
+    present = present.astype(bool)
+    bodies = [b[head + m :] for b in blobs]
+    sizes = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))
+    bad = np.flatnonzero(sizes != 8 * present.sum(axis=1))
+    if len(bad):
+        i = int(bad[0])
+        raise StateFormatError(
+            f"damaged user state: {sizes[i]} bytes for {present[i].sum()} values"
+        )
+    values = np.zeros(present.shape, dtype=np.float64)
+    values[present] = np.frombuffer(b"".join(bodies), dtype="<f8")
+    return values, present
 
 
 def unpack_row(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
     """(values, present) of a packed state; absent fields read 0.0."""
-    if blob[:1] != HEADER[:1]:
-        raise StateFormatError(f"user state codec {blob[:1]!r}, this code reads {CODEC_VERSION}")
-    if blob[1:5] != FINGERPRINT:
-        raise StateFormatError(
-            "user state packed under another field layout (written by another engage "
-            "version): replay the log into an empty database"
-        )
-    bits = np.frombuffer(blob, dtype=np.uint8, count=_MASK_BYTES, offset=len(HEADER))
-    present = np.unpackbits(bits, count=len(FIELDS)).astype(bool)
-    body = len(blob) - len(HEADER) - _MASK_BYTES
-    if body != 8 * int(present.sum()):
-        raise StateFormatError(f"damaged user state: {body} bytes for {present.sum()} values")
-    stored = np.frombuffer(blob, dtype="<f8", offset=len(HEADER) + _MASK_BYTES)
-    values = np.zeros(len(FIELDS), dtype=np.float64)
-    values[present] = stored
-    return values, present
+    values, present = unpack_rows([blob])
+    return values[0], present[0]
 
 
 def encode_user(state: State) -> dict[str, bytes | str]:
@@ -115,30 +144,48 @@ def decode_user(raw: dict[bytes, bytes]) -> State:
     return out
 
 
+def packed_users(tables: FoldState, user_ids: Sequence[str]) -> list[dict[str, bytes | str]]:
+    """The `u:{user}` hash fields of users held in a fold's tables, packed in one pass."""
+    rows = [tables.user_index[u] for u in user_ids]
+    blobs = pack_rows(tables.users[rows], tables.user_set[rows])
+    out: list[dict[str, bytes | str]] = []
+    for row, blob in zip(rows, blobs, strict=True):
+        session = tables.cs_id[row]
+        out.append({STATE_FIELD: blob} if session is None else
+                   {STATE_FIELD: blob, SESSION_ID_FIELD: session})  # fmt: skip
+    return out
+
+
 def packed_user(tables: FoldState, user_id: str) -> dict[str, bytes | str]:
     """The `u:{user}` hash fields of a user held in a fold's tables."""
-    row = tables.user_index[user_id]
-    fields: dict[str, bytes | str] = {
-        STATE_FIELD: pack_row(tables.users[row], tables.user_set[row])
-    }
-    session = tables.cs_id[row]
-    if session is not None:
-        fields[SESSION_ID_FIELD] = session
-    return fields
+    return packed_users(tables, [user_id])[0]
 
 
-def load_packed_user(tables: FoldState, user_id: str, raw: dict[bytes, bytes]) -> bytes:
-    """Put a `u:{user}` hash (as redis-py returns it) into the fold's tables; returns the packed
-    state as read (b"" for a new user), to tell later whether the user changed."""
-    row = tables.user_row(user_id)
-    if not raw:
-        tables.users[row], tables.user_set[row], tables.cs_id[row] = 0.0, 0, None
-        return b""
-    blob = raw.get(STATE_FIELD.encode())
-    if blob is None:
-        raise StateFormatError(_PER_FIELD_HASH)
-    values, present = unpack_row(blob)
-    tables.users[row], tables.user_set[row] = values, present
-    session = raw.get(SESSION_ID_FIELD.encode())
-    tables.cs_id[row] = session.decode() if session is not None else None
-    return blob
+def load_packed_users(
+    tables: FoldState, user_ids: Sequence[str], raws: Sequence[dict[bytes, bytes]]
+) -> list[bytes]:
+    """Put `u:{user}` hashes (as redis-py returns them) into the fold's tables, decoded in one
+    pass; returns each packed state as read (b"" for a new user), to tell later whether the
+    user changed."""
+    rows = [tables.user_row(u) for u in user_ids]
+    key, session_key = STATE_FIELD.encode(), SESSION_ID_FIELD.encode()
+    found = [i for i, raw in enumerate(raws) if raw]
+    blobs: list[bytes] = []
+    for i in found:
+        blob = raws[i].get(key)
+        if blob is None:
+            raise StateFormatError(_PER_FIELD_HASH)
+        blobs.append(blob)
+    new = [rows[i] for i, raw in enumerate(raws) if not raw]
+    tables.users[new], tables.user_set[new] = 0.0, 0
+    if found:
+        values, present = unpack_rows(blobs)
+        at = [rows[i] for i in found]
+        tables.users[at], tables.user_set[at] = values, present
+    for row, raw in zip(rows, raws, strict=True):
+        session = raw.get(session_key)
+        tables.cs_id[row] = session.decode() if session is not None else None
+    read = [b""] * len(rows)
+    for i, blob in zip(found, blobs, strict=True):
+        read[i] = blob
+    return read

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+import numpy as np
+
 from features.events import Event, EventType
+from features.fold import FoldState
 from features.items import ItemMeta
 from features.pipeline import MemoryState
 from features.state_codec import (
@@ -13,6 +16,10 @@ from features.state_codec import (
     StateFormatError,
     decode_user,
     encode_user,
+    load_packed_users,
+    pack_rows,
+    packed_users,
+    unpack_rows,
 )
 
 
@@ -66,3 +73,38 @@ def test_new_user_and_foreign_formats() -> None:
 def test_every_declared_field_round_trips() -> None:
     state = {name: float(i) + 0.25 for i, name in enumerate(FIELDS)} | {"cs_id": "x:{y}"}
     assert decode_user(as_redis(encode_user(state))) == state
+
+
+def test_rows_pack_and_load_as_each_user_alone() -> None:
+    """A batch's users packed and read back in one pass: each blob is the user's own
+    encoding, whatever the other rows hold, and reading puts every row back where it was."""
+    rng = np.random.default_rng(7)
+    k = 9
+    values = rng.normal(size=(k, len(FIELDS))) * 1e6
+    present = rng.random((k, len(FIELDS))) < np.linspace(0.0, 1.0, k)[:, None]  # 0 .. all
+    blobs = pack_rows(values, present)
+    for i in range(k):
+        alone = {n: float(values[i, c]) for c, n in enumerate(FIELDS) if present[i, c]}
+        assert blobs[i] == encode_user(alone)[STATE_FIELD]
+    got_values, got_present = unpack_rows(blobs)
+    assert np.array_equal(got_present, present)
+    assert np.array_equal(got_values, np.where(present, values, 0.0))
+
+    tables = FoldState()
+    users = [f"u{i}" for i in range(k)] + ["new"]
+    tables.user_row("new")
+    tables.users[0], tables.user_set[0] = 5.0, 1  # a row the new user must not keep
+    raws = [{STATE_FIELD.encode(): b, b"cs_id": f"s{i}".encode()} for i, b in enumerate(blobs)]
+    read = load_packed_users(tables, users, [*raws, {}])
+    assert read == [*blobs, b""]
+    assert [f[STATE_FIELD] for f in packed_users(tables, users[:k])] == blobs
+    assert packed_users(tables, ["new"]) == [{STATE_FIELD: encode_user({})[STATE_FIELD]}]
+    assert tables.cs_id[tables.user_index["u3"]] == "s3"
+
+
+def test_one_damaged_state_among_many_fails_loudly() -> None:
+    good = encode_user({"n": 1.0})[STATE_FIELD]
+    with pytest.raises(StateFormatError, match="damaged"):
+        unpack_rows([good, good[:-8] + good[-4:], good])
+    with pytest.raises(StateFormatError, match="another field layout"):
+        unpack_rows([good, good[:1] + bytes(4) + good[5:]])
