@@ -36,7 +36,7 @@ from engage.stack.kafka_server import KafkaServer
 from engage.stack.redis_server import RedisServer
 from features.event_reader import read_events
 from features.fold import FoldState
-from features.state_codec import STATE_FIELD, packed_user
+from features.state_codec import STATE_FIELD, packed_users
 from features.stream import StreamState
 from scoring.rules import load_scorers
 
@@ -83,12 +83,11 @@ def compute_floor(ctx: Context, model: Any) -> dict[str, Any]:
         """What the store hands the scorer: each user's packed state as read (the items'
         shards are empty: in memory they stay in the tables, as in one long batch)."""
         known = state.tables.user_index
-        return Loaded(
-            {
-                user: packed_user(state.tables, user)[STATE_FIELD] if user in known else b""
-                for user in chunk.events.user_ids
-            }
-        )
+        users = list(dict.fromkeys(chunk.events.user_ids))  # each user once, as a store reads
+        held = [user for user in users if user in known]
+        fields = packed_users(state.tables, held)
+        packed = {u: f[STATE_FIELD] for u, f in zip(held, fields, strict=True)}
+        return Loaded({user: packed.get(user, b"") for user in users})
 
     chunks = [read(first) for first in range(0, len(messages), batch)]
     warm = fresh()  # the compiled fold loads from numba's cache on first use: not measured
