@@ -53,19 +53,13 @@ class OutcomeUnknown(redis.ConnectionError):
 
 
 def encode_recent_ids(recent: dict[str, float]) -> bytes:
-    """The duplicate guard's ids as one JSON string value, an object of id -> time in the
-    order they came: one SET per user and batch, where a sorted set cost a DEL and a ZADD of
-    up to 2 x recent_ids members. (An object, not a list of pairs: orjson reads it back as the
-    dict itself, 0.85 against 2.1 us for 20 ids, and writes it without a tuple an id.)"""
-    return orjson.dumps(recent)
+    """The duplicate guard's ids as one JSON string value: one SET per user and batch, where a
+    sorted set cost a DEL and a ZADD of up to 2 x recent_ids members."""
+    return orjson.dumps(list(recent.items()))
 
 
 def decode_recent_ids(raw: bytes | None) -> dict[str, float]:
-    """`encode_recent_ids` read back; also the list of [id, time] pairs engage wrote before."""
-    if not raw:
-        return {}
-    ids = orjson.loads(raw)
-    return ids if isinstance(ids, dict) else {event_id: float(ts) for event_id, ts in ids}
+    return {event_id: float(ts) for event_id, ts in orjson.loads(raw)} if raw else {}
 
 
 def stored_offsets(client: redis.Redis, topic: str, partitions: Iterable[int]) -> dict[int, int]:

@@ -30,7 +30,7 @@ from consumer.state_store import (
     StateStore,
     advance_columns,
 )
-from consumer.store import RedisBatch, RedisStateStore, decode_recent_ids, encode_recent_ids
+from consumer.store import RedisBatch, RedisStateStore
 from engage.partitioning import positive_murmur2
 from engage.redis_client import connect
 from engage.settings import Settings
@@ -313,16 +313,3 @@ def test_advance_columns_raises_each_partition_to_its_largest_offset() -> None:
     assert offsets == {0: 10, 1: 6, 2: 50, 7: 9}
     advance_columns(offsets, np.array([], np.int64), np.array([], np.int64))
     assert offsets == {0: 10, 1: 6, 2: 50, 7: 9}
-
-
-def test_recent_ids_round_trip_in_order_and_old_values_still_read() -> None:
-    """The duplicate guard's value: the ids and times back as they were, oldest first (the
-    trim keeps the newest), and a value in the former list-of-pairs form reads the same."""
-    recent = {"e:{2}": 1_700_000_000_500.0, "e1": 1_700_000_000_000.0, "é3": 0.25}
-    raw = encode_recent_ids(recent)
-    back = decode_recent_ids(raw)
-    assert back == recent and list(back) == list(recent)
-    assert all(type(ts) is float for ts in back.values())
-    pairs = b'[["e:{2}",1700000000500.0],["e1",1700000000000],["\\u00e93",0.25]]'
-    assert decode_recent_ids(pairs) == recent
-    assert decode_recent_ids(None) == decode_recent_ids(b"") == {}
