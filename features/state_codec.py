@@ -54,7 +54,7 @@ class StateFormatError(ValueError):
 def pack_rows(values: np.ndarray, present: np.ndarray) -> list[bytes]:
     """Each row of (k, len(FIELDS)) values and presence flags, packed: the masks and the
     present values of all rows in one numpy call each, then one slice a row (a batch packs
-    every user it touched, ~800 on the synthetic funnel: a numpy call per user cost ~3 us)."""
+    every user it touched, ~800 on the synthetic funnel: numpy calls a user cost ~1.8 us)."""
     mask = np.asarray(present, dtype=bool)
     bits = np.packbits(mask, axis=1).tobytes()
     body = np.ascontiguousarray(np.asarray(values)[mask], dtype="<f8").tobytes()
@@ -74,8 +74,9 @@ def pack_row(values: np.ndarray, present: np.ndarray) -> bytes:
 def unpack_rows(blobs: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """(values, present), (k, len(FIELDS)) each, of k packed states; absent fields read 0.0.
     One numpy pass for all of them (a batch reads ~600 users back on the synthetic funnel)."""
+    head, m = len(HEADER), _MASK_BYTES
     for blob in blobs:
-        if blob[:5] != HEADER:
+        if blob[:head] != HEADER:
             if blob[:1] != HEADER[:1]:
                 raise StateFormatError(
                     f"user state codec {blob[:1]!r}, this code reads {CODEC_VERSION}"
@@ -84,7 +85,6 @@ def unpack_rows(blobs: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
                 "user state packed under another field layout (written by another engage "
                 "version): replay the log into an empty database"
             )
-    head, m = len(HEADER), _MASK_BYTES
     if any(len(blob) < head + m for blob in blobs):
         raise StateFormatError("damaged user state: shorter than its header")
     masks = np.frombuffer(b"".join([b[head : head + m] for b in blobs]), dtype=np.uint8)
