@@ -142,8 +142,8 @@ class BatchScorer:
         incoming = IncomingBatch.of(incoming)
         folded = state.apply(incoming.events)
         refused = [(incoming[i], reason) for i, reason in folded.refused]
-        # Copies: the next batch may fold (and admit into these dicts) while this one commits.
-        writes = BatchWrites(user_recent_ids={u: dict(state.recent[u]) for u in loaded.users})
+        # (Packed bytes: the next batch, folding while this one commits, replaces them.)
+        writes = BatchWrites(user_recent_ids={u: state.recent[u] for u in loaded.users})
         if not folded.admitted:
             if self.live is not None:  # one observe per batch: its commit or rollback follows
                 writes.live = self.live.observe(self.topic, *_NO_ROWS)

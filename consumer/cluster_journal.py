@@ -34,7 +34,6 @@ from redis.crc import key_slot
 
 from consumer.redis_commands import MAX_ARGS
 from consumer.state_store import BatchWrites
-from consumer.store import encode_recent_ids
 from features import keys
 from features.item_shards import shard_field
 
@@ -172,7 +171,7 @@ def slot_calls(writes: BatchWrites, topic: str, session_ttl_s: int) -> list[Slot
             add(user, ("SADD", keys.user_items_key(user), members[i : i + MAX_ARGS]))
     for user, recent in writes.user_recent_ids.items():
         key = keys.user_recent_ids_key(user)
-        add(user, ("SET", key, [encode_recent_ids(recent)]) if recent else ("DEL", key, []))
+        add(user, ("SET", key, [recent]) if recent else ("DEL", key, []))
     for (user, session), closed in writes.closed_sessions.items():
         key = keys.session_key(user, session)
         add(user, ("HSET", key, _mapping(closed)), ("EXPIRE", key, [session_ttl_s]))

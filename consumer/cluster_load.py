@@ -13,8 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from consumer.state_store import Loaded, fill_tables
-from consumer.store import decode_recent_ids
-from features import keys
+from features import keys, recent_ids
 from features.items import ItemMeta
 from features.stream import StreamState
 
@@ -58,7 +57,7 @@ def load(
         members = {
             u: {i for i, hit in zip(its, next(replies), strict=True) if hit} for u, its in asked
         }
-    recent = [decode_recent_ids(next(replies)) for _ in read_users]
+    recent = [recent_ids.from_stored(next(replies)) for _ in read_users]
     item_raws = [next(replies) for _ in read_items]
     for item in missing_meta:
         raw = next(replies)

@@ -83,7 +83,7 @@ class LocalState:
 
     def add_read(
         self, state: StreamState, meta: dict[str, ItemMeta], users: Sequence[str],
-        read: Sequence[tuple[str, dict[bytes, bytes], set[str], dict[str, float]]],
+        read: Sequence[tuple[str, dict[bytes, bytes], set[str], bytes]],
         read_items: Sequence[str], item_raws: Sequence[dict[bytes, bytes]],
     ) -> Loaded:  # fmt: skip
         """Put what a batch read into the held tables `state`: each (user, packed state,

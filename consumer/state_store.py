@@ -63,7 +63,7 @@ class BatchWrites:
 
     user_states: dict[str, dict[str, bytes | str]] = field(default_factory=dict)  # packed
     user_new_items: dict[str, set[str]] = field(default_factory=dict)
-    user_recent_ids: dict[str, dict[str, float]] = field(default_factory=dict)  # replaces
+    user_recent_ids: dict[str, bytes] = field(default_factory=dict)  # replaces; recent_ids
     closed_sessions: dict[tuple[str, str], State] = field(default_factory=dict)
     item_shards: ShardWrites = field(default_factory=ShardWrites)  # a partition at a time
     scores: dict[str, dict[str, str | float]] = field(default_factory=dict)
@@ -129,7 +129,7 @@ def fill_tables(
     users: Sequence[str],
     user_raws: Sequence[dict[bytes, bytes]],
     memberships: dict[str, set[str]],
-    recent: Sequence[dict[str, float]],
+    recent: Sequence[bytes],
     items: Sequence[str],
     item_raws: Sequence[dict[bytes, bytes]],
     meta: dict[str, ItemMeta],
@@ -152,7 +152,7 @@ def fill_tables(
 class _MemoryData:
     users: dict[str, dict[bytes, bytes]] = field(default_factory=dict)  # as HGETALL returns
     user_items: dict[str, set[str]] = field(default_factory=dict)
-    recent: dict[str, dict[str, float]] = field(default_factory=dict)
+    recent: dict[str, bytes] = field(default_factory=dict)
     sessions: dict[tuple[str, str], State] = field(default_factory=dict)
     items: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
     scores: dict[str, dict[str, str | float]] = field(default_factory=dict)
@@ -206,7 +206,7 @@ class _MemoryBatch:
         memberships = {u: data.user_items.get(u, set()) & user_items[u] for u in users}
         return fill_tables(
             state, users, [dict(data.users.get(u, {})) for u in users], memberships,
-            [dict(data.recent.get(u, {})) for u in users], item_list,
+            [data.recent.get(u, b"") for u in users], item_list,
             [dict(data.items.get(i, {})) for i in item_list], self.store.meta,
         )  # fmt: skip
 
@@ -225,7 +225,7 @@ class _MemoryBatch:
         for user, new_items in writes.user_new_items.items():
             data.user_items.setdefault(user, set()).update(new_items)
         for user, recent in writes.user_recent_ids.items():
-            data.recent[user] = dict(recent)
+            data.recent[user] = recent
         data.sessions.update(writes.closed_sessions)
         for item, shards in writes.item_shards.by_item().items():
             data.items.setdefault(item, {}).update({k.encode(): v for k, v in shards.items()})

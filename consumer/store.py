@@ -12,13 +12,12 @@ import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import orjson
 import redis
 
 from consumer.local_state import KeepsLocalCopy, LocalState
 from consumer.redis_commands import CommandList, exec_transaction, pairs
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables
-from features import keys
+from features import keys, recent_ids
 from features.item_shards import shard_field
 from features.items import ItemMeta
 from features.state_codec import STATE_FIELD
@@ -50,16 +49,6 @@ class OutcomeUnknown(redis.ConnectionError):
     @classmethod
     def of(cls, exc: BaseException) -> OutcomeUnknown:
         return cls(f"EXEC outcome unknown after {type(exc).__name__}: {exc}")
-
-
-def encode_recent_ids(recent: dict[str, float]) -> bytes:
-    """The duplicate guard's ids as one JSON string value: one SET per user and batch, where a
-    sorted set cost a DEL and a ZADD of up to 2 x recent_ids members."""
-    return orjson.dumps(list(recent.items()))
-
-
-def decode_recent_ids(raw: bytes | None) -> dict[str, float]:
-    return {event_id: float(ts) for event_id, ts in orjson.loads(raw)} if raw else {}
 
 
 def stored_offsets(client: redis.Redis, topic: str, partitions: Iterable[int]) -> dict[int, int]:
@@ -172,7 +161,7 @@ class RedisBatch:
         for (user, its), n in zip(asked, chunks, strict=True):
             hits = [hit for _ in range(n) for hit in next(replies)]
             members[user] = {i for i, hit in zip(its, hits, strict=True) if hit}
-        recent = [decode_recent_ids(next(replies)) for _ in read_users]
+        recent = [recent_ids.from_stored(next(replies)) for _ in read_users]
         item_raws = [pairs(next(replies)) for _ in read_items]
         for item in missing_meta:
             raw = pairs(next(replies))
@@ -205,7 +194,7 @@ class RedisBatch:
         for user, recent in writes.user_recent_ids.items():
             key = keys.user_recent_ids_key(user)
             if recent:
-                cmds.add("SET", key, encode_recent_ids(recent))
+                cmds.add("SET", key, recent)
             else:
                 cmds.add("DEL", key)
         for (user, session), fields in writes.closed_sessions.items():

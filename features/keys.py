@@ -9,7 +9,8 @@ an id goes through `escape_id`.
     u:{<user>}:score           hash   the user's current scores: rule score, label, reasons,
                                       model propensity and reasons, model version, the event
                                       scored (id, time) and the update time
-    u:{<user>}:seen            string the user's recent event ids and their times, JSON (dedupe)
+    u:{<user>}:seen            string the user's recent event ids' digests and times, packed
+                                      (the duplicate guard: features.recent_ids)
     s:{<user>}:<session>       hash   one closed session's aggregates, features.spec.SESSION_STATE,
                                       written when it closes, expiring `session_ttl_s` later
                                       (the open session is the user's `cs_*` state fields)

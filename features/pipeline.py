@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from features.admission import AdmissionPolicy, RecentIds
+from features.admission import AdmissionPolicy, PlainRecentIds
 from features.aggregates import Applied, FeatureParams, State, apply_event, apply_item_delta
 from features.events import Event
 from features.items import ItemMeta
@@ -36,7 +36,7 @@ class MemoryState:
     items: dict[str, State] = field(default_factory=dict)
     meta: dict[str, ItemMeta] = field(default_factory=dict)
     admission: AdmissionPolicy = field(default_factory=AdmissionPolicy)
-    recent: dict[str, RecentIds] = field(default_factory=dict)  # user -> recent event ids
+    recent: dict[str, PlainRecentIds] = field(default_factory=dict)  # user -> recent ids
 
     def admit(self, event: Event) -> str | None:
         """None if `event` is to be applied (and remember its id), else why it is refused."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from features.admission import AdmissionPolicy, RecentIds
+from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams
 from features.digest import digest_block
 from features.event_batch import EventBatch
@@ -44,7 +44,7 @@ class StreamState:
     params: FeatureParams = field(default_factory=FeatureParams)
     admission: AdmissionPolicy = field(default_factory=AdmissionPolicy)
     tables: FoldState = field(default_factory=FoldState)
-    recent: dict[str, RecentIds] = field(default_factory=dict)
+    recent: dict[str, bytes] = field(default_factory=dict)  # features.recent_ids, packed
 
     def apply(self, events: Sequence[Event]) -> FoldedBatch:
         """Admit each event against what its predecessors left, then fold the admitted ones

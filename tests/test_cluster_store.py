@@ -23,7 +23,7 @@ from consumer.cluster_store import KILL_HOOK, ClusterStateStore
 from consumer.state_store import BatchWrites
 from engage.redis_client import connect
 from engage.settings import Settings
-from features import keys
+from features import keys, recent_ids
 from features.item_shards import N_FIELDS, ShardWrites, pack_shards
 from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
@@ -58,7 +58,7 @@ def test_a_journal_packs_and_unpacks_every_slot_call() -> None:
     writes = BatchWrites(
         user_states={"a:b": {"st": b"\x00\xffpacked", "cs_id": "s1"}},
         user_new_items={"a:b": {"m1", "m2"}},
-        user_recent_ids={"a:b": {"e1": 1.5}, "c": {}},
+        user_recent_ids={"a:b": recent_ids.from_dict({7: 1.5}), "c": recent_ids.EMPTY},
         closed_sessions={("a:b", "s0"): {"events": 2.0}},
         item_shards=ShardWrites.of({"m1": {"p0": b"\x01" * 78, "p2": b"\x02" * 78}}),
         scores={"a:b": {"rule_score": 12.5, "label": "low"}},

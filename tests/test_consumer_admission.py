@@ -167,35 +167,30 @@ def test_batch_admission_refuses_exactly_what_one_by_one_admission_refuses(laten
 
 
 @pytest.mark.parametrize(("recent_ids", "lateness_ms"), [(3, None), (3, DAY_MS), (32, DAY_MS)])
-def test_admission_a_user_at_a_time_leaves_what_one_by_one_admission_leaves(
-    monkeypatch: pytest.MonkeyPatch, recent_ids: int, lateness_ms: float | None
+@pytest.mark.parametrize("columns", [True, False])
+def test_batch_admission_leaves_what_one_by_one_admission_leaves(
+    recent_ids: int, lateness_ms: float | None, columns: bool
 ) -> None:
-    """Batches from the reader with many events a user take `admit_all`'s per-user way
-    (`_admit_by_user`): its verdicts, and every user's recent ids with their order (what is
-    stored), equal admitting one event at a time; batches with a copy or a late event fall
-    back to the per-event loop. Both ways must be taken."""
+    """`admit_all` (compiled, over a batch from the reader's columns or a list of events): its
+    verdicts, and every user's remembered ids with their order (what is stored), equal
+    admitting one event at a time in the plain form; with trims, copies and late events."""
     import random
 
+    from features import recent_ids as codec
     from features.event_reader import read_events
 
-    taken: list[bool] = []
-    by_user = AdmissionPolicy._admit_by_user
-
-    def spy(self: AdmissionPolicy, *args: object) -> bool:
-        taken.append(by_user(self, *args))  # type: ignore[arg-type]
-        return taken[-1]
-
-    monkeypatch.setattr(AdmissionPolicy, "_admit_by_user", spy)
     rng = random.Random(recent_ids)
     policy = AdmissionPolicy(recent_ids=recent_ids, max_lateness_ms=lateness_ms)
     log: list[Event] = []
     for i in range(3000):
         late = 2 * DAY_MS if rng.random() < 0.002 else 0
-        ts = 1_700_000_000_000 + i * 60_000 - late + rng.choice([0, 0, 30_000])  # ties, disorder
+        ts = 1_700_000_000_000 + i * 60_000 - late + rng.choice([0, 0, 30_000])  # disorder
         log.append(_event(i, user=f"u{rng.randint(0, 4)}", ts=ts))
-        if rng.random() < 0.002:
+        if rng.random() < 0.01:
             log.append(rng.choice(log[-4:]))  # a copy of a recent event: a duplicate
-    expected_recents: dict[str, dict[str, float]] = {}
+        if rng.random() < 0.01:  # an event at the same time as the last: trims break ties
+            log.append(_event(10_000 + i, user=log[-1].user_id, ts=log[-1].ts))
+    expected_recents: dict[str, dict[int, float]] = {}
     last: dict[str, float] = {}
     expected = []
     for e in log:
@@ -205,7 +200,7 @@ def test_admission_a_user_at_a_time_leaves_what_one_by_one_admission_leaves(
         expected.append(reason)
         if reason is None:
             last[e.user_id] = max(last.get(e.user_id, 0.0), float(e.ts))
-    recents: dict[str, dict[str, float]] = {}
+    recents: dict[str, bytes] = {}
     applied_last: dict[str, float] = {}
     got: list[str | None] = []
     start = 0
@@ -213,7 +208,9 @@ def test_admission_a_user_at_a_time_leaves_what_one_by_one_admission_leaves(
         events = log[start : start + rng.randint(40, 400)]
         batch, _, errors = read_events([e.to_json() for e in events])
         assert errors == [] and batch.codes is not None
-        admitted, refused = policy.admit_all(batch, lambda u: applied_last.get(u, 0.0), recents)
+        admitted, refused = policy.admit_all(
+            batch if columns else events, lambda u: applied_last.get(u, 0.0), recents
+        )
         verdicts: list[str | None] = [None] * len(events)
         for i, reason in refused:
             verdicts[i] = reason
@@ -223,7 +220,8 @@ def test_admission_a_user_at_a_time_leaves_what_one_by_one_admission_leaves(
         got += verdicts
         start += len(events)
     assert got == expected
-    assert {u: list(r.items()) for u, r in recents.items()} == {
+    assert {u: list(codec.as_dict(r).items()) for u, r in recents.items()} == {
         u: list(r.items()) for u, r in expected_recents.items()
     }
-    assert any(got) and True in taken and False in taken
+    assert sum(v is not None and v.startswith("duplicate") for v in got) >= 10
+    assert any(v and v.startswith("late") for v in got) == (lateness_ms is not None)

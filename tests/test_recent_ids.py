@@ -1,0 +1,69 @@
+"""The duplicate guard's stored form (features/recent_ids.py): digests, the codec, the upgrade."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from features import recent_ids
+from features.admission import AdmissionPolicy
+from features.events import Event, EventType
+
+
+def test_digests_are_fnv1a_of_the_utf8_bytes() -> None:
+    """Published FNV-1a 64 values: stable across processes and machines (Python's `hash` of a
+    str is not), and the same for ASCII ids and ids that need encoding."""
+    assert recent_ids.id_digest("") == 0xCBF29CE484222325
+    assert recent_ids.id_digest("a") == 0xAF63DC4C8601EC8C
+    assert recent_ids.id_digest("foobar") == 0x85944171F73967E8
+    ids = ["a", "é-1", "foobar", "", "ü"]
+    batch = recent_ids.id_digests(ids).tolist()
+    assert batch == [recent_ids.id_digest(i) for i in ids]
+    assert batch[1] != recent_ids.id_digest("e-1")
+
+
+def test_a_value_round_trips_and_a_damaged_one_fails_loudly() -> None:
+    plain = {recent_ids.id_digest(f"e{i}"): float(1_700_000_000_000 + i) for i in range(5)}
+    blob = recent_ids.from_dict(plain)
+    assert blob[:1] == recent_ids.CODEC and len(blob) == 1 + 16 * 5
+    assert recent_ids.as_dict(blob) == plain and list(recent_ids.as_dict(blob)) == list(plain)
+    assert recent_ids.from_stored(blob) == blob
+    assert recent_ids.from_stored(None) == recent_ids.EMPTY == recent_ids.from_dict({})
+    with pytest.raises(recent_ids.RecentIdsFormatError):
+        recent_ids.from_stored(blob[:-3])
+    with pytest.raises(recent_ids.RecentIdsFormatError):
+        recent_ids.from_stored(b"\x07" + blob[1:])
+
+
+def test_the_older_json_form_is_read_and_keeps_guarding() -> None:
+    """A value an older engage stored (a JSON list of [id, time]) converts in order, and an
+    event it remembers is still refused as a duplicate after the upgrade."""
+    old = orjson.dumps([["e1", 1_700_000_000_000.0], ["e2", 1_700_000_000_500.0]])
+    blob = recent_ids.from_stored(old)
+    assert list(recent_ids.as_dict(blob).items()) == [
+        (recent_ids.id_digest("e1"), 1_700_000_000_000.0),
+        (recent_ids.id_digest("e2"), 1_700_000_000_500.0),
+    ]
+    event = Event(event_id="e2", user_id="u", ts=1_700_000_001_000,
+                  event_type=EventType.PAGE_VIEW, item_id="i", source="synthetic")  # fmt: skip
+    recents = {"u": blob}
+    admitted, refused = AdmissionPolicy().admit_all([event], lambda _u: 0.0, recents)
+    assert admitted == [] and refused[0][1].startswith("duplicate")
+    assert recents["u"] == blob  # nothing applied: nothing changed
+
+
+def test_a_batch_table_holds_each_users_pairs_at_the_start_of_its_row() -> None:
+    blobs = [
+        recent_ids.from_dict({1: 10.0, 2: 20.0}),
+        recent_ids.EMPTY,
+        recent_ids.from_dict({3: 30.0}),
+    ]
+    table, counts = recent_ids.tables(blobs, 5)
+    assert counts.tolist() == [2, 0, 1]
+    assert table["digest"][0, :2].tolist() == [1, 2] and table["ts"][2, 0] == 30.0
+    assert not table["digest"][1].any()
+    assert recent_ids.rows_packed(table, counts, [0, 1, 2]) == blobs
+    with pytest.raises(recent_ids.RecentIdsFormatError):
+        recent_ids.tables(blobs, 1)
+    assert np.array_equal(recent_ids.unpack(blobs[0])["digest"], [1, 2])
