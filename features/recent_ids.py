@@ -113,16 +113,15 @@ def from_dict(recent: dict[int, float]) -> bytes:
 
 
 def tables(blobs: Sequence[bytes], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The users' values as one (len(blobs), width) PAIR table, each user's pairs at the start
-    of its row, and each user's count: a batch's values in a few numpy calls."""
-    counts = np.array([len(b) // PAIR.itemsize for b in blobs], dtype=np.int64)
+    """The users' values (as `from_stored` or `pack` made them) as one (len(blobs), width) PAIR
+    table, each user's pairs at the start of its row, and each user's count: a batch's values
+    in a few numpy calls."""
+    sizes = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+    counts, odd = np.divmod(sizes - (sizes > 0), PAIR.itemsize)
     table = np.zeros((len(blobs), width), dtype=PAIR)
     if counts.any():
-        if int(counts.max()) > width:
-            raise RecentIdsFormatError(f"a user's recent ids hold {counts.max()} > {width} ids")
-        for blob in blobs:
-            if blob:
-                unpack(blob)  # the codec byte and length of each, checked
+        if odd.any() or int(counts.max()) > width:  # (the codec byte: checked by from_stored)
+            raise RecentIdsFormatError(f"damaged recent ids, or more than {width} of them")
         body = np.frombuffer(b"".join([b[1:] for b in blobs]), dtype=PAIR)
         rows = np.repeat(np.arange(len(blobs)), counts)
         starts = np.cumsum(counts) - counts

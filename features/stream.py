@@ -79,7 +79,7 @@ def warm_up(params: FeatureParams | None = None) -> None:
             source="warm-up",
         )
         for k in range(8)
-    ]  # fmt: skip  (8 events of one user: admission's per-user way, compiled too)
+    ]  # fmt: skip  (8 events of one user)
     folded = StreamState(params or FeatureParams()).apply(
         read_events([p.to_json() for p in probes])[0]
     )
