@@ -3,6 +3,8 @@
 Redis memory is `MEMORY USAGE key SAMPLES 0` summed over the keys of the private database
 (found with SCAN): every `u:{<user>}...` key (aggregates, items set, scores) counts towards
 the user, every `s:{<user>}:<session>` hash towards the session (layout: features/keys.py).
+The duplicate guard's ids are a field of the user's hash (`seen`): its value's length
+(HSTRLEN) is counted as their own kind, not as aggregate state.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Context
+from features import recent_ids
 
 SCAN_COUNT = 2_000
 
 
 def _user_key_kind(key: bytes) -> str:
-    """u:{<user>} is the aggregate hash; u:{<user>}:items|:seen|:score the rest."""
+    """u:{<user>} is the aggregate hash; u:{<user>}:items|:score the rest."""
     return "hash" if key.endswith(b"}") else key.rsplit(b":", 1)[1].decode()
 
 
@@ -35,9 +38,17 @@ def redis_memory(ctx: Context) -> dict[str, Any]:
             pipe = client.pipeline(transaction=False)
             for key in batch:
                 pipe.memory_usage(key, samples=0)
-            for key, size in zip(batch, pipe.execute(), strict=True):
+            hashes = [key for key in batch if key.startswith(b"u:") and key.endswith(b"}")]
+            for key in hashes:
+                pipe.hstrlen(key, recent_ids.FIELD)
+            replies = pipe.execute()
+            guard = dict(zip(hashes, replies[len(batch) :], strict=True))
+            for key, size in zip(batch, replies[: len(batch)], strict=True):
                 if size is None:  # expired between SCAN and MEMORY USAGE
                     continue
+                if key in guard:  # the duplicate guard's field: its own kind
+                    size -= guard[key]
+                    by_kind["seen"] = by_kind.get("seen", 0) + guard[key]
                 if key.startswith(b"s:"):
                     totals["session"] += size
                     counts["session"] += 1

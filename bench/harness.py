@@ -227,7 +227,7 @@ def bench_consumer(ctx: Context, runs: int) -> Runs:
                              f"MEMORY USAGE of u:{{user}} + u:{{user}}:items / {m['users']:,} "
                              f"users after ml-latest-small", detail=m))  # fmt: skip
                 out.append(M("redis_bytes_per_user_movielens", m["bytes_per_user"], "bytes",
-                             "all u:{user}* keys (with the duplicate guard's :seen and the "
+                             "all u:{user}* keys (with the duplicate guard's ids and the "
                              "served :score) per user after ml-latest-small"))  # fmt: skip
         yield out
 

@@ -143,7 +143,8 @@ class BatchScorer:
         folded = state.apply(incoming.events)
         refused = [(incoming[i], reason) for i, reason in folded.refused]
         # (Packed bytes: the next batch, folding while this one commits, replaces them.)
-        writes = BatchWrites(user_recent_ids={u: state.recent[u] for u in loaded.users})
+        writes = BatchWrites(user_recent_ids={u: state.recent[u] for u in loaded.users},
+                             legacy_seen=loaded.legacy_seen)  # fmt: skip
         if not folded.admitted:
             if self.live is not None:  # one observe per batch: its commit or rollback follows
                 writes.live = self.live.observe(self.topic, *_NO_ROWS)

@@ -34,7 +34,7 @@ from redis.crc import key_slot
 
 from consumer.redis_commands import MAX_ARGS
 from consumer.state_store import BatchWrites
-from features import keys
+from features import keys, recent_ids
 from features.item_shards import shard_field
 
 # KEYS: the call's keys. ARGV[1]: the journal number; then units, each: guard key index (0:
@@ -163,15 +163,20 @@ def slot_calls(writes: BatchWrites, topic: str, session_ttl_s: int) -> list[Slot
     def add(user: str, *command: Command) -> None:
         per_user.setdefault(user, []).extend(command)
 
-    for user, fields in writes.user_states.items():
-        add(user, ("HSET", keys.user_key(user), _mapping(fields)))
+    recent, states = writes.user_recent_ids, writes.user_states
+    for user, fields in states.items():  # the state and the recent ids: one HSET
+        seen = recent.get(user)
+        add(user, ("HSET", keys.user_key(user),
+                   _mapping({**fields, recent_ids.FIELD: seen} if seen else fields)))  # fmt: skip
+    for user, seen in recent.items():  # (a user whose every event was refused)
+        if seen and user not in states:
+            add(user, ("HSET", keys.user_key(user), [recent_ids.FIELD, seen]))
+    for user in writes.legacy_seen:
+        add(user, ("DEL", keys.legacy_recent_ids_key(user), []))
     for user, new_items in writes.user_new_items.items():
         members = sorted(new_items)
         for i in range(0, len(members), MAX_ARGS):
             add(user, ("SADD", keys.user_items_key(user), members[i : i + MAX_ARGS]))
-    for user, recent in writes.user_recent_ids.items():
-        key = keys.user_recent_ids_key(user)
-        add(user, ("SET", key, [recent]) if recent else ("DEL", key, []))
     for (user, session), closed in writes.closed_sessions.items():
         key = keys.session_key(user, session)
         add(user, ("HSET", key, _mapping(closed)), ("EXPIRE", key, [session_ttl_s]))

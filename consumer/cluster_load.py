@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from consumer.state_store import Loaded, fill_tables
-from features import keys, recent_ids
+from consumer.state_store import Loaded, fill_tables, recent_of
+from features import keys
 from features.items import ItemMeta
 from features.stream import StreamState
 
@@ -43,8 +43,6 @@ def load(
             pipe.smembers(keys.user_items_key(user))
     for user, its in asked:
         pipe.smismember(keys.user_items_key(user), its)
-    for user in read_users:
-        pipe.get(keys.user_recent_ids_key(user))
     for item in read_items:
         pipe.hgetall(keys.item_key(item))
     for item in missing_meta:
@@ -57,17 +55,26 @@ def load(
         members = {
             u: {i for i, hit in zip(its, next(replies), strict=True) if hit} for u, its in asked
         }
-    recent = [recent_ids.from_stored(next(replies)) for _ in read_users]
     item_raws = [next(replies) for _ in read_items]
     for item in missing_meta:
         raw = next(replies)
         store.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
+
+    def legacy_values(legacy: list[str]) -> list[bytes | None]:
+        olds = store.client.pipeline(transaction=False)
+        for user in legacy:
+            olds.get(keys.legacy_recent_ids_key(user))
+        return olds.execute()
+
+    recent, legacy = recent_of(read_users, user_raws, legacy_values)
     if not warm:
         memberships = {u: user_items[u] & members.get(u, set()) for u in users}
         loaded = fill_tables(
             state, users, user_raws, memberships, recent, item_list, item_raws, store.meta_cache
         )
-        return loaded, False
-    read = [(u, raw, members[u], ids) for u, raw, ids in zip(read_users, user_raws, recent,
-                                                                strict=True)]  # fmt: skip
-    return local.add_read(state, store.meta_cache, users, read, read_items, item_raws), True
+    else:
+        read = [(u, raw, members[u], ids) for u, raw, ids in zip(read_users, user_raws, recent,
+                                                                    strict=True)]  # fmt: skip
+        loaded = local.add_read(state, store.meta_cache, users, read, read_items, item_raws)
+    loaded.legacy_seen = legacy
+    return loaded, warm

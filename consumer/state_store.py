@@ -15,12 +15,13 @@ runs one suite over both. A Redis Cluster store (issue 17) is the next implement
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
+from features import recent_ids
 from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams, State
 from features.distinct import sorted_distinct
@@ -55,6 +56,9 @@ class Loaded:
 
     users: dict[str, bytes] = field(default_factory=dict)
     items: LoadedItems = field(default_factory=LoadedItems.empty)
+    #: Users whose recent ids were read from the key an older engage kept them in
+    #: (`keys.legacy_recent_ids_key`): the batch deletes it as it writes the field.
+    legacy_seen: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -64,6 +68,7 @@ class BatchWrites:
     user_states: dict[str, dict[str, bytes | str]] = field(default_factory=dict)  # packed
     user_new_items: dict[str, set[str]] = field(default_factory=dict)
     user_recent_ids: dict[str, bytes] = field(default_factory=dict)  # replaces; recent_ids
+    legacy_seen: list[str] = field(default_factory=list)  # as Loaded.legacy_seen
     closed_sessions: dict[tuple[str, str], State] = field(default_factory=dict)
     item_shards: ShardWrites = field(default_factory=ShardWrites)  # a partition at a time
     scores: dict[str, dict[str, str | float]] = field(default_factory=dict)
@@ -122,6 +127,21 @@ class StateStore(Protocol):
         """The state the next batch folds over (and `load` fills): empty tables, or a local
         copy's tables that already hold what earlier batches committed."""
         ...
+
+
+def recent_of(
+    users: Sequence[str], user_raws: Sequence[dict[bytes, bytes]],
+    fetch_legacy: Callable[[list[str]], list[bytes | None]],
+) -> tuple[list[bytes], list[str]]:  # fmt: skip
+    """Each user's recent ids from its hash (`recent_ids.FIELD`), and the users whose hash
+    lacks the field, theirs read (`fetch_legacy`: the values of their older keys,
+    `keys.legacy_recent_ids_key`) in one more round trip: only after an upgrade."""
+    recent = [recent_ids.in_user_hash(raw) for raw in user_raws]
+    legacy = [user for user, value in zip(users, recent, strict=True) if value is None]
+    if not legacy:
+        return recent, []  # type: ignore[return-value]
+    found = iter(fetch_legacy(legacy))
+    return [recent_ids.from_stored(next(found)) if v is None else v for v in recent], legacy
 
 
 def fill_tables(

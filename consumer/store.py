@@ -16,7 +16,7 @@ import redis
 
 from consumer.local_state import KeepsLocalCopy, LocalState
 from consumer.redis_commands import CommandList, exec_transaction, pairs
-from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables
+from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables, recent_of
 from features import keys, recent_ids
 from features.item_shards import shard_field
 from features.items import ItemMeta
@@ -147,8 +147,6 @@ class RedisBatch:
             asked = [(u, sorted(user_items[u])) for u in read_users if user_items[u]]
             chunks = [cmds.add_members("SMISMEMBER", keys.user_items_key(u), its)
                       for u, its in asked]  # fmt: skip
-        for user in read_users:
-            cmds.add("GET", keys.user_recent_ids_key(user))
         for key in keys.item_keys(read_items):
             cmds.add("HGETALL", key)
         for key in keys.item_meta_keys(missing_meta):
@@ -161,20 +159,29 @@ class RedisBatch:
         for (user, its), n in zip(asked, chunks, strict=True):
             hits = [hit for _ in range(n) for hit in next(replies)]
             members[user] = {i for i, hit in zip(its, hits, strict=True) if hit}
-        recent = [recent_ids.from_stored(next(replies)) for _ in read_users]
         item_raws = [pairs(next(replies)) for _ in read_items]
         for item in missing_meta:
             raw = pairs(next(replies))
             store.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
+        recent, legacy = recent_of(read_users, user_raws, self._legacy_recent_ids)
         if not warm:
             memberships = {u: user_items[u] & members.get(u, set()) for u in users}
-            return fill_tables(
+            loaded = fill_tables(
                 state, users, user_raws, memberships, recent, item_list, item_raws,
                 store.meta_cache,
             )  # fmt: skip
-        read = [(u, raw, members[u], ids) for u, raw, ids in zip(read_users, user_raws, recent,
-                                                                    strict=True)]  # fmt: skip
-        return local.add_read(state, store.meta_cache, users, read, read_items, item_raws)
+        else:
+            read = [(u, raw, members[u], ids) for u, raw, ids in zip(read_users, user_raws, recent,
+                                                                        strict=True)]  # fmt: skip
+            loaded = local.add_read(state, store.meta_cache, users, read, read_items, item_raws)
+        loaded.legacy_seen = legacy
+        return loaded
+
+    def _legacy_recent_ids(self, users: list[str]) -> list[bytes | None]:
+        cmds = CommandList()
+        for user in users:
+            cmds.add("GET", keys.legacy_recent_ids_key(user))
+        return cmds.run(self.store.client)
 
     def commit(
         self, writes: BatchWrites, learn: bool = True,
@@ -186,17 +193,19 @@ class RedisBatch:
         `before_exec`: called once the transaction is built, before it is sent."""
         pipe, topic, ttl = self.pipe, self.store.topic, self.store.session_ttl_s
         cmds = CommandList()  # the per-user, per-session and per-item writes: one command
-        for user, fields in writes.user_states.items():
-            cmds.add_mapping("HSET", keys.user_key(user), fields)
+        recent, states = writes.user_recent_ids, writes.user_states
+        for user, fields in states.items():  # the state and the recent ids: one HSET
+            seen = recent.get(user)
+            cmds.add_mapping("HSET", keys.user_key(user),
+                             {**fields, recent_ids.FIELD: seen} if seen else fields)  # fmt: skip
+        for user, seen in recent.items():  # (a user whose every event was refused)
+            if seen and user not in states:
+                cmds.add("HSET", keys.user_key(user), recent_ids.FIELD, seen)
+        for user in writes.legacy_seen:
+            cmds.add("DEL", keys.legacy_recent_ids_key(user))
         for user, new_items in writes.user_new_items.items():
             if new_items:
                 cmds.add_members("SADD", keys.user_items_key(user), sorted(new_items))
-        for user, recent in writes.user_recent_ids.items():
-            key = keys.user_recent_ids_key(user)
-            if recent:
-                cmds.add("SET", key, recent)
-            else:
-                cmds.add("DEL", key)
         for (user, session), fields in writes.closed_sessions.items():
             key = keys.session_key(user, session)
             cmds.add_mapping("HSET", key, fields)

@@ -9,8 +9,6 @@ an id goes through `escape_id`.
     u:{<user>}:score           hash   the user's current scores: rule score, label, reasons,
                                       model propensity and reasons, model version, the event
                                       scored (id, time) and the update time
-    u:{<user>}:seen            string the user's recent event ids' digests and times, packed
-                                      (the duplicate guard: features.recent_ids)
     s:{<user>}:<session>       hash   one closed session's aggregates, features.spec.SESSION_STATE,
                                       written when it closes, expiring `session_ttl_s` later
                                       (the open session is the user's `cs_*` state fields)
@@ -80,7 +78,9 @@ def user_score_key(user_id: str) -> str:
     return _tagged("u", user_id, ":score")
 
 
-def user_recent_ids_key(user_id: str) -> str:
+def legacy_recent_ids_key(user_id: str) -> str:
+    """Where an engage before the `seen` field of `u:{user}` kept the duplicate guard's ids:
+    read once if a user's hash lacks the field, deleted when the field is written."""
     return _tagged("u", user_id, ":seen")
 
 

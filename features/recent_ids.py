@@ -1,7 +1,8 @@
 """The duplicate guard's memory of a user: recent event ids as 64-bit digests with their times.
 
-Stored (`u:{user}:seen`) and held as one bytes value: a codec byte, then (digest, event time)
-pairs, 16 bytes each, little-endian. Why not the ids themselves: a user's 32-64 ids as a dict
+Stored (the field `seen` of the user's hash `u:{user}`, written with the user's state) and held
+as one bytes value: a codec byte, then (digest, event time) pairs, 16 bytes each,
+little-endian. Why not the ids themselves: a user's 32-64 ids as a dict
 of strings cost ~5 KB of a consumer's memory and ~2 KB of Redis's, and encoding them to JSON,
 decoding them back and copying the dict took ~7 us a user and batch; as packed digests they
 are ~0.8 KB, read and written as they are, and the whole batch's admission runs compiled
@@ -13,7 +14,8 @@ refused as a duplicate with the reason, never dropped silently. FNV is not a cry
 hash: it guards against accidents, not against a producer crafting colliding ids.
 
 A value in the older form (a JSON list of [id, time] pairs, before this codec) is read and
-converted: an upgrade keeps every user's guard.
+converted, and so is one in the key of its own an older engage kept it in (`u:{user}:seen`,
+`consumer.state_store.recent_of`): an upgrade keeps every user's guard.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from numba import njit
 PAIR = np.dtype([("digest", "<u8"), ("ts", "<f8")])
 CODEC = b"\x02"
 EMPTY = b""
+#: The user hash's field that holds the value.
+FIELD = "seen"
+_FIELD = FIELD.encode()
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -97,6 +102,15 @@ def from_stored(raw: bytes | None) -> bytes:
         return pack(out)
     unpack(raw)  # fail here, loudly, on a damaged value
     return raw
+
+
+def in_user_hash(raw: dict[bytes, bytes]) -> bytes | None:
+    """The value in a user's hash (as HGETALL returns it; none for a new user); None when the
+    hash has a state but not the field: an older engage kept the value in a key of its own."""
+    value = raw.get(_FIELD)
+    if value is not None:
+        return from_stored(value)
+    return None if raw else EMPTY
 
 
 def as_dict(blob: bytes) -> dict[int, float]:

@@ -1,7 +1,8 @@
 """A user's state as Redis stores it: one packed field instead of ~60-120 hash fields.
 
-`u:{user}` holds two fields: `cs_id` (the current session id, the one string) and `st`, the
-numeric state packed against the declared layout (`features.spec.USER_STATE_FLOAT_FIELDS`):
+`u:{user}` holds `cs_id` (the current session id, the one string), `seen` (the duplicate
+guard's recent ids, `features.recent_ids`) and `st`, the numeric state packed against the
+declared layout (`features.spec.USER_STATE_FLOAT_FIELDS`):
 
     1 byte   codec version
     4 bytes  layout fingerprint (the field names, in order)

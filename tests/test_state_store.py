@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from redis.cluster import RedisCluster
 
@@ -34,7 +35,7 @@ from consumer.store import RedisBatch, RedisStateStore
 from engage.partitioning import positive_murmur2
 from engage.redis_client import connect
 from engage.settings import Settings
-from features import keys
+from features import keys, recent_ids
 from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams
 from features.events import Event
@@ -313,3 +314,51 @@ def test_advance_columns_raises_each_partition_to_its_largest_offset() -> None:
     assert offsets == {0: 10, 1: 6, 2: 50, 7: 9}
     advance_columns(offsets, np.array([], np.int64), np.array([], np.int64))
     assert offsets == {0: 10, 1: 6, 2: 50, 7: 9}
+
+
+@pytest.mark.parametrize(
+    "subject", ["redis", pytest.param("cluster", marks=pytest.mark.stack)], indirect=True
+)
+def test_recent_ids_an_older_engage_kept_in_a_key_of_their_own_are_moved_and_still_guard(
+    subject: Subject,
+) -> None:
+    """After an upgrade: a user's hash without the `seen` field, the ids in the key an older
+    engage kept them in (`u:{user}:seen`, a JSON list of [id, time]). The next batch reads them
+    there (a copy of a remembered event is refused), writes them into the hash with the new
+    event's, and deletes the old key."""
+    incoming, meta = arrivals()
+    subject.put_meta(meta)
+    store = subject.store
+    client = store.client  # type: ignore[attr-defined]
+    scorer = BatchScorer(load_scorers(None), log_features=False)
+
+    def run(chunk: list[Incoming]) -> list[tuple[Incoming, str]]:
+        batch = store.begin({i.partition for i in chunk})
+        state = store.state(FeatureParams(), AdmissionPolicy())
+        scored = scorer.run(state, chunk, batch.load(state, *touched(chunk)))
+        batch.commit(scored.writes)
+        return scored.refused
+
+    for first in range(0, len(incoming), BATCH):
+        assert not run(incoming[first : first + BATCH])
+    last = incoming[-1]
+    user = last.event.user_id
+    applied = [i.event for i in incoming if i.event.user_id == user]
+    assert client.hget(keys.user_key(user), recent_ids.FIELD) is not None
+    client.hdel(keys.user_key(user), recent_ids.FIELD)
+    old_key = keys.legacy_recent_ids_key(user)
+    client.set(old_key, orjson.dumps([[e.event_id, float(e.ts)] for e in applied[-32:]]))
+    offset = max(i.offset for i in incoming if i.partition == last.partition)
+    new_event = last.event.model_copy(
+        update={"event_id": "after-the-upgrade", "ts": last.event.ts + 1}
+    )
+    new = Incoming(new_event, last.partition, offset + 1, 0)
+    copy_of_applied = Incoming(applied[-1], last.partition, offset + 2, 0)
+    refused = run([new, copy_of_applied])
+    assert [(i.event.event_id, why.split(":")[0]) for i, why in refused] == [
+        (applied[-1].event_id, "duplicate")
+    ]
+    assert not client.exists(old_key)
+    remembered = recent_ids.as_dict(client.hget(keys.user_key(user), recent_ids.FIELD))
+    assert recent_ids.id_digest(applied[-1].event_id) in remembered
+    assert recent_ids.id_digest(new.event.event_id) in remembered
