@@ -86,3 +86,36 @@ def test_top_signals_are_the_positive_contributions_largest_first(k: int) -> Non
                      if contributions[j] > 0])  # fmt: skip
     assert scores.top_signals(k) == want
     assert any(len(row) < min(k, len(names)) for row in want)  # some rows stop early
+
+
+@pytest.mark.parametrize("domain", ["funnel", "movielens"])
+def test_reasons_in_words_are_the_plain_definition_every_time(domain: str) -> None:
+    """Against the plain definition (sorted contributions, the first k, up to the first not
+    above zero; points rounded as Python rounds; the signal's reason formatted with its value),
+    twice over the same rows (the second time from the kept words), with NaNs and -0.0."""
+    rng = np.random.default_rng(11)
+    scorer = load_scorers(None)[domain]
+    rows = rng.integers(0, 6, size=(300, len(PROPENSITY_FEATURES))).astype(float)
+    rows[:100] = rng.uniform(-1.0, 4.0, size=(100, len(PROPENSITY_FEATURES)))
+    rows[rng.random(rows.shape) < 0.05] = np.nan
+    rows[rng.random(rows.shape) < 0.05] = -0.0
+    scored = scorer.score(rows)
+    values = scorer.signal_values(rows)
+    signals = scorer.config.signals
+    want = []
+    for contributions, shown in zip(scored.contributions, values, strict=True):
+        order = np.argsort(-contributions, kind="stable")[:3].tolist()
+        row = []
+        for j in order:
+            p = float(contributions[j])
+            if p <= 0:
+                break
+            row.append({"signal": signals[j].name, "points": round(p, 2),
+                        "text": signals[j].reason.format(value=float(shown[j]))})  # fmt: skip
+        want.append(row)
+    assert repr(scored.reasons(values)) == repr(want)  # (repr: a NaN's points equal as text)
+    assert repr(scored.reasons(values)) == repr(want)
+    picked = [5, 0, 299]
+    assert repr(scored.reasons(values[picked], rows=picked)) == repr([want[i] for i in picked])
+    if domain == "movielens":  # (its rates and means can be NaN; the funnel's counts not)
+        assert any(r and r[-1]["points"] != r[-1]["points"] for r in want)  # a NaN kept
