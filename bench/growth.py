@@ -2,7 +2,7 @@
 
 Redis memory is `MEMORY USAGE key SAMPLES 0` summed over the keys of the private database
 (found with SCAN): every `u:{<user>}...` key (aggregates, items set, scores) counts towards
-the user, every `s:{<user>}:<session>` hash towards the session (layout: features/keys.py).
+the user, every `s:{<user>}:<session>` key towards the session (layout: features/keys.py).
 The duplicate guard's ids are a field of the user's hash (`seen`): its value's length
 (HSTRLEN) is counted as their own kind, not as aggregate state.
 """

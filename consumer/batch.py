@@ -421,7 +421,7 @@ class BatchScorer:
             item_id = item_ids[row]  # first touched an item or closed a session
             if item_id is not None:
                 writes.user_new_items.setdefault(users[row], set()).add(item_id)
-        # Only closed sessions get their own hash: the open one is in the user's packed state
+        # Only closed sessions get a key of their own: the open one is in the user's packed state
         # (`cs_*`), which this batch writes anyway (writing it twice was ~0.2 HSETs of 8
         # fields an event on the synthetic funnel, 8% of the consumer's CPU).
         for row, sid, fields in out.closed_sessions():

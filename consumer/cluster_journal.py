@@ -36,6 +36,7 @@ from consumer.redis_commands import MAX_ARGS
 from consumer.state_store import BatchWrites
 from features import keys, recent_ids
 from features.item_shards import shard_field
+from features.state_codec import session_value
 
 # KEYS: the call's keys. ARGV[1]: the journal number; then units, each: guard key index (0:
 # none), guard field, command count, then per command: name, key index, argument count, the
@@ -179,7 +180,7 @@ def slot_calls(writes: BatchWrites, topic: str, session_ttl_s: int) -> list[Slot
             add(user, ("SADD", keys.user_items_key(user), members[i : i + MAX_ARGS]))
     for (user, session), closed in writes.closed_sessions.items():
         key = keys.session_key(user, session)
-        add(user, ("HSET", key, _mapping(closed)), ("EXPIRE", key, [session_ttl_s]))
+        add(user, ("SET", key, [session_value(closed), "EX", session_ttl_s]))
     for user, score in writes.scores.items():
         add(user, ("HSET", keys.user_score_key(user), _mapping(score)))
     builder = CallBuilder()

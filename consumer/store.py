@@ -20,7 +20,7 @@ from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_ta
 from features import keys, recent_ids
 from features.item_shards import shard_field
 from features.items import ItemMeta
-from features.state_codec import STATE_FIELD
+from features.state_codec import STATE_FIELD, session_value
 from features.stream import StreamState
 
 #: A Cluster that cannot serve a slot right now (failover, resharding): an outage to wait out.
@@ -207,9 +207,7 @@ class RedisBatch:
             if new_items:
                 cmds.add_members("SADD", keys.user_items_key(user), sorted(new_items))
         for (user, session), fields in writes.closed_sessions.items():
-            key = keys.session_key(user, session)
-            cmds.add_mapping("HSET", key, fields)
-            cmds.add("EXPIRE", key, ttl)
+            cmds.add("SET", keys.session_key(user, session), session_value(fields), "EX", ttl)
         for partition, (items, blobs) in writes.item_shards.partitions.items():
             cmds.add_each("HSET", keys.item_keys(items), shard_field(partition), blobs)
         for user, fields in writes.scores.items():

@@ -103,7 +103,7 @@ def continues_session(user: State, event: Event, params: FeatureParams) -> bool:
 
 
 def session_fields(user: State) -> State:
-    """The current session as its own hash (what `s:{user}:<session>` holds)."""
+    """The current session's fields (what `s:{user}:<session>` holds once it closes)."""
     g = cast(FloatGet, user.get)
     n = g("cs_n", 0.0)
     return {

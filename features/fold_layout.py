@@ -52,7 +52,7 @@ USER_FIELDS: tuple[str, ...] = tuple(USER_STATE_FLOAT_FIELDS)
 ITEM_FIELDS: tuple[str, ...] = tuple(ITEM_STATE_FIELDS)
 #: The one string field of a user state, kept outside the table.
 SESSION_ID_FIELD = "cs_id"
-#: The fields of a session hash, in `aggregates.session_fields` order (the closed-session rows).
+#: The fields of a session, in `aggregates.session_fields` order (the closed-session rows).
 SESSION_FIELDS: tuple[str, ...] = tuple(session_fields({}))
 #: Event types in code order (the kernel's `type` column).
 EVENT_TYPES: tuple[EventType, ...] = tuple(EventType)

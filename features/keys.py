@@ -9,8 +9,9 @@ an id goes through `escape_id`.
     u:{<user>}:score           hash   the user's current scores: rule score, label, reasons,
                                       model propensity and reasons, model version, the event
                                       scored (id, time) and the update time
-    s:{<user>}:<session>       hash   one closed session's aggregates, features.spec.SESSION_STATE,
-                                      written when it closes, expiring `session_ttl_s` later
+    s:{<user>}:<session>       string one closed session's aggregates, features.spec.SESSION_STATE,
+                                      a JSON object written when it closes, expiring
+                                      `session_ttl_s` later
                                       (the open session is the user's `cs_*` state fields)
     i:{<item>}                 hash   item aggregates, features.spec.ITEM_STATE: one field
                                       `p<partition>` per partition that touched the item, its

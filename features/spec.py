@@ -8,7 +8,7 @@ Four tables, each an ordered tuple of frozen records:
   per-type counters `n_<type>` over `features.events.EventType`. Every field is a float except
   `cs_id`, the current session's id, **the only string field** (`USER_STATE_STRING_FIELDS`);
   `USER_STATE_FLOAT_FIELDS` is the order without it, the layout of a packed float64 state.
-- `SESSION_STATE`: the fields of a session hash `s:{user}:<session>` (`session_fields`).
+- `SESSION_STATE`: the fields of a closed session `s:{user}:<session>` (`session_fields`).
 - `ITEM_STATE`: the fields of an item's aggregates (`Applied.item_delta` increments), kept in
   `i:{item}` as one packed shard per partition (`features.item_shards`).
 - `FEATURES` (`Feature`): every model/rule input, in vector order, grouped `user`, `context`,
@@ -113,7 +113,7 @@ def _f(
 # -- state ------------------------------------------------------------------------------------
 
 USER_STATE: tuple[StateField, ...] = (
-    # The current session (also written to its own hash, see SESSION_STATE).
+    # The current session (written to a key of its own when it closes, see SESSION_STATE).
     *_s("session", "str", ("cs_id", "current session id: the event's session_id, else the "
         "first event's ts as text (the only string field)")),
     *_s("session", "int",

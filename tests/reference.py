@@ -8,6 +8,7 @@ features.aggregates / features.pipeline (only the storage decoder, features.stat
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from urllib.parse import quote
@@ -177,10 +178,6 @@ def _open_session(user: dict) -> dict[str, float]:
     }  # fmt: skip
 
 
-def _floats(raw: dict[bytes, bytes], skip: tuple[str, ...] = ()) -> dict[str, float]:
-    return {k.decode(): float(v) for k, v in raw.items() if k.decode() not in skip}
-
-
 def diff_against_redis(ref: dict, client: redis.Redis) -> list[str]:
     """Every disagreement between the reference and Redis, as readable lines (empty = equal)."""
     problems: list[str] = []
@@ -201,8 +198,13 @@ def diff_against_redis(ref: dict, client: redis.Redis) -> list[str]:
         if scard != want.get("items", 0) or got.get("items", 0) != want.get("items", 0):
             problems.append(f"user {uid} items: reference {want.get('items')} redis {scard}")
     for (uid, sid), want in ref["sessions"].items():
-        # A closed session has its own hash; the open one lives in the user's state (cs_*).
-        got = _floats(client.hgetall(f"s:{{{_tag(uid)}}}:{_tag(sid)}"))
+        # A closed session has a key of its own (a JSON object); the open one lives in the
+        # user's state (cs_*).
+        key = f"s:{{{_tag(uid)}}}:{_tag(sid)}"
+        raw = client.get(key)
+        got = {k: float(v) for k, v in json.loads(raw).items()} if raw else {}
+        if raw and client.ttl(key) <= 0:
+            problems.append(f"session {uid}/{sid}: stored without an expiry")
         if not got:
             user = decode_user(client.hgetall(f"u:{{{_tag(uid)}}}"))
             got = _open_session(user) if user.get("cs_id") == sid else {}
