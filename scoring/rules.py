@@ -187,7 +187,7 @@ class RuleScores:
 
 #: A reason template and a value -> its words (values repeat: counts, capped signals).
 _WORDS: dict[tuple[str, float], str] = {}
-_MAX_WORDS = 50_000
+_MAX_WORDS = 4_096  # (~1 MB; counts repeat, decayed and mean values hardly)
 
 
 def _words(template: str, value: float) -> str:
