@@ -296,7 +296,10 @@ class StreamConsumer:
         """
         self.recheck_at = time.monotonic() + self.settings.offset_recheck_s
         self._settle()
-        assigned = sorted(self.kafka.assignment())
+        # Only partitions we resumed: between a revocation and the assignment after it,
+        # kafka-python still lists the old partitions (until the join completes), and
+        # seeking them there would make a rejoin look like idling (`_joining`).
+        assigned = sorted(p for p in self.kafka.assignment() if p in self.positions)
         if not assigned:
             return
         try:
@@ -412,7 +415,7 @@ class StreamConsumer:
                     continue  # records dropped: the resync seeks back to them
                 records, decoded = self._ordered(polled)
                 held = self.merger is not None and len(self.merger) > 0
-                if not self.positions or held:  # joining the group, or records held back
+                if held or self._joining():
                     last_data = time.monotonic()
                 if records or self._inflight is not None:
                     if records:
@@ -449,6 +452,12 @@ class StreamConsumer:
         if self._refused is not None:  # the last batch's outputs were refused
             raise self._refused
         return summary
+
+    def _joining(self) -> bool:
+        """Waiting for the group: no partition resumed yet, or a rejoin under way (revoked,
+        and kafka-python keeps listing the old partitions until the join completes, which
+        can take seconds). Not idle: `idle_exit_s` counts only once every partition is read."""
+        return not self.positions or not self.kafka.assignment() <= self.positions.keys()
 
     def _poll_timeout_ms(self) -> int:
         """How long a poll may wait for records: while a batch commits on the thread, no

@@ -102,3 +102,34 @@ def test_second_consumer_takes_over_when_one_leaves(settings, redis_client):
     p = settings.feature_params
     ref = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
     assert diff_against_redis(ref, redis_client) == []
+
+
+def test_a_rejoin_under_way_is_neither_idle_time_nor_re_seeked(settings, redis_client):
+    """kafka-python revokes every partition when it rejoins and keeps listing them until the
+    join completes (seconds, at times). In that window the offset re-check must not seek them
+    back (it did: positions reappeared, the idle clock ran, and a CI run's `--idle-exit 2`
+    consumer left after 300 of 1,600 events), and the idle clock must not run. The rejoin is
+    driven through the runner's own callbacks, in the order the transports call them."""
+    from consumer.runner import StreamConsumer
+
+    events, genres = make_log(n_users=30, events_per_user=40, seed=21)
+    publish_log(settings, events, genres)
+    small = settings.model_copy(update={"batch_max_records": 100})
+    consumer = StreamConsumer(small, group=f"rejoin-{settings.events_topic}")
+    window: list[tuple[dict[int, int], bool]] = []
+
+    def rejoin_after_the_first_batch(summary) -> None:
+        if window:
+            return
+        assigned = sorted(consumer.kafka.assignment())
+        consumer._revoked(assigned)  # the join begins: the transport still lists them
+        consumer._recheck_offsets()
+        window.append((dict(consumer.positions), consumer._joining()))
+        consumer._assigned(assigned)  # the join completes
+
+    summary = consumer.run(idle_exit_s=2, on_batch=rejoin_after_the_first_batch)
+    assert window == [({}, True)]
+    assert summary.processed == len(events) and summary.dead_lettered == 0
+    p = settings.feature_params
+    ref = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
+    assert diff_against_redis(ref, redis_client) == []
