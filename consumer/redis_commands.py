@@ -15,7 +15,7 @@ call may lie in any slot (a Redis Cluster store groups commands by slot instead)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import hiredis
@@ -24,6 +24,8 @@ import redis
 # ARGV: for each command its name, its argument count n, then the n arguments; KEYS: each
 # command's key, in order. An EACH entry runs one command on each of the next n keys with one
 # shared argument and one argument of its own: EACH, n, command, shared, then n arguments.
+# A ROWS entry runs `command key field1 value1 ... fieldw valuew` on each of the next n keys,
+# the w field names sent once: ROWS, n, command, w, the w names, then n rows of w values.
 # Returns every command's reply, in order, one per key (a nil reply as nil); or, quiet, only
 # how many commands ran.
 
@@ -49,6 +51,16 @@ while j <= #ARGV do
       {each}command, KEYS[k + i], shared, ARGV[j + 4 + i])
     end
     k, j = k + n, j + 4 + n
+  elseif name == 'ROWS' then
+    local command, width = ARGV[j + 2], tonumber(ARGV[j + 3])
+    local args, v = {{}}, j + 4 + width
+    for f = 1, width do args[2 * f - 1] = ARGV[j + 3 + f] end
+    for i = 0, n - 1 do
+      for f = 1, width do args[2 * f] = ARGV[v + f - 1] end
+      {each}command, KEYS[k + i], unpack(args))
+      v = v + width
+    end
+    k, j = k + n, v
   else
     {one}
     k, j = k + 1, j + 2 + n
@@ -105,6 +117,27 @@ class CommandList:
         if keys:
             self.keys += keys
             self.argv += ["EACH", len(keys), command, shared, *values]
+
+    def add_rows(
+        self, command: str, keys: list[str], fields: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> None:
+        """`command key field1 value1 ...` for each key and its row of values (HSET of the
+        same fields in many hashes: a served score per user), the field names sent once:
+        one argument per value instead of two (hiredis packs at ~0.1 us an argument)."""
+        if command not in ALLOWED:
+            raise ValueError(f"{command} is not a command a CommandList runs")
+        if not fields or len(fields) > MAX_ARGS // 2:
+            raise ValueError("add_rows needs 1 to MAX_ARGS / 2 fields")
+        values: list[Any] = []
+        for row in rows:
+            if len(row) != len(fields):
+                raise ValueError("add_rows needs one value per field in every row")
+            values += row
+        if len(values) != len(keys) * len(fields):
+            raise ValueError("add_rows needs one row per key")
+        if keys:
+            self.keys += keys
+            self.argv += ["ROWS", len(keys), command, len(fields), *fields, *values]
 
     def add_members(self, command: str, key: str, members: list[str]) -> int:
         """SADD / SMISMEMBER with any number of members, split under MAX_ARGS; returns the

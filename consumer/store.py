@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import Any
 
 import redis
@@ -22,6 +23,10 @@ from features.item_shards import shard_field
 from features.items import ItemMeta
 from features.state_codec import STATE_FIELD, session_value
 from features.stream import StreamState
+from scoring.score_record import HASH_FIELDS
+
+#: A served score's values in HASH_FIELDS order (its dict has exactly those keys).
+_hash_values = itemgetter(*HASH_FIELDS)
 
 #: A Cluster that cannot serve a slot right now (failover, resharding): an outage to wait out.
 CLUSTER_TROUBLE: tuple[type[Exception], ...] = (
@@ -210,8 +215,10 @@ class RedisBatch:
             cmds.add("SET", keys.session_key(user, session), session_value(fields), "EX", ttl)
         for partition, (items, blobs) in writes.item_shards.partitions.items():
             cmds.add_each("HSET", keys.item_keys(items), shard_field(partition), blobs)
-        for user, fields in writes.scores.items():
-            cmds.add_mapping("HSET", keys.user_score_key(user), fields)
+        scores = writes.scores  # every user's the same fields (score_record.HASH_FIELDS)
+        if scores:
+            cmds.add_rows("HSET", [keys.user_score_key(user) for user in scores], HASH_FIELDS,
+                          list(map(_hash_values, scores.values())))  # fmt: skip
         commands: list[bytes | tuple[Any, ...]] = [cmds.packed()] if cmds else []
         for kind, members in writes.leaderboard.items():
             if members:

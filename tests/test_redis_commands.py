@@ -1,5 +1,6 @@
 """consumer/redis_commands.py: a CommandList runs exactly the commands it names, in order, one
-reply per key, including EACH entries (one command over many keys with a shared argument); and
+reply per key, including EACH entries (one command over many keys with a shared argument) and
+ROWS entries (the same fields set in many hashes); and
 `exec_transaction` runs MULTI ... EXEC as redis-py's transactional pipeline would."""
 
 from __future__ import annotations
@@ -36,16 +37,22 @@ def test_commands_and_each_entries_run_in_order_with_one_reply_per_key(
     cmds.add("GET", "missing:{1}")
     cmds.add_mapping("HSET", "h:{3}", {"p1": b"five", "p2": b"six"})
     cmds.add("HGETALL", "h:{3}")
+    cmds.add_rows("HSET", ["r:{1}", "h:{3}"], ["a", "p2"], [[b"1", 2.5], [b"x", b"seven"]])
+    cmds.add("HGETALL", "r:{1}")
     replies = cmds.run(redis_client)
-    assert len(replies) == len(cmds) == 9
+    assert len(replies) == len(cmds) == 12
     assert replies[:4] == [b"OK", 0, 1, 1]  # p0 of h:{1} existed: 0 fields added
     assert replies[4] == [b"p0", b"\x00two"]
     assert replies[5:8] == [1, None, 2]
     assert dict(zip(replies[8][::2], replies[8][1::2], strict=True)) == {
         b"p0": b"three", b"p1": b"five", b"p2": b"six"
     }  # fmt: skip
+    assert replies[9:11] == [2, 1]  # a row is one command: its reply is the fields it added
+    assert replies[11] == [b"a", b"1", b"p2", b"2.5"]
     assert redis_client.hgetall("h:{1}") == {b"p0": b"one"}
     assert redis_client.hgetall("h:{2}") == {b"p0": b"\x00two", b"p1": b"four"}
+    assert redis_client.hgetall("h:{3}") == {b"p0": b"three", b"p1": b"five", b"p2": b"seven",
+                                             b"a": b"x"}  # fmt: skip
 
 
 @pytest.mark.stack
@@ -61,14 +68,15 @@ def test_a_packed_list_writes_the_same_and_replies_only_its_count(
         cmds.add_mapping("HSET", "q:h:{3}", {"p1": b"five", "p2": b"six"})
         cmds.add("EXPIRE", "q:h:{3}", 60)
         cmds.add("DEL", "q:gone:{1}")
+        cmds.add_rows("HSET", ["q:r:{1}", "q:r:{2}"], ["f", "g"], [["1", 2], [3.5, b"4"]])
         return cmds
 
-    keys = ["q:s:{1}", "q:h:{1}", "q:h:{2}", "q:h:{3}"]
+    keys = ["q:s:{1}", "q:h:{1}", "q:h:{2}", "q:h:{3}", "q:r:{1}", "q:r:{2}"]
     commands().run(redis_client)
     ran = {k: redis_client.dump(k) for k in keys}
     redis_client.delete(*keys)
     with _connection(redis_client) as connection:
-        assert exec_transaction(connection, [commands().packed()]) == [6]
+        assert exec_transaction(connection, [commands().packed()]) == [8]
     assert {k: redis_client.dump(k) for k in keys} == ran
     assert 0 < redis_client.ttl("q:h:{3}") <= 60
 
@@ -80,6 +88,13 @@ def test_each_needs_a_value_per_key_and_a_known_command() -> None:
     with pytest.raises(ValueError, match="FLUSHALL"):
         cmds.add_each("FLUSHALL", ["a"], "f", [b"1"])
     cmds.add_each("HSET", [], "f", [])
+    with pytest.raises(ValueError, match="one value per field"):
+        cmds.add_rows("HSET", ["a", "b"], ["f", "g"], [[1, 2], [3]])
+    with pytest.raises(ValueError, match="one row per key"):
+        cmds.add_rows("HSET", ["a", "b"], ["f"], [[1]])
+    with pytest.raises(ValueError, match="fields"):
+        cmds.add_rows("HSET", ["a"], [], [[]])
+    cmds.add_rows("HSET", [], ["f"], [])
     assert len(cmds) == 0 and cmds.argv == []
 
 
