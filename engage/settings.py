@@ -214,6 +214,10 @@ class Settings(BaseSettings):
     # A consumer that does not poll for this long leaves the group (it keeps polling, paused,
     # while it waits for Redis, so an outage does not cost a rebalance).
     kafka_max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
+    #: kafka-python only: a consumer whose group coordinator stays unknown this long (while
+    #: its polls return nothing) is rebuilt and rejoins. kafka-python 3.0.12 can stop
+    #: heartbeating right after a quick rejoin and then look for its coordinator for ever.
+    kafka_coordinator_lost_s: float = Field(default=60.0, gt=0)
     #: Every this many seconds, busy or idle, the consumer compares the stored offset of every
     #: partition it owns with its own (one MGET) and re-seeks those that differ. A batch checks
     #: only its own partitions, so a caught-up partition would otherwise never notice that

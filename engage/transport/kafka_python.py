@@ -72,7 +72,16 @@ class KafkaPythonConsumer:
     def __init__(self, settings: Settings, group: str) -> None:
         self.topic = ""
         self._tps: dict[int, TopicPartition] = {}
-        self.client = kafka_clients.consumer(settings, **consumer_options(settings, group))
+        self._settings, self._group = settings, group
+        self._listener: _Listener | None = None
+        self._lost_since: float | None = None  # when the coordinator was first seen unknown
+        self.renewals = 0  # clients rebuilt after their coordinator stayed unknown
+        self.client = self._new_client()
+
+    def _new_client(self) -> Any:
+        return kafka_clients.consumer(
+            self._settings, **consumer_options(self._settings, self._group)
+        )
 
     def _tp(self, partition: int) -> TopicPartition:
         tp = self._tps.get(partition)
@@ -88,12 +97,48 @@ class KafkaPythonConsumer:
         # The topic's partitions known before the first join: else kafka-python joins with
         # none when the topic is new to it (an empty assignment, then a rebalance) and, about
         # one start in ten here, stays on that empty assignment until its next metadata refresh.
+        self._listener = _Listener(on_assign, on_revoke)
         self.client.partitions_for_topic(topic)
-        self.client.subscribe([topic], listener=_Listener(on_assign, on_revoke))
+        self.client.subscribe([topic], listener=self._listener)
 
     def poll(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
         polled = self.client.poll(timeout_ms=timeout_ms, max_records=max_records)
+        if not polled:
+            self._watch_coordinator()
         return [r for batch in polled.values() for r in batch]
+
+    def _watch_coordinator(self) -> None:
+        """Rebuild the client when its group coordinator stayed unknown for
+        `kafka_coordinator_lost_s` (seen in CI: no heartbeat after a rejoin, the member
+        removed by the broker, then seven minutes of empty polls looking for the coordinator
+        of a broker that answered everyone else)."""
+        coordinator = getattr(self.client, "_coordinator", None)
+        if coordinator is None or self._listener is None or not coordinator.coordinator_unknown():
+            self._lost_since = None
+            return
+        now = time.monotonic()
+        if self._lost_since is None:
+            self._lost_since = now
+        elif now - self._lost_since >= self._settings.kafka_coordinator_lost_s:
+            self._renew(now - self._lost_since)
+
+    def _renew(self, lost_s: float) -> None:
+        """A new client in the same group: the partitions are revoked first, as a rebalance
+        would (the runner lets its last batch land), and assigned again when it joins."""
+        assert self._listener is not None
+        log.warning("no group coordinator for %.0fs: rebuilding the Kafka consumer", lost_s)
+        held = sorted(self.assignment())
+        if held:
+            self._listener.on_revoke(held)
+        try:
+            self.client.close(autocommit=False, timeout_ms=1000)
+        except Exception as exc:  # a wedged client: dropped either way
+            log.warning("closing the old Kafka consumer failed: %s", exc)
+        self.client = self._new_client()
+        self.client.partitions_for_topic(self.topic)
+        self.client.subscribe([self.topic], listener=self._listener)
+        self._lost_since = None
+        self.renewals += 1
 
     def assignment(self) -> set[int]:
         return {tp.partition for tp in self.client.assignment()}
