@@ -16,6 +16,7 @@ call may lie in any slot (a Redis Cluster store groups commands by slot instead)
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import hiredis
@@ -187,6 +188,12 @@ class CommandList:
                 yield name, keys[k], *argv[j + 2 : j + 2 + n]
                 j, k = j + 2 + n, k + 1
 
+    def plain(self) -> PackedCommands:
+        """Every command as itself, packed for the wire, for `exec_transaction` (inside
+        MULTI/EXEC, where the script's atomicity is not needed): Redis runs a plain HSET for
+        ~2 us less than the same HSET called from the script."""
+        return PackedCommands(b"".join(map(hiredis.pack_command, self.commands())), len(self))
+
     def packed(self) -> bytes:
         """The quiet call (RUN_QUIET_LUA) packed for the wire, for `exec_transaction`: hiredis
         packs the whole argument list in one C call, where a redis-py pipeline first walks it
@@ -235,6 +242,14 @@ def run_packed(
         pool.release(connection)
 
 
+def _reply_or_error(connection: Any) -> Any:
+    """One reply; an error reply as its exception, not raised (as hiredis's reader gives it)."""
+    try:
+        return connection.read_response(disable_decoding=True)
+    except redis.ResponseError as exc:
+        return exc
+
+
 _HELLO_2, _HELLO_3 = b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n", b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
 
 
@@ -244,39 +259,55 @@ def _read_replies(connection: Any, n: int) -> list[Any]:
     parser = connection._parser
     reader = getattr(parser, "_reader", None)
     if reader is None or not hasattr(parser, "read_from_socket"):
-        return [connection.read_response(disable_decoding=True) for _ in range(n)]
+        return [_reply_or_error(connection) for _ in range(n)]
     out: list[Any] = []
     gets, fill, pending = reader.gets, parser.read_from_socket, _NOT_ENOUGH_DATA
-    while len(out) < n:
-        reply = gets()
-        if reply is pending:
-            fill()
-        else:
-            out.append(reply)
+    try:
+        while len(out) < n:
+            reply = gets()
+            if reply is pending:
+                fill()
+            else:
+                out.append(reply)
+    except OSError as exc:  # (redis-py's read_response wraps these; its parser does not)
+        raise redis.ConnectionError(f"Error while reading from socket: {exc}") from exc
     return out
 
 
-def exec_transaction(connection: Any, commands: Sequence[bytes | tuple[Any, ...]]) -> list[Any]:
+@dataclass(frozen=True, slots=True)
+class PackedCommands:
+    """`count` commands already packed for the wire, back to back (`CommandList.plain`)."""
+
+    data: bytes
+    count: int
+
+
+def exec_transaction(
+    connection: Any, commands: Sequence[bytes | PackedCommands | tuple[Any, ...]]
+) -> list[Any]:
     """MULTI, the commands, EXEC, sent as one write on `connection` (one that WATCHes the keys
-    the transaction depends on); EXEC's replies. A command is its arguments or, already packed,
-    its bytes (`CommandList.packed`). As redis-py's transactional pipeline: a WatchError if a
-    watched key changed (nothing applied), the first error a command met otherwise; a lost
-    connection is disconnected and raised as it came (the EXEC may have run)."""
+    the transaction depends on); EXEC's replies, one a command. A command is its arguments
+    or, already packed, its bytes (`CommandList.packed`), or many (`PackedCommands`). As
+    redis-py's transactional pipeline: a WatchError if a watched key changed (nothing
+    applied), the first error a command met otherwise; a lost connection is disconnected and
+    raised as it came (the EXEC may have run)."""
     chunks: list[bytes] = [*connection.pack_command("MULTI")]
+    count = 0
     for command in commands:
+        if isinstance(command, PackedCommands):
+            chunks.append(command.data)
+            count += command.count
+            continue
         if isinstance(command, bytes):
             chunks.append(command)
         else:
             chunks += connection.pack_command(*command)
+        count += 1
     chunks += connection.pack_command("EXEC")
     try:
         connection.send_packed_command([b"".join(chunks)])
-        errors: list[redis.ResponseError] = []
-        for _ in range(len(commands) + 1):  # MULTI's OK, then each command's QUEUED
-            try:
-                connection.read_response()
-            except redis.ResponseError as exc:
-                errors.append(exc)
+        queued = _read_replies(connection, count + 1)  # MULTI's OK, then each QUEUED
+        errors = [reply for reply in queued if isinstance(reply, redis.ResponseError)]
         try:
             replies = connection.read_response()
         except redis.exceptions.ExecAbortError:
@@ -288,7 +319,7 @@ def exec_transaction(connection: Any, commands: Sequence[bytes | tuple[Any, ...]
         raise
     if replies is None:
         raise redis.WatchError("Watched variable changed.")
-    if len(replies) != len(commands):
+    if len(replies) != count:
         connection.disconnect()
         raise redis.ResponseError("wrong number of replies from a transaction's EXEC")
     for reply in replies:

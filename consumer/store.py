@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from consumer.local_state import KeepsLocalCopy, LocalState
-from consumer.redis_commands import CommandList, exec_transaction, pairs
+from consumer.redis_commands import CommandList, PackedCommands, exec_transaction, pairs
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables, recent_of
 from features import keys, recent_ids
 from features.item_shards import shard_field
@@ -219,7 +219,7 @@ class RedisBatch:
         if scores:
             cmds.add_rows("HSET", [keys.user_score_key(user) for user in scores], HASH_FIELDS,
                           list(map(_hash_values, scores.values())))  # fmt: skip
-        commands: list[bytes | tuple[Any, ...]] = [cmds.packed()] if cmds else []
+        commands: list[PackedCommands | tuple[Any, ...]] = [cmds.plain()] if cmds else []
         for kind, members in writes.leaderboard.items():
             if members:
                 scored = [part for member, score in members.items() for part in (score, member)]

@@ -63,7 +63,8 @@ def test_commands_and_each_entries_run_in_order_with_one_reply_per_key(
 def test_a_packed_list_writes_the_same_and_replies_only_its_count(
     redis_client: redis.Redis,
 ) -> None:
-    """`packed` (the commit's writes) runs the same commands without collecting replies."""
+    """`packed` runs the same commands without collecting replies, and `plain` (the commit's
+    writes) each as itself inside the transaction, with a reply each."""
 
     def commands() -> CommandList:
         cmds = CommandList()
@@ -81,6 +82,11 @@ def test_a_packed_list_writes_the_same_and_replies_only_its_count(
     redis_client.delete(*keys)
     with _connection(redis_client) as connection:
         assert exec_transaction(connection, [commands().packed()]) == [8]
+    assert {k: redis_client.dump(k) for k in keys} == ran
+    redis_client.delete(*keys)
+    with _connection(redis_client) as connection:  # `plain`: each command as itself
+        replies = exec_transaction(connection, [commands().plain(), ("GET", "q:s:{1}")])
+        assert replies[:3] == [b"OK", 1, 1] and replies[-1] == b"a" and len(replies) == 9
     assert {k: redis_client.dump(k) for k in keys} == ran
     assert 0 < redis_client.ttl("q:h:{3}") <= 60
 
