@@ -1,16 +1,18 @@
-"""Many Redis commands as one: a list of (command, key, arguments) run by one server-side script.
+"""Many Redis commands sent as one write: a list of (command, key, arguments), pipelined.
 
 Why: redis-py spends ~9 us of client CPU per command in a pipeline (building the command
 object, packing it, parsing and post-processing its reply), and a batch sends two or three
 commands per item and per user it touches: about 1.5 commands per event on MovieLens, more
-than everything else the store does. One EVAL carrying the same commands as one flat list of
-arguments costs ~1.5 us per command (measured with 1,400 HGETALLs, and 1,400 HSETs inside
-MULTI). The server runs exactly the commands the list names, in order; inside MULTI/EXEC the
-script is one command of the transaction, so it lands with the offsets or not at all.
+than everything else the store does. Here the list is packed by hiredis and its replies are
+taken from hiredis's reader as they arrive: ~0.9 us of client CPU a read, ~1.5 a write.
 
-EVAL (not EVALSHA): after a Redis restart the script cache is empty, and a NOSCRIPT error
-inside MULTI would let the rest of the transaction apply. Single node only: the keys of one
-call may lie in any slot (a Redis Cluster store groups commands by slot instead).
+The commands go as themselves, not inside a server-side script: Redis spent ~2.5 us more on
+each command called from a Lua runner script (its arguments and replies converted to and
+from Lua) than on the same command sent plainly, a third of its CPU on a 1M-event run. A
+batch's reads need no snapshot (its fence WATCHes the offsets that every state write moves);
+its writes go inside MULTI/EXEC (`exec_transaction`), so they land with the offsets or not at
+all. Single node only: the keys of one list may lie in any slot (a Redis Cluster store groups
+commands by slot instead).
 """
 
 from __future__ import annotations
@@ -23,65 +25,19 @@ import hiredis
 import redis
 from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
 
-# ARGV: for each command its name, its argument count n, then the n arguments; KEYS: each
-# command's key, in order. An EACH entry runs one command on each of the next n keys with one
-# shared argument and one argument of its own: EACH, n, command, shared, then n arguments.
-# A ROWS entry runs `command key field1 value1 ... fieldw valuew` on each of the next n keys,
-# the w field names sent once: ROWS, n, command, w, the w names, then n rows of w values.
-# Returns every command's reply, in order, one per key (a nil reply as nil); or, quiet, only
-# how many commands ran.
-
-
-def _script(replies: bool) -> str:
-    """The runner script; without `replies` it returns only how many commands ran."""
-    each = "replies[k + i] = redis.call(" if replies else "redis.call("
-    one = (
-        "local reply = redis.call(name, KEYS[k], unpack(ARGV, j + 2, j + 1 + n))\n"
-        "    if reply == nil then reply = false end\n"
-        "    replies[k] = reply"
-        if replies
-        else "redis.call(name, KEYS[k], unpack(ARGV, j + 2, j + 1 + n))"
-    )
-    return f"""
-local replies = {{}}
-local j, k = 1, 1
-while j <= #ARGV do
-  local name, n = ARGV[j], tonumber(ARGV[j + 1])
-  if name == 'EACH' then
-    local command, shared = ARGV[j + 2], ARGV[j + 3]
-    for i = 0, n - 1 do
-      {each}command, KEYS[k + i], shared, ARGV[j + 4 + i])
-    end
-    k, j = k + n, j + 4 + n
-  elseif name == 'ROWS' then
-    local command, width = ARGV[j + 2], tonumber(ARGV[j + 3])
-    local args, v = {{}}, j + 4 + width
-    for f = 1, width do args[2 * f - 1] = ARGV[j + 3 + f] end
-    for i = 0, n - 1 do
-      for f = 1, width do args[2 * f] = ARGV[v + f - 1] end
-      {each}command, KEYS[k + i], unpack(args))
-      v = v + width
-    end
-    k, j = k + n, v
-  else
-    {one}
-    k, j = k + 1, j + 2 + n
-  end
-end
-return {"replies" if replies else "k - 1"}
-"""
-
-
-RUN_LUA = _script(replies=True)
-#: For writes whose replies nobody reads (collecting ~1,800 replies a batch, sending and
-#: parsing them was a fifth of the commit thread's client CPU).
-RUN_QUIET_LUA = _script(replies=False)
+# The list's form (compact, spelled out by `CommandList.commands`): `argv` holds for each
+# command its name, its argument count n, then the n arguments, and `keys` each command's
+# key, in order. An EACH entry runs one command on each of the next n keys with one shared
+# argument and one of its own: EACH, n, command, shared, then n arguments. A ROWS entry runs
+# `command key field1 value1 ... fieldw valuew` on each of the next n keys, the w field names
+# held once: ROWS, n, command, w, the w names, then n rows of w values.
 
 #: The commands a list may hold: what the store reads and writes, nothing else.
 ALLOWED = frozenset(
     {"HGETALL", "SMEMBERS", "SMISMEMBER", "GET", "HSET", "SADD", "SET", "DEL", "EXPIRE"}
 )
-#: Lua's `unpack` is bounded by its C stack (8,000 values): longer member lists are split.
+#: Longer member lists are split (the Cluster store's scripts pass them to Lua's `unpack`,
+#: bounded by its C stack: 8,000 values).
 MAX_ARGS = 4_000
 
 
@@ -151,18 +107,18 @@ class CommandList:
 
     def run(self, client: Any) -> list[Any]:
         """Run the commands now; every command's reply, in order (not atomically: a batch's
-        reads need no snapshot, its fence guards them). On a single-node client each command
-        goes as itself, all in one write on a pooled connection, and the replies are read
-        in one pass: Redis spends ~1.1 us on a plain HGETALL or SMEMBERS and ~3.6 inside the
-        runner script (converting its arguments and replies to and from Lua), and the
-        consumer thread waits for all of it. A Cluster client takes the script's path.
-        Retried as redis-py retries a command; an error reply is raised once all are read.
-        The replies are read in RESP2 (a hash as its field, value list: `pairs`): hiredis
-        makes RESP3's maps at ~1.7 us a reply, RESP2's lists at ~0.9 (2,000 item hashes)."""
+        reads need no snapshot, its fence guards them). On a single-node client all in one
+        write on a pooled connection, the replies read in one pass, in RESP2 (a hash as its
+        field, value list: `pairs`): hiredis makes RESP3's maps at ~1.7 us a reply, RESP2's
+        lists at ~0.9 (2,000 item hashes). Retried as redis-py retries a command; an error
+        reply is raised once all are read. Any other client: a redis-py pipeline."""
         if not self.keys:
             return []
         if not isinstance(client, redis.Redis) or client.connection is not None:
-            return client.eval(RUN_LUA, len(self.keys), *self.keys, *self.argv)
+            pipe = client.pipeline(transaction=False)
+            for command in self.commands():
+                pipe.execute_command(*command)
+            return list(pipe.execute())
         packed = b"".join(map(hiredis.pack_command, self.commands()))
         return run_packed(client, packed, len(self.keys), resp2=True)
 
@@ -189,16 +145,8 @@ class CommandList:
                 j, k = j + 2 + n, k + 1
 
     def plain(self) -> PackedCommands:
-        """Every command as itself, packed for the wire, for `exec_transaction` (inside
-        MULTI/EXEC, where the script's atomicity is not needed): Redis runs a plain HSET for
-        ~2 us less than the same HSET called from the script."""
+        """Every command as itself, packed for the wire, for `exec_transaction`."""
         return PackedCommands(b"".join(map(hiredis.pack_command, self.commands())), len(self))
-
-    def packed(self) -> bytes:
-        """The quiet call (RUN_QUIET_LUA) packed for the wire, for `exec_transaction`: hiredis
-        packs the whole argument list in one C call, where a redis-py pipeline first walks it
-        argument by argument in Python (half the commit thread's time holding the GIL)."""
-        return hiredis.pack_command(("EVAL", RUN_QUIET_LUA, len(self.keys), *self.keys, *self.argv))
 
 
 def run_packed(
@@ -287,7 +235,7 @@ def exec_transaction(
 ) -> list[Any]:
     """MULTI, the commands, EXEC, sent as one write on `connection` (one that WATCHes the keys
     the transaction depends on); EXEC's replies, one a command. A command is its arguments
-    or, already packed, its bytes (`CommandList.packed`), or many (`PackedCommands`). As
+    or, already packed, its bytes, or many (`PackedCommands`, `CommandList.plain`). As
     redis-py's transactional pipeline: a WatchError if a watched key changed (nothing
     applied), the first error a command met otherwise; a lost connection is disconnected and
     raised as it came (the EXEC may have run)."""
@@ -329,8 +277,8 @@ def exec_transaction(
 
 
 def pairs(flat: list[bytes] | dict[bytes, bytes]) -> dict[bytes, bytes]:
-    """An HGETALL reply to a dict: RESP3's map as it is, RESP2's (and the script's) field,
-    value, ... list paired."""
+    """An HGETALL reply to a dict: RESP3's map as it is, RESP2's field, value, ... list
+    paired."""
     if isinstance(flat, dict):
         return flat
     it = iter(flat)
