@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from kafka.structs import TopicPartition
 from engage import kafka_clients
 from engage.settings import Settings
 from engage.transport import fetched_batches
+from tests.conftest import session_tag
 
 PartitionRecords = Fetcher.PartitionRecords
 STOCK, STOCK_TAKE = PartitionRecords._unpack_records, PartitionRecords.take
@@ -138,7 +138,7 @@ def test_use_switches_the_reader_and_refuses_unknown_releases(
 def test_transactions_read_the_same_through_the_broker(settings: Settings) -> None:
     """Committed and aborted transactions on a real topic: a read_committed consumer sees the
     same records with either reader (aborted batches and commit markers skipped alike)."""
-    topic = f"fetched-{uuid.uuid4().hex[:8]}"
+    topic = f"fetched-{session_tag()}"
     kafka_clients.ensure_topic(settings, topic, partitions=1)
     producer = kafka_clients.producer(settings, transactional_id=f"tx-{topic}")
     producer.init_transactions()
