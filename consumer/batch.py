@@ -184,16 +184,20 @@ class BatchScorer:
                     payload["features"] = vector
             messages = score_record.encode_messages(payloads)
             shown_payloads = [payloads[row] for row in rows]
-        else:  # the shown rows carry the model's reasons: their dicts replace what was written
+        else:
             assert block is not None
             shown_payloads = score_record.message_dicts(
                 incoming.take(rows), rule_rows(block, rows), model,
                 [digests[r] for r in rows], now_ms,
             )  # fmt: skip
-            shown_messages = score_record.encode_messages(shown_payloads)
-            messages = packed.replaced(
-                {row: value for row, (_, value) in zip(rows, shown_messages, strict=True)}
-            )
+            messages = packed
+            if self._served is not None and self._served[2] is not None:
+                # The model scored the rows: the shown ones carry its reasons, so their
+                # dicts replace what was written. (Else they encode to the bytes written.)
+                shown_messages = score_record.encode_messages(shown_payloads)
+                messages = packed.replaced(
+                    {row: value for row, (_, value) in zip(rows, shown_messages, strict=True)}
+                )
         latest = []  # the live view and the score hash show the reasons in words
         for row, payload in zip(rows, shown_payloads, strict=True):
             shown = score_record.shown_message(payload, rule_texts[row])

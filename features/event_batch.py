@@ -131,8 +131,9 @@ class EventBatch(Rows[Event]):
         )  # fmt: skip
 
     def take(self, rows: Sequence[int]) -> Self:
-        """The batch of rows `rows`, in that order."""
-        return type(self)(*([column[r] for r in rows] for column in self._columns()))
+        """The batch of rows `rows`, in that order (a column that makes its rows when read,
+        `event_reader.ReadContexts`, is taken without making them)."""
+        return type(self)(*(_taken(column, rows) for column in self._columns()))
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -165,3 +166,8 @@ class EventBatch(Rows[Event]):
 
     def row(self, index: int) -> Event:
         return assemble_event(*(column[index] for column in self._columns()))
+
+
+def _taken(column: Sequence[Any], rows: Sequence[int]) -> Any:
+    subset = getattr(column, "subset", None)
+    return subset(rows) if subset is not None else [column[r] for r in rows]

@@ -519,6 +519,13 @@ class ReadContexts(Sequence[dict[str, Any] | None]):
     def __len__(self) -> int:
         return len(self.spans)
 
+    def subset(self, rows: Sequence[int]) -> ReadContexts:
+        """Rows `rows`, in that order, still unmade: a batch's shown rows are taken for their
+        ids, and making their contexts cost ~2 us a row there (1M synthetic events)."""
+        return ReadContexts(
+            self.spans[np.asarray(rows, dtype=np.int64)], self.entries, self.floats, self.texts
+        )
+
     @overload
     def __getitem__(self, index: int) -> dict[str, Any] | None: ...
 

@@ -18,7 +18,7 @@ import pytest
 
 from features import event_reader
 from features.event_batch import EventBatch, assemble_event
-from features.event_reader import read_events
+from features.event_reader import ReadContexts, read_events
 from features.events import MAX_TS_MS, MIN_TS_MS, DecodeError, Event, EventType, decode_event
 from features.vector import _context_facts, context_columns
 
@@ -347,3 +347,18 @@ def test_the_reader_s_context_facts_are_those_of_the_contexts() -> None:
     ts = np.array([e.ts for e in events], dtype=np.int64)
     assert np.array_equal(context_columns(batch.contexts, ts, batch.codes.context_facts),
                           context_columns(batch.contexts, ts))  # fmt: skip
+
+
+def test_rows_taken_from_a_read_batch_keep_their_contexts_unmade_until_read() -> None:
+    contexts = [None, {}, {"device": "tv", "n": 3, "on": True, "x": 1.5}, {"page": "/p"}]
+    messages = [CANONICAL.replace(b'"value":2.5', b'"value":2.5,"context":' + orjson.dumps(c))
+                if c is not None else CANONICAL for c in contexts * 75]  # fmt: skip
+    events = [decode_event(m) for m in messages]
+    batch, rows, errors = read_events(messages)
+    assert errors == [] and rows == list(range(300))
+    assert isinstance(batch.contexts, ReadContexts)
+    picked = [250, 3, 3, 0, 299]
+    taken = batch.take(picked)
+    assert isinstance(taken.contexts, ReadContexts)  # a subset: no dict made yet
+    assert list(taken) == [events[r] for r in picked]
+    assert list(batch.take([]).contexts) == []

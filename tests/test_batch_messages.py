@@ -1,0 +1,80 @@
+"""A batch's score messages are the same bytes whether the compiled writer made them or a dict
+a row did (consumer/batch.py), the shown rows (each user's latest) included: with no model,
+with a model that scores the batch's domain, and with one that skips it."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from consumer import batch as batch_module
+from consumer.batch import BatchScorer, Incoming
+from consumer.state_store import Loaded
+from engage.settings import Settings
+from features.events import Event
+from features.fold import FoldState
+from features.items import ItemMeta
+from features.state_codec import STATE_FIELD, packed_user
+from features.stream import StreamState
+from offline.dataset import build_dataset
+from scoring.rules import load_scorers
+from tests.eventlog import make_log
+from tests.offline_synth import fitted_bundle, synthetic_log
+
+
+def _events(source: str) -> tuple[list[Event], dict[str, ItemMeta]]:
+    raw, genres = make_log(n_users=40, events_per_user=30, seed=5)
+    events = [Event(**e) for e in raw if e["source"] == source]
+    return events, {i: ItemMeta(tuple(g)) for i, g in genres.items()}
+
+
+def _messages(settings: Settings, bundle, events, meta, compiled: bool) -> list[tuple]:
+    scorer = BatchScorer(load_scorers(settings.rules_file), log_features=False)
+    scorer.model, scorer.topic = bundle, "t.events"
+    if not compiled:
+        scorer._written = lambda *args: None  # type: ignore[method-assign]
+    state = StreamState(settings.feature_params, settings.admission_policy,
+                        FoldState(meta=dict(meta)))  # fmt: skip
+    incoming = [Incoming(e, i % 3, i, 0) for i, e in enumerate(events)]
+    rng, out, a = np.random.default_rng(2), [], 0
+    while a < len(incoming):
+        b = min(a + int(rng.integers(1, 150)), len(incoming))
+        chunk = incoming[a:b]
+        known = state.tables.user_index
+        loaded = Loaded({i.event.user_id: packed_user(state.tables, i.event.user_id)[STATE_FIELD]
+                         if i.event.user_id in known else b"" for i in chunk})  # fmt: skip
+        scored = scorer.run(state, chunk, loaded)
+        out += [(key, bytes(value)) for key, value in scored.messages]
+        out.append(scored.writes.publish)
+        a = b
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("m"))
+    events, meta = synthetic_log(n_users=40, per_user=30)
+    fitted = fitted_bundle(build_dataset(events, meta, settings.feature_params),
+                           settings.feature_params)  # fmt: skip
+    fitted.version = "vbatch"
+    fitted.domains = ("movielens",)  # the funnel's batches are skipped
+    return fitted
+
+
+@pytest.mark.parametrize(("source", "with_model"), [
+    ("movielens", False), ("synthetic", False), ("movielens", True), ("synthetic", True),
+])  # fmt: skip
+def test_the_compiled_messages_are_the_dict_paths(tmp_path, monkeypatch, bundle, source,
+                                                  with_model) -> None:  # fmt: skip
+    monkeypatch.setattr(batch_module.time, "time", lambda: 1_800_000_000.0)  # scored_at
+    settings = Settings(data_dir=tmp_path)
+    events, meta = _events(source)
+    assert len(events) > 300
+    model = bundle if with_model else None
+    compiled = _messages(settings, model, events, meta, compiled=True)
+    by_dicts = _messages(settings, model, events, meta, compiled=False)
+    assert compiled == by_dicts
+    parts = {str(orjson.loads(m[1])["model"])[:10] for m in compiled if isinstance(m, tuple)}
+    want = "None" if not with_model else "{'version'" if source == "movielens" else "{'skipped'"
+    assert parts == {want}
