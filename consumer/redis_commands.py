@@ -17,20 +17,14 @@ commands by slot instead).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import hiredis
 import redis
 from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
-
-# The list's form (compact, spelled out by `CommandList.commands`): `argv` holds for each
-# command its name, its argument count n, then the n arguments, and `keys` each command's
-# key, in order. An EACH entry runs one command on each of the next n keys with one shared
-# argument and one of its own: EACH, n, command, shared, then n arguments. A ROWS entry runs
-# `command key field1 value1 ... fieldw valuew` on each of the next n keys, the w field names
-# held once: ROWS, n, command, w, the w names, then n rows of w values.
 
 #: The commands a list may hold: what the store reads and writes, nothing else.
 ALLOWED = frozenset(
@@ -42,61 +36,51 @@ MAX_ARGS = 4_000
 
 
 class CommandList:
-    """Commands to run in one call, each on one key."""
+    """Commands to run in one call, each on one key, each held as its argument tuple."""
 
     def __init__(self) -> None:
-        self.keys: list[str] = []
-        self.argv: list[Any] = []
+        self._commands: list[tuple[Any, ...]] = []
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self._commands)
 
     def add(self, command: str, key: str, *args: Any) -> None:
-        if command not in ALLOWED:
-            raise ValueError(f"{command} is not a command a CommandList runs")
-        self.keys.append(key)
-        self.argv += [command, len(args), *args]
+        _allowed(command)
+        self._commands.append((command, key, *args))
 
     def add_mapping(self, command: str, key: str, mapping: dict[str, Any]) -> None:
         """HSET key field value ... (as redis-py's `hset(key, mapping=...)`)."""
-        args: list[Any] = []
-        for field, value in mapping.items():
-            args += [field, value]
-        self.add(command, key, *args)
+        _allowed(command)
+        self._commands.append((command, key, *chain.from_iterable(mapping.items())))
 
     def add_each(self, command: str, keys: list[str], shared: Any, values: list[Any]) -> None:
         """`command key shared value` for each key and its value (HSET of one field in many
-        hashes: an item shard per item). Held as one entry; on the wire each command is
-        whole (`commands`)."""
-        if command not in ALLOWED:
-            raise ValueError(f"{command} is not a command a CommandList runs")
+        hashes: an item shard per item)."""
+        _allowed(command)
         if len(keys) != len(values):
             raise ValueError("add_each needs one value per key")
-        if keys:
-            self.keys += keys
-            self.argv += ["EACH", len(keys), command, shared, *values]
+        self._commands += [
+            (command, key, shared, value) for key, value in zip(keys, values, strict=True)
+        ]
 
     def add_rows(
         self, command: str, keys: list[str], fields: Sequence[str], rows: Iterable[Sequence[Any]]
     ) -> None:
         """`command key field1 value1 ...` for each key and its row of values (HSET of the
         same fields in many hashes: a served score per user), the rows taken as they are (no
-        dict walked per user). Held as one entry; on the wire each command is whole
-        (`commands`)."""
-        if command not in ALLOWED:
-            raise ValueError(f"{command} is not a command a CommandList runs")
+        dict walked per user)."""
+        _allowed(command)
         if not fields or len(fields) > MAX_ARGS // 2:
             raise ValueError("add_rows needs 1 to MAX_ARGS / 2 fields")
-        values: list[Any] = []
-        for row in rows:
-            if len(row) != len(fields):
-                raise ValueError("add_rows needs one value per field in every row")
-            values += row
-        if len(values) != len(keys) * len(fields):
+        rows = list(rows)
+        if len(rows) != len(keys):
             raise ValueError("add_rows needs one row per key")
-        if keys:
-            self.keys += keys
-            self.argv += ["ROWS", len(keys), command, len(fields), *fields, *values]
+        if any(len(row) != len(fields) for row in rows):
+            raise ValueError("add_rows needs one value per field in every row")
+        self._commands += [
+            (command, key, *chain.from_iterable(zip(fields, row, strict=True)))
+            for key, row in zip(keys, rows, strict=True)
+        ]
 
     def add_members(self, command: str, key: str, members: list[str]) -> int:
         """SADD / SMISMEMBER with any number of members, split under MAX_ARGS; returns the
@@ -113,41 +97,30 @@ class CommandList:
         field, value list: `pairs`): hiredis makes RESP3's maps at ~1.7 us a reply, RESP2's
         lists at ~0.9 (2,000 item hashes). Retried as redis-py retries a command; an error
         reply is raised once all are read. Any other client: a redis-py pipeline."""
-        if not self.keys:
+        if not self._commands:
             return []
         if not isinstance(client, redis.Redis) or client.connection is not None:
             pipe = client.pipeline(transaction=False)
-            for command in self.commands():
+            for command in self._commands:
                 pipe.execute_command(*command)
             return list(pipe.execute())
-        packed = b"".join(map(hiredis.pack_command, self.commands()))
-        return run_packed(client, packed, len(self.keys), resp2=True)
+        packed = b"".join(map(hiredis.pack_command, self._commands))
+        return run_packed(client, packed, len(self._commands), resp2=True)
 
-    def commands(self) -> Iterator[tuple[Any, ...]]:
-        """Each command as its own argument tuple (EACH and ROWS entries spelled out)."""
-        argv, keys, j, k = self.argv, self.keys, 0, 0
-        while j < len(argv):
-            name, n = argv[j], argv[j + 1]
-            if name == "EACH":
-                command, shared = argv[j + 2], argv[j + 3]
-                for i in range(n):
-                    yield command, keys[k + i], shared, argv[j + 4 + i]
-                j, k = j + 4 + n, k + n
-            elif name == "ROWS":
-                command, width = argv[j + 2], argv[j + 3]
-                fields, v = argv[j + 4 : j + 4 + width], j + 4 + width
-                for i in range(n):
-                    row = argv[v + i * width : v + (i + 1) * width]
-                    pairs_ = zip(fields, row, strict=True)
-                    yield command, keys[k + i], *(x for pair in pairs_ for x in pair)
-                j, k = v + n * width, k + n
-            else:
-                yield name, keys[k], *argv[j + 2 : j + 2 + n]
-                j, k = j + 2 + n, k + 1
+    def commands(self) -> list[tuple[Any, ...]]:
+        """Each command as its argument tuple, in order."""
+        return list(self._commands)
 
     def plain(self) -> PackedCommands:
-        """Every command as itself, packed for the wire, for `exec_transaction`."""
-        return PackedCommands(b"".join(map(hiredis.pack_command, self.commands())), len(self))
+        """Every command packed for the wire, for `exec_transaction`."""
+        return PackedCommands(
+            b"".join(map(hiredis.pack_command, self._commands)), len(self._commands)
+        )
+
+
+def _allowed(command: str) -> None:
+    if command not in ALLOWED:
+        raise ValueError(f"{command} is not a command a CommandList runs")
 
 
 def run_packed(

@@ -101,7 +101,7 @@ def test_each_needs_a_value_per_key_and_a_known_command() -> None:
     with pytest.raises(ValueError, match="fields"):
         cmds.add_rows("HSET", ["a"], [], [[]])
     cmds.add_rows("HSET", [], ["f"], [])
-    assert len(cmds) == 0 and cmds.argv == []
+    assert len(cmds) == 0 and cmds.commands() == []
 
 
 @pytest.mark.stack
