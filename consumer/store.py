@@ -142,11 +142,11 @@ class RedisBatch:
         read_items = list(items.difference(local.shards.items)) if warm else item_list
         missing_meta = list(items.difference(store.meta_cache))
         cmds = CommandList()
-        for user in read_users:
-            cmds.add("HGETALL", keys.user_key(user))
+        for key in keys.user_keys(read_users):
+            cmds.add("HGETALL", key)
         if local.trusted:  # the whole set: the tables keep it
-            for user in read_users:
-                cmds.add("SMEMBERS", keys.user_items_key(user))
+            for key in keys.user_keys(read_users, ":items"):
+                cmds.add("SMEMBERS", key)
             asked, chunks = [], []
         else:
             asked = [(u, sorted(user_items[u])) for u in read_users if user_items[u]]
@@ -199,10 +199,9 @@ class RedisBatch:
         pipe, topic, ttl = self.pipe, self.store.topic, self.store.session_ttl_s
         cmds = CommandList()  # the per-user, per-session and per-item writes: one command
         recent, states = writes.user_recent_ids, writes.user_states
-        for user, fields in states.items():  # the state and the recent ids: one HSET
-            seen = recent.get(user)
-            cmds.add_mapping("HSET", keys.user_key(user),
-                             {**fields, recent_ids.FIELD: seen} if seen else fields)  # fmt: skip
+        for (user, fields), key in zip(states.items(), keys.user_keys(list(states)), strict=True):
+            seen = recent.get(user)  # the state and the recent ids: one HSET
+            cmds.add_mapping("HSET", key, {**fields, recent_ids.FIELD: seen} if seen else fields)
         for user, seen in recent.items():  # (a user whose every event was refused)
             if seen and user not in states:
                 cmds.add("HSET", keys.user_key(user), recent_ids.FIELD, seen)
@@ -217,7 +216,7 @@ class RedisBatch:
             cmds.add_each("HSET", keys.item_keys(items), shard_field(partition), blobs)
         scores = writes.scores  # every user's the same fields (score_record.HASH_FIELDS)
         if scores:
-            cmds.add_rows("HSET", [keys.user_score_key(user) for user in scores], HASH_FIELDS,
+            cmds.add_rows("HSET", keys.user_keys(list(scores), ":score"), HASH_FIELDS,
                           list(map(_hash_values, scores.values())))  # fmt: skip
         commands: list[PackedCommands | tuple[Any, ...]] = [cmds.plain()] if cmds else []
         for kind, members in writes.leaderboard.items():
