@@ -21,26 +21,21 @@ import gc
 import os
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from bench import sources
-from bench.common import Context
+from bench.common import Context, process_cpu_s, stack_server_pids
 from consumer.batch import BatchScorer
 from consumer.incoming import IncomingBatch
 from consumer.model_job import ModelWorker
 from consumer.runner import tune_gc
 from consumer.state_store import Loaded
 from engage.settings import Settings
-from engage.stack.kafka_server import KafkaServer
-from engage.stack.redis_server import RedisServer
 from features.event_reader import read_events
 from features.fold import FoldState
 from features.state_codec import STATE_FIELD, packed_users
 from features.stream import StreamState
 from scoring.rules import load_scorers
-
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 def registered_model(settings: Settings) -> Any:
@@ -113,32 +108,23 @@ def compute_floor(ctx: Context, model: Any) -> dict[str, Any]:
     }
 
 
-def _cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU of a live process, from /proc (None if unknown)."""
-    if pid is None:
-        return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime, stime
-
-
 def server_cpu(ctx: Context, consume: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """CPU us/event of our own Kafka and Redis servers while `consume` runs (None if the
-    servers are not this project's)."""
-    pids = {
-        "kafka": KafkaServer(ctx.settings).process.pid(),
-        "redis": RedisServer(ctx.settings).process.pid(),
-    }
-    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    servers are not this project's): over the consumer's busy span when its worker read them
+    there (`servers_cpu_s`), else over the whole call (start-up, group join and the topic's
+    production included: more per event)."""
+    pids = stack_server_pids(ctx.settings)
+    before = {name: process_cpu_s(pid) for name, pid in pids.items()}
     result = consume()
-    out: dict[str, Any] = {"events": result["events"], "consumer_per_s": result["events_per_s"]}
+    busy = result.get("servers_cpu_s") or {}
+    out: dict[str, Any] = {"events": result["events"], "consumer_per_s": result["events_per_s"],
+                           "consumer_us_per_event": result.get("cpu_us_per_event")}  # fmt: skip
     for name, pid in pids.items():
-        after = _cpu_seconds(pid)
-        start = before[name]
-        used = None if after is None or start is None else after - start
+        after, start = process_cpu_s(pid), before[name]
+        used = busy.get(name)
+        out[f"{name}_window"] = "busy span" if used is not None else "whole run"
+        if used is None:
+            used = None if after is None or start is None else after - start
         out[f"{name}_cpu_s"] = used
         out[f"{name}_us_per_event"] = None if used is None else used / result["events"] * 1e6
     return out
@@ -153,3 +139,17 @@ def measure(ctx: Context, runs: int, consume: Callable[[], dict[str, Any]]) -> I
             "model": compute_floor(ctx, model) if model is not None else None,
             "servers": server_cpu(ctx, consume),
         }
+
+
+def machine_cpu(servers: dict[str, Any]) -> float | None:
+    """The consumer process's, the broker's and Redis's CPU per event in one run, summed:
+    what one event costs the machine's cores (None unless all three were read)."""
+    parts = [servers.get(f"{name}_us_per_event") for name in ("consumer", "kafka", "redis")]
+    return None if None in parts else float(sum(parts))
+
+
+def cores_bound(us_per_event: float | None, cores: int | None = None) -> float | None:
+    """The most events/s the machine's cores could give at `us_per_event` of CPU an event,
+    however well the stages overlap (each core busy all the time)."""
+    cores = cores or os.cpu_count() or 1
+    return None if not us_per_event else cores * 1e6 / us_per_event

@@ -23,8 +23,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from bench import sources
-from bench.budget import _cpu_seconds
-from bench.common import Context
+from bench.common import Context, process_cpu_s
 from bench.consumer_worker import run_consumers
 from bench.growth import _user_key_kind
 from engage.redis_client import connect
@@ -97,12 +96,12 @@ def _side(ctx: Context, url: str | None, pids: list[int | None], name: str) -> d
     settings = ctx.with_output(topic, name)
     if url is not None:
         settings = settings.model_copy(update={"redis_url": url})
-    before = [_cpu_seconds(pid) for pid in pids]
+    before = [process_cpu_s(pid) for pid in pids]
     try:
         result = run_consumers(side, settings, count)
     finally:
         ctx.delete(settings.scores_topic, settings.dead_letter_topic)
-    after = [_cpu_seconds(pid) for pid in pids]
+    after = [process_cpu_s(pid) for pid in pids]
     used = None
     if pids and all(v is not None for v in [*before, *after]):
         used = sum((a or 0.0) - (b or 0.0) for a, b in zip(after, before, strict=True))

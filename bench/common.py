@@ -108,6 +108,26 @@ def engage_consumer_options(settings: Settings, group: str) -> dict[str, Any]:
     return consumer_options(settings, group)
 
 
+def process_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of a live process, from /proc (None if unknown)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def stack_server_pids(settings: Settings) -> dict[str, int | None]:
+    """The broker's and Redis's pids when this project's stack started them (else None)."""
+    from engage.stack.kafka_server import KafkaServer
+    from engage.stack.redis_server import RedisServer
+
+    return {"kafka": KafkaServer(settings).process.pid(),
+            "redis": RedisServer(settings).process.pid()}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Sizes:
     """How much each benchmark does; QUICK is the CI smoke."""

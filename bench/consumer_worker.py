@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bench.common import Context, engage_env, rss_mib
+from bench.common import Context, engage_env, process_cpu_s, rss_mib, stack_server_pids
 from bench.floor import FloorConsumer
 from consumer.runner import RunSummary, StreamConsumer
 from engage.settings import Settings, get_settings
@@ -77,6 +77,10 @@ class Gate:
         #: start and end: how much of the span the one thread that runs the batches ran.
         self.thread_first: tuple[float, float, float] | None = None
         self.thread_last: tuple[float, float, float] | None = None
+        #: This project's broker and Redis (when it started them): their CPU over the span.
+        self.servers = {n: p for n, p in stack_server_pids(get_settings()).items() if p}
+        self.servers_first: dict[str, float | None] = {}
+        self.servers_last: dict[str, float | None] = {}
         self._poll = self.kafka.poll
         self._seek = consumer.seek_to_stored
         self.kafka.poll = self.poll  # type: ignore[method-assign]
@@ -91,6 +95,7 @@ class Gate:
             self.cpu_first = time.process_time()
             self.marks.append((0, self.cpu_first))
             self.thread_first = thread_schedstat()
+            self.servers_first = {n: process_cpu_s(p) for n, p in self.servers.items()}
         return polled
 
     def seek_to_stored(self, partitions: list[Any]) -> None:
@@ -103,6 +108,16 @@ class Gate:
         self.cpu_last = time.process_time()
         self.marks.append((summary.processed + summary.dead_lettered, self.cpu_last))
         self.thread_last = thread_schedstat()
+        self.servers_last = {n: process_cpu_s(p) for n, p in self.servers.items()}
+
+    def servers_cpu_s(self) -> dict[str, float]:
+        """The CPU seconds each server of this project's stack spent over the busy span."""
+        out = {}
+        for name, first in self.servers_first.items():
+            last = self.servers_last.get(name)
+            if first is not None and last is not None:
+                out[name] = last - first
+        return out
 
     def consumer_thread(self) -> dict[str, float] | None:
         """The consumer thread over the busy span: its CPU, the time it was runnable but
@@ -189,6 +204,7 @@ def worker_main() -> None:
         "cpu_us_head": gate.cpu_us_between(*HEAD),
         "cpu_us_tail": gate.cpu_us_between(*TAIL),
         "consumer_thread": gate.consumer_thread(),
+        "servers_cpu_s": gate.servers_cpu_s(),
         "peak_rss_mib": round(peak, 1),
         "model_version": summary.model_version,
         "errors": summary.errors,
@@ -405,6 +421,7 @@ def run_consumers(
         "cpu_us_head": summaries[0].get("cpu_us_head") if processes == 1 else None,
         "cpu_us_tail": summaries[0].get("cpu_us_tail") if processes == 1 else None,
         "consumer_thread": _thread_figures(summaries[0], events) if processes == 1 else None,
+        "servers_cpu_s": summaries[0].get("servers_cpu_s") if processes == 1 else None,
         "model_version": summaries[0]["model_version"],
         "errors": sorted({e for s in summaries for e in s["errors"]}),
         "processes": summaries,

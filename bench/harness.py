@@ -260,11 +260,19 @@ def bench_budget(ctx: Context, runs: int) -> Runs:
                      detail=model or {"skipped": "no model registered"}))  # fmt: skip
         servers = r["servers"]
         for name in ("kafka", "redis"):
-            what = (f"CPU of the stack's own {name} per event during one consumer run over "
-                    "MovieLens (empty if this project did not start it)")  # fmt: skip
+            what = (f"CPU of the stack's own {name} per event over one consumer run's busy "
+                    "span, MovieLens (empty if this project did not start it)")  # fmt: skip
             value = servers[f"{name}_us_per_event"]
             why = {} if value is not None else {"skipped": f"{name} not started by this project"}
             out.append(M(f"budget_{name}_server_cpu", value, US, what, detail=servers | why))
+        machine = budget.machine_cpu(servers)
+        why = {} if machine is not None else {"skipped": "a server not started by this project"}
+        out.append(M("budget_machine_cpu", machine, US,
+                     "that run's CPU per event of the consumer process, the broker and Redis "
+                     "together, over the consumer's busy span", detail=servers | why))  # fmt: skip
+        out.append(M("budget_cores_bound", budget.cores_bound(machine), "events/s",
+                     "the most events/s this machine's cores give at budget_machine_cpu, "
+                     "however well the stages overlap", detail=servers | why))  # fmt: skip
         yield out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def expected_figures() -> set[str]:
         "cluster_redis_server_cpu", "cluster_single_bytes_per_user", "cluster_bytes_per_user",
         "consumer_movielens_thread_cpu_us", "consumer_movielens_thread_ran",
         "consumer_movielens_rules", "consumer_movielens_rules_cpu_us",
-        "consumer_movielens_rules_floor_ratio",
+        "consumer_movielens_rules_floor_ratio", "budget_machine_cpu", "budget_cores_bound",
     }  # fmt: skip
     cases = [(label(rate), 1) for rate in QUICK.latency_rates]
     cases += [(label(rate), n) for rate, n in QUICK.latency_scaled]
@@ -74,6 +75,9 @@ def test_quick_run_writes_every_figure(settings: Settings, tmp_path) -> None:
         if name.endswith("_server_cpu") and f["median"] is None:  # servers someone else runs
             assert "not started by this project" in f["skipped"], f
             continue
+        if name in ("budget_machine_cpu", "budget_cores_bound") and f["median"] is None:
+            assert "not started by this project" in f["skipped"], f
+            continue
         values = (f["median"], f["min"], f["max"])
         assert all(isinstance(v, int | float) and math.isfinite(v) for v in values), (name, f)
         assert f["min"] <= f["median"] <= f["max"] and f["runs"] == 1, (name, f)
@@ -97,6 +101,14 @@ def test_quick_run_writes_every_figure(settings: Settings, tmp_path) -> None:
     [rules_ratio] = figures["consumer_movielens_rules_floor_ratio"]["details"]
     assert rules_ratio["model_version"] is None
     assert figures["budget_compute_rules"]["details"][0]["events"] == QUICK.movielens_events
+    machine = figures["budget_machine_cpu"]
+    if machine["median"] is not None:  # the consumer's, the broker's and Redis's CPU, summed
+        [servers] = machine["details"]
+        parts = [servers[f"{n}_us_per_event"] for n in ("consumer", "kafka", "redis")]
+        assert machine["median"] == pytest.approx(sum(parts))
+        assert parts[0] > 0 and min(parts) >= 0  # (a quick run's server share may be < a tick)
+        bound = figures["budget_cores_bound"]["median"]
+        assert bound == pytest.approx((os.cpu_count() or 1) * 1e6 / machine["median"])
     # One node vs the local 3-master Cluster, same topic, same run (issue 17).
     [single], [many] = (
         figures["cluster_single_movielens"]["details"],
