@@ -10,15 +10,14 @@ import pytest
 
 from consumer import batch as batch_module
 from consumer.batch import BatchScorer, Incoming
-from consumer.state_store import Loaded
 from engage.settings import Settings
 from features.events import Event
 from features.fold import FoldState
 from features.items import ItemMeta
-from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
 from offline.dataset import build_dataset
 from scoring.rules import load_scorers
+from tests.batch_runs import loaded_from_tables, random_batches
 from tests.eventlog import make_log
 from tests.offline_synth import fitted_bundle, synthetic_log
 
@@ -37,17 +36,11 @@ def _messages(settings: Settings, bundle, events, meta, compiled: bool) -> list[
     state = StreamState(settings.feature_params, settings.admission_policy,
                         FoldState(meta=dict(meta)))  # fmt: skip
     incoming = [Incoming(e, i % 3, i, 0) for i, e in enumerate(events)]
-    rng, out, a = np.random.default_rng(2), [], 0
-    while a < len(incoming):
-        b = min(a + int(rng.integers(1, 150)), len(incoming))
-        chunk = incoming[a:b]
-        known = state.tables.user_index
-        loaded = Loaded({i.event.user_id: packed_user(state.tables, i.event.user_id)[STATE_FIELD]
-                         if i.event.user_id in known else b"" for i in chunk})  # fmt: skip
-        scored = scorer.run(state, chunk, loaded)
+    out: list = []
+    for chunk in random_batches(incoming, np.random.default_rng(2), 150):
+        scored = scorer.run(state, chunk, loaded_from_tables(state, chunk))
         out += [(key, bytes(value)) for key, value in scored.messages]
         out.append(scored.writes.publish)
-        a = b
     return out
 
 

@@ -11,13 +11,11 @@ import orjson
 import pytest
 
 from consumer.batch import BatchScorer, Incoming
-from consumer.state_store import Loaded
 from engage.partitioning import positive_murmur2
 from engage.settings import Settings
 from features.events import Event
 from features.fold import FoldState
 from features.items import ItemMeta
-from features.state_codec import STATE_FIELD, packed_user
 from features.stream import StreamState
 from features.vector import INTERACTION_FEATURES
 from offline.dataset import build_dataset
@@ -28,6 +26,7 @@ from scoring.online_calibration import OnlineCalibrator, OnlineParams
 from scoring.quality import merged_summary
 from scoring.quality_keys import calibration_key, drift_key, quality_key
 from scoring.rules import load_scorers
+from tests.batch_runs import loaded_from_tables, random_batches
 from tests.eventlog import make_log
 from tests.offline_synth import fitted_bundle, synthetic_log
 
@@ -70,20 +69,13 @@ def _consume(settings, bundle, events, meta, rng, restarts: bool):
     incoming = [Incoming(e, positive_murmur2(e.user_id.encode()) % PARTITIONS, i, 0)
                 for i, e in enumerate(events)]  # fmt: skip
     messages = []
-    a = 0
-    while a < len(incoming):
-        b = min(a + int(rng.integers(1, 120)), len(incoming))
-        chunk = incoming[a:b]
-        known = state.tables.user_index
-        loaded = Loaded({i.event.user_id: packed_user(state.tables, i.event.user_id)[STATE_FIELD]
-                         if i.event.user_id in known else b"" for i in chunk})  # fmt: skip
-        scored = scorer.run(state, chunk, loaded)
+    for chunk in random_batches(incoming, rng, 120):
+        scored = scorer.run(state, chunk, loaded_from_tables(state, chunk))
         store.update(scored.writes.live)  # the batch's transaction
         scorer.live.commit()
         messages += [orjson.loads(value) for _key, value in scored.messages]
         if restarts and rng.random() < 0.3:
             scorer.live = started()
-        a = b
     return messages, store, scorer.live
 
 
