@@ -108,12 +108,14 @@ def engage_consumer_options(settings: Settings, group: str) -> dict[str, Any]:
     return consumer_options(settings, group)
 
 
-def process_cpu_s(pid: int | None) -> float | None:
-    """User + system CPU seconds of a live process, from /proc (None if unknown)."""
+def process_cpu_s(pid: int | None, task: bool = False) -> float | None:
+    """User + system CPU seconds of a live process (or, with `task`, one of this process's
+    threads by its native id), from /proc (None if unknown)."""
     if pid is None:
         return None
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        where = f"/proc/self/task/{pid}" if task else f"/proc/{pid}"
+        fields = Path(f"{where}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime

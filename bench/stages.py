@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from bench import sources
-from bench.common import FULL, QUICK, Context, open_context
+from bench.common import FULL, QUICK, Context, open_context, process_cpu_s
 from consumer import batch, model_job, runner, store
 from consumer.batch import BatchScorer
 from consumer.runner import StreamConsumer
@@ -91,10 +92,25 @@ def clocked_stages(clocks: Clocks) -> Iterator[None]:
             setattr(owner, name, original)
 
 
-def one_run(ctx: Context) -> dict[str, Any]:
-    """One consumer over the MovieLens topic from the start, clocked; us per event."""
-    topic, count = sources.movielens_topic(ctx)
-    ctx.reset_state(sources.movielens_data(ctx).items)
+def threads_cpu_s() -> dict[str, float]:
+    """CPU seconds of this process's live threads, by name (numbered pools summed): the
+    consumer thread is not the only one that works (commit, model, producer sender)."""
+    totals: dict[str, float] = {}
+    for thread in threading.enumerate():
+        name = thread.name.rstrip("0123456789_") or thread.name
+        totals[name] = totals.get(name, 0.0) + (process_cpu_s(thread.native_id, task=True) or 0.0)
+    return totals
+
+
+def one_run(ctx: Context, synthetic: int | None = None) -> dict[str, Any]:
+    """One consumer over the MovieLens topic (or `synthetic` funnel events) from the start,
+    clocked; us per event."""
+    if synthetic:
+        topic, count = sources.synthetic_topic(ctx, synthetic)
+        ctx.reset_state(None)
+    else:
+        topic, count = sources.movielens_topic(ctx)
+        ctx.reset_state(sources.movielens_data(ctx).items)
     settings = ctx.with_output(topic, "stages")
     clocks = Clocks()
     try:
@@ -110,9 +126,11 @@ def one_run(ctx: Context) -> dict[str, Any]:
                 handle(*args, **kwargs)
 
             ended: list[float] = [0.0, 0.0]
+            threads_cpu: dict[str, float] = {}
 
             def batch_done(_summary: Any) -> None:  # the span ends with the last batch
                 ended[:] = time.perf_counter(), time.thread_time()
+                threads_cpu.update(threads_cpu_s())
 
             handle = consumer._handle
             consumer._handle = first_batch  # type: ignore[method-assign]
@@ -126,7 +144,9 @@ def one_run(ctx: Context) -> dict[str, Any]:
                   "cpu_us": clocks.cpu.get(s, 0.0) * per_event}
               for s in ["poll", *(stage for _, _, stage in STAGES)]}  # fmt: skip
     return {"events": events, "events_per_s": summary.busy_rate, "span_us": span * per_event,
-            "thread_cpu_us": thread_cpu * per_event, "model_version": summary.model_version,
+            "thread_cpu_us": thread_cpu * per_event,
+            "threads_cpu_us": {n: s * per_event for n, s in threads_cpu.items()},
+            "model_version": summary.model_version,
             "stages": stages}  # fmt: skip
 
 
@@ -142,6 +162,10 @@ def table(runs: list[dict[str, Any]]) -> str:
         wall = med(r["stages"][stage]["wall_us"] for r in runs)
         cpu = med(r["stages"][stage]["cpu_us"] for r in runs)
         lines.append(f"{stage:40s} {wall:8.2f} {cpu:8.2f}")
+    lines.append(f"{'thread (CPU since it started)':40s} {'':>8s} {'CPU us':>8s}")
+    for name in runs[0]["threads_cpu_us"]:
+        cpu = med(r["threads_cpu_us"].get(name, 0.0) for r in runs)
+        lines.append(f"{name:40s} {'':8s} {cpu:8.2f}")
     return "\n".join(lines)
 
 
@@ -150,11 +174,12 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> lis
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="3,000 events (a smoke)")
     parser.add_argument("--json", action="store_true", help="print the runs as JSON")
+    parser.add_argument("--synthetic", type=int, metavar="N", help="N synthetic funnel events")
     args = parser.parse_args(argv)
     # A given `settings` (a test's) names its own database; else one is claimed.
     sizes = QUICK if args.quick else FULL
     with open_context(settings, claim=settings is None, sizes=sizes) as ctx:
-        runs = [one_run(ctx) for _ in range(args.runs)]
+        runs = [one_run(ctx, args.synthetic) for _ in range(args.runs)]
     print(json.dumps(runs, indent=1) if args.json else table(runs))
     return runs
 
