@@ -233,7 +233,10 @@ class BatchScorer:
         )  # fmt: skip
         if packed is None:
             return None
-        return PackedRecords([user.encode() for user in events.user_ids], *packed)
+        if events.codes is None:
+            return PackedRecords([user.encode() for user in events.user_ids], *packed)
+        users = [user.encode() for user in events.codes.users]  # each once (its hash too)
+        return PackedRecords.coded(users, events.codes.user_codes, *packed)
 
     @staticmethod
     def _latest_rows(incoming: IncomingBatch) -> dict[str, int]:

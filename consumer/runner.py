@@ -45,7 +45,7 @@ from consumer.state_store import (
     advance_columns,
 )
 from consumer.store import REDIS_DOWN, RedisBatch, RedisStateStore, waitable
-from engage import kafka_clients, redis_client, transport
+from engage import kafka_clients, partitioning, redis_client, transport
 from engage.settings import Settings
 from engage.transport import record_batches
 from features.events import DecodeError, Event
@@ -391,6 +391,7 @@ class StreamConsumer:
         warm_up(self.settings.feature_params)  # and the compiled feature fold
         message_writer.warm_up()  # and the compiled score-message writer
         record_batches.warm_up()  # and the compiled Kafka record framing
+        partitioning.positive_murmur2_many([b"warm"])  # and the compiled key hash
         self.out.prepare(self.settings.scores_topic, OUTPUT_METADATA_WAIT_S)  # and its metadata
         tune_gc(self.settings.gc_gen0_threshold)
         started = last_data = time.monotonic()

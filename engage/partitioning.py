@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 from kafka.partitioner import DefaultPartitioner
 from kafka.partitioner.default import murmur2
+from numba import njit
 
 #: Distinct keys remembered (least recently used dropped first): ~8.5 MiB at most; on the
 #: synthetic funnel's keys in event order (1M events, 50k users) 94% hit (95% unbounded).
@@ -27,6 +29,47 @@ MAX_CACHED_KEYS = 32_768
 def positive_murmur2(key: bytes) -> int:
     """The default partitioner's hash of a key: murmur2, sign bit cleared."""
     return murmur2(key) & 0x7FFFFFFF
+
+
+def positive_murmur2_many(keys: list[bytes]) -> np.ndarray:
+    """`positive_murmur2` of each of `keys` (int64), compiled: a consumer batch's ~850
+    distinct users hashed at ~2.5 us each in Python was 0.4 us of its thread an event."""
+    ends = np.cumsum(np.fromiter(map(len, keys), np.int64, len(keys)))
+    return _murmur2_keys(np.frombuffer(b"".join(keys) or b"\0", dtype=np.uint8), ends)
+
+
+@njit(cache=True, nogil=True)
+def _murmur2_keys(buf, ends):  # org.apache.kafka.common.utils.Utils.murmur2, sign bit cleared
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    out = np.empty(len(ends), dtype=np.int64)
+    start = 0
+    for i in range(len(ends)):
+        end = ends[i]
+        length = end - start
+        h = (0x9747B28C ^ length) & mask
+        at = start
+        for _ in range(length // 4):
+            k = (np.int64(buf[at]) | (np.int64(buf[at + 1]) << 8)
+                 | (np.int64(buf[at + 2]) << 16) | (np.int64(buf[at + 3]) << 24))  # fmt: skip
+            k = (k * m) & mask
+            k ^= k >> 24
+            k = (k * m) & mask
+            h = ((h * m) & mask) ^ k
+            at += 4
+        tail = length % 4
+        if tail >= 3:
+            h ^= np.int64(buf[at + 2]) << 16
+        if tail >= 2:
+            h ^= np.int64(buf[at + 1]) << 8
+        if tail >= 1:
+            h ^= np.int64(buf[at])
+            h = (h * m) & mask
+        h ^= h >> 13
+        h = (h * m) & mask
+        h ^= h >> 15
+        out[i] = h & 0x7FFFFFFF
+        start = end
+    return out
 
 
 class CachedKeyPartitioner(DefaultPartitioner):
@@ -45,15 +88,16 @@ class CachedKeyPartitioner(DefaultPartitioner):
 
     def partitions_of(self, topic: str, keys: list[bytes], cluster) -> list[int] | None:  # type: ignore[no-untyped-def]
         """`partition` of each of `keys` (none None) with one metadata lookup for them all (a
-        consumer batch sends thousands); None when the topic is unknown to the metadata."""
+        consumer batch sends thousands, hashed by the compiled kernel); None when the topic
+        is unknown to the metadata."""
         partitions = cluster.partitions_for_topic(topic)
         if not partitions:
             return None
-        count, hashed = len(partitions), self._hash
+        count = len(partitions)
+        index = positive_murmur2_many(keys) % count  # (a batch's keys: compiled, not cached)
         if max(partitions) == count - 1:
-            return [hashed(key) % count for key in keys]
-        ordered = sorted(partitions)
-        return [ordered[hashed(key) % count] for key in keys]
+            return index.tolist()
+        return np.asarray(sorted(partitions), dtype=np.int64)[index].tolist()
 
     def cache_info(self):  # type: ignore[no-untyped-def]
         """Hits, misses, maxsize and current size of the key cache (functools' CacheInfo)."""

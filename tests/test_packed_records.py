@@ -51,6 +51,31 @@ def test_replaced_rows_and_only_those_change() -> None:
     assert p.replaced({}) is p
 
 
+def coded(records: list[tuple[bytes, bytes]]) -> PackedRecords:
+    distinct = list(dict.fromkeys(k for k, _ in records))
+    codes = np.array([distinct.index(k) for k, _ in records], dtype=np.int64)
+    ends = np.cumsum([len(v) for _, v in records], dtype=np.int64)
+    return PackedRecords.coded(distinct, codes, b"".join(v for _, v in records), ends)
+
+
+def test_coded_keys_read_as_the_keys_they_code() -> None:
+    """Each distinct key once and a code a record: the same records, key table and largest
+    as the keys given one a record; a value per distinct key lands on each of its records."""
+    records = pairs(400, seed=4)
+    plain, by_code = packed(records), coded(records)
+    assert list(by_code) == records and by_code.keys == plain.keys
+    for a, b in zip(by_code.key_table(), plain.key_table(), strict=True):
+        assert np.array_equal(a, b)
+    assert by_code.largest() == plain.largest()
+    per_key = [len(k) * 7 for k in by_code.distinct_keys]
+    assert by_code.per_record(per_key).tolist() == [len(k) * 7 for k, _ in records]
+    assert plain.per_record([len(k) for k, _ in records]).tolist() == [len(k) for k, _ in records]
+    replaced = by_code.replaced({3: b"three"})
+    assert replaced.key_codes is by_code.key_codes and replaced[3] == (records[3][0], b"three")
+    with pytest.raises(ValueError):
+        PackedRecords.coded([b"a"], np.array([0, 1]), b"xy", np.array([1, 2]))
+
+
 def fresh_batch(size: int) -> ProducerBatch:
     return ProducerBatch(TopicPartition("t", 0), MemoryRecordsBuilder(2, 0, size), now=0.0)
 

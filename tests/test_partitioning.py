@@ -9,7 +9,12 @@ import tracemalloc
 import pytest
 from kafka.partitioner import DefaultPartitioner
 
-from engage.partitioning import MAX_CACHED_KEYS, CachedKeyPartitioner
+from engage.partitioning import (
+    MAX_CACHED_KEYS,
+    CachedKeyPartitioner,
+    positive_murmur2,
+    positive_murmur2_many,
+)
 
 
 class Cluster:
@@ -54,6 +59,14 @@ def test_same_partition_as_the_default(partitions: set[int]) -> None:
         expected = [default.partition(topic, None, k, None, b"v", cluster) for k in keys(1_000)]
         assert cached.partitions_of(topic, keys(1_000), cluster) == expected
     assert cached.partitions_of("missing", [b"k"], cluster) is None
+
+
+def test_the_compiled_hash_is_murmur2() -> None:
+    """The batch path's compiled murmur2 agrees with kafka-python's on every tail length,
+    multi-byte text, high bytes and the empty key (and on no keys at all)."""
+    batch = keys(2_000, seed=5) + [bytes([255]) * n for n in range(12)] + [b""]
+    assert positive_murmur2_many(batch).tolist() == [positive_murmur2(k) for k in batch]
+    assert positive_murmur2_many([]).tolist() == []
 
 
 def test_partition_count_change_moves_keys_as_the_default() -> None:

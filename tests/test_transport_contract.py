@@ -152,16 +152,21 @@ def as_form(records: list[tuple[bytes, bytes]], form: str) -> Sequence[tuple[byt
     if form == "pairs":
         return records
     ends = np.cumsum([len(v) for _, v in records])  # the compiled writer's buffer
-    return PackedRecords([k for k, _ in records], b"".join(v for _, v in records), ends)
+    values = b"".join(v for _, v in records)
+    if form == "coded":  # each distinct key once, a code a record (a score batch's users)
+        distinct = list(dict.fromkeys(k for k, _ in records))
+        codes = np.array([distinct.index(k) for k, _ in records])
+        return PackedRecords.coded(distinct, codes, values, ends)
+    return PackedRecords([k for k, _ in records], values, ends)
 
 
 @pytest.mark.stack
-@pytest.mark.parametrize("form", ["pairs", "packed"])
+@pytest.mark.parametrize("form", ["pairs", "packed", "coded"])
 def test_batches_of_records_round_trip_in_order(own: Settings, form: str) -> None:
     """`send_batch` (kafka-python: written into its producer batches in one pass) delivers
     every record once, where the partitioner puts its key, in order per partition, also when
     the records span many producer batches and `send` is mixed in between; given as pairs or
-    packed in one buffer (`PackedRecords`, framed by the compiled kernel)."""
+    packed in one buffer (`PackedRecords`, framed by the compiled kernel), with coded keys."""
     out = transport.producer(own, linger_ms=5, batch_bytes=16 * 1024)
     values = [f"{i:06d}".encode() + os.urandom(150 + i % 300) for i in range(3000)]
     sent = [(key_of(i), v) for i, v in enumerate(values)]

@@ -289,9 +289,11 @@ class KafkaPythonProducer:
                 self.send(topic, value, key)
             return
         partitioner = client.config["partitioner"]
-        keys = [key for key, _ in records] if packed is None else packed.keys
+        keys = [key for key, _ in records] if packed is None else packed.distinct_keys
         if isinstance(partitioner, CachedKeyPartitioner):  # one metadata lookup a batch
             where = partitioner.partitions_of(topic, keys, metadata)
+            if where is not None and packed is not None:  # each distinct key's, hashed once
+                where = packed.per_record(where)
         else:
             where = [partitioner.partition(topic, k, k, v, v, metadata) for k, v in records]
         if where is None:  # the topic left the metadata meanwhile: the stock path

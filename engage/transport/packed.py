@@ -16,7 +16,11 @@ import numpy as np
 
 
 class PackedRecords(Sequence[tuple[bytes, bytes]]):
-    """`(keys[i], values[ends[i-1]:ends[i]])` for each record i, in order."""
+    """`(keys[i], values[ends[i-1]:ends[i]])` for each record i, in order.
+
+    The keys may come coded (`coded`): each distinct key once and each record's code. A
+    score batch's keys are its users', ~5 records a user: what is done per key (the
+    partitioner's hash, lengths) is then done per distinct key."""
 
     def __init__(self, keys: list[bytes], values: bytes, ends: np.ndarray) -> None:
         if len(keys) != len(ends):
@@ -24,6 +28,27 @@ class PackedRecords(Sequence[tuple[bytes, bytes]]):
         self.keys = keys
         self.values = values
         self.ends = np.asarray(ends, dtype=np.int64)
+        #: Each distinct key once, and each record's index into it (`coded`): else the keys.
+        self.distinct_keys: list[bytes] = keys
+        self.key_codes: np.ndarray | None = None
+
+    @classmethod
+    def coded(
+        cls, distinct_keys: list[bytes], codes: np.ndarray, values: bytes, ends: np.ndarray
+    ) -> PackedRecords:
+        """Records whose keys are `distinct_keys[codes[i]]`."""
+        codes = np.asarray(codes, dtype=np.int64)
+        keys = np.array([*distinct_keys, b""], dtype=object)[codes].tolist()
+        if len(codes) and not 0 <= int(codes.min()) <= int(codes.max()) < len(distinct_keys):
+            raise ValueError("a key code outside the distinct keys")
+        packed = cls(keys, values, ends)
+        packed.distinct_keys, packed.key_codes = distinct_keys, codes
+        return packed
+
+    def per_record(self, per_key: Sequence[int]) -> np.ndarray:
+        """A value of each distinct key (in `distinct_keys` order) as one a record."""
+        values = np.asarray(per_key, dtype=np.int64)
+        return values if self.key_codes is None else values[self.key_codes]
 
     def starts(self) -> np.ndarray:
         out = np.empty_like(self.ends)
@@ -66,15 +91,21 @@ class PackedRecords(Sequence[tuple[bytes, bytes]]):
             at = int(self.ends[row])
             lengths[row] = len(values[row])
         pieces.append(whole[at:])
-        return PackedRecords(self.keys, b"".join(pieces), np.cumsum(lengths))
+        out = PackedRecords(self.keys, b"".join(pieces), np.cumsum(lengths))
+        out.distinct_keys, out.key_codes = self.distinct_keys, self.key_codes
+        return out
+
+    def _key_lengths(self) -> np.ndarray:
+        distinct = np.fromiter(map(len, self.distinct_keys), np.int64, len(self.distinct_keys))
+        return distinct if self.key_codes is None else distinct[self.key_codes]
 
     def key_table(self) -> tuple[np.ndarray, np.ndarray]:
         """The keys back to back (uint8) and where each ends."""
-        ends = np.cumsum(np.fromiter(map(len, self.keys), dtype=np.int64, count=len(self)))
+        ends = np.cumsum(self._key_lengths())
         return np.frombuffer(b"".join(self.keys) or b"\0", dtype=np.uint8), ends
 
     def largest(self) -> int:
         """The largest key plus value length of any record (0 when empty)."""
         if not len(self):
             return 0
-        return int(np.diff(self.ends, prepend=0).max()) + max(map(len, self.keys))
+        return int(np.diff(self.ends, prepend=0).max()) + int(self._key_lengths().max())
