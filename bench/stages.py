@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import threading
 import time
@@ -93,11 +94,11 @@ def clocked_stages(clocks: Clocks) -> Iterator[None]:
 
 
 def threads_cpu_s() -> dict[str, float]:
-    """CPU seconds of this process's live threads, by name (numbered pools summed): the
+    """CPU seconds of this process's live threads, by name (numbers read as N: pools summed): the
     consumer thread is not the only one that works (commit, model, producer sender)."""
     totals: dict[str, float] = {}
     for thread in threading.enumerate():
-        name = thread.name.rstrip("0123456789_") or thread.name
+        name = re.sub(r"\d+", "N", thread.name)
         totals[name] = totals.get(name, 0.0) + (process_cpu_s(thread.native_id, task=True) or 0.0)
     return totals
 
