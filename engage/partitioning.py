@@ -6,10 +6,12 @@ sessions, so remembering the hash per key is the largest single saving in the se
 mapping as the default partitioner, so other clients keyed by user id agree on where a user's
 events live.
 
-The cache is a bounded LRU (`MAX_CACHED_KEYS` keys, about 260 bytes each): it used to keep
-every key ever sent, so a long-running consumer's scores producer held one entry per user it
-had ever scored, and its memory grew with the number of users (issue 15). Only the hash is
-cached, not the partition, so one entry serves every topic and partition count.
+A consumer's batch of score records takes another way (`partitions_of`): its distinct keys
+hashed by a compiled murmur2, no cache. The cache is a bounded LRU (`MAX_CACHED_KEYS` keys,
+about 260 bytes each): it used to keep every key ever sent, so a long-running consumer's scores
+producer held one entry per user it had ever scored, and its memory grew with the number of
+users (issue 15). Only the hash is cached, not the partition, so one entry serves every topic
+and partition count.
 """
 
 from __future__ import annotations

@@ -72,8 +72,10 @@ def test_coded_keys_read_as_the_keys_they_code() -> None:
     assert plain.per_record([len(k) for k, _ in records]).tolist() == [len(k) for k, _ in records]
     replaced = by_code.replaced({3: b"three"})
     assert replaced.key_codes is by_code.key_codes and replaced[3] == (records[3][0], b"three")
-    with pytest.raises(ValueError):
-        PackedRecords.coded([b"a"], np.array([0, 1]), b"xy", np.array([1, 2]))
+    for bad in ([0, 1], [0, -1]):  # past the end, or before the start (no wrapping)
+        with pytest.raises(ValueError):
+            PackedRecords.coded([b"a"], np.array(bad), b"xy", np.array([1, 2]))
+    assert list(PackedRecords.coded([], np.array([], dtype=np.int64), b"", np.array([]))) == []
 
 
 def fresh_batch(size: int) -> ProducerBatch:

@@ -38,9 +38,9 @@ class PackedRecords(Sequence[tuple[bytes, bytes]]):
     ) -> PackedRecords:
         """Records whose keys are `distinct_keys[codes[i]]`."""
         codes = np.asarray(codes, dtype=np.int64)
-        keys = np.array([*distinct_keys, b""], dtype=object)[codes].tolist()
         if len(codes) and not 0 <= int(codes.min()) <= int(codes.max()) < len(distinct_keys):
             raise ValueError("a key code outside the distinct keys")
+        keys = np.array(distinct_keys, dtype=object)[codes].tolist()
         packed = cls(keys, values, ends)
         packed.distinct_keys, packed.key_codes = distinct_keys, codes
         return packed
