@@ -90,27 +90,6 @@ def _step(nodes, t, at, keys):  # pragma: no cover  (compiled)  # one level down
 
 
 @njit(cache=True, nogil=True)
-def _walk_one(keys, nodes, leaf, depth, acc):  # pragma: no cover  (compiled)
-    """A row's margin, eight trees at a time, each walk its own chain."""
-    inner = nodes.shape[1]
-    for t in range(0, nodes.shape[0], 8):
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0
-        for _ in range(depth):
-            a0 = _step(nodes, t, a0, keys)
-            a1 = _step(nodes, t + 1, a1, keys)
-            a2 = _step(nodes, t + 2, a2, keys)
-            a3 = _step(nodes, t + 3, a3, keys)
-            a4 = _step(nodes, t + 4, a4, keys)
-            a5 = _step(nodes, t + 5, a5, keys)
-            a6 = _step(nodes, t + 6, a6, keys)
-            a7 = _step(nodes, t + 7, a7, keys)
-        for u, at in ((t, a0), (t + 1, a1), (t + 2, a2), (t + 3, a3), (t + 4, a4), (t + 5, a5),
-                      (t + 6, a6), (t + 7, a7)):  # fmt: skip
-            acc = np.float32(acc + leaf[u, at - inner])
-    return acc
-
-
-@njit(cache=True, nogil=True)
 def _walk_two(k0, k1, nodes, leaf, depth, base):  # pragma: no cover  (compiled)
     """Two rows' margins, four trees at a time for each: eight chains again, and each node
     word loaded serves both rows."""
@@ -154,11 +133,13 @@ def _margins(
     default_left: np.ndarray, leaf: np.ndarray, depth: int, base: np.float32,
 ) -> np.ndarray:  # pragma: no cover  (compiled)  # fmt: skip
     """Rows two at a time, their values as order keys, walked together (`_walk_two`); a row
-    without a partner alone (`_walk_one`); a row with a NaN by the default ways. Each walk
+    without a partner (the last of an odd batch, or one beside a row with a NaN) walked as
+    its own partner; a row with a NaN by the default ways. Each walk
     is a chain of loads, and eight independent ones hide each other's latency; a step loads
     one word (`CompiledTrees.nodes`) and has no branch on the data: node = 2 node + 1 +
     (goes right). Leaves are summed in tree order in float32, as XGBoost sums them (the trees
-    are padded to a multiple of eight with leaves of -0.0, which change no sum)."""
+    are padded to a multiple of eight with leaves of -0.0, which change no sum: `build`
+    checks its first tree alone with seven such)."""
     n, n_features = X.shape
     out = np.empty(n, dtype=np.float32)
     k0 = np.empty(n_features, dtype=np.int64)
@@ -172,9 +153,9 @@ def _margins(
                 continue
             out[i + 1] = (_walk_default(X[i + 1], feature, threshold, default_left, leaf,
                                         depth, base) if nan1 else
-                          _walk_one(k1, nodes, leaf, depth, base))  # fmt: skip
+                          _walk_two(k1, k1, nodes, leaf, depth, base)[0])  # fmt: skip
         out[i] = (_walk_default(X[i], feature, threshold, default_left, leaf, depth, base)
-                  if nan0 else _walk_one(k0, nodes, leaf, depth, base))  # fmt: skip
+                  if nan0 else _walk_two(k0, k0, nodes, leaf, depth, base)[0])  # fmt: skip
     return out
 
 
