@@ -73,7 +73,8 @@ def order_keys(values: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _row_keys(x, keys):  # pragma: no cover  (compiled)  # order_keys of a row; any NaN?
+def _row_keys(x: np.ndarray, keys: np.ndarray) -> bool:  # pragma: no cover  (compiled)
+    """`order_keys` of a row's values into `keys`; whether any is NaN."""
     has_nan = False
     for j in range(x.shape[0]):
         v = x[j]
@@ -84,13 +85,21 @@ def _row_keys(x, keys):  # pragma: no cover  (compiled)  # order_keys of a row; 
 
 
 @njit(cache=True, nogil=True)
-def _step(nodes, t, at, keys):  # pragma: no cover  (compiled)  # one level down tree t
+def _step(nodes: np.ndarray, t: int, at: int, keys: np.ndarray) -> int:  # pragma: no cover
+    """One level down tree t: node = 2 node + 1 + (goes right)."""
     w = nodes[t, at]
-    return 2 * at + 2 - np.int64(keys[w & 0xFFFF] < (w >> 16))
+    return int(2 * at + 2 - np.int64(keys[w & 0xFFFF] < (w >> 16)))
 
 
 @njit(cache=True, nogil=True)
-def _walk_two(k0, k1, nodes, leaf, depth, base):  # pragma: no cover  (compiled)
+def _walk_two(
+    k0: np.ndarray,
+    k1: np.ndarray,
+    nodes: np.ndarray,
+    leaf: np.ndarray,
+    depth: int,
+    base: np.float32,
+) -> tuple[np.float32, np.float32]:  # pragma: no cover  (compiled)
     """Two rows' margins, four trees at a time for each: eight chains again, and each node
     word loaded serves both rows."""
     inner = nodes.shape[1]
@@ -114,7 +123,15 @@ def _walk_two(k0, k1, nodes, leaf, depth, base):  # pragma: no cover  (compiled)
 
 
 @njit(cache=True, nogil=True)
-def _walk_default(x, feature, threshold, default_left, leaf, depth, acc):  # pragma: no cover
+def _walk_default(
+    x: np.ndarray,
+    feature: np.ndarray,
+    threshold: np.ndarray,
+    default_left: np.ndarray,
+    leaf: np.ndarray,
+    depth: int,
+    acc: np.float32,
+) -> np.float32:  # pragma: no cover
     """A row holding a NaN: each tree walked alone, a NaN going its node's default way."""
     inner = feature.shape[1]
     for u in range(feature.shape[0]):
@@ -122,7 +139,7 @@ def _walk_default(x, feature, threshold, default_left, leaf, depth, acc):  # pra
         for _ in range(depth):
             v = x[feature[u, at]]
             left = (v < threshold[u, at]) | ((v != v) & (default_left[u, at] != 0))
-            at = 2 * at + 2 - np.int64(left)
+            at = int(2 * at + 2 - np.int64(left))
         acc = np.float32(acc + leaf[u, at - inner])
     return acc
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka import __version__ as KAFKA_PYTHON_VERSION
 from kafka.errors import BrokerResponseError, KafkaError, KafkaTimeoutError
@@ -290,6 +291,7 @@ class KafkaPythonProducer:
             return
         partitioner = client.config["partitioner"]
         keys = [key for key, _ in records] if packed is None else packed.distinct_keys
+        where: Sequence[int] | np.ndarray | None
         if isinstance(partitioner, CachedKeyPartitioner):  # one metadata lookup a batch
             where = partitioner.partitions_of(topic, keys, metadata)
             if where is not None and packed is not None:  # each distinct key's, hashed once

@@ -185,7 +185,7 @@ class _Lane:
         return len(self.rows)
 
 
-def lanes(packed: PackedRecords, partitions: Sequence[int]) -> dict[int, _Lane]:
+def lanes(packed: PackedRecords, partitions: Sequence[int] | np.ndarray) -> dict[int, _Lane]:
     """`packed` split by the partition of each record (in order within each)."""
     keys, key_ends = packed.key_table()
     values = np.frombuffer(packed.values or b"\0", dtype=np.uint8)
