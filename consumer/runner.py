@@ -64,6 +64,8 @@ COMMIT_HOLD_S = 0.02
 #: How long a starting consumer waits for the scores topic's metadata (else the first send
 #: does, in the first batch).
 OUTPUT_METADATA_WAIT_S = 2.0
+#: How often a consumer kept from reading by its group says so (`_note_joining`).
+JOIN_REPORT_S = 30.0
 
 
 @dataclass
@@ -186,6 +188,8 @@ class StreamConsumer:
         self.positions: dict[int, int] = {}  # partition -> last applied offset, as in Redis
         self.resync_needed = False  # positions unknown (Redis outage): seek from Redis first
         self.recheck_at = 0.0  # monotonic time of the next `_recheck_offsets`
+        self._joining_since: float | None = None  # kept from reading by the group since
+        self._join_reported_at = 0.0
         self.stopping = False
         self.merger: EventTimeMerger | None = None
         if settings.consume_order == "event_time":
@@ -416,7 +420,9 @@ class StreamConsumer:
                     continue  # records dropped: the resync seeks back to them
                 records, decoded = self._ordered(polled)
                 held = self.merger is not None and len(self.merger) > 0
-                if held or self._joining():
+                joining = self._joining()
+                self._note_joining(joining)
+                if held or joining:
                     last_data = time.monotonic()
                 if records or self._inflight is not None:
                     if records:
@@ -459,6 +465,20 @@ class StreamConsumer:
         and kafka-python keeps listing the old partitions until the join completes, which
         can take seconds). Not idle: `idle_exit_s` counts only once every partition is read."""
         return not self.positions or not self.kafka.assignment() <= self.positions.keys()
+
+    def _note_joining(self, joining: bool) -> None:
+        """Say so, every JOIN_REPORT_S, while the group keeps this consumer from reading: a
+        join that never completes would otherwise be a silent hang (the idle clock waits)."""
+        now = time.monotonic()
+        if not joining:
+            self._joining_since = None
+        elif self._joining_since is None:
+            self._joining_since = self._join_reported_at = now
+        elif now - self._join_reported_at >= JOIN_REPORT_S:
+            self._join_reported_at = now
+            log.warning("not reading for %.0fs: waiting for the group (assigned %s, resumed %s)",
+                        now - self._joining_since, sorted(self.kafka.assignment()),
+                        sorted(self.positions))  # fmt: skip
 
     def _poll_timeout_ms(self) -> int:
         """How long a poll may wait for records: while a batch commits on the thread, no

@@ -214,10 +214,12 @@ class Settings(BaseSettings):
     # A consumer that does not poll for this long leaves the group (it keeps polling, paused,
     # while it waits for Redis, so an outage does not cost a rebalance).
     kafka_max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
-    #: kafka-python only: a consumer whose group coordinator stays unknown this long (while
-    #: its polls return nothing) is rebuilt and rejoins. kafka-python 3.0.12 can stop
-    #: heartbeating right after a quick rejoin and then look for its coordinator for ever.
-    kafka_coordinator_lost_s: float = Field(default=60.0, gt=0)
+    #: kafka-python only: a consumer whose group stays unjoined this long (its coordinator
+    #: unknown, or its join not completing, while its polls return nothing) is rebuilt and
+    #: rejoins. kafka-python 3.0.12 can stop heartbeating right after a quick rejoin and then
+    #: look for its coordinator for ever, or wait on a first join for ever. Longer than
+    #: the session timeout: a legitimate join waits that long for a dead member to go.
+    kafka_group_stuck_s: float = Field(default=60.0, gt=0)
     #: Every this many seconds, busy or idle, the consumer compares the stored offset of every
     #: partition it owns with its own (one MGET) and re-seeks those that differ. A batch checks
     #: only its own partitions, so a caught-up partition would otherwise never notice that
@@ -300,6 +302,13 @@ class Settings(BaseSettings):
         """A Redis Cluster has database 0 only: say so at start-up, not at the first read."""
         if self.redis_is_cluster and urlparse(self.redis_url).path.strip("/") not in ("", "0"):
             raise ValueError("a Redis Cluster has database 0 only: end redis_url in /0")
+        return self
+
+    @model_validator(mode="after")
+    def _stuck_outlasts_a_session(self) -> Settings:
+        """A legitimate join waits a session timeout for a dead member: not a stuck group."""
+        if self.kafka_group_stuck_s * 1000 <= self.kafka_session_timeout_ms:
+            raise ValueError("kafka_group_stuck_s must be longer than kafka_session_timeout_ms")
         return self
 
     @field_validator("kafka_client")

@@ -135,29 +135,79 @@ def test_a_rejoin_under_way_is_neither_idle_time_nor_re_seeked(settings, redis_c
     assert diff_against_redis(ref, redis_client) == []
 
 
-def test_a_consumer_whose_coordinator_stays_unknown_is_rebuilt_and_finishes(settings, redis_client):
-    """kafka-python's wedge (a CI run: no heartbeat after a rejoin, then minutes of empty polls
-    looking for the coordinator): forced here by making the first client's coordinator read as
-    unknown after its first batch, so it neither fetches nor heartbeats. The transport rebuilds
-    the client after `kafka_coordinator_lost_s`; the new one joins, resumes from Redis, and the
-    state is the log's. (kafka-python's own failure: the test runs on it in either CI pass.)"""
+def _coordinator_unknown(consumer) -> None:
+    consumer.kafka.client._coordinator.coordinator_unknown = lambda: True
+
+
+def _join_never_completes(consumer) -> None:
+    """As kafka-python begins a rejoin (the partitions revoked) whose join never returns."""
+
+    def join_times_out(timeout_ms=None) -> bool:
+        time.sleep(min(timeout_ms or 100, 100) / 1000)
+        return False
+
+    coordinator = consumer.kafka.client._coordinator
+    coordinator.need_rejoin = lambda: True
+    coordinator.ensure_active_group = join_times_out
+    consumer._revoked(sorted(consumer.kafka.assignment()))
+
+
+@pytest.mark.parametrize("wedge", [_coordinator_unknown, _join_never_completes])
+def test_a_consumer_whose_group_stays_unjoined_is_rebuilt_and_finishes(
+    settings, redis_client, wedge, caplog
+):
+    """kafka-python's wedges (CI runs: no heartbeat after a rejoin, then minutes of empty polls
+    looking for the coordinator; a new group's consumer polling ten minutes without reading):
+    forced here after the first batch, the coordinator reading as unknown or the join never
+    completing, so the client neither fetches nor joins. The transport rebuilds it after
+    `kafka_group_stuck_s` (longer than the session timeout: the new client's join may wait for
+    the wedged member to time out); the new one joins, resumes from Redis, and the state is
+    the log's. A runner kept from reading says it is waiting for the group. (kafka-python's own
+    failure: the test runs on it in either CI pass.)"""
+    import consumer.runner as runner_module
     from consumer.runner import StreamConsumer
 
     events, genres = make_log(n_users=30, events_per_user=40, seed=22)
     publish_log(settings, events, genres)
     wedged = settings.model_copy(update={
         "kafka_client": "kafka-python", "batch_max_records": 100,
-        "kafka_session_timeout_ms": 6_000, "kafka_coordinator_lost_s": 2.0,
+        "kafka_session_timeout_ms": 6_000, "kafka_group_stuck_s": 7.0,
     })  # fmt: skip
-    consumer = StreamConsumer(wedged, group=f"wedged-{settings.events_topic}")
+    consumer = StreamConsumer(wedged, group=f"wedged-{wedge.__name__}-{settings.events_topic}")
     first = consumer.kafka.client
+    wedged_once: list[None] = []
 
     def wedge_after_the_first_batch(summary) -> None:
-        first._coordinator.coordinator_unknown = lambda: True
+        if consumer.kafka.client is first and not wedged_once:
+            wedged_once.append(wedge(consumer))
 
-    summary = consumer.run(idle_exit_s=3, on_batch=wedge_after_the_first_batch)
+    report_every = runner_module.JOIN_REPORT_S
+    runner_module.JOIN_REPORT_S = 1.0
+    try:
+        with caplog.at_level("WARNING", logger="engage"):
+            # (idle exit after the stuck limit: a wedged coordinator keeps the positions, so
+            # the runner's idle clock runs meanwhile)
+            summary = consumer.run(idle_exit_s=10, on_batch=wedge_after_the_first_batch)
+    finally:
+        runner_module.JOIN_REPORT_S = report_every
     assert consumer.kafka.renewals == 1 and consumer.kafka.client is not first
     assert summary.processed == len(events) and summary.dead_lettered == 0
     p = settings.feature_params
     ref = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
     assert diff_against_redis(ref, redis_client) == []
+    said = [r.getMessage() for r in caplog.records]
+    if wedge is _join_never_completes:  # (the other keeps its partitions: not waiting)
+        assert any("waiting for the group" in m for m in said), said
+    assert any("not joined for" in m and "rebuilding" in m for m in said), said
+
+
+def test_a_stuck_group_outlasts_a_session_timeout() -> None:
+    """A join legitimately waits a session timeout for a dead member: a shorter stuck limit
+    would rebuild healthy consumers, so the settings refuse it at start-up."""
+    from pydantic import ValidationError
+
+    from engage.settings import Settings
+
+    with pytest.raises(ValidationError, match="kafka_group_stuck_s"):
+        Settings(_env_file=None, kafka_session_timeout_ms=10_000, kafka_group_stuck_s=10.0)
+    assert Settings(_env_file=None, kafka_group_stuck_s=10.5).kafka_group_stuck_s == 10.5

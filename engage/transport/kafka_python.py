@@ -75,8 +75,8 @@ class KafkaPythonConsumer:
         self._tps: dict[int, TopicPartition] = {}
         self._settings, self._group = settings, group
         self._listener: _Listener | None = None
-        self._lost_since: float | None = None  # when the coordinator was first seen unknown
-        self.renewals = 0  # clients rebuilt after their coordinator stayed unknown
+        self._stuck_since: float | None = None  # when the group was first seen not joined
+        self.renewals = 0  # clients rebuilt after their group stayed unjoined
         self.client = self._new_client()
 
     def _new_client(self) -> Any:
@@ -105,29 +105,36 @@ class KafkaPythonConsumer:
     def poll(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
         polled = self.client.poll(timeout_ms=timeout_ms, max_records=max_records)
         if not polled:
-            self._watch_coordinator()
+            self._watch_group()
         return [r for batch in polled.values() for r in batch]
 
-    def _watch_coordinator(self) -> None:
-        """Rebuild the client when its group coordinator stayed unknown for
-        `kafka_coordinator_lost_s` (seen in CI: no heartbeat after a rejoin, the member
-        removed by the broker, then seven minutes of empty polls looking for the coordinator
-        of a broker that answered everyone else)."""
+    def _watch_group(self) -> None:
+        """Rebuild the client when its group stayed unjoined for `kafka_group_stuck_s`: the
+        coordinator unknown, or a join that does not complete. Seen in CI with a broker that
+        answered every other client: no heartbeat after a rejoin, the member removed, then
+        seven minutes of empty polls looking for the coordinator; and, in a later run, a new
+        group's only consumer polling ten minutes without ever reading (its group state was
+        not logged: the runner now logs it). A legitimate join waits at most for the other
+        members' next poll or a dead member's session timeout: seconds."""
         coordinator = getattr(self.client, "_coordinator", None)
-        if coordinator is None or self._listener is None or not coordinator.coordinator_unknown():
-            self._lost_since = None
+        if coordinator is None or self._listener is None:
+            return
+        if not (coordinator.coordinator_unknown() or coordinator.need_rejoin()):
+            self._stuck_since = None
             return
         now = time.monotonic()
-        if self._lost_since is None:
-            self._lost_since = now
-        elif now - self._lost_since >= self._settings.kafka_coordinator_lost_s:
-            self._renew(now - self._lost_since)
+        if self._stuck_since is None:
+            self._stuck_since = now
+        elif now - self._stuck_since >= self._settings.kafka_group_stuck_s:
+            self._renew(now - self._stuck_since, coordinator)
 
-    def _renew(self, lost_s: float) -> None:
+    def _renew(self, stuck_s: float, coordinator: Any) -> None:
         """A new client in the same group: the partitions are revoked first, as a rebalance
         would (the runner lets its last batch land), and assigned again when it joins."""
         assert self._listener is not None
-        log.warning("no group coordinator for %.0fs: rebuilding the Kafka consumer", lost_s)
+        log.warning("group %s not joined for %.0fs (coordinator %s, state %s): rebuilding the "
+                    "Kafka consumer", self._group, stuck_s, coordinator.coordinator_id,
+                    getattr(coordinator, "state", "?"))  # fmt: skip
         held = sorted(self.assignment())
         if held:
             self._listener.on_revoke(held)
@@ -138,7 +145,7 @@ class KafkaPythonConsumer:
         self.client = self._new_client()
         self.client.partitions_for_topic(self.topic)
         self.client.subscribe([self.topic], listener=self._listener)
-        self._lost_since = None
+        self._stuck_since = None
         self.renewals += 1
 
     def assignment(self) -> set[int]:
