@@ -53,6 +53,7 @@ STAGES: list[tuple[Any, str, str]] = [
     (BatchScorer, "_written", "compute: score messages, compiled writer"),
     (score_record, "message_dicts", "compute: score messages as dicts (shown rows)"),
     (score_record, "encode_messages", "compute: encode the dicts"),
+    (BatchScorer, "_show", "compute: shown rows (score hash, leaderboard, live view)"),
     (StreamConsumer, "_send", "handle: send"),
     (store.RedisBatch, "learn", "handle: the local copy learns the writes"),
 ]

@@ -198,12 +198,7 @@ class BatchScorer:
                 messages = packed.replaced(
                     {row: value for row, (_, value) in zip(rows, shown_messages, strict=True)}
                 )
-        latest = []  # the live view and the score hash show the reasons in words
-        for row, payload in zip(rows, shown_payloads, strict=True):
-            shown = score_record.shown_message(payload, rule_texts[row])
-            latest.append(shown)
-            self._score_hash(writes, shown)
-        writes.publish = orjson.dumps(latest)
+        self._show(writes, rows, shown_payloads, rule_texts)
         latencies = [now_ms - ts for ts in incoming.kafka_ts_ms]
         return ScoredBatch(messages, writes, latencies, refused)
 
@@ -243,6 +238,19 @@ class BatchScorer:
         """Each user's last row in the batch: what the score hash, the leaderboard and the live
         view show, so the only rows whose model reasons are worth computing."""
         return {user: row for row, user in enumerate(incoming.events.user_ids)}
+
+    def _show(
+        self, writes: BatchWrites, rows: list[int], payloads: list[dict[str, Any]],
+        rule_texts: dict[int, list],
+    ) -> None:  # fmt: skip
+        """Each user's latest message as the live view and the score hash show it (the
+        reasons in words): the served score hashes, the leaderboard and the live message."""
+        latest = []
+        for row, payload in zip(rows, payloads, strict=True):
+            shown = score_record.shown_message(payload, rule_texts[row])
+            latest.append(shown)
+            self._score_hash(writes, shown)
+        writes.publish = orjson.dumps(latest)
 
     @staticmethod
     def _score_hash(writes: BatchWrites, shown: dict[str, Any]) -> None:
