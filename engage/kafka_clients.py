@@ -9,6 +9,7 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from engage.partitioning import CachedKeyPartitioner
+from engage.quiet_selector import QuietSelector
 from engage.settings import Settings
 
 
@@ -67,6 +68,7 @@ def admin_client(settings: Settings, timeout_s: float = 10.0) -> KafkaAdminClien
         bootstrap_servers=settings.kafka_bootstrap_servers,
         request_timeout_ms=int(timeout_s * 1000),
         bootstrap_timeout_ms=int(timeout_s * 1000),
+        selector=QuietSelector,
         **security_kwargs(settings),
     )
 
@@ -91,6 +93,7 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "max_block_ms": settings.kafka_delivery_timeout_ms,
         "reconnect_backoff_max_ms": settings.kafka_reconnect_backoff_max_ms,
         "metrics_enabled": False,  # (nothing reads them; see `consumer`)
+        "selector": QuietSelector,  # (engage/quiet_selector.py)
     }
     options.update(security_kwargs(settings))
     options.update(overrides)
@@ -106,6 +109,7 @@ def consumer(settings: Settings, *topics: str, **overrides: Any) -> KafkaConsume
         # kafka-python's own metrics (sensors updated in Python on every fetch and produce
         # request): engage reports its own and reads none of these.
         "metrics_enabled": False,
+        "selector": QuietSelector,  # (engage/quiet_selector.py)
     }
     options.update(security_kwargs(settings))
     options.update(overrides)
