@@ -26,6 +26,9 @@ import hiredis
 import redis
 from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
 
+from consumer import resp_frames
+from consumer.resp_frames import Column, Same
+
 #: The commands a list may hold: what the store reads and writes, nothing else.
 ALLOWED = frozenset(
     {"HGETALL", "SMEMBERS", "SMISMEMBER", "GET", "HSET", "SADD", "SET", "DEL", "EXPIRE"}
@@ -36,32 +39,43 @@ MAX_ARGS = 4_000
 
 
 class CommandList:
-    """Commands to run in one call, each on one key, each held as its argument tuple."""
+    """Commands to run in one call, each on one key: each held as its argument tuple, or many
+    of one shape as columns (`add_columns`), framed together when packed."""
 
     def __init__(self) -> None:
-        self._commands: list[tuple[Any, ...]] = []
+        self._commands: list[tuple[Any, ...] | _Columns] = []
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._commands)
+        return self._count
 
     def add(self, command: str, key: str, *args: Any) -> None:
         _allowed(command)
         self._commands.append((command, key, *args))
+        self._count += 1
 
     def add_mapping(self, command: str, key: str, mapping: dict[str, Any]) -> None:
         """HSET key field value ... (as redis-py's `hset(key, mapping=...)`)."""
         _allowed(command)
         self._commands.append((command, key, *chain.from_iterable(mapping.items())))
+        self._count += 1
+
+    def add_columns(self, command: str, keys: Sequence[str], *args: Column) -> None:
+        """`command key arg ...` for each key, each argument from its column (a value per
+        key, or `Same` for all): framed together (consumer/resp_frames.py)."""
+        _allowed(command)
+        if any(not isinstance(a, Same) and len(a) != len(keys) for a in args):
+            raise ValueError(f"{command}: every column needs one value per key")
+        if keys:
+            self._commands.append(_Columns(command, (keys, *args)))
+            self._count += len(keys)
 
     def add_each(self, command: str, keys: list[str], shared: Any, values: list[Any]) -> None:
         """`command key shared value` for each key and its value (HSET of one field in many
         hashes: an item shard per item)."""
-        _allowed(command)
         if len(keys) != len(values):
             raise ValueError("add_each needs one value per key")
-        self._commands += [
-            (command, key, shared, value) for key, value in zip(keys, values, strict=True)
-        ]
+        self.add_columns(command, keys, Same(shared), values)
 
     def add_rows(
         self, command: str, keys: list[str], fields: Sequence[str], rows: Iterable[Sequence[Any]]
@@ -77,10 +91,11 @@ class CommandList:
             raise ValueError("add_rows needs one row per key")
         if any(len(row) != len(fields) for row in rows):
             raise ValueError("add_rows needs one value per field in every row")
-        self._commands += [
-            (command, key, *chain.from_iterable(zip(fields, row, strict=True)))
-            for key, row in zip(keys, rows, strict=True)
-        ]
+        values = list(zip(*rows, strict=True)) if rows else [()] * len(fields)
+        pairs: list[Column] = []
+        for field, column in zip(fields, values, strict=True):
+            pairs += (Same(field), column)
+        self.add_columns(command, keys, *pairs)
 
     def add_members(self, command: str, key: str, members: list[str]) -> int:
         """SADD / SMISMEMBER with any number of members, split under MAX_ARGS; returns the
@@ -101,21 +116,43 @@ class CommandList:
             return []
         if not isinstance(client, redis.Redis) or client.connection is not None:
             pipe = client.pipeline(transaction=False)
-            for command in self._commands:
+            for command in self.commands():
                 pipe.execute_command(*command)
             return list(pipe.execute())
-        packed = b"".join(map(hiredis.pack_command, self._commands))
-        return run_packed(client, packed, len(self._commands), resp2=True)
+        return run_packed(client, self.plain().data, self._count, resp2=True)
 
     def commands(self) -> list[tuple[Any, ...]]:
         """Each command as its argument tuple, in order."""
-        return list(self._commands)
+        out: list[tuple[Any, ...]] = []
+        for entry in self._commands:
+            if isinstance(entry, _Columns):
+                out += entry.tuples()
+            else:
+                out.append(entry)
+        return out
 
     def plain(self) -> PackedCommands:
         """Every command packed for the wire, for `exec_transaction`."""
-        return PackedCommands(
-            b"".join(map(hiredis.pack_command, self._commands)), len(self._commands)
-        )
+        packed = [
+            entry.framed() if isinstance(entry, _Columns) else hiredis.pack_command(entry)
+            for entry in self._commands
+        ]
+        return PackedCommands(b"".join(packed), self._count)
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """Commands of one shape as columns: `command`, then a value from each column per row
+    (the first: the keys)."""
+
+    command: str
+    columns: tuple[Column, ...]
+
+    def tuples(self) -> list[tuple[Any, ...]]:
+        return [(self.command, *row) for row in resp_frames.rows_of(self.columns)]
+
+    def framed(self) -> bytes:
+        return resp_frames.frame(self.command, self.columns)
 
 
 def _allowed(command: str) -> None:

@@ -17,6 +17,7 @@ import redis
 
 from consumer.local_state import KeepsLocalCopy, LocalState
 from consumer.redis_commands import CommandList, PackedCommands, exec_transaction, pairs
+from consumer.resp_frames import Same
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables, recent_of
 from features import keys, recent_ids
 from features.item_shards import shard_field
@@ -199,9 +200,15 @@ class RedisBatch:
         pipe, topic, ttl = self.pipe, self.store.topic, self.store.session_ttl_s
         cmds = CommandList()  # the per-user, per-session and per-item writes: one command
         recent, states = writes.user_recent_ids, writes.user_states
+        shapes: dict[tuple[str, ...], tuple[list[str], list[tuple[Any, ...]]]] = {}
         for (user, fields), key in zip(states.items(), keys.user_keys(list(states)), strict=True):
             seen = recent.get(user)  # the state and the recent ids: one HSET
-            cmds.add_mapping("HSET", key, {**fields, recent_ids.FIELD: seen} if seen else fields)
+            row = {**fields, recent_ids.FIELD: seen} if seen else fields
+            same_fields = shapes.setdefault(tuple(row), ([], []))  # (framed together)
+            same_fields[0].append(key)
+            same_fields[1].append(tuple(row.values()))
+        for names, (user_keys, rows) in shapes.items():
+            cmds.add_rows("HSET", user_keys, names, rows)
         for user, seen in recent.items():  # (a user whose every event was refused)
             if seen and user not in states:
                 cmds.add("HSET", keys.user_key(user), recent_ids.FIELD, seen)
@@ -210,8 +217,10 @@ class RedisBatch:
         for user, new_items in writes.user_new_items.items():
             if new_items:
                 cmds.add_members("SADD", keys.user_items_key(user), sorted(new_items))
-        for (user, session), fields in writes.closed_sessions.items():
-            cmds.add("SET", keys.session_key(user, session), session_value(fields), "EX", ttl)
+        closed = writes.closed_sessions
+        session_keys = [keys.session_key(user, session) for user, session in closed]
+        values = list(map(session_value, closed.values()))
+        cmds.add_columns("SET", session_keys, values, Same("EX"), Same(ttl))
         for partition, (items, blobs) in writes.item_shards.partitions.items():
             cmds.add_each("HSET", keys.item_keys(items), shard_field(partition), blobs)
         scores = writes.scores  # every user's the same fields (score_record.HASH_FIELDS)

@@ -58,7 +58,8 @@ def _copy(out: np.ndarray, pos: int, src: np.ndarray, start: int, end: int) -> i
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _int(out: np.ndarray, pos: int, value: int) -> int:
+def write_int(out: np.ndarray, pos: int, value: int) -> int:
+    """`value` in decimal digits at `pos` of `out`; returns the position after them."""
     if value < 0:
         out[pos] = 45  # -
         pos += 1
@@ -79,7 +80,7 @@ def _decimal(out: np.ndarray, pos: int, x: float, places: int, scale: float) -> 
     k = np.int64(np.rint(x * scale))
     whole = k // np.int64(scale)
     frac = k - whole * np.int64(scale)
-    pos = _int(out, pos, whole)  # type: ignore[arg-type]  # (an int64 inside numba)
+    pos = write_int(out, pos, whole)  # type: ignore[arg-type]  # (an int64 inside numba)
     out[pos] = 46  # .
     pos += 1
     if frac == 0:
@@ -111,16 +112,16 @@ def _write(  # type: ignore[no-untyped-def]
         pos = _copy(out, pos, parts, part_at[1], part_at[2])  # ","event_id":"
         pos = _copy(out, pos, text, text_at[r, 2], text_at[r, 3])
         pos = _copy(out, pos, parts, part_at[2], part_at[3])  # ","event_ts":
-        pos = _int(out, pos, ts[r])
+        pos = write_int(out, pos, ts[r])
         if has_item[r]:
             pos = _copy(out, pos, parts, part_at[3], part_at[4])  # ,"item_id":"
             pos = _copy(out, pos, text, text_at[r, 4], text_at[r, 5])
             pos = _copy(out, pos, parts, part_at[4], part_at[5])  # ","partition":
         else:
             pos = _copy(out, pos, parts, part_at[5], part_at[6])  # ,"item_id":null,"partition":
-        pos = _int(out, pos, partition[r])
+        pos = write_int(out, pos, partition[r])
         pos = _copy(out, pos, parts, part_at[6], part_at[7])  # ,"offset":
-        pos = _int(out, pos, offset[r])
+        pos = write_int(out, pos, offset[r])
         pos = _copy(out, pos, parts, part_at[7], part_at[8])  # ,"rule":{"score":
         pos = _decimal(out, pos, score[r], 2, 100.0)
         pos = _copy(out, pos, parts, part_at[8], part_at[9])  # ,"label":
