@@ -143,20 +143,16 @@ class RedisBatch:
         read_items = list(items.difference(local.shards.items)) if warm else item_list
         missing_meta = list(items.difference(store.meta_cache))
         cmds = CommandList()
-        for key in keys.user_keys(read_users):
-            cmds.add("HGETALL", key)
+        cmds.add_columns("HGETALL", keys.user_keys(read_users))
         if local.trusted:  # the whole set: the tables keep it
-            for key in keys.user_keys(read_users, ":items"):
-                cmds.add("SMEMBERS", key)
+            cmds.add_columns("SMEMBERS", keys.user_keys(read_users, ":items"))
             asked, chunks = [], []
         else:
             asked = [(u, sorted(user_items[u])) for u in read_users if user_items[u]]
             chunks = [cmds.add_members("SMISMEMBER", keys.user_items_key(u), its)
                       for u, its in asked]  # fmt: skip
-        for key in keys.item_keys(read_items):
-            cmds.add("HGETALL", key)
-        for key in keys.item_meta_keys(missing_meta):
-            cmds.add("HGETALL", key)
+        cmds.add_columns("HGETALL", keys.item_keys(read_items))
+        cmds.add_columns("HGETALL", keys.item_meta_keys(missing_meta))
         replies = iter(cmds.run(store.client))
         user_raws = [pairs(next(replies)) for _ in read_users]
         members: dict[str, set[str]] = {}

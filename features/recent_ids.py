@@ -82,11 +82,16 @@ def unpack(blob: bytes) -> np.ndarray:
     """The PAIR records of a stored value (none for the empty value)."""
     if not blob:
         return np.empty(0, dtype=PAIR)
+    _check(blob)
+    return np.frombuffer(blob, dtype=PAIR, offset=1)
+
+
+def _check(blob: bytes) -> None:
+    """Refuse, loudly, a value that is not this codec's (damaged, or another codec's)."""
     if blob[:1] != CODEC or (len(blob) - 1) % PAIR.itemsize:
         raise RecentIdsFormatError(
             f"damaged or unknown recent-ids value ({len(blob)} bytes, codec {blob[:1]!r})"
         )
-    return np.frombuffer(blob, dtype=PAIR, offset=1)
 
 
 def from_stored(raw: bytes | None) -> bytes:
@@ -100,7 +105,7 @@ def from_stored(raw: bytes | None) -> bytes:
         out["digest"] = id_digests([str(event_id) for event_id, _ in pairs])
         out["ts"] = [float(ts) for _, ts in pairs]
         return pack(out)
-    unpack(raw)  # fail here, loudly, on a damaged value
+    _check(raw)  # fail here, not in a fold, on a damaged value (no array made: ~1 us)
     return raw
 
 
