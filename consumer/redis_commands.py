@@ -74,8 +74,6 @@ class CommandList:
     def add_each(self, command: str, keys: list[str], shared: Any, values: list[Any]) -> None:
         """`command key shared value` for each key and its value (HSET of one field in many
         hashes: an item shard per item)."""
-        if len(keys) != len(values):
-            raise ValueError("add_each needs one value per key")
         self.add_columns(command, keys, Same(shared), values)
 
     def add_rows(
