@@ -9,6 +9,7 @@ Redis, and re-seeks every partition before it takes records again.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from engage.transport.base import (
     PartitionsCallback,
     Record,
 )
+from engage.transport.call_watch import CallWatch, CallWedged
 from engage.transport.packed import PackedRecords
 from engage.transport.record_batches import append_records, outcome, writes_v2
 from engage.transport.record_batches import lanes as packed_lanes
@@ -76,7 +78,8 @@ class KafkaPythonConsumer:
         self._settings, self._group = settings, group
         self._listener: _Listener | None = None
         self._stuck_since: float | None = None  # when the group was first seen not joined
-        self.renewals = 0  # clients rebuilt after their group stayed unjoined
+        self.renewals = 0  # clients rebuilt: their group stayed unjoined, or a call wedged
+        self._calls = CallWatch(f"engage-kafka-watch-{group}")
         self.client = self._new_client()
 
     def _new_client(self) -> Any:
@@ -103,10 +106,21 @@ class KafkaPythonConsumer:
         self.client.subscribe([topic], listener=self._listener)
 
     def poll(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
-        polled = self.client.poll(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            with self._watched("poll", timeout_ms / 1000):
+                polled = self.client.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except CallWedged as exc:
+            self._renew(str(exc))
+            return []
         if not polled:
             self._watch_group()
         return [r for batch in polled.values() for r in batch]
+
+    def _watched(self, what: str, timeout_s: float) -> Any:
+        """A call on the client that may take `timeout_s`, given `kafka_group_stuck_s` more
+        before the watch frees it (engage/transport/call_watch.py)."""
+        net = getattr(self.client, "_net", None)
+        return self._calls.call(what, net, timeout_s + self._settings.kafka_group_stuck_s)
 
     def _watch_group(self) -> None:
         """Rebuild the client when its group stayed unjoined for `kafka_group_stuck_s`: the
@@ -126,22 +140,19 @@ class KafkaPythonConsumer:
         if self._stuck_since is None:
             self._stuck_since = now
         elif now - self._stuck_since >= self._settings.kafka_group_stuck_s:
-            self._renew(now - self._stuck_since, coordinator)
+            state = getattr(coordinator, "state", "?")
+            self._renew(f"not joined for {now - self._stuck_since:.0f}s (coordinator "
+                        f"{coordinator.coordinator_id}, state {state})")  # fmt: skip
 
-    def _renew(self, stuck_s: float, coordinator: Any) -> None:
+    def _renew(self, why: str) -> None:
         """A new client in the same group: the partitions are revoked first, as a rebalance
         would (the runner lets its last batch land), and assigned again when it joins."""
         assert self._listener is not None
-        log.warning("group %s not joined for %.0fs (coordinator %s, state %s): rebuilding the "
-                    "Kafka consumer", self._group, stuck_s, coordinator.coordinator_id,
-                    getattr(coordinator, "state", "?"))  # fmt: skip
+        log.warning("group %s %s: rebuilding the Kafka consumer", self._group, why)
         held = sorted(self.assignment())
         if held:
             self._listener.on_revoke(held)
-        try:
-            self.client.close(autocommit=False, timeout_ms=1000)
-        except Exception as exc:  # a wedged client: dropped either way
-            log.warning("closing the old Kafka consumer failed: %s", exc)
+        _close_aside(self.client)
         self.client = self._new_client()
         self.client.partitions_for_topic(self.topic)
         self.client.subscribe([self.topic], listener=self._listener)
@@ -171,13 +182,36 @@ class KafkaPythonConsumer:
         return {tp.partition for tp in self.client.paused()}
 
     def position(self, partition: int, timeout_ms: int = 1000) -> int | None:
-        return self.client.position(self._tp(partition), timeout_ms=timeout_ms)
+        with self._watched("position", timeout_ms / 1000):
+            return self.client.position(self._tp(partition), timeout_ms=timeout_ms)
 
     def highwater(self, partition: int) -> int | None:
         return self.client.highwater(self._tp(partition))
 
     def close(self) -> None:
+        self._calls.close()
         self.client.close()
+
+
+#: How long a replaced client may take to close before it is left to its daemon thread.
+_CLOSE_ASIDE_S = 5.0
+
+
+def _close_aside(client: Any) -> None:
+    """Close a replaced (wedged) client on a thread of its own: its close may wait on the
+    same I/O loop that wedged, and the new client must not wait for it."""
+
+    def close() -> None:
+        try:
+            client.close(autocommit=False, timeout_ms=1000)
+        except Exception as exc:  # a wedged client: dropped either way
+            log.warning("closing the old Kafka consumer failed: %s", exc)
+
+    closer = threading.Thread(target=close, name="engage-kafka-close", daemon=True)
+    closer.start()
+    closer.join(_CLOSE_ASIDE_S)
+    if closer.is_alive():
+        log.warning("the old Kafka consumer did not close in %.0fs: left to close", _CLOSE_ASIDE_S)
 
 
 #: kafka-python releases whose producer internals `KafkaPythonProducer` appends to directly.
