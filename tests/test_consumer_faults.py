@@ -224,6 +224,38 @@ def test_a_consumer_whose_group_stays_unjoined_is_rebuilt_and_finishes(
         assert consumer.kafka._calls.freed == 1
 
 
+def test_a_close_left_waiting_is_freed(settings, caplog) -> None:
+    """Closing the client waits on its I/O loop too (it leaves the group): a close whose task
+    the loop never runs returns once the watch frees it, instead of holding the process."""
+    from engage.transport.kafka_python import KafkaPythonConsumer
+
+    events, genres = make_log(n_users=5, events_per_user=4, seed=23)
+    publish_log(settings, events, genres)
+    wedged = settings.model_copy(update={
+        "kafka_session_timeout_ms": 6_000, "kafka_group_stuck_s": 7.0,
+    })  # fmt: skip
+    kafka = KafkaPythonConsumer(wedged, group=f"close-{settings.events_topic}")
+    kafka.subscribe(settings.events_topic, on_assign=lambda _: None, on_revoke=lambda _: None)
+    deadline = time.monotonic() + 30
+    while not kafka.poll(timeout_ms=200) and time.monotonic() < deadline:
+        pass  # joined and reading
+    kafka.client.config["request_timeout_ms"] = 1_000  # (the close's own bound, shortened)
+
+    class Consumer:  # what _a_call_never_returns takes
+        pass
+
+    holder = Consumer()
+    holder.kafka = kafka  # type: ignore[attr-defined]
+    _a_call_never_returns(holder)
+    began = time.monotonic()
+    with caplog.at_level("WARNING", logger="engage"):
+        kafka.close()
+    took = time.monotonic() - began
+    assert kafka._calls.freed == 1
+    assert 1 + 7 <= took < 25, took  # its timeout and the stuck limit, then freed
+    assert any("close" in r.getMessage() for r in caplog.records)
+
+
 def test_a_stuck_group_outlasts_a_session_timeout() -> None:
     """A join legitimately waits a session timeout for a dead member: a shorter stuck limit
     would rebuild healthy consumers, so the settings refuse it at start-up."""

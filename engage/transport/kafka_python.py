@@ -79,7 +79,7 @@ class KafkaPythonConsumer:
         self._listener: _Listener | None = None
         self._stuck_since: float | None = None  # when the group was first seen not joined
         self.renewals = 0  # clients rebuilt: their group stayed unjoined, or a call wedged
-        self._calls = CallWatch(f"engage-kafka-watch-{group}")
+        self._calls = CallWatch("engage-kafka-watch")
         self.client = self._new_client()
 
     def _new_client(self) -> Any:
@@ -102,7 +102,7 @@ class KafkaPythonConsumer:
         # none when the topic is new to it (an empty assignment, then a rebalance) and, about
         # one start in ten here, stays on that empty assignment until its next metadata refresh.
         self._listener = _Listener(on_assign, on_revoke)
-        self.client.partitions_for_topic(topic)
+        self._known_partitions()
         self.client.subscribe([topic], listener=self._listener)
 
     def poll(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
@@ -115,6 +115,9 @@ class KafkaPythonConsumer:
         if not polled:
             self._watch_group()
         return [r for batch in polled.values() for r in batch]
+
+    def _request_timeout_s(self) -> float:
+        return float(getattr(self.client, "config", {}).get("request_timeout_ms", 30_000)) / 1000
 
     def _watched(self, what: str, timeout_s: float) -> Any:
         """A call on the client that may take `timeout_s`, given `kafka_group_stuck_s` more
@@ -154,7 +157,7 @@ class KafkaPythonConsumer:
             self._listener.on_revoke(held)
         _close_aside(self.client)
         self.client = self._new_client()
-        self.client.partitions_for_topic(self.topic)
+        self._known_partitions()
         self.client.subscribe([self.topic], listener=self._listener)
         self._stuck_since = None
         self.renewals += 1
@@ -163,8 +166,19 @@ class KafkaPythonConsumer:
         return {tp.partition for tp in self.client.assignment()}
 
     def partition_count(self) -> int | None:
-        partitions = self.client.partitions_for_topic(self.topic)
+        partitions = self._known_partitions()
         return len(partitions) if partitions else None
+
+    def _known_partitions(self) -> set[int] | None:
+        """The topic's partitions (a metadata request when the client has none), or None if
+        kafka-python's wait for them wedged (freed by the watch)."""
+        try:
+            with self._watched("metadata request", self._request_timeout_s()):
+                partitions: set[int] = self.client.partitions_for_topic(self.topic)
+                return partitions
+        except CallWedged as exc:
+            log.warning("%s", exc)
+            return None
 
     def seek(self, partition: int, offset: int) -> None:
         self.client.seek(self._tp(partition), offset)
@@ -189,8 +203,13 @@ class KafkaPythonConsumer:
         return self.client.highwater(self._tp(partition))
 
     def close(self) -> None:
-        self._calls.close()
-        self.client.close()
+        try:
+            with self._watched("close", self._request_timeout_s()):
+                self.client.close()
+        except CallWedged as exc:
+            log.warning("%s: left to close", exc)
+        finally:
+            self._calls.close()
 
 
 #: How long a replaced client may take to close before it is left to its daemon thread.
