@@ -152,16 +152,23 @@ def _join_never_completes(consumer) -> None:
     consumer._revoked(sorted(consumer.kafka.assignment()))
 
 
-def _a_call_never_returns(consumer) -> None:
-    """As CI saw (kafka-python 3.0.12): the consumer's next blocking call hands the I/O loop a
-    task the loop never runs, and the caller waits on it with no timeout."""
-    net = consumer.kafka.client._net
+def _lose_the_next_hand_over(kafka) -> None:
+    """As CI saw (kafka-python 3.0.12): the next blocking call's task (`NetworkSelector.run`'s
+    `waiter`) is never run by the I/O loop, and the caller waits on it with no timeout."""
+    net = kafka.client._net
     hand_over = net.call_soon_threadsafe
 
-    def lose_once(task):
-        net.call_soon_threadsafe = hand_over  # (the task is never run)
+    def lose_the_waiter(task):
+        if getattr(task, "__name__", "") != "waiter":
+            return hand_over(task)
+        net.call_soon_threadsafe = hand_over  # (this one is never run)
+        return None
 
-    net.call_soon_threadsafe = lose_once
+    net.call_soon_threadsafe = lose_the_waiter
+
+
+def _a_call_never_returns(consumer) -> None:
+    _lose_the_next_hand_over(consumer.kafka)
 
 
 #: What the transport says when it rebuilds a client, by wedge.
@@ -224,9 +231,8 @@ def test_a_consumer_whose_group_stays_unjoined_is_rebuilt_and_finishes(
         assert consumer.kafka._calls.freed == 1
 
 
-def test_a_close_left_waiting_is_freed(settings, caplog) -> None:
-    """Closing the client waits on its I/O loop too (it leaves the group): a close whose task
-    the loop never runs returns once the watch frees it, instead of holding the process."""
+def _reading_transport(settings, name: str):
+    """A kafka-python transport that has joined and read a small log (stuck limit 7 s)."""
     from engage.transport.kafka_python import KafkaPythonConsumer
 
     events, genres = make_log(n_users=5, events_per_user=4, seed=23)
@@ -234,19 +240,20 @@ def test_a_close_left_waiting_is_freed(settings, caplog) -> None:
     wedged = settings.model_copy(update={
         "kafka_session_timeout_ms": 6_000, "kafka_group_stuck_s": 7.0,
     })  # fmt: skip
-    kafka = KafkaPythonConsumer(wedged, group=f"close-{settings.events_topic}")
+    kafka = KafkaPythonConsumer(wedged, group=f"{name}-{settings.events_topic}")
     kafka.subscribe(settings.events_topic, on_assign=lambda _: None, on_revoke=lambda _: None)
     deadline = time.monotonic() + 30
     while not kafka.poll(timeout_ms=200) and time.monotonic() < deadline:
         pass  # joined and reading
+    return kafka
+
+
+def test_a_close_left_waiting_is_freed(settings, caplog) -> None:
+    """Closing the client waits on its I/O loop too (it leaves the group): a close whose task
+    the loop never runs returns once the watch frees it, instead of holding the process."""
+    kafka = _reading_transport(settings, "close")
     kafka.client.config["request_timeout_ms"] = 1_000  # (the close's own bound, shortened)
-
-    class Consumer:  # what _a_call_never_returns takes
-        pass
-
-    holder = Consumer()
-    holder.kafka = kafka  # type: ignore[attr-defined]
-    _a_call_never_returns(holder)
+    _lose_the_next_hand_over(kafka)
     began = time.monotonic()
     with caplog.at_level("WARNING", logger="engage"):
         kafka.close()
@@ -254,6 +261,25 @@ def test_a_close_left_waiting_is_freed(settings, caplog) -> None:
     assert kafka._calls.freed == 1
     assert 1 + 7 <= took < 25, took  # its timeout and the stuck limit, then freed
     assert any("close" in r.getMessage() for r in caplog.records)
+
+
+def test_a_position_left_waiting_is_unknown_and_the_client_rebuilt(settings) -> None:
+    """A position that must ask the broker (after a seek to the beginning) and whose task the
+    I/O loop never runs: unknown (the event-time merge then reads the partition as not at its
+    end), and the client is rebuilt at the next poll, not inside the merge that asked."""
+    kafka = _reading_transport(settings, "position")
+    first = kafka.client
+    partition = min(kafka.assignment())
+    kafka.seek_to_beginning(partition)
+    _lose_the_next_hand_over(kafka)
+    began = time.monotonic()
+    assert kafka.position(partition, timeout_ms=1_000) is None
+    took = time.monotonic() - began
+    assert kafka._calls.freed == 1 and kafka.renewals == 0
+    assert 1 + 7 <= took < 25, took
+    kafka.poll(timeout_ms=200)
+    assert kafka.renewals == 1 and kafka.client is not first
+    kafka.close()
 
 
 def test_a_stuck_group_outlasts_a_session_timeout() -> None:

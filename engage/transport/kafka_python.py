@@ -80,6 +80,7 @@ class KafkaPythonConsumer:
         self._stuck_since: float | None = None  # when the group was first seen not joined
         self.renewals = 0  # clients rebuilt: their group stayed unjoined, or a call wedged
         self._calls = CallWatch("engage-kafka-watch")
+        self._wedged: str | None = None  # a call freed outside poll: rebuild at the next poll
         self.client = self._new_client()
 
     def _new_client(self) -> Any:
@@ -106,6 +107,9 @@ class KafkaPythonConsumer:
         self.client.subscribe([topic], listener=self._listener)
 
     def poll(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
+        if self._wedged is not None:
+            why, self._wedged = self._wedged, None
+            self._renew(why)
         try:
             with self._watched("poll", timeout_ms / 1000):
                 polled = self.client.poll(timeout_ms=timeout_ms, max_records=max_records)
@@ -196,8 +200,13 @@ class KafkaPythonConsumer:
         return {tp.partition for tp in self.client.paused()}
 
     def position(self, partition: int, timeout_ms: int = 1000) -> int | None:
-        with self._watched("position", timeout_ms / 1000):
-            return self.client.position(self._tp(partition), timeout_ms=timeout_ms)
+        try:
+            with self._watched("position", timeout_ms / 1000):
+                at: int | None = self.client.position(self._tp(partition), timeout_ms=timeout_ms)
+                return at
+        except CallWedged as exc:  # unknown; rebuilt at the next poll, not in the caller's merge
+            self._wedged = str(exc)
+            return None
 
     def highwater(self, partition: int) -> int | None:
         return self.client.highwater(self._tp(partition))
