@@ -231,9 +231,16 @@ def test_a_consumer_whose_group_stays_unjoined_is_rebuilt_and_finishes(
         assert consumer.kafka._calls.freed == 1
 
 
-def _reading_transport(settings, name: str):
-    """A kafka-python transport that has joined and read a small log (stuck limit 7 s)."""
+def _reading_transport(settings, name: str, told: list | None = None):
+    """A kafka-python transport that has joined and read a small log (stuck limit 7 s); what
+    its callbacks tell the holder goes to `told`, as ("assign" | "revoke", partitions)."""
     from engage.transport.kafka_python import KafkaPythonConsumer
+
+    said = told if told is not None else []
+
+    def tell(what: str, partitions: list[int]) -> None:
+        if partitions:  # (a first join begins by revoking nothing)
+            said.append((what, sorted(partitions)))
 
     events, genres = make_log(n_users=5, events_per_user=4, seed=23)
     publish_log(settings, events, genres)
@@ -241,10 +248,19 @@ def _reading_transport(settings, name: str):
         "kafka_session_timeout_ms": 6_000, "kafka_group_stuck_s": 7.0,
     })  # fmt: skip
     kafka = KafkaPythonConsumer(wedged, group=f"{name}-{settings.events_topic}")
-    kafka.subscribe(settings.events_topic, on_assign=lambda _: None, on_revoke=lambda _: None)
+    kafka.subscribe(
+        settings.events_topic,
+        on_assign=lambda ps: tell("assign", ps),
+        on_revoke=lambda ps: tell("revoke", ps),
+    )
     deadline = time.monotonic() + 30
     while not kafka.poll(timeout_ms=200) and time.monotonic() < deadline:
         pass  # joined and reading
+    quiet_since, heard = time.monotonic(), len(said)
+    while time.monotonic() - quiet_since < 2 and time.monotonic() < deadline:
+        kafka.poll(timeout_ms=200)  # (a new topic's group may rebalance once more)
+        if len(said) != heard:
+            quiet_since, heard = time.monotonic(), len(said)
     return kafka
 
 
@@ -279,6 +295,53 @@ def test_a_position_left_waiting_is_unknown_and_the_client_rebuilt(settings) -> 
     assert 1 + 7 <= took < 25, took
     kafka.poll(timeout_ms=200)
     assert kafka.renewals == 1 and kafka.client is not first
+    kafka.close()
+
+
+def _poll_until(kafka, done, within_s: float = 40) -> None:
+    deadline = time.monotonic() + within_s
+    while not done() and time.monotonic() < deadline:
+        kafka.poll(timeout_ms=200)
+
+
+def test_a_replaced_clients_late_revocation_is_not_passed_on(settings) -> None:
+    """A rebuilt client's predecessor revokes its partitions when it finally closes (or reports
+    them lost); a wedged one may close after its successor was assigned the same partitions.
+    Passed on, that revocation would leave the runner waiting for partitions it holds, for
+    ever (a CI run: 'not reading for 571s: waiting for the group (assigned [0, 1, 2, 3, 4, 5],
+    resumed [])'). Here the old client is left closing, the broker lets it go, the successor
+    joins, and only then does the old one close: the holder hears nothing of it."""
+    told: list = []
+    kafka = _reading_transport(settings, "late-revoke", told)
+    first = kafka.client
+    close_later = first.close
+    first.close = lambda *args, **kwargs: None  # (wedged: left to close)
+    held, before = told[-1][1], len(told)
+    kafka._renew("replaced by a test")
+    first._coordinator.maybe_leave_group()  # its session over: the group lets it go
+    _poll_until(kafka, lambda: len(told) == before + 2)
+    assert told[before:] == [("revoke", held), ("assign", held)]
+    close_later(autocommit=False, timeout_ms=1_000)
+    assert told[before:] == [("revoke", held), ("assign", held)]
+    kafka.close()
+
+
+def test_partitions_the_holder_was_never_told_of_get_the_client_rebuilt(settings, caplog):
+    """Whatever kept an assignment from reaching the holder (the late revocation above, or a
+    path not seen yet), kafka-python reading the group as joined does not end the wait: after
+    `kafka_group_stuck_s` the client is rebuilt, and its join tells the holder again."""
+    told: list = []
+    kafka = _reading_transport(settings, "untold", told)
+    first = kafka.client
+    held, before = told[-1][1], len(told)
+    kafka._listener.held.clear()  # as if a stray revocation had reached the holder, and
+    kafka._listener.retire()  # no later callback of this client did
+    with caplog.at_level("WARNING", logger="engage"):
+        _poll_until(kafka, lambda: len(told) == before + 2)
+    assert kafka.renewals == 1 and kafka.client is not first
+    assert told[before:] == [("revoke", held), ("assign", held)]
+    said = [r.getMessage() for r in caplog.records]
+    assert any(f"holding {held} untold" in m and "rebuilding" in m for m in said), said
     kafka.close()
 
 

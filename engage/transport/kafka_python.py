@@ -38,15 +38,34 @@ log = logging.getLogger("engage.kafka")
 
 
 class _Listener(ConsumerRebalanceListener):
+    """One client's rebalance callbacks, passed on to the holder while that client is the
+    holder's. Why the switch: a client replaced by `_renew` still tells its listener that its
+    partitions are revoked when it finally closes (kafka-python's close revokes, or reports
+    them lost), and a wedged one may close long after its successor was assigned the same
+    partitions: passed on, that late revocation would take them from the holder for good."""
+
     def __init__(self, on_assign: PartitionsCallback, on_revoke: PartitionsCallback) -> None:
         self.on_assign = on_assign
         self.on_revoke = on_revoke
+        self.current = True  # False once its client is replaced
+        self.held: set[int] = set()  # what the holder was last told it holds
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.on_revoke([tp.partition for tp in revoked])
+        if not self.current:
+            return
+        partitions = [tp.partition for tp in revoked]
+        self.held.difference_update(partitions)
+        self.on_revoke(partitions)
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.on_assign([tp.partition for tp in assigned])
+        if not self.current:
+            return
+        partitions = [tp.partition for tp in assigned]
+        self.on_assign(partitions)
+        self.held.update(partitions)
+
+    def retire(self) -> None:
+        self.current = False
 
 
 #: Per partition and fetch: kafka-python keeps up to this much of every assigned partition
@@ -135,31 +154,42 @@ class KafkaPythonConsumer:
         answered every other client: no heartbeat after a rejoin, the member removed, then
         seven minutes of empty polls looking for the coordinator; and, in a later run, a new
         group's only consumer polling ten minutes without ever reading (its group state was
-        not logged: the runner now logs it). A legitimate join waits at most for the other
-        members' next poll or a dead member's session timeout: seconds."""
+        not logged: the runner now logs it). Also when the client holds partitions its holder
+        was never told of (no assignment callback reached it: the runner would wait for them
+        for ever): a new client's join tells it again. A legitimate join waits at most for the
+        other members' next poll or a dead member's session timeout: seconds."""
         coordinator = getattr(self.client, "_coordinator", None)
         if coordinator is None or self._listener is None:
             return
-        if not (coordinator.coordinator_unknown() or coordinator.need_rejoin()):
+        joined = not (coordinator.coordinator_unknown() or coordinator.need_rejoin())
+        if joined and self.assignment() <= self._listener.held:
             self._stuck_since = None
             return
         now = time.monotonic()
         if self._stuck_since is None:
             self._stuck_since = now
         elif now - self._stuck_since >= self._settings.kafka_group_stuck_s:
-            state = getattr(coordinator, "state", "?")
-            self._renew(f"not joined for {now - self._stuck_since:.0f}s (coordinator "
-                        f"{coordinator.coordinator_id}, state {state})")  # fmt: skip
+            stuck_s = now - self._stuck_since
+            if joined:  # (names the partitions: the rebuild message says which)
+                untold = sorted(self.assignment() - self._listener.held)
+                self._renew(f"holding {untold} untold for {stuck_s:.0f}s")
+            else:
+                state = getattr(coordinator, "state", "?")
+                self._renew(f"not joined for {stuck_s:.0f}s (coordinator "
+                            f"{coordinator.coordinator_id}, state {state})")  # fmt: skip
 
     def _renew(self, why: str) -> None:
         """A new client in the same group: the partitions are revoked first, as a rebalance
         would (the runner lets its last batch land), and assigned again when it joins."""
-        assert self._listener is not None
+        old = self._listener
+        assert old is not None
         log.warning("group %s %s: rebuilding the Kafka consumer", self._group, why)
-        held = sorted(self.assignment())
+        old.retire()  # the old client's own revocation, whenever it closes, goes nowhere
+        held = sorted(old.held | self.assignment())
         if held:
-            self._listener.on_revoke(held)
+            old.on_revoke(held)
         _close_aside(self.client)
+        self._listener = _Listener(old.on_assign, old.on_revoke)
         self.client = self._new_client()
         self._known_partitions()
         self.client.subscribe([self.topic], listener=self._listener)
