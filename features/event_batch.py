@@ -92,6 +92,9 @@ class CodedColumns:
     values: np.ndarray  # float64, NaN where the event has none
     #: Each row's context facts (`vector.context_fact_columns`), (n, N_CONTEXT_FACTS).
     context_facts: np.ndarray | None = None
+    #: The session ids as the user and item ids are (None: not read as codes).
+    sessions: list[str] | None = None
+    session_codes: np.ndarray | None = None  # int64, one a row, -1 for none
 
 
 @dataclass(eq=False)

@@ -489,14 +489,16 @@ def read_events(messages: Sequence[bytes | None]) -> Read:
     context_dicts, facts = _contexts(text, ok, contexts, entries, floats, words)
     users, user_names, user_codes = interned(_SPAN_OF[_USER_ID])
     items, item_names, item_codes = interned(_SPAN_OF[_ITEM_ID])
+    sessions, session_names, session_codes = interned(_SPAN_OF[_SESSION_ID])
     types = _TYPES
     batch = EventBatch(
         cut(_SPAN_OF[_EVENT_ID]), users, ts.tolist(), [types[k] for k in kinds.tolist()],  # type: ignore[arg-type]
-        items, interned(_SPAN_OF[_SESSION_ID])[0],
+        items, sessions,
         [v if h else None for v, h in zip(values.tolist(), has_value.tolist(), strict=True)],
         context_dicts, cut(_SPAN_OF[_SOURCE]),
         codes=CodedColumns(user_names, user_codes, item_names, item_codes, kinds, ts,
-                           np.where(has_value, values, np.nan), facts),
+                           np.where(has_value, values, np.nan), facts,
+                           session_names, session_codes),
     )  # fmt: skip
     declined = np.flatnonzero(~ok).tolist()
     if not declined:

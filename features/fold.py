@@ -25,6 +25,8 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import is_, is_not
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -107,14 +109,15 @@ class FoldState:
         refreshed from `meta` if that changed (one numpy update for all of them)."""
         index, filled_from = self.item_index, self._item_meta
         rows = list(map(index.get, item_ids))
-        if None in rows:
-            for k, item in enumerate(item_ids):
-                if rows[k] is None:
-                    rows[k] = index[item] = len(self.item_ids)
-                    self.item_ids.append(item)
-                    filled_from.append(None)
+        if None in rows:  # (the loops below are `map`s in C: no bytecode an item)
+            for k in compress(range(len(rows)), map(is_, rows, repeat(None))):
+                item = item_ids[k]
+                rows[k] = index[item] = len(self.item_ids)
+                self.item_ids.append(item)
+                filled_from.append(None)
         metas = list(map(self.meta.get, item_ids))
-        stale = [k for k, row in enumerate(rows) if metas[k] is not filled_from[row]]
+        filled = map(filled_from.__getitem__, rows)
+        stale = list(compress(range(len(rows)), map(is_not, metas, filled)))
         if len(self.item_ids) > len(self.items):
             size = len(self.items)
             while size < len(self.item_ids):
@@ -429,7 +432,16 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
     # Session ids as codes: the users' current ones, and the id each event would give a
     # session it starts (its session_id, else str(ts)).
     current = [cs_id[row] for row in user_rows]
-    strings, user_codes, new_codes = _session_codes(current, sids, ts_col)
+    if codes is not None and codes.session_codes is not None:
+        assert codes.sessions is not None
+        strings, user_codes, new_arr = _coded_session_codes(
+            current, codes.sessions, codes.session_codes, ts_col
+        )
+        sid = np.where(codes.session_codes < 0, -1, new_arr)
+    else:
+        strings, user_codes, new_codes = _session_codes(current, sids, ts_col)
+        new_arr = np.array(new_codes, dtype=np.int64)
+        sid = np.where(np.array([s is None for s in sids], dtype=np.bool_), -1, new_arr)
     if codes is not None:
         item_ids, item_loc_arr = codes.items, codes.item_codes
     else:
@@ -439,14 +451,7 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
             [-1 if i is None else item_loc_of[i] for i in item_col], dtype=np.int64
         )
     item_rows = state.item_rows(item_ids)  # allocates; refreshes metadata
-    seen = [False] * n
-    for e, (k, item) in enumerate(zip(loc, item_col, strict=True)):
-        if item is not None:
-            items = seen_sets[k]
-            if item in items:
-                seen[e] = True
-            else:
-                items.add(item)
+    seen = _seen_rows(loc, item_col, seen_sets)
 
     if codes is not None:  # the reader's arrays
         ts, kind = codes.ts, _LAYOUT_TYPE_CODE[codes.type_index]
@@ -458,7 +463,6 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
         kind = np.array([type_code[k] for k in kinds], dtype=np.int64)
         value = np.array(values, dtype=np.float64)
     item_rows_arr = np.array([*item_rows, -1], dtype=np.int64)  # [-1] for item_loc -1
-    new_arr = np.array(new_codes, dtype=np.int64)
     return _Columns(
         strings=strings,
         user_ids=user_ids,
@@ -475,11 +479,28 @@ def _columns(state: FoldState, events: Sequence[Event]) -> _Columns:
         value=value,
         engaged=L.engaged_column(kind, value),
         labelled=L.labelled_column(kind),
-        sid=np.where(np.array([s is None for s in sids], dtype=np.bool_), -1, new_arr),
+        sid=sid,
         new_id=new_arr,
-        seen=np.array(seen, dtype=np.bool_),
+        seen=seen,
         context=context_columns(batch.contexts, ts, None if codes is None else codes.context_facts),
     )
+
+
+def _seen_rows(
+    loc: list[int], item_col: Sequence[str | None], seen_sets: list[set[str]]
+) -> np.ndarray:
+    """Per row: its item is in its user's item set, or earlier in the batch; every item is
+    added to its user's set. (Set operations a user over the reader's codes measured no
+    faster: 0.13 - 0.27 against 0.12 - 0.17 us an event of MovieLens.)"""
+    seen = [False] * len(loc)
+    for e, (k, item) in enumerate(zip(loc, item_col, strict=True)):
+        if item is not None:
+            items = seen_sets[k]
+            if item in items:
+                seen[e] = True
+            else:
+                items.add(item)
+    return np.array(seen, dtype=np.bool_)
 
 
 class SessionIds(Sequence[str]):
@@ -522,6 +543,24 @@ def _session_codes(
         new_codes = [base + k if s is None else codes[s] for k, s in enumerate(sids)]
     user_codes = [codes[c] if c else -1 for c in current]  # "" is falsy: continues_session
     return strings, user_codes, new_codes
+
+
+def _coded_session_codes(
+    current: list[str | None], names: list[str], row_codes: np.ndarray, ts: Sequence[int]
+) -> tuple[Sequence[str], list[int], np.ndarray]:
+    """`_session_codes` from the reader's codes (`names`: the distinct session ids in the
+    order of their first row; `row_codes`: each row's, -1 for none): the same codes, with no
+    step a row."""
+    if any(name.isdigit() for name in names):  # (the rare case: ids a time could equal)
+        sids = [None if c < 0 else names[c] for c in row_codes.tolist()]
+        strings, user_codes, new_codes = _session_codes(current, sids, ts)
+        return strings, user_codes, np.array(new_codes, dtype=np.int64)
+    codes = {text: k for k, text in enumerate(dict.fromkeys([*current, *names]))}
+    base = len(codes)
+    named = np.array([*(codes[name] for name in names), 0], dtype=np.int64)  # [-1]: unused
+    new = np.where(row_codes < 0, base + np.arange(len(row_codes)), named[row_codes])
+    user_codes = [codes[c] if c else -1 for c in current]  # "" is falsy: continues_session
+    return SessionIds(list(codes), ts), user_codes, new
 
 
 def _session_rows(rows: np.ndarray) -> np.ndarray:
