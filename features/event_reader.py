@@ -53,6 +53,7 @@ _TEXT, _INT, _FLOAT, _TRUE, _FALSE = range(5)
 #: Distinct context keys and texts a batch may hold (beyond: its other contexts go to the model).
 _MAX_WORDS = 512
 _TYPES = tuple(EventType)
+_TYPE_OBJECTS = np.array(_TYPES, dtype=object)  # (indexed by a batch's type codes at once)
 _RATING = _TYPES.index(EventType.RATING)
 
 
@@ -482,7 +483,9 @@ def read_events(messages: Sequence[bytes | None]) -> Read:
 
     def interned(at: int) -> tuple[list[str | None], list[str], np.ndarray]:
         codes, firsts = _intern(buf, spans, at)
-        names = [text[s:e] for s, e in spans[firsts, 2 * at : 2 * at + 2].tolist()]
+        names = _joined(buf, spans[firsts], at).tobytes().decode("latin-1").split("\x00")
+        if not len(firsts):
+            names = []  # (split gives [""])
         column = np.array([*names, None], dtype=object)[codes].tolist()  # -1: the None
         return column, names, codes
 
@@ -490,12 +493,13 @@ def read_events(messages: Sequence[bytes | None]) -> Read:
     users, user_names, user_codes = interned(_SPAN_OF[_USER_ID])
     items, item_names, item_codes = interned(_SPAN_OF[_ITEM_ID])
     sessions, session_names, session_codes = interned(_SPAN_OF[_SESSION_ID])
-    types = _TYPES
+    given = values.tolist()
+    if not has_value.all():
+        for row in np.flatnonzero(~has_value).tolist():
+            given[row] = None
     batch = EventBatch(
-        cut(_SPAN_OF[_EVENT_ID]), users, ts.tolist(), [types[k] for k in kinds.tolist()],  # type: ignore[arg-type]
-        items, sessions,
-        [v if h else None for v, h in zip(values.tolist(), has_value.tolist(), strict=True)],
-        context_dicts, cut(_SPAN_OF[_SOURCE]),
+        cut(_SPAN_OF[_EVENT_ID]), users, ts.tolist(), _TYPE_OBJECTS[kinds].tolist(),  # type: ignore[arg-type]
+        items, sessions, given, context_dicts, cut(_SPAN_OF[_SOURCE]),
         codes=CodedColumns(user_names, user_codes, item_names, item_codes, kinds, ts,
                            np.where(has_value, values, np.nan), facts,
                            session_names, session_codes),

@@ -289,27 +289,33 @@ def test_items_by_user_from_the_codes_is_what_the_rows_give() -> None:
 
 
 def test_the_id_codes_number_each_distinct_id_by_its_first_row() -> None:
-    """The reader's `CodedColumns`: each distinct user and item once, in the order of its first
-    row, and each row's code (-1: no item), as a dict built over the columns would give
-    them; a batch with a row the reader declined (validation wrote it in) has none."""
+    """The reader's `CodedColumns`: each distinct user, item and session id once, in the order
+    of its first row, and each row's code (-1: none), as a dict built over the columns would
+    give them; a batch with a row the reader declined (validation wrote it in) has none."""
     rng = random.Random(5)
     events = [
         Event(event_id=f"e:{k}", user_id=rng.choice(["u1", "9", "u10", "u", "x" * 256]),
               ts=1_700_000_000_000 + k, event_type=(kind := rng.choice(list(EventType))),
               item_id=rng.choice([None, "31", "3", "13", "/pricing", "i" * 256]),
               value=rng.choice([4.5, 0.0]) if kind is EventType.RATING else rng.choice([None, 2.0]),
-              source="synthetic")
+              session_id=rng.choice([None, "s:1", "20", "s" * 256]), source="synthetic")
         for k in range(500)
     ]  # fmt: skip
     batch, _, errors = read_events([e.to_json() for e in events])
     assert errors == [] and batch.codes is not None
-    users = list(dict.fromkeys(batch.user_ids))
-    items = list(dict.fromkeys(i for i in batch.item_ids if i is not None))
-    assert batch.codes.users == users and batch.codes.items == items
-    assert batch.codes.user_codes.tolist() == [users.index(u) for u in batch.user_ids]
-    assert batch.codes.item_codes.tolist() == [
-        -1 if i is None else items.index(i) for i in batch.item_ids
-    ]
+    for ids, names, codes in [
+        (batch.user_ids, batch.codes.users, batch.codes.user_codes),
+        (batch.item_ids, batch.codes.items, batch.codes.item_codes),
+        (batch.session_ids, batch.codes.sessions, batch.codes.session_codes),
+    ]:
+        distinct = list(dict.fromkeys(i for i in ids if i is not None))
+        assert names == distinct
+        assert codes is not None and codes.tolist() == [
+            -1 if i is None else distinct.index(i) for i in ids
+        ]
+    alone = events[0].model_copy(update={"item_id": None, "session_id": None})
+    none, _, _ = read_events([alone.to_json()])  # no item, no session: no names at all
+    assert none.codes is not None and none.codes.items == [] and none.codes.sessions == []
     types = list(EventType)
     assert [types[k] for k in batch.codes.type_index.tolist()] == batch.event_types
     assert batch.codes.ts.tolist() == batch.ts
