@@ -51,10 +51,13 @@ def _decimals_ok(values: np.ndarray, places: int) -> bool:
 
 @njit(cache=True, nogil=True, inline="always")
 def _copy(out: np.ndarray, pos: int, src: np.ndarray, start: int, end: int) -> int:
-    for i in range(start, end):
-        out[pos] = src[i]
-        pos += 1
-    return pos
+    n = end - start
+    out[pos : pos + n] = src[start:end]
+    return pos + n
+
+
+#: "00" to "99": two digits a step (a division by 100 instead of two by 10).
+_PAIRS = np.frombuffer("".join(f"{k:02d}" for k in range(100)).encode(), dtype=np.uint8)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -64,22 +67,34 @@ def write_int(out: np.ndarray, pos: int, value: int) -> int:
         out[pos] = 45  # -
         pos += 1
         value = -value
-    digits, rest = 1, value
-    while rest >= 10:
-        rest //= 10
+    digits, bound = 1, 10
+    while value >= bound and digits < 19:
+        bound *= 10
         digits += 1
-    for i in range(digits - 1, -1, -1):
-        out[pos + i] = 48 + value % 10
-        value //= 10
-    return pos + digits
+    end = pos + digits
+    i = end
+    while value >= 100:
+        pair = (value % 100) * 2
+        value //= 100
+        out[i - 1] = _PAIRS[pair + 1]
+        out[i - 2] = _PAIRS[pair]
+        i -= 2
+    if value >= 10:
+        out[i - 1] = _PAIRS[value * 2 + 1]
+        out[i - 2] = _PAIRS[value * 2]
+    else:
+        out[i - 1] = 48 + value
+    return end
 
 
-@njit(cache=True, nogil=True)
-def _decimal(out: np.ndarray, pos: int, x: float, places: int, scale: float) -> int:
-    """`x` (rounded to `places`, `_decimals_ok`) as Python's repr writes it."""
+@njit(cache=True, nogil=True, inline="always")
+def _decimal(out: np.ndarray, pos: int, x: float, places: int, scale: int) -> int:
+    """`x` (rounded to `places`, `_decimals_ok`) as Python's repr writes it. Called with
+    literal `places` and `scale` (`_decimal2`, `_decimal6`), so the divisions by the scale
+    compile to multiplications: by a value held in a variable they were most of the kernel."""
     k = np.int64(np.rint(x * scale))
-    whole = k // np.int64(scale)
-    frac = k - whole * np.int64(scale)
+    whole = k // scale
+    frac = k - whole * scale
     pos = write_int(out, pos, whole)  # type: ignore[arg-type]  # (an int64 inside numba)
     out[pos] = 46  # .
     pos += 1
@@ -94,6 +109,16 @@ def _decimal(out: np.ndarray, pos: int, x: float, places: int, scale: float) -> 
         out[pos + i] = 48 + frac % 10
         frac //= 10
     return pos + kept
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _decimal2(out: np.ndarray, pos: int, x: float) -> int:
+    return _decimal(out, pos, x, 2, 100)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _decimal6(out: np.ndarray, pos: int, x: float) -> int:
+    return _decimal(out, pos, x, 6, 1_000_000)
 
 
 @njit(cache=True, nogil=True)
@@ -123,7 +148,7 @@ def _write(  # type: ignore[no-untyped-def]
         pos = _copy(out, pos, parts, part_at[6], part_at[7])  # ,"offset":
         pos = write_int(out, pos, offset[r])
         pos = _copy(out, pos, parts, part_at[7], part_at[8])  # ,"rule":{"score":
-        pos = _decimal(out, pos, score[r], 2, 100.0)
+        pos = _decimal2(out, pos, score[r])
         pos = _copy(out, pos, parts, part_at[8], part_at[9])  # ,"label":
         pos = _copy(out, pos, labels, label_at[label[r]], label_at[label[r] + 1])
         pos = _copy(out, pos, parts, part_at[9], part_at[10])  # ,"reasons":[
@@ -136,17 +161,17 @@ def _write(  # type: ignore[no-untyped-def]
             out[pos] = 91  # [
             pos = _copy(out, pos + 1, names, name_at[signal[r, j]], name_at[signal[r, j] + 1])
             out[pos] = 44
-            pos = _decimal(out, pos + 1, points[r, j], 2, 100.0)
+            pos = _decimal2(out, pos + 1, points[r, j])
             out[pos] = 93  # ]
             pos += 1
         if has_model:
             pos = _copy(out, pos, parts, part_at[10], part_at[11])  # ]},"model":{...,"interaction":
-            pos = _decimal(out, pos, interaction[r], 6, 1e6)
+            pos = _decimal6(out, pos, interaction[r])
             if has_online:
                 pos = _copy(out, pos, parts, part_at[11], part_at[12])  # ,"interaction_online":
-                pos = _decimal(out, pos, online[r], 6, 1e6)
+                pos = _decimal6(out, pos, online[r])
             pos = _copy(out, pos, parts, part_at[12], part_at[13])  # ,"propensity":
-            pos = _decimal(out, pos, propensity[r], 6, 1e6)
+            pos = _decimal6(out, pos, propensity[r])
             pos = _copy(out, pos, parts, part_at[13], part_at[14])  # },"scored_at":..,"fd":"
         else:
             pos = _copy(out, pos, parts, part_at[14], part_at[15])  # ]},"model":null|{..},..,"fd":"

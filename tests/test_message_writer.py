@@ -15,7 +15,7 @@ from features.digest import Digests
 from features.events import Event, EventType
 from scoring import score_record
 from scoring.exact_round import round_like_python
-from scoring.message_writer import write_messages
+from scoring.message_writer import write_int, write_messages
 from scoring.model import NO_MODEL_FOR_DOMAIN
 
 NAMES = ["recent_activity", "rating_mean", "engaged_share", "sessions_7d", "streak"]
@@ -154,3 +154,14 @@ def test_an_empty_batch_and_rows_with_no_signal() -> None:
     empty = write_messages([], [], [], [], [], [], np.empty(0), [], np.empty((0, 3), np.int64),
                            np.empty((0, 3)), NAMES, [], 1.0, None)  # fmt: skip
     assert empty == []
+
+
+def test_integers_are_written_as_python_writes_them() -> None:
+    """`write_int` (two digits a step) at every digit count, both signs, to int64's largest."""
+    values = [0, 1, 9, 10, 11, 99, 100, 101, 999, 1_000, 12_345, 10**17, 10**18 - 1, 10**18,
+              2**63 - 1, -1, -10, -12_345]  # fmt: skip
+    values += [10**k + d for k in range(1, 19) for d in (-1, 0, 1)]
+    out = np.zeros(32, dtype=np.uint8)
+    for value in values:
+        end = write_int(out, 0, value)
+        assert out[:end].tobytes() == str(value).encode(), value
