@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from itertools import chain
+from itertools import chain, repeat
+from operator import is_not
 
 import numpy as np
 import orjson
@@ -262,8 +263,11 @@ def write_packed(
         decimals += [(p, 6) for p in model[1:] if p is not None]
     if not all(_decimals_ok(values, places) for values, places in decimals):
         return None
-    has_item = np.array([i is not None for i in items], dtype=np.bool_)
-    item_text = [i or "" for i in items]
+    if None in items:  # (the scans and maps here run in C: no bytecode a row)
+        has_item = np.fromiter(map(is_not, items, repeat(None)), np.bool_, n)
+        item_text: Sequence[str] = [i or "" for i in items]
+    else:
+        has_item, item_text = np.ones(n, dtype=np.bool_), items  # type: ignore[assignment]
     if any(len(column) != n for column in (users, event_ids, item_text, digests)):
         raise ValueError("write_messages takes one value per row in every column")
     block = isinstance(digests, Digests)  # hex text: copied as it is, after the other texts
@@ -291,7 +295,7 @@ def write_packed(
     label_bytes, label_at = _bytes_table([orjson.dumps(x) for x in label_names])
     name_bytes, name_at = _bytes_table([orjson.dumps(x) for x in signal_names])
     code = {name: k for k, name in enumerate(label_names)}
-    label_codes = np.array([code[x] for x in labels], dtype=np.int64)
+    label_codes = np.fromiter(map(code.__getitem__, labels), np.int64, n)
     zeros = np.zeros(n)
     interaction, propensity, online = (model[1], model[2], model[3]) if model else (zeros,) * 3
     # Room for the longest row: every piece, each number at its widest (24 bytes), each
