@@ -160,7 +160,7 @@ class AdmissionPolicy:
         table, counts = recent_ids.tables(
             [recents.get(user, recent_ids.EMPTY) for user in users], 2 * self.recent_ids + 1
         )
-        ts = np.asarray(batch.ts, dtype=np.float64)
+        ts = (codes.ts if codes is not None else np.asarray(batch.ts)).astype(np.float64)
         verdict = np.zeros(len(batch), dtype=np.int8)
         behind = np.zeros(len(batch), dtype=np.float64)
         lateness = np.inf if self.max_lateness_ms is None else float(self.max_lateness_ms)

@@ -61,12 +61,11 @@ def id_digests(ids: Sequence[str]) -> np.ndarray:
     """The digest of each id (uint64), in one compiled pass over their joined UTF-8 bytes."""
     joined = "".join(ids)
     if joined.isascii():  # the usual case: a character is a byte
-        data, lengths = joined.encode(), list(map(len, ids))
+        data, lengths = joined.encode(), np.fromiter(map(len, ids), np.int64, len(ids))
     else:
         encoded = [i.encode() for i in ids]
-        data, lengths = b"".join(encoded), list(map(len, encoded))
-    ends = np.cumsum(np.array(lengths, dtype=np.int64))
-    return _fnv1a(np.frombuffer(data, dtype=np.uint8), ends)
+        data, lengths = b"".join(encoded), np.fromiter(map(len, encoded), np.int64, len(ids))
+    return _fnv1a(np.frombuffer(data, dtype=np.uint8), np.cumsum(lengths))
 
 
 def id_digest(event_id: str) -> int:
