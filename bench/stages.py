@@ -120,8 +120,10 @@ def one_run(ctx: Context, synthetic: int | None = None) -> dict[str, Any]:
             consumer = StreamConsumer(settings, group=f"{ctx.prefix}.stages.{uuid.uuid4().hex}")
             consumer.kafka.poll = clocks.wrap(consumer.kafka.poll, "poll")  # type: ignore[method-assign]
             started: list[float] = []
+            batches = [0]
 
             def first_batch(*args: Any, **kwargs: Any) -> None:
+                batches[0] += 1
                 if not clocks.on:  # from the first batch: start-up and the join are not clocked
                     clocks.on = True
                     started.extend((time.perf_counter(), time.thread_time()))
@@ -145,7 +147,8 @@ def one_run(ctx: Context, synthetic: int | None = None) -> dict[str, Any]:
     stages = {s: {"wall_us": clocks.wall.get(s, 0.0) * per_event,
                   "cpu_us": clocks.cpu.get(s, 0.0) * per_event}
               for s in ["poll", *(stage for _, _, stage in STAGES)]}  # fmt: skip
-    return {"events": events, "events_per_s": summary.busy_rate, "span_us": span * per_event,
+    return {"events": events, "batches": batches[0],
+            "events_per_s": summary.busy_rate, "span_us": span * per_event,
             "thread_cpu_us": thread_cpu * per_event,
             "threads_cpu_us": {n: s * per_event for n, s in threads_cpu.items()},
             "model_version": summary.model_version,
@@ -158,7 +161,8 @@ def table(runs: list[dict[str, Any]]) -> str:
     lines = [f"{len(runs)} run(s), {runs[0]['events']:,} events, model "
              f"{runs[0]['model_version']}: {med(r['events_per_s'] for r in runs):,.0f} events/s; "
              f"the consumer thread's span {med(r['span_us'] for r in runs):.1f} us an event, "
-             f"its CPU {med(r['thread_cpu_us'] for r in runs):.1f}",
+             f"its CPU {med(r['thread_cpu_us'] for r in runs):.1f}; "
+             f"{med(r['events'] / r['batches'] for r in runs):,.0f} events a batch",
              f"{'stage':40s} {'wall us':>8s} {'CPU us':>8s}"]  # fmt: skip
     for stage in runs[0]["stages"]:
         wall = med(r["stages"][stage]["wall_us"] for r in runs)
