@@ -104,6 +104,16 @@ class CommandList:
             self.add(command, key, *chunk)
         return len(chunks)
 
+    def add_sets(self, command: str, keys: Sequence[str], members: Iterable[list[str]]) -> None:
+        """`add_members` for each key and its members (SADD of each user's new items)."""
+        _allowed(command)
+        for key, its in zip(keys, members, strict=True):
+            if 0 < len(its) <= MAX_ARGS:
+                self._commands.append((command, key, *its))
+                self._count += 1
+            else:  # none for no members; split past MAX_ARGS
+                self.add_members(command, key, its)
+
     def run(self, client: Any) -> list[Any]:
         """Run the commands now; every command's reply, in order (not atomically: a batch's
         reads need no snapshot, its fence guards them). On a single-node client all in one

@@ -60,16 +60,22 @@ def _arg(value: Any) -> bytes:
     raise TypeError(f"{kind.__name__} is not a Redis argument")
 
 
+#: Types whose `str` is the argument hiredis packs (exact types: a bool or an int subclass
+#: goes through `_arg`, which refuses it as hiredis would or packs it as hiredis does).
+_TEXT_KINDS = frozenset({str, int, float})
+
+
 def _column_bytes(values: Sequence[Any]) -> tuple[bytes, np.ndarray]:
     """The column's arguments joined, and each one's length."""
     n = len(values)
     kinds = set(map(type, values))
     if kinds <= {bytes}:
         return b"".join(values), np.fromiter(map(len, values), np.int64, n)
-    if kinds <= {str}:
-        joined = "".join(values)
+    if kinds <= _TEXT_KINDS:  # str(x) is hiredis's text of each: repr for a float, %d an int
+        texts = values if kinds <= {str} else list(map(str, values))
+        joined = "".join(texts)
         if joined.isascii():  # a character is a byte
-            return joined.encode(), np.fromiter(map(len, values), np.int64, n)
+            return joined.encode(), np.fromiter(map(len, texts), np.int64, n)
     encoded = list(map(_arg, values))
     return b"".join(encoded), np.fromiter(map(len, encoded), np.int64, n)
 

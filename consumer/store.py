@@ -63,6 +63,33 @@ def stored_offsets(client: redis.Redis, topic: str, partitions: Iterable[int]) -
     return {p: int(v) if v is not None else NO_OFFSET for p, v in zip(parts, values, strict=True)}
 
 
+def _add_user_states(
+    cmds: CommandList, states: dict[str, dict[str, bytes | str]], recent: dict[str, bytes]
+) -> None:
+    """Each user's state fields and recent ids (if any) as one HSET, the users of the same
+    fields framed together. The usual batch, every user the same fields and recent ids, is
+    taken as columns, with no step a user in Python (~850 users a batch of 1M synthetic)."""
+    shapes = set(map(tuple, states.values()))
+    if len(shapes) == 1 and len(recent) >= len(states) and all(map(recent.get, states)):
+        (names,) = shapes
+        if recent_ids.FIELD not in names:
+            columns: list[Any] = []
+            for name in names:
+                columns += (Same(name), list(map(itemgetter(name), states.values())))
+            columns += (Same(recent_ids.FIELD), list(map(recent.__getitem__, states)))
+            cmds.add_columns("HSET", keys.user_keys(list(states)), *columns)
+            return
+    grouped: dict[tuple[str, ...], tuple[list[str], list[tuple[Any, ...]]]] = {}
+    for (user, fields), key in zip(states.items(), keys.user_keys(list(states)), strict=True):
+        seen = recent.get(user)  # the state and the recent ids: one HSET
+        row = {**fields, recent_ids.FIELD: seen} if seen else fields
+        same_fields = grouped.setdefault(tuple(row), ([], []))  # (framed together)
+        same_fields[0].append(key)
+        same_fields[1].append(tuple(row.values()))
+    for names, (user_keys, rows) in grouped.items():
+        cmds.add_rows("HSET", user_keys, names, rows)
+
+
 class RedisStateStore(KeepsLocalCopy):
     def __init__(
         self, client: redis.Redis, topic: str, session_ttl_s: int, local: LocalState | None = None
@@ -196,27 +223,20 @@ class RedisBatch:
         pipe, topic, ttl = self.pipe, self.store.topic, self.store.session_ttl_s
         cmds = CommandList()  # the per-user, per-session and per-item writes: one command
         recent, states = writes.user_recent_ids, writes.user_states
-        shapes: dict[tuple[str, ...], tuple[list[str], list[tuple[Any, ...]]]] = {}
-        for (user, fields), key in zip(states.items(), keys.user_keys(list(states)), strict=True):
-            seen = recent.get(user)  # the state and the recent ids: one HSET
-            row = {**fields, recent_ids.FIELD: seen} if seen else fields
-            same_fields = shapes.setdefault(tuple(row), ([], []))  # (framed together)
-            same_fields[0].append(key)
-            same_fields[1].append(tuple(row.values()))
-        for names, (user_keys, rows) in shapes.items():
-            cmds.add_rows("HSET", user_keys, names, rows)
-        for user, seen in recent.items():  # (a user whose every event was refused)
-            if seen and user not in states:
-                cmds.add("HSET", keys.user_key(user), recent_ids.FIELD, seen)
+        _add_user_states(cmds, states, recent)
+        if not recent.keys() <= states.keys():
+            for user, seen in recent.items():  # (a user whose every event was refused)
+                if seen and user not in states:
+                    cmds.add("HSET", keys.user_key(user), recent_ids.FIELD, seen)
         for user in writes.legacy_seen:
             cmds.add("DEL", keys.legacy_recent_ids_key(user))
-        for user, new_items in writes.user_new_items.items():
-            if new_items:
-                cmds.add_members("SADD", keys.user_items_key(user), sorted(new_items))
+        new_items = {user: items for user, items in writes.user_new_items.items() if items}
+        cmds.add_sets("SADD", keys.user_keys(list(new_items), ":items"),
+                      map(sorted, new_items.values()))  # fmt: skip
         closed = writes.closed_sessions
-        session_keys = [keys.session_key(user, session) for user, session in closed]
+        users, sessions = (list(ids) for ids in zip(*closed, strict=True)) if closed else ([], [])
         values = list(map(session_value, closed.values()))
-        cmds.add_columns("SET", session_keys, values, Same("EX"), Same(ttl))
+        cmds.add_columns("SET", keys.session_keys(users, sessions), values, Same("EX"), Same(ttl))
         for partition, (items, blobs) in writes.item_shards.partitions.items():
             cmds.add_each("HSET", keys.item_keys(items), shard_field(partition), blobs)
         scores = writes.scores  # every user's the same fields (score_record.HASH_FIELDS)

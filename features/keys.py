@@ -102,11 +102,16 @@ def escape_ids(raw_ids: list[str]) -> list[str]:
     match is a character class: the whole text matches when every id does): a batch writes
     ~1,200 item keys: 237 -> 51 ns a key (`item_keys` against `item_key` one by one).
 
-    >>> escape_ids(["31", "a.b"]), escape_ids(["31", "a:b"])
-    (['31', 'a.b'], ['31', 'a%3Ab'])
+    >>> escape_ids(["31", "a.b"]), escape_ids(["31", "a:b", "", "%00"])
+    (['31', 'a.b'], ['31', 'a%3Ab', '', '%2500'])
+
+    (An escaped ASCII id holds "%00" only where it had a NUL: its "%" is escaped too.)
     """
-    if _unchanged("".join(raw_ids)):
+    joined = "".join(raw_ids)
+    if _unchanged(joined):
         return raw_ids
+    if joined.isascii() and "\x00" not in joined:  # one translate, split at the NULs' "%00"
+        return "\x00".join(raw_ids).translate(_ASCII_ESCAPES).split("%00")
     return [escape_id(raw) for raw in raw_ids]
 
 
@@ -120,6 +125,18 @@ def user_keys(user_ids: list[str], suffix: str = "") -> list[str]:
     True
     """
     return [f"u:{{{escaped}}}{suffix}" for escaped in escape_ids(user_ids)]
+
+
+def session_keys(user_ids: list[str], session_ids: list[str]) -> list[str]:
+    """`s:{user}:<session>` of each pair (`session_key` one by one), escaped as `escape_ids`
+    does: a synthetic batch closes a session every ~5 events (0.4 -> 0.1 us a key).
+
+    >>> session_keys(["u", "a}b"], ["s:1", "2"]) == [session_key("u", "s:1"),
+    ...                                               session_key("a}b", "2")]
+    True
+    """
+    pairs = zip(escape_ids(user_ids), escape_ids(session_ids), strict=True)
+    return [f"s:{{{user}}}:{session}" for user, session in pairs]
 
 
 def item_keys(item_ids: list[str]) -> list[str]:

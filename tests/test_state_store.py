@@ -23,6 +23,7 @@ from redis.cluster import RedisCluster
 from consumer.batch import BatchScorer, Incoming
 from consumer.cluster_store import ClusterStateStore
 from consumer.local_state import LocalState
+from consumer.redis_commands import CommandList
 from consumer.state_store import (
     NO_OFFSET,
     BatchWrites,
@@ -31,7 +32,7 @@ from consumer.state_store import (
     StateStore,
     advance_columns,
 )
-from consumer.store import RedisBatch, RedisStateStore
+from consumer.store import RedisBatch, RedisStateStore, _add_user_states
 from engage.partitioning import positive_murmur2
 from engage.redis_client import connect
 from engage.settings import Settings
@@ -302,6 +303,31 @@ def test_batches_folded_while_the_previous_commits_equal_one_fold(settings: Sett
     pending[0].commit(pending[1], learn=False)
     assert_holds_one_fold(store, incoming, meta)
     client.close()
+
+
+def test_each_users_state_and_recent_ids_are_one_hset_taken_by_columns_or_by_user() -> None:
+    """The usual batch (every user the same fields and recent ids) is framed as columns; any
+    other by user: either way one HSET a user of its fields, then its recent ids if any."""
+
+    def hsets(states: dict[str, dict[str, Any]], recent: dict[str, bytes]) -> set[tuple]:
+        cmds = CommandList()
+        _add_user_states(cmds, states, recent)
+        return set(cmds.commands())
+
+    def expected(states: dict[str, dict[str, Any]], recent: dict[str, bytes]) -> set[tuple]:
+        out = set()
+        for user, fields in states.items():
+            row = {**fields, recent_ids.FIELD: recent[user]} if recent.get(user) else fields
+            out.add(("HSET", keys.user_key(user), *(x for kv in row.items() for x in kv)))
+        return out
+
+    uniform = {"a": {"st": b"\x01a", "cs_id": "s:1"}, "b:}": {"st": b"\x01b", "cs_id": "s2"}}
+    recent = {"a": b"\x02ra", "b:}": b"\x02rb", "refused": b"\x02rc"}
+    assert hsets(uniform, recent) == expected(uniform, recent)
+    mixed = {"a": {"st": b"\x01a"}, "b:}": {"st": b"\x01b", "cs_id": "s2"}, "c": {"st": b""}}
+    for seen in (recent, {"a": b"\x02ra"}, {"a": b"", "c": b"\x02rc"}, {}):
+        assert hsets(mixed, seen) == expected(mixed, seen)
+        assert hsets(uniform, seen) == expected(uniform, seen)
 
 
 def test_advance_columns_raises_each_partition_to_its_largest_offset() -> None:
