@@ -341,10 +341,11 @@ class BatchScorer:
         domains = {source: domain_of(source) for source in set(sources)}
         rows: list[int] | None = None  # the rows the model scores (None: all of them)
         latest = sorted(latest_rows.values())
-        if all(bundle.covers(domain) for domain in domains.values()):
+        covered = {source for source, domain in domains.items() if bundle.covers(domain)}
+        if len(covered) == len(domains):
             shown, at = latest, latest
-        else:
-            rows = [r for r, s in enumerate(sources) if bundle.covers(domains[s])]
+        else:  # (a set lookup a row, none when no source is covered: the synthetic funnel)
+            rows = [r for r, s in enumerate(sources) if s in covered] if covered else []
             before, after = before[rows], after[rows]
             position = {row: i for i, row in enumerate(rows)}  # batch row -> scored row
             shown = [row for row in latest if row in position]
