@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from consumer.redis_commands import MAX_ARGS, CommandList, exec_transaction, pairs
+from consumer.redis_commands import MAX_ARGS, CommandList, _packed, exec_transaction, pairs
 
 
 @contextmanager
@@ -72,6 +72,25 @@ def test_sets_of_members_are_the_commands_add_members_makes_key_by_key() -> None
     assert together.plain() == one_by_one.plain()
     with pytest.raises(ValueError, match="FLUSHALL"):
         CommandList().add_sets("FLUSHALL", ["a"], [["m"]])
+
+
+def test_a_transactions_own_commands_are_packed_as_redis_py_packs_them() -> None:
+    """`exec_transaction` packs its argument tuples (the leaderboard's ZADD, offsets, stats,
+    live values, the live view's PUBLISH) with hiredis: the bytes redis-py's packer makes;
+    what hiredis refuses goes to redis-py's, which refuses it as before."""
+    connection = redis.Redis().connection_pool.make_connection()  # (packs; never connects)
+    commands = [
+        ("ZADD", "lb:{rule}", 1.5, "é", -0.0, "m", float("inf"), "x", 10**30, "y", 33.33, "z"),
+        ("SET", "o:t:3", 12345),
+        ("HINCRBY", "st:t", "processed", -4),
+        ("SET", "live", b"\x00\r\n\xff" * 1000),
+        ("PUBLISH", "c", memoryview(b"[1]")),
+    ]
+    for command in commands:
+        assert b"".join(_packed(connection, command)) == b"".join(connection.pack_command(*command))
+    for refused in (True, None):
+        with pytest.raises(redis.DataError):
+            _packed(connection, ("SET", "k", refused))
 
 
 @pytest.mark.stack
