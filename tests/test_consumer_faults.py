@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -352,6 +353,45 @@ def test_partitions_the_holder_was_never_told_of_get_the_client_rebuilt(settings
     assert held and _holding(told) == held  # told again by the new client's join
     said = [r.getMessage() for r in caplog.records]
     assert any(f"holding {sorted(held)} untold" in m and "rebuilding" in m for m in said), said
+    kafka.close()
+
+
+def test_a_join_that_completes_late_does_not_count_its_unjoined_time_as_untold(
+    settings, monkeypatch
+) -> None:
+    """A new client's join may wait most of `kafka_group_stuck_s` for a wedged member to time
+    out; once it completes, kafka-python sets the assignment a moment before its listener tells
+    the holder. A gate saw the two add up: the unjoined seconds counted as time "untold", and
+    a client that had just joined was rebuilt in that moment. Each condition has its own clock:
+    here, unjoined to just short of the limit, then joined and untold for a moment (the clock
+    faked; the client and group are real), and nothing is rebuilt."""
+    import engage.transport.kafka_python as kafka_python
+
+    told: list = []
+    kafka = _reading_transport(settings, "late-join", told)
+    now = [1_000.0]
+    monkeypatch.setattr(kafka_python, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    coordinator = kafka.client._coordinator
+    limit = kafka._settings.kafka_group_stuck_s
+    monkeypatch.setattr(coordinator, "need_rejoin", lambda: True)
+    for _ in range(8):  # unjoined, seen every second up to a second short of the limit
+        kafka._watch_group()
+        now[0] += (limit - 1) / 7
+    monkeypatch.setattr(coordinator, "need_rejoin", lambda: False)
+    held = set(kafka._listener.held)
+    kafka._listener.held.clear()  # assigned, the listener not yet returned
+    for _ in range(3):
+        kafka._watch_group()
+        now[0] += 0.5
+    assert kafka.renewals == 0
+    kafka._listener.held.update(held)  # told
+    kafka._watch_group()
+    assert kafka._stuck is None and held
+    kafka._listener.held.clear()  # untold for the whole limit now: rebuilt
+    for _ in range(3):
+        kafka._watch_group()
+        now[0] += limit / 2
+    assert kafka.renewals == 1
     kafka.close()
 
 

@@ -97,7 +97,10 @@ class KafkaPythonConsumer:
         self._tps: dict[int, TopicPartition] = {}
         self._settings, self._group = settings, group
         self._listener: _Listener | None = None
-        self._stuck_since: float | None = None  # when the group was first seen not joined
+        #: Since when the group has been seen stuck, and how: "unjoined", or "untold" (joined,
+        #: holding partitions the holder was not told of). A clock a condition: a join that
+        #: completes late must not inherit the unjoined time as time untold.
+        self._stuck: tuple[str, float] | None = None
         self.renewals = 0  # clients rebuilt: their group stayed unjoined, or a call wedged
         self._calls = CallWatch("engage-kafka-watch")
         self._wedged: str | None = None  # a call freed outside poll: rebuild at the next poll
@@ -164,13 +167,13 @@ class KafkaPythonConsumer:
             return
         joined = not (coordinator.coordinator_unknown() or coordinator.need_rejoin())
         if joined and self.assignment() <= self._listener.held:
-            self._stuck_since = None
+            self._stuck = None
             return
-        now = time.monotonic()
-        if self._stuck_since is None:
-            self._stuck_since = now
-        elif now - self._stuck_since >= self._settings.kafka_group_stuck_s:
-            stuck_s = now - self._stuck_since
+        how, now = ("untold" if joined else "unjoined"), time.monotonic()
+        if self._stuck is None or self._stuck[0] != how:
+            self._stuck = (how, now)
+        elif now - self._stuck[1] >= self._settings.kafka_group_stuck_s:
+            stuck_s = now - self._stuck[1]
             if joined:  # (names the partitions: the rebuild message says which)
                 untold = sorted(self.assignment() - self._listener.held)
                 self._renew(f"holding {untold} untold for {stuck_s:.0f}s")
@@ -194,7 +197,7 @@ class KafkaPythonConsumer:
         self.client = self._new_client()
         self._known_partitions()
         self.client.subscribe([self.topic], listener=self._listener)
-        self._stuck_since = None
+        self._stuck = None
         self.renewals += 1
 
     def assignment(self) -> set[int]:
