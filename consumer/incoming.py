@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import numpy as np
 
 from engage.transport.base import Record
+from engage.transport.record_columns import RecordColumns
 from features.distinct import sorted_distinct
 from features.event_batch import EventBatch, Rows
-from features.event_reader import read_events
+from features.event_reader import read_block, read_events
 from features.events import DecodeError, Event
 
 
@@ -36,14 +37,15 @@ class Incoming:
 @dataclass(eq=False)
 class IncomingBatch(Rows[Incoming]):
     """Events (`events`, row `i` of each column is event `i`) and their records' partition,
-    offset, Kafka timestamp, key and raw value."""
+    offset, Kafka timestamp, key and raw value (the last two read only for a dead letter: they
+    may be cut from the fetched bytes when read, `record_columns.Spans`)."""
 
     events: EventBatch
     partitions: list[int]
     offsets: list[int]
     kafka_ts_ms: list[int]
-    keys: list[bytes | None]
-    values: list[bytes]
+    keys: Sequence[bytes | None]
+    values: Sequence[bytes]
 
     @classmethod
     def of(cls, incoming: Sequence[Incoming]) -> IncomingBatch:
@@ -74,18 +76,21 @@ class IncomingBatch(Rows[Incoming]):
 
 @dataclass(slots=True)
 class Polled:
-    """A poll's records, their columns (`record_columns`), and their partitions and offsets
-    as arrays: the batch's offset checks and progress are numpy passes, not a step a record.
+    """A poll's records, their partitions and offsets as arrays (the batch's offset checks
+    and progress are numpy passes, not a step a record), and, for records that are objects,
+    their columns (`record_columns`); records polled as `RecordColumns` are columns already.
     `decoded`: the records' events when they were decoded already (the event-time merge)."""
 
-    records: list[Record]
+    records: Sequence[Record]
     decoded: list[Event | DecodeError] | None
-    columns: tuple[list[Any], ...]
+    columns: tuple[list[Any], ...] | None
     partitions: np.ndarray  # int64, one a record
     offsets: np.ndarray
 
     @classmethod
-    def of(cls, records: list[Record], decoded: list[Event | DecodeError] | None) -> Polled:
+    def of(cls, records: Sequence[Record], decoded: list[Event | DecodeError] | None) -> Polled:
+        if isinstance(records, RecordColumns):
+            return cls(records, decoded, None, records.partitions, records.offsets)
         columns = record_columns(records)
         n = len(records)
         return cls(
@@ -94,12 +99,12 @@ class Polled:
         )  # fmt: skip
 
     def partition_set(self) -> set[int]:
-        return set(sorted_distinct(self.partitions).tolist()) if self.records else set()
+        return set(sorted_distinct(self.partitions).tolist()) if len(self.records) else set()
 
     def after(self, positions: dict[int, int], none: int) -> Polled:
         """The records past each partition's position (`none` where it has none): those at or
         below it were applied already (a re-delivery)."""
-        if not self.records:
+        if not len(self.records):
             return self
         top = int(self.partitions.max())
         stored = np.array([positions.get(p, none) for p in range(top + 1)], np.int64)
@@ -108,8 +113,13 @@ class Polled:
             return self
         rows = np.flatnonzero(keep).tolist()
         decoded = None if self.decoded is None else [self.decoded[k] for k in rows]
+        records = self.records
+        if isinstance(records, RecordColumns):
+            return Polled(records.take(keep), decoded, None, self.partitions[keep],
+                          self.offsets[keep])  # fmt: skip
+        assert self.columns is not None
         return Polled(
-            [self.records[k] for k in rows], decoded,
+            [records[k] for k in rows], decoded,
             tuple([column[k] for k in rows] for column in self.columns),
             self.partitions[keep], self.offsets[keep],
         )  # fmt: skip
@@ -123,6 +133,8 @@ def read_incoming(
     """The records' valid events as a batch, and each other record with why it is not one.
     `decoded`: the records' events when they were decoded already (the event-time merge);
     `columns`: their `record_columns` when made already."""
+    if isinstance(records, RecordColumns) and decoded is None:
+        return _read_columns(records)
     partitions, offsets, timestamps, keys, values = columns or record_columns(records)
     if decoded is None:
         events, rows, errors = read_events(values)
@@ -139,6 +151,22 @@ def read_incoming(
     if not all(values):  # a tombstone (None) is kept as empty bytes
         values = [value or b"" for value in values]
     return IncomingBatch(events, partitions, offsets, timestamps, keys, values), undecodable
+
+
+def _read_columns(
+    records: RecordColumns,
+) -> tuple[IncomingBatch, list[tuple[Record, DecodeError]]]:
+    """`read_incoming` of polled columns: the values read where they lie in the fetched
+    bytes, a key or value cut only when a dead letter reads it."""
+    starts, ends = records.value_at, records.value_ends()
+    events, rows, errors = read_block(records.data, starts, ends, records.values())
+    undecodable: list[tuple[Record, DecodeError]] = [(records[i], exc) for i, exc in errors]
+    kept = records if len(rows) == len(records) else records.take(rows)
+    incoming = IncomingBatch(
+        events, kept.partitions.tolist(), kept.offsets.tolist(), kept.timestamps.tolist(),
+        kept.keys(), cast(Sequence[bytes], kept.values(empty_null=True)),  # (tombstone: b"")
+    )  # fmt: skip
+    return incoming, undecodable
 
 
 _COLUMNS = ("partition", "offset", "timestamp", "key", "value")

@@ -500,8 +500,8 @@ class StreamConsumer:
         return done
 
     def _ordered(
-        self, records: list[transport.Record]
-    ) -> tuple[list[transport.Record], list[Event | DecodeError] | None]:
+        self, records: Sequence[transport.Record]
+    ) -> tuple[Sequence[transport.Record], list[Event | DecodeError] | None]:
         """The records to apply now: all of them in arrival order (not decoded yet), or with
         `consume_order = "event_time"` the merged prefix the merger can release, decoded."""
         if self.merger is None:
@@ -523,7 +523,7 @@ class StreamConsumer:
         return position is not None and position >= highwater
 
     def _handle(
-        self, records: list[transport.Record], decoded: list[Event | DecodeError] | None,
+        self, records: Sequence[transport.Record], decoded: list[Event | DecodeError] | None,
         summary: RunSummary,
     ) -> None:  # fmt: skip
         """Apply, score, emit and commit one batch, in labelled steps.

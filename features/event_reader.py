@@ -365,8 +365,8 @@ def _uniform(buf: np.ndarray, spans: np.ndarray, at: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _read_all(buf: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Every message (ending at `ends` in `buf`): whether it was read, its id spans, time,
+def _read_all(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every message (`buf[starts[i]:ends[i]]`): whether it was read, its id spans, time,
     type, value and whether it has one, its context (first entry and count, -1: none) and
     the context entries (`_context`)."""
     n = len(ends)
@@ -381,11 +381,9 @@ def _read_all(buf: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, ...]:
     values = np.zeros(n, dtype=np.float64)
     has_value = np.zeros(n, dtype=np.bool_)
     ok = np.zeros(n, dtype=np.bool_)
-    start = 0
     for i in range(n):
-        ok[i] = _read_one(buf, start, ends[i], i, spans, ts, kinds, values, has_value,
+        ok[i] = _read_one(buf, starts[i], ends[i], i, spans, ts, kinds, values, has_value,
                           contexts, entries, floats, words, used)  # fmt: skip
-        start = ends[i]
     used_entries, used_words = used[0], used[1]
     return (ok, spans, ts, kinds, values, has_value, contexts, entries[:used_entries],
             floats[:used_entries], words[:used_words])  # fmt: skip
@@ -466,10 +464,20 @@ def read_events(messages: Sequence[bytes | None]) -> Read:
     except TypeError:  # a tombstone (None) among them: read as empty, so the model says why
         present = [m or b"" for m in messages]
         lengths = np.fromiter(map(len, present), np.int64, n)
-    joined = b"".join(present)
+    ends = np.cumsum(lengths)
+    return read_block(b"".join(present), ends - lengths, ends, messages)
+
+
+def read_block(
+    joined: bytes, starts: np.ndarray, ends: np.ndarray, messages: Sequence[bytes | None]
+) -> Read:
+    """`read_events` of messages that lie in one buffer already, message i at
+    `joined[starts[i]:ends[i]]` (a tombstone empty), whatever lies between them (a fetched
+    batch's record framing and keys); `messages` is read only for the ones declined."""
+    n = len(ends)
     buf = np.frombuffer(joined, dtype=np.uint8)
     ok, spans, ts, kinds, values, has_value, contexts, entries, floats, words = _read_all(
-        buf, np.cumsum(lengths)
+        buf, np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
     )
     text = joined.decode("latin-1")  # one character per byte: the spans index it as they are
 

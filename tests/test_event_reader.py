@@ -183,6 +183,50 @@ def test_mutated_messages_read_as_the_model_reads_them() -> None:
     assert_reads_like_the_model(messages)
 
 
+def test_messages_read_where_they_lie_in_a_buffer_read_as_when_joined(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`read_block`, as the consumer reads a fetch (the values where they lie, record framing
+    and keys between them): the same events, rows and reasons as `read_events`, and the same
+    messages left to the model (a message read with the bytes around it would be declined),
+    with bytes between the messages that would read as JSON if one were read past its end."""
+    declined: list[list[int]] = []
+    patched = event_reader._patched
+
+    def noting(batch: Any, messages: Any, rows: list[int]) -> Any:
+        declined.append(list(rows))
+        return patched(batch, messages, rows)
+
+    monkeypatch.setattr(event_reader, "_patched", noting)
+    rng = random.Random(13)
+    alphabet = b'"\\,:{}[]0123456789 \x00'
+    messages: list[bytes | None] = [None, *EDGES]
+    for k in range(2000):
+        raw = bytearray(random_event(rng, k).to_json())
+        if k % 3 == 0:  # a mutated one
+            at = rng.randrange(len(raw))
+            raw[at : at + rng.randint(0, 2)] = bytes([rng.choice(alphabet)])
+        messages.append(bytes(raw))
+    pieces, starts, ends, at = [], [], [], 0
+    for message in messages:
+        gap = (
+            bytes(rng.choice(alphabet) for _ in range(rng.randrange(4)))
+            + CANONICAL[: rng.randrange(9)]
+        )
+        pieces += [gap, message or b""]
+        starts.append(at + len(gap))
+        at += len(gap) + len(message or b"")
+        ends.append(at)
+    batch, rows, errors = event_reader.read_block(
+        b"".join(pieces), np.array(starts), np.array(ends), messages
+    )
+    joined, joined_rows, joined_errors = read_events(messages)
+    assert rows == joined_rows and list(batch) == list(joined)
+    assert [(i, e.reason) for i, e in errors] == [(i, e.reason) for i, e in joined_errors]
+    assert errors and len(rows) > 1000
+    assert len(declined) == 2 and declined[0] == declined[1] and len(declined[0]) < 1000
+
+
 def test_canonical_messages_are_read_without_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled pass reads canonical messages itself (else it would only be a detour):
     all whose value, if any, and context values are plain decimals of at most 15 digits,

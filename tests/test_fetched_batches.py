@@ -19,6 +19,7 @@ from kafka.structs import TopicPartition
 from engage import kafka_clients
 from engage.settings import Settings
 from engage.transport import fetched_batches
+from engage.transport.record_columns import RecordColumns
 from tests.conftest import session_tag
 
 PartitionRecords = Fetcher.PartitionRecords
@@ -89,6 +90,108 @@ def test_well_formed_batches_read_the_same(compression: int, fetch_offset: int) 
     assert len(records) == 523 - fetch_offset and records[0].offset == fetch_offset
     assert any(r.key is None for r in records) and any(r.value is None for r in records)
     assert any(r.headers for r in records) and any(not r.headers for r in records)
+
+
+def take_columns(
+    raw: bytes, sizes: list[int], fetch_offset: int = 0, check_crcs: bool = True
+) -> list[Any]:
+    """`take_all` through `ColumnarPartitionRecords`: each take's chunks made into records
+    (the fields a `ConsumerRecord` compares by, below), the position after each take."""
+    fetched_batches.use(True)
+    part = fetched_batches.ColumnarPartitionRecords(
+        fetch_offset, TP, MemoryRecords(raw), check_crcs=check_crcs
+    )
+    steps: list[Any] = []
+    for size in itertools.cycle(sizes):
+        if not part:
+            break
+        try:
+            taken = part.take(size)
+        except Exception as exc:
+            steps.append(f"{type(exc).__name__}: {exc}")
+            break
+        records = [fields(r) for chunk in taken for r in chunk]
+        assert len(taken) == len(records) <= size  # (the fetcher counts len(taken))
+        steps.append((records, part.next_fetch_offset))
+        if not taken:
+            break
+    steps.append((part.records_read, part.bytes_read, part.leader_epoch))
+    return steps
+
+
+def fields(record: Any) -> tuple[Any, ...]:
+    return (record.topic, record.partition, record.offset, record.timestamp, record.key,
+            record.value, list(record.headers or ()))  # fmt: skip
+
+
+def as_fields(steps: list[Any]) -> list[Any]:
+    """`take_all`'s steps with each record as `fields`."""
+    return [
+        ([fields(r) for r in step[0]], step[1]) if isinstance(step, tuple) and len(step) == 2
+        else step
+        for step in steps
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("compression", [0, 1])  # none, gzip
+@pytest.mark.parametrize("fetch_offset", [0, 137])  # from the start, or mid-batch
+def test_columnar_takes_give_the_records_and_positions_of_the_stock_reader(
+    compression: int, fetch_offset: int
+) -> None:
+    """The consumer's columnar fetch: every record's fields, the records a take counts and
+    the position after it are kafka-python's own, takes ending inside a batch included."""
+    raw = (
+        batch_bytes(500, compression)
+        + batch_bytes(3, compression, seed=1, offset=500)
+        + batch_bytes(20, compression, seed=2, offset=503, headers=False)
+    )
+    for sizes in ([1000], [1, 7, 250], [500, 3], [2]):
+        stock = as_fields(take_all(raw, False, sizes, fetch_offset))
+        assert take_columns(raw, sizes, fetch_offset) == stock
+
+
+def test_columnar_takes_of_damaged_batches_fail_or_read_as_the_stock_reader() -> None:
+    raw = batch_bytes(40)
+    rng = random.Random(7)
+    outcomes = set()
+    for _ in range(400):
+        damaged = bytearray(raw)
+        for _ in range(rng.randrange(1, 4)):
+            at = rng.randrange(61, len(damaged))
+            damaged[at] = rng.randrange(256)
+        if rng.random() < 0.2:
+            del damaged[rng.randrange(61, len(damaged)) :]
+        stock = as_fields(take_all(bytes(damaged), False, [15], check_crcs=False))
+        assert take_columns(bytes(damaged), [15], check_crcs=False) == stock
+        outcomes.add(any(isinstance(step, str) for step in stock))
+    assert outcomes == {True, False}
+
+
+def test_record_columns_join_pick_and_place_their_values() -> None:
+    """Chunks joined keep each record; a pick keeps its rows; each value is where the event
+    reader reads it (a null one empty)."""
+    first = fetched_batches.consumer_columns(TP, MemoryRecords(batch_bytes(30)).next_batch())
+    second = fetched_batches.consumer_columns(
+        TP, MemoryRecords(batch_bytes(12, seed=3, offset=30, headers=False)).next_batch()
+    )
+    assert first is not None and second is not None
+    joined = RecordColumns.concat([first[0], RecordColumns.empty(), second[0]])
+    records = [*first[0], *second[0]]
+    assert [fields(r) for r in joined] == [fields(r) for r in records]
+    assert [r.offset for r in records] == list(range(42))
+    picked = joined.take([40, 3, 29])
+    assert [fields(r) for r in picked] == [fields(records[k]) for k in (40, 3, 29)]
+    assert [fields(r) for r in joined.take(joined.offsets % 2 == 1)] == [
+        fields(r) for r in records[1::2]
+    ]
+    values = [r.value or b"" for r in records]
+    starts, ends = joined.value_at.tolist(), joined.value_ends().tolist()
+    assert [joined.data[a:b] for a, b in zip(starts, ends, strict=True)] == values
+    assert list(joined.values(empty_null=True)) == values
+    assert list(joined.keys()) == [r.key for r in records] and None in list(joined.keys())
+    held = RecordColumns.of_records(take_all(batch_bytes(6), False, [100])[0][0])
+    assert [fields(r) for r in held.take([5, 0])] == [fields(r) for r in [held[5], held[0]]]
+    assert any(r.headers for r in held)
 
 
 def test_the_scan_makes_the_batch_s_records_itself() -> None:

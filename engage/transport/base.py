@@ -60,7 +60,7 @@ class Consumer(Protocol):
         self, topic: str, on_assign: PartitionsCallback, on_revoke: PartitionsCallback
     ) -> None: ...
 
-    def poll(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
+    def poll(self, timeout_ms: int, max_records: int | None = None) -> Sequence[Record]:
         """Records available now (waits up to `timeout_ms` for the first), in partition
         order per partition; rebalance callbacks run inside."""
         ...

@@ -32,6 +32,8 @@ from kafka.protocol.consumer import IsolationLevel
 from kafka.record.util import decode_varint
 from numba import njit
 
+from engage.transport.record_columns import RecordColumns
+
 #: Per record: size, timestamp delta, offset delta, key start and length, value start and
 #: length, where the headers start and how many there are.
 _COLUMNS = 9
@@ -111,7 +113,7 @@ def _scan(buf: np.ndarray, pos: int, out: np.ndarray) -> int:
     return pos
 
 
-def _headers(data: bytes, pos: int, count: int) -> list[tuple[str, bytes | None]]:
+def read_headers(data: bytes, pos: int, count: int) -> list[tuple[str, bytes | None]]:
     headers: list[tuple[str, bytes | None]] = []
     for _ in range(count):
         size, pos = decode_varint(data, pos)
@@ -162,7 +164,7 @@ def consumer_records(tp: Any, leader_epoch: int, batch: Any) -> tuple[list[Any],
     )
     key_sizes, value_sizes, header_counts = table[:, 4], table[:, 6], table[:, 8]
     if header_counts.any():
-        headers = [_headers(data, at, n) if n else [] for at, n in table[:, 7:9].tolist()]
+        headers = [read_headers(data, at, n) if n else [] for at, n in table[:, 7:9].tolist()]
         header_sizes: Iterable[int] = list(map(_header_size, headers))
     else:
         headers, header_sizes = list(map(list, repeat((), count))), repeat(-1, count)
@@ -185,6 +187,23 @@ def _unpack_records(
     if key_deserializer is not None or value_deserializer is not None:
         yield from _stock_unpack(self, tp, records, key_deserializer, value_deserializer)
         return
+    for batch in _data_batches(self, records):
+        if batch.magic == 2:
+            made = consumer_records(tp, self.leader_epoch, batch)
+            if made is not None:
+                self.records_read += len(made[0])
+                self.bytes_read += made[1]
+                yield from made[0]
+                continue
+        yield from _one_by_one(self, tp, batch)
+    self.drain()
+
+
+def _data_batches(self: Any, records: Any) -> Iterator[Any]:
+    """The fetched batches whose records are read, as kafka-python's fetcher has them: each
+    CRC checked, the leader epoch noted, aborted transactions and control batches skipped
+    (the position moved past them), and the position after the last v2 batch once the
+    last is read."""
     last = None
     while (batch := records.next_batch()) is not None:
         last = batch
@@ -205,16 +224,9 @@ def _unpack_records(
             if batch.is_control_batch:
                 self.next_fetch_offset = batch.next_offset
                 continue
-            made = consumer_records(tp, self.leader_epoch, batch)
-            if made is not None:
-                self.records_read += len(made[0])
-                self.bytes_read += made[1]
-                yield from made[0]
-                continue
-        yield from _one_by_one(self, tp, batch)
+        yield batch
     if last is not None and last.magic == 2:
         self.next_fetch_offset = last.next_offset
-    self.drain()
 
 
 def _one_by_one(self: Any, tp: Any, batch: Any) -> Iterator[Any]:
@@ -244,6 +256,130 @@ def _take(self: Any, n: int | None = None) -> list[Any]:
     if taken:
         self.next_fetch_offset = max(self.next_fetch_offset, taken[-1].offset + 1)
     return taken
+
+
+def consumer_columns(tp: Any, batch: Any) -> tuple[RecordColumns, int] | None:
+    """Every record of an unread data batch as columns over the batch's bytes (no object a
+    record), and their bytes on the wire; None when the batch should be read the stock way."""
+    batch._maybe_uncompress()
+    count = batch._num_records
+    if batch.is_control_batch or batch._next_record_index or count < 0:
+        return None
+    buffer = batch._buffer
+    table = np.empty((count, _COLUMNS), np.int64)
+    end = _scan(np.frombuffer(buffer, np.uint8), batch._pos, table)
+    if end != len(buffer):
+        return None
+    batch._pos = end
+    batch._next_record_index = count
+    columns = table.T.copy()  # (each column contiguous)
+    if batch.timestamp_type == batch.LOG_APPEND_TIME:
+        timestamps = np.full(count, batch.max_timestamp, dtype=np.int64)
+    else:
+        timestamps = columns[1] + batch.first_timestamp
+    data = bytes(buffer)
+    held = None
+    if columns[8].any():  # read now, as kafka-python does: a bad one fails the take
+        held = [read_headers(data, at, n) if n else [] for at, n in table[:, 7:9].tolist()]
+    made = RecordColumns(
+        tp.topic, data, np.full(count, tp.partition, dtype=np.int64),
+        columns[2] + batch.base_offset, timestamps, columns[3], columns[4], columns[5],
+        columns[6], held_headers=held,
+    )  # fmt: skip
+    return made, int(columns[0].sum())
+
+
+class _Taken(list[RecordColumns]):
+    """A columnar take: its chunks, and as its length the records they hold (what the
+    fetcher counts against `max_records` and returns as the records taken)."""
+
+    __slots__ = ("records",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records = 0
+
+    def __len__(self) -> int:
+        return self.records
+
+
+class ColumnarPartitionRecords(PartitionRecords):  # type: ignore[misc,valid-type]
+    """A fetched partition's records taken as `RecordColumns` chunks, one a fetched batch
+    (split where a take ends inside one): the fetcher's rules and positions as
+    `_unpack_records` and `_take` keep them, with no object a record. A consumer reads
+    this way when its fetcher is given the class (`read_columns`); its poll then returns
+    chunks, which `engage.transport.kafka_python` joins into one `RecordColumns`."""
+
+    next_fetch_offset: int
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._rest: RecordColumns | None = None  # what the last take left of a chunk
+        super().__init__(*args, **kwargs)
+
+    def _maybe_skip_record(self, chunk: Any) -> bool:
+        return False  # each chunk starts at or after the fetch offset already
+
+    def drain(self) -> None:
+        self._rest = None
+        super().drain()
+
+    def _unpack_records(
+        self, tp: Any, records: Any, key_deserializer: Any, value_deserializer: Any
+    ) -> Iterator[RecordColumns]:
+        if key_deserializer is not None or value_deserializer is not None:
+            raise ValueError("a columnar fetch takes no deserializers")
+        for batch in _data_batches(self, records):
+            made = consumer_columns(tp, batch) if batch.magic == 2 else None
+            if made is None:  # kafka-python's own reader, a record a chunk (as it fails)
+                for record in _one_by_one(self, tp, batch):
+                    if record.offset >= self.fetch_offset:
+                        yield RecordColumns.of_records([record])
+                continue
+            chunk = made[0]
+            self.records_read += len(chunk)
+            self.bytes_read += made[1]
+            if len(chunk) and chunk.offsets[0] < self.fetch_offset:  # a fetch from mid-batch
+                chunk = chunk.take(chunk.offsets >= self.fetch_offset)
+            if len(chunk):
+                yield chunk
+        self.drain()
+
+    def take(self, n: int | None = None) -> _Taken:
+        """Up to `n` records as chunks; the position after the last one taken."""
+        self._maybe_raise_next_inline_exception()
+        taken = _Taken()
+        try:
+            while n is None or taken.records < n:
+                chunk, self._rest = self._rest, None
+                if chunk is None:
+                    if self.record_iterator is None:
+                        break
+                    chunk = next(self.record_iterator, None)
+                    if chunk is None:
+                        break
+                if n is not None and len(chunk) > n - taken.records:
+                    room = n - taken.records
+                    chunk, self._rest = chunk[:room], chunk[room:]
+                taken.append(chunk)
+                taken.records += len(chunk)
+        except Exception as exc:  # as PartitionRecords.take: raised now, or at the next take
+            if not taken:
+                raise
+            self._next_inline_exception = exc
+        if taken:
+            self.next_fetch_offset = max(self.next_fetch_offset, int(taken[-1].offsets[-1]) + 1)
+        return taken
+
+
+def read_columns(consumer: Any) -> bool:
+    """Make `consumer` (a KafkaConsumer) fetch columns (`ColumnarPartitionRecords`): its
+    polls then return `RecordColumns` chunks. Only where the batch-at-a-time reader is in use
+    (`use`); whether it now reads columns."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is None or PartitionRecords._unpack_records is not _unpack_records:
+        return False
+    fetcher.PartitionRecords = ColumnarPartitionRecords
+    return True
 
 
 def use(fast: bool) -> bool:

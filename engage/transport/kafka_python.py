@@ -31,9 +31,11 @@ from engage.transport.base import (
     Record,
 )
 from engage.transport.call_watch import CallWatch, CallWedged
+from engage.transport.fetched_batches import read_columns
 from engage.transport.packed import PackedRecords
 from engage.transport.record_batches import append_records, outcome, writes_v2
 from engage.transport.record_batches import lanes as packed_lanes
+from engage.transport.record_columns import RecordColumns
 
 log = logging.getLogger("engage.kafka")
 
@@ -107,9 +109,13 @@ class KafkaPythonConsumer:
         self.client = self._new_client()
 
     def _new_client(self) -> Any:
-        return kafka_clients.consumer(
+        client = kafka_clients.consumer(
             self._settings, **consumer_options(self._settings, self._group)
         )
+        #: Polls give `RecordColumns` (engage/transport/record_columns.py), not a record
+        #: object each, wherever the batch-at-a-time reader is in use.
+        self._columns = read_columns(client)
+        return client
 
     def _tp(self, partition: int) -> TopicPartition:
         tp = self._tps.get(partition)
@@ -129,7 +135,7 @@ class KafkaPythonConsumer:
         self._known_partitions()
         self.client.subscribe([topic], listener=self._listener)
 
-    def poll(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
+    def poll(self, timeout_ms: int, max_records: int | None = None) -> Sequence[Record]:
         if self._wedged is not None:
             why, self._wedged = self._wedged, None
             self._renew(why)
@@ -141,7 +147,8 @@ class KafkaPythonConsumer:
             return []
         if not polled:
             self._watch_group()
-        return list(chain.from_iterable(polled.values()))  # (in C: no bytecode a record)
+        taken = chain.from_iterable(polled.values())  # (in C: no bytecode a record)
+        return RecordColumns.concat(list(taken)) if self._columns else list(taken)
 
     def _request_timeout_s(self) -> float:
         return float(getattr(self.client, "config", {}).get("request_timeout_ms", 30_000)) / 1000
