@@ -231,7 +231,7 @@ def write_messages(
         return None
     buf, row_ends = packed
     starts = [0, *row_ends[:-1].tolist()]
-    return list(map(buf.__getitem__, map(slice, starts, row_ends.tolist())))
+    return list(map(bytes, map(buf.__getitem__, map(slice, starts, row_ends.tolist()))))
 
 
 def write_packed(
@@ -241,10 +241,11 @@ def write_packed(
     signal_names: Sequence[str], digests: Sequence[str], scored_at: float,
     model: tuple[str, np.ndarray, np.ndarray, np.ndarray | None] | None,
     skipped: bytes | None = None,
-) -> tuple[bytes, np.ndarray] | None:  # fmt: skip
+) -> tuple[memoryview, np.ndarray] | None:  # fmt: skip
     """Every row's score message as `orjson.dumps(message_dicts(...)[row])` would write it,
-    back to back, and where each ends; or None if a value is not in a form the writer
-    reproduces exactly (see the module).
+    back to back (a view of the buffer written: ~1 MB a batch not copied again), and where
+    each ends; or None if a value is not in a form the writer reproduces exactly (see the
+    module).
 
     `score`: the rule scores rounded as on the wire; `signal`/`points`: each row's top
     signals (index into `signal_names`, -1 after the last) and their points, rounded; `model`:
@@ -253,7 +254,7 @@ def write_packed(
     batch of a domain the model does not score: `score_record.skipped_part`, serialised)."""
     n = len(users)
     if n == 0:
-        return b"", np.zeros(0, dtype=np.int64)
+        return memoryview(b""), np.zeros(0, dtype=np.int64)
     label_names = list(dict.fromkeys(labels))
     strings = [*label_names, *signal_names, *(model[:1] if model else ())]
     if not all(map(_plain, strings)):
@@ -313,7 +314,7 @@ def write_packed(
            name_bytes, name_at, model is not None, np.asarray(interaction, np.float64),
            np.asarray(online if online is not None else zeros, np.float64), online is not None,
            np.asarray(propensity, np.float64), row_ends)  # fmt: skip
-    return out[: row_ends[-1]].tobytes(), row_ends
+    return memoryview(out[: row_ends[-1]].data), row_ends  # (not copied: framed from as it is)
 
 
 def warm_up() -> None:

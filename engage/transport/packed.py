@@ -22,7 +22,7 @@ class PackedRecords(Sequence[tuple[bytes, bytes]]):
     score batch's keys are its users', ~5 records a user: what is done per key (the
     partitioner's hash, lengths) is then done per distinct key."""
 
-    def __init__(self, keys: list[bytes], values: bytes, ends: np.ndarray) -> None:
+    def __init__(self, keys: list[bytes], values: bytes | memoryview, ends: np.ndarray) -> None:
         if len(keys) != len(ends):
             raise ValueError("PackedRecords takes one key per value")
         self.keys = keys
@@ -34,7 +34,11 @@ class PackedRecords(Sequence[tuple[bytes, bytes]]):
 
     @classmethod
     def coded(
-        cls, distinct_keys: list[bytes], codes: np.ndarray, values: bytes, ends: np.ndarray
+        cls,
+        distinct_keys: list[bytes],
+        codes: np.ndarray,
+        values: bytes | memoryview,
+        ends: np.ndarray,
     ) -> PackedRecords:
         """Records whose keys are `distinct_keys[codes[i]]`."""
         codes = np.asarray(codes, dtype=np.int64)
@@ -69,12 +73,12 @@ class PackedRecords(Sequence[tuple[bytes, bytes]]):
         if i < 0:
             i += len(self)
         start = int(self.ends[i - 1]) if i > 0 else 0
-        return self.keys[i], self.values[start : int(self.ends[i])]
+        return self.keys[i], bytes(self.values[start : int(self.ends[i])])
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         starts, ends, values = self.starts().tolist(), self.ends.tolist(), self.values
         for key, a, b in zip(self.keys, starts, ends, strict=True):
-            yield key, values[a:b]
+            yield key, bytes(values[a:b])
 
     def replaced(self, values: Mapping[int, bytes]) -> PackedRecords:
         """The same records with the values of some rows replaced (one copy of the buffer)."""
