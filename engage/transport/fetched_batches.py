@@ -140,10 +140,10 @@ def _cut(data: bytes, starts: np.ndarray, sizes: np.ndarray) -> list[bytes | Non
     return [data[a : a + n] if n >= 0 else None for a, n in spans]
 
 
-def consumer_records(tp: Any, leader_epoch: int, batch: Any) -> tuple[list[Any], int] | None:
-    """Every record of an unread data batch as the `ConsumerRecord`s kafka-python's fetcher
-    would make (no deserializers), and their bytes on the wire; None when the batch should be
-    read the stock way. The records are made by `map` over the columns: no Python per record."""
+def _scanned(batch: Any) -> np.ndarray | None:
+    """The table of an unread data batch's records (`_scan`'s columns, a row a record), the
+    batch marked read; None when it should be read the stock way (a control batch, one
+    partly read, a layout the scan does not accept)."""
     batch._maybe_uncompress()
     count = batch._num_records
     if batch.is_control_batch or batch._next_record_index or count < 0:
@@ -155,7 +155,18 @@ def consumer_records(tp: Any, leader_epoch: int, batch: Any) -> tuple[list[Any],
         return None
     batch._pos = end
     batch._next_record_index = count
-    data = bytes(buffer)
+    return table
+
+
+def consumer_records(tp: Any, leader_epoch: int, batch: Any) -> tuple[list[Any], int] | None:
+    """Every record of an unread data batch as the `ConsumerRecord`s kafka-python's fetcher
+    would make (no deserializers), and their bytes on the wire; None when the batch should be
+    read the stock way. The records are made by `map` over the columns: no Python per record."""
+    table = _scanned(batch)
+    if table is None:
+        return None
+    count = len(table)
+    data = bytes(batch._buffer)
     ts_type = batch.timestamp_type
     timestamps: Iterable[int] = (
         repeat(batch.max_timestamp, count)
@@ -261,23 +272,16 @@ def _take(self: Any, n: int | None = None) -> list[Any]:
 def consumer_columns(tp: Any, batch: Any) -> tuple[RecordColumns, int] | None:
     """Every record of an unread data batch as columns over the batch's bytes (no object a
     record), and their bytes on the wire; None when the batch should be read the stock way."""
-    batch._maybe_uncompress()
-    count = batch._num_records
-    if batch.is_control_batch or batch._next_record_index or count < 0:
+    table = _scanned(batch)
+    if table is None:
         return None
-    buffer = batch._buffer
-    table = np.empty((count, _COLUMNS), np.int64)
-    end = _scan(np.frombuffer(buffer, np.uint8), batch._pos, table)
-    if end != len(buffer):
-        return None
-    batch._pos = end
-    batch._next_record_index = count
+    count = len(table)
     columns = table.T.copy()  # (each column contiguous)
     if batch.timestamp_type == batch.LOG_APPEND_TIME:
         timestamps = np.full(count, batch.max_timestamp, dtype=np.int64)
     else:
         timestamps = columns[1] + batch.first_timestamp
-    data = bytes(buffer)
+    data = bytes(batch._buffer)
     held = None
     if columns[8].any():  # read now, as kafka-python does: a bad one fails the take
         held = [read_headers(data, at, n) if n else [] for at, n in table[:, 7:9].tolist()]
