@@ -237,7 +237,8 @@ class BatchScorer:
     def _latest_rows(incoming: IncomingBatch) -> dict[str, int]:
         """Each user's last row in the batch: what the score hash, the leaderboard and the live
         view show, so the only rows whose model reasons are worth computing."""
-        return {user: row for row, user in enumerate(incoming.events.user_ids)}
+        users = incoming.events.user_ids  # (a later row overwrites: the last one stays)
+        return dict(zip(users, range(len(users)), strict=True))
 
     def _show(
         self, writes: BatchWrites, rows: list[int], payloads: list[dict[str, Any]],
