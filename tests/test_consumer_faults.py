@@ -356,6 +356,36 @@ def test_partitions_the_holder_was_never_told_of_get_the_client_rebuilt(settings
     kafka.close()
 
 
+def test_a_join_left_unapplied_by_kafka_python_is_redone_at_once(settings, caplog) -> None:
+    """kafka-python 3.0.12 loses a join this way (the gates' flake: a rebuilt client "holding
+    [0 - 5] untold for 7s", rebuilt again): the leader rejoins because the topic's metadata
+    changed since its last assignment, not because `rejoin_needed` was set; its poll gives up
+    while the SyncGroup is in flight; the assignment it made equals the snapshots, so
+    `need_rejoin()` reads False and no later poll awaits the finished join: its assignment is
+    never applied, the listener never told. Forced here with a poll that gives up at once.
+    The transport sees the finished join nobody took and rejoins at its next empty poll,
+    well inside `kafka_group_stuck_s`, without a rebuild."""
+    told: list = []
+    kafka = _reading_transport(settings, "lost-join", told)
+    coordinator = kafka.client._coordinator
+    held = _holding(told)
+    coordinator._assignment_snapshot = {}  # as if assigned before the topic's metadata came
+    kafka.client.poll(timeout_ms=0)  # the rejoin begins (revoked), and the poll gives up
+    assert _holding(told) == set()
+    deadline = time.monotonic() + 10
+    while not coordinator._join_task.is_done and time.monotonic() < deadline:
+        time.sleep(0.02)  # the join and sync go on on kafka-python's I/O loop
+    assert coordinator._join_task.is_done and not coordinator.need_rejoin()  # (lost)
+    began = time.monotonic()
+    with caplog.at_level("WARNING", logger="engage"):
+        _poll_until(kafka, lambda: _holding(told) == held, within_s=20)
+    assert held and _holding(told) == held
+    assert kafka.renewals == 0 and time.monotonic() - began < 5
+    said = [r.getMessage() for r in caplog.records]
+    assert any("join" in m and "rejoining" in m for m in said), said
+    kafka.close()
+
+
 def test_a_join_that_completes_late_does_not_count_its_unjoined_time_as_untold(
     settings, monkeypatch
 ) -> None:

@@ -22,10 +22,20 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
 
 def kafka_answers(settings: Settings, timeout_s: float = 5.0) -> bool:
     """True when a Kafka broker answers a metadata request on the configured bootstrap servers."""
+    # kafka-python logs every refused connection at ERROR; a probe expects refusals. Only for
+    # the probe's own time: a process-wide silence once hid a rebalance listener's error.
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
+    try:
+        return _describes_cluster(settings, timeout_s)
+    finally:
+        kafka_log.setLevel(level)
+
+
+def _describes_cluster(settings: Settings, timeout_s: float) -> bool:
     from engage.kafka_clients import admin_client
 
-    # kafka-python logs every refused connection at ERROR; a probe expects refusals.
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
         admin = admin_client(settings, timeout_s=timeout_s)
     except Exception:

@@ -58,17 +58,39 @@ class _Listener(ConsumerRebalanceListener):
             return
         partitions = [tp.partition for tp in revoked]
         self.held.difference_update(partitions)
-        self.on_revoke(partitions)
+        _told("revocation", self.on_revoke, partitions)
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         if not self.current:
             return
         partitions = [tp.partition for tp in assigned]
-        self.on_assign(partitions)
+        _told("assignment", self.on_assign, partitions)
         self.held.update(partitions)
 
     def retire(self) -> None:
         self.current = False
+
+
+def _join_left_unapplied(coordinator: Any) -> bool:
+    """kafka-python 3.0.12 loses a join this way: a leader rejoining because the topic's
+    metadata changed since its last assignment (`rejoin_needed` not set), whose poll gives up
+    while the SyncGroup is in flight. Its new assignment makes the snapshots equal, so
+    `need_rejoin()` reads False, and no later poll awaits the finished join: the assignment
+    is never applied nor the listener told, and the group reads as joined. A finished join
+    task nobody took is that state (a join awaited to the end clears the task); asked only
+    between polls, when no poll of this client can be taking it."""
+    task = getattr(coordinator, "_join_task", None)
+    return task is not None and bool(getattr(task, "is_done", False))
+
+
+def _told(what: str, tell: PartitionsCallback, partitions: list[int]) -> None:
+    """A callback run on kafka-python's I/O loop, its failure said on engage's own logger
+    (kafka-python logs it on its own, which an application may have silenced) and passed on."""
+    try:
+        tell(partitions)
+    except Exception:
+        log.exception("the holder's %s callback failed for %s", what, sorted(partitions))
+        raise
 
 
 #: Per partition and fetch: kafka-python keeps up to this much of every assigned partition
@@ -168,11 +190,17 @@ class KafkaPythonConsumer:
         not logged: the runner now logs it). Also when the client holds partitions its holder
         was never told of (no assignment callback reached it: the runner would wait for them
         for ever): a new client's join tells it again. A legitimate join waits at most for the
-        other members' next poll or a dead member's session timeout: seconds."""
+        other members' next poll or a dead member's session timeout: seconds. A join that
+        kafka-python finished but never applied (`_join_left_unapplied`) is redone at once."""
         coordinator = getattr(self.client, "_coordinator", None)
         if coordinator is None or self._listener is None:
             return
         joined = not (coordinator.coordinator_unknown() or coordinator.need_rejoin())
+        if joined and _join_left_unapplied(coordinator):
+            log.warning("group %s: kafka-python left a finished join unapplied (its poll gave up "
+                        "as the group synced): rejoining", self._group)  # fmt: skip
+            coordinator.request_rejoin()
+            return
         if joined and self.assignment() <= self._listener.held:
             self._stuck = None
             return
