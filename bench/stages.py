@@ -104,6 +104,21 @@ def threads_cpu_s() -> dict[str, float]:
     return totals
 
 
+def count_shown_users() -> list[int]:
+    """Count the rows `BatchScorer._show` gets (each user's latest event of a batch: the
+    per-user work of a batch) in the returned one-item list, while `clocked_stages` lasts
+    (it restores the method)."""
+    shown = [0]
+    show = BatchScorer._show
+
+    def counted(self: BatchScorer, writes: Any, rows: list[int], *rest: Any) -> None:
+        shown[0] += len(rows)
+        show(self, writes, rows, *rest)
+
+    BatchScorer._show = counted  # type: ignore[method-assign,assignment]
+    return shown
+
+
 def one_run(ctx: Context, synthetic: int | None = None) -> dict[str, Any]:
     """One consumer over the MovieLens topic (or `synthetic` funnel events) from the start,
     clocked; us per event."""
@@ -138,6 +153,7 @@ def one_run(ctx: Context, synthetic: int | None = None) -> dict[str, Any]:
 
             handle = consumer._handle
             consumer._handle = first_batch  # type: ignore[method-assign]
+            shown = count_shown_users()
             summary = consumer.run(max_events=count, on_batch=batch_done)
             span, thread_cpu = ended[0] - started[0], ended[1] - started[1]
     finally:
@@ -150,6 +166,7 @@ def one_run(ctx: Context, synthetic: int | None = None) -> dict[str, Any]:
     return {"events": events, "batches": batches[0],
             "events_per_s": summary.busy_rate, "span_us": span * per_event,
             "thread_cpu_us": thread_cpu * per_event,
+            "users_shown_per_event": shown[0] / events,
             "threads_cpu_us": {n: s * per_event for n, s in threads_cpu.items()},
             "model_version": summary.model_version,
             "stages": stages}  # fmt: skip
@@ -162,7 +179,9 @@ def table(runs: list[dict[str, Any]]) -> str:
              f"{runs[0]['model_version']}: {med(r['events_per_s'] for r in runs):,.0f} events/s; "
              f"the consumer thread's span {med(r['span_us'] for r in runs):.1f} us an event, "
              f"its CPU {med(r['thread_cpu_us'] for r in runs):.1f}; "
-             f"{med(r['events'] / r['batches'] for r in runs):,.0f} events a batch",
+             f"{med(r['events'] / r['batches'] for r in runs):,.0f} events a batch, "
+             f"{med(r['users_shown_per_event'] for r in runs):.3f} users shown an event "
+             "(each user's latest of a batch)",
              f"{'stage':40s} {'wall us':>8s} {'CPU us':>8s}"]  # fmt: skip
     for stage in runs[0]["stages"]:
         wall = med(r["stages"][stage]["wall_us"] for r in runs)

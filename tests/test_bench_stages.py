@@ -27,3 +27,4 @@ def test_quick_run_clocks_every_stage(settings: Settings) -> None:
     compute = stages["handle: compute (BatchScorer.run)"]["wall_us"]
     assert 0 < stages["compute: admit + fold"]["wall_us"] <= compute
     assert 0 < run["thread_cpu_us"] <= run["span_us"] * 1.05
+    assert 0 < run["users_shown_per_event"] <= 1  # each user's latest of a batch
