@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from scoring.online_calibration import labels_of
 from scoring.rules import RuleScorer, RuleScores, domain_of
 
 from .incoming import Incoming, IncomingBatch
-from .model_job import ModelJob, ModelOutputs, ModelWorker
+from .model_job import ModelJob, ModelOutputs, ModelWorker, Ran
 from .state_store import BatchWrites, Loaded, advance_columns
 
 
@@ -114,6 +115,11 @@ def rule_rows(scored: RuleScores, rows: list[int] | None) -> list[tuple[float, s
     return list(zip(scored.score.tolist(), scored.labels, scored.top_signals(), strict=True))
 
 
+#: A batch's model job, its outputs and its probabilities as on the wire
+#: (score_record.model_columns; None if it scored no row), once served (`BatchScorer._model`).
+Served = tuple[ModelJob, ModelOutputs, score_record.ModelColumns | None]
+
+
 class BatchScorer:
     """Applies and scores batches; holds the rule scorers and the current model bundle."""
 
@@ -130,10 +136,8 @@ class BatchScorer:
         #: (scoring.live_monitor; the runner loads, commits and rolls them back), or None.
         self.live: LiveMonitors | None = None
         self.topic = ""  # the events topic: the live states' keys name it
-        #: The last batch's model job, its outputs and its probabilities as on the wire
-        #: (score_record.model_columns; None if it scored no row), once served (`_model`).
-        self._served: tuple[ModelJob, ModelOutputs, score_record.ModelColumns | None] | None
-        self._served = None
+        #: The last batch's model outputs, once served (`_model`).
+        self._served: Served | None = None
 
     def run(self, state: StreamState, incoming: Sequence[Incoming], loaded: Loaded) -> ScoredBatch:
         """Admit and fold the batch over `state` (filled by the store with what the batch
@@ -157,21 +161,36 @@ class BatchScorer:
         shown = set(latest_rows.values())
         job = self._model_start(before, after, latest_rows, incoming)  # runs beside the rules
         rules, rule_texts, block = self._rules(incoming, after, shown)
-        self._writes(writes, state, out, incoming, loaded)
         digests = digest_block(before)
         live = _LiveRows(incoming) if self.live is not None else None
         rows = list(latest_rows.values())
         # The compiled writer can take the batch (one domain, no feature vectors, the model
         # scored every row or none): rule rows and model parts are then made for the shown
-        # rows only.
+        # rows only. It lets go of the GIL, so a large batch's runs on the worker while this
+        # thread builds the state writes (with no model), the live states and shown rows.
         writable = block is not None and not self.log_features
         writable = writable and (job is None or job.rows is None or job.rows == [])
+        writing = None
+        if writable and job is None:
+            now_ms = round(time.time() * 1000.0, 1)
+            writing = self._write_beside(incoming, block, digests, now_ms, None)
+        self._writes(writes, state, out, incoming, loaded)
         model = self._model(job, latest_rows, incoming, live, rows if writable else None)
+        if writing is None:
+            now_ms = round(time.time() * 1000.0, 1)
+            if writable:
+                writing = self._write_beside(incoming, block, digests, now_ms, self._served)
         if live is not None:
             writes.live = self._observe(live, before, after)
-        now_ms = round(time.time() * 1000.0, 1)
         messages: Sequence[tuple[bytes, bytes]]
-        packed = self._written(incoming, block, digests, now_ms) if writable else None
+        shown_payloads: list[dict[str, Any]] = []
+        if writing is not None:
+            assert block is not None
+            shown_payloads = score_record.message_dicts(
+                incoming.take(rows), rule_rows(block, rows), model,
+                [digests[r] for r in rows], now_ms,
+            )  # fmt: skip
+        packed = None if writing is None else writing.result()
         if packed is None:  # a dict per row (see scoring/message_writer.py for when)
             if writable and model is not None:  # every row's part after all
                 model = self._parts(latest_rows, incoming, None)
@@ -185,11 +204,6 @@ class BatchScorer:
             messages = score_record.encode_messages(payloads)
             shown_payloads = [payloads[row] for row in rows]
         else:
-            assert block is not None
-            shown_payloads = score_record.message_dicts(
-                incoming.take(rows), rule_rows(block, rows), model,
-                [digests[r] for r in rows], now_ms,
-            )  # fmt: skip
             messages = packed
             if self._served is not None and self._served[2] is not None:
                 # The model scored the rows: the shown ones carry its reasons, so their
@@ -202,20 +216,29 @@ class BatchScorer:
         latencies = [now_ms - ts for ts in incoming.kafka_ts_ms]
         return ScoredBatch(messages, writes, latencies, refused)
 
+    def _write_beside(
+        self, incoming: IncomingBatch, block: RuleScores | None, digests: Sequence[str],
+        now_ms: float, served: Served | None,
+    ) -> Future[PackedRecords | None] | Ran[PackedRecords | None]:  # fmt: skip
+        """`_written` on the worker for a large batch (inline for a small one)."""
+        return self.model_worker.beside(len(incoming), self._written, incoming, block,
+                                        digests, now_ms, served)  # fmt: skip
+
     def _written(
         self, incoming: IncomingBatch, block: RuleScores | None, digests: Sequence[str],
-        now_ms: float,
+        now_ms: float, served: Served | None,
     ) -> PackedRecords | None:  # fmt: skip
         """The batch's score messages from the compiled writer, or None if a value is one it
-        cannot write exactly (scoring/message_writer.py)."""
+        cannot write exactly (scoring/message_writer.py). `served`: the batch's model outputs,
+        None with no model."""
         assert block is not None
         columns, skipped = None, None
-        if self._served is not None and self._served[2] is not None:
-            version, p_int, p_prop, p_online = self._served[2]
+        if served is not None and served[2] is not None:
+            version, p_int, p_prop, p_online = served[2]
             columns = (version, np.asarray(p_int), np.asarray(p_prop),
                        None if p_online is None else np.asarray(p_online))  # fmt: skip
-        elif self._served is not None:  # the model scored no row: the batch's one domain
-            (domain,) = set(self._served[0].domains.values())
+        elif served is not None:  # the model scored no row: the batch's one domain
+            (domain,) = set(served[0].domains.values())
             skipped = orjson.dumps(score_record.skipped_part(NO_MODEL_FOR_DOMAIN, domain))
         events = incoming.events
         order, points = block.top()

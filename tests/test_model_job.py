@@ -1,5 +1,6 @@
-"""The model's work on a worker thread (consumer.model_job) gives every score message and
-score hash exactly what the inline run gives: same calls on the same rows, another thread."""
+"""The model's work and the compiled writer on a worker thread (consumer.model_job) give every
+score message and score hash exactly what the inline run gives: same calls on the same rows,
+another thread."""
 
 from __future__ import annotations
 
@@ -50,6 +51,20 @@ def test_the_worker_thread_gives_what_the_inline_run_gives(domains: str) -> None
     assert len(inline[0]) == len(events)
     assert any("propensity" in m["model"] for m in inline[0])
     assert any("interaction_reasons" in m["model"] for m in inline[0])
+    assert threaded == inline
+
+
+def test_the_writer_beside_the_state_writes_gives_what_the_inline_run_gives() -> None:
+    """Rules only: the compiled writer runs on the worker while the state writes are built."""
+    params = FeatureParams()
+    events, _ = synthetic_log(n_users=40, per_user=25)
+    inline = _scored(ModelWorker(0), None, events, params)
+    worker = ModelWorker(1)
+    threaded = _scored(worker, None, events, params)
+    assert worker._pool is not None  # it ran on the thread
+    worker.close()
+    assert len(inline[0]) == len(events) == len({m["event_id"] for m in inline[0]})
+    assert all(m["model"] is None and "score" in m["rule"] for m in inline[0])
     assert threaded == inline
 
 
