@@ -9,7 +9,7 @@ vectorised call per target, its reasons only for each user's latest event.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -36,13 +36,23 @@ from .incoming import Incoming, IncomingBatch
 from .model_job import ModelJob, ModelOutputs, ModelWorker, Ran
 from .state_store import BatchWrites, Loaded, advance_columns
 
+Messages = Sequence[tuple[bytes, bytes]]  # (key, value) for the scores topic
+
 
 @dataclass
 class ScoredBatch:
-    messages: Sequence[tuple[bytes, bytes]]  # (key, value) for the scores topic
+    #: The messages, or what gives them once (the compiled writer's, finishing on the worker).
+    made: Messages | Callable[[], Messages]
     writes: BatchWrites
     latencies_ms: list[float]
     refused: list[tuple[Incoming, str]]  # duplicates and late events, with the reason
+
+    @property
+    def messages(self) -> Messages:
+        """The score messages (waits for the writer the first time, if it is still writing)."""
+        if callable(self.made):
+            self.made = self.made()
+        return self.made
 
 
 _NO_OUTPUTS = ModelOutputs(np.empty(0), np.empty(0), [], [])
@@ -161,77 +171,97 @@ class BatchScorer:
         shown = set(latest_rows.values())
         job = self._model_start(before, after, latest_rows, incoming)  # runs beside the rules
         rules, rule_texts, block = self._rules(incoming, after, shown)
-        digests = digest_block(before)
         live = _LiveRows(incoming) if self.live is not None else None
         rows = list(latest_rows.values())
         # The compiled writer can take the batch (one domain, no feature vectors, the model
         # scored every row or none): rule rows and model parts are then made for the shown
-        # rows only. It lets go of the GIL, so a large batch's runs on the worker while this
-        # thread builds the state writes (with no model), the live states and shown rows.
+        # rows only. It lets go of the GIL, so a large batch's runs on the worker (the
+        # vectors' digests too) while this thread builds the state writes (with no model),
+        # the live states and the shown rows, and the caller fences the batch: the messages
+        # are taken from the worker only when read (`ScoredBatch.messages`).
         writable = block is not None and not self.log_features
         writable = writable and (job is None or job.rows is None or job.rows == [])
-        writing = None
-        if writable and job is None:
+        if not writable:
+            self._writes(writes, state, out, incoming, loaded)
+            model = self._model(job, latest_rows, incoming, live)
+            if live is not None:
+                writes.live = self._observe(live, before, after)
             now_ms = round(time.time() * 1000.0, 1)
-            writing = self._write_beside(incoming, block, digests, now_ms, None)
+            messages, shown_payloads = self._dict_messages(
+                incoming, rules, block, model, before, rows, now_ms
+            )
+            self._show(writes, rows, shown_payloads, rule_texts)
+            return ScoredBatch(messages, writes, self._latencies(incoming, now_ms), refused)
+        assert block is not None
+        writing = None
+        if job is None:
+            now_ms = round(time.time() * 1000.0, 1)
+            writing = self._write_beside(incoming, block, before, now_ms, None)
         self._writes(writes, state, out, incoming, loaded)
-        model = self._model(job, latest_rows, incoming, live, rows if writable else None)
+        model = self._model(job, latest_rows, incoming, live, rows)
+        served = self._served
         if writing is None:
             now_ms = round(time.time() * 1000.0, 1)
-            if writable:
-                writing = self._write_beside(incoming, block, digests, now_ms, self._served)
+            writing = self._write_beside(incoming, block, before, now_ms, served)
         if live is not None:
             writes.live = self._observe(live, before, after)
-        messages: Sequence[tuple[bytes, bytes]]
-        shown_payloads: list[dict[str, Any]] = []
-        if writing is not None:
-            assert block is not None
-            shown_payloads = score_record.message_dicts(
-                incoming.take(rows), rule_rows(block, rows), model,
-                [digests[r] for r in rows], now_ms,
-            )  # fmt: skip
-        packed = None if writing is None else writing.result()
-        if packed is None:  # a dict per row (see scoring/message_writer.py for when)
-            if writable and model is not None:  # every row's part after all
-                model = self._parts(latest_rows, incoming, None)
-            if rules is None:
-                assert block is not None
-                rules = rule_rows(block, None)
-            payloads = score_record.message_dicts(incoming, rules, model, digests, now_ms)
-            if self.log_features:
-                for payload, vector in zip(payloads, before.tolist(), strict=True):
-                    payload["features"] = vector
-            messages = score_record.encode_messages(payloads)
-            shown_payloads = [payloads[row] for row in rows]
-        else:
-            messages = packed
-            if self._served is not None and self._served[2] is not None:
-                # The model scored the rows: the shown ones carry its reasons, so their
-                # dicts replace what was written. (Else they encode to the bytes written.)
-                shown_messages = score_record.encode_messages(shown_payloads)
-                messages = packed.replaced(
-                    {row: value for row, (_, value) in zip(rows, shown_messages, strict=True)}
-                )
+        shown_payloads = score_record.message_dicts(
+            incoming.take(rows), rule_rows(block, rows), model, digest_block(before[rows]), now_ms
+        )
         self._show(writes, rows, shown_payloads, rule_texts)
-        latencies = [now_ms - ts for ts in incoming.kafka_ts_ms]
-        return ScoredBatch(messages, writes, latencies, refused)
+
+        def messages() -> Messages:
+            packed = writing.result()
+            if packed is None:  # a value the writer declines: a dict per row after all
+                parts = None if served is None else self._parts(latest_rows, incoming, None, served)
+                return self._dict_messages(incoming, None, block, parts, before, rows, now_ms)[0]
+            if served is None or served[2] is None:  # (the shown dicts encode to these bytes)
+                return packed
+            # The model scored the rows: the shown ones carry its reasons, so their dicts
+            # replace what was written.
+            shown_messages = score_record.encode_messages(shown_payloads)
+            return packed.replaced(
+                {row: value for row, (_, value) in zip(rows, shown_messages, strict=True)}
+            )
+
+        return ScoredBatch(messages, writes, self._latencies(incoming, now_ms), refused)
+
+    @staticmethod
+    def _latencies(incoming: IncomingBatch, now_ms: float) -> list[float]:
+        return [now_ms - ts for ts in incoming.kafka_ts_ms]
+
+    def _dict_messages(
+        self, incoming: IncomingBatch, rules: list[tuple[float, str, list]] | None,
+        block: RuleScores | None, model: list[dict[str, Any]] | None, before: np.ndarray,
+        rows: list[int], now_ms: float,
+    ) -> tuple[Messages, list[dict[str, Any]]]:  # fmt: skip
+        """Every row's score message as a dict, encoded (see scoring/message_writer.py for
+        when), and the shown `rows`' dicts."""
+        if rules is None:
+            assert block is not None
+            rules = rule_rows(block, None)
+        payloads = score_record.message_dicts(incoming, rules, model, digest_block(before), now_ms)
+        if self.log_features:
+            for payload, vector in zip(payloads, before.tolist(), strict=True):
+                payload["features"] = vector
+        return score_record.encode_messages(payloads), [payloads[row] for row in rows]
 
     def _write_beside(
-        self, incoming: IncomingBatch, block: RuleScores | None, digests: Sequence[str],
-        now_ms: float, served: Served | None,
+        self, incoming: IncomingBatch, block: RuleScores, before: np.ndarray, now_ms: float,
+        served: Served | None,
     ) -> Future[PackedRecords | None] | Ran[PackedRecords | None]:  # fmt: skip
         """`_written` on the worker for a large batch (inline for a small one)."""
         return self.model_worker.beside(len(incoming), self._written, incoming, block,
-                                        digests, now_ms, served)  # fmt: skip
+                                        before, now_ms, served)  # fmt: skip
 
     def _written(
-        self, incoming: IncomingBatch, block: RuleScores | None, digests: Sequence[str],
-        now_ms: float, served: Served | None,
+        self, incoming: IncomingBatch, block: RuleScores, before: np.ndarray, now_ms: float,
+        served: Served | None,
     ) -> PackedRecords | None:  # fmt: skip
-        """The batch's score messages from the compiled writer, or None if a value is one it
-        cannot write exactly (scoring/message_writer.py). `served`: the batch's model outputs,
-        None with no model."""
-        assert block is not None
+        """The batch's score messages from the compiled writer (the vectors `before` each
+        event digested), or None if a value is one it cannot write exactly
+        (scoring/message_writer.py). `served`: the batch's model outputs, None with none."""
+        digests = digest_block(before)
         columns, skipped = None, None
         if served is not None and served[2] is not None:
             version, p_int, p_prop, p_online = served[2]
@@ -405,14 +435,14 @@ class BatchScorer:
                 job.bundle.version, result.interaction, result.propensity, p_online
             )
         self._served = (job, result, columns)
-        return self._parts(latest_rows, incoming, only)
+        return self._parts(latest_rows, incoming, only, self._served)
 
     def _parts(
-        self, latest_rows: dict[str, int], incoming: IncomingBatch, only: list[int] | None
-    ) -> list[dict[str, Any]]:
-        """The model parts of the batch served last (`_model`): every row's, or `only`'s."""
-        assert self._served is not None
-        job, result, columns = self._served
+        self, latest_rows: dict[str, int], incoming: IncomingBatch, only: list[int] | None,
+        served: Served,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """The model parts of a batch `served` (`_model`): every row's, or `only`'s."""
+        job, result, columns = served
         domains, rows = job.domains, job.rows
         if only is not None:  # (the compiled writer's batches: the model scored all or none)
             at = {row: k for k, row in enumerate(only)}
