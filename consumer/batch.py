@@ -24,7 +24,7 @@ from features.state_codec import STATE_FIELD, packed_users
 from features.stream import StreamState
 from features.vector import PROPENSITY_FEATURES
 from scoring import score_record
-from scoring.exact_round import round_like_python
+from scoring.exact_round import round_column
 from scoring.funnel_join import FunnelRows
 from scoring.live_monitor import LiveMonitors
 from scoring.message_writer import write_packed
@@ -264,9 +264,7 @@ class BatchScorer:
         digests = digest_block(before)
         columns, skipped = None, None
         if served is not None and served[2] is not None:
-            version, p_int, p_prop, p_online = served[2]
-            columns = (version, np.asarray(p_int), np.asarray(p_prop),
-                       None if p_online is None else np.asarray(p_online))  # fmt: skip
+            columns = served[2]
         elif served is not None:  # the model scored no row: the batch's one domain
             (domain,) = set(served[0].domains.values())
             skipped = orjson.dumps(score_record.skipped_part(NO_MODEL_FOR_DOMAIN, domain))
@@ -275,7 +273,7 @@ class BatchScorer:
         packed = write_packed(
             events.user_ids, events.event_ids, events.item_ids, events.ts,
             incoming.partitions, incoming.offsets,
-            np.asarray(round_like_python(block.score, score_record.RULE_DECIMALS)),
+            round_column(block.score, score_record.RULE_DECIMALS),
             block.labels, np.where(np.isnan(points), -1, order), np.nan_to_num(points),
             block.signal_names, digests, now_ms, columns, skipped,
         )  # fmt: skip
@@ -453,8 +451,8 @@ class BatchScorer:
             else:
                 assert rows is None and columns is not None
                 version, p_int, p_prop, p_online = columns
-                picked = (version, [p_int[r] for r in only], [p_prop[r] for r in only],
-                          None if p_online is None else [p_online[r] for r in only])  # fmt: skip
+                picked = (version, p_int[only], p_prop[only],
+                          None if p_online is None else p_online[only])  # fmt: skip
                 out = score_record.parts_of(picked)
         else:
             parts = [] if columns is None else score_record.parts_of(columns)

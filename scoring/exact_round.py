@@ -29,9 +29,15 @@ _TIE_MARGIN = 2.0**-49
 
 def round_like_python(values: Sequence[float] | np.ndarray, ndigits: int) -> list[float]:
     """`[round(v, ndigits) for v in values]`, the same floats (sign of zero included)."""
+    return round_column(values, ndigits).tolist()  # type: ignore[no-any-return]
+
+
+def round_column(values: Sequence[float] | np.ndarray, ndigits: int) -> np.ndarray:
+    """`round_like_python` as a float64 array (no float object a value: for the compiled
+    score-message writer, which reads the column as it is)."""
     x = np.asarray(values, dtype=np.float64)
     if not 0 <= ndigits <= 15:
-        return [round(v, ndigits) for v in x.tolist()]
+        return np.array([round(v, ndigits) for v in x.tolist()], dtype=np.float64)
     scale = float(10**ndigits)
     with np.errstate(invalid="ignore", over="ignore"):
         scaled = x * scale
@@ -39,8 +45,7 @@ def round_like_python(values: Sequence[float] | np.ndarray, ndigits: int) -> lis
         magnitude = np.abs(scaled)
         off_half = np.abs(magnitude - np.floor(magnitude) - 0.5)
         exact = (magnitude < _MAX_SCALED) & (off_half > magnitude * _TIE_MARGIN)
-    rounded: list[float] = out.tolist()
     if not exact.all():
         for i in np.flatnonzero(~exact).tolist():
-            rounded[i] = round(float(x[i]), ndigits)
-    return rounded
+            out[i] = round(float(x[i]), ndigits)
+    return out

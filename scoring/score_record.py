@@ -25,7 +25,7 @@ import orjson
 
 from features.event_batch import EventBatch
 from features.events import Event
-from scoring.exact_round import round_like_python
+from scoring.exact_round import round_column, round_like_python
 
 #: The score message's top-level keys, in the order the consumer writes them (`features`
 #: only with `log_features`).
@@ -52,8 +52,8 @@ Message = dict[str, Any]  # a score message as the consumer builds it (MESSAGE_F
 RuleRow = tuple[float, str, list[Any]]  # a row's rule score, label and [signal, points] pairs
 Column = Sequence[float] | np.ndarray  # one value per row
 #: The model's version and its probabilities rounded as on the wire (interaction,
-#: propensity, online-calibrated interaction or None).
-ModelColumns = tuple[str, list[float], list[float], list[float] | None]
+#: propensity, online-calibrated interaction or None), as float64 columns.
+ModelColumns = tuple[str, np.ndarray, np.ndarray, np.ndarray | None]
 
 
 class NotAScore(ValueError):
@@ -145,15 +145,16 @@ def model_parts(
 
 def parts_of(columns: ModelColumns) -> list[Message]:
     """The model parts of `model_columns` (already rounded)."""
-    version, p_int, p_prop, p_online = columns
-    if p_online is None:
+    version, int_column, prop_column, online_column = columns
+    p_int, p_prop = int_column.tolist(), prop_column.tolist()
+    if online_column is None:
         return [
             {"version": version, "interaction": p_i, "propensity": p_p}
             for p_i, p_p in zip(p_int, p_prop, strict=True)
         ]
     return [
         {"version": version, "interaction": p_i, "interaction_online": p_o, "propensity": p_p}
-        for p_i, p_o, p_p in zip(p_int, p_online, p_prop, strict=True)
+        for p_i, p_o, p_p in zip(p_int, online_column.tolist(), p_prop, strict=True)
     ]
 
 
@@ -163,8 +164,8 @@ def model_columns(
     """The model's probabilities rounded as on the wire, column by column (`model_parts`
     and the compiled writer, scoring/message_writer.py, both write these)."""
     d = MODEL_DECIMALS
-    p_online = None if online is None else round_like_python(online, d)
-    return version, round_like_python(interaction, d), round_like_python(propensity, d), p_online
+    p_online = None if online is None else round_column(online, d)
+    return version, round_column(interaction, d), round_column(propensity, d), p_online
 
 
 def skipped_part(skipped: str, domain: str) -> Message:

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from scoring.exact_round import round_like_python
+from scoring.exact_round import round_column, round_like_python
 
 
 def _bits(values: list[float]) -> list[int]:
@@ -20,6 +20,8 @@ def _check(values: list[float], ndigits: int) -> None:
     want = [round(v, ndigits) for v in values]
     assert all(type(v) is float for v in got)
     assert _bits(got) == _bits(want)  # NaN, -0.0 and all: the same doubles
+    column = round_column(values, ndigits)  # the array form: the same doubles
+    assert column.dtype == np.float64 and _bits(column.tolist()) == _bits(want)
 
 
 @pytest.mark.parametrize("ndigits", [0, 1, 2, 4, 6, 9])
