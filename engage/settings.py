@@ -129,9 +129,10 @@ class Settings(BaseSettings):
     train_trees_within_log_loss: float = Field(default=0.001, ge=0.0, le=0.1)
     #: XGBoost threads when serving a batch (1: OpenMP spinning costs more than it gives here).
     model_threads: int = Field(default=1, ge=1)
-    #: Batches of at least this many rows run the model (probabilities, reasons) on a worker
-    #: thread while the main thread scores the rules (consumer/model_job.py: the model's
-    #: compiled code lets go of the GIL); smaller ones inline. 0: always inline.
+    #: Batches of at least this many rows run the model (probabilities, reasons) and the
+    #: compiled score-message writer on worker threads while the main thread scores the rules
+    #: and builds the state writes (consumer/model_job.py: their compiled code lets go of the
+    #: GIL); smaller ones inline. 0: always inline.
     model_overlap_min_rows: int = Field(default=512, ge=0)
     #: Python's generation-0 GC threshold in the consumer (CPython's 700 makes the collector
     #: rescan the batch's many short-lived objects thousands of times a second; 0 = leave it).
