@@ -92,8 +92,8 @@ def compute_floor(ctx: Context, model: Any) -> dict[str, Any]:
     tune_gc(settings.gc_gen0_threshold)  # as the consumer runs
     try:
         started = time.process_time()  # CPU, not wall: the figure holds on a busy machine
-        for chunk in chunks:
-            scorer.run(state, chunk, loaded_of(state, chunk))
+        for chunk in chunks:  # (messages read: the writer's, maybe on the worker, awaited)
+            scorer.run(state, chunk, loaded_of(state, chunk)).messages  # noqa: B018
         seconds = time.process_time() - started
     finally:
         gc.unfreeze()
