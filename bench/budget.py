@@ -58,7 +58,8 @@ def compute_floor(ctx: Context, model: Any) -> dict[str, Any]:
     settings = ctx.settings
     data = sources.movielens_data(ctx)
     messages = [e.to_json() for e in sources.movielens_events(ctx)]
-    worker = ModelWorker(settings.model_overlap_min_rows)  # as the consumer runs the model
+    # As the consumer runs the model and the writer.
+    worker = ModelWorker(settings.model_overlap_min_rows, settings.writer_overlap_max_shown_share)
     scorer = BatchScorer(load_scorers(settings.rules_file), settings.log_features, worker)
     scorer.model = model
     batch = settings.batch_max_records

@@ -196,13 +196,13 @@ class BatchScorer:
         writing = None
         if job is None:
             now_ms = round(time.time() * 1000.0, 1)
-            writing = self._write_beside(incoming, block, before, now_ms, None)
+            writing = self._write_beside(incoming, block, before, now_ms, None, len(rows))
         self._writes(writes, state, out, incoming, loaded)
         model = self._model(job, latest_rows, incoming, live, rows)
         served = self._served
         if writing is None:
             now_ms = round(time.time() * 1000.0, 1)
-            writing = self._write_beside(incoming, block, before, now_ms, served)
+            writing = self._write_beside(incoming, block, before, now_ms, served, len(rows))
         if live is not None:
             writes.live = self._observe(live, before, after)
         shown_payloads = score_record.message_dicts(
@@ -248,10 +248,11 @@ class BatchScorer:
 
     def _write_beside(
         self, incoming: IncomingBatch, block: RuleScores, before: np.ndarray, now_ms: float,
-        served: Served | None,
+        served: Served | None, shown: int,
     ) -> Future[PackedRecords | None] | Ran[PackedRecords | None]:  # fmt: skip
-        """`_written` on the worker for a large batch (inline for a small one)."""
-        return self.model_worker.beside(len(incoming), self._written, incoming, block,
+        """`_written` on the worker for a large batch (inline for a small one, or one with
+        many `shown` rows: `ModelWorker.beside`)."""
+        return self.model_worker.beside(len(incoming), shown, self._written, incoming, block,
                                         before, now_ms, served)  # fmt: skip
 
     def _written(

@@ -97,10 +97,11 @@ class ModelWorker:
     """Runs `predict` for batches of at least `min_rows` rows (0: never, everything inline)
     on two worker threads, one target each: while the main thread waits for them, they use
     both cores. Other compiled work of such batches that lets go of the GIL runs there too
-    (`beside`)."""
+    (`beside`), unless more than `max_shown_share` of their rows are shown ones."""
 
-    def __init__(self, min_rows: int) -> None:
+    def __init__(self, min_rows: int, max_shown_share: float = 1.0) -> None:
         self.min_rows = min_rows
+        self.max_shown_share = max_shown_share
         self._pool: ThreadPoolExecutor | None = None
 
     def start(
@@ -115,10 +116,12 @@ class ModelWorker:
             pool.submit(predict_target, bundle.propensity, prop_x, at),
         )
 
-    def beside(self, rows: int, fn: Callable[..., T], *args: Any) -> Future[T] | Ran[T]:
+    def beside(self, rows: int, shown: int, fn: Callable[..., T], *args: Any) -> Future[T] | Ran[T]:
         """`fn(*args)` on a worker thread for a batch of at least `min_rows` rows (the
-        caller goes on meanwhile and takes `.result()`), else inline."""
-        if self.min_rows <= 0 or rows < self.min_rows:
+        caller goes on meanwhile and takes `.result()`), else inline. Inline too when more
+        than `max_shown_share` of the rows are `shown` ones: the caller's per-shown-row Python
+        then holds the GIL through most of `fn`'s run, and the two only contend."""
+        if self.min_rows <= 0 or rows < self.min_rows or shown > self.max_shown_share * rows:
             return Ran(fn(*args))
         return self._started().submit(fn, *args)
 

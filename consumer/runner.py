@@ -173,7 +173,7 @@ class StreamConsumer:
         self.ownership_changed = True  # re-ask whether we hold every partition
         self.scorer = BatchScorer(
             load_scorers(settings.rules_file), settings.log_features,
-            ModelWorker(settings.model_overlap_min_rows),
+            ModelWorker(settings.model_overlap_min_rows, settings.writer_overlap_max_shown_share),
         )  # fmt: skip
         # Live quality, drift and the online calibration's states (issue 18): one MULTI/EXEC
         # carries them with the batch. The Cluster store does not carry them yet: there the

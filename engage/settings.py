@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     #: and builds the state writes (consumer/model_job.py: their compiled code lets go of the
     #: GIL); smaller ones inline. 0: always inline.
     model_overlap_min_rows: int = Field(default=512, ge=0)
+    #: ... unless more than this share of a batch's rows are each user's latest (shown) one:
+    #: the main thread's Python per shown row then holds the GIL through the writer's run.
+    writer_overlap_max_shown_share: float = Field(default=0.05, ge=0.0, le=1.0)
     #: Python's generation-0 GC threshold in the consumer (CPython's 700 makes the collector
     #: rescan the batch's many short-lived objects thousands of times a second; 0 = leave it).
     gc_gen0_threshold: int = Field(default=50_000, ge=0)

@@ -75,3 +75,18 @@ def test_small_batches_run_inline_and_the_pool_starts_only_when_needed() -> None
     _scored(worker, movielens_bundle(params), as_events(rows), params)
     assert worker._pool is None  # 15 rows < 100: inline
     worker.close()
+
+
+def test_a_batch_with_many_shown_rows_keeps_the_writer_inline() -> None:
+    """Rules only, 40 users in 1,000 rows (4% shown): over a 1% share the writer stays on this
+    thread (no pool), at 5% it goes to the worker; the messages are the same either way."""
+    params = FeatureParams()
+    events, _ = synthetic_log(n_users=40, per_user=25)
+    inline_worker = ModelWorker(1, max_shown_share=0.01)
+    inline = _scored(inline_worker, None, events, params)
+    assert inline_worker._pool is None
+    beside_worker = ModelWorker(1, max_shown_share=0.05)
+    beside = _scored(beside_worker, None, events, params)
+    assert beside_worker._pool is not None
+    beside_worker.close()
+    assert beside == inline
