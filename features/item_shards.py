@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 
 import numpy as np
+from numba import njit
 
 from features.aggregates import State
 from features.distinct import sorted_distinct
@@ -236,31 +237,17 @@ class LoadedItems:
         none), partition, offset and increments; per (item, partition) the shard as read
         plus the sum of its events' increments, with the largest offset."""
         self._written = None
-        has = item_loc >= 0
-        if not has.any():
+        if not (item_loc >= 0).any():
             return ShardWrites()
-        loc, part = item_loc[has], partitions[has]
-        parts = sorted_distinct(part)
-        n_items = len(item_ids)
-        key = np.searchsorted(parts, part) * n_items + loc  # partition first, then item
-        order = np.argsort(key, kind="stable")  # each group's events stay in event order
-        sorted_key = key[order]
-        starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
-        sums = np.add.reduceat(delta[has][order], starts, axis=0)
-        sets = np.logical_or.reduceat(delta_set[has][order], starts, axis=0)
-        last = np.maximum.reduceat(offsets[has][order], starts)
-        group = sorted_key[starts]
-        group_loc, group_part = group % n_items, parts[group // n_items]
-        codes = self._codes_of(item_ids)[group_loc]
-        self._fit(int(parts[-1]) + 1)
-        old = self.rows[codes, group_part]
-        read = old >= 0
-        if read.any():
-            sums[read] = self.values[old[read]] + sums[read]
-            sets[read] |= self.present[old[read]]
-            last[read] = np.maximum(last[read], self.offsets[old[read]])
+        item_codes = self._codes_of(item_ids)
+        self._fit(int(partitions.max()) + 1)
+        group_loc, group_part, codes, old, sums, sets, last = _merged_groups(
+            item_loc, partitions, offsets, delta, delta_set, item_codes,
+            self.rows, self.values, self.present, self.offsets,
+        )  # fmt: skip
         group_items = list(map(item_ids.__getitem__, group_loc.tolist()))
         blobs = pack_shards(sums, sets, last)
+        parts = sorted_distinct(group_part)
         bounds = np.searchsorted(group_part, parts, side="right").tolist()
         out: dict[int, tuple[list[str], list[bytes]]] = {}
         lo = 0
@@ -287,6 +274,81 @@ class LoadedItems:
         new = np.flatnonzero(~held)
         if len(new):
             self.rows[codes[new], parts[new]] = self._append(sums[new], sets[new], last[new])
+
+
+@njit(cache=True, nogil=True)
+def _merged_groups(
+    loc: np.ndarray, part: np.ndarray, offsets: np.ndarray, delta: np.ndarray,
+    delta_set: np.ndarray, item_codes: np.ndarray, rows: np.ndarray, values: np.ndarray,
+    present: np.ndarray, held_offsets: np.ndarray,
+) -> tuple[np.ndarray, ...]:  # fmt: skip  # pragma: no cover
+    """`LoadedItems.updated`'s groups in one compiled pass: the (partition, item) pairs of
+    the events with an item (`loc` >= 0), ordered by partition then item; each group's
+    increments summed in event order from its first event's, presence or-ed, offset the
+    largest; then the shard held for it (`rows[code, partition]`, -1: none) added in.
+
+    Why: as numpy (a stable sort, three reduceat, masked merges) it was ~0.9 us an event on
+    the consumer thread, mostly calls and temporary arrays over 8 fields a row."""
+    n = len(loc)
+    n_items = len(item_codes)
+    top = 0
+    for i in range(n):
+        if loc[i] >= 0 and part[i] > top:
+            top = part[i]
+    dense = np.full(top + 1, -1, np.int64)  # partition -> its place among the batch's
+    for i in range(n):
+        if loc[i] >= 0:
+            dense[part[i]] = 0
+    n_parts = 0
+    for p in range(top + 1):
+        if dense[p] == 0:
+            dense[p] = n_parts
+            n_parts += 1
+    slot = np.full(n_parts * n_items, -1, np.int64)  # (partition place, item) -> its group
+    for i in range(n):
+        if loc[i] >= 0:
+            slot[dense[part[i]] * n_items + loc[i]] = -2  # taken: numbered below, in order
+    k = 0
+    for s in range(n_parts * n_items):
+        if slot[s] == -2:
+            slot[s] = k
+            k += 1
+    group_loc = np.empty(k, np.int64)
+    group_part = np.empty(k, np.int64)
+    sums = np.zeros((k, delta.shape[1]), np.float64)
+    sets = np.zeros((k, delta.shape[1]), np.bool_)
+    last = np.empty(k, np.int64)
+    started = np.zeros(k, np.bool_)
+    for i in range(n):
+        if loc[i] < 0:
+            continue
+        g = slot[dense[part[i]] * n_items + loc[i]]
+        if not started[g]:
+            started[g] = True
+            group_loc[g] = loc[i]
+            group_part[g] = part[i]
+            sums[g] = delta[i]
+            sets[g] = delta_set[i]
+            last[g] = offsets[i]
+        else:
+            for c in range(delta.shape[1]):
+                sums[g, c] = sums[g, c] + delta[i, c]
+                sets[g, c] = sets[g, c] or delta_set[i, c]
+            if offsets[i] > last[g]:
+                last[g] = offsets[i]
+    codes = np.empty(k, np.int64)
+    old = np.empty(k, np.int64)
+    for g in range(k):
+        codes[g] = item_codes[group_loc[g]]
+        row = rows[codes[g], group_part[g]]
+        old[g] = row
+        if row >= 0:
+            for c in range(delta.shape[1]):
+                sums[g, c] = values[row, c] + sums[g, c]
+                sets[g, c] = sets[g, c] or present[row, c]
+            if held_offsets[row] > last[g]:
+                last[g] = held_offsets[row]
+    return group_loc, group_part, codes, old, sums, sets, last
 
 
 def decode_item(raw: dict[bytes, bytes]) -> State:

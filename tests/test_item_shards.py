@@ -130,6 +130,9 @@ def test_held_shards_absorbed_batch_after_batch_write_what_fresh_reads_write() -
         got = held.updated(batch_items, loc, parts, offsets, delta, present)
         assert got.partitions == want.partitions
         assert list(got.partitions) == sorted(got.partitions)  # a partition at a time
+        for part_items, _ in got.partitions.values():  # each in the batch's item order, once
+            places = [batch_items.index(i) for i in part_items]
+            assert places == sorted(set(places))
         assert len(got) == sum(len(shards) for shards in got.by_item().values())
         assert ShardWrites.of(got.by_item()).by_item() == got.by_item()
         held.absorb()
