@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams
 from features.digest import digest_block
@@ -22,6 +24,7 @@ from features.event_reader import read_events
 from features.events import Event
 from features.fold import FoldOutput, FoldState, fold
 from features.fold_layout import USER_COLUMN
+from features.item_shards import LoadedItems
 
 _LAST_TS = USER_COLUMN["last_ts"]
 
@@ -64,8 +67,9 @@ class StreamState:
 
 
 def warm_up(params: FeatureParams | None = None) -> None:
-    """Load the compiled reader, fold and vector digests (numba's on-disk cache, or a compile
-    on first use) now, so the first batch a consumer takes is not seconds late."""
+    """Load the compiled reader, fold, vector digests and item-shard grouping (numba's
+    on-disk cache, or a compile on first use) now, so the first batch a consumer takes is not
+    seconds late."""
     from features.events import EventType
 
     probes = [
@@ -83,4 +87,9 @@ def warm_up(params: FeatureParams | None = None) -> None:
     folded = StreamState(params or FeatureParams()).apply(
         read_events([p.to_json() for p in probes])[0]
     )
-    digest_block(folded.out.before)  # the score messages' digests (compiled too)
+    out = folded.out
+    digest_block(out.before)  # the score messages' digests (compiled too)
+    n = len(out.item_loc)  # and the item shards' grouping, with the arrays the consumer passes
+    LoadedItems.empty().updated(out.item_ids, out.item_loc, np.zeros(n, dtype=np.int64),
+                                np.arange(n, dtype=np.int64), out.item_delta,
+                                out.item_delta_set)  # fmt: skip
