@@ -313,18 +313,16 @@ def _merged_groups(
         if slot[s] == -2:
             slot[s] = k
             k += 1
-    group_loc = np.empty(k, np.int64)
+    group_loc = np.full(k, -1, np.int64)  # -1 until the group's first event
     group_part = np.empty(k, np.int64)
     sums = np.zeros((k, delta.shape[1]), np.float64)
     sets = np.zeros((k, delta.shape[1]), np.bool_)
     last = np.empty(k, np.int64)
-    started = np.zeros(k, np.bool_)
     for i in range(n):
         if loc[i] < 0:
             continue
         g = slot[dense[part[i]] * n_items + loc[i]]
-        if not started[g]:
-            started[g] = True
+        if group_loc[g] < 0:
             group_loc[g] = loc[i]
             group_part[g] = part[i]
             sums[g] = delta[i]
