@@ -10,11 +10,12 @@ first call applies a journal this process did not write (consumer/cluster_store.
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from consumer.state_store import Loaded, fill_tables, recent_of
 from features import keys
-from features.items import ItemMeta
+from features.items import META_FIELDS
 from features.stream import StreamState
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def load(
     for item in read_items:
         pipe.hgetall(keys.item_key(item))
     for item in missing_meta:
-        pipe.hgetall(keys.item_meta_key(item))
+        pipe.hmget(keys.item_meta_key(item), META_FIELDS)
     replies = iter(pipe.execute())
     user_raws = [next(replies) for _ in read_users]
     if local.trusted:
@@ -56,9 +57,8 @@ def load(
             u: {i for i, hit in zip(its, next(replies), strict=True) if hit} for u, its in asked
         }
     item_raws = [next(replies) for _ in read_items]
-    for item in missing_meta:
-        raw = next(replies)
-        store.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
+    metas = store.meta_decoder.decode(islice(replies, len(missing_meta)))
+    store.meta_cache.update(zip(missing_meta, metas, strict=True))
 
     def legacy_values(legacy: list[str]) -> list[bytes | None]:
         olds = store.client.pipeline(transaction=False)

@@ -75,7 +75,7 @@ from consumer.local_state import KeepsLocalCopy, LocalState
 from consumer.state_store import BatchWrites, Fenced, Loaded
 from consumer.store import CLUSTER_TROUBLE, REDIS_DOWN, OutcomeUnknown
 from features import keys
-from features.items import ItemMeta
+from features.items import ItemMeta, MetaDecoder
 from features.state_codec import STATE_FIELD
 from features.stream import StreamState
 
@@ -321,6 +321,7 @@ class ClusterStateStore(KeepsLocalCopy):
         self.journal_key = f"engage:journal:{{{tag}}}"
         self.stats_key = tag
         self.meta_cache: dict[str, ItemMeta] = {}
+        self.meta_decoder = MetaDecoder()
         self.done: set[int] = set()  # journals this process applied whole, not deleted yet
         self.commits = 0
         self.kill = _kill_hook()

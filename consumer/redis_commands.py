@@ -32,7 +32,7 @@ from consumer.resp_frames import Column, Same
 
 #: The commands a list may hold: what the store reads and writes, nothing else.
 ALLOWED = frozenset(
-    {"HGETALL", "SMEMBERS", "SMISMEMBER", "GET", "HSET", "SADD", "SET", "DEL", "EXPIRE"}
+    {"HGETALL", "HMGET", "SMEMBERS", "SMISMEMBER", "GET", "HSET", "SADD", "SET", "DEL", "EXPIRE"}
 )
 #: Longer member lists are split (the Cluster store's scripts pass them to Lua's `unpack`,
 #: bounded by its C stack: 8,000 values).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
+from itertools import islice
 from operator import itemgetter
 from typing import Any
 
@@ -21,7 +22,7 @@ from consumer.resp_frames import Same
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables, recent_of
 from features import keys, recent_ids
 from features.item_shards import shard_field
-from features.items import ItemMeta
+from features.items import META_FIELDS, ItemMeta, MetaDecoder
 from features.state_codec import STATE_FIELD, session_value
 from features.stream import StreamState
 from scoring.score_record import HASH_FIELDS
@@ -98,6 +99,7 @@ class RedisStateStore(KeepsLocalCopy):
         self.topic = topic
         self.session_ttl_s = session_ttl_s
         self.meta_cache: dict[str, ItemMeta] = {}
+        self.meta_decoder = MetaDecoder()
         self.local = local if local is not None else LocalState(0, 0)
 
     def offsets(self, partitions: Iterable[int]) -> dict[int, int]:
@@ -168,7 +170,8 @@ class RedisBatch:
         # Set differences in C (~1,200 distinct items in a 2,000-event batch), each walking
         # `items` (`items - cache.keys()` would walk the whole cache: 0.3 ms a batch).
         read_items = list(items.difference(local.shards.items)) if warm else item_list
-        missing_meta = list(items.difference(store.meta_cache))
+        # (Warm, an item not read now was read with its metadata before.)
+        missing_meta = [i for i in read_items if i not in store.meta_cache]
         cmds = CommandList()
         cmds.add_columns("HGETALL", keys.user_keys(read_users))
         if local.trusted:  # the whole set: the tables keep it
@@ -179,7 +182,7 @@ class RedisBatch:
             chunks = [cmds.add_members("SMISMEMBER", keys.user_items_key(u), its)
                       for u, its in asked]  # fmt: skip
         cmds.add_columns("HGETALL", keys.item_keys(read_items))
-        cmds.add_columns("HGETALL", keys.item_meta_keys(missing_meta))
+        cmds.add_columns("HMGET", keys.item_meta_keys(missing_meta), *map(Same, META_FIELDS))
         replies = iter(cmds.run(store.client))
         user_raws = [pairs(next(replies)) for _ in read_users]
         members: dict[str, set[str]] = {}
@@ -189,9 +192,8 @@ class RedisBatch:
             hits = [hit for _ in range(n) for hit in next(replies)]
             members[user] = {i for i, hit in zip(its, hits, strict=True) if hit}
         item_raws = [pairs(next(replies)) for _ in read_items]
-        for item in missing_meta:
-            raw = pairs(next(replies))
-            store.meta_cache[item] = ItemMeta.from_hash(raw) if raw else ItemMeta()
+        metas = store.meta_decoder.decode(islice(replies, len(missing_meta)))
+        store.meta_cache.update(zip(missing_meta, metas, strict=True))
         recent, legacy = recent_of(read_users, user_raws, self._legacy_recent_ids)
         if not warm:
             memberships = {u: user_items[u] & members.get(u, set()) for u in users}

@@ -36,6 +36,7 @@ from features import fold_layout as L
 from features.aggregates import Applied, FeatureParams, State
 from features.event_batch import EventBatch
 from features.events import Event, EventType
+from features.genre_rows import GenreRows
 from features.items import ItemMeta
 from features.vector import context_columns
 
@@ -83,6 +84,7 @@ class FoldState:
         self.item_genres = np.full((capacity, 4), -1, dtype=np.int64)
         self.item_genre_mask = np.zeros((capacity, _N_GENRES), dtype=np.float64)
         self._item_meta: list[ItemMeta | None] = []  # what each metadata row was filled from
+        self._genre_rows = GenreRows(L.GENRE_CODE)
 
     # -- rows
 
@@ -109,12 +111,13 @@ class FoldState:
         refreshed from `meta` if that changed (one numpy update for all of them)."""
         index, filled_from = self.item_index, self._item_meta
         rows = list(map(index.get, item_ids))
-        if None in rows:  # (the loops below are `map`s in C: no bytecode an item)
-            for k in compress(range(len(rows)), map(is_, rows, repeat(None))):
-                item = item_ids[k]
-                rows[k] = index[item] = len(self.item_ids)
-                self.item_ids.append(item)
-                filled_from.append(None)
+        if None in rows:  # (`map`s and `compress` in C: no bytecode an item)
+            new = list(compress(item_ids, map(is_, rows, repeat(None))))
+            start = len(self.item_ids)
+            index.update(zip(new, range(start, start + len(new)), strict=True))
+            self.item_ids.extend(new)
+            filled_from.extend(repeat(None, len(new)))
+            rows = list(map(index.__getitem__, item_ids))
         metas = list(map(self.meta.get, item_ids))
         filled = map(filled_from.__getitem__, rows)
         stale = list(compress(range(len(rows)), map(is_not, metas, filled)))
@@ -133,27 +136,20 @@ class FoldState:
         return rows  # type: ignore[return-value]
 
     def _set_meta_rows(self, rows: list[int], metas: list[ItemMeta | None]) -> None:
-        try:
-            codes = [[L.GENRE_CODE[g] for g in m.genres] if m is not None else [] for m in metas]
-        except KeyError as exc:
-            raise ValueError(f"features.fold: genre {exc.args[0]!r} is not in GENRES") from None
-        width = max(map(len, codes), default=0)
+        genres = self._genre_rows
+        which = genres.of([m.genres if m is not None else () for m in metas])
+        width = genres.codes.shape[1]
         if width > self.item_genres.shape[1]:
             wider = np.full((len(self.item_genres), width), -1, dtype=np.int64)
             wider[:, : self.item_genres.shape[1]] = self.item_genres
             self.item_genres = wider
         at = np.array(rows, dtype=np.int64)
         self.item_year[at] = [float(m.year or 0) if m is not None else 0.0 for m in metas]
-        self.item_n_genres[at] = [len(c) for c in codes]
+        self.item_n_genres[at] = genres.counts[which]
         self.item_genres[at] = -1
-        self.item_genre_mask[at] = 0.0
-        flat_rows = [row for row, c in zip(rows, codes, strict=True) for _ in c]
-        flat_codes = [g for c in codes for g in c]
-        positions = [k for c in codes for k in range(len(c))]
-        self.item_genres[flat_rows, positions] = flat_codes
-        self.item_genre_mask[flat_rows, flat_codes] = 1.0
-        for row, meta in zip(rows, metas, strict=True):
-            self._item_meta[row] = meta
+        self.item_genres[at, :width] = genres.codes[which]
+        self.item_genre_mask[at] = genres.masks[which]
+        any(map(self._item_meta.__setitem__, rows, metas))  # (each returns None: all of them)
 
     def set_meta(self, item_id: str, meta: ItemMeta | None) -> None:
         if meta is None:

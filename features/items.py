@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 #: The MovieLens genre vocabulary, in a fixed order (the multi-hot feature columns).
@@ -38,6 +39,36 @@ class ItemMeta:
         genres = tuple(g for g in text("genres").split("|") if g)
         year = text("year")
         return cls(genres=genres, year=int(year) if year else None)
+
+
+#: An item metadata hash's fields in the order `MetaDecoder` reads them (HMGET).
+META_FIELDS: tuple[str, str] = ("genres", "year")
+
+
+class MetaDecoder:
+    """Items' metadata from HMGET replies of META_FIELDS (None for a missing field), many
+    items a call. A fresh consumer reads every item's once (9,742 on MovieLens, with 951
+    distinct genre lists): each stored genre list is split once and its tuple shared, and
+    no per-item dict of field names is built, as HGETALL's reply needed."""
+
+    def __init__(self) -> None:
+        self._genres: dict[bytes, tuple[str, ...]] = {}
+
+    def decode(self, replies: Iterable[Sequence[bytes | None]]) -> list[ItemMeta]:
+        """Each reply's metadata, as `ItemMeta.from_hash` reads the same hash."""
+        known, out = self._genres, []
+        if len(known) > _MAX_GENRE_LISTS:  # (a catalogue of ever-new lists: start again)
+            known.clear()
+        for genres_raw, year_raw in replies:
+            genres = known.get(genres_raw) if genres_raw else ()
+            if genres is None:
+                assert genres_raw is not None
+                genres = known[genres_raw] = tuple(filter(None, genres_raw.decode().split("|")))
+            out.append(ItemMeta(genres, int(year_raw) if year_raw else None))
+        return out
+
+
+_MAX_GENRE_LISTS = 1 << 16
 
 
 def parse_movie(title: str, genres: str) -> ItemMeta:
