@@ -267,6 +267,7 @@ class FoldOutput:
     item_delta_set: np.ndarray  # bool (n, len(ITEM_FIELDS))
     item_loc: np.ndarray  # int64 (n,): the event's item in `item_ids` (-1: none)
     new_item: np.ndarray  # bool (n,)
+    user_loc: np.ndarray  # int64 (n,): the event's user in `user_ids`
     user_ids: list[str]  # the call's users, in order of first appearance
     session_ids: list[str]  # each one's current session id at the end
     sessions: np.ndarray  # float64 (len(user_ids), len(SESSION_FIELDS))
@@ -294,6 +295,23 @@ class FoldOutput:
             dict(zip(L.SESSION_FIELDS, r, strict=True)) for r in self.closed_fields[rows].tolist()
         ]
         return list(zip(rows.tolist(), sids, fields, strict=True))
+
+    def new_items_by_user(self) -> dict[str, set[str]]:
+        """Each user's items first touched in the call (`Applied.new_item`), grouped a user
+        at a time (MovieLens: nearly every event's item is new to its user)."""
+        rows = np.flatnonzero(self.new_item)  # (a fresh item is never None)
+        if not len(rows):
+            return {}
+        locs = self.user_loc[rows]
+        order = np.argsort(locs, kind="stable")
+        rows, locs = rows[order], locs[order]
+        starts = np.flatnonzero(np.r_[True, locs[1:] != locs[:-1]])
+        items = list(map(self.item_ids.__getitem__, self.item_loc[rows].tolist()))
+        bounds = [*starts.tolist(), len(rows)]
+        return {
+            self.user_ids[loc]: set(items[a:b])
+            for loc, a, b in zip(locs[starts].tolist(), bounds, bounds[1:], strict=False)
+        }
 
     def item_delta_dict(self, i: int) -> dict[str, float]:
         values, present = self.item_delta[i].tolist(), self.item_delta_set[i]
@@ -369,6 +387,7 @@ def fold(
         item_delta_set=delta_set,
         item_loc=cols.item_loc,
         new_item=new_item,
+        user_loc=cols.loc,
         user_ids=cols.user_ids,
         session_ids=session_ids,
         sessions=_session_rows(state.users[cols.user_rows]),

@@ -469,3 +469,18 @@ def test_batches_from_the_reader_fold_as_the_reference(data: str, size: int) -> 
         check_call(fold(state, batch, params), want)
     check_state(state, memory)
     assert coded >= min(20, len(events) // size)
+
+
+def test_new_items_by_user_groups_each_rows_new_item(
+    movielens_log: tuple[list[Event], dict[str, ItemMeta]], synthetic_log: list[Event]
+) -> None:
+    events, meta = movielens_log
+    for log in (events[:3000], synthetic_log[:3000]):  # (the funnel has events with no item)
+        out = fold(FoldState(meta=meta), log)
+        expected: dict[str, set[str]] = {}
+        for i, event in enumerate(log):
+            if out.applied(i).new_item:
+                assert event.item_id is not None
+                expected.setdefault(event.user_id, set()).add(event.item_id)
+        assert expected and out.new_items_by_user() == expected
+    assert fold(FoldState(), []).new_items_by_user() == {}
