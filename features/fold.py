@@ -149,7 +149,8 @@ class FoldState:
         self.item_genres[at] = -1
         self.item_genres[at, :width] = genres.codes[which]
         self.item_genre_mask[at] = genres.masks[which]
-        any(map(self._item_meta.__setitem__, rows, metas))  # (each returns None: all of them)
+        for row, meta in zip(rows, metas, strict=True):
+            self._item_meta[row] = meta
 
     def set_meta(self, item_id: str, meta: ItemMeta | None) -> None:
         if meta is None:
