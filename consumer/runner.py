@@ -29,7 +29,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from consumer import resp_frames
-from consumer.batch import BatchScorer, ScoredBatch
+from consumer.batch import BatchScorer
 from consumer.cluster_store import ClusterStateStore
 from consumer.deadletter import DeadLetter
 from consumer.incoming import Polled, read_incoming
@@ -39,6 +39,7 @@ from consumer.model_job import ModelWorker
 from consumer.ordering import EventTimeMerger
 from consumer.state_store import (
     NO_OFFSET,
+    BatchWrites,
     Fenced,
     StateStore,
     StoreBatch,
@@ -572,6 +573,7 @@ class StreamConsumer:
             applied = len(incoming) - len(scored.refused)
             advance_columns(scored.writes.offsets, polled.partitions, polled.offsets)
             scored.writes.stats = {"processed": applied, "dead_lettered": len(dead)}
+            sent = self._send(scored.messages, dead)
             done = _Done(scored.writes.offsets, applied, len(dead), scored.latencies_ms, t0,
                          t_start)  # fmt: skip
             if self.settings.commit_overlap and isinstance(batch, RedisBatch):
@@ -579,10 +581,12 @@ class StreamConsumer:
                 read_done = threading.Event()
                 if len(records) < self.settings.batch_max_records // 2:
                     read_done.set()  # a small batch: its EXEC is short, the next send waits on it
-                future = self._committer.submit(self._land, batch, scored, dead, read_done, done)
+                future = self._committer.submit(
+                    self._land, batch, scored.writes, sent, read_done, done
+                )
                 self._inflight = _InFlight(future, batch, done, read_done)
                 return
-            self._acknowledged(self._send(scored.messages, dead))
+            self._acknowledged(sent)
             batch.commit(scored.writes)
         except (*REDIS_DOWN, OutputFailed):
             self._abort(batch)
@@ -620,13 +624,12 @@ class StreamConsumer:
             raise OutputFailed(f"{len(failed)} of {sent} outputs: {failed[0]}")
 
     def _land(
-        self, batch: RedisBatch, scored: ScoredBatch, dead: list[DeadLetter],
-        read_done: threading.Event, done: _Done,
+        self, batch: RedisBatch, writes: BatchWrites, sent: int, read_done: threading.Event,
+        done: _Done,
     ) -> None:  # fmt: skip
-        """On the committing thread: the batch's outputs sent and acknowledged, then its state
-        and offsets committed. The wait for the compiled writer's messages (on the model
-        worker) and for the broker's acks overlaps the next batch's poll and fold; the next
-        batch sends nothing before this returned (`_collect`), so scores keep their order.
+        """On the committing thread: the batch's outputs acknowledged, then its state and
+        offsets committed. The wait for the broker's acks overlaps the next batch's poll and
+        fold too; the next batch sends nothing before this returned (`_collect`).
 
         A full batch's transaction is built, then held until the next batch's Redis read came
         back (at most COMMIT_HOLD_S): Redis runs one command at a time, and a read queued
@@ -636,8 +639,8 @@ class StreamConsumer:
         size is not held (`_handle`): the next batch's send waits for this EXEC, and at low
         rates that wait is the event-to-score latency (measured: p99 at 5,000 events/s
         29 -> 45 ms when every batch was held)."""
-        self._acknowledged(self._send(scored.messages, dead))
-        batch.commit(scored.writes, False, before_exec=lambda: read_done.wait(COMMIT_HOLD_S))
+        self._acknowledged(sent)
+        batch.commit(writes, False, before_exec=lambda: read_done.wait(COMMIT_HOLD_S))
         done.landed = time.monotonic()
 
     def _fenced(self, summary: RunSummary, exc: Fenced, partitions: Iterable[int]) -> None:

@@ -5,7 +5,6 @@ the consumer must resume from what Redis holds: the end state is still exactly t
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from typing import Any
@@ -182,47 +181,6 @@ def test_an_overlapped_commit_waits_for_the_next_batchs_read(
              if order[k] == "exec" and order[:k].count("read") < i + 2]  # fmt: skip
     assert len(early) <= 2, f"EXECs before the next batch's read: {early} in {order}"
     client = connect(settings)
-    p = settings.feature_params
-    reference = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
-    assert diff_against_redis(reference, client) == []
-    client.close()
-
-
-def test_an_overlapped_batchs_outputs_go_from_the_committing_thread_and_a_failed_send_drops_it(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An overlapped batch's score messages are sent from the committing thread (the consumer
-    thread goes on to the next poll instead of waiting for the compiled writer); a send that
-    fails there is a batch that did not commit: it and the batch folded over it are dropped,
-    the consumer re-reads its positions from Redis, and the state is still exactly the log's."""
-    from consumer.runner import OutputFailed
-
-    events, genres = make_log(n_users=30, events_per_user=40, seed=19)
-    publish_log(settings, events, genres)
-    overlapped = settings.model_copy(
-        update={"batch_max_records": 50, "commit_overlap": True, "offset_recheck_s": 3600.0}
-    )
-    threads: list[str] = []
-    send = StreamConsumer._send
-
-    def sending(self: StreamConsumer, messages: Any, dead: Any) -> int:
-        threads.append(threading.current_thread().name)
-        if len(threads) == 4:
-            raise OutputFailed("test: the broker refused the batch for now")
-        return send(self, messages, dead)
-
-    monkeypatch.setattr(StreamConsumer, "_send", sending)
-    consumer = StreamConsumer(overlapped, group=f"send-{uuid.uuid4().hex[:8]}")
-    try:
-        consumer.run(idle_exit_s=3)
-    finally:
-        consumer.close()
-    assert len(threads) > 10
-    assert all(name.startswith("engage-commit") for name in threads), set(threads)
-    client = connect(settings)
-    stats = client.hgetall(f"engage:stats:{settings.events_topic}")
-    assert int(stats[b"processed"]) == len(events)
-    assert int(stats.get(b"dead_lettered", 0)) == 0, "an event was applied twice"
     p = settings.feature_params
     reference = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
     assert diff_against_redis(reference, client) == []
