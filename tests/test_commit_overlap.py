@@ -185,3 +185,43 @@ def test_an_overlapped_commit_waits_for_the_next_batchs_read(
     reference = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
     assert diff_against_redis(reference, client) == []
     client.close()
+
+
+def test_a_failed_send_drops_the_batch_and_the_state_stays_the_logs(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose score messages cannot be sent (the broker refuses them for now) does not
+    commit, while the batch before it may still be committing on the thread: the consumer
+    re-reads its positions from Redis and re-applies, and the state is exactly the log's."""
+    from consumer.runner import OutputFailed
+
+    events, genres = make_log(n_users=30, events_per_user=40, seed=19)
+    publish_log(settings, events, genres)
+    overlapped = settings.model_copy(
+        update={"batch_max_records": 50, "commit_overlap": True, "offset_recheck_s": 3600.0}
+    )
+    sends: list[int] = []
+    send = StreamConsumer._send
+
+    def sending(self: StreamConsumer, messages: Any, dead: Any) -> int:
+        sends.append(len(messages))
+        if len(sends) == 4:
+            raise OutputFailed("test: the broker refused the batch for now")
+        return send(self, messages, dead)
+
+    monkeypatch.setattr(StreamConsumer, "_send", sending)
+    consumer = StreamConsumer(overlapped, group=f"send-{uuid.uuid4().hex[:8]}")
+    try:
+        consumer.run(idle_exit_s=3)
+    finally:
+        consumer.close()
+    assert len(sends) > 10
+    assert sum(sends) > len(events), "no batch was sent again"
+    client = connect(settings)
+    stats = client.hgetall(f"engage:stats:{settings.events_topic}")
+    assert int(stats[b"processed"]) == len(events)
+    assert int(stats.get(b"dead_lettered", 0)) == 0, "an event was applied twice"
+    p = settings.feature_params
+    reference = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
+    assert diff_against_redis(reference, client) == []
+    client.close()
