@@ -15,6 +15,12 @@ GENRES: tuple[str, ...] = (
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
 
+def genre_names(stored: str) -> tuple[str, ...]:
+    """A stored genre list (`ItemMeta.to_hash`: names joined by "|") as its names; an empty
+    list, or an empty name, is none."""
+    return tuple(filter(None, stored.split("|")))
+
+
 @dataclass(frozen=True)
 class ItemMeta:
     genres: tuple[str, ...] = ()
@@ -29,14 +35,14 @@ class ItemMeta:
         each item's once: ~9,700 on MovieLens) or as str."""
         genres_raw, year_raw = data.get(b"genres"), data.get(b"year")
         if type(genres_raw) is bytes and type(year_raw) is bytes:
-            genres = tuple(filter(None, genres_raw.decode().split("|")))  # (no empty names)
+            genres = genre_names(genres_raw.decode())
             return cls(genres, int(year_raw) if year_raw else None)
 
         def text(key: str) -> str:
             raw = data.get(key, data.get(key.encode(), b""))
             return raw.decode() if isinstance(raw, bytes) else raw
 
-        genres = tuple(g for g in text("genres").split("|") if g)
+        genres = genre_names(text("genres"))
         year = text("year")
         return cls(genres=genres, year=int(year) if year else None)
 
@@ -63,7 +69,7 @@ class MetaDecoder:
             genres = known.get(genres_raw) if genres_raw else ()
             if genres is None:
                 assert genres_raw is not None
-                genres = known[genres_raw] = tuple(filter(None, genres_raw.decode().split("|")))
+                genres = known[genres_raw] = genre_names(genres_raw.decode())
             out.append(ItemMeta(genres, int(year_raw) if year_raw else None))
         return out
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.events import Event
-from features.items import ItemMeta
+from features.items import ItemMeta, genre_names
 
 EVENTS_FILE = "events.parquet"
 ITEMS_FILE = "items.parquet"
@@ -101,10 +101,7 @@ def read_items(path: Path) -> dict[str, ItemMeta]:
     if not path.exists():
         return {}
     rows = pq.read_table(path, schema=ITEM_SCHEMA).to_pylist()
-    return {
-        r["item_id"]: ItemMeta(tuple(g for g in (r["genres"] or "").split("|") if g), r["year"])
-        for r in rows
-    }
+    return {r["item_id"]: ItemMeta(genre_names(r["genres"] or ""), r["year"]) for r in rows}
 
 
 def consumer_order(rows: Iterable[LoggedEvent]) -> list[Event]:
