@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,6 @@ class _LiveRows:
     def __init__(self, incoming: IncomingBatch) -> None:
         self.incoming = incoming
         self.partitions = np.array(incoming.partitions, dtype=np.int64)
-        self.labels = labels_of(incoming.events.event_types, incoming.events.values)
         self.domains: list[str] = []
         self.served: np.ndarray | None = None
         self.model_rows: np.ndarray | None = None
@@ -94,6 +94,12 @@ class _LiveRows:
         self.propensity = np.full(len(self.incoming), np.nan)
         self.propensity[at] = p_propensity
         return served
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """Each row's engagement label: made only for a batch the model scored (a rules-only
+        batch's live states take none; a MovieLens batch's labels are a Python step a rating)."""
+        return labels_of(self.incoming.events.event_types, self.incoming.events.values)
 
     def model_rows_by_domain(self) -> dict[str, np.ndarray]:
         assert self.model_rows is not None
