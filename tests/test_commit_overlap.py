@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from consumer.runner import StreamConsumer
+from consumer.runner import RunSummary, StreamConsumer
 from consumer.state_store import Fenced
 from consumer.store import OutcomeUnknown, RedisBatch
 from engage.redis_client import connect
@@ -38,6 +38,28 @@ def _fail_one_commit(monkeypatch: pytest.MonkeyPatch, nth: int, how: str) -> lis
     return seen
 
 
+def _run_until_idle(settings: Settings, name: str) -> RunSummary:
+    """One consumer in a group of its own, until the topic is idle for 3 s."""
+    consumer = StreamConsumer(settings, group=f"{name}-{uuid.uuid4().hex[:8]}")
+    try:
+        return consumer.run(idle_exit_s=3)
+    finally:
+        consumer.close()
+
+
+def _assert_the_logs_state(settings: Settings, events: list[dict], genres: dict) -> None:
+    """Every event processed once (none dead-lettered as a duplicate), and the state in Redis
+    exactly the log's."""
+    client = connect(settings)
+    stats = client.hgetall(f"engage:stats:{settings.events_topic}")
+    assert int(stats[b"processed"]) == len(events)
+    assert int(stats.get(b"dead_lettered", 0)) == 0, "an event was applied twice"
+    p = settings.feature_params
+    reference = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
+    assert diff_against_redis(reference, client) == []
+    client.close()
+
+
 @pytest.mark.parametrize("how", ["fenced", "unknown"])
 @pytest.mark.parametrize(
     "recheck_s", [60.0, 0.005], ids=["collected-by-next-batch", "collected-by-recheck"]
@@ -53,22 +75,11 @@ def test_a_failed_commit_in_flight_drops_the_batch_folded_over_it(
         update={"batch_max_records": 50, "commit_overlap": True, "offset_recheck_s": recheck_s}
     )
     seen = _fail_one_commit(monkeypatch, nth=4, how=how)
-    consumer = StreamConsumer(overlapped, group=f"overlap-{uuid.uuid4().hex[:8]}")
-    try:
-        summary = consumer.run(idle_exit_s=3)
-    finally:
-        consumer.close()
+    summary = _run_until_idle(overlapped, "overlap")
     assert len(seen) > 4, "the failure came too late to matter"
     if how == "fenced":
         assert summary.fenced == 1
-    client = connect(settings)
-    stats = client.hgetall(f"engage:stats:{settings.events_topic}")
-    assert int(stats[b"processed"]) == len(events)
-    assert int(stats.get(b"dead_lettered", 0)) == 0, "an event was applied twice"
-    p = settings.feature_params
-    reference = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
-    assert diff_against_redis(reference, client) == []
-    client.close()
+    _assert_the_logs_state(settings, events, genres)
 
 
 def test_the_last_batch_is_collected_as_it_lands_not_an_idle_poll_later(
@@ -168,11 +179,7 @@ def test_an_overlapped_commit_waits_for_the_next_batchs_read(
 
     monkeypatch.setattr(RedisBatch, "load", loading)
     monkeypatch.setattr(RedisBatch, "commit", committing)
-    consumer = StreamConsumer(overlapped, group=f"hold-{uuid.uuid4().hex[:8]}")
-    try:
-        consumer.run(idle_exit_s=3)
-    finally:
-        consumer.close()
+    _run_until_idle(overlapped, "hold")
     execs = [k for k, what in enumerate(order) if what.endswith("exec")]
     assert order.count("exec") > 10
     # The i-th batch's EXEC comes after the reads of batches 0 .. i + 1 (but the last's, and
@@ -210,18 +217,7 @@ def test_a_failed_send_drops_the_batch_and_the_state_stays_the_logs(
         return send(self, messages, dead)
 
     monkeypatch.setattr(StreamConsumer, "_send", sending)
-    consumer = StreamConsumer(overlapped, group=f"send-{uuid.uuid4().hex[:8]}")
-    try:
-        consumer.run(idle_exit_s=3)
-    finally:
-        consumer.close()
+    _run_until_idle(overlapped, "send")
     assert len(sends) > 10
     assert sum(sends) > len(events), "no batch was sent again"
-    client = connect(settings)
-    stats = client.hgetall(f"engage:stats:{settings.events_topic}")
-    assert int(stats[b"processed"]) == len(events)
-    assert int(stats.get(b"dead_lettered", 0)) == 0, "an event was applied twice"
-    p = settings.feature_params
-    reference = reference_state(events, genres, p.session_gap_ms, p.half_life_ms)
-    assert diff_against_redis(reference, client) == []
-    client.close()
+    _assert_the_logs_state(settings, events, genres)
