@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -57,9 +58,9 @@ class StreamState:
         batch = EventBatch.of(events)
         index, users = self.tables.user_index, self.tables.users
 
-        def last_applied(user: str) -> float:
-            row = index.get(user)
-            return float(users[row, _LAST_TS]) if row is not None else 0.0
+        def last_applied(ids: list[str]) -> np.ndarray:
+            rows = np.fromiter(map(index.get, ids, repeat(-1)), np.int64, len(ids))
+            return np.where(rows >= 0, users[rows, _LAST_TS], 0.0)  # (-1: a new user)
 
         admitted, refused = self.admission.admit_all(batch, last_applied, self.recent)
         out = fold(self.tables, batch.take(admitted) if refused else batch, self.params)

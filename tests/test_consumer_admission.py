@@ -7,6 +7,7 @@ dead-letter topic and are counted; the state equals the reference over the admit
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from consumer.deadletter import reason_of
@@ -209,7 +210,9 @@ def test_batch_admission_leaves_what_one_by_one_admission_leaves(
         batch, _, errors = read_events([e.to_json() for e in events])
         assert errors == [] and batch.codes is not None
         admitted, refused = policy.admit_all(
-            batch if columns else events, lambda u: applied_last.get(u, 0.0), recents
+            batch if columns else events,
+            lambda users: np.array([applied_last.get(u, 0.0) for u in users]),
+            recents,
         )
         verdicts: list[str | None] = [None] * len(events)
         for i, reason in refused:

@@ -48,7 +48,9 @@ def test_the_older_json_form_is_read_and_keeps_guarding() -> None:
     event = Event(event_id="e2", user_id="u", ts=1_700_000_001_000,
                   event_type=EventType.PAGE_VIEW, item_id="i", source="synthetic")  # fmt: skip
     recents = {"u": blob}
-    admitted, refused = AdmissionPolicy().admit_all([event], lambda _u: 0.0, recents)
+    admitted, refused = AdmissionPolicy().admit_all(
+        [event], lambda users: np.zeros(len(users)), recents
+    )
     assert admitted == [] and refused[0][1].startswith("duplicate")
     assert recents["u"] == blob  # nothing applied: nothing changed
 
@@ -67,3 +69,18 @@ def test_a_batch_table_holds_each_users_pairs_at_the_start_of_its_row() -> None:
     with pytest.raises(recent_ids.RecentIdsFormatError):
         recent_ids.tables(blobs, 1)
     assert np.array_equal(recent_ids.unpack(blobs[0])["digest"], [1, 2])
+
+
+def test_any_rows_pack_back_to_the_values_they_were_read_from() -> None:
+    """`tables` then `rows_packed` (the compiled writer, sliced in C) is the identity on any
+    mix of values and rows, in any order, repeats and empty values included."""
+    rng = np.random.default_rng(7)
+    blobs = [
+        recent_ids.from_dict({int(d): float(t) for d, t in zip(rng.integers(1, 2**63, k),
+                                                              rng.random(k), strict=True)})
+        for k in rng.integers(0, 9, 40)
+    ]  # fmt: skip
+    table, counts = recent_ids.tables(blobs, 9)
+    rows = rng.integers(0, len(blobs), 60).tolist()
+    assert recent_ids.rows_packed(table, counts, rows) == [blobs[r] for r in rows]
+    assert recent_ids.rows_packed(table, counts, []) == []
