@@ -21,6 +21,7 @@ items they are dropped and filled again from Redis.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 
 from consumer.state_store import Loaded
 from features.admission import AdmissionPolicy
@@ -91,15 +92,16 @@ class LocalState:
         reports it. (If the batch does not land, abort forgets all of it.)"""
         tables = state.tables
         tables.meta = meta
-        read_users = [user for user, _, _, _ in read]
-        blobs = load_packed_users(tables, read_users, [raw for _, raw, _, _ in read])
+        read_users = list(map(itemgetter(0), read))
+        blobs = load_packed_users(tables, read_users, list(map(itemgetter(1), read)))
         self.committed.update(zip(read_users, blobs, strict=True))
-        for user, _, members, recent in read:
-            tables.user_items[user] = members
-            state.recent[user] = recent
+        tables.user_items.update(zip(read_users, map(itemgetter(2), read), strict=True))
+        state.recent.update(zip(read_users, map(itemgetter(3), read), strict=True))
         totals, present = self.shards.extend(read_items, item_raws)
         tables.set_item_states(read_items, totals, present)
-        return Loaded({u: self.committed[u] for u in users}, self.shards)
+        committed = self.committed
+        return Loaded(dict(zip(users, map(committed.__getitem__, users), strict=True)),
+                      self.shards)  # fmt: skip
 
 
 class KeepsLocalCopy:

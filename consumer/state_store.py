@@ -136,7 +136,7 @@ def recent_of(
     """Each user's recent ids from its hash (`recent_ids.FIELD`), and the users whose hash
     lacks the field, theirs read (`fetch_legacy`: the values of their older keys,
     `keys.legacy_recent_ids_key`) in one more round trip: only after an upgrade."""
-    recent = [recent_ids.in_user_hash(raw) for raw in user_raws]
+    recent = recent_ids.in_user_hashes(user_raws)
     legacy = [user for user, value in zip(users, recent, strict=True) if value is None]
     if not legacy:
         return recent, []  # type: ignore[return-value]

@@ -184,10 +184,11 @@ class RedisBatch:
         cmds.add_columns("HGETALL", keys.item_keys(read_items))
         cmds.add_columns("HMGET", keys.item_meta_keys(missing_meta), *map(Same, META_FIELDS))
         replies = iter(cmds.run(store.client))
-        user_raws = [pairs(next(replies)) for _ in read_users]
+        user_raws = list(map(pairs, islice(replies, len(read_users))))
         members: dict[str, set[str]] = {}
         if local.trusted:
-            members = {u: {m.decode() for m in next(replies)} for u in read_users}
+            sets = [set(map(bytes.decode, r)) for r in islice(replies, len(read_users))]
+            members = dict(zip(read_users, sets, strict=True))
         for (user, its), n in zip(asked, chunks, strict=True):
             hits = [hit for _ in range(n) for hit in next(replies)]
             members[user] = {i for i, hit in zip(its, hits, strict=True) if hit}

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from itertools import compress, repeat
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -169,28 +170,23 @@ def load_packed_users(
     """Put `u:{user}` hashes (as redis-py returns them) into the fold's tables, decoded in one
     pass; returns each packed state as read (b"" for a new user), to tell later whether the
     user changed."""
-    rows = [tables.user_row(u) for u in user_ids]
+    rows = tables.user_rows(user_ids)
     key, session_key = STATE_FIELD.encode(), SESSION_ID_FIELD.encode()
-    found = [i for i, raw in enumerate(raws) if raw]
-    blobs: list[bytes] = []
-    for i in found:
-        blob = raws[i].get(key)
-        if blob is None:
-            raise StateFormatError(_PER_FIELD_HASH)
-        blobs.append(blob)
-    new = [rows[i] for i, raw in enumerate(raws) if not raw]
-    tables.users[new], tables.user_set[new] = 0.0, 0
-    if found:
-        values, present = unpack_rows(blobs)
-        at = [rows[i] for i in found]
-        tables.users[at], tables.user_set[at] = values, present
-    for row, raw in zip(rows, raws, strict=True):
-        session = raw.get(session_key)
-        tables.cs_id[row] = session.decode() if session is not None else None
-    read = [b""] * len(rows)
-    for i, blob in zip(found, blobs, strict=True):
-        read[i] = blob
-    return read
+    blobs: list[Any] = list(map(dict.get, raws, repeat(key)))  # (`map`s in C: none a user)
+    held = list(map(bool, raws))
+    if blobs.count(None) != held.count(False):  # a hash without the packed state
+        raise StateFormatError(_PER_FIELD_HASH)
+    at = np.array(rows, dtype=np.int64)
+    found = np.array(held, dtype=np.bool_)
+    tables.users[at[~found]], tables.user_set[at[~found]] = 0.0, 0
+    if found.any():
+        values, present = unpack_rows(list(compress(blobs, held)))
+        tables.users[at[found]], tables.user_set[at[found]] = values, present
+    sessions = map(dict.get, raws, repeat(session_key))
+    cs_id = tables.cs_id
+    for row, session in zip(rows, sessions, strict=True):
+        cs_id[row] = session.decode() if session is not None else None
+    return blobs if None not in blobs else [b"" if b is None else b for b in blobs]
 
 
 def session_value(fields: State) -> bytes:

@@ -84,3 +84,18 @@ def test_any_rows_pack_back_to_the_values_they_were_read_from() -> None:
     rows = rng.integers(0, len(blobs), 60).tolist()
     assert recent_ids.rows_packed(table, counts, rows) == [blobs[r] for r in rows]
     assert recent_ids.rows_packed(table, counts, []) == []
+
+
+def test_a_batch_of_user_hashes_reads_as_each_one_does() -> None:
+    """`in_user_hashes` (checked in numpy when all are this codec's) gives what
+    `in_user_hash` gives each: new users, packed values, the older JSON form, and a state
+    whose ids are in the older key of their own (None)."""
+    packed = {b"seen": recent_ids.from_dict({5: 1.0, 6: 2.0}), b"state": b"x"}
+    new: dict[bytes, bytes] = {}
+    older_json = {b"seen": b'[["e1", 1.0]]', b"state": b"x"}
+    own_key = {b"state": b"x"}
+    for raws in ([packed, new, packed], [new, new], [packed, older_json, new],
+                 [own_key, packed, new], []):  # fmt: skip
+        assert recent_ids.in_user_hashes(raws) == [recent_ids.in_user_hash(r) for r in raws]
+    with pytest.raises(recent_ids.RecentIdsFormatError):
+        recent_ids.in_user_hashes([packed, {b"seen": b"\x02" + bytes(5)}])

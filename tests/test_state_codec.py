@@ -101,6 +101,18 @@ def test_rows_pack_and_load_as_each_user_alone() -> None:
     assert tables.cs_id[tables.user_index["u3"]] == "s3"
 
 
+def test_a_batch_read_refuses_a_hash_of_the_per_field_format() -> None:
+    """The batch form (`load_packed_users`) refuses what `decode_user` refuses, among
+    packed states and new users."""
+    blob = encode_user({"n": 1.0})[STATE_FIELD]
+    good = {STATE_FIELD.encode(): blob}
+    with pytest.raises(StateFormatError, match="without a packed state"):
+        load_packed_users(FoldState(), ["a", "b", "c"], [good, {b"n": b"3.0"}, {}])
+    tables = FoldState()
+    assert load_packed_users(tables, ["a", "b"], [{}, good]) == [b"", blob]
+    assert tables.user_rows(["b", "a", "z"]) == [1, 0, 2] and tables.user_ids[2] == "z"
+
+
 def test_one_damaged_state_among_many_fails_loudly() -> None:
     good = encode_user({"n": 1.0})[STATE_FIELD]
     with pytest.raises(StateFormatError, match="damaged"):
