@@ -304,22 +304,19 @@ class BatchScorer:
     ) -> None:  # fmt: skip
         """Each user's latest message as the live view and the score hash show it (the
         reasons in words): the served score hashes, the leaderboard and the live message."""
-        latest = []
-        for row, payload in zip(rows, payloads, strict=True):
-            shown = score_record.shown_message(payload, rule_texts[row])
-            latest.append(shown)
-            self._score_hash(writes, shown)
+        latest = list(map(score_record.shown_message, payloads, map(rule_texts.__getitem__, rows)))
+        hashes = writes.scores = score_record.ScoreHashes.of(latest)
+        if hashes:
+            board = writes.leaderboard
+            board.setdefault("rule", {}).update(
+                zip(hashes.users, hashes.column("rule_score"), strict=True)
+            )
+            propensity = hashes.column("propensity")
+            if propensity.count("") < len(propensity):  # (a model served someone)
+                board.setdefault("model", {}).update(
+                    (user, p) for user, p in zip(hashes.users, propensity, strict=True) if p != ""
+                )
         writes.publish = orjson.dumps(latest)
-
-    @staticmethod
-    def _score_hash(writes: BatchWrites, shown: dict[str, Any]) -> None:
-        """The user's served score (`u:{user}:score`) and leaderboard entries from the
-        latest (shown) score message of the batch."""
-        user = shown["user_id"]
-        fields = writes.scores[user] = score_record.hash_fields(shown)
-        writes.leaderboard.setdefault("rule", {})[user] = fields["rule_score"]
-        if fields["propensity"] != "":
-            writes.leaderboard.setdefault("model", {})[user] = fields["propensity"]
 
     def _rules(
         self, incoming: IncomingBatch, after: np.ndarray, shown: set[int]

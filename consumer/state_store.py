@@ -15,9 +15,9 @@ runs one suite over both. A Redis Cluster store (issue 17) is the next implement
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -71,7 +71,9 @@ class BatchWrites:
     legacy_seen: list[str] = field(default_factory=list)  # as Loaded.legacy_seen
     closed_sessions: dict[tuple[str, str], State] = field(default_factory=dict)
     item_shards: ShardWrites = field(default_factory=ShardWrites)  # a partition at a time
-    scores: dict[str, dict[str, str | float]] = field(default_factory=dict)
+    #: Each shown user's served score hash (`ScoreHashes` from a batch; any mapping of users
+    #: to their HASH_FIELDS dicts).
+    scores: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     leaderboard: dict[str, dict[str, float]] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)

@@ -25,10 +25,7 @@ from features.item_shards import shard_field
 from features.items import META_FIELDS, ItemMeta, MetaDecoder
 from features.state_codec import STATE_FIELD, session_value
 from features.stream import StreamState
-from scoring.score_record import HASH_FIELDS
-
-#: A served score's values in HASH_FIELDS order (its dict has exactly those keys).
-_hash_values = itemgetter(*HASH_FIELDS)
+from scoring.score_record import HASH_FIELDS, ScoreHashes
 
 #: A Cluster that cannot serve a slot right now (failover, resharding): an outage to wait out.
 CLUSTER_TROUBLE: tuple[type[Exception], ...] = (
@@ -242,10 +239,12 @@ class RedisBatch:
         cmds.add_columns("SET", keys.session_keys(users, sessions), values, Same("EX"), Same(ttl))
         for partition, (items, blobs) in writes.item_shards.partitions.items():
             cmds.add_each("HSET", keys.item_keys(items), shard_field(partition), blobs)
-        scores = writes.scores  # every user's the same fields (score_record.HASH_FIELDS)
-        if scores:
-            cmds.add_rows("HSET", keys.user_keys(list(scores), ":score"), HASH_FIELDS,
-                          list(map(_hash_values, scores.values())))  # fmt: skip
+        if writes.scores:  # as columns (score_record.ScoreHashes), every user's HASH_FIELDS
+            hashes = ScoreHashes.of_dicts(writes.scores)
+            fields: list[Any] = []
+            for name, column in zip(HASH_FIELDS, hashes.columns, strict=True):
+                fields += (Same(name), column)
+            cmds.add_columns("HSET", keys.user_keys(hashes.users, ":score"), *fields)
         commands: list[PackedCommands | tuple[Any, ...]] = [cmds.plain()] if cmds else []
         for kind, members in writes.leaderboard.items():
             if members:

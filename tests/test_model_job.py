@@ -26,9 +26,8 @@ def _scored(worker: ModelWorker, bundle: Any, events: list, params: FeatureParam
     messages = [orjson.loads(value) for _, value in scored.messages]  # type: ignore[attr-defined]
     for message in messages:
         message.pop("scored_at")
-    hashes = scored.writes.scores  # type: ignore[attr-defined]
-    for fields in hashes.values():
-        fields.pop("updated_at")
+    hashes = {user: {k: v for k, v in fields.items() if k != "updated_at"}
+              for user, fields in scored.writes.scores.items()}  # type: ignore[attr-defined]  # fmt: skip
     return messages, hashes, scored.writes.leaderboard  # type: ignore[attr-defined]
 
 

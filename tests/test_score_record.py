@@ -17,6 +17,7 @@ from scoring.score_record import (
     SERVED_FIELDS,
     Leader,
     NotAScore,
+    ScoreHashes,
     ScoreRecord,
     ServedScore,
     add_reasons,
@@ -164,3 +165,22 @@ def test_a_lean_message_reads_with_its_absent_fields_as_none() -> None:
         None,
         None,
     )
+
+
+def test_a_batch_of_score_hashes_holds_each_users_hash() -> None:
+    """`ScoreHashes.of` (columns, no dict a user) gives each user the hash its message alone
+    gives, with and without a model in the batch; dicts of every field read as columns."""
+    reasons = [{"signal": "s", "points": 1.0, "text": "t"}]
+    messages = _messages()
+    for batch in (messages[:4], messages[4:], messages[2:6]):  # no model, model, both
+        shown = [{**shown_message(m, reasons), "user_id": f"u{k}"} for k, m in enumerate(batch)]
+        hashes = ScoreHashes.of(shown)
+        assert list(hashes) == [m["user_id"] for m in shown]
+        for message in shown:
+            alone = hash_fields(message)
+            assert hashes[message["user_id"]] == alone and tuple(alone) == HASH_FIELDS
+        again = ScoreHashes.of_dicts(dict(hashes.items()))
+        assert again.users == hashes.users and list(map(list, again.columns)) == hashes.columns
+    assert not ScoreHashes.of([])
+    with pytest.raises(ValueError, match="a column a field"):
+        ScoreHashes(["u"], [[1.0]])
