@@ -91,35 +91,18 @@ class FoldState:
     def user_row(self, user_id: str) -> int:
         """The user's row, allocated (empty state) on first sight."""
         row = self.user_index.get(user_id)
-        if row is None:
-            row = len(self.user_ids)
-            if row == len(self.users):
-                self.users = _grow(self.users)
-                self.user_set = _grow(self.user_set)
-            self.user_index[user_id] = row
-            self.user_ids.append(user_id)
-            self.cs_id.append(None)
-        return row
+        return self.user_rows([user_id])[0] if row is None else row
 
     def user_rows(self, user_ids: Sequence[str]) -> list[int]:
         """`user_row` of each of `user_ids`, new ones allocated together (`map`s in C: no
         bytecode a user; ~850 users a batch of 1M synthetic events, twice a batch)."""
-        index = self.user_index
-        rows = list(map(index.get, user_ids))
-        if None in rows:
-            new = list(dict.fromkeys(compress(user_ids, map(is_, rows, repeat(None)))))
-            start = len(self.user_ids)
-            index.update(zip(new, range(start, start + len(new)), strict=True))
-            self.user_ids.extend(new)
-            self.cs_id.extend(repeat(None, len(new)))
-            if len(self.user_ids) > len(self.users):
-                size = len(self.users)
-                while size < len(self.user_ids):
-                    size = max(2 * size, 16)
+        rows, added = _rows_of(self.user_index, self.user_ids, user_ids)
+        if added:
+            self.cs_id.extend(repeat(None, added))
+            if (size := _room(len(self.users), len(self.user_ids))) is not None:
                 self.users = _grow(self.users, size)
                 self.user_set = _grow(self.user_set, size)
-            rows = list(map(index.__getitem__, user_ids))
-        return rows  # type: ignore[return-value]
+        return rows
 
     def item_row(self, item_id: str) -> int:
         """The item's row, allocated (empty state, metadata from `meta`) on first sight."""
@@ -129,22 +112,13 @@ class FoldState:
     def item_rows(self, item_ids: Sequence[str]) -> list[int]:
         """The rows of distinct `item_ids`: new ones allocated, and every one's metadata row
         refreshed from `meta` if that changed (one numpy update for all of them)."""
-        index, filled_from = self.item_index, self._item_meta
-        rows = list(map(index.get, item_ids))
-        if None in rows:  # (`map`s and `compress` in C: no bytecode an item)
-            new = list(compress(item_ids, map(is_, rows, repeat(None))))
-            start = len(self.item_ids)
-            index.update(zip(new, range(start, start + len(new)), strict=True))
-            self.item_ids.extend(new)
-            filled_from.extend(repeat(None, len(new)))
-            rows = list(map(index.__getitem__, item_ids))
+        filled_from = self._item_meta
+        rows, added = _rows_of(self.item_index, self.item_ids, item_ids)
+        filled_from.extend(repeat(None, added))
         metas = list(map(self.meta.get, item_ids))
         filled = map(filled_from.__getitem__, rows)
         stale = list(compress(range(len(rows)), map(is_not, metas, filled)))
-        if len(self.item_ids) > len(self.items):
-            size = len(self.items)
-            while size < len(self.item_ids):
-                size = max(2 * size, 16)
+        if (size := _room(len(self.items), len(self.item_ids))) is not None:
             self.items = _grow(self.items, size)
             self.item_set = _grow(self.item_set, size)
             self.item_year = _grow(self.item_year, size)
@@ -153,7 +127,7 @@ class FoldState:
             self.item_genre_mask = _grow(self.item_genre_mask, size)
         if stale:
             self._set_meta_rows([rows[k] for k in stale], [metas[k] for k in stale])
-        return rows  # type: ignore[return-value]
+        return rows
 
     def _set_meta_rows(self, rows: list[int], metas: list[ItemMeta | None]) -> None:
         genres = self._genre_rows
@@ -255,6 +229,28 @@ class FoldState:
         for item, fields in memory.items.items():
             state.load_item(item, fields)
         return state
+
+
+def _rows_of(index: dict[str, int], ids: list[str], wanted: Sequence[str]) -> tuple[list[int], int]:
+    """The rows of `wanted` in `index`, the new ones appended to `index` and `ids` in order of
+    first sight (`map`s and `compress` in C: no bytecode an id); how many were new."""
+    rows = list(map(index.get, wanted))
+    if None not in rows:
+        return rows, 0  # type: ignore[return-value]
+    new = list(dict.fromkeys(compress(wanted, map(is_, rows, repeat(None)))))
+    start = len(ids)
+    index.update(zip(new, range(start, start + len(new)), strict=True))
+    ids.extend(new)
+    return list(map(index.__getitem__, wanted)), len(new)
+
+
+def _room(capacity: int, rows: int) -> int | None:
+    """The doubled capacity a table needs to hold `rows` (None: it holds them already)."""
+    if rows <= capacity:
+        return None
+    while capacity < rows:
+        capacity = max(2 * capacity, 16)
+    return capacity
 
 
 def _grow(table: np.ndarray, size: int | None = None, fill: int = 0) -> np.ndarray:

@@ -158,7 +158,7 @@ def tables(blobs: Sequence[bytes], width: int) -> tuple[np.ndarray, np.ndarray]:
         if odd.any() or int(counts.max()) > width:  # (the codec byte: checked by from_stored)
             raise RecentIdsFormatError(f"damaged recent ids, or more than {width} of them")
         joined = np.frombuffer(b"".join(blobs), dtype=np.uint8)
-        _fill_rows(joined, sizes, table.view(np.uint8).reshape(len(blobs), -1))
+        _fill_rows(joined, sizes, table.view(np.uint8).reshape(len(blobs), width * PAIR_BYTES))
     return table, counts
 
 
@@ -205,7 +205,7 @@ def rows_packed(
     """The stored values of `table`'s `rows` (the first `counts[row]` pairs of each): written
     by compiled code, cut by slices made in C (no Python step a row)."""
     rows = np.asarray(rows, dtype=np.int64)
-    raw = table.view(np.uint8).reshape(len(table), -1)
+    raw = table.view(np.uint8).reshape(len(table), table.shape[1] * PAIR_BYTES)  # (0 rows too)
     out, ends = _packed_rows(raw, counts, rows, CODEC[0])
     data = out.tobytes()
     starts = ends - np.diff(ends, prepend=0)

@@ -84,6 +84,9 @@ def test_any_rows_pack_back_to_the_values_they_were_read_from() -> None:
     rows = rng.integers(0, len(blobs), 60).tolist()
     assert recent_ids.rows_packed(table, counts, rows) == [blobs[r] for r in rows]
     assert recent_ids.rows_packed(table, counts, []) == []
+    empty, none = recent_ids.tables([], 9)  # a batch with no user (every record refused)
+    assert recent_ids.rows_packed(empty, none, []) == []
+    assert AdmissionPolicy().admit_all([], lambda users: np.zeros(len(users)), {}) == ([], [])
 
 
 def test_a_batch_of_user_hashes_reads_as_each_one_does() -> None:
