@@ -119,7 +119,7 @@ def pymalloc_stats() -> dict[str, int]:
 
 def _caches(consumer: Any) -> dict[str, int]:
     """Sizes of the structures that could grow with users (None where there is none)."""
-    out: dict[str, int] = {"meta_cache": len(consumer.store.meta_cache)}
+    out: dict[str, int] = {"meta_cache": len(consumer.store.meta.known)}
     client = getattr(consumer.out, "client", None)
     partitioner = getattr(getattr(client, "config", {}), "get", lambda _k: None)("partitioner")
     if hasattr(partitioner, "cache_info"):  # the bounded LRU

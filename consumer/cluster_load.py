@@ -32,7 +32,7 @@ def load(
     users, item_list = list(user_items), list(items)
     read_users = [u for u in users if u not in local.committed] if warm else users
     read_items = [i for i in item_list if i not in local.shards.items] if warm else item_list
-    missing_meta = [i for i in item_list if i not in store.meta_cache]
+    missing_meta = store.meta.to_read(items)
     asked = [(u, sorted(user_items[u])) for u in read_users if user_items[u]]
     if local.trusted:  # the whole sets are read instead
         asked = []
@@ -57,8 +57,7 @@ def load(
             u: {i for i, hit in zip(its, next(replies), strict=True) if hit} for u, its in asked
         }
     item_raws = [next(replies) for _ in read_items]
-    metas = store.meta_decoder.decode(islice(replies, len(missing_meta)))
-    store.meta_cache.update(zip(missing_meta, metas, strict=True))
+    store.meta.learn(missing_meta, islice(replies, len(missing_meta)))
 
     def legacy_values(legacy: list[str]) -> list[bytes | None]:
         olds = store.client.pipeline(transaction=False)
@@ -70,11 +69,11 @@ def load(
     if not warm:
         memberships = {u: user_items[u] & members.get(u, set()) for u in users}
         loaded = fill_tables(
-            state, users, user_raws, memberships, recent, item_list, item_raws, store.meta_cache
+            state, users, user_raws, memberships, recent, item_list, item_raws, store.meta.known
         )
     else:
         read = [(u, raw, members[u], ids) for u, raw, ids in zip(read_users, user_raws, recent,
                                                                     strict=True)]  # fmt: skip
-        loaded = local.add_read(state, store.meta_cache, users, read, read_items, item_raws)
+        loaded = local.add_read(state, store.meta.known, users, read, read_items, item_raws)
     loaded.legacy_seen = legacy
     return loaded, warm

@@ -71,11 +71,11 @@ from redis.cluster import ClusterNode, RedisCluster
 
 from consumer import cluster_load
 from consumer.cluster_journal import APPLY_LUA, SlotCall, pack, slot_calls, unpack
+from consumer.item_meta import ItemMetaCache
 from consumer.local_state import KeepsLocalCopy, LocalState
 from consumer.state_store import BatchWrites, Fenced, Loaded
 from consumer.store import CLUSTER_TROUBLE, REDIS_DOWN, OutcomeUnknown
 from features import keys
-from features.items import ItemMeta, MetaDecoder
 from features.state_codec import STATE_FIELD
 from features.stream import StreamState
 
@@ -310,8 +310,9 @@ def _kill_hook() -> tuple[int, int] | None:
 
 class ClusterStateStore(KeepsLocalCopy):
     def __init__(
-        self, client: RedisCluster, topic: str, session_ttl_s: int, local: LocalState | None = None
-    ) -> None:
+        self, client: RedisCluster, topic: str, session_ttl_s: int, local: LocalState | None = None,
+        meta_refresh_s: float = 300.0,
+    ) -> None:  # fmt: skip
         self.client = client
         self.local = local if local is not None else LocalState(0, 0)
         self.topic = topic
@@ -320,8 +321,7 @@ class ClusterStateStore(KeepsLocalCopy):
         self.progress_key = f"engage:progress:{{{tag}}}"
         self.journal_key = f"engage:journal:{{{tag}}}"
         self.stats_key = tag
-        self.meta_cache: dict[str, ItemMeta] = {}
-        self.meta_decoder = MetaDecoder()
+        self.meta = ItemMetaCache(meta_refresh_s)
         self.done: set[int] = set()  # journals this process applied whole, not deleted yet
         self.commits = 0
         self.kill = _kill_hook()

@@ -166,10 +166,10 @@ class StreamConsumer:
         )
         local = LocalState(settings.local_state_users, settings.local_state_items)
         self.store: StateStore
-        if isinstance(self.redis, RedisCluster):  # issue 17: per-key guards, no MULTI/EXEC
-            self.store = ClusterStateStore(self.redis, self.topic, settings.session_ttl_s, local)
-        else:
-            self.store = RedisStateStore(self.redis, self.topic, settings.session_ttl_s, local)
+        kind = ClusterStateStore if isinstance(self.redis, RedisCluster) else RedisStateStore
+        # (a Cluster: issue 17's per-key guards, no MULTI/EXEC)
+        self.store = kind(self.redis, self.topic, settings.session_ttl_s, local,
+                          settings.item_meta_refresh_s)  # fmt: skip
         self.ownership_changed = True  # re-ask whether we hold every partition
         self.scorer = BatchScorer(
             load_scorers(settings.rules_file), settings.log_features,

@@ -16,13 +16,14 @@ from typing import Any
 
 import redis
 
+from consumer.item_meta import ItemMetaCache
 from consumer.local_state import KeepsLocalCopy, LocalState
 from consumer.redis_commands import CommandList, PackedCommands, exec_transaction, pairs
 from consumer.resp_frames import Same
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables, recent_of
 from features import keys, recent_ids
 from features.item_shards import shard_field
-from features.items import META_FIELDS, ItemMeta, MetaDecoder
+from features.items import META_FIELDS
 from features.state_codec import STATE_FIELD, session_value
 from features.stream import StreamState
 from scoring.score_record import HASH_FIELDS, ScoreHashes
@@ -90,13 +91,13 @@ def _add_user_states(
 
 class RedisStateStore(KeepsLocalCopy):
     def __init__(
-        self, client: redis.Redis, topic: str, session_ttl_s: int, local: LocalState | None = None
-    ) -> None:
+        self, client: redis.Redis, topic: str, session_ttl_s: int, local: LocalState | None = None,
+        meta_refresh_s: float = 300.0,
+    ) -> None:  # fmt: skip
         self.client = client
         self.topic = topic
         self.session_ttl_s = session_ttl_s
-        self.meta_cache: dict[str, ItemMeta] = {}
-        self.meta_decoder = MetaDecoder()
+        self.meta = ItemMetaCache(meta_refresh_s)
         self.local = local if local is not None else LocalState(0, 0)
 
     def offsets(self, partitions: Iterable[int]) -> dict[int, int]:
@@ -167,8 +168,7 @@ class RedisBatch:
         # Set differences in C (~1,200 distinct items in a 2,000-event batch), each walking
         # `items` (`items - cache.keys()` would walk the whole cache: 0.3 ms a batch).
         read_items = list(items.difference(local.shards.items)) if warm else item_list
-        # (Warm, an item not read now was read with its metadata before.)
-        missing_meta = [i for i in read_items if i not in store.meta_cache]
+        missing_meta = store.meta.to_read(items)
         cmds = CommandList()
         cmds.add_columns("HGETALL", keys.user_keys(read_users))
         if local.trusted:  # the whole set: the tables keep it
@@ -190,19 +190,18 @@ class RedisBatch:
             hits = [hit for _ in range(n) for hit in next(replies)]
             members[user] = {i for i, hit in zip(its, hits, strict=True) if hit}
         item_raws = [pairs(next(replies)) for _ in read_items]
-        metas = store.meta_decoder.decode(islice(replies, len(missing_meta)))
-        store.meta_cache.update(zip(missing_meta, metas, strict=True))
+        store.meta.learn(missing_meta, islice(replies, len(missing_meta)))
         recent, legacy = recent_of(read_users, user_raws, self._legacy_recent_ids)
         if not warm:
             memberships = {u: user_items[u] & members.get(u, set()) for u in users}
             loaded = fill_tables(
                 state, users, user_raws, memberships, recent, item_list, item_raws,
-                store.meta_cache,
+                store.meta.known,
             )  # fmt: skip
         else:
             read = [(u, raw, members[u], ids) for u, raw, ids in zip(read_users, user_raws, recent,
                                                                         strict=True)]  # fmt: skip
-            loaded = local.add_read(state, store.meta_cache, users, read, read_items, item_raws)
+            loaded = local.add_read(state, store.meta.known, users, read, read_items, item_raws)
         loaded.legacy_seen = legacy
         return loaded
 

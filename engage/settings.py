@@ -235,6 +235,10 @@ class Settings(BaseSettings):
     #: 0: never keep them (every batch reads what it touches).
     local_state_users: int = Field(default=5_000, ge=0)
     local_state_items: int = Field(default=20_000, ge=0)
+    #: The consumer reads an item's metadata (genres, year) when a batch first meets the item
+    #: and again when one meets it after this many seconds (consumer/item_meta.py): a change
+    #: to the catalogue reaches the features within that, without a restart.
+    item_meta_refresh_s: float = Field(default=300.0, gt=0)
 
     # Interfaces.
     api_host: str = "127.0.0.1"  # loopback by default: exposing the API is a deliberate choice

@@ -1,14 +1,26 @@
-"""Item metadata as the consumer reads it (HMGET replies) and as the fold's genre rows."""
+"""Item metadata as the consumer reads it (HMGET replies), holds it (read again after the
+refresh interval: a catalogue change reaches the features without a restart) and as the
+fold's genre rows."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from features import fold_layout
+from consumer.batch import BatchScorer, Incoming
+from consumer.item_meta import ItemMetaCache
+from consumer.local_state import LocalState
+from consumer.store import RedisStateStore
+from engage.redis_client import connect
+from engage.settings import Settings
+from features import fold_layout, keys
+from features.admission import AdmissionPolicy
+from features.aggregates import FeatureParams
+from features.events import Event
 from features.fold import FoldState
 from features.genre_rows import GenreRows
 from features.items import META_FIELDS, ItemMeta, MetaDecoder
+from scoring.rules import load_scorers
 
 STORED: list[dict[bytes, bytes]] = [
     {b"genres": b"Comedy|Drama", b"year": b"1995"},
@@ -70,3 +82,61 @@ def test_the_fold_fills_and_refreshes_item_metadata_rows() -> None:
     rd = state.item_row("d")
     assert state.item_genres[rd].tolist() == [fold_layout.GENRE_CODE[g] for g in many]
     assert state.item_genres[ra].tolist() == [war] + [-1] * 5
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_cache_reads_what_it_lacks_and_everything_again_once_the_refresh_is_due() -> None:
+    clock = Clock()
+    cache = ItemMetaCache(60.0, clock)
+    assert sorted(cache.to_read({"a", "b"})) == ["a", "b"]
+    cache.learn(["a", "b"], [(b"Drama|Comedy", b"1999"), (None, None)])
+    assert cache.known == {"a": ItemMeta(("Drama", "Comedy"), 1999), "b": ItemMeta()}
+    clock.now += 59.0
+    assert cache.to_read({"a", "b", "c"}) == ["c"]  # a miss is held too, until the refresh
+    clock.now += 1.0
+    assert sorted(cache.to_read({"b", "c"})) == ["b", "c"]
+    assert cache.known == {}  # dropped whole: "a" is read when a batch next meets it
+    assert cache.to_read({"b"}) == ["b"]  # (the next refresh is 60 s from this one)
+
+
+def rating(user: str, offset: int) -> Incoming:
+    event = Event(event_id=f"e{offset}", user_id=user, ts=1_700_000_000_000 + offset,
+                  event_type="rating", item_id="m1", value=4.0, source="movielens")  # fmt: skip
+    return Incoming(event, 0, offset, 0)
+
+
+def test_metadata_written_after_an_items_first_batch_reaches_the_fold_after_the_refresh(
+    settings: Settings,
+) -> None:
+    """Item m1 has no metadata when the consumer first meets it; its genre is written
+    afterwards. A batch within the refresh interval still folds m1 as genre-less (the local
+    copy holds it); the first batch after it folds the genre."""
+    client = connect(settings)
+    store = RedisStateStore(client, settings.events_topic, 3600, LocalState(1000, 1000))
+    clock = Clock()
+    store.meta = ItemMetaCache(60.0, clock)
+    store.own(True)  # as a consumer that holds every partition: the tables are kept
+    scorer = BatchScorer(load_scorers(None), log_features=False)
+
+    def user_state_after(incoming: Incoming) -> dict:
+        batch = store.begin([0])
+        state = store.state(FeatureParams(), AdmissionPolicy())
+        user = incoming.event.user_id
+        scored = scorer.run(state, [incoming], batch.load(state, {user: {"m1"}}, {"m1"}))
+        batch.commit(scored.writes)
+        return state.tables.export_user(user)
+
+    assert "gc:Drama" not in user_state_after(rating("u1", 0))
+    client.hset(keys.item_meta_key("m1"), mapping=ItemMeta(("Drama",), 1999).to_hash())
+    clock.now += 30.0
+    assert "gc:Drama" not in user_state_after(rating("u2", 1))
+    clock.now += 30.0
+    assert user_state_after(rating("u3", 2))["gc:Drama"] == 1.0
+    client.close()
