@@ -65,10 +65,19 @@ def _arg(value: Any) -> bytes:
 _TEXT_KINDS = frozenset({str, int, float})
 
 
-def _column_bytes(values: Sequence[Any]) -> tuple[bytes, np.ndarray]:
-    """The column's arguments joined, and each one's length."""
+def _one_value(values: Sequence[Any], kinds: set[type]) -> bool:
+    """Whether every value of the column is the first, as hiredis packs it: equal values of
+    one type (a served score's model version, domain, time of update across a batch's
+    users). Equal floats differ in text only as 0.0 and -0.0; NaN equals nothing."""
+    if len(kinds) != 1 or values.count(values[0]) != len(values):
+        return False
+    first = values[0]
+    return type(first) is not float or first != 0.0
+
+
+def _column_bytes(values: Sequence[Any], kinds: set[type]) -> tuple[bytes, np.ndarray]:
+    """The column's arguments joined, and each one's length (`kinds`: their types)."""
     n = len(values)
-    kinds = set(map(type, values))
     if kinds <= {bytes}:
         return b"".join(values), np.fromiter(map(len, values), np.int64, n)
     if kinds <= _TEXT_KINDS:  # str(x) is hiredis's text of each: repr for a float, %d an int
@@ -86,11 +95,10 @@ def _frame(  # pragma: no cover
 ) -> int:
     """Each row's command into `out`: `prefix` (its argument count and name), then each
     argument `data[starts[r, j]:ends[r, j]]` as a bulk string. Returns the bytes written."""
-    pos = 0
+    pos, head = 0, len(prefix)
     for r in range(starts.shape[0]):
-        for i in range(len(prefix)):
-            out[pos] = prefix[i]
-            pos += 1
+        out[pos : pos + head] = prefix
+        pos += head
         for j in range(starts.shape[1]):
             start, end = starts[r, j], ends[r, j]
             out[pos] = 36  # $
@@ -98,9 +106,10 @@ def _frame(  # pragma: no cover
             out[pos] = 13
             out[pos + 1] = 10
             pos += 2
-            for k in range(start, end):
-                out[pos] = data[k]
-                pos += 1
+            # A slice copy (a memcpy): byte by byte was 0.8 ns a byte, and a batch of 1M
+            # synthetic events writes ~1.4 KB a user (packed state, recent ids, score hash).
+            out[pos : pos + end - start] = data[start:end]
+            pos += end - start
             out[pos] = 13
             out[pos + 1] = 10
             pos += 2
@@ -127,11 +136,14 @@ def frame(command: str, columns: Sequence[Column]) -> bytes:
     base = 0
     try:
         for j, column in enumerate(columns):
+            kinds = set() if isinstance(column, Same) else set(map(type, column))
+            if kinds and _one_value(column, kinds):
+                column = Same(column[0])  # (no text a value: ~6 of a score hash's 11 fields)
             if isinstance(column, Same):
                 data = _arg(column.value)
                 starts[:, j], ends[:, j] = base, base + len(data)
             else:
-                data, lengths = _column_bytes(column)
+                data, lengths = _column_bytes(column, kinds)
                 ends[:, j] = base + np.cumsum(lengths)
                 starts[:, j] = ends[:, j] - lengths
             pieces.append(data)

@@ -69,3 +69,29 @@ def test_column_lengths_must_agree() -> None:
     with pytest.raises(ValueError):
         frame("SET", [Same("k"), Same("v")])
     assert frame("SET", [[], []]) == b""
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["v1", "", "東京", b"\x00\r\n", 7, 10**20, 0.25, -3.5, 1e16, math.inf, 0.0, -0.0],
+)
+def test_a_column_of_one_value_frames_as_hiredis_packs_it(value: object) -> None:
+    """A column whose values are all equal is framed once for all (a served score's model
+    version, domain, time of update): the bytes are still each command's own."""
+    for n in (1, 3):
+        columns = [[f"k{i}" for i in range(n)], [value] * n, Same("f")]
+        assert frame("HSET", columns) == _hiredis("HSET", columns)
+
+
+@pytest.mark.parametrize(
+    "values", [[0.0, -0.0, 0.0], [-0.0, 0.0], [1, 1.0, 1], [math.nan, math.nan], [1, True]]
+)
+def test_equal_values_of_another_text_keep_their_own(values: list) -> None:
+    """Values that compare equal but pack apart (0.0 and -0.0, 1 and 1.0, NaN and itself)
+    are each framed as hiredis packs it; a bool is refused as hiredis refuses it."""
+    columns = [[f"k{i}" for i in range(len(values))], values]
+    if any(type(v) is bool for v in values):
+        with pytest.raises(TypeError):
+            frame("SET", columns)
+        return
+    assert frame("SET", columns) == _hiredis("SET", columns)
