@@ -39,12 +39,26 @@ _SAFE = "!\"#$&'()*+,-./;<=>?@[\\]^_`|~"
 _unchanged = re.compile("[A-Za-z0-9" + re.escape("_.-~" + _SAFE) + "]*").fullmatch
 
 
-#: `quote`'s escape of each ASCII character it escapes: an ASCII id is escaped by one
-#: `str.translate` (0.24 us for a session id like "s:17:3"; `quote` 0.83 us, and a funnel
-#: batch writes a session key a row).
+#: `quote`'s escape of each ASCII character it escapes: an ASCII id is escaped without
+#: `quote` (0.83 us for a session id like "s:17:3"; a funnel batch writes a session key every
+#: ~5 rows).
 _ASCII_ESCAPES = {
     code: f"%{code:02X}" for code in range(128) if not _unchanged(chr(code))
 }  # fmt: skip
+
+
+#: Each ASCII character `_ASCII_ESCAPES` escapes, "%" first (the others' escapes hold one).
+_ESCAPE_ORDER = sorted(map(chr, _ASCII_ESCAPES), key=lambda char: char != "%")
+
+
+def _escape_ascii(text: str) -> str:
+    """`text.translate(_ASCII_ESCAPES)` by a `str.replace` of each character it holds: a
+    translate looks every character up (~40 ns each: 0.5 ms for a funnel batch's session
+    ids, all of them holding ":"), a search and replace runs over the text in C."""
+    for char in _ESCAPE_ORDER:
+        if char in text:
+            text = text.replace(char, _ASCII_ESCAPES[ord(char)])
+    return text
 
 
 def escape_id(raw: str) -> str:
@@ -59,7 +73,7 @@ def escape_id(raw: str) -> str:
     """
     if _unchanged(raw):
         return raw
-    return raw.translate(_ASCII_ESCAPES) if raw.isascii() else quote(raw, safe=_SAFE)
+    return _escape_ascii(raw) if raw.isascii() else quote(raw, safe=_SAFE)
 
 
 def _tagged(prefix: str, raw_id: str, suffix: str = "") -> str:
@@ -110,8 +124,8 @@ def escape_ids(raw_ids: list[str]) -> list[str]:
     joined = "".join(raw_ids)
     if _unchanged(joined):
         return raw_ids
-    if joined.isascii() and "\x00" not in joined:  # one translate, split at the NULs' "%00"
-        return "\x00".join(raw_ids).translate(_ASCII_ESCAPES).split("%00")
+    if joined.isascii() and "\x00" not in joined:  # escaped at once, split at the NULs' "%00"
+        return _escape_ascii("\x00".join(raw_ids)).split("%00")
     return [escape_id(raw) for raw in raw_ids]
 
 

@@ -506,7 +506,7 @@ def test_escape_id_fast_path_equals_quote() -> None:
     import string
     from urllib.parse import quote
 
-    from features.keys import _SAFE, escape_id
+    from features.keys import _SAFE, escape_id, escape_ids
 
     rng = random.Random(0)
     alphabet = string.printable + "é{}%:\x00 ü漢"
@@ -515,3 +515,5 @@ def test_escape_id_fast_path_equals_quote() -> None:
     ]
     samples += [chr(c) for c in range(0x3000)]
     assert [escape_id(s) for s in samples] == [quote(s, safe=_SAFE) for s in samples]
+    ascii_ids = [s for s in samples if s.isascii() and "\x00" not in s]  # escaped at once
+    assert escape_ids(ascii_ids) == [quote(s, safe=_SAFE) for s in ascii_ids]
