@@ -137,10 +137,9 @@ def frame(command: str, columns: Sequence[Column]) -> bytes:
     try:
         for j, column in enumerate(columns):
             kinds = set() if isinstance(column, Same) else set(map(type, column))
-            if kinds and _one_value(column, kinds):
-                column = Same(column[0])  # (no text a value: ~6 of a score hash's 11 fields)
-            if isinstance(column, Same):
-                data = _arg(column.value)
+            if isinstance(column, Same) or _one_value(column, kinds):
+                # (a column of one value: no text a value, ~6 of a score hash's 11 fields)
+                data = _arg(column.value if isinstance(column, Same) else column[0])
                 starts[:, j], ends[:, j] = base, base + len(data)
             else:
                 data, lengths = _column_bytes(column, kinds)

@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from consumer import resp_frames
+from consumer import resp_frames, session_values
 from consumer.batch import BatchScorer
 from consumer.cluster_store import ClusterStateStore
 from consumer.deadletter import DeadLetter
@@ -397,6 +397,7 @@ class StreamConsumer:
         message_writer.warm_up()  # and the compiled score-message writer
         record_batches.warm_up()  # and the compiled Kafka record framing
         resp_frames.warm_up()  # and the compiled Redis command framing
+        session_values.warm_up()  # and the closed sessions' JSON
         partitioning.positive_murmur2_many([b"warm"])  # and the compiled key hash
         self.out.prepare(self.settings.scores_topic, OUTPUT_METADATA_WAIT_S)  # and its metadata
         tune_gc(self.settings.gc_gen0_threshold)

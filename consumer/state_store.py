@@ -69,7 +69,8 @@ class BatchWrites:
     user_new_items: dict[str, set[str]] = field(default_factory=dict)
     user_recent_ids: dict[str, bytes] = field(default_factory=dict)  # replaces; recent_ids
     legacy_seen: list[str] = field(default_factory=list)  # as Loaded.legacy_seen
-    closed_sessions: dict[tuple[str, str], State] = field(default_factory=dict)
+    #: (user, session id) -> its fields (`ClosedSessions` from a batch; any such mapping).
+    closed_sessions: Mapping[tuple[str, str], State] = field(default_factory=dict)
     item_shards: ShardWrites = field(default_factory=ShardWrites)  # a partition at a time
     #: Each shown user's served score hash (`ScoreHashes` from a batch; any mapping of users
     #: to their HASH_FIELDS dicts).

@@ -20,11 +20,12 @@ from consumer.item_meta import ItemMetaCache
 from consumer.local_state import KeepsLocalCopy, LocalState
 from consumer.redis_commands import CommandList, PackedCommands, exec_transaction, pairs
 from consumer.resp_frames import Same
+from consumer.session_values import session_values
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables, recent_of
 from features import keys, recent_ids
 from features.item_shards import shard_field
 from features.items import META_FIELDS
-from features.state_codec import STATE_FIELD, session_value
+from features.state_codec import STATE_FIELD
 from features.stream import StreamState
 from scoring.score_record import HASH_FIELDS, ScoreHashes
 
@@ -234,7 +235,7 @@ class RedisBatch:
                       map(sorted, new_items.values()))  # fmt: skip
         closed = writes.closed_sessions
         users, sessions = (list(ids) for ids in zip(*closed, strict=True)) if closed else ([], [])
-        values = list(map(session_value, closed.values()))
+        values = session_values(closed)
         cmds.add_columns("SET", keys.session_keys(users, sessions), values, Same("EX"), Same(ttl))
         for partition, (items, blobs) in writes.item_shards.partitions.items():
             cmds.add_each("HSET", keys.item_keys(items), shard_field(partition), blobs)

@@ -34,6 +34,7 @@ from numba import njit
 
 from features import fold_layout as L
 from features.aggregates import Applied, FeatureParams, State
+from features.closed_sessions import ClosedSessions
 from features.event_batch import EventBatch
 from features.events import Event, EventType
 from features.genre_rows import GenreRows
@@ -301,17 +302,13 @@ class FoldOutput:
         fields = dict(zip(L.SESSION_FIELDS, self.closed_fields[i].tolist(), strict=True))
         return self.strings[int(self.closed_code[i])], fields  # type: ignore[return-value]
 
-    def closed_sessions(self) -> list[tuple[int, str, State]]:
-        """Every (row, session id, fields) of a session an event closed, in row order
-        (`closed_session` of each such row, made in one pass)."""
+    def closed_block(self) -> ClosedSessions:
+        """The sessions the call's events closed (`closed_session` of each such row, in row
+        order), by user and session id, their fields left as the fold's rows."""
         rows = np.flatnonzero(self.closed)
-        if not len(rows):
-            return []
-        sids = map(self.strings.__getitem__, self.closed_code[rows].tolist())
-        fields = [
-            dict(zip(L.SESSION_FIELDS, r, strict=True)) for r in self.closed_fields[rows].tolist()
-        ]
-        return list(zip(rows.tolist(), sids, fields, strict=True))
+        users = list(map(self.user_ids.__getitem__, self.user_loc[rows].tolist()))
+        sids = list(map(self.strings.__getitem__, self.closed_code[rows].tolist()))
+        return ClosedSessions(users, sids, self.closed_fields[rows])
 
     def new_items_by_user(self) -> dict[str, set[str]]:
         """Each user's items first touched in the call (`Applied.new_item`), grouped a user

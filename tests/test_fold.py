@@ -119,8 +119,14 @@ def check_call(out: FoldOutput, want: Expected) -> None:
     got_applied = [out.applied(i) for i in range(len(out))]
     for i, (got, ref) in enumerate(zip(got_applied, want.applied, strict=True)):
         assert exact(got) == exact(ref), f"event {i}: {got} != {ref}"
-    closed = [(i, *a.closed_session) for i, a in enumerate(want.applied) if a.closed_session]
-    assert exact(out.closed_sessions()) == exact(closed)  # the consumer's one-pass form
+    closed = {}  # as the consumer held them before: a dict, a session id's last close kept
+    for i, a in enumerate(want.applied):
+        if a.closed_session:
+            sid, fields = a.closed_session
+            closed[out.user_ids[out.user_loc[i]], sid] = fields
+    block = out.closed_block()  # the consumer's one-pass form
+    assert list(block) == list(closed)
+    assert exact(dict(block.items())) == exact(closed)
     assert exact(out.item_deltas_dict()) == exact(want.item_deltas)
     assert exact(out.sessions_dict()) == exact(want.sessions)
     assert out.user_ids == want.users
