@@ -184,3 +184,20 @@ def test_a_batch_of_score_hashes_holds_each_users_hash() -> None:
     assert not ScoreHashes.of([])
     with pytest.raises(ValueError, match="a column a field"):
         ScoreHashes(["u"], [[1.0]])
+
+
+def test_a_batch_whose_users_share_one_model_part() -> None:
+    """Every user's row with the same model part (a domain no model scores) gives every
+    user that part's fields; one user with another part gives each their own."""
+    base = _messages()[0]
+    part = skipped_part("no model for this domain", "funnel")
+    shown = [{**base, "user_id": f"u{k}", "model": dict(part)} for k in range(3)]
+    hashes = ScoreHashes.of(shown)
+    want = {"propensity": "", "model_reasons": "[]", "model_version": "",
+            "model_status": "no model for this domain", "domain": "funnel"}  # fmt: skip
+    for user in hashes:
+        assert {k: hashes[user][k] for k in want} == want
+    shown[1]["model"] = {"propensity": 0.25, "version": "v1", "domain": "movies"}
+    mixed = ScoreHashes.of(shown)
+    assert (mixed["u1"]["propensity"], mixed["u1"]["model_status"]) == (0.25, "")
+    assert mixed["u0"] == hashes["u0"] and mixed["u2"]["domain"] == "funnel"
