@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 import redis
 
-from consumer.redis_commands import MAX_ARGS, CommandList, _packed, exec_transaction, pairs
+from consumer.redis_commands import (
+    MAX_ARGS,
+    CommandList,
+    _packed,
+    coalesced,
+    exec_transaction,
+    pairs,
+)
 
 
 @contextmanager
@@ -151,6 +158,33 @@ def test_a_transaction_runs_packed_and_plain_commands_in_order(redis_client: red
         assert connection.is_connected  # in step: the next command reads its own reply
     assert redis_client.get("t:s:{1}") == b"7"
     assert redis_client.hgetall("t:h:{1}") == {b"a": b"1", b"b": b"2.5", b"n": b"3"}
+
+
+def test_pieces_are_sent_in_order_small_ones_joined() -> None:
+    big = b"x" * (64 * 1024)
+    pieces = [b"a", b"b", big, b"c", big + b"y", b"d", b"e"]
+    sent = coalesced(pieces)
+    assert b"".join(sent) == b"".join(pieces)
+    assert sent == [b"ab", big, b"c", big + b"y", b"de"]
+    assert coalesced([]) == [] and coalesced([b"a", b"b"]) == [b"ab"]
+
+
+@pytest.mark.stack
+def test_large_values_among_small_commands_land_whole(redis_client: redis.Redis) -> None:
+    """A transaction and a run whose commands are large and small pieces, sent apart."""
+    cmds = CommandList()
+    values = [bytes([k]) * (70_000 + k) for k in range(3)]
+    cmds.add_columns("SET", ["t:big:{1}", "t:big:{2}", "t:big:{3}"], values)
+    cmds.add("SET", "t:small:{1}", "s")
+    cmds.add_columns("SET", ["t:big:{4}"], [b"z" * 200_000])
+    with _connection(redis_client) as connection:
+        replies = exec_transaction(connection, [("SET", "t:first:{1}", 1), cmds.plain()])
+    assert replies == [b"OK"] * 6
+    got = redis_client.mget(["t:big:{1}", "t:big:{2}", "t:big:{3}", "t:small:{1}", "t:big:{4}"])
+    assert got == [*values, b"s", b"z" * 200_000]
+    reads = CommandList()
+    reads.add_columns("GET", ["t:big:{1}", "t:small:{1}", "t:big:{4}"])
+    assert reads.run(redis_client) == [values[0], b"s", b"z" * 200_000]
 
 
 @pytest.mark.stack
