@@ -175,11 +175,10 @@ def run_packed(
 ) -> Any:  # fmt: skip
     """One packed command's reply (or the list of `replies` replies of as many packed
     commands, in one or more pieces) on a connection of `client`'s pool, with the client's
-    retry policy (a lost
-    connection is dropped and the commands sent again): for commands that may run twice, as
-    reads. An error reply is raised after the last reply is read. `resp2`: a RESP3
-    connection answers these commands in RESP2 (HELLO 2 before them, HELLO 3 after, in the
-    same write: the connection goes back to the pool as it came)."""
+    retry policy (a lost connection is dropped and the commands sent again): for commands
+    that may run twice, as reads. An error reply is raised after the last reply is read.
+    `resp2`: a RESP3 connection answers these commands in RESP2 (HELLO 2 before them, HELLO 3
+    after, in the same write: the connection goes back to the pool as it came)."""
     pool = client.connection_pool
     connection = pool.get_connection()
     bracket = resp2 and replies is not None and str(getattr(connection, "protocol", 2)) == "3"
