@@ -21,7 +21,7 @@ import orjson
 from engage.transport.packed import PackedRecords
 from features.digest import digest_block
 from features.fold import FoldOutput
-from features.state_codec import STATE_FIELD, packed_users
+from features.state_codec import packed_columns
 from features.stream import StreamState
 from features.vector import PROPENSITY_FEATURES
 from scoring import score_record
@@ -484,10 +484,7 @@ class BatchScorer:
         incoming: IncomingBatch, loaded: Loaded,
     ) -> None:  # fmt: skip
         tables = state.tables
-        touched = list(loaded.users)
-        for user, fields in zip(touched, packed_users(tables, touched), strict=True):
-            if fields[STATE_FIELD] != loaded.users[user]:
-                writes.user_states[user] = fields
+        writes.user_states = packed_columns(tables, list(loaded.users)).changed(loaded.users)
         writes.user_new_items = out.new_items_by_user()
         # Only closed sessions get a key of their own: the open one is in the user's packed state
         # (`cs_*`), which this batch writes anyway (writing it twice was ~0.2 HSETs of 8

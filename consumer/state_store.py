@@ -65,7 +65,8 @@ class Loaded:
 class BatchWrites:
     """Everything one batch writes, applied in one transaction."""
 
-    user_states: dict[str, dict[str, bytes | str]] = field(default_factory=dict)  # packed
+    #: Each changed user's hash fields (`PackedUsers` from a batch; any such mapping).
+    user_states: Mapping[str, dict[str, bytes | str]] = field(default_factory=dict)
     user_new_items: dict[str, set[str]] = field(default_factory=dict)
     user_recent_ids: dict[str, bytes] = field(default_factory=dict)  # replaces; recent_ids
     legacy_seen: list[str] = field(default_factory=list)  # as Loaded.legacy_seen

@@ -34,6 +34,9 @@ class ClosedSessions(Mapping[tuple[str, str], State]):
             self._index = dict(zip(self._index, range(len(kept)), strict=True))
         self.users, self.sessions, self.rows = users, sessions, rows
 
+    def __contains__(self, key: object) -> bool:  # (Mapping's would make the session's dict)
+        return key in self._index
+
     def __getitem__(self, key: tuple[str, str]) -> State:
         row = self.rows[self._index[key]].tolist()
         return dict(zip(SESSION_FIELDS, row, strict=True))

@@ -56,6 +56,7 @@ def test_closed_sessions_read_as_a_mapping() -> None:
     assert list(closed) == [("a", "s1"), ("b", "s2")] and len(closed) == 2
     assert closed["b", "s2"] == dict(zip(SESSION_FIELDS, rows[1].tolist(), strict=True))
     assert dict(closed.items())["a", "s1"]["start"] == 0.0
+    assert ("a", "s1") in closed and ("a", "s2") not in closed
     with pytest.raises(KeyError):
         closed["a", "s2"]
     with pytest.raises(ValueError):

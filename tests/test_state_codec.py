@@ -17,6 +17,7 @@ from features.state_codec import (
     encode_user,
     load_packed_users,
     pack_rows,
+    packed_columns,
     packed_users,
     unpack_rows,
 )
@@ -99,6 +100,15 @@ def test_rows_pack_and_load_as_each_user_alone() -> None:
     assert [f[STATE_FIELD] for f in packed_users(tables, users[:k])] == blobs
     assert packed_users(tables, ["new"]) == [{STATE_FIELD: encode_user({})[STATE_FIELD]}]
     assert tables.cs_id[tables.user_index["u3"]] == "s3"
+    columns = packed_columns(tables, users)  # the batch's form: a mapping of the same dicts
+    assert list(columns) == users and dict(columns.items()) == dict(
+        zip(users, packed_users(tables, users), strict=True)
+    )
+    committed = {**dict(zip(users, read, strict=True)), "u1": b"other"}
+    changed = columns.changed(committed)  # u1 (another state) and new (none yet) changed
+    assert list(changed) == ["u1", "new"] and changed["u1"] == columns["u1"]
+    assert columns.changed({u: b"" for u in users}) is columns
+    assert "u1" in changed and "u0" not in changed and {"u1"} <= changed.keys()
 
 
 def test_a_batch_read_refuses_a_hash_of_the_per_field_format() -> None:

@@ -41,7 +41,7 @@ from features.admission import AdmissionPolicy
 from features.aggregates import FeatureParams
 from features.events import Event
 from features.items import ItemMeta
-from features.state_codec import STATE_FIELD, packed_user
+from features.state_codec import STATE_FIELD, PackedUsers, packed_user
 from features.stream import StreamState
 from scoring.rules import load_scorers
 from tests.eventlog import make_log
@@ -325,9 +325,16 @@ def test_each_users_state_and_recent_ids_are_one_hset_taken_by_columns_or_by_use
     recent = {"a": b"\x02ra", "b:}": b"\x02rb", "refused": b"\x02rc"}
     assert hsets(uniform, recent) == expected(uniform, recent)
     mixed = {"a": {"st": b"\x01a"}, "b:}": {"st": b"\x01b", "cs_id": "s2"}, "c": {"st": b""}}
+    sessionless = {"a": {"st": b"\x01a"}, "c": {"st": b"\x01c"}}
     for seen in (recent, {"a": b"\x02ra"}, {"a": b"", "c": b"\x02rc"}, {}):
         assert hsets(mixed, seen) == expected(mixed, seen)
         assert hsets(uniform, seen) == expected(uniform, seen)
+    # A batch's own form (PackedUsers: columns, no dict a user) writes the same commands.
+    for states in (uniform, mixed, sessionless, {}):
+        as_columns = PackedUsers(list(states), [f["st"] for f in states.values()],
+                                 [f.get("cs_id") for f in states.values()])  # fmt: skip
+        for seen in (recent, {**recent, "c": b"\x02rc"}, {"a": b"\x02ra"}, {}):
+            assert hsets(as_columns, seen) == expected(states, seen)  # type: ignore[arg-type]
 
 
 def test_advance_columns_raises_each_partition_to_its_largest_offset() -> None:
