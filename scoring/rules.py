@@ -161,8 +161,9 @@ class RuleScores:
     ) -> list[list[dict[str, object]]]:
         """The top-k contributing signals of every row (or of `rows`), in words, with their
         points. `values`: the signal values of the same rows. (Each user's latest row of a
-        batch: ~830 rows a batch on the synthetic funnel. The words of a (reason, value) are
-        made once (`_words`) and the points rounded in one call.)"""
+        batch: ~830 rows a batch on the synthetic funnel. The points are rounded in one call;
+        a reason of a positive value and points is made once and kept (`_reason`): values
+        repeat (counts, capped signals), so most reasons are a lookup, not a dict and words.)"""
         contributions = self.contributions if rows is None else self.contributions[rows]
         order = np.argsort(-contributions, axis=1, kind="stable")[:, :k]
         top = np.take_along_axis(contributions, order, 1)
@@ -174,33 +175,37 @@ class RuleScores:
         names = [signal.name for signal in signals]
         templates = [signal.reason for signal in signals]
         width = order.shape[1]
-        out = []
-        for i, (row_order, n) in enumerate(zip(order.tolist(), counts, strict=True)):
-            at = i * width
-            out.append([
-                {"signal": names[j], "points": points[at + c],
-                 "text": _words(templates[j], shown[at + c])}
-                for c, j in enumerate(row_order[:n])
-            ])  # fmt: skip
+        kept, get = _REASONS, _REASONS.get
+        out: list[list[dict[str, object]]] = []
+        add = out.append
+        starts = range(0, len(shown), width)
+        for row_order, n, at in zip(order.tolist(), counts, starts, strict=True):
+            row = []
+            for c in range(n):
+                j, v, p = row_order[c], shown[at + c], points[at + c]
+                reason = get((names[j], templates[j], v, p))
+                if reason is None:
+                    reason = _reason(kept, names[j], templates[j], v, p)
+                row.append(reason)
+            add(row)
         return out
 
 
-#: A reason template and a value -> its words (values repeat: counts, capped signals).
-_WORDS: dict[tuple[str, float], str] = {}
-_MAX_WORDS = 4_096  # (~1 MB; counts repeat, decayed and mean values hardly)
+#: (signal name, its template, value, points) -> the reason: values repeat (counts,
+#: capped signals). Each kept reason is shared by every row that shows it: never mutated.
+_REASONS: dict[tuple[str, str, float, float], dict[str, object]] = {}
+_MAX_REASONS = 4_096  # (~1.5 MB; counts repeat, decayed and mean values hardly)
 
 
-def _words(template: str, value: float) -> str:
-    """`template.format(value=value)`, kept for positive values (a key equal to -0.0 or a NaN
-    would not say what was formatted)."""
-    if not value > 0.0:
-        return template.format(value=float(value))
-    text = _WORDS.get((template, value))
-    if text is None:
-        if len(_WORDS) >= _MAX_WORDS:
-            _WORDS.clear()
-        text = _WORDS[(template, value)] = template.format(value=float(value))
-    return text
+def _reason(kept: dict, name: str, template: str, value: float, points: float) -> dict[str, object]:
+    """One reason, `template` formatted with `value`; kept when both value and points are
+    positive (a key equal to -0.0 or a NaN would not say what was formatted)."""
+    reason = {"signal": name, "points": points, "text": template.format(value=float(value))}
+    if value > 0.0 and points > 0.0:
+        if len(kept) >= _MAX_REASONS:
+            kept.clear()
+        kept[(name, template, value, points)] = reason
+    return reason
 
 
 class RuleScorer:

@@ -119,3 +119,28 @@ def test_reasons_in_words_are_the_plain_definition_every_time(domain: str) -> No
     assert repr(scored.reasons(values[picked], rows=picked)) == repr([want[i] for i in picked])
     if domain == "movielens":  # (its rates and means can be NaN; the funnel's counts not)
         assert any(r and r[-1]["points"] != r[-1]["points"] for r in want)  # a NaN kept
+
+
+def test_a_kept_reason_is_never_another_configurations() -> None:
+    """Reasons are kept across batches (values repeat): a reloaded configuration with the
+    same signal, worded the same but weighted otherwise, shows its own points, and one
+    worded otherwise its own words, for the same value."""
+    base = load_scorers()["funnel"].config
+    data = base.model_dump()
+    heavier = RuleConfig.model_validate(
+        {**data, "signals": [{**s, "weight": s["weight"] * 0.5} for s in data["signals"]]}
+    )
+    reworded = RuleConfig.model_validate(
+        {**data, "signals": [{**s, "reason": "seen: " + s["reason"]} for s in data["signals"]]}
+    )
+    row = rows(u_n_pricing_view=3, u_n_demo_request=1)
+    shown = []
+    for config in (base, heavier, reworded, base):
+        scorer = RuleScorer(config)
+        shown.append(scorer.score(row).reasons(scorer.signal_values(row))[0])
+    first, halved, worded, again = shown
+    assert again == first
+    assert [r["points"] for r in halved] == [round(r["points"] / 2, 2) for r in first]
+    assert [r["text"] for r in halved] == [r["text"] for r in first]
+    assert [r["text"] for r in worded] == ["seen: " + r["text"] for r in first]
+    assert [r["points"] for r in worded] == [r["points"] for r in first]
