@@ -10,15 +10,16 @@ gets one made when it asks, and the store writes the JSON from the rows
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import numpy as np
 
 from features.aggregates import State
+from features.columnar import ColumnarMapping
 from features.fold_layout import SESSION_FIELDS
 
 
-class ClosedSessions(Mapping[tuple[str, str], State]):
+class ClosedSessions(ColumnarMapping[tuple[str, str], State]):
     """(user, session id) -> its `session_fields`, as `rows` in SESSION_FIELDS order. Given
     a key twice (a session id used again, closed again in the batch), it holds it as a dict
     would: where it came first, with the fields it came with last."""
@@ -34,12 +35,8 @@ class ClosedSessions(Mapping[tuple[str, str], State]):
             self._index = dict(zip(self._index, range(len(kept)), strict=True))
         self.users, self.sessions, self.rows = users, sessions, rows
 
-    def __contains__(self, key: object) -> bool:  # (Mapping's would make the session's dict)
-        return key in self._index
-
-    def __getitem__(self, key: tuple[str, str]) -> State:
-        row = self.rows[self._index[key]].tolist()
-        return dict(zip(SESSION_FIELDS, row, strict=True))
+    def _record(self, row: int) -> State:
+        return dict(zip(SESSION_FIELDS, self.rows[row].tolist(), strict=True))
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return zip(self.users, self.sessions, strict=True)

@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 
 from features.aggregates import State
+from features.columnar import ColumnarMapping
 from features.spec import USER_STATE_FLOAT_FIELDS
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ def decode_user(raw: dict[bytes, bytes]) -> State:
     return out
 
 
-class PackedUsers(Mapping[str, dict[str, bytes | str]]):
+class PackedUsers(ColumnarMapping[str, dict[str, bytes | str]]):
     """Users' `u:{user}` hash fields (`packed_user` of each) as columns: each one's packed
     state and current session id (None: none). Why: a batch of 1M synthetic events writes
     ~850 users; a dict a user, made on the consumer thread and walked again to frame the
@@ -159,20 +160,9 @@ class PackedUsers(Mapping[str, dict[str, bytes | str]]):
         if not len(users) == len(blobs) == len(sessions):
             raise ValueError("PackedUsers needs a packed state and a session a user")
         self.users, self.blobs, self.sessions = users, blobs, sessions
-        self._index: dict[str, int] | None = None
 
-    def _positions(self) -> dict[str, int]:
-        if self._index is None:
-            self._index = dict(zip(self.users, range(len(self.users)), strict=True))
-        return self._index
-
-    def __contains__(self, user: object) -> bool:  # (Mapping's would make the user's dict)
-        return user in self._positions()
-
-    def __getitem__(self, user: str) -> dict[str, bytes | str]:
-        i = self._positions()[user]
-        session = self.sessions[i]
-        blob = self.blobs[i]
+    def _record(self, row: int) -> dict[str, bytes | str]:
+        session, blob = self.sessions[row], self.blobs[row]
         return {STATE_FIELD: blob} if session is None else {STATE_FIELD: blob,
                                                             SESSION_ID_FIELD: session}  # fmt: skip
 

@@ -193,11 +193,14 @@ class RuleScores:
 
 #: (signal name, its template, value, points) -> the reason: values repeat (counts,
 #: capped signals). Each kept reason is shared by every row that shows it: never mutated.
-_REASONS: dict[tuple[str, str, float, float], dict[str, object]] = {}
+_Kept = dict[tuple[str, str, float, float], dict[str, object]]
+_REASONS: _Kept = {}
 _MAX_REASONS = 4_096  # (~1.5 MB; counts repeat, decayed and mean values hardly)
 
 
-def _reason(kept: dict, name: str, template: str, value: float, points: float) -> dict[str, object]:
+def _reason(
+    kept: _Kept, name: str, template: str, value: float, points: float
+) -> dict[str, object]:
     """One reason, `template` formatted with `value`; kept when both value and points are
     positive (a key equal to -0.0 or a NaN would not say what was formatted)."""
     reason = {"signal": name, "points": points, "text": template.format(value=float(value))}

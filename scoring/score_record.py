@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from features.columnar import ColumnarMapping
 from features.event_batch import EventBatch
 from features.events import Event
 from scoring.exact_round import round_column, round_like_python
@@ -214,7 +215,7 @@ def _model_values(parts: Sequence[Message]) -> list[list[Any]]:
     ]
 
 
-class ScoreHashes(Mapping[str, dict[str, Any]]):
+class ScoreHashes(ColumnarMapping[str, dict[str, Any]]):
     """The served score hashes of a batch's shown users (one a user), held as columns in
     HASH_FIELDS order: made from the shown messages and written to Redis without a dict a
     user (~850 users a batch of 1M synthetic events; `hash_fields` a user was ~1.5 us).
@@ -224,7 +225,6 @@ class ScoreHashes(Mapping[str, dict[str, Any]]):
         if len(columns) != len(HASH_FIELDS) or any(len(c) != len(users) for c in columns):
             raise ValueError("ScoreHashes needs a column a field, a value a user in each")
         self.users, self.columns = users, columns
-        self._index: dict[str, int] | None = None
 
     @classmethod
     def of(cls, shown: Sequence[Message]) -> ScoreHashes:
@@ -258,11 +258,8 @@ class ScoreHashes(Mapping[str, dict[str, Any]]):
     def column(self, name: str) -> Sequence[Any]:
         return self.columns[HASH_FIELDS.index(name)]
 
-    def __getitem__(self, user: str) -> dict[str, Any]:
-        if self._index is None:
-            self._index = dict(zip(self.users, range(len(self.users)), strict=True))
-        i = self._index[user]
-        return {name: column[i] for name, column in zip(HASH_FIELDS, self.columns, strict=True)}
+    def _record(self, row: int) -> dict[str, Any]:
+        return {name: column[row] for name, column in zip(HASH_FIELDS, self.columns, strict=True)}
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.users)
