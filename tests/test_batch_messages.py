@@ -71,3 +71,39 @@ def test_the_compiled_messages_are_the_dict_paths(tmp_path, monkeypatch, bundle,
     parts = {str(orjson.loads(m[1])["model"])[:10] for m in compiled if isinstance(m, tuple)}
     want = "None" if not with_model else "{'version'" if source == "movielens" else "{'skipped'"
     assert parts == {want}
+
+
+def _shown(settings: Settings, bundle, events, meta, log_features: bool) -> list[tuple]:
+    """Each batch's live message and served score hashes."""
+    scorer = BatchScorer(load_scorers(settings.rules_file), log_features=log_features)
+    scorer.model, scorer.topic = bundle, "t.events"
+    state = StreamState(settings.feature_params, settings.admission_policy,
+                        FoldState(meta=dict(meta)))  # fmt: skip
+    incoming = [Incoming(e, i % 3, i, 0) for i, e in enumerate(events)]
+    out: list = []
+    for chunk in random_batches(incoming, np.random.default_rng(3), 150):
+        writes = scorer.run(state, chunk, loaded_from_tables(state, chunk)).writes
+        out.append((writes.publish, {user: dict(h) for user, h in writes.scores.items()}))
+    return out
+
+
+@pytest.mark.parametrize(("source", "with_model"), [
+    ("movielens", False), ("synthetic", False), ("movielens", True), ("synthetic", True),
+])  # fmt: skip
+def test_the_shown_messages_made_directly_are_the_copied_ones(
+    tmp_path, monkeypatch, bundle, source, with_model
+) -> None:
+    """Without feature vectors (the compiled writer's batches) the users' latest messages are
+    made as shown, reasons in words; with them (`--log-features`: a dict a row) each is a
+    score message copied with its words (`shown_message`). The live message and the served
+    hashes are the same either way."""
+    monkeypatch.setattr(batch_module.time, "time", lambda: 1_800_000_000.0)  # scored_at
+    settings = Settings(data_dir=tmp_path)
+    events, meta = _events(source)
+    model = bundle if with_model else None
+    direct = _shown(settings, model, events, meta, log_features=False)
+    copied = _shown(settings, model, events, meta, log_features=True)
+    assert direct == copied
+    first = orjson.loads(direct[0][0])[0]
+    assert first["rule"]["reasons"] and "text" in first["rule"]["reasons"][0]
+    assert "features" not in first
