@@ -53,7 +53,7 @@ STAGES: list[tuple[Any, str, str]] = [
     (BatchScorer, "_written", "compute: score messages, compiled writer"),
     (score_record, "message_dicts", "compute: score messages as dicts (shown rows)"),
     (score_record, "encode_messages", "compute: encode the dicts"),
-    (BatchScorer, "_show", "compute: shown rows (score hash, leaderboard, live view)"),
+    (BatchScorer, "_show_latest", "compute: shown rows (score hash, leaderboard, live view)"),
     (StreamConsumer, "_send", "handle: send"),
     (store.RedisBatch, "learn", "handle: the local copy learns the writes"),
 ]
@@ -105,17 +105,17 @@ def threads_cpu_s() -> dict[str, float]:
 
 
 def count_shown_users() -> list[int]:
-    """Count the rows `BatchScorer._show` gets (each user's latest event of a batch: the
-    per-user work of a batch) in the returned one-item list, while `clocked_stages` lasts
-    (it restores the method)."""
+    """Count the messages `BatchScorer._show_latest` gets (each user's latest event of a
+    batch: the per-user work of a batch) in the returned one-item list, while
+    `clocked_stages` lasts (it restores the method)."""
     shown = [0]
-    show = BatchScorer._show
+    show = BatchScorer._show_latest
 
-    def counted(self: BatchScorer, writes: Any, rows: list[int], *rest: Any) -> None:
-        shown[0] += len(rows)
-        show(self, writes, rows, *rest)
+    def counted(self: BatchScorer, writes: Any, latest: list[Any]) -> None:
+        shown[0] += len(latest)
+        show(self, writes, latest)
 
-    BatchScorer._show = counted  # type: ignore[method-assign,assignment]
+    BatchScorer._show_latest = counted  # type: ignore[method-assign]
     return shown
 
 

@@ -324,8 +324,7 @@ class BatchScorer:
         latest = list(map(score_record.shown_message, payloads, map(rule_texts.__getitem__, rows)))
         self._show_latest(writes, latest)
 
-    @staticmethod
-    def _show_latest(writes: BatchWrites, latest: list[dict[str, Any]]) -> None:
+    def _show_latest(self, writes: BatchWrites, latest: list[dict[str, Any]]) -> None:
         """`_show` of the users' latest messages already as shown (`shown_message`)."""
         hashes = writes.scores = score_record.ScoreHashes.of(latest)
         if hashes:

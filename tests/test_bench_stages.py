@@ -12,8 +12,11 @@ pytestmark = pytest.mark.stack
 
 
 @pytest.mark.timeout(600)
-def test_quick_run_clocks_every_stage(settings: Settings) -> None:
-    [run] = main(["--quick", "--runs", "1"], settings=settings)
+@pytest.mark.parametrize("source", [[], ["--synthetic", "3000"]], ids=["movielens", "funnel"])
+def test_quick_run_clocks_every_stage(settings: Settings, source: list[str]) -> None:
+    """MovieLens (the model's reasons in the shown rows' messages, when one is registered)
+    and the funnel (no model scores it: the shown messages are made as shown)."""
+    [run] = main(["--quick", "--runs", "1", *source], settings=settings)
 
     assert run["events"] == 3_000 and run["events_per_s"] > 0
     stages = run["stages"]
@@ -28,3 +31,4 @@ def test_quick_run_clocks_every_stage(settings: Settings) -> None:
     assert 0 < stages["compute: admit + fold"]["wall_us"] <= compute
     assert 0 < run["thread_cpu_us"] <= run["span_us"] * 1.05
     assert 0 < run["users_shown_per_event"] <= 1  # each user's latest of a batch
+    assert stages["compute: shown rows (score hash, leaderboard, live view)"]["wall_us"] > 0
