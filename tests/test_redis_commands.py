@@ -217,6 +217,69 @@ def test_a_transaction_raises_the_error_a_command_met(redis_client: redis.Redis)
 
 
 @pytest.mark.stack
+@pytest.mark.parametrize("bad_at", [0, 2_999, 5_999, None])
+def test_many_queued_replies_are_read_as_bytes_and_an_error_among_them_still_raises(
+    redis_client: redis.Redis, bad_at: int | None
+) -> None:
+    """MULTI's and the QUEUED replies are read as bytes (~54 KB for 6,000 commands: several
+    reads) and compared with success's: a command refused when queued, first, deep inside or
+    last, is still the error raised, nothing applies, and the connection stays in step."""
+    commands: list[tuple[Any, ...]] = [("SET", f"t:q{i}:{{1}}", i) for i in range(6_000)]
+    if bad_at is not None:
+        commands[bad_at] = ("SET", "t:bad:{1}")  # wrong arity: refused when queued
+    with _connection(redis_client) as connection:
+        if bad_at is None:
+            assert exec_transaction(connection, commands) == [b"OK"] * 6_000
+            assert redis_client.get("t:q5999:{1}") == b"5999"
+        else:
+            with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+                exec_transaction(connection, commands)
+            assert redis_client.get("t:q1:{1}") is None
+        assert exec_transaction(connection, [("GET", "t:q0:{1}")]) == [
+            b"0" if bad_at is None else None
+        ]  # still in step
+
+
+class _HoldingReader:
+    """hiredis's reader, saying it holds bytes (as it would with a reply read ahead)."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader, self.replies = reader, 0
+
+    def has_data(self) -> bool:
+        return True
+
+    def gets(self, *args: Any) -> Any:
+        self.replies += 1
+        return self.reader.gets(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reader, name)
+
+
+@pytest.mark.stack
+def test_queued_replies_are_left_to_the_reader_when_it_holds_bytes(
+    redis_client: redis.Redis,
+) -> None:
+    """Bytes the reader holds come before any read from the socket: then the QUEUED replies
+    are not read around it, but through it, one by one, as before."""
+    with _connection(redis_client) as connection:
+        connection.connect()
+        parser = connection._parser
+        parser._reader = _HoldingReader(parser._reader)
+        try:
+            commands = [("SET", "t:r:{1}", 1), ("GET", "t:r:{1}"), ("SET", "t:r:{1}")]
+            with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+                exec_transaction(connection, commands)
+            before = parser._reader.replies
+            assert exec_transaction(connection, commands[:2]) == [b"OK", b"1"]
+            assert parser._reader.replies - before >= 4  # MULTI's, two QUEUED, EXEC's
+        finally:
+            if isinstance(parser._reader, _HoldingReader):
+                parser._reader = parser._reader.reader
+
+
+@pytest.mark.stack
 def test_a_run_survives_a_dropped_connection_and_an_error_reply(
     redis_client: redis.Redis,
 ) -> None:
