@@ -289,6 +289,17 @@ class PackedCommands:
     count: int
 
 
+def as_they_are(command: str, *args: bytes | str) -> PackedCommands:
+    """One command framed around its arguments, which are sent as they are (str as UTF-8),
+    not copied into a packed command: a batch's live message (~400 KB from 1M synthetic
+    events) took hiredis's `pack_command` ~0.5 ms a batch to copy."""
+    parts = [b"*%d\r\n" % (len(args) + 1)]
+    for arg in (command, *args):
+        raw = arg.encode() if isinstance(arg, str) else arg
+        parts += (b"$%d\r\n" % len(raw), raw, b"\r\n")
+    return PackedCommands(parts, 1)
+
+
 #: Pieces from this size on are sent as they are; smaller ones are joined into one send.
 _SEND_APART = 64 * 1024
 

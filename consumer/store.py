@@ -18,7 +18,13 @@ import redis
 
 from consumer.item_meta import ItemMetaCache
 from consumer.local_state import KeepsLocalCopy, LocalState
-from consumer.redis_commands import CommandList, PackedCommands, exec_transaction, pairs
+from consumer.redis_commands import (
+    CommandList,
+    PackedCommands,
+    as_they_are,
+    exec_transaction,
+    pairs,
+)
 from consumer.resp_frames import Same
 from consumer.session_values import session_values
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables, recent_of
@@ -275,7 +281,7 @@ class RedisBatch:
         for key, value in writes.live.items():
             commands.append(("SET", key, value))
         if writes.publish is not None:
-            commands.append(("PUBLISH", keys.scores_channel(topic), writes.publish))
+            commands.append(as_they_are("PUBLISH", keys.scores_channel(topic), writes.publish))
         if before_exec is not None:
             before_exec()
         # One write, MULTI ... EXEC, on the WATCHing connection (exec_transaction: the command

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import hiredis
 import pytest
 import redis
 
@@ -16,6 +17,7 @@ from consumer.redis_commands import (
     MAX_ARGS,
     CommandList,
     _packed,
+    as_they_are,
     coalesced,
     exec_transaction,
     pairs,
@@ -185,6 +187,37 @@ def test_large_values_among_small_commands_land_whole(redis_client: redis.Redis)
     reads = CommandList()
     reads.add_columns("GET", ["t:big:{1}", "t:small:{1}", "t:big:{4}"])
     assert reads.run(redis_client) == [values[0], b"s", b"z" * 200_000]
+
+
+def test_a_command_framed_around_its_arguments_is_what_hiredis_packs() -> None:
+    """`as_they_are` frames a command around its arguments without copying them: joined, its
+    pieces are hiredis's bytes, and a large argument is one of the pieces itself."""
+    big = b"x\r\n" * 100_000
+    for args in [("ch", b"m"), ("ch\u00e9", big), ("k", "v\u00e9", b"")]:
+        packed = as_they_are("PUBLISH" if len(args) == 2 else "SET", *args)
+        command = ("PUBLISH" if len(args) == 2 else "SET", *args)
+        assert b"".join(packed.parts) == hiredis.pack_command(command)
+        assert packed.count == 1
+    assert any(part is big for part in as_they_are("PUBLISH", "ch", big).parts)
+
+
+@pytest.mark.stack
+def test_a_large_message_published_in_a_transaction_arrives_whole(
+    redis_client: redis.Redis,
+) -> None:
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe("t:live:{1}")
+    try:
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+        message = b'{"user_id":"u"}' * 40_000  # ~600 KB: sent apart, as it is
+        with _connection(redis_client) as connection:
+            publish = as_they_are("PUBLISH", "t:live:{1}", message)
+            replies = exec_transaction(connection, [("SET", "t:p:{1}", 1), publish])
+        assert replies == [b"OK", 1]
+        got = pubsub.get_message(timeout=5)
+        assert got is not None and got["data"] == message
+    finally:
+        pubsub.close()
 
 
 @pytest.mark.stack
