@@ -274,7 +274,9 @@ def _queued_errors(connection: Any, count: int) -> list[redis.ResponseError]:
                 got += n
             else:
                 return []
-        except OSError as exc:  # (as redis-py's parser words it)
+        except OSError as exc:  # as redis-py's parser raises them (the store's outcome unknown)
+            if isinstance(exc, TimeoutError) and exc.errno is None:  # the socket's timeout
+                raise redis.TimeoutError("Timeout reading from socket") from exc
             raise redis.ConnectionError(f"Error while reading from socket: {exc}") from exc
         queued = _read_replies(connection, count + 1)
     return [reply for reply in queued if isinstance(reply, redis.ResponseError)]

@@ -5,6 +5,8 @@ ROWS entries (the same fields set in many hashes); and
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -271,6 +273,40 @@ def test_many_queued_replies_are_read_as_bytes_and_an_error_among_them_still_rai
         assert exec_transaction(connection, [("GET", "t:q0:{1}")]) == [
             b"0" if bad_at is None else None
         ]  # still in step
+
+
+_BUSY = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1])
+return 1
+"""
+
+
+@pytest.mark.stack
+def test_a_transaction_held_past_the_socket_timeout_raises_a_timeout(
+    redis_client: redis.Redis,
+) -> None:
+    """Redis busy past the client's socket timeout while the QUEUED replies are due: a
+    redis TimeoutError, as redis-py's reader raises it (the store takes it for an outcome it
+    cannot know), and the connection dropped."""
+    pool = redis_client.connection_pool
+    slow = redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=pool.connection_class,
+        **{**pool.connection_kwargs, "socket_timeout": 0.1},
+    ))  # fmt: skip
+    busy = threading.Thread(target=redis_client.eval, args=(_BUSY, 0, 500_000))
+    try:
+        with _connection(slow) as connection:
+            connection.connect()
+            busy.start()
+            time.sleep(0.1)  # (the script runs)
+            with pytest.raises(redis.TimeoutError, match="Timeout reading from socket"):
+                exec_transaction(connection, [("SET", f"t:h{i}:{{1}}", i) for i in range(10)])
+            assert connection._sock is None  # dropped: its replies' state is unknown
+    finally:
+        busy.join()
+        slow.close()
 
 
 class _HoldingReader:
