@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 from numba import njit
 
+from engage.byte_copy import copy_bytes
 from features.aggregates import State
 from features.closed_sessions import ClosedSessions
 from features.fold_layout import SESSION_FIELDS
@@ -38,8 +39,7 @@ def _write(rows: np.ndarray, heads: np.ndarray, head_ends: np.ndarray, out: np.n
         start = 0
         for j in range(rows.shape[1]):
             end = head_ends[j]
-            out[pos : pos + end - start] = heads[start:end]
-            pos += end - start
+            pos = copy_bytes(out, pos, heads, start, end)
             start = end
             pos = write_int(out, pos, int(rows[r, j]))
             out[pos] = 46  # .0

@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 from numba import njit
 
+from engage.byte_copy import copy_bytes as _copy
 from features.digest import Digests
 
 #: A string the writer copies as is: printable ASCII, no quote, no backslash.
@@ -48,13 +49,6 @@ def _decimals_ok(values: np.ndarray, places: int) -> bool:
     v = np.asarray(values, dtype=np.float64)
     ok = (v == 0.0) | ((v >= _SMALLEST) & (v < 2.0**53 / 10**places))
     return bool(ok.all())
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _copy(out: np.ndarray, pos: int, src: np.ndarray, start: int, end: int) -> int:
-    n = end - start
-    out[pos : pos + n] = src[start:end]
-    return pos + n
 
 
 #: "00" to "99": two digits a step (a division by 100 instead of two by 10).

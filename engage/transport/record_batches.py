@@ -32,6 +32,7 @@ from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.record.util import encode_varint
 from numba import njit
 
+from engage.byte_copy import copy_bytes
 from engage.transport.packed import PackedRecords
 from features.distinct import sorted_distinct
 
@@ -281,10 +282,9 @@ def _frame(out, keys, key_ends, values, value_ends, rows, ts_delta, offset, room
         pos = _put_varint(out, pos + 1, ts_delta)
         pos = _put_varint(out, pos, offset + n)
         pos = _put_varint(out, pos, klen)
-        out[pos : pos + klen] = keys[k0 : k0 + klen]
-        pos = _put_varint(out, pos + klen, vlen)
-        out[pos : pos + vlen] = values[v0 : v0 + vlen]
-        pos += vlen
+        pos = copy_bytes(out, pos, keys, k0, k0 + klen)
+        pos = _put_varint(out, pos, vlen)
+        pos = copy_bytes(out, pos, values, v0, v0 + vlen)
         out[pos] = 0  # no headers
         pos += 1
         largest = max(largest, required)
