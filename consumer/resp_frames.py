@@ -5,7 +5,9 @@ session (`HSET i:{item} <shard> <blob>`, `HSET u:{user}:score` with the same ele
 `SET s:{user}:<session> <json> EX <ttl>`). hiredis packs a command from its argument tuple at
 ~0.07 us an argument plus the tuple itself, holding the GIL the consumer thread waits for.
 Here each column's values are joined by C-level calls (`b"".join`, `map(len)`), and a numba
-kernel, which releases the GIL, writes the RESP framing of every command around them.
+kernel, which releases the GIL, writes the RESP framing of every command around them; what
+every command shares (its head, field names, a column of one value) is framed once and
+copied, and an int column's digits are written by the kernel.
 
 The bytes are exactly `hiredis.pack_command` of each command (checked by
 tests/test_resp_frames.py): bytes as they are, str as UTF-8, int in decimal, float as its
@@ -66,13 +68,17 @@ def _arg(value: Any) -> bytes:
 _TEXT_KINDS = frozenset({str, int, float})
 
 
-def _one_value(values: Sequence[Any], kinds: set[type]) -> bool:
+def _one_value(values: Sequence[Any]) -> bool:
     """Whether every value of the column is the first, as hiredis packs it: equal values of
     one type (a served score's model version, domain, time of update across a batch's
-    users). Equal floats differ in text only as 0.0 and -0.0; NaN equals nothing."""
-    if len(kinds) != 1 or values.count(values[0]) != len(values):
-        return False
+    users). Equal floats differ in text only as 0.0 and -0.0; NaN equals nothing. The last
+    and the middle value are looked at first: most columns differ there (a walk is ~9 us a
+    thousand values, two walks with the types)."""
     first = values[0]
+    if not (values[-1] == first and values[len(values) // 2] == first):
+        return False
+    if values.count(first) != len(values) or len(set(map(type, values))) != 1:
+        return False
     return type(first) is not float or first != 0.0
 
 
@@ -90,24 +96,75 @@ def _column_bytes(values: Sequence[Any], kinds: set[type]) -> tuple[bytes, np.nd
     return b"".join(encoded), np.fromiter(map(len, encoded), np.int64, n)
 
 
+def _texts(values: Sequence[Any]) -> tuple[bytes, np.ndarray] | None:
+    """A column of ASCII str joined, and each one's length; None for any other column.
+    `"".join` refuses anything but str itself, so no walk over the types first."""
+    try:
+        joined = "".join(values)
+    except TypeError:
+        return None
+    if not joined.isascii():
+        return None
+    return joined.encode(), np.fromiter(map(len, values), np.int64, len(values))
+
+
+#: The one int64 whose negation overflows (`write_int` negates a negative value).
+_INT64_MIN = -(2**63)
+
+
+def _ints(values: Sequence[Any]) -> np.ndarray | None:
+    """A column of int (exactly: no bool) within int64, as int64, for the kernel to write in
+    decimal (`str` a value was ~0.1 us: a served score's event time); None otherwise."""
+    if set(map(type, values)) != {int}:
+        return None
+    try:
+        ints = np.fromiter(values, np.int64, len(values))
+    except OverflowError:
+        return None
+    return ints if ints.min() > _INT64_MIN else None
+
+
+def _bulk(value: Any) -> bytes:
+    """One argument framed as a bulk string, as hiredis packs it."""
+    data = _arg(value)
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+#: `_frame`'s segment kinds: framed bytes as they are, a bulk string of data, an int's digits.
+_FIXED, _DATA, _INT = 0, 1, 2
+
+
 @njit(cache=True, nogil=True)
 def _frame(  # pragma: no cover
-    prefix: np.ndarray, data: np.ndarray, starts: np.ndarray, ends: np.ndarray, out: np.ndarray
-) -> int:
-    """Each row's command into `out`: `prefix` (its argument count and name), then each
-    argument `data[starts[r, j]:ends[r, j]]` as a bulk string. Returns the bytes written."""
-    pos, head = 0, len(prefix)
-    for r in range(starts.shape[0]):
-        out[pos : pos + head] = prefix
-        pos += head
-        for j in range(starts.shape[1]):
-            start, end = starts[r, j], ends[r, j]
+    n: int, fixed: np.ndarray, segments: np.ndarray, data: np.ndarray, starts: np.ndarray,
+    ends: np.ndarray, ints: np.ndarray, out: np.ndarray,
+) -> int:  # fmt: skip
+    """n commands into `out`, each its `segments` in order: (_FIXED, a, b) copies the framed
+    bytes `fixed[a:b]` (the command's head and the arguments all commands share); (_DATA, k,
+    0) frames `data[starts[r, k]:ends[r, k]]` as a bulk string; (_INT, k, 0) frames the
+    decimal digits of `ints[r, k]`. Returns the bytes written."""
+    pos = 0
+    for r in range(n):
+        for s in range(segments.shape[0]):
+            kind, a, b = segments[s, 0], segments[s, 1], segments[s, 2]
+            if kind == _FIXED:
+                pos = copy_bytes(out, pos, fixed, a, b)
+                continue
+            if kind == _DATA:
+                start, end = starts[r, a], ends[r, a]
+                size = end - start
+            else:
+                value = ints[r, a]
+                size = write_int(out, pos, value) - pos  # (written where the $ goes, sized)
             out[pos] = 36  # $
-            pos = write_int(out, pos + 1, end - start)
+            pos = write_int(out, pos + 1, size)
             out[pos] = 13
             out[pos + 1] = 10
             pos += 2
-            pos = copy_bytes(out, pos, data, start, end)
+            if kind == _DATA:
+                pos = copy_bytes(out, pos, data, start, end)
+            else:
+                pos = write_int(out, pos, value)
             out[pos] = 13
             out[pos + 1] = 10
             pos += 2
@@ -117,7 +174,11 @@ def _frame(  # pragma: no cover
 def frame(command: str, columns: Sequence[Column]) -> bytes:
     """`command` with one argument from each column, once per row, framed back to back:
     `b"".join(hiredis.pack_command((command, *row)) for row in zip(*columns))`, with `Same`
-    columns repeated. Every list column must be as long as the first."""
+    columns repeated. Every list column must be as long as the first.
+
+    Arguments all commands share (a `Same`, a column of one value: ~6 of a score hash's 11
+    fields, and every field name) are framed once, next to the command's head; an int
+    column's digits are written by the kernel; the rest is joined column by column."""
     lists = [c for c in columns if not isinstance(c, Same)]
     if not lists:
         raise ValueError("frame needs a column with a value per command")
@@ -127,30 +188,56 @@ def frame(command: str, columns: Sequence[Column]) -> bytes:
     if n == 0:
         return b""
     name = command.encode()
-    prefix = b"*%d\r\n$%d\r\n%b\r\n" % (len(columns) + 1, len(name), name)
+    fixed = [b"*%d\r\n$%d\r\n%b\r\n" % (len(columns) + 1, len(name), name)]
+    segments: list[tuple[int, int, int]] = []
     pieces: list[bytes] = []
-    starts = np.empty((n, len(columns)), dtype=np.int64)
-    ends = np.empty((n, len(columns)), dtype=np.int64)
-    base = 0
+    spans: list[np.ndarray] = []  # each data column's lengths
+    int_columns: list[np.ndarray] = []
+    held = 0  # bytes of `fixed` already in a segment
     try:
-        for j, column in enumerate(columns):
-            kinds = set() if isinstance(column, Same) else set(map(type, column))
-            if isinstance(column, Same) or _one_value(column, kinds):
-                # (a column of one value: no text a value, ~6 of a score hash's 11 fields)
-                data = _arg(column.value if isinstance(column, Same) else column[0])
-                starts[:, j], ends[:, j] = base, base + len(data)
-            else:
-                data, lengths = _column_bytes(column, kinds)
-                ends[:, j] = base + np.cumsum(lengths)
-                starts[:, j] = ends[:, j] - lengths
+        for column in columns:
+            if isinstance(column, Same) or _one_value(column):
+                fixed.append(_bulk(column.value if isinstance(column, Same) else column[0]))
+                continue
+            top = sum(map(len, fixed))
+            if top > held:
+                segments.append((_FIXED, held, top))
+                held = top
+            ints = _ints(column) if type(column[0]) is int else None
+            if ints is not None:
+                segments.append((_INT, len(int_columns), 0))
+                int_columns.append(ints)
+                continue
+            texts = _texts(column) if type(column[0]) is str else None
+            data, lengths = texts or _column_bytes(column, set(map(type, column)))
+            segments.append((_DATA, len(spans), 0))
             pieces.append(data)
-            base += len(data)
+            spans.append(lengths)
     except TypeError:  # a value hiredis refuses, or would take in a form this does not
         return b"".join(hiredis.pack_command((command, *row)) for row in rows_of(columns))
-    out = np.empty(base + n * (len(prefix) + len(columns) * _ARG_FRAMING), dtype=np.uint8)
-    used = _frame(np.frombuffer(prefix, np.uint8), np.frombuffer(b"".join(pieces), np.uint8),
-                  starts, ends, out)  # fmt: skip
+    top = sum(map(len, fixed))
+    if top > held:
+        segments.append((_FIXED, held, top))
+    starts, ends = _data_spans(pieces, spans, n)
+    ints = np.stack(int_columns, axis=1) if int_columns else np.zeros((n, 0), np.int64)
+    joined = b"".join(pieces)
+    size = len(joined) + n * (top + len(columns) * _ARG_FRAMING + len(int_columns) * 20)
+    out = np.empty(size, dtype=np.uint8)
+    used = _frame(n, np.frombuffer(b"".join(fixed), np.uint8), np.array(segments, np.int64),
+                  np.frombuffer(joined or b"\0", np.uint8), starts, ends, ints, out)  # fmt: skip
     return out[:used].tobytes()
+
+
+def _data_spans(
+    pieces: list[bytes], spans: list[np.ndarray], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each data column's values are in the pieces joined: (n, columns) starts, ends."""
+    if not spans:
+        return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.int64)
+    lengths = np.stack(spans, axis=1)
+    bases = np.cumsum([0, *map(len, pieces[:-1])], dtype=np.int64)
+    ends = bases + np.cumsum(lengths, axis=0)
+    return ends - lengths, ends
 
 
 def warm_up() -> None:

@@ -95,3 +95,39 @@ def test_equal_values_of_another_text_keep_their_own(values: list) -> None:
             frame("SET", columns)
         return
     assert frame("SET", columns) == _hiredis("SET", columns)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0, -1, 7, 10, 99, 100, -100, 10**18, 2**63 - 1, -(2**63) + 1],
+        [-(2**63), 5],  # int64's least: written another way (its negation overflows)
+        [2**63, 1],  # past int64
+        [1, 2, 3.5],  # an int column only at first
+        [1, True],
+    ],
+)
+def test_int_columns_written_by_the_kernel_are_hiredis_digits(values: list) -> None:
+    """Ints within int64 have their digits written by the compiled framing (a served
+    score's event time); any other int column is framed as before."""
+    n = len(values)
+    columns = [[f"k{i}" for i in range(n)], Same("ts"), values, [-3] * n, list(range(n))]
+    if any(type(v) is bool for v in values):
+        with pytest.raises(TypeError):
+            frame("HSET", columns)
+        return
+    assert frame("HSET", columns) == _hiredis("HSET", columns)
+
+
+def test_a_str_column_with_another_type_deep_inside_is_framed_as_hiredis_does() -> None:
+    """A column of str is joined without looking at each value's type first: a value of
+    another type (late in the column) still gets hiredis's own text or refusal."""
+    n = 50
+    for odd in (b"raw", 7, 0.5, "東京"):
+        values: list[object] = [f"v{i}" for i in range(n)]
+        values[n - 2] = odd
+        columns = [[f"k{i}" for i in range(n)], values]
+        assert frame("SET", columns) == _hiredis("SET", columns)
+    values[n - 2] = None
+    with pytest.raises(TypeError):
+        frame("SET", [[f"k{i}" for i in range(n)], values])
