@@ -77,9 +77,11 @@ def _one_value(values: Sequence[Any]) -> bool:
     first = values[0]
     if not (values[-1] == first and values[len(values) // 2] == first):
         return False
-    if values.count(first) != len(values) or len(set(map(type, values))) != 1:
+    if values.count(first) != len(values):
         return False
-    return type(first) is not float or first != 0.0
+    if type(first) is str:  # only a str (or a subclass: the same text) equals a str
+        return True
+    return len(set(map(type, values))) == 1 and (type(first) is not float or first != 0.0)
 
 
 def _column_bytes(values: Sequence[Any], kinds: set[type]) -> tuple[bytes, np.ndarray]:
@@ -136,14 +138,16 @@ _FIXED, _DATA, _INT = 0, 1, 2
 
 @njit(cache=True, nogil=True)
 def _frame(  # pragma: no cover
-    n: int, fixed: np.ndarray, segments: np.ndarray, data: np.ndarray, starts: np.ndarray,
-    ends: np.ndarray, ints: np.ndarray, out: np.ndarray,
+    n: int, fixed: np.ndarray, segments: np.ndarray, data: np.ndarray, lengths: np.ndarray,
+    bases: np.ndarray, ints: np.ndarray, out: np.ndarray,
 ) -> int:  # fmt: skip
     """n commands into `out`, each its `segments` in order: (_FIXED, a, b) copies the framed
     bytes `fixed[a:b]` (the command's head and the arguments all commands share); (_DATA, k,
-    0) frames `data[starts[r, k]:ends[r, k]]` as a bulk string; (_INT, k, 0) frames the
-    decimal digits of `ints[r, k]`. Returns the bytes written."""
+    0) frames the next `lengths[k, r]` bytes of data column k (its values back to back in
+    `data` from `bases[k]`) as a bulk string; (_INT, k, 0) frames the decimal digits of
+    `ints[r, k]`. Returns the bytes written."""
     pos = 0
+    cursor = bases.copy()
     for r in range(n):
         for s in range(segments.shape[0]):
             kind, a, b = segments[s, 0], segments[s, 1], segments[s, 2]
@@ -151,7 +155,8 @@ def _frame(  # pragma: no cover
                 pos = copy_bytes(out, pos, fixed, a, b)
                 continue
             if kind == _DATA:
-                start, end = starts[r, a], ends[r, a]
+                start = cursor[a]
+                end = cursor[a] = start + lengths[a, r]
                 size = end - start
             else:
                 value = ints[r, a]
@@ -218,26 +223,15 @@ def frame(command: str, columns: Sequence[Column]) -> bytes:
     top = sum(map(len, fixed))
     if top > held:
         segments.append((_FIXED, held, top))
-    starts, ends = _data_spans(pieces, spans, n)
     ints = np.stack(int_columns, axis=1) if int_columns else np.zeros((n, 0), np.int64)
     joined = b"".join(pieces)
     size = len(joined) + n * (top + len(columns) * _ARG_FRAMING + len(int_columns) * 20)
     out = np.empty(size, dtype=np.uint8)
     used = _frame(n, np.frombuffer(b"".join(fixed), np.uint8), np.array(segments, np.int64),
-                  np.frombuffer(joined or b"\0", np.uint8), starts, ends, ints, out)  # fmt: skip
+                  np.frombuffer(joined or b"\0", np.uint8),
+                  np.array(spans, np.int64) if spans else np.zeros((0, n), np.int64),
+                  np.cumsum([0, *map(len, pieces)], dtype=np.int64), ints, out)  # fmt: skip
     return out[:used].tobytes()
-
-
-def _data_spans(
-    pieces: list[bytes], spans: list[np.ndarray], n: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Where each data column's values are in the pieces joined: (n, columns) starts, ends."""
-    if not spans:
-        return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.int64)
-    lengths = np.stack(spans, axis=1)
-    bases = np.cumsum([0, *map(len, pieces[:-1])], dtype=np.int64)
-    ends = bases + np.cumsum(lengths, axis=0)
-    return ends - lengths, ends
 
 
 def warm_up() -> None:

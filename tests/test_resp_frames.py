@@ -131,3 +131,16 @@ def test_a_str_column_with_another_type_deep_inside_is_framed_as_hiredis_does() 
     values[n - 2] = None
     with pytest.raises(TypeError):
         frame("SET", [[f"k{i}" for i in range(n)], values])
+
+
+def test_a_column_of_one_text_with_a_str_subclass_or_equal_bytes_frames_as_hiredis() -> None:
+    """A str equals only a str (a subclass has the same text); bytes equal to the first value
+    may be another type hiredis refuses (bytearray): the column is then refused as it is."""
+
+    class Text(str):
+        pass
+
+    columns = [["k1", "k2", "k3"], ["a", Text("a"), "a"]]
+    assert frame("SET", columns) == _hiredis("SET", columns)
+    with pytest.raises(TypeError):
+        frame("SET", [["k1", "k2", "k3"], [b"a", bytearray(b"a"), b"a"]])
