@@ -44,7 +44,7 @@ class CommandList:
     of one shape as columns (`add_columns`), framed together when packed."""
 
     def __init__(self) -> None:
-        self._commands: list[tuple[Any, ...] | _Columns] = []
+        self._commands: list[tuple[Any, ...] | _Columns | _Sets] = []
         self._count = 0
 
     def __len__(self) -> int:
@@ -107,12 +107,22 @@ class CommandList:
     def add_sets(self, command: str, keys: Sequence[str], members: Iterable[list[str]]) -> None:
         """`add_members` for each key and its members (SADD of each user's new items)."""
         _allowed(command)
+        group_keys: list[str] = []
+        group: list[list[str]] = []
         for key, its in zip(keys, members, strict=True):
             if 0 < len(its) <= MAX_ARGS:
-                self._commands.append((command, key, *its))
-                self._count += 1
-            else:  # none for no members; split past MAX_ARGS
-                self.add_members(command, key, its)
+                group_keys.append(key)
+                group.append(its)
+                continue
+            self._add_sets(command, group_keys, group)  # (in order: what came before)
+            group_keys, group = [], []
+            self.add_members(command, key, its)  # none for no members; split past MAX_ARGS
+        self._add_sets(command, group_keys, group)
+
+    def _add_sets(self, command: str, keys: list[str], members: list[list[str]]) -> None:
+        if keys:
+            self._commands.append(_Sets(command, keys, members))
+            self._count += len(keys)
 
     def run(self, client: Any) -> list[Any]:
         """Run the commands now; every command's reply, in order (not atomically: a batch's
@@ -134,16 +144,16 @@ class CommandList:
         """Each command as its argument tuple, in order."""
         out: list[tuple[Any, ...]] = []
         for entry in self._commands:
-            if isinstance(entry, _Columns):
-                out += entry.tuples()
-            else:
+            if isinstance(entry, tuple):
                 out.append(entry)
+            else:
+                out += entry.tuples()
         return out
 
     def plain(self) -> PackedCommands:
         """Every command packed for the wire, for `exec_transaction`."""
         packed = [
-            entry.framed() if isinstance(entry, _Columns) else hiredis.pack_command(entry)
+            hiredis.pack_command(entry) if isinstance(entry, tuple) else entry.framed()
             for entry in self._commands
         ]
         return PackedCommands(coalesced(packed), self._count)
@@ -162,6 +172,22 @@ class _Columns:
 
     def framed(self) -> bytes:
         return resp_frames.frame(self.command, self.columns)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sets:
+    """`command key member ...` for each key and its members (one to MAX_ARGS each)."""
+
+    command: str
+    keys: list[str]
+    members: list[list[str]]
+
+    def tuples(self) -> list[tuple[Any, ...]]:
+        return [(self.command, key, *its) for key, its in zip(self.keys, self.members,
+                                                                strict=True)]  # fmt: skip
+
+    def framed(self) -> bytes:
+        return resp_frames.frame_sets(self.command, self.keys, self.members)
 
 
 def _allowed(command: str) -> None:

@@ -72,14 +72,14 @@ def test_commands_and_each_entries_run_in_order_with_one_reply_per_key(
 
 def test_sets_of_members_are_the_commands_add_members_makes_key_by_key() -> None:
     """`add_sets` (SADD of each user's new items) splits a long list as `add_members` does."""
-    keys = ["u:{a}:items", "u:{b}:items", "u:{c}:items"]
-    members = [["i1"], [f"i{k}" for k in range(MAX_ARGS + 5)], []]
+    keys = ["u:{a}:items", "u:{b}:items", "u:{c}:items", "u:{d}:items", "u:{e}:items"]
+    members = [["i1"], [f"i{k}" for k in range(MAX_ARGS + 5)], [], ["x", "y"], ["東京"]]
     together, one_by_one = CommandList(), CommandList()
     together.add_sets("SADD", keys, members)
     for key, its in zip(keys, members, strict=True):
         if its:
             one_by_one.add_members("SADD", key, its)
-    assert together.commands() == one_by_one.commands() and len(together) == len(one_by_one) == 3
+    assert together.commands() == one_by_one.commands() and len(together) == len(one_by_one) == 5
     assert together.plain() == one_by_one.plain()
     with pytest.raises(ValueError, match="FLUSHALL"):
         CommandList().add_sets("FLUSHALL", ["a"], [["m"]])

@@ -8,7 +8,7 @@ import random
 import hiredis
 import pytest
 
-from consumer.resp_frames import Same, frame, rows_of
+from consumer.resp_frames import Same, frame, frame_sets, rows_of
 
 
 def _hiredis(command: str, columns: list) -> bytes:
@@ -144,3 +144,25 @@ def test_a_column_of_one_text_with_a_str_subclass_or_equal_bytes_frames_as_hired
     assert frame("SET", columns) == _hiredis("SET", columns)
     with pytest.raises(TypeError):
         frame("SET", [["k1", "k2", "k3"], [b"a", bytearray(b"a"), b"a"]])
+
+
+@pytest.mark.parametrize("kind", ["bytes", "ascii", "text", "int", "mixed"])
+def test_sets_frame_as_hiredis_packs_each_command(kind: str) -> None:
+    """`frame_sets` (SADD of each user's new items): a key and any number of members a
+    command, the bytes hiredis packs command by command."""
+    rng = random.Random(kind)
+    keys = [f"u:{{{i}}}:items" if i % 3 else f"u:{{é{i}}}:items" for i in range(30)]
+    members = [_values(rng, kind, rng.choice([1, 1, 2, 7, 40])) for _ in keys]
+    pairs = zip(keys, members, strict=True)
+    expected = b"".join(hiredis.pack_command(("SADD", k, *m)) for k, m in pairs)
+    assert frame_sets("SADD", keys, members) == expected
+
+
+def test_sets_refuse_what_hiredis_refuses_and_need_a_member_a_key() -> None:
+    with pytest.raises(TypeError):
+        frame_sets("SADD", ["k1", "k2"], [["a"], ["b", True]])
+    with pytest.raises(ValueError):
+        frame_sets("SADD", ["k1", "k2"], [["a"], []])
+    with pytest.raises(ValueError):
+        frame_sets("SADD", ["k1"], [["a"], ["b"]])
+    assert frame_sets("SADD", [], []) == b""
