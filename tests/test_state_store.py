@@ -234,9 +234,11 @@ def test_the_local_copy_is_kept_only_while_trusted_and_stays_bounded() -> None:
     for user in ("a", "b"):
         state.tables.user_row(user)
     assert local.begin(params, admission) is state
-    state.tables.user_row("c")  # past the bound: dropped, filled again from Redis
-    fresh = local.begin(params, admission)
+    state.tables.user_rows([f"c{k}" for k in range(1500)])  # past the bound: dropped, filled
+    fresh = local.begin(params, admission)  # again from Redis, in tables sized as these grew
     assert fresh is not state and not fresh.tables.user_ids
+    assert len(fresh.tables.users) == len(state.tables.users) == 2048
+    assert not fresh.tables.users.any() and not fresh.tables.user_set.any()
     local.trust(False)  # another consumer joined: every batch reads Redis again
     assert local.state is None and not local.holds(local.begin(params, admission))
 
