@@ -205,12 +205,12 @@ class RedisBatch:
                       for u, its in asked]  # fmt: skip
         cmds.add_columns("HGETALL", keys.item_keys(read_items))
         cmds.add_columns("HMGET", keys.item_meta_keys(missing_meta), *map(Same, META_FIELDS))
-        replies = iter(cmds.run(store.client))
-        user_raws = list(map(pairs, islice(replies, len(read_users))))
+        n = len(read_users)
+        replies = iter(cmds.run(store.client, texts=range(n, 2 * n) if local.trusted else range(0)))
+        user_raws = list(map(pairs, islice(replies, n)))
         members: dict[str, set[str]] = {}
-        if local.trusted:
-            sets = [set(map(bytes.decode, r)) for r in islice(replies, len(read_users))]
-            members = dict(zip(read_users, sets, strict=True))
+        if local.trusted:  # (the item sets come as str: `run`'s `texts`)
+            members = dict(zip(read_users, map(set, islice(replies, n)), strict=True))
         for (user, its), n in zip(asked, chunks, strict=True):
             hits = [hit for _ in range(n) for hit in next(replies)]
             members[user] = {i for i, hit in zip(its, hits, strict=True) if hit}

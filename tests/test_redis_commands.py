@@ -372,3 +372,39 @@ def test_a_run_survives_a_dropped_connection_and_an_error_reply(
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         wrong.run(redis_client)
     assert cmds.run(redis_client) == [b"a"]
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("kind", ["pooled", "resp2", "resp3", "single connection", "no hiredis"])
+def test_replies_asked_as_texts_come_decoded_and_the_rest_as_bytes(
+    settings: Any, kind: str
+) -> None:
+    """`run(texts=...)`: the item sets (SMEMBERS) come back as str, decoded by hiredis's
+    reader as it reads them, on every path (RESP2, RESP3 bracketed to RESP2, a pipeline, no
+    hiredis); the replies before and after them stay bytes, and the reader of the pooled
+    connection is left decoding nothing."""
+    from redis._parsers import _RESP2Parser
+
+    from engage.redis_client import connect
+
+    options: dict[str, Any] = {
+        "pooled": {}, "resp2": {"protocol": 2}, "resp3": {"protocol": 3},
+        "single connection": {"single_connection_client": True},
+        "no hiredis": {"parser_class": _RESP2Parser, "protocol": 2},
+    }[kind]  # fmt: skip
+    client = connect(settings, **options)
+    client.delete("t:h:{1}", "t:s:{1}", "t:s:{2}", "t:s:{3}")
+    client.hset("t:h:{1}", mapping={"st": b"\xff\x00bin"})
+    client.sadd("t:s:{1}", "a", "東京", "")
+    client.sadd("t:s:{3}", "x")
+    for _ in range(2):  # twice: the second run on the connection the first one gave back
+        cmds = CommandList()
+        cmds.add_columns("HGETALL", ["t:h:{1}"])
+        cmds.add_columns("SMEMBERS", ["t:s:{1}", "t:s:{2}", "t:s:{3}"])
+        cmds.add_columns("HGETALL", ["t:h:{1}"])
+        replies = cmds.run(client, texts=range(1, 4))
+        assert pairs(replies[0]) == pairs(replies[4]) == {b"st": b"\xff\x00bin"}
+        assert sorted(replies[1]) == ["", "a", "東京"] and replies[2] == [] and replies[3] == ["x"]
+    assert client.smembers("t:s:{3}") == {b"x"}  # the connection's replies are bytes again
+    client.delete("t:h:{1}", "t:s:{1}", "t:s:{3}")
+    client.close()
