@@ -8,7 +8,7 @@ import random
 import hiredis
 import pytest
 
-from consumer.resp_frames import Same, frame, frame_sets, rows_of
+from consumer.resp_frames import Same, float_texts, frame, frame_sets, rows_of
 
 
 def _hiredis(command: str, columns: list) -> bytes:
@@ -166,3 +166,15 @@ def test_sets_refuse_what_hiredis_refuses_and_need_a_member_a_key() -> None:
     with pytest.raises(ValueError):
         frame_sets("SADD", ["k1"], [["a"], ["b"]])
     assert frame_sets("SADD", [], []) == b""
+
+
+@pytest.mark.parametrize("repeats", [1, 3, 50])
+def test_float_texts_are_each_floats_repr(repeats: int) -> None:
+    """`float_texts` makes each distinct value's text once: the texts are still each value's
+    own (0.0 and -0.0 are one key of its table, NaN is not equal to itself)."""
+    rng = random.Random(repeats)
+    base = [0.0, -0.0, 58.33, 100.0, 1e16, 1e-7, math.inf, -math.inf, math.nan, 0.1, 2.5]
+    values = [rng.choice(base) for _ in range(len(base) * repeats)] + base
+    assert float_texts(values) == [repr(v) for v in values]
+    columns = [[f"k{i}" for i in range(len(values))], values]
+    assert frame("SET", columns) == _hiredis("SET", columns)

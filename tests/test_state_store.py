@@ -397,3 +397,24 @@ def test_recent_ids_an_older_engage_kept_in_a_key_of_their_own_are_moved_and_sti
     remembered = recent_ids.as_dict(client.hget(keys.user_key(user), recent_ids.FIELD))
     assert recent_ids.id_digest(applied[-1].event_id) in remembered
     assert recent_ids.id_digest(new.event.event_id) in remembered
+
+
+@pytest.mark.stack
+def test_leaderboards_land_with_each_scores_own_value(settings: Settings) -> None:
+    """A batch's leaderboards are one ZADD each: framed with a text per distinct float score
+    (many repeats, 0.0 and -0.0 among them), per score (few repeats), or by hiredis (a score
+    that is not a float); every member lands with its own score."""
+    client = connect(settings)
+    store = RedisStateStore(client, settings.events_topic, 3600)
+    repeated = [0.0, -0.0, 12.5, 100.0, 58.33]
+    boards = {
+        "rule": {f"u{k}": repeated[k % len(repeated)] for k in range(60)},
+        "propensity": {f"u{k}": k / 7 for k in range(60)},
+        "mixed": {"a": 1, "b": 2.5, "é": 0.25},
+    }
+    batch = store.begin([0])
+    batch.commit(BatchWrites(leaderboard=boards, offsets={0: 1}))
+    for kind, members in boards.items():
+        stored = dict(client.zrange(keys.leaderboard_key(kind), 0, -1, withscores=True))
+        assert stored == {m.encode(): float(s) for m, s in members.items()}, kind
+    client.close()
