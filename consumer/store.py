@@ -217,12 +217,13 @@ class RedisBatch:
                       for u, its in asked]  # fmt: skip
         cmds.add_columns("HGETALL", keys.item_keys(read_items))
         cmds.add_columns("HMGET", keys.item_meta_keys(missing_meta), *map(Same, META_FIELDS))
-        n = len(read_users)
-        replies = iter(cmds.run(store.client, texts=range(n, 2 * n) if local.trusted else range(0)))
-        user_raws = list(map(pairs, islice(replies, n)))
+        n_read = len(read_users)
+        sets_at = range(n_read, 2 * n_read) if local.trusted else range(0)
+        replies = iter(cmds.run(store.client, texts=sets_at))  # (the item sets come as str)
+        user_raws = list(map(pairs, islice(replies, n_read)))
         members: dict[str, set[str]] = {}
-        if local.trusted:  # (the item sets come as str: `run`'s `texts`)
-            members = dict(zip(read_users, map(set, islice(replies, n)), strict=True))
+        if local.trusted:
+            members = dict(zip(read_users, map(set, islice(replies, n_read)), strict=True))
         for (user, its), n in zip(asked, chunks, strict=True):
             hits = [hit for _ in range(n) for hit in next(replies)]
             members[user] = {i for i, hit in zip(its, hits, strict=True) if hit}
