@@ -210,6 +210,18 @@ def run_packed(
     `CommandList.run`'s."""
     pool = client.connection_pool
     connection = pool.get_connection()
+    try:
+        return run_on(connection, packed, replies, resp2, texts)
+    finally:
+        pool.release(connection)
+
+
+def run_on(
+    connection: Any, packed: bytes | list[bytes], replies: int | None = None,
+    resp2: bool = False, texts: range = range(0),
+) -> Any:  # fmt: skip
+    """`run_packed` on one `connection` the caller holds (a WATCHing one: a lost connection
+    lost its WATCH too, and the commands, sent again, set it again)."""
     bracket = resp2 and replies is not None and str(getattr(connection, "protocol", 2)) == "3"
     pieces = [packed] if isinstance(packed, bytes) else list(packed)
     if bracket:
@@ -239,8 +251,6 @@ def run_packed(
     except BaseException:
         connection.disconnect()  # mid-reply, perhaps: its protocol state is unknown
         raise
-    finally:
-        pool.release(connection)
 
 
 def _reply_or_error(connection: Any) -> Any:

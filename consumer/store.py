@@ -14,6 +14,7 @@ from itertools import chain, islice
 from operator import itemgetter
 from typing import Any
 
+import hiredis
 import redis
 
 from consumer.item_meta import ItemMetaCache
@@ -24,6 +25,7 @@ from consumer.redis_commands import (
     as_they_are,
     exec_transaction,
     pairs,
+    run_on,
 )
 from consumer.resp_frames import Same, float_texts, frame_sets
 from consumer.session_values import session_values
@@ -179,15 +181,25 @@ class RedisBatch:
         """The partitions' stored offsets, WATCHed first: the batch's EXEC fails if anyone
         writes them after this read. (Every state write moves its partition's offset, so a
         state the batch read before this is still what these offsets cover.)"""
-        if self.partitions and not self.watching:  # (WATCH needs a key)
-            try:
-                self.pipe.watch(*[keys.offset_key(self.store.topic, p) for p in self.partitions])
-            except REDIS_DOWN:
-                with contextlib.suppress(*REDIS_DOWN):
-                    self.pipe.reset()  # give the connection back to the pool
-                raise
-            self.watching = True
-        return self.store.offsets(self.partitions)
+        if not self.partitions or self.watching:  # (WATCH needs a key)
+            return self.store.offsets(self.partitions)
+        # WATCH and the read in one write on the watching connection: one round trip, not
+        # two (after the last commit landed, the consumer thread waits for it: ~0.7 ms a
+        # batch on a busy two-core machine, each).
+        names = [keys.offset_key(self.store.topic, p) for p in self.partitions]
+        pipe = self.pipe
+        connection = pipe.connection or pipe.connection_pool.get_connection()
+        pipe.connection = connection  # (released by the pipeline's reset)
+        try:
+            _, values = run_on(connection, [hiredis.pack_command(("WATCH", *names)),
+                                            hiredis.pack_command(("MGET", *names))], 2)  # fmt: skip
+        except REDIS_DOWN:
+            with contextlib.suppress(*REDIS_DOWN):
+                pipe.reset()  # give the connection back to the pool
+            raise
+        pipe.watching = self.watching = True  # (the pipeline's reset UNWATCHes)
+        return {p: int(v) if v is not None else NO_OFFSET
+                for p, v in zip(self.partitions, values, strict=True)}  # fmt: skip
 
     def abort(self) -> None:
         self.store.forget()  # the local copy may hold what Redis now lacks, or lack what it has

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+import redis
 from redis.cluster import RedisCluster
 
 from consumer.batch import BatchScorer, Incoming
@@ -417,4 +418,67 @@ def test_leaderboards_land_with_each_scores_own_value(settings: Settings) -> Non
     for kind, members in boards.items():
         stored = dict(client.zrange(keys.leaderboard_key(kind), 0, -1, withscores=True))
         assert stored == {m.encode(): float(s) for m, s in members.items()}, kind
+    client.close()
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("kind", ["resp2", "resp3", "decoded", "no hiredis"])
+def test_the_fence_watches_and_reads_in_one_write_on_the_connection_that_commits(
+    settings: Settings, kind: str
+) -> None:
+    """`RedisBatch.offsets` sends WATCH and the offsets' read in one write (one round trip)
+    on the connection its EXEC then uses: a write to the offsets after it fences the batch,
+    on every kind of client; the connection goes back to the pool after the commit, after an
+    abort, and after a connection lost under the WATCH (which fails the commit: no WATCH, no
+    guarantee)."""
+    from redis._parsers import _RESP2Parser
+
+    options: dict[str, Any] = {
+        "resp2": {"protocol": 2}, "resp3": {"protocol": 3}, "decoded": {"decode_responses": True},
+        "no hiredis": {"parser_class": _RESP2Parser, "protocol": 2},
+    }[kind]  # fmt: skip
+    client = connect(settings, **options)
+    topic = f"fence-{kind}"
+    client.delete(*(keys.offset_key(topic, p) for p in (0, 1)))
+    client.set(keys.offset_key(topic, 1), 7)
+    store = RedisStateStore(client, topic, 3600)
+    pool = client.connection_pool
+    sent: list[int] = []
+    batch = store.begin([0, 1])
+    real_send = pool.connection_class.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        real_send(self, command, check_health)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pool.connection_class, "send_packed_command", counting)
+        assert batch.offsets() == {0: NO_OFFSET, 1: 7}
+    assert len(sent) == 1, "WATCH and the read go in one write"
+    assert batch.pipe.watching and batch.pipe.connection is not None
+    client.set(keys.offset_key(topic, 0), 3)  # someone else moves a watched offset
+    with pytest.raises(Fenced):
+        batch.commit(_one_user_writes("zombie", 4))
+    assert client.get(keys.offset_key(topic, 0)) in (b"3", "3")
+    assert batch.pipe.connection is None  # back in the pool
+    second = store.begin([0, 1])
+    assert second.offsets() == {0: 3, 1: 7}
+    second.abort()
+    assert second.pipe.connection is None and not second.pipe.watching
+    third = store.begin([0])
+    assert third.offsets() == {0: 3}
+    own = third.pipe.connection
+    assert own is not None
+    own.send_command("CLIENT", "ID")
+    own_id = own.read_response()
+    client.client_kill_filter(_id=own_id)  # the WATCH is lost with its connection
+    with pytest.raises(redis.ConnectionError):  # (OutcomeUnknown: the EXEC's fate unknown)
+        third.commit(_one_user_writes("late", 4))
+    assert client.get(keys.offset_key(topic, 0)) in (b"3", "3")  # nothing unguarded landed
+    assert third.pipe.connection is None
+    fourth = store.begin([0])
+    assert fourth.offsets() == {0: 3}  # the pool's connections still serve
+    fourth.commit(_one_user_writes("owner", 4))
+    assert client.get(keys.offset_key(topic, 0)) in (b"4", "4")
+    client.delete(*(keys.offset_key(topic, p) for p in (0, 1)))
     client.close()
