@@ -30,7 +30,7 @@ from scoring.funnel_join import FunnelRows
 from scoring.live_monitor import LiveMonitors
 from scoring.message_writer import write_packed
 from scoring.model import NO_MODEL_FOR_DOMAIN
-from scoring.online_calibration import labels_of
+from scoring.online_calibration import labels_of, labels_of_codes
 from scoring.rules import RuleScorer, RuleScores, domain_of
 
 from .incoming import Incoming, IncomingBatch
@@ -98,8 +98,11 @@ class _LiveRows:
     @cached_property
     def labels(self) -> np.ndarray:
         """Each row's engagement label: made only for a batch the model scored (a rules-only
-        batch's live states take none; a MovieLens batch's labels are a Python step a rating)."""
-        return labels_of(self.incoming.events.event_types, self.incoming.events.values)
+        batch's live states take none), from the reader's arrays when the batch has them."""
+        events = self.incoming.events
+        if events.codes is not None:
+            return labels_of_codes(events.codes.type_index, events.codes.values)
+        return labels_of(events.event_types, events.values)
 
     def model_rows_by_domain(self) -> dict[str, np.ndarray]:
         assert self.model_rows is not None

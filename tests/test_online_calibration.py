@@ -21,6 +21,8 @@ from scoring.online_calibration import (
     StateMismatch,
     event_label,
     event_labels,
+    labels_of,
+    labels_of_codes,
 )
 
 ONLINE = [OnlineParams("intercept", window=7), OnlineParams("intercept", window=250),
@@ -265,6 +267,27 @@ def test_event_labels_are_the_training_labels():
     labels = event_labels(events)
     assert np.isnan(labels).sum() == sum(e.event_type is EventType.TAG for e in events) > 0
     assert labels[~np.isnan(labels)].tolist() == data.y.astype(float).tolist()
+
+
+def test_labels_from_the_readers_arrays_are_the_labels_of_the_events():
+    """`labels_of_codes` (type indices and values as arrays, NaN where none) gives what
+    `labels_of` gives from the columns, on every type, ratings on both sides of the line,
+    exactly on it, and a rating without a value."""
+    rng = np.random.default_rng(3)
+    types = list(EventType)
+    kinds = [types[k] for k in rng.integers(0, len(types), 500)]
+    values: list[float | None] = [
+        float(rng.choice([0.5, 3.5, 3.99, 4.0, 4.5, 5.0])) if k is EventType.RATING else None
+        for k in kinds
+    ]
+    values[kinds.index(EventType.RATING)] = None
+    index = np.array([types.index(k) for k in kinds], np.int64)
+    arrays = np.array([math.nan if v is None else v for v in values])
+    expected = labels_of(kinds, values)
+    got = labels_of_codes(index, arrays)
+    assert np.array_equal(got, expected, equal_nan=True)
+    assert {0.0, 1.0} <= set(got[index == types.index(EventType.RATING)].tolist())
+    assert np.isnan(got[index == types.index(EventType.TAG)]).all()
 
 
 # --------------------------------------------------------------------------- offline
