@@ -28,7 +28,7 @@ from typing import Any
 from bench import sources
 from bench.common import FULL, QUICK, Context, open_context, process_cpu_s
 from consumer import batch, model_job, runner, store
-from consumer.batch import BatchScorer
+from consumer.batch import BatchScorer, ScoredBatch
 from consumer.runner import StreamConsumer
 from engage.settings import Settings
 from features.stream import StreamState
@@ -54,6 +54,7 @@ STAGES: list[tuple[Any, str, str]] = [
     (score_record, "message_dicts", "compute: score messages as dicts (shown rows)"),
     (score_record, "encode_messages", "compute: encode the dicts"),
     (BatchScorer, "_show_latest", "compute: shown rows (score hash, leaderboard, live view)"),
+    (ScoredBatch, "messages", "handle: wait for the score messages (the writer's thread)"),
     (StreamConsumer, "_send", "handle: send"),
     (store.RedisBatch, "learn", "handle: the local copy learns the writes"),
 ]
@@ -87,7 +88,12 @@ def clocked_stages(clocks: Clocks) -> Iterator[None]:
     saved = [(owner, name, vars(owner)[name]) for owner, name, _ in STAGES]
     try:
         for owner, name, stage in STAGES:
-            setattr(owner, name, clocks.wrap(getattr(owner, name), stage))
+            original = vars(owner)[name]
+            if isinstance(original, property) and original.fget is not None:
+                # (ScoredBatch.messages: read where `_handle` passes the messages to `_send`)
+                setattr(owner, name, property(clocks.wrap(original.fget, stage)))
+            else:
+                setattr(owner, name, clocks.wrap(getattr(owner, name), stage))
         yield
     finally:
         for owner, name, original in saved:
