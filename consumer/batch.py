@@ -297,9 +297,10 @@ class BatchScorer:
             skipped = orjson.dumps(score_record.skipped_part(NO_MODEL_FOR_DOMAIN, domain))
         events = incoming.events
         order, points = block.top()
+        ts = events.ts if events.codes is None else events.codes.ts  # (arrays: not copied)
+        partitions, offsets = incoming.partition_offset_arrays()
         packed = write_packed(
-            events.user_ids, events.event_ids, events.item_ids, events.ts,
-            incoming.partitions, incoming.offsets,
+            events.user_ids, events.event_ids, events.item_ids, ts, partitions, offsets,
             round_column(block.score, score_record.RULE_DECIMALS),
             block.labels, np.where(np.isnan(points), -1, order), np.nan_to_num(points),
             block.signal_names, digests, now_ms, columns, skipped,
@@ -375,7 +376,10 @@ class BatchScorer:
         words of those `shown` go to `texts`."""
         scorer = self.rule_scorers[domain]
         scored = scorer.score(block)
-        picked = [i for i, row in enumerate(rows) if row in shown]
+        if isinstance(rows, range) and rows.start == 0 and rows.step == 1:  # the whole batch
+            picked = sorted(row for row in shown if row < rows.stop)  # (not a step a row)
+        else:
+            picked = [i for i, row in enumerate(rows) if row in shown]
         if picked:
             values = scorer.signal_values(block[picked])
             for i, reasons in zip(picked, scored.reasons(values, rows=picked), strict=True):

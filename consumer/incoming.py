@@ -9,7 +9,7 @@ indexing a batch still gives an `Incoming` (for a refusal's dead letter, a shown
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self, cast
 
 import numpy as np
@@ -46,6 +46,15 @@ class IncomingBatch(Rows[Incoming]):
     kafka_ts_ms: list[int]
     keys: Sequence[bytes | None]
     values: Sequence[bytes]
+    #: `partitions` and `offsets` as the poll's int64 arrays, when read from them (None after
+    #: `take`, and for batches made from objects).
+    arrays: tuple[np.ndarray, np.ndarray] | None = field(default=None, kw_only=True)
+
+    def partition_offset_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """`partitions` and `offsets` as int64 arrays (the poll's own when it kept them)."""
+        if self.arrays is not None:
+            return self.arrays
+        return np.asarray(self.partitions, np.int64), np.asarray(self.offsets, np.int64)
 
     @classmethod
     def of(cls, incoming: Sequence[Incoming]) -> IncomingBatch:
@@ -165,6 +174,7 @@ def _read_columns(
     incoming = IncomingBatch(
         events, kept.partitions.tolist(), kept.offsets.tolist(), kept.timestamps.tolist(),
         kept.keys(), cast(Sequence[bytes], kept.values(empty_null=True)),  # (tombstone: b"")
+        arrays=(kept.partitions, kept.offsets),
     )  # fmt: skip
     return incoming, undecodable
 

@@ -251,3 +251,37 @@ def test_transactions_read_the_same_through_the_broker(settings: Settings) -> No
     fast, stock = consume(True), consume(False)
     assert len(stock) == 100 and {r.value[:1] for r in stock} == {b"0", b"2"}
     assert fast == stock
+
+
+def test_a_batch_read_from_columns_keeps_the_polls_partition_and_offset_arrays() -> None:
+    """`read_incoming` of polled columns: the batch's partitions and offsets as the poll's
+    arrays (the score-message writer reads them as they are), row for row the lists, also
+    once undecodable records were taken out; a batch made from objects makes them."""
+    from consumer.incoming import IncomingBatch, read_incoming
+    from features.events import Event, EventType
+
+    def value(i: int) -> bytes | None:
+        if i % 9 == 4:
+            return b"{not json"
+        return Event(event_id=f"e{i}", user_id=f"u{i % 5}", ts=1_700_000_000_000 + i,
+                     event_type=EventType.PAGE_VIEW, item_id=f"p{i % 3}",
+                     source="web").to_json()  # fmt: skip
+
+    records = [
+        ConsumerRecord(topic="events", partition=2 + i % 2, leader_epoch=0, offset=40 + i,
+                       timestamp=1_700_000_000_000, timestamp_type=0, key=b"k", value=value(i),
+                       headers=[], checksum=None, serialized_key_size=1,
+                       serialized_value_size=10, serialized_header_size=-1)
+        for i in range(30)
+    ]  # fmt: skip
+    incoming, undecodable = read_incoming(RecordColumns.of_records(records))
+    assert len(undecodable) == 3 and len(incoming) == 27
+    assert incoming.arrays is not None
+    partitions, offsets = incoming.partition_offset_arrays()
+    assert partitions.tolist() == incoming.partitions and offsets.tolist() == incoming.offsets
+    assert incoming.offsets == [40 + i for i in range(30) if i % 9 != 4]
+    made = IncomingBatch.of([incoming.row(k) for k in range(len(incoming))])
+    assert made.arrays is None
+    assert [a.tolist() for a in made.partition_offset_arrays()] == [partitions.tolist(),
+                                                                    offsets.tolist()]  # fmt: skip
+    assert incoming.take([3, 1]).arrays is None
