@@ -31,7 +31,7 @@ from scoring.live_monitor import LiveMonitors
 from scoring.message_writer import write_packed
 from scoring.model import NO_MODEL_FOR_DOMAIN
 from scoring.online_calibration import labels_of, labels_of_codes
-from scoring.rules import RuleScorer, RuleScores, domain_of
+from scoring.rules import LABEL_NAMES, RuleScorer, RuleScores, domain_of
 
 from .incoming import Incoming, IncomingBatch
 from .model_job import ModelJob, ModelOutputs, ModelWorker, Ran
@@ -304,6 +304,7 @@ class BatchScorer:
             round_column(block.score, score_record.RULE_DECIMALS),
             block.labels, np.where(np.isnan(points), -1, order), np.nan_to_num(points),
             block.signal_names, digests, now_ms, columns, skipped,
+            None if block.levels is None else (LABEL_NAMES, block.levels),
         )  # fmt: skip
         if packed is None:
             return None

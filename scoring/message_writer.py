@@ -215,12 +215,12 @@ def write_messages(
     score: np.ndarray, labels: Sequence[str], signal: np.ndarray, points: np.ndarray,
     signal_names: Sequence[str], digests: Sequence[str], scored_at: float,
     model: tuple[str, np.ndarray, np.ndarray, np.ndarray | None] | None,
-    skipped: bytes | None = None,
+    skipped: bytes | None = None, label_codes: tuple[Sequence[str], np.ndarray] | None = None,
 ) -> list[bytes] | None:  # fmt: skip
     """`write_packed`'s messages, one bytes object each."""
     packed = write_packed(users, event_ids, items, ts, partitions, offsets, score, labels,
-                          signal, points, signal_names, digests, scored_at, model,
-                          skipped)  # fmt: skip
+                          signal, points, signal_names, digests, scored_at, model, skipped,
+                          label_codes)  # fmt: skip
     if packed is None:
         return None
     buf, row_ends = packed
@@ -234,7 +234,7 @@ def write_packed(
     score: np.ndarray, labels: Sequence[str], signal: np.ndarray, points: np.ndarray,
     signal_names: Sequence[str], digests: Sequence[str], scored_at: float,
     model: tuple[str, np.ndarray, np.ndarray, np.ndarray | None] | None,
-    skipped: bytes | None = None,
+    skipped: bytes | None = None, label_codes: tuple[Sequence[str], np.ndarray] | None = None,
 ) -> tuple[memoryview, np.ndarray] | None:  # fmt: skip
     """Every row's score message as `orjson.dumps(message_dicts(...)[row])` would write it,
     back to back (a view of the buffer written: ~1 MB a batch not copied again), and where
@@ -245,11 +245,16 @@ def write_packed(
     signals (index into `signal_names`, -1 after the last) and their points, rounded; `model`:
     (version, interaction, propensity, online or None), the probabilities rounded as on the
     wire, or None for `"model": null`, or, with `skipped`, for that JSON text on every row (a
-    batch of a domain the model does not score: `score_record.skipped_part`, serialised)."""
+    batch of a domain the model does not score: `score_record.skipped_part`, serialised).
+    `label_codes`: the labels as (names, each row's index into them), when known: `labels`
+    then need not be looked up row by row."""
     n = len(users)
     if n == 0:
         return memoryview(b""), np.zeros(0, dtype=np.int64)
-    label_names = list(dict.fromkeys(labels))
+    if label_codes is not None:
+        label_names, label_codes_of = list(label_codes[0]), np.asarray(label_codes[1], np.int64)
+    else:
+        label_names, label_codes_of = list(dict.fromkeys(labels)), None
     strings = [*label_names, *signal_names, *(model[:1] if model else ())]
     if not all(map(_plain, strings)):
         return None
@@ -289,8 +294,9 @@ def write_packed(
     parts, part_at = _bytes_table(pieces)
     label_bytes, label_at = _bytes_table([orjson.dumps(x) for x in label_names])
     name_bytes, name_at = _bytes_table([orjson.dumps(x) for x in signal_names])
-    code = {name: k for k, name in enumerate(label_names)}
-    label_codes = np.fromiter(map(code.__getitem__, labels), np.int64, n)
+    if label_codes_of is None:
+        code = {name: k for k, name in enumerate(label_names)}
+        label_codes_of = np.fromiter(map(code.__getitem__, labels), np.int64, n)
     zeros = np.zeros(n)
     interaction, propensity, online = (model[1], model[2], model[3]) if model else (zeros,) * 3
     # Room for the longest row: every piece, each number at its widest (24 bytes), each
@@ -303,7 +309,7 @@ def write_packed(
     row_ends = np.empty(n, dtype=np.int64)
     _write(out, parts, part_at, text, text_at, has_item,
            np.asarray(ts, np.int64), np.asarray(partitions, np.int64),
-           np.asarray(offsets, np.int64), np.asarray(score, np.float64), label_codes,
+           np.asarray(offsets, np.int64), np.asarray(score, np.float64), label_codes_of,
            label_bytes, label_at, np.asarray(signal, np.int64), np.asarray(points, np.float64),
            name_bytes, name_at, model is not None, np.asarray(interaction, np.float64),
            np.asarray(online if online is not None else zeros, np.float64), online is not None,

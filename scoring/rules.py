@@ -117,6 +117,8 @@ class RuleScores:
     contributions: np.ndarray
     labels: list[str]
     config: RuleConfig
+    #: Each row's label as its index in LABEL_NAMES (the compiled writer's codes), when known.
+    levels: np.ndarray | None = None
 
     @property
     def signal_names(self) -> list[str]:
@@ -264,11 +266,12 @@ class RuleScorer:
         t = self.config.thresholds
         high, medium = t.high, t.medium
         level = np.where(score >= high, 0, np.where(score >= medium, 1, 2))  # NaN: low
-        return RuleScores(score, contributions, _LABELS[level].tolist(), self.config)
+        return RuleScores(score, contributions, _LABELS[level].tolist(), self.config, level)
 
 
 #: The labels by level (0 high, 1 medium, 2 low): a batch's taken at once, not a step a row.
-_LABELS = np.array(["high", "medium", "low"], dtype=object)
+LABEL_NAMES = ("high", "medium", "low")
+_LABELS = np.array(LABEL_NAMES, dtype=object)
 
 
 def domain_of(source: str) -> str:

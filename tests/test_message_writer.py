@@ -17,6 +17,7 @@ from scoring import score_record
 from scoring.exact_round import round_like_python
 from scoring.message_writer import write_int, write_messages
 from scoring.model import NO_MODEL_FOR_DOMAIN
+from scoring.rules import LABEL_NAMES
 
 NAMES = ["recent_activity", "rating_mean", "engaged_share", "sessions_7d", "streak"]
 
@@ -71,7 +72,12 @@ def dict_path(
 
 
 def written(
-    b: dict, model: str | None, online: bool, now_ms: float, skipped: dict | None = None
+    b: dict,
+    model: str | None,
+    online: bool,
+    now_ms: float,
+    skipped: dict | None = None,
+    coded: bool = False,
 ) -> list[bytes] | None:
     events = b["events"]
     columns = None
@@ -86,6 +92,7 @@ def written(
         [e.ts for e in events], b["partitions"], b["offsets"], b["score"], b["labels"],
         np.where(np.isnan(points), -1, b["order"]), np.nan_to_num(points), NAMES,
         b["digests"], now_ms, columns, None if skipped is None else orjson.dumps(skipped),
+        (LABEL_NAMES, np.array([LABEL_NAMES.index(x) for x in b["labels"]])) if coded else None,
     )  # fmt: skip
 
 
@@ -105,6 +112,8 @@ def test_the_writer_writes_what_the_dicts_write(model: str | None, online: bool)
         assert written(b, model, online, now_ms) == dict_path(b, model, online, now_ms)
         as_block = {**b, "digests": Digests("".join(b["digests"]))}  # as the consumer holds them
         assert written(as_block, model, online, now_ms) == dict_path(b, model, online, now_ms)
+        # the labels as the rules' levels (`RuleScores.levels`), not looked up row by row
+        assert written(b, model, online, now_ms, coded=True) == dict_path(b, model, online, now_ms)
 
 
 def test_rows_of_a_domain_the_model_does_not_score() -> None:

@@ -144,3 +144,18 @@ def test_a_kept_reason_is_never_another_configurations() -> None:
     assert [r["text"] for r in halved] == [r["text"] for r in first]
     assert [r["text"] for r in worded] == ["seen: " + r["text"] for r in first]
     assert [r["points"] for r in worded] == [r["points"] for r in first]
+
+
+def test_each_rows_level_names_its_label() -> None:
+    """`RuleScores.levels` (what the compiled writer takes as label codes) index LABEL_NAMES
+    to each row's label, NaN scores (low) and the thresholds' own values included."""
+    from scoring.rules import LABEL_NAMES
+
+    for scorer in load_scorers(None).values():
+        rng = np.random.default_rng(5)
+        rows = rng.random((600, len(PROPENSITY_FEATURES))) * rng.choice([1, 10, 1000], (600, 1))
+        rows[:5] = np.nan
+        scored = scorer.score(rows)
+        assert scored.levels is not None
+        assert [LABEL_NAMES[k] for k in scored.levels.tolist()] == scored.labels
+        assert set(scored.labels) == set(LABEL_NAMES)
