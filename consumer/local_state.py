@@ -95,13 +95,24 @@ class LocalState:
         """Put what a batch read into the held tables `state`: each (user, packed state,
         memberships, recent ids) and the items' shards; what the batch loaded, as a store
         reports it. (If the batch does not land, abort forgets all of it.)"""
+        read_users = list(map(itemgetter(0), read))
+        blobs = load_packed_users(state.tables, read_users, list(map(itemgetter(1), read)))
+        members, recent = list(map(itemgetter(2), read)), list(map(itemgetter(3), read))
+        return self.add_loaded(state, meta, users, read_users, blobs, members, recent,
+                               read_items, item_raws)  # fmt: skip
+
+    def add_loaded(
+        self, state: StreamState, meta: dict[str, ItemMeta], users: Sequence[str],
+        read_users: Sequence[str], blobs: Sequence[bytes], members: Sequence[set[str]],
+        recent: Sequence[bytes], read_items: Sequence[str], item_raws: Sequence[dict[bytes, bytes]],
+    ) -> Loaded:  # fmt: skip
+        """`add_read` of users whose states the tables already hold, as columns: each read
+        user's packed state as read (b"": none), its memberships and recent ids."""
         tables = state.tables
         tables.meta = meta
-        read_users = list(map(itemgetter(0), read))
-        blobs = load_packed_users(tables, read_users, list(map(itemgetter(1), read)))
         self.committed.update(zip(read_users, blobs, strict=True))
-        tables.user_items.update(zip(read_users, map(itemgetter(2), read), strict=True))
-        state.recent.update(zip(read_users, map(itemgetter(3), read), strict=True))
+        tables.user_items.update(zip(read_users, members, strict=True))
+        state.recent.update(zip(read_users, recent, strict=True))
         totals, present = self.shards.extend(read_items, item_raws)
         tables.set_item_states(read_items, totals, present)
         committed = self.committed

@@ -27,7 +27,7 @@ import hiredis
 import redis
 from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
 
-from consumer import resp_frames
+from consumer import resp_frames, resp_replies
 from consumer.resp_frames import Column, Same
 
 #: The commands a list may hold: what the store reads and writes, nothing else.
@@ -142,6 +142,17 @@ class CommandList:
             return _decoded(list(pipe.execute()), texts)
         return run_packed(client, self.plain().parts, self._count, resp2=True, texts=texts)
 
+    def read(self, client: Any, texts: range = range(0)) -> resp_replies.RawReplies | list[Any]:
+        """`run`, its replies kept as bytes and spans (`resp_replies.RawReplies`, whose
+        `replies` makes them as `run` does) where a single-node client's connection allows
+        and every reply is an array of bulk strings; else `run`'s list."""
+        if not self._commands:
+            return []
+        if not isinstance(client, redis.Redis) or client.connection is not None:
+            return self.run(client, texts)
+        return run_packed(client, self.plain().parts, self._count, resp2=True, texts=texts,
+                          raw=True)  # fmt: skip
+
     def commands(self) -> list[tuple[Any, ...]]:
         """Each command as its argument tuple, in order."""
         out: list[tuple[Any, ...]] = []
@@ -199,7 +210,7 @@ def _allowed(command: str) -> None:
 
 def run_packed(
     client: redis.Redis, packed: bytes | list[bytes], replies: int | None = None,
-    resp2: bool = False, texts: range = range(0),
+    resp2: bool = False, texts: range = range(0), raw: bool = False,
 ) -> Any:  # fmt: skip
     """One packed command's reply (or the list of `replies` replies of as many packed
     commands, in one or more pieces) on a connection of `client`'s pool, with the client's
@@ -207,21 +218,23 @@ def run_packed(
     that may run twice, as reads. An error reply is raised after the last reply is read.
     `resp2`: a RESP3 connection answers these commands in RESP2 (HELLO 2 before them, HELLO 3
     after, in the same write: the connection goes back to the pool as it came). `texts`: as
-    `CommandList.run`'s."""
+    `CommandList.run`'s. `raw`: as `run_on`'s."""
     pool = client.connection_pool
     connection = pool.get_connection()
     try:
-        return run_on(connection, packed, replies, resp2, texts)
+        return run_on(connection, packed, replies, resp2, texts, raw)
     finally:
         pool.release(connection)
 
 
 def run_on(
     connection: Any, packed: bytes | list[bytes], replies: int | None = None,
-    resp2: bool = False, texts: range = range(0),
+    resp2: bool = False, texts: range = range(0), raw: bool = False,
 ) -> Any:  # fmt: skip
     """`run_packed` on one `connection` the caller holds (a WATCHing one: a lost connection
-    lost its WATCH too, and the commands, sent again, set it again)."""
+    lost its WATCH too, and the commands, sent again, set it again). `raw`: the `replies`
+    replies as `resp_replies.RawReplies` (bytes and spans) where the connection allows and
+    every reply is an array of bulk strings; else their list, as without it."""
     bracket = resp2 and replies is not None and str(getattr(connection, "protocol", 2)) == "3"
     pieces = [packed] if isinstance(packed, bytes) else list(packed)
     if bracket:
@@ -232,8 +245,16 @@ def run_on(
         if replies is None:
             return connection.read_response()
         shift = 1 if bracket else 0
-        out = _read_replies(connection, replies + 2 * shift,
-                            range(texts.start + shift, texts.stop + shift))  # fmt: skip
+        shifted = range(texts.start + shift, texts.stop + shift)
+        if raw and resp_replies.reads_raw(connection):
+            got = resp_replies.read_raw(connection, replies, bracket,
+                                        lambda: _read_replies(connection, replies + 2 * shift,
+                                                              shifted))  # fmt: skip
+            if isinstance(got, resp_replies.RawReplies):
+                return got
+            out = got
+        else:
+            out = _read_replies(connection, replies + 2 * shift, shifted)
         if bracket:
             out = out[1:-1]
         for reply in out:

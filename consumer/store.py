@@ -28,15 +28,18 @@ from consumer.redis_commands import (
     run_on,
 )
 from consumer.resp_frames import Same, float_texts, frame_sets
+from consumer.resp_replies import RawReplies
 from consumer.session_values import session_values
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables, recent_of
 from features import keys, recent_ids
 from features.item_shards import shard_field
 from features.items import META_FIELDS
-from features.state_codec import SESSION_ID_FIELD, STATE_FIELD, PackedUsers
+from features.state_codec import SESSION_ID_FIELD, STATE_FIELD, PackedUsers, unpack_spans
 from features.stream import StreamState
 from scoring.score_record import HASH_FIELDS, ScoreHashes
 
+#: A user hash's fields, as `RedisBatch._load_spans` takes them from a read.
+_USER_HASH_FIELDS = (STATE_FIELD, SESSION_ID_FIELD, recent_ids.FIELD)
 #: A Cluster that cannot serve a slot right now (failover, resharding): an outage to wait out.
 CLUSTER_TROUBLE: tuple[type[Exception], ...] = (
     redis.exceptions.ClusterError,
@@ -231,7 +234,14 @@ class RedisBatch:
         cmds.add_columns("HMGET", keys.item_meta_keys(missing_meta), *map(Same, META_FIELDS))
         n_read = len(read_users)
         sets_at = range(n_read, 2 * n_read) if local.trusted else range(0)
-        replies = iter(cmds.run(store.client, texts=sets_at))  # (the item sets come as str)
+        got = cmds.read(store.client, texts=sets_at)  # (the item sets come as str)
+        if isinstance(got, RawReplies):
+            if warm and local.trusted and (
+                loaded := self._load_spans(state, users, read_users, got, read_items, missing_meta)
+            ):  # fmt: skip
+                return loaded
+            got = got.every(texts=sets_at)
+        replies = iter(got)
         user_raws = list(map(pairs, islice(replies, n_read)))
         members: dict[str, set[str]] = {}
         if local.trusted:
@@ -254,6 +264,39 @@ class RedisBatch:
             loaded = local.add_read(state, store.meta.known, users, read, read_items, item_raws)
         loaded.legacy_seen = legacy
         return loaded
+
+    def _load_spans(
+        self, state: StreamState, users: list[str], read_users: list[str], raw: RawReplies,
+        read_items: list[str], missing_meta: list[str],
+    ) -> Loaded | None:  # fmt: skip
+        """`load`'s warm path from the replies as bytes and spans (consumer/resp_replies.py):
+        the users' packed states unpacked into the tables from where they lie, no object a
+        value but the ones kept. None, with nothing changed, for a user hash of another form
+        (fields of an older engage, recent ids elsewhere or in their older form): the
+        general path reads those."""
+        store, local, tables, n = self.store, self.store.local, state.tables, len(read_users)
+        spans, other = raw.hash_fields(0, n, _USER_HASH_FIELDS)
+        held = raw.counts(0, n) > 0
+        packed, session, seen = spans[:, 0], spans[:, 1], spans[:, 2]
+        if other.any() or (held & ((packed[:, 0] < 0) | (seen[:, 0] < 0))).any():
+            return None
+        sizes = seen[:, 1]
+        if len(at := seen[sizes > 0, 0]):  # the recent ids: this codec's, whole pairs
+            buffer = raw.buffer
+            if (buffer[at] != recent_ids.CODEC[0]).any() or (
+                (sizes[sizes > 0] - 1) % recent_ids.PAIR_BYTES
+            ).any():  # fmt: skip
+                return None
+        rows = tables.user_rows(read_users)
+        unpack_spans(tables, rows, raw.buffer, packed)
+        list(map(tables.cs_id.__setitem__, rows, raw.texts(session)))
+        blobs, recent = raw.values(packed), raw.values(seen)
+        members = list(map(set, raw.replies(n, 2 * n, "utf-8")))
+        k = 2 * n + len(read_items)
+        item_raws = list(map(pairs, raw.replies(2 * n, k)))
+        store.meta.learn(missing_meta, raw.replies(k, k + len(missing_meta)))
+        return local.add_loaded(state, store.meta.known, users, read_users, blobs, members,
+                                recent, read_items, item_raws)  # fmt: skip
 
     def _legacy_recent_ids(self, users: list[str]) -> list[bytes | None]:
         cmds = CommandList()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
+from numba import njit
 
 from features.aggregates import State
 from features.columnar import ColumnarMapping
@@ -44,6 +45,7 @@ COLUMN: dict[str, int] = {name: i for i, name in enumerate(FIELDS)}
 FINGERPRINT: bytes = hashlib.sha256("\n".join(FIELDS).encode()).digest()[:4]
 HEADER: bytes = bytes([CODEC_VERSION]) + FINGERPRINT
 _MASK_BYTES = (len(FIELDS) + 7) // 8
+_HEADER_BYTES = np.frombuffer(HEADER, dtype=np.uint8)
 
 
 _PER_FIELD_HASH = (
@@ -106,6 +108,60 @@ def unpack_rows(blobs: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
     values = np.zeros(present.shape, dtype=np.float64)
     values[present] = np.frombuffer(b"".join(bodies), dtype="<f8")
     return values, present
+
+
+@njit(cache=True, nogil=True)
+def _unpack_spans(
+    buf: np.ndarray, spans: np.ndarray, rows: np.ndarray, header: np.ndarray, n_fields: int,
+    values: np.ndarray, present: np.ndarray,
+) -> int:  # pragma: no cover  # fmt: skip
+    """`unpack_rows` of the packed states at `spans` of `buf` ((start, length); -1: a new
+    user's, all absent) into the rows `rows` of `values` and `present`; the index of the
+    first state that is not this codec's and layout's, or of this length, else -1."""
+    head, m = len(header), (n_fields + 7) // 8
+    word = np.empty(1, dtype=np.uint64)
+    as_float = word.view(np.float64)
+    for i in range(len(rows)):
+        row, start, size = rows[i], spans[i, 0], spans[i, 1]
+        values[row, :] = 0.0
+        present[row, :] = 0
+        if size < 0:
+            continue
+        if size < head + m:
+            return i
+        for b in range(head):
+            if buf[start + b] != header[b]:
+                return i
+        at = start + head + m
+        end = start + size
+        for j in range(n_fields):
+            if (buf[start + head + (j >> 3)] >> (7 - (j & 7))) & 1:
+                if at + 8 > end:
+                    return i
+                bits = np.uint64(0)
+                for b in range(8):
+                    bits |= np.uint64(buf[at + b]) << np.uint64(8 * b)
+                word[0] = bits
+                values[row, j] = as_float[0]
+                present[row, j] = 1
+                at += 8
+        if at != end:
+            return i
+    return -1
+
+
+def unpack_spans(
+    tables: FoldState, rows: Sequence[int], buf: np.ndarray, spans: np.ndarray
+) -> None:
+    """Put the packed states at `spans` of `buf` ((start, length) each; -1: a new user's)
+    into the fold's `rows`, in one compiled pass with no bytes object a user (the read of a
+    batch's users: consumer/resp_replies.py). Refuses what `unpack_rows` refuses."""
+    at = np.asarray(rows, dtype=np.int64)
+    bad = _unpack_spans(buf, spans, at, _HEADER_BYTES, len(FIELDS), tables.users, tables.user_set)
+    if bad >= 0:
+        start, size = spans[bad].tolist()
+        unpack_rows([buf[start : start + size].tobytes()])  # raises its error
+        raise StateFormatError("damaged user state")  # (unpack_rows found none: a bug here)
 
 
 def unpack_row(blob: bytes) -> tuple[np.ndarray, np.ndarray]:

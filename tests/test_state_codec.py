@@ -20,6 +20,7 @@ from features.state_codec import (
     packed_columns,
     packed_users,
     unpack_rows,
+    unpack_spans,
 )
 
 
@@ -129,3 +130,54 @@ def test_one_damaged_state_among_many_fails_loudly() -> None:
         unpack_rows([good, good[:-8] + good[-4:], good])
     with pytest.raises(StateFormatError, match="another field layout"):
         unpack_rows([good, good[:1] + bytes(4) + good[5:]])
+
+
+def test_states_unpacked_from_where_they_lie_in_a_buffer_are_unpack_rows() -> None:
+    """`unpack_spans` (the read of a batch's users as bytes and spans) puts into the rows
+    exactly what `unpack_rows` reads from the same states, new users' rows emptied, with
+    other bytes before, between and after the states."""
+    rng = np.random.default_rng(11)
+    k = 12
+    values = rng.normal(size=(k, len(FIELDS))) * 1e3
+    present = rng.random((k, len(FIELDS))) < np.linspace(0.0, 1.0, k)[:, None]
+    blobs = pack_rows(values, present)
+    buffer, spans = b"", []
+    for i, blob in enumerate(blobs):
+        buffer += bytes(rng.integers(0, 256, size=i % 5, dtype=np.uint8)) + b"\r\n"
+        spans.append((len(buffer), len(blob)))
+        buffer += blob
+    spans.insert(4, (-1, -1))  # a new user
+    tables = FoldState()
+    users = [f"u{i}" for i in range(k + 1)]
+    rows = tables.user_rows(users)
+    tables.users[rows[4]], tables.user_set[rows[4]] = 9.0, 1  # what the new user must not keep
+    unpack_spans(tables, rows, np.frombuffer(buffer + b"tail", np.uint8), np.array(spans))
+    want_values, want_present = unpack_rows(blobs)
+    got = [r for i, r in enumerate(rows) if i != 4]
+    assert np.array_equal(tables.users[got], want_values)
+    assert np.array_equal(tables.user_set[got], want_present)
+    assert not tables.users[rows[4]].any() and not tables.user_set[rows[4]].any()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b[:-1], "damaged"),  # a value cut short
+        (lambda b: b + bytes(8), "damaged"),  # a value too many
+        (lambda b: b[:1] + bytes(4) + b[5:], "another field layout"),
+        (lambda b: b"\x09" + b[1:], "codec"),
+        (lambda b: b[:6], "shorter than its header"),
+        (lambda b: b"", "codec"),
+    ],
+)
+def test_states_read_from_spans_are_refused_as_unpack_rows_refuses_them(
+    damage: object, message: str
+) -> None:
+    good = encode_user({"n": 1.0, "last_ts": 2.0})[STATE_FIELD]
+    bad = damage(good)  # type: ignore[operator]
+    buffer = good + bad + good
+    spans = np.array([(0, len(good)), (len(good), len(bad)), (len(good) + len(bad), len(good))])
+    with pytest.raises(StateFormatError, match=message):
+        unpack_rows([good, bad, good])
+    with pytest.raises(StateFormatError, match=message):
+        unpack_spans(FoldState(), [0, 1, 2], np.frombuffer(buffer, np.uint8), spans)
