@@ -196,6 +196,13 @@ class RawReplies:
     starts: np.ndarray
     sizes: np.ndarray
 
+    @classmethod
+    def of(cls, data: bytes, n: int, values: int) -> RawReplies:
+        """The `n` whole replies (`values` values in all) that `data` holds, as `_scan`
+        found them."""
+        first, offsets, starts, sizes = _spans(np.frombuffer(data, dtype=np.uint8), n, values)
+        return cls(data, first, offsets, starts, sizes)
+
     def __len__(self) -> int:
         return len(self.first) - 1
 
@@ -301,6 +308,19 @@ def read_raw(
             return fallback()
     if length != end:  # (nothing follows the replies of commands sent: kept as redis-py would)
         parser._reader.feed(buf[end:length].tobytes())
-    data = buf[begin:pos].tobytes()
-    first, offsets, starts, sizes = _spans(np.frombuffer(data, dtype=np.uint8), n, values)
-    return RawReplies(data, first, offsets, starts, sizes)
+    return RawReplies.of(buf[begin:pos].tobytes(), n, values)
+
+
+def sample(fields: dict[str, bytes]) -> RawReplies:
+    """One HGETALL reply of `fields`, read as `read_raw` reads it (its compiled steps run,
+    with the same argument types): for warming them up, and for tests."""
+    data = b"*%d\r\n" % (2 * len(fields)) + b"".join(
+        b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k.encode(), len(v), v) for k, v in fields.items()
+    )
+    buf = np.frombuffer(data, dtype=np.uint8).copy()
+    if _skip(buf, len(data), 0) != len(data):
+        raise ValueError("not one whole reply")
+    pos, done, values, other = _scan(buf, len(data), 0, 1)
+    if other or done != 1:
+        raise ValueError("not an array of bulk strings")
+    return RawReplies.of(buf[:pos].tobytes(), 1, values)

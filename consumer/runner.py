@@ -46,6 +46,7 @@ from consumer.state_store import (
     advance_columns,
 )
 from consumer.store import REDIS_DOWN, RedisBatch, RedisStateStore, waitable
+from consumer.store import warm_up as warm_up_reads
 from engage import kafka_clients, partitioning, redis_client, transport
 from engage.settings import Settings
 from engage.transport import record_batches
@@ -398,6 +399,7 @@ class StreamConsumer:
         record_batches.warm_up()  # and the compiled Kafka record framing
         resp_frames.warm_up()  # and the compiled Redis command framing
         session_values.warm_up()  # and the closed sessions' JSON
+        warm_up_reads()  # and the compiled read of a batch's users
         partitioning.positive_murmur2_many([b"warm"])  # and the compiled key hash
         self.out.prepare(self.settings.scores_topic, OUTPUT_METADATA_WAIT_S)  # and its metadata
         tune_gc(self.settings.gc_gen0_threshold)

@@ -17,6 +17,7 @@ from typing import Any
 import hiredis
 import redis
 
+from consumer import resp_replies
 from consumer.item_meta import ItemMetaCache
 from consumer.local_state import KeepsLocalCopy, LocalState
 from consumer.redis_commands import (
@@ -32,9 +33,16 @@ from consumer.resp_replies import RawReplies
 from consumer.session_values import session_values
 from consumer.state_store import NO_OFFSET, BatchWrites, Fenced, Loaded, fill_tables, recent_of
 from features import keys, recent_ids
+from features.fold import FoldState
 from features.item_shards import shard_field
 from features.items import META_FIELDS
-from features.state_codec import SESSION_ID_FIELD, STATE_FIELD, PackedUsers, unpack_spans
+from features.state_codec import (
+    SESSION_ID_FIELD,
+    STATE_FIELD,
+    PackedUsers,
+    encode_user,
+    unpack_spans,
+)
 from features.stream import StreamState
 from scoring.score_record import HASH_FIELDS, ScoreHashes
 
@@ -66,6 +74,14 @@ class OutcomeUnknown(redis.ConnectionError):
     @classmethod
     def of(cls, exc: BaseException) -> OutcomeUnknown:
         return cls(f"EXEC outcome unknown after {type(exc).__name__}: {exc}")
+
+
+def warm_up() -> None:
+    """Load the compiled read of a batch's users (numba's on-disk cache, or a compile on
+    first use) now, not in the first batch that reads one."""
+    raw = resp_replies.sample({STATE_FIELD: encode_user({})[STATE_FIELD], "x": b""})
+    spans, _ = raw.hash_fields(0, 1, _USER_HASH_FIELDS)
+    unpack_spans(FoldState(capacity=1), [0], raw.buffer, spans[:, 0])
 
 
 def stored_offsets(client: redis.Redis, topic: str, partitions: Iterable[int]) -> dict[int, int]:

@@ -17,7 +17,7 @@ from consumer import resp_replies
 from consumer.local_state import LocalState
 from consumer.redis_commands import CommandList, pairs
 from consumer.resp_replies import RawReplies, _scan, _spans
-from consumer.store import RedisStateStore
+from consumer.store import RedisStateStore, warm_up
 from engage.redis_client import connect
 from engage.settings import Settings
 from features import keys, recent_ids
@@ -213,3 +213,9 @@ def test_a_warm_read_from_spans_fills_the_tables_as_the_general_path(settings: S
     with pytest.raises(StateFormatError, match="without a packed state"):
         _warm_load(settings, ["a", "old"], True)
     client.close()
+
+
+def test_a_sample_reply_is_read_as_hiredis_reads_it_and_warms_the_batch_read() -> None:
+    raw = resp_replies.sample({"st": b"\x01\r\n", "cs_id": b"s"})
+    assert raw.every() == [[b"st", b"\x01\r\n", b"cs_id", b"s"]] and len(raw) == 1
+    warm_up()  # (the consumer's start: the compiled read loaded, with the batch's types)
