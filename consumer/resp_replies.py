@@ -51,6 +51,22 @@ def _number(buf: np.ndarray, pos: int, length: int) -> tuple[int, int]:  # pragm
     return (-value if negative else value), i + 2
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _header(
+    buf: np.ndarray, pos: int, length: int, kind: int, least: int
+) -> tuple[int, int]:  # pragma: no cover
+    """The number after the `kind` byte at `pos` (a count, or a length; at least `least`)
+    and the position after its CRLF; (0, _MORE) or (0, _OTHER)."""
+    if pos >= length:
+        return 0, _MORE
+    if buf[pos] != kind:
+        return 0, _OTHER
+    value, p = _number(buf, pos + 1, length)
+    if p >= 0 and value < least:
+        return 0, _OTHER
+    return value, p
+
+
 @njit(cache=True, nogil=True)
 def _skip(buf: np.ndarray, length: int, pos: int) -> int:  # pragma: no cover
     """The position after the whole RESP2 or RESP3 value at `pos` (any shape, nested), or
@@ -97,25 +113,13 @@ def _scan(
     done, values = 0, 0
     while done < todo:
         start = pos
-        if pos >= length:
-            return start, done, values, False
-        if buf[pos] != _STAR:
-            return start, done, values, True
-        count, p = _number(buf, pos + 1, length)
-        if p == _MORE:
-            return start, done, values, False
-        if p == _OTHER or count < 0:
-            return start, done, values, True
+        count, p = _header(buf, pos, length, _STAR, 0)
+        if p < 0:
+            return start, done, values, p == _OTHER
         for _ in range(count):
-            if p >= length:
-                return start, done, values, False
-            if buf[p] != _DOLLAR:
-                return start, done, values, True
-            size, q = _number(buf, p + 1, length)
-            if q == _MORE:
-                return start, done, values, False
-            if q == _OTHER or size < -1:
-                return start, done, values, True
+            size, q = _header(buf, p, length, _DOLLAR, -1)
+            if q < 0:
+                return start, done, values, q == _OTHER
             if size == -1:
                 p = q
                 continue
